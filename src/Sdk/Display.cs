@@ -1,0 +1,9 @@
+using Spectre.Console.Rendering;
+
+namespace VirtLab.Sdk;
+
+/// <summary>A value that knows how to show itself richly (a table, a tree) in the REPL and in recipe output.</summary>
+public interface IDisplayable
+{
+    IRenderable ToRenderable();
+}

@@ -1,0 +1,86 @@
+using System.Globalization;
+
+namespace VirtLab.Sdk.Measure;
+
+/// <summary>A byte count. <c>1.GiB()</c>, <c>Size.Parse("512M")</c>; converts implicitly to long/ulong.</summary>
+public readonly record struct Size(long Bytes) : IComparable<Size>
+{
+    public const long KiBBytes = 1L << 10, MiBBytes = 1L << 20, GiBBytes = 1L << 30, TiBBytes = 1L << 40;
+
+    public static implicit operator long(Size s) => s.Bytes;
+    public static implicit operator ulong(Size s) => checked((ulong)s.Bytes);
+    public static Size operator +(Size a, Size b) => new(checked(a.Bytes + b.Bytes));
+    public static Size operator -(Size a, Size b) => new(checked(a.Bytes - b.Bytes));
+    public static Size operator *(Size a, long n) => new(checked(a.Bytes * n));
+    public static Size operator /(Size a, long n) => new(a.Bytes / n);
+    public int CompareTo(Size other) => Bytes.CompareTo(other.Bytes);
+    public static bool operator <(Size a, Size b) => a.Bytes < b.Bytes;
+    public static bool operator >(Size a, Size b) => a.Bytes > b.Bytes;
+    public static bool operator <=(Size a, Size b) => a.Bytes <= b.Bytes;
+    public static bool operator >=(Size a, Size b) => a.Bytes >= b.Bytes;
+
+    /// <summary>Number of 4 KiB pages.</summary>
+    public long Pages4K => Bytes >> 12;
+
+    /// <summary>Parses "4096", "4K", "512M", "8G", "1T", "2MiB", "1.5G" (binary units, case-insensitive).</summary>
+    public static Size Parse(string text)
+    {
+        if (TryParse(text, out var s, out var error)) return s;
+        throw new FormatException(error);
+    }
+
+    public static bool TryParse(string? text, out Size size, out string error)
+    {
+        size = default;
+        var t = (text ?? "").Trim();
+        if (t.Length == 0) { error = "empty size; expected a number with an optional unit K, M, G or T (e.g. 512M, 8G)"; return false; }
+        int i = 0;
+        while (i < t.Length && (char.IsDigit(t[i]) || t[i] == '.')) i++;
+        var num = t[..i];
+        var unit = t[i..].Trim().ToUpperInvariant();
+        if (unit.EndsWith("IB")) unit = unit[..^2];
+        else if (unit.EndsWith('B') && unit.Length > 1) unit = unit[..^1];
+        long mult = unit switch { "" or "B" => 1, "K" => KiBBytes, "M" => MiBBytes, "G" => GiBBytes, "T" => TiBBytes, _ => 0 };
+        if (mult == 0 || !decimal.TryParse(num, NumberStyles.AllowDecimalPoint, CultureInfo.InvariantCulture, out var value))
+        {
+            error = $"'{text}' is not a size; expected a number with an optional unit K, M, G or T (e.g. 4096, 512M, 8G, 1.5G)";
+            return false;
+        }
+        var bytes = value * mult;
+        if (bytes != decimal.Truncate(bytes) || bytes > long.MaxValue)
+        {
+            error = $"'{text}' is not a whole number of bytes below 2^63";
+            return false;
+        }
+        size = new Size((long)bytes);
+        error = "";
+        return true;
+    }
+
+    public override string ToString()
+    {
+        var b = Bytes;
+        if (b != 0 && b % TiBBytes == 0) return $"{b / TiBBytes} TiB";
+        if (b != 0 && b % GiBBytes == 0) return $"{b / GiBBytes} GiB";
+        if (b != 0 && b % MiBBytes == 0) return $"{b / MiBBytes} MiB";
+        if (b != 0 && b % KiBBytes == 0) return $"{b / KiBBytes} KiB";
+        if (b >= GiBBytes) return (b / (double)GiBBytes).ToString("0.##", CultureInfo.InvariantCulture) + " GiB";
+        if (b >= MiBBytes) return (b / (double)MiBBytes).ToString("0.##", CultureInfo.InvariantCulture) + " MiB";
+        return $"{b} B";
+    }
+}
+
+/// <summary><c>1.GiB()</c>, <c>512.MiB()</c>, <c>4.KiB()</c>.</summary>
+public static class SizeUnits
+{
+    public static Size KiB(this int n) => new(checked(n * Size.KiBBytes));
+    public static Size MiB(this int n) => new(checked(n * Size.MiBBytes));
+    public static Size GiB(this int n) => new(checked(n * Size.GiBBytes));
+    public static Size TiB(this int n) => new(checked(n * Size.TiBBytes));
+    public static Size KiB(this long n) => new(checked(n * Size.KiBBytes));
+    public static Size MiB(this long n) => new(checked(n * Size.MiBBytes));
+    public static Size GiB(this long n) => new(checked(n * Size.GiBBytes));
+    public static Size TiB(this long n) => new(checked(n * Size.TiBBytes));
+    public static Size Bytes(this long n) => new(n);
+    public static Size Bytes(this int n) => new(n);
+}

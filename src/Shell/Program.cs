@@ -1,0 +1,2 @@
+// Placeholder entry point; replaced by Cli/.
+return 0;
