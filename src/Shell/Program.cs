@@ -1,2 +1,1 @@
-// Placeholder entry point; replaced by Cli/.
-return 0;
+return VirtLab.Shell.Cli.CommandLine.Run(args);

@@ -1,8 +1,12 @@
 using System.Globalization;
+using System.Text.Json;
+using System.Text.Json.Serialization;
 
 namespace VirtLab.Sdk.Measure;
 
-/// <summary>A byte count. <c>1.GiB()</c>, <c>Size.Parse("512M")</c>; converts implicitly to long/ulong.</summary>
+/// <summary>A byte count. <c>1.GiB()</c>, <c>Size.Parse("512M")</c>; converts implicitly to long/ulong.
+/// In JSON (run records) a Size is its number of bytes.</summary>
+[JsonConverter(typeof(SizeJsonConverter))]
 public readonly record struct Size(long Bytes) : IComparable<Size>
 {
     public const long KiBBytes = 1L << 10, MiBBytes = 1L << 20, GiBBytes = 1L << 30, TiBBytes = 1L << 40;
@@ -18,6 +22,9 @@ public readonly record struct Size(long Bytes) : IComparable<Size>
     public static bool operator >(Size a, Size b) => a.Bytes > b.Bytes;
     public static bool operator <=(Size a, Size b) => a.Bytes <= b.Bytes;
     public static bool operator >=(Size a, Size b) => a.Bytes >= b.Bytes;
+
+    /// <summary>Throughput: <c>7.GiB() / elapsed</c> → "3.2 GiB/s".</summary>
+    public static Rate operator /(Size a, TimeSpan t) => Rate.Of(a, t);
 
     /// <summary>Number of 4 KiB pages.</summary>
     public long Pages4K => Bytes >> 12;
@@ -68,6 +75,26 @@ public readonly record struct Size(long Bytes) : IComparable<Size>
         if (b >= MiBBytes) return (b / (double)MiBBytes).ToString("0.##", CultureInfo.InvariantCulture) + " MiB";
         return $"{b} B";
     }
+
+    /// <summary>The shortest exact form that <see cref="Parse"/> reads back: "8G", "1536K", "4097".</summary>
+    public string ToExactString()
+    {
+        var b = Bytes;
+        if (b != 0 && b % TiBBytes == 0) return $"{b / TiBBytes}T";
+        if (b != 0 && b % GiBBytes == 0) return $"{b / GiBBytes}G";
+        if (b != 0 && b % MiBBytes == 0) return $"{b / MiBBytes}M";
+        if (b != 0 && b % KiBBytes == 0) return $"{b / KiBBytes}K";
+        return b.ToString(CultureInfo.InvariantCulture);
+    }
+}
+
+/// <summary>Writes a Size as its byte count; reads a byte count or a size string ("8G").</summary>
+public sealed class SizeJsonConverter : JsonConverter<Size>
+{
+    public override Size Read(ref Utf8JsonReader reader, Type typeToConvert, JsonSerializerOptions options) =>
+        reader.TokenType == JsonTokenType.String ? Size.Parse(reader.GetString()!) : new Size(reader.GetInt64());
+
+    public override void Write(Utf8JsonWriter writer, Size value, JsonSerializerOptions options) => writer.WriteNumberValue(value.Bytes);
 }
 
 /// <summary><c>1.GiB()</c>, <c>512.MiB()</c>, <c>4.KiB()</c>.</summary>

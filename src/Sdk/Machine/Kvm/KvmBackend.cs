@@ -6,18 +6,11 @@ public static class KvmBackend
     /// <summary>True when /dev/kvm opens and answers KVM_GET_API_VERSION with 12; otherwise why not.</summary>
     public static bool IsUsable(out string reason)
     {
-        try
-        {
-            using var fs = new FileStream("/dev/kvm", FileMode.Open, FileAccess.ReadWrite);
-            reason = "";
-            return true;
-        }
-        catch (Exception e)
-        {
-            reason = $"/dev/kvm: {e.Message}";
-            return false;
-        }
+        var sys = KvmSystem.Probe();
+        reason = sys.Reason;
+        return sys.Usable;
     }
 
-    // internal static Vm Create(VmOptions options) — enabled once M2's Vm/VmOptions exist.
+    /// <summary>Build a KVM VM; checks KVM limits (vCPUs, ring size, system slot) before any kernel call.</summary>
+    internal static Vm Create(VmOptions options) => KvmVm.Create(options);
 }

@@ -1,0 +1,380 @@
+using System.Numerics;
+using System.Runtime.CompilerServices;
+using System.Runtime.InteropServices;
+using System.Runtime.Intrinsics;
+
+namespace VirtLab.Sdk.Machine;
+
+/// <summary>A page run: <see cref="Count"/> consecutive pages starting at <see cref="First"/> (page indexes within a slot).</summary>
+public readonly record struct PageRun(long First, long Count)
+{
+    public long End => First + Count;
+    public override string ToString() => Count == 1 ? $"[{First}]" : $"[{First}..{End})";
+}
+
+/// <summary>
+/// One bit per 4 KiB page of a memslot, exactly KVM's <c>dirty_bitmap</c> layout: <c>ulong</c> words, bit i of word w
+/// is page <c>w*64 + i</c> (little-endian), <c>ALIGN(npages, 64) / 8</c> bytes. Bits past <see cref="Pages"/> stay zero.
+/// Scans (count, next set page, runs) are vectorised and skip zero words 128 bytes at a time.
+/// </summary>
+public sealed class DirtyBitmap : IEquatable<DirtyBitmap>
+{
+    readonly ulong[] words;
+
+    public DirtyBitmap(long pages)
+    {
+        ArgumentOutOfRangeException.ThrowIfNegative(pages);
+        Pages = pages;
+        words = new ulong[WordsFor(pages)];
+    }
+
+    /// <summary>Wraps <paramref name="words"/> (not copied). Its length must be <c>ceil(pages / 64)</c> and bits past <paramref name="pages"/> zero.</summary>
+    public DirtyBitmap(long pages, ulong[] words)
+    {
+        ArgumentOutOfRangeException.ThrowIfNegative(pages);
+        ArgumentNullException.ThrowIfNull(words);
+        if (words.Length != WordsFor(pages))
+            throw new ArgumentException($"a bitmap of {pages} pages has {WordsFor(pages)} words; got {words.Length}", nameof(words));
+        Pages = pages;
+        this.words = words;
+        if (TailMask != ulong.MaxValue && (words[^1] & ~TailMask) != 0)
+            throw new ArgumentException($"bits past page {pages - 1} are set in the last word", nameof(words));
+    }
+
+    /// <summary>Words needed for <paramref name="pages"/> bits (KVM: <c>kvm_dirty_bitmap_bytes / 8</c>).</summary>
+    public static int WordsFor(long pages) => checked((int)((pages + 63) >> 6));
+
+    public long Pages { get; }
+
+    /// <summary>The words themselves (shared, not a copy) — what KVM_GET_DIRTY_LOG fills.</summary>
+    public ulong[] Words => words;
+
+    public Span<ulong> AsSpan() => words;
+
+    public long SizeInBytes => (long)words.Length * 8;
+
+    ulong TailMask => (Pages & 63) == 0 ? ulong.MaxValue : (1UL << (int)(Pages & 63)) - 1;
+
+    public bool this[long page]
+    {
+        get => Get(page);
+        set { if (value) Set(page); else Clear(page); }
+    }
+
+    public bool Get(long page)
+    {
+        CheckPage(page);
+        return (words[page >> 6] & (1UL << (int)(page & 63))) != 0;
+    }
+
+    public void Set(long page)
+    {
+        CheckPage(page);
+        words[page >> 6] |= 1UL << (int)(page & 63);
+    }
+
+    public void Clear(long page)
+    {
+        CheckPage(page);
+        words[page >> 6] &= ~(1UL << (int)(page & 63));
+    }
+
+    public void SetRange(long first, long count) => ApplyRange(first, count, set: true);
+
+    public void ClearRange(long first, long count) => ApplyRange(first, count, set: false);
+
+    public void SetAll()
+    {
+        if (words.Length == 0) return;
+        Array.Fill(words, ulong.MaxValue);
+        words[^1] = TailMask;
+    }
+
+    public void ClearAll() => Array.Clear(words);
+
+    /// <summary>Set pages (hardware popcount, 4 words per iteration).</summary>
+    public long Count => PopCount(words);
+
+    /// <summary>Set pages in [first, first+count).</summary>
+    public long CountRange(long first, long count)
+    {
+        CheckRange(first, count);
+        if (count == 0) return 0;
+        long end = first + count;
+        int w0 = (int)(first >> 6), w1 = (int)((end - 1) >> 6);
+        ulong m0 = ulong.MaxValue << (int)(first & 63);
+        ulong m1 = ulong.MaxValue >> (int)(63 - ((end - 1) & 63));
+        if (w0 == w1) return BitOperations.PopCount(words[w0] & m0 & m1);
+        long n = BitOperations.PopCount(words[w0] & m0) + BitOperations.PopCount(words[w1] & m1);
+        return n + PopCount(words.AsSpan(w0 + 1, w1 - w0 - 1));
+    }
+
+    public bool IsEmpty => IndexOfWordNot(words, 0, 0) < 0;
+
+    public bool Any => !IsEmpty;
+
+    /// <summary>First set page ≥ <paramref name="from"/>, or -1.</summary>
+    public long NextSetPage(long from)
+    {
+        if (from < 0) from = 0;
+        if (from >= Pages) return -1;
+        int w = (int)(from >> 6);
+        ulong cur = words[w] & (ulong.MaxValue << (int)(from & 63));
+        if (cur != 0) return ((long)w << 6) + BitOperations.TrailingZeroCount(cur);
+        w = IndexOfWordNot(words, w + 1, 0);
+        return w < 0 ? -1 : ((long)w << 6) + BitOperations.TrailingZeroCount(words[w]);
+    }
+
+    /// <summary>First clear page ≥ <paramref name="from"/>, or <see cref="Pages"/> when all remaining pages are set.</summary>
+    public long NextClearPage(long from)
+    {
+        if (from < 0) from = 0;
+        if (from >= Pages) return Pages;
+        int w = (int)(from >> 6);
+        ulong cur = ~words[w] & (ulong.MaxValue << (int)(from & 63));
+        long r;
+        if (cur != 0) r = ((long)w << 6) + BitOperations.TrailingZeroCount(cur);
+        else
+        {
+            w = IndexOfWordNot(words, w + 1, ulong.MaxValue);
+            r = w < 0 ? Pages : ((long)w << 6) + BitOperations.TrailingZeroCount(~words[w]);
+        }
+        return Math.Min(r, Pages);
+    }
+
+    /// <summary>Set pages in increasing order (allocation-free <c>foreach</c>).</summary>
+    public SetPageEnumerable SetPages => new(this);
+
+    /// <summary>Maximal runs of consecutive set pages in increasing order (allocation-free <c>foreach</c>).</summary>
+    public RunEnumerable Runs => new(this);
+
+    public long[] ToArray()
+    {
+        var result = new long[Count];
+        int i = 0;
+        foreach (var p in SetPages) result[i++] = p;
+        return result;
+    }
+
+    /// <summary>Calls <paramref name="action"/> for every set page — the fastest way to walk a sparse bitmap.</summary>
+    public void ForEachSetPage(Action<long> action)
+    {
+        foreach (var p in SetPages) action(p);
+    }
+
+    public DirtyBitmap Or(DirtyBitmap other) { Combine(other, Op.Or); return this; }
+    public DirtyBitmap And(DirtyBitmap other) { Combine(other, Op.And); return this; }
+    public DirtyBitmap AndNot(DirtyBitmap other) { Combine(other, Op.AndNot); return this; }
+    public DirtyBitmap Xor(DirtyBitmap other) { Combine(other, Op.Xor); return this; }
+
+    public void CopyFrom(DirtyBitmap other)
+    {
+        CheckSameSize(other);
+        other.words.AsSpan().CopyTo(words);
+    }
+
+    public DirtyBitmap Clone() => new(Pages, (ulong[])words.Clone());
+
+    public static DirtyBitmap FromPages(long pages, IEnumerable<long> setPages)
+    {
+        var b = new DirtyBitmap(pages);
+        foreach (var p in setPages) b.Set(p);
+        return b;
+    }
+
+    public bool Equals(DirtyBitmap? other)
+        => other is not null && other.Pages == Pages && other.words.AsSpan().SequenceEqual(words);
+
+    public override bool Equals(object? obj) => Equals(obj as DirtyBitmap);
+
+    public override int GetHashCode()
+    {
+        var h = new HashCode();
+        h.Add(Pages);
+        h.AddBytes(MemoryMarshal.AsBytes(words.AsSpan()));
+        return h.ToHashCode();
+    }
+
+    public override string ToString()
+    {
+        var n = Count;
+        return $"{n} of {Pages} pages dirty ({new Measure.Size(n * 4096)})";
+    }
+
+    // ---- enumerators ----------------------------------------------------------------------------
+
+    public readonly struct SetPageEnumerable(DirtyBitmap bitmap) : IEnumerable<long>
+    {
+        public SetPageEnumerator GetEnumerator() => new(bitmap);
+        IEnumerator<long> IEnumerable<long>.GetEnumerator() => GetEnumerator();
+        System.Collections.IEnumerator System.Collections.IEnumerable.GetEnumerator() => GetEnumerator();
+    }
+
+    public struct SetPageEnumerator : IEnumerator<long>
+    {
+        readonly ulong[] words;
+        int index;     // word being consumed
+        ulong pending; // its bits not yet returned
+        long current;
+
+        internal SetPageEnumerator(DirtyBitmap b)
+        {
+            words = b.words;
+            index = -1;
+            pending = 0;
+            current = -1;
+        }
+
+        public bool MoveNext()
+        {
+            while (pending == 0)
+            {
+                index = IndexOfWordNot(words, index + 1, 0);
+                if (index < 0) { index = words.Length; return false; }
+                pending = words[index];
+            }
+            current = ((long)index << 6) + BitOperations.TrailingZeroCount(pending);
+            pending &= pending - 1;
+            return true;
+        }
+
+        public readonly long Current => current;
+        readonly object System.Collections.IEnumerator.Current => current;
+        public void Reset() { index = -1; pending = 0; current = -1; }
+        public readonly void Dispose() { }
+    }
+
+    public readonly struct RunEnumerable(DirtyBitmap bitmap) : IEnumerable<PageRun>
+    {
+        public RunEnumerator GetEnumerator() => new(bitmap);
+        IEnumerator<PageRun> IEnumerable<PageRun>.GetEnumerator() => GetEnumerator();
+        System.Collections.IEnumerator System.Collections.IEnumerable.GetEnumerator() => GetEnumerator();
+    }
+
+    public struct RunEnumerator : IEnumerator<PageRun>
+    {
+        readonly DirtyBitmap bitmap;
+        long next;
+        PageRun current;
+
+        internal RunEnumerator(DirtyBitmap b) { bitmap = b; next = 0; current = default; }
+
+        public bool MoveNext()
+        {
+            var first = bitmap.NextSetPage(next);
+            if (first < 0) { next = bitmap.Pages; return false; }
+            var end = bitmap.NextClearPage(first);
+            current = new PageRun(first, end - first);
+            next = end;
+            return true;
+        }
+
+        public readonly PageRun Current => current;
+        readonly object System.Collections.IEnumerator.Current => current;
+        public void Reset() { next = 0; current = default; }
+        public readonly void Dispose() { }
+    }
+
+    // ---- kernels --------------------------------------------------------------------------------
+
+    /// <summary>Index of the first word ≥ <paramref name="from"/> that differs from <paramref name="value"/>, or -1.
+    /// 16 words (128 bytes) per step with 256-bit vectors, then 4, then scalar.</summary>
+    internal static int IndexOfWordNot(ulong[] words, int from, ulong value)
+    {
+        int n = words.Length, i = from;
+        if (i >= n) return -1;
+        ref ulong r = ref MemoryMarshal.GetArrayDataReference(words);
+        if (Vector256.IsHardwareAccelerated)
+        {
+            var v = Vector256.Create(value);
+            for (; i + 16 <= n; i += 16)
+            {
+                var x = (Vector256.LoadUnsafe(ref r, (nuint)i) ^ v) | (Vector256.LoadUnsafe(ref r, (nuint)(i + 4)) ^ v)
+                      | (Vector256.LoadUnsafe(ref r, (nuint)(i + 8)) ^ v) | (Vector256.LoadUnsafe(ref r, (nuint)(i + 12)) ^ v);
+                if (x != Vector256<ulong>.Zero) break;
+            }
+            for (; i + 4 <= n; i += 4)
+                if ((Vector256.LoadUnsafe(ref r, (nuint)i) ^ v) != Vector256<ulong>.Zero) break;
+        }
+        for (; i < n; i++)
+            if (Unsafe.Add(ref r, i) != value) return i;
+        return -1;
+    }
+
+    internal static long PopCount(ReadOnlySpan<ulong> span)
+    {
+        long a = 0, b = 0, c = 0, d = 0;
+        int i = 0, n = span.Length;
+        ref ulong r = ref MemoryMarshal.GetReference(span);
+        for (; i + 4 <= n; i += 4)
+        {
+            a += BitOperations.PopCount(Unsafe.Add(ref r, i));
+            b += BitOperations.PopCount(Unsafe.Add(ref r, i + 1));
+            c += BitOperations.PopCount(Unsafe.Add(ref r, i + 2));
+            d += BitOperations.PopCount(Unsafe.Add(ref r, i + 3));
+        }
+        for (; i < n; i++) a += BitOperations.PopCount(Unsafe.Add(ref r, i));
+        return a + b + c + d;
+    }
+
+    enum Op { Or, And, AndNot, Xor }
+
+    void Combine(DirtyBitmap other, Op op)
+    {
+        CheckSameSize(other);
+        int n = words.Length, i = 0;
+        ref ulong d = ref MemoryMarshal.GetArrayDataReference(words);
+        ref ulong s = ref MemoryMarshal.GetArrayDataReference(other.words);
+        if (Vector256.IsHardwareAccelerated)
+        {
+            for (; i + 4 <= n; i += 4)
+            {
+                var x = Vector256.LoadUnsafe(ref d, (nuint)i);
+                var y = Vector256.LoadUnsafe(ref s, (nuint)i);
+                var z = op switch { Op.Or => x | y, Op.And => x & y, Op.AndNot => Vector256.AndNot(x, y), _ => x ^ y };
+                z.StoreUnsafe(ref d, (nuint)i);
+            }
+        }
+        for (; i < n; i++)
+        {
+            ref ulong x = ref Unsafe.Add(ref d, i);
+            ulong y = Unsafe.Add(ref s, i);
+            x = op switch { Op.Or => x | y, Op.And => x & y, Op.AndNot => x & ~y, _ => x ^ y };
+        }
+    }
+
+    void ApplyRange(long first, long count, bool set)
+    {
+        CheckRange(first, count);
+        if (count == 0) return;
+        long end = first + count;
+        int w0 = (int)(first >> 6), w1 = (int)((end - 1) >> 6);
+        ulong m0 = ulong.MaxValue << (int)(first & 63);
+        ulong m1 = ulong.MaxValue >> (int)(63 - ((end - 1) & 63));
+        if (w0 == w1) { Apply(ref words[w0], m0 & m1, set); return; }
+        Apply(ref words[w0], m0, set);
+        words.AsSpan(w0 + 1, w1 - w0 - 1).Fill(set ? ulong.MaxValue : 0);
+        Apply(ref words[w1], m1, set);
+
+        static void Apply(ref ulong w, ulong m, bool set) => w = set ? w | m : w & ~m;
+    }
+
+    void CheckPage(long page)
+    {
+        if ((ulong)page >= (ulong)Pages)
+            throw new ArgumentOutOfRangeException(nameof(page), page, $"page {page} is outside this bitmap of {Pages} pages (0 … {Pages - 1})");
+    }
+
+    void CheckRange(long first, long count)
+    {
+        if (first < 0 || count < 0 || first > Pages || count > Pages - first)
+            throw new ArgumentOutOfRangeException(nameof(count), $"page range [{first}, {first + count}) is outside this bitmap of {Pages} pages");
+    }
+
+    void CheckSameSize(DirtyBitmap other)
+    {
+        ArgumentNullException.ThrowIfNull(other);
+        if (other.Pages != Pages)
+            throw new ArgumentException($"bitmaps differ in size: {Pages} pages and {other.Pages} pages", nameof(other));
+    }
+}

@@ -1,0 +1,101 @@
+namespace VirtLab.Sdk.Machine;
+
+/// <summary>
+/// One harvested <c>struct kvm_dirty_gfn</c>: <see cref="Slot"/> is <c>as_id &lt;&lt; 16 | slot id</c>, <see cref="Offset"/> the
+/// page index inside that memslot.
+/// </summary>
+public readonly record struct DirtyGfn(uint Slot, ulong Offset)
+{
+    public const uint FlagDirty = 1, FlagReset = 2; // KVM_DIRTY_GFN_F_DIRTY / _RESET
+
+    public int SlotId => (int)(Slot & 0xffff);
+    public int AddressSpace => (int)(Slot >> 16);
+    public override string ToString() => $"slot {SlotId} page {Offset}";
+}
+
+/// <summary>
+/// The VM's per-vCPU dirty rings (<c>KVM_CAP_DIRTY_LOG_RING</c>), enabled before the vCPUs are created
+/// (<see cref="VmOptions.DirtyRingBytes"/>). A vCPU pushes one entry the first time it writes a page of a logging slot
+/// after the page was last protected; when its ring reaches the soft limit it exits with
+/// <c>KVM_EXIT_DIRTY_RING_FULL</c>. During <see cref="Vm.Run"/> such an exit is served at once: every ring is harvested
+/// into a backlog, the rings are reset and the vCPU resumes — so <see cref="Harvest"/> still returns every entry.
+/// </summary>
+public sealed class DirtyRing
+{
+    readonly Vm vm;
+    readonly object gate = new();
+    readonly List<DirtyGfn> backlog = [];
+    long fullExits;
+
+    internal DirtyRing(Vm vm, int bytes)
+    {
+        this.vm = vm;
+        Bytes = bytes;
+    }
+
+    /// <summary>Ring size in bytes per vCPU.</summary>
+    public int Bytes { get; }
+
+    /// <summary>Entries per vCPU ring.</summary>
+    public int Entries => Bytes / VmOptions.DirtyRingEntryBytes;
+
+    /// <summary>Used entries at which a vCPU exits with <c>KVM_EXIT_DIRTY_RING_FULL</c> (size − KVM_DIRTY_RING_RSVD_ENTRIES).</summary>
+    public int SoftLimit => Entries - VmOptions.DirtyRingReservedEntries;
+
+    /// <summary><c>KVM_EXIT_DIRTY_RING_FULL</c> exits served so far.</summary>
+    public long FullExits => Interlocked.Read(ref fullExits);
+
+    /// <summary>
+    /// Collects the dirty entries of every vCPU ring (vCPU 0 first, each in ring order), after any backlog from ring-full
+    /// exits, and marks them harvested (<c>KVM_DIRTY_GFN_F_RESET</c>). Their pages stay writable — and are not reported
+    /// again — until <see cref="Reset"/>.
+    /// </summary>
+    public IReadOnlyList<DirtyGfn> Harvest()
+    {
+        vm.ThrowIfDisposed();
+        lock (gate)
+        {
+            var list = new List<DirtyGfn>(backlog);
+            backlog.Clear();
+            for (int v = 0; v < vm.Vcpus; v++) vm.HarvestDirtyRingInternal(v, list);
+            return list;
+        }
+    }
+
+    /// <summary>Harvest, folded into one bitmap per slot.</summary>
+    public IReadOnlyDictionary<int, DirtyBitmap> HarvestBitmaps()
+    {
+        var result = new Dictionary<int, DirtyBitmap>();
+        foreach (var e in Harvest())
+        {
+            if (!result.TryGetValue(e.SlotId, out var b))
+            {
+                var slot = vm.FindSlot(e.SlotId);
+                if (slot is null) continue; // the slot went away after the entry was pushed
+                result[e.SlotId] = b = new DirtyBitmap(slot.Pages);
+            }
+            if (e.Offset < (ulong)b.Pages) b.Set((long)e.Offset);
+        }
+        return result;
+    }
+
+    /// <summary><c>KVM_RESET_DIRTY_RINGS</c>: re-protects the pages of harvested entries and frees their ring slots; returns how many.</summary>
+    public long Reset()
+    {
+        vm.ThrowIfDisposed();
+        lock (gate) return vm.ResetDirtyRingsInternal();
+    }
+
+    /// <summary>Serves a vCPU's ring-full exit: harvest everything into the backlog, reset. Thread-safe.</summary>
+    internal void OnFull()
+    {
+        lock (gate)
+        {
+            Interlocked.Increment(ref fullExits);
+            for (int v = 0; v < vm.Vcpus; v++) vm.HarvestDirtyRingInternal(v, backlog);
+            vm.ResetDirtyRingsInternal();
+        }
+    }
+
+    public override string ToString() => $"dirty ring: {Entries} entries × {vm.Vcpus} vCPUs, soft limit {SoftLimit}, {FullExits} full exits";
+}

@@ -1,0 +1,637 @@
+using System.Runtime.CompilerServices;
+using System.Text;
+using VirtLab.Sdk.Native;
+
+[assembly: InternalsVisibleTo("VirtLab.Sdk.Tests")]
+
+namespace VirtLab.Sdk.Machine.Kvm;
+
+/// <summary>Guest→host calls of the VirtLab guest ABI (`out dx, eax` on port 0x1000, like the selftests' ucall).</summary>
+public static class Ucall
+{
+    public const ushort Port = 0x1000;
+    public const uint Done = 0, Sync = 1, Assert = 2, Print = 3;
+}
+
+/// <summary>What the host does when the guest calls it; run on the calling vCPU's thread.</summary>
+internal sealed class GuestCallbacks
+{
+    /// <summary>GUEST_SYNC(pass) on a vCPU; may block (e.g. a barrier across vCPUs) and honour the token.</summary>
+    public Action<int, ulong, CancellationToken>? OnSync;
+    public Action<int, string>? OnPrint;
+    /// <summary>The vCPU signalled done (or halted).</summary>
+    public Action<int>? OnDone;
+}
+
+/// <summary>
+/// The raw KVM VM: /dev/kvm + VM fd, the system memslot (GDT, page tables, code, stacks), user memslots
+/// registered by the Machine layer, vCPUs with their kvm_run and dirty rings, and the run loop.
+/// Backend-neutral policy (slot bookkeeping, validation, bitmaps) lives in the Vm layer above.
+/// </summary>
+internal sealed unsafe class KvmMachine : IDisposable
+{
+    private readonly record struct Region(uint Slot, uint Flags, ulong Gpa, ulong Size, nint Hva);
+
+    public KvmSystem System { get; }
+    public uint SystemSlot { get; }
+    public int VcpuCount { get; }
+    public int DirtyRingBytes { get; private set; }
+    public ulong ManualProtectFlags { get; private set; }
+    /// <summary>Guest MAXPHYADDR as KVM_GET_SUPPORTED_CPUID reports it (CPUID 0x80000008).</summary>
+    public int GuestPhysBits { get; }
+
+    private readonly KvmFd _kvm;
+    private readonly KvmFd _vm;
+    private nint _sysHost;
+    private bool _sysOwned;
+    private SystemLayout? _layout;
+    private KvmPageTables? _tables;
+    private bool _use1G;
+    private readonly byte[] _cpuid;
+    private readonly Dictionary<uint, Region> _regions = new();
+    private KvmVcpu[]? _vcpus;
+    private int _layoutGeneration, _builtGeneration = -1;
+    private ulong _cr3;
+    private readonly object _runLock = new();
+    private readonly CancellationTokenSource _disposeCts = new();
+    private volatile bool _disposed;
+
+    /// <summary>gva = gpa - GvaDelta for user memslots (0 = identity) as of the last build.</summary>
+    public ulong GvaDelta { get; private set; }
+
+    /// <summary>
+    /// A VM with <paramref name="vcpus"/> vCPUs (created lazily, so a dirty ring can still be enabled).
+    /// With <paramref name="ownSystemSlot"/> the machine allocates its own system slot; otherwise the Machine layer
+    /// registers slot <paramref name="systemSlot"/> through <see cref="SetUserMemoryRegion"/>.
+    /// </summary>
+    public KvmMachine(int vcpus, bool ownSystemSlot = true, uint systemSlot = 0)
+    {
+        System = KvmSystem.Probe();
+        if (!System.Usable) throw new InvalidOperationException("KVM is not usable: " + System.Reason);
+        if (vcpus < 1) throw new ArgumentOutOfRangeException(nameof(vcpus), vcpus, "a VM needs at least one vCPU");
+        if (vcpus > System.MaxVcpus)
+            throw new ArgumentOutOfRangeException(nameof(vcpus), vcpus, $"this host's KVM allows at most {System.MaxVcpus} vCPUs per VM (KVM_CAP_MAX_VCPUS)");
+        if (vcpus > SystemLayout.MaxRecords)
+            throw new ArgumentOutOfRangeException(nameof(vcpus), vcpus, $"the KVM backend supports at most {SystemLayout.MaxRecords} vCPUs");
+        VcpuCount = vcpus;
+        SystemSlot = systemSlot;
+
+        _kvm = KvmFd.OpenDevKvm();
+        try
+        {
+            _cpuid = KvmCpuid.Supported(_kvm);
+            GuestPhysBits = KvmCpuid.PhysAddrBits(_cpuid);
+            _vm = _kvm.IoctlFd(KvmIoctl.KVM_CREATE_VM, 0, "vm");
+            if (ownSystemSlot)
+            {
+                ulong size = SystemLayout.AlignUp(SystemLayout.MinSize(vcpus) + (4ul << 20), 2ul << 20);
+                nint host = Libc.MmapChecked(0, (long)size, Libc.PROT_READ | Libc.PROT_WRITE,
+                    Libc.MAP_PRIVATE | Libc.MAP_ANONYMOUS | Libc.MAP_NORESERVE, -1, 0, "allocating the KVM system memslot");
+                _sysOwned = true;
+                AttachSystemSlot(host, size, 0);
+            }
+        }
+        catch
+        {
+            Dispose();
+            throw;
+        }
+    }
+
+    /// <summary>Size of the system slot (0 until it is registered).</summary>
+    public ulong SystemSlotSize => _layout?.Size ?? 0;
+
+    private void AttachSystemSlot(nint host, ulong size, uint flags)
+    {
+        var layout = new SystemLayout(size, VcpuCount);
+        _sysHost = host;
+        _layout = layout;
+        _tables = new KvmPageTables((byte*)host, layout) { Use1GPages = _use1G };
+        _tables.WriteGdt();
+        SetRegionRaw(SystemSlot, flags, 0, size, host);
+        _layoutGeneration++;
+    }
+
+    private SystemLayout Layout => _layout ?? throw new InvalidOperationException($"system memslot {SystemSlot} has not been registered yet");
+
+    public int VmFd => _vm.Fd;
+    internal KvmFd Vm => _vm;
+    public bool VcpusCreated => _vcpus != null;
+    internal IReadOnlyList<KvmVcpu> Vcpus => EnsureVcpus();
+    internal byte[] Cpuid => _cpuid;
+
+    /// <summary>Map 1 GiB guest pages where gpa/gva/size allow (needs PDPE1GB in the guest CPUID).</summary>
+    public bool Use1GPages
+    {
+        get => _use1G;
+        set
+        {
+            if (value && !KvmCpuid.Has1GPages(_cpuid)) throw new NotSupportedException("this host's KVM does not offer PDPE1GB (1 GiB guest pages)");
+            if (_use1G == value) return;
+            _use1G = value;
+            if (_tables != null) _tables.Use1GPages = value;
+            _layoutGeneration++;
+        }
+    }
+
+    // ---------------------------------------------------------------- memslots
+
+    private void SetRegionRaw(uint slot, uint flags, ulong gpa, ulong size, nint hva)
+    {
+        var r = new kvm_userspace_memory_region { slot = slot, flags = flags, guest_phys_addr = gpa, memory_size = size, userspace_addr = (ulong)hva };
+        _vm.Ioctl(KvmIoctl.KVM_SET_USER_MEMORY_REGION, &r, $"slot {slot} gpa 0x{gpa:x} size 0x{size:x} flags 0x{flags:x}");
+    }
+
+    /// <summary>KVM_SET_USER_MEMORY_REGION: create a slot, or re-issue it with new flags (toggles LOG_DIRTY_PAGES).</summary>
+    public void SetUserMemoryRegion(uint slot, uint flags, ulong gpa, ulong size, nint hva)
+    {
+        ObjectDisposedException.ThrowIf(_disposed, this);
+        if (slot == SystemSlot)
+        {
+            if (_layout == null) { AttachSystemSlot(hva, size, flags); return; }
+            if (gpa != 0 || size != _layout.Size || hva != _sysHost)
+                throw new InvalidOperationException($"system memslot {SystemSlot} cannot be moved or resized");
+            SetRegionRaw(slot, flags, 0, size, hva);
+            return;
+        }
+        if (size == 0) { DeleteUserMemoryRegion(slot); return; }
+        SetRegionRaw(slot, flags, gpa, size, hva);
+        if (!_regions.TryGetValue(slot, out var old) || old.Gpa != gpa || old.Size != size) _layoutGeneration++;
+        _regions[slot] = new Region(slot, flags, gpa, size, hva);
+    }
+
+    /// <summary>Delete a slot: KVM_SET_USER_MEMORY_REGION with memory_size 0.</summary>
+    public void DeleteUserMemoryRegion(uint slot)
+    {
+        ObjectDisposedException.ThrowIf(_disposed, this);
+        if (slot == SystemSlot) throw new InvalidOperationException($"system memslot {SystemSlot} cannot be deleted while the VM lives");
+        if (!_regions.Remove(slot, out var r)) return;
+        SetRegionRaw(slot, 0, r.Gpa, 0, 0);
+        _layoutGeneration++;
+    }
+
+    // ---------------------------------------------------------------- dirty logging
+
+    /// <summary>KVM_GET_DIRTY_LOG into a caller bitmap of ceil(pages/64) words.</summary>
+    public void GetDirtyLog(uint slot, ulong* bitmap)
+    {
+        var log = new kvm_dirty_log { slot = slot, dirty_bitmap = (ulong)bitmap };
+        _vm.Ioctl(KvmIoctl.KVM_GET_DIRTY_LOG, &log, $"slot {slot}");
+    }
+
+    /// <summary>KVM_CLEAR_DIRTY_LOG for [firstPage, firstPage+numPages) with bits taken from bitmap (bit 0 = firstPage).</summary>
+    public void ClearDirtyLog(uint slot, ulong firstPage, uint numPages, ulong* bitmap)
+    {
+        var c = new kvm_clear_dirty_log { slot = slot, first_page = firstPage, num_pages = numPages, dirty_bitmap = (ulong)bitmap };
+        _vm.Ioctl(KvmIoctl.KVM_CLEAR_DIRTY_LOG, &c, $"slot {slot} first_page {firstPage} num_pages {numPages}");
+    }
+
+    /// <summary>KVM_ENABLE_CAP(KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2): 0 disables; else MANUAL_PROTECT_ENABLE [| INITIALLY_SET].</summary>
+    public void EnableManualProtect(bool enable, bool initiallySet)
+    {
+        int supported = System.Cap(KvmCap.MANUAL_DIRTY_LOG_PROTECT2);
+        ulong flags = enable ? KvmConst.KVM_DIRTY_LOG_MANUAL_PROTECT_ENABLE | (initiallySet ? KvmConst.KVM_DIRTY_LOG_INITIALLY_SET : 0) : 0;
+        if (((ulong)supported & flags) != flags)
+            throw new NotSupportedException($"KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2 reports 0x{supported:x}; 0x{flags:x} is not supported");
+        EnableCap(KvmCap.MANUAL_DIRTY_LOG_PROTECT2, flags);
+        ManualProtectFlags = flags;
+    }
+
+    public void EnableCap(int cap, ulong arg0)
+    {
+        var c = new kvm_enable_cap { cap = (uint)cap };
+        c.args[0] = arg0;
+        _vm.Ioctl(KvmIoctl.KVM_ENABLE_CAP, &c, $"{KvmCap.Name(cap)} args[0]=0x{arg0:x}");
+    }
+
+    /// <summary>Enable the per-vCPU dirty ring (bytes, a power of two); only before vCPUs exist.</summary>
+    public void EnableDirtyRing(int bytes)
+    {
+        ObjectDisposedException.ThrowIf(_disposed, this);
+        int max = System.DirtyRingMaxBytes;
+        if (max == 0) throw new NotSupportedException("KVM_CAP_DIRTY_LOG_RING is not supported by this host's KVM");
+        if (bytes < 4096 || (bytes & (bytes - 1)) != 0 || bytes > max)
+            throw new ArgumentOutOfRangeException(nameof(bytes), bytes, $"dirty ring size must be a power of two between 4096 and {max} bytes (KVM_CAP_DIRTY_LOG_RING)");
+        if (_vcpus != null) throw new InvalidOperationException("the dirty ring must be enabled before the vCPUs are created (KVM returns EINVAL afterwards)");
+        // ACQ_REL is the same ring with the documented memory ordering; prefer it where KVM offers it.
+        int cap = System.Cap(KvmCap.DIRTY_LOG_RING_ACQ_REL) > 0 ? KvmCap.DIRTY_LOG_RING_ACQ_REL : KvmCap.DIRTY_LOG_RING;
+        EnableCap(cap, (ulong)bytes);
+        DirtyRingBytes = bytes;
+    }
+
+    /// <summary>Collect one vCPU's published dirty-ring entries (marking them RESET); returns how many.
+    /// The pages stay unprotected until <see cref="ResetDirtyRings"/>.</summary>
+    public int HarvestDirtyRing(int vcpu, Action<uint, ulong> sink)
+    {
+        if (DirtyRingBytes == 0) throw new InvalidOperationException("the dirty ring is not enabled on this VM");
+        if (_vcpus == null) return 0;
+        return _vcpus[vcpu].Ring!.Harvest(sink);
+    }
+
+    /// <summary>KVM_RESET_DIRTY_RINGS: re-protect harvested pages and recycle their entries; returns the count KVM reset.</summary>
+    public int ResetDirtyRings()
+    {
+        if (DirtyRingBytes == 0) throw new InvalidOperationException("the dirty ring is not enabled on this VM");
+        return _vm.Ioctl(KvmIoctl.KVM_RESET_DIRTY_RINGS);
+    }
+
+    /// <summary>Harvest every vCPU's ring, then reset. Returns entries harvested.</summary>
+    public int HarvestDirtyRings(Action<uint, ulong> sink)
+    {
+        if (DirtyRingBytes == 0) throw new InvalidOperationException("the dirty ring is not enabled on this VM");
+        if (_vcpus == null) return 0;
+        int n = 0;
+        for (int i = 0; i < _vcpus.Length; i++) n += HarvestDirtyRing(i, sink);
+        ResetDirtyRings();
+        return n;
+    }
+
+    /// <summary>
+    /// Serves KVM_EXIT_DIRTY_RING_FULL on the vCPU's thread; it must harvest and reset before returning so the
+    /// vCPU can continue. Default: move every ring's entries into a spill list returned by <see cref="DrainRingSpill"/>.
+    /// </summary>
+    public Action<int>? OnDirtyRingFull { get; set; }
+
+    private readonly List<(uint Slot, ulong Offset)> _ringFullSpill = new();
+
+    public int DrainRingSpill(Action<uint, ulong> sink)
+    {
+        lock (_ringFullSpill)
+        {
+            foreach (var (s, o) in _ringFullSpill) sink(s, o);
+            int n = _ringFullSpill.Count;
+            _ringFullSpill.Clear();
+            return n;
+        }
+    }
+
+    private long _ringFullExits;
+
+    /// <summary>KVM_EXIT_DIRTY_RING_FULL exits served so far.</summary>
+    public long DirtyRingFullExits => Interlocked.Read(ref _ringFullExits);
+
+    private void OnRingFull(KvmVcpu vcpu)
+    {
+        Interlocked.Increment(ref _ringFullExits);
+        if (OnDirtyRingFull is { } h) { h(vcpu.Index); return; }
+        lock (_ringFullSpill)
+        {
+            for (int i = 0; i < _vcpus!.Length; i++) HarvestDirtyRing(i, (s, o) => _ringFullSpill.Add((s, o)));
+            ResetDirtyRings();
+        }
+    }
+
+    // ---------------------------------------------------------------- vCPUs and the run loop
+
+    private KvmVcpu[] EnsureVcpus()
+    {
+        ObjectDisposedException.ThrowIf(_disposed, this);
+        if (_vcpus != null) return _vcpus;
+        var list = new List<KvmVcpu>();
+        try
+        {
+            for (int i = 0; i < VcpuCount; i++)
+            {
+                var v = new KvmVcpu(_vm, i, System.VcpuMmapSize, DirtyRingBytes);
+                list.Add(v);
+                KvmCpuid.SetOn(v, _cpuid);
+            }
+        }
+        catch
+        {
+            foreach (var v in list) v.Dispose();
+            throw;
+        }
+        return _vcpus = list.ToArray();
+    }
+
+    /// <summary>Create the vCPUs now (they are otherwise created at the first run, so a ring can still be enabled).</summary>
+    public void CreateVcpus() => EnsureVcpus();
+
+    private IReadOnlyList<GuestMapping> Mappings()
+    {
+        var maps = new List<GuestMapping> { new(0, 0, Layout.Size) };
+        if (_regions.Count == 0) { GvaDelta = 0; return maps; }
+        ulong lo = _regions.Values.Min(r => r.Gpa), hi = _regions.Values.Max(r => r.Gpa + r.Size);
+        const ulong canonical = 1ul << 47, window = 1ul << 32;
+        ulong delta = 0;
+        if (hi > canonical)
+        {
+            // Above the canonical lower half (e.g. the top of a 48-bit guest-physical space): shift all user
+            // memory down to start at 4 GiB of guest-virtual space, keeping 1 GiB alignment for large pages.
+            delta = (lo & ~((1ul << 30) - 1)) - window;
+            if (hi - delta > canonical)
+                throw new NotSupportedException($"user memslots span 0x{lo:x}..0x{hi:x}: too wide for 4-level guest paging");
+        }
+        GvaDelta = delta;
+        foreach (var r in _regions.Values.OrderBy(r => r.Gpa)) maps.Add(new(r.Gpa, r.Gpa - delta, r.Size));
+        return maps;
+    }
+
+    /// <summary>Guest-virtual address of a guest-physical address in a user memslot or the system slot.</summary>
+    public ulong GvaOf(ulong gpa) => gpa < SystemSlotSize ? gpa : gpa - GvaDelta;
+
+    /// <summary>Build page tables now if needed (e.g. before computing gvas for a program).</summary>
+
+    /// <summary>Rebuild page tables when the slot layout changed; returns true when CR3 changed.</summary>
+    private bool PreparePageTables()
+    {
+        if (_builtGeneration == _layoutGeneration) return false;
+        var maps = Mappings();
+        var tables = _tables!;
+        if (KvmPageTables.PagesNeeded(maps) > tables.FreePages)
+        {
+            // Pool exhausted: re-create the system slot so KVM zaps shadow pages of the old tables, then reuse the pool.
+            SetRegionRaw(SystemSlot, 0, 0, 0, 0);
+            SetRegionRaw(SystemSlot, 0, 0, Layout.Size, _sysHost);
+            tables.ResetPool();
+        }
+        _cr3 = tables.Build(maps);
+        _builtGeneration = _layoutGeneration;
+        return true;
+    }
+
+    public void PrepareLayout()
+    {
+        Layout.ToString();
+        PreparePageTables();
+    }
+
+    /// <summary>
+    /// Run one guest program on every vCPU (rdi = vCPU index, rsp = its stack, long mode) until each signals
+    /// done, one fails, or the token fires. Each vCPU runs KVM_RUN on its own thread; <paramref name="onCaller"/>
+    /// (if any) runs on the calling thread meanwhile, with a token that fires when a vCPU fails.
+    /// </summary>
+    public void Run(ReadOnlySpan<byte> code, ulong entryOffset, GuestCallbacks callbacks, CancellationToken token,
+        Action<CancellationToken>? onCaller = null)
+    {
+        ObjectDisposedException.ThrowIf(_disposed, this);
+        if ((ulong)code.Length > SystemLayout.CodeSize)
+            throw new ArgumentException($"guest program is {code.Length} bytes; the code area holds {SystemLayout.CodeSize}");
+        if (entryOffset >= (ulong)code.Length) throw new ArgumentOutOfRangeException(nameof(entryOffset));
+        if (!Monitor.TryEnter(_runLock)) throw new InvalidOperationException("a guest program is already running on this VM");
+        try
+        {
+            ObjectDisposedException.ThrowIf(_disposed, this);
+            var layout = Layout;
+            var vcpus = EnsureVcpus();
+            bool newCr3 = PreparePageTables();
+            code.CopyTo(new Span<byte>((byte*)_sysHost + SystemLayout.CodeGpa, code.Length));
+            foreach (var v in vcpus)
+            {
+                var s = v.GetSregs();
+                if (newCr3 || s.cr3 != _cr3 || (s.efer & (1 << 10)) == 0)
+                {
+                    KvmPageTables.SetLongMode(ref s, _cr3);
+                    v.SetSregs(s);
+                }
+                v.SetRegs(new kvm_regs { rip = SystemLayout.CodeGpa + entryOffset, rsp = SystemLayout.StackTop(v.Index), rdi = (ulong)v.Index, rflags = 0x2 });
+            }
+
+            using var failed = CancellationTokenSource.CreateLinkedTokenSource(token, _disposeCts.Token);
+            var errors = new Exception?[VcpuCount];
+            var threads = new Thread[vcpus.Length];
+            foreach (var v in vcpus)
+            {
+                threads[v.Index] = new Thread(() =>
+                {
+                    try { RunLoop(v, callbacks, failed.Token); }
+                    catch (Exception e)
+                    {
+                        errors[v.Index] = e;
+                        try { failed.Cancel(); } catch (ObjectDisposedException) { }
+                    }
+                }, 256 * 1024) { IsBackground = true, Name = $"vcpu{v.Index}" };
+            }
+            // Cancellation (user token, dispose, or a failing sibling) kicks every vCPU out of KVM_RUN.
+            using var reg = failed.Token.Register(() => { foreach (var v in vcpus) v.RequestStop(); });
+            foreach (var t in threads) t.Start();
+            Exception? callerError = null;
+            try { onCaller?.Invoke(failed.Token); }
+            catch (Exception e)
+            {
+                callerError = e;
+                try { failed.Cancel(); } catch (ObjectDisposedException) { }
+            }
+            foreach (var t in threads) t.Join();
+
+            var real = errors.Where(e => e is not null and not OperationCanceledException).ToList();
+            if (real.Count == 1) throw real[0]!;
+            if (real.Count > 1) throw new AggregateException("several vCPUs failed: " + string.Join("; ", real.Select(e => e!.Message)), real!);
+            if (callerError is not null and not OperationCanceledException) throw callerError;
+            token.ThrowIfCancellationRequested();
+            if (_disposeCts.IsCancellationRequested) throw new ObjectDisposedException(nameof(KvmMachine), "the VM was disposed while the guest ran");
+            if (callerError != null) throw callerError;
+            if (errors.FirstOrDefault(e => e != null) is { } first) throw first;
+        }
+        finally
+        {
+            Monitor.Exit(_runLock);
+        }
+    }
+
+    private void RunLoop(KvmVcpu v, GuestCallbacks cb, CancellationToken token)
+    {
+        v.EnterRunThread();
+        try
+        {
+            byte* run = v.Run;
+            while (true)
+            {
+                if (token.IsCancellationRequested || v.StopRequested) throw new OperationCanceledException(token);
+                int r = Libc.ioctl(v.Fd.Fd, KvmIoctl.KVM_RUN, 0ul);
+                if (r < 0)
+                {
+                    int errno = Libc.Errno;
+                    if (errno == Errno.EINTR || errno == Errno.EAGAIN)
+                    {
+                        v.ClearImmediateExit(); // a kick or immediate_exit: see whether a stop was asked for
+                        continue;
+                    }
+                    throw new KvmException("KVM_RUN", errno, $"vCPU {v.Index}");
+                }
+                var reason = (KvmExitReason)(*(uint*)(run + KvmRunLayout.ExitReason));
+                switch (reason)
+                {
+                    case KvmExitReason.KVM_EXIT_IO:
+                        if (HandleIo(v, run, cb, token)) return;
+                        break;
+                    case KvmExitReason.KVM_EXIT_HLT:
+                        cb.OnDone?.Invoke(v.Index);
+                        return; // no in-kernel irqchip: HLT ends the program like ucall done
+                    case KvmExitReason.KVM_EXIT_INTR:
+                        break;
+                    case KvmExitReason.KVM_EXIT_DIRTY_RING_FULL:
+                        OnRingFull(v);
+                        break;
+                    case KvmExitReason.KVM_EXIT_MMIO:
+                    {
+                        ulong pa = *(ulong*)(run + KvmRunLayout.MmioPhysAddr);
+                        uint len = *(uint*)(run + KvmRunLayout.MmioLen);
+                        bool write = run[KvmRunLayout.MmioIsWrite] != 0;
+                        throw Guest(v, reason, $"guest {(write ? "wrote" : "read")} {len} bytes at gpa 0x{pa:x}, which no memslot backs");
+                    }
+                    case KvmExitReason.KVM_EXIT_SHUTDOWN:
+                        throw Guest(v, reason, "triple fault (an exception with no usable IDT, e.g. a page fault on unmapped memory)");
+                    case KvmExitReason.KVM_EXIT_FAIL_ENTRY:
+                        throw Guest(v, reason, $"VM entry failed: hardware_entry_failure_reason 0x{*(ulong*)(run + KvmRunLayout.FailEntryReason):x} on cpu {*(uint*)(run + KvmRunLayout.FailEntryCpu)}");
+                    case KvmExitReason.KVM_EXIT_INTERNAL_ERROR:
+                    {
+                        uint sub = *(uint*)(run + KvmRunLayout.InternalSuberror);
+                        uint nd = Math.Min(*(uint*)(run + KvmRunLayout.InternalNdata), 16u);
+                        var data = string.Join(" ", Enumerable.Range(0, (int)nd).Select(k => $"0x{((ulong*)(run + KvmRunLayout.InternalData))[k]:x}"));
+                        string what = sub switch
+                        {
+                            1 => "KVM_INTERNAL_ERROR_EMULATION (instruction emulation failed)",
+                            2 => "KVM_INTERNAL_ERROR_SIMUL_EX (exception while delivering an exception)",
+                            3 => "KVM_INTERNAL_ERROR_DELIVERY_EV (exit while delivering an event)",
+                            4 => "KVM_INTERNAL_ERROR_UNEXPECTED_EXIT_REASON",
+                            _ => $"suberror {sub}",
+                        };
+                        throw Guest(v, reason, what + (nd > 0 ? $"; data: {data}" : ""));
+                    }
+                    case KvmExitReason.KVM_EXIT_SYSTEM_EVENT:
+                        throw Guest(v, reason, $"system event type {*(uint*)(run + KvmRunLayout.SystemEventType)}");
+                    default:
+                        throw Guest(v, reason, $"exit reason {(uint)reason} is not expected by the VirtLab guest ABI");
+                }
+            }
+        }
+        finally
+        {
+            v.LeaveRunThread();
+            v.ClearImmediateExit();
+        }
+    }
+
+    private static KvmGuestException Guest(KvmVcpu v, KvmExitReason reason, string detail) => new(v.Index, reason, detail, v.TryRegisters());
+
+    /// <summary>Returns true when the guest said done.</summary>
+    private bool HandleIo(KvmVcpu v, byte* run, GuestCallbacks cb, CancellationToken token)
+    {
+        byte dir = run[KvmRunLayout.IoDirection], size = run[KvmRunLayout.IoSize];
+        ushort port = *(ushort*)(run + KvmRunLayout.IoPort);
+        uint count = *(uint*)(run + KvmRunLayout.IoCount);
+        ulong dataOffset = *(ulong*)(run + KvmRunLayout.IoDataOffset);
+        if (port != Ucall.Port || dir != KvmConst.KVM_EXIT_IO_OUT || size != 4 || count != 1)
+            throw Guest(v, KvmExitReason.KVM_EXIT_IO,
+                $"port I/O {(dir == KvmConst.KVM_EXIT_IO_OUT ? "out" : "in")} size {size} count {count} on port 0x{port:x}; the guest ABI uses `out dx, eax` on port 0x{Ucall.Port:x}");
+        uint call = *(uint*)(run + (long)dataOffset);
+        switch (call)
+        {
+            case Ucall.Done:
+                cb.OnDone?.Invoke(v.Index);
+                return true;
+            case Ucall.Sync:
+                cb.OnSync?.Invoke(v.Index, v.GetRegs().rsi, token);
+                return false;
+            case Ucall.Assert:
+            {
+                var regs = v.TryRegisters();
+                throw new GuestAssertException(v.Index, ReadGuestString(regs?.Rsi ?? 0), regs);
+            }
+            case Ucall.Print:
+                var text = ReadGuestString(v.GetRegs().rsi);
+                if (cb.OnPrint != null) cb.OnPrint(v.Index, text);
+                else Console.Out.WriteLine($"[vcpu{v.Index}] {text}");
+                return false;
+            default:
+                throw Guest(v, KvmExitReason.KVM_EXIT_IO, $"unknown ucall {call} (0 done, 1 sync, 2 assert, 3 print)");
+        }
+    }
+
+    /// <summary>Host pointer for [gpa, gpa+len) if one memslot (system or user) holds all of it.</summary>
+    public byte* HostPointer(ulong gpa, ulong len)
+    {
+        if (_layout != null && gpa + len <= _layout.Size && gpa + len >= gpa) return (byte*)_sysHost + gpa;
+        foreach (var r in _regions.Values)
+            if (gpa >= r.Gpa && gpa + len <= r.Gpa + r.Size) return (byte*)r.Hva + (gpa - r.Gpa);
+        return null;
+    }
+
+    private string ReadGuestString(ulong gpa)
+    {
+        var bytes = new List<byte>();
+        for (ulong i = 0; i < 4096; i++)
+        {
+            var p = HostPointer(gpa + i, 1);
+            if (p == null) return bytes.Count == 0 ? $"<message at gpa 0x{gpa:x} is outside guest memory>" : Encoding.UTF8.GetString(bytes.ToArray());
+            if (*p == 0) break;
+            bytes.Add(*p);
+        }
+        return Encoding.UTF8.GetString(bytes.ToArray());
+    }
+
+    /// <summary>Write a NUL-terminated string into the system slot's data area; returns its gpa.</summary>
+    public ulong PutString(ref ulong cursor, string s)
+    {
+        var b = Encoding.UTF8.GetBytes(s + "\0");
+        if (_layout == null) throw new InvalidOperationException("system slot not registered");
+        if (cursor + (ulong)b.Length > SystemLayout.DataSize / 2) throw new InvalidOperationException("guest data area full");
+        ulong gpa = SystemLayout.DataGpa + cursor;
+        b.CopyTo(new Span<byte>((byte*)_sysHost + gpa, b.Length));
+        cursor += (ulong)b.Length;
+        return gpa;
+    }
+
+    /// <summary>Host view of the system slot's data area (shared host↔guest variables).</summary>
+    public Span<byte> DataArea => new((byte*)_sysHost + SystemLayout.DataGpa, (int)SystemLayout.DataSize);
+
+    /// <summary>Host pointer into the system slot.</summary>
+    public byte* SystemHost(ulong gpa) => (byte*)_sysHost + gpa;
+
+    // ---------------------------------------------------------------- binary stats
+
+    private readonly List<KvmStats> _stats = new();
+    private KvmStats? _vmStats;
+
+    /// <summary>The VM's binary stats fd (opened once, closed with the VM).</summary>
+    public KvmStats VmStats
+    {
+        get
+        {
+            ObjectDisposedException.ThrowIf(_disposed, this);
+            if (_vmStats != null) return _vmStats;
+            _vmStats = new KvmStats(_vm, "VM");
+            lock (_stats) _stats.Add(_vmStats);
+            return _vmStats;
+        }
+    }
+
+    private KvmStats?[]? _vcpuStats;
+
+    /// <summary>A vCPU's binary stats fd (opened once, closed with the VM).</summary>
+    public KvmStats VcpuStats(int index)
+    {
+        var vcpus = EnsureVcpus();
+        if ((uint)index >= (uint)vcpus.Length) throw new ArgumentOutOfRangeException(nameof(index), index, $"the VM has {vcpus.Length} vCPUs");
+        _vcpuStats ??= new KvmStats?[vcpus.Length];
+        if (_vcpuStats[index] is { } s) return s;
+        s = new KvmStats(vcpus[index].Fd, $"vCPU {index}");
+        lock (_stats) _stats.Add(s);
+        return _vcpuStats[index] = s;
+    }
+
+    public void Dispose()
+    {
+        if (_disposed) return;
+        _disposed = true;
+        // Stop a running guest and wait for its vCPU threads before the fds and mappings go away.
+        try { _disposeCts.Cancel(); } catch (ObjectDisposedException) { }
+        bool locked = Monitor.TryEnter(_runLock, TimeSpan.FromSeconds(10));
+        try { DisposeCore(); }
+        finally { if (locked) Monitor.Exit(_runLock); }
+    }
+
+    private void DisposeCore()
+    {
+        lock (_stats) { foreach (var st in _stats) st.Dispose(); _stats.Clear(); }
+        if (_vcpus != null) foreach (var v in _vcpus) v.Dispose();
+        _vcpus = null;
+        _vm?.Dispose(); // closing the VM fd releases its memslots
+        _kvm?.Dispose();
+        if (_sysOwned && _sysHost != 0) Libc.munmap(_sysHost, (nuint)_layout!.Size);
+        _sysHost = 0;
+        _disposeCts.Dispose();
+    }
+}

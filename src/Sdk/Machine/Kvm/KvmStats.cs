@@ -1,0 +1,185 @@
+using System.Text;
+using Spectre.Console;
+using Spectre.Console.Rendering;
+using VirtLab.Sdk.Native;
+
+namespace VirtLab.Sdk.Machine.Kvm;
+
+/// <summary>How a KVM statistic behaves (KVM_STATS_TYPE_*).</summary>
+public enum KvmStatType { Cumulative = 0, Instant = 1, Peak = 2, LinearHistogram = 3, LogHistogram = 4 }
+
+/// <summary>Unit of a KVM statistic (KVM_STATS_UNIT_*).</summary>
+public enum KvmStatUnit { None = 0, Bytes = 1, Seconds = 2, Cycles = 3, Boolean = 4 }
+
+/// <summary>One descriptor of a binary stats fd (struct kvm_stats_desc).</summary>
+public sealed record KvmStatDescriptor(string Name, KvmStatType Type, KvmStatUnit Unit, bool Pow2Base, short Exponent, int Size, uint Offset, uint BucketSize);
+
+/// <summary>
+/// A binary statistics fd (KVM_GET_STATS_FD on a VM or vCPU fd): the header and descriptors are read once,
+/// values are re-read with pread at each snapshot.
+/// </summary>
+public sealed unsafe class KvmStats : IDisposable
+{
+    private readonly KvmFd _fd;
+    private readonly uint _dataOffset;
+    private readonly int _dataSize;
+    private readonly Dictionary<string, KvmStatDescriptor> _byName = new();
+
+    /// <summary>The stats id string from the header (e.g. "kvm-1234" or "kvm-1234/vcpu-0").</summary>
+    public string Id { get; }
+    public IReadOnlyList<KvmStatDescriptor> Descriptors { get; }
+
+    internal KvmStats(KvmFd owner, string what)
+    {
+        _fd = owner.IoctlFd(KvmIoctl.KVM_GET_STATS_FD, 0, $"stats of {what}");
+        try
+        {
+            kvm_stats_header h;
+            ReadExact(&h, (nuint)sizeof(kvm_stats_header), 0, "header");
+            var id = new byte[h.name_size];
+            fixed (byte* p = id) ReadExact(p, h.name_size, h.id_offset, "id");
+            Id = Encoding.ASCII.GetString(id).TrimEnd('\0');
+
+            int descSize = sizeof(kvm_stats_desc) + (int)h.name_size;
+            var all = new byte[descSize * h.num_desc];
+            fixed (byte* p = all) ReadExact(p, (nuint)all.Length, h.desc_offset, "descriptors");
+            var list = new List<KvmStatDescriptor>();
+            int end = 0;
+            for (int i = 0; i < h.num_desc; i++)
+            {
+                fixed (byte* p = &all[i * descSize])
+                {
+                    var d = (kvm_stats_desc*)p;
+                    var name = Encoding.ASCII.GetString(new ReadOnlySpan<byte>(p + sizeof(kvm_stats_desc), (int)h.name_size)).Split('\0')[0];
+                    var desc = new KvmStatDescriptor(name, (KvmStatType)(d->flags & 0xF), (KvmStatUnit)((d->flags >> 4) & 0xF),
+                        ((d->flags >> 8) & 0xF) == 1, d->exponent, d->size, d->offset, d->bucket_size);
+                    list.Add(desc);
+                    _byName[name] = desc;
+                    end = Math.Max(end, (int)d->offset + d->size * 8);
+                }
+            }
+            Descriptors = list;
+            _dataOffset = h.data_offset;
+            _dataSize = end;
+        }
+        catch
+        {
+            _fd.Dispose();
+            throw;
+        }
+    }
+
+    private void ReadExact(void* buf, nuint len, long offset, string what)
+    {
+        nint n = LibcKvm.Pread(_fd.Fd, buf, len, offset);
+        if (n < 0) throw KvmException.Last("pread(stats fd)", what);
+        if ((nuint)n != len) throw new IOException($"short read of KVM stats {what}: {n} of {len} bytes");
+    }
+
+    public bool Has(string name) => _byName.ContainsKey(name);
+
+    /// <summary>Current value of a scalar statistic (first bucket of a histogram).</summary>
+    public ulong Read(string name)
+    {
+        if (!_byName.TryGetValue(name, out var d))
+            throw new KeyNotFoundException($"no KVM statistic '{name}' in {Id}; available: {string.Join(", ", _byName.Keys)}");
+        ulong v;
+        ReadExact(&v, 8, _dataOffset + d.Offset, name);
+        return v;
+    }
+
+    /// <summary>Every value at this moment (histograms as their bucket arrays).</summary>
+    public KvmStatsSnapshot Snapshot()
+    {
+        var data = new byte[_dataSize];
+        fixed (byte* p = data) ReadExact(p, (nuint)data.Length, _dataOffset, "data");
+        var values = new Dictionary<string, ulong[]>(Descriptors.Count);
+        foreach (var d in Descriptors)
+        {
+            var arr = new ulong[d.Size];
+            for (int k = 0; k < d.Size; k++) arr[k] = BitConverter.ToUInt64(data, (int)d.Offset + k * 8);
+            values[d.Name] = arr;
+        }
+        return new KvmStatsSnapshot(Id, DateTime.UtcNow, Descriptors, values);
+    }
+
+    public void Dispose() => _fd.Dispose();
+}
+
+/// <summary>All values of one stats fd at one moment.</summary>
+public sealed class KvmStatsSnapshot : IDisplayable
+{
+    public string Id { get; }
+    public DateTime TakenUtc { get; }
+    public IReadOnlyList<KvmStatDescriptor> Descriptors { get; }
+    public IReadOnlyDictionary<string, ulong[]> Values { get; }
+
+    internal KvmStatsSnapshot(string id, DateTime taken, IReadOnlyList<KvmStatDescriptor> descs, IReadOnlyDictionary<string, ulong[]> values)
+    {
+        Id = id; TakenUtc = taken; Descriptors = descs; Values = values;
+    }
+
+    /// <summary>Scalar value (sum of buckets for histograms).</summary>
+    public ulong this[string name] => Values.TryGetValue(name, out var v)
+        ? (v.Length == 1 ? v[0] : v.Aggregate(0ul, (a, b) => a + b))
+        : throw new KeyNotFoundException($"no KVM statistic '{name}' in {Id}");
+
+    /// <summary>What changed from <paramref name="before"/> to this snapshot.</summary>
+    public KvmStatsDelta Since(KvmStatsSnapshot before) => KvmStatsDelta.Between(before, this);
+
+    public IRenderable ToRenderable()
+    {
+        var t = new Table().Border(TableBorder.Rounded).Title($"[bold]{Markup.Escape(Id)}[/]").AddColumn("statistic").AddColumn(new TableColumn("value").RightAligned());
+        foreach (var d in Descriptors) t.AddRow(Markup.Escape(d.Name), Format(Values[d.Name]));
+        return t;
+    }
+
+    private static string Format(ulong[] v) => v.Length == 1 ? v[0].ToString("N0") : "[" + string.Join(" ", v) + "]";
+}
+
+/// <summary>One counter that changed between two snapshots.</summary>
+public sealed record KvmStatChange(string Name, KvmStatType Type, ulong Before, ulong After)
+{
+    /// <summary>After − Before (negative for instant values that fell).</summary>
+    public long Delta => (long)(After - Before);
+}
+
+/// <summary>Counters that changed between two snapshots of the same stats fd (a table when displayed).</summary>
+public sealed class KvmStatsDelta : IDisplayable
+{
+    public string Id { get; }
+    public TimeSpan Elapsed { get; }
+    public IReadOnlyList<KvmStatChange> Changes { get; }
+
+    private KvmStatsDelta(string id, TimeSpan elapsed, IReadOnlyList<KvmStatChange> changes)
+    {
+        Id = id; Elapsed = elapsed; Changes = changes;
+    }
+
+    internal static KvmStatsDelta Between(KvmStatsSnapshot a, KvmStatsSnapshot b)
+    {
+        var list = new List<KvmStatChange>();
+        foreach (var d in b.Descriptors)
+        {
+            if (!a.Values.ContainsKey(d.Name)) continue;
+            ulong x = a[d.Name], y = b[d.Name];
+            if (x != y) list.Add(new KvmStatChange(d.Name, d.Type, x, y));
+        }
+        return new KvmStatsDelta(b.Id, b.TakenUtc - a.TakenUtc, list);
+    }
+
+    /// <summary>Change of one counter (0 when it did not change).</summary>
+    public long this[string name] => Changes.FirstOrDefault(c => c.Name == name)?.Delta ?? 0;
+
+    public IRenderable ToRenderable()
+    {
+        var t = new Table().Border(TableBorder.Rounded).Title($"[bold]{Markup.Escape(Id)}[/] Δ over {Elapsed.TotalMilliseconds:F1} ms")
+            .AddColumn("statistic").AddColumn(new TableColumn("before").RightAligned()).AddColumn(new TableColumn("after").RightAligned())
+            .AddColumn(new TableColumn("Δ").RightAligned());
+        if (Changes.Count == 0) t.AddRow("[grey](no change)[/]", "", "", "");
+        foreach (var c in Changes) t.AddRow(Markup.Escape(c.Name), c.Before.ToString("N0"), c.After.ToString("N0"), (c.Delta >= 0 ? "+" : "") + c.Delta.ToString("N0"));
+        return t;
+    }
+
+    public override string ToString() => string.Join(", ", Changes.Select(c => $"{c.Name} {(c.Delta >= 0 ? "+" : "")}{c.Delta}"));
+}

@@ -1,0 +1,194 @@
+using Spectre.Console;
+using Spectre.Console.Rendering;
+using VirtLab.Sdk.Native;
+
+namespace VirtLab.Sdk.Machine.Kvm;
+
+/// <summary>One KVM capability as KVM_CHECK_EXTENSION reports it (0 = absent; some return a size or count).</summary>
+public sealed record KvmCapability(string Name, int Number, int Value);
+
+/// <summary>Hugetlb pool state for one page size (/sys/kernel/mm/hugepages/hugepages-NkB).</summary>
+public sealed record HugePagePool(long PageSizeBytes, long Reserved, long Free);
+
+/// <summary>What this host's KVM can do: the data `virtlab doctor` prints. Obtain with <see cref="Probe"/>.</summary>
+public sealed class KvmSystem : IDisplayable
+{
+    /// <summary>The capabilities the project depends on, queried on /dev/kvm.</summary>
+    public static readonly int[] InterestingCaps =
+    {
+        KvmCap.USER_MEMORY, KvmCap.SYNC_MMU, KvmCap.NR_VCPUS, KvmCap.MAX_VCPUS, KvmCap.MAX_VCPU_ID, KvmCap.NR_MEMSLOTS,
+        KvmCap.MULTI_ADDRESS_SPACE, KvmCap.READONLY_MEM, KvmCap.IMMEDIATE_EXIT, KvmCap.MANUAL_DIRTY_LOG_PROTECT2,
+        KvmCap.DIRTY_LOG_RING, KvmCap.DIRTY_LOG_RING_ACQ_REL, KvmCap.DIRTY_LOG_RING_WITH_BITMAP,
+        KvmCap.BINARY_STATS_FD, KvmCap.HALT_POLL, KvmCap.X86_DISABLE_EXITS, KvmCap.EXT_CPUID,
+    };
+
+    public bool Usable { get; private init; }
+    /// <summary>Why KVM is not usable (empty when it is).</summary>
+    public string Reason { get; private init; } = "";
+    public int ApiVersion { get; private init; }
+    public int VcpuMmapSize { get; private init; }
+    public IReadOnlyList<KvmCapability> Capabilities { get; private init; } = [];
+    /// <summary>Module → parameter → value, from /sys/module/kvm*/parameters/.</summary>
+    public IReadOnlyDictionary<string, IReadOnlyDictionary<string, string>> ModuleParameters { get; private init; } =
+        new Dictionary<string, IReadOnlyDictionary<string, string>>();
+    public string ThpEnabled { get; private init; } = "";
+    public string ThpDefrag { get; private init; } = "";
+    public IReadOnlyList<HugePagePool> HugePages { get; private init; } = [];
+    public string Kernel { get; private init; } = "";
+    public string Cpu { get; private init; } = "";
+    public int LogicalCpus { get; private init; }
+    /// <summary>Hardware virtualization the host CPU advertises ("vmx", "svm" or "none": e.g. PVM's emulated guests).</summary>
+    public string HardwareVirtualization { get; private init; } = "";
+
+    public int Cap(int cap) => Capabilities.FirstOrDefault(c => c.Number == cap)?.Value ?? 0;
+    public int MaxVcpus => Cap(KvmCap.MAX_VCPUS) > 0 ? Cap(KvmCap.MAX_VCPUS) : Math.Max(Cap(KvmCap.NR_VCPUS), 4);
+    public int NrMemslots => Cap(KvmCap.NR_MEMSLOTS);
+    public int DirtyRingMaxBytes => Cap(KvmCap.DIRTY_LOG_RING_ACQ_REL) > 0 ? Cap(KvmCap.DIRTY_LOG_RING_ACQ_REL) : Cap(KvmCap.DIRTY_LOG_RING);
+
+    private static readonly Lazy<KvmSystem> Cached = new(ProbeNow);
+
+    /// <summary>Probe /dev/kvm and the host once (cached): capabilities, module parameters, THP, hugetlb, kernel, CPU.</summary>
+    public static KvmSystem Probe() => Cached.Value;
+
+    /// <summary>Probe again, ignoring the cache (module parameters and hugetlb reservations can change).</summary>
+    public static KvmSystem ProbeNow()
+    {
+        bool usable = false;
+        string reason = "";
+        int api = 0, mmapSize = 0;
+        var caps = new List<KvmCapability>();
+        try
+        {
+            using var kvm = KvmFd.OpenDevKvm();
+            api = kvm.Ioctl(KvmIoctl.KVM_GET_API_VERSION);
+            if (api != KvmConst.KVM_API_VERSION)
+                reason = $"KVM_GET_API_VERSION returned {api}, expected {KvmConst.KVM_API_VERSION}";
+            else
+            {
+                foreach (var c in InterestingCaps)
+                {
+                    int v = Libc.ioctl(kvm.Fd, KvmIoctl.KVM_CHECK_EXTENSION, (ulong)c);
+                    caps.Add(new KvmCapability(KvmCap.Name(c), c, Math.Max(v, 0)));
+                }
+                mmapSize = kvm.Ioctl(KvmIoctl.KVM_GET_VCPU_MMAP_SIZE);
+                usable = true;
+            }
+        }
+        catch (KvmException e)
+        {
+            reason = e.Errno == 2 ? "/dev/kvm does not exist (no KVM module loaded, or not exposed to this container)"
+                   : e.Errno == 13 ? "/dev/kvm: permission denied (add the user to the kvm group or run as root)"
+                   : e.Message;
+        }
+
+        return new KvmSystem
+        {
+            Usable = usable,
+            Reason = reason,
+            ApiVersion = api,
+            VcpuMmapSize = mmapSize,
+            Capabilities = caps,
+            ModuleParameters = ReadModuleParameters(),
+            ThpEnabled = Bracketed(ReadText("/sys/kernel/mm/transparent_hugepage/enabled")),
+            ThpDefrag = Bracketed(ReadText("/sys/kernel/mm/transparent_hugepage/defrag")),
+            HugePages = ReadHugePages(),
+            Kernel = ReadText("/proc/sys/kernel/osrelease"),
+            Cpu = CpuInfo("model name") ?? "unknown",
+            LogicalCpus = Environment.ProcessorCount,
+            HardwareVirtualization = CpuFlags() is var f && f.Contains("vmx") ? "vmx" : f.Contains("svm") ? "svm" : "none",
+        };
+    }
+
+    /// <summary>Free hugetlb pages of the given size (0 when the size is not supported).</summary>
+    public static HugePagePool HugePagePool(long pageSizeBytes) =>
+        ReadHugePages().FirstOrDefault(p => p.PageSizeBytes == pageSizeBytes) ?? new HugePagePool(pageSizeBytes, 0, 0);
+
+    private static string ReadText(string path)
+    {
+        try { return File.ReadAllText(path).Trim(); } catch { return ""; }
+    }
+
+    // "always [madvise] never" → "madvise"
+    private static string Bracketed(string s)
+    {
+        int a = s.IndexOf('['), b = s.IndexOf(']');
+        return a >= 0 && b > a ? s[(a + 1)..b] : s;
+    }
+
+    private static IReadOnlyDictionary<string, IReadOnlyDictionary<string, string>> ReadModuleParameters()
+    {
+        var result = new SortedDictionary<string, IReadOnlyDictionary<string, string>>();
+        try
+        {
+            foreach (var mod in Directory.GetDirectories("/sys/module", "kvm*"))
+            {
+                var dir = Path.Combine(mod, "parameters");
+                if (!Directory.Exists(dir)) continue;
+                var ps = new SortedDictionary<string, string>();
+                foreach (var p in Directory.GetFiles(dir)) ps[Path.GetFileName(p)] = ReadText(p);
+                result[Path.GetFileName(mod)] = ps;
+            }
+        }
+        catch (IOException) { }
+        catch (UnauthorizedAccessException) { }
+        return result;
+    }
+
+    private static List<HugePagePool> ReadHugePages()
+    {
+        var list = new List<HugePagePool>();
+        try
+        {
+            foreach (var d in Directory.GetDirectories("/sys/kernel/mm/hugepages", "hugepages-*kB"))
+            {
+                var name = Path.GetFileName(d);
+                if (!long.TryParse(name["hugepages-".Length..^2], out var kb)) continue;
+                long.TryParse(ReadText(Path.Combine(d, "nr_hugepages")), out var nr);
+                long.TryParse(ReadText(Path.Combine(d, "free_hugepages")), out var free);
+                list.Add(new HugePagePool(kb * 1024, nr, free));
+            }
+        }
+        catch (IOException) { }
+        list.Sort((a, b) => a.PageSizeBytes.CompareTo(b.PageSizeBytes));
+        return list;
+    }
+
+    private static string? CpuInfo(string key)
+    {
+        try
+        {
+            foreach (var line in File.ReadLines("/proc/cpuinfo"))
+                if (line.StartsWith(key, StringComparison.Ordinal) && line.IndexOf(':') is var i and > 0)
+                    return line[(i + 1)..].Trim();
+        }
+        catch (IOException) { }
+        return null;
+    }
+
+    private static HashSet<string> CpuFlags() => new((CpuInfo("flags") ?? "").Split(' ', StringSplitOptions.RemoveEmptyEntries));
+
+    public IRenderable ToRenderable()
+    {
+        var t = new Table().Border(TableBorder.Rounded).Title("[bold]KVM[/]").AddColumn("item").AddColumn("value");
+        t.AddRow("usable", Usable ? "[green]yes[/]" : $"[red]no[/]: {Markup.Escape(Reason)}");
+        if (Usable)
+        {
+            t.AddRow("API version", ApiVersion.ToString());
+            t.AddRow("vCPU mmap size", $"{VcpuMmapSize} bytes");
+            foreach (var c in Capabilities) t.AddRow(Markup.Escape(c.Name) + $" ({c.Number})", c.Value.ToString());
+        }
+        foreach (var (mod, ps) in ModuleParameters)
+            t.AddRow($"module {Markup.Escape(mod)}", Markup.Escape(string.Join("  ", ps.Select(p => $"{p.Key}={p.Value}"))));
+        t.AddRow("THP", $"enabled={Markup.Escape(ThpEnabled)} defrag={Markup.Escape(ThpDefrag)}");
+        foreach (var h in HugePages)
+            t.AddRow($"hugetlb {Size(h.PageSizeBytes)}", $"reserved {h.Reserved}, free {h.Free}");
+        t.AddRow("kernel", Markup.Escape(Kernel));
+        t.AddRow("CPU", Markup.Escape($"{Cpu} × {LogicalCpus}, hardware virtualization: {HardwareVirtualization}"));
+        return t;
+    }
+
+    private static string Size(long b) => b >= 1 << 30 ? $"{b >> 30} GiB" : b >= 1 << 20 ? $"{b >> 20} MiB" : $"{b >> 10} KiB";
+
+    public override string ToString() =>
+        Usable ? $"KVM API {ApiVersion}, max vCPUs {MaxVcpus}, memslots {NrMemslots}, kernel {Kernel}" : $"KVM unusable: {Reason}";
+}

@@ -1,0 +1,107 @@
+using VirtLab.Sdk.Native;
+
+namespace VirtLab.Sdk.Machine.Kvm;
+
+/// <summary>One vCPU: its fd, the mmap'ed struct kvm_run, and (when enabled) its dirty ring.</summary>
+internal sealed unsafe class KvmVcpu : IDisposable
+{
+    public int Index { get; }
+    public KvmFd Fd { get; }
+    private readonly KvmMapping _run;
+    public KvmDirtyRing? Ring { get; }
+    /// <summary>Kernel tid of the thread currently inside the run loop (0 = none), the target of kicks.</summary>
+    private int _tid;
+    private volatile bool _stopRequested;
+
+    public KvmVcpu(KvmFd vm, int index, int mmapSize, int ringBytes)
+    {
+        Index = index;
+        Fd = vm.IoctlFd(KvmIoctl.KVM_CREATE_VCPU, (ulong)index, $"vcpu{index}");
+        try
+        {
+            _run = new KvmMapping(Fd, (nuint)mmapSize, Libc.PROT_READ | Libc.PROT_WRITE, 0, $"kvm_run of vCPU {index}");
+            if (ringBytes > 0)
+                Ring = new KvmDirtyRing(this, ringBytes);
+        }
+        catch
+        {
+            _run?.Dispose();
+            Fd.Dispose();
+            throw;
+        }
+    }
+
+    public byte* Run => _run.Pointer;
+    public KvmExitReason ExitReason => (KvmExitReason)Volatile.Read(ref *(uint*)(Run + KvmRunLayout.ExitReason));
+
+    public kvm_regs GetRegs()
+    {
+        kvm_regs r;
+        Fd.Ioctl(KvmIoctl.KVM_GET_REGS, &r);
+        return r;
+    }
+
+    public void SetRegs(in kvm_regs regs)
+    {
+        fixed (kvm_regs* p = &regs) Fd.Ioctl(KvmIoctl.KVM_SET_REGS, p);
+    }
+
+    public kvm_sregs GetSregs()
+    {
+        kvm_sregs s;
+        Fd.Ioctl(KvmIoctl.KVM_GET_SREGS, &s);
+        return s;
+    }
+
+    public void SetSregs(in kvm_sregs sregs)
+    {
+        fixed (kvm_sregs* p = &sregs) Fd.Ioctl(KvmIoctl.KVM_SET_SREGS, p, "long-mode control registers/segments rejected");
+    }
+
+    /// <summary>Registers for error reports; never throws (returns null if the vCPU cannot be read).</summary>
+    public KvmRegisters? TryRegisters()
+    {
+        try
+        {
+            var r = GetRegs();
+            var s = GetSregs();
+            return new KvmRegisters(r.rip, r.rsp, r.rbp, r.rflags, r.rax, r.rbx, r.rcx, r.rdx, r.rsi, r.rdi,
+                s.cr0, s.cr2, s.cr3, s.cr4, s.efer, s.cs.selector);
+        }
+        catch (Exception)
+        {
+            return null;
+        }
+    }
+
+    /// <summary>Called on the vCPU thread before its run loop.</summary>
+    public void EnterRunThread()
+    {
+        _stopRequested = false;
+        Volatile.Write(ref _tid, LibcKvm.GetTid());
+    }
+
+    public void LeaveRunThread() => Volatile.Write(ref _tid, 0);
+
+    public bool StopRequested => _stopRequested;
+
+    /// <summary>
+    /// Ask the vCPU to leave KVM_RUN: immediate_exit covers the window before the next KVM_RUN, the signal
+    /// interrupts one already in the guest (KVM_RUN then returns -EINTR).
+    /// </summary>
+    public void RequestStop()
+    {
+        _stopRequested = true;
+        Volatile.Write(ref Run[KvmRunLayout.ImmediateExit], 1);
+        KvmSignals.Kick(Volatile.Read(ref _tid));
+    }
+
+    public void ClearImmediateExit() => Volatile.Write(ref Run[KvmRunLayout.ImmediateExit], 0);
+
+    public void Dispose()
+    {
+        Ring?.Dispose();
+        _run.Dispose();
+        Fd.Dispose();
+    }
+}

@@ -1,0 +1,295 @@
+using System.Diagnostics;
+using Iced.Intel;
+using Spectre.Console;
+using Spectre.Console.Rendering;
+using VirtLab.Sdk.Native;
+
+namespace VirtLab.Sdk.Machine.Kvm;
+
+/// <summary>
+/// The real KVM backend: the Machine layer's slots become KVM memslots, workloads are compiled to x86-64 and
+/// run by one thread per vCPU in KVM_RUN, dirty logging is the kernel's own.
+/// </summary>
+internal sealed unsafe class KvmVm : Vm
+{
+    internal KvmMachine Machine { get; }
+
+    private KvmVm(VmOptions options, KvmMachine machine) : base(options) => Machine = machine;
+
+    public override Backend Backend => Backend.Kvm;
+    public override int MaxVcpus => Machine.System.MaxVcpus;
+    public override int MaxMemslots => Machine.System.NrMemslots > 0 ? Machine.System.NrMemslots : base.MaxMemslots;
+
+    public static KvmVm Create(VmOptions o)
+    {
+        var sys = KvmSystem.Probe();
+        if (!sys.Usable) throw new PlatformNotSupportedException("KVM is not usable: " + sys.Reason);
+        if (o.Vcpus > sys.MaxVcpus)
+            throw new ArgumentOutOfRangeException(nameof(o.Vcpus), o.Vcpus, $"this host's KVM allows at most {sys.MaxVcpus} vCPUs per VM (KVM_CAP_MAX_VCPUS); got {o.Vcpus}");
+        if (o.DirtyRingBytes > 0 && o.DirtyRingBytes > sys.DirtyRingMaxBytes)
+            throw new ArgumentOutOfRangeException(nameof(o.DirtyRingBytes), o.DirtyRingBytes,
+                sys.DirtyRingMaxBytes == 0 ? "this host's KVM has no dirty ring (KVM_CAP_DIRTY_LOG_RING is 0)"
+                                           : $"this host's KVM allows dirty rings of at most {sys.DirtyRingMaxBytes} bytes (KVM_CAP_DIRTY_LOG_RING)");
+        if (o.SystemMemory is { } sm && (ulong)sm.Bytes < SystemLayout.MinSize(o.Vcpus))
+            throw new ArgumentException($"system memory {sm} is too small for the KVM backend with {o.Vcpus} vCPUs: it needs at least {SystemLayout.MinSize(o.Vcpus) >> 10} KiB", nameof(o.SystemMemory));
+
+        var m = new KvmMachine(o.Vcpus, ownSystemSlot: false);
+        KvmVm? vm = null;
+        try
+        {
+            if (o.DirtyRingBytes > 0) m.EnableDirtyRing(o.DirtyRingBytes);
+            if (o.ManualProtect) m.EnableManualProtect(true, o.InitiallySet);
+            if (o.Backing == Backing.AnonymousHugetlb1G && KvmCpuid.Has1GPages(m.Cpuid)) m.Use1GPages = true;
+            vm = new KvmVm(o, m);
+            var self = vm;
+            m.OnDirtyRingFull = i => self.OnDirtyRingFull(i);
+            vm.CreateDefaultSlots(o.GuestPhysBits ?? m.GuestPhysBits);
+            m.CreateVcpus();
+            return vm;
+        }
+        catch
+        {
+            if (vm != null) vm.Dispose();
+            else m.Dispose();
+            throw;
+        }
+    }
+
+    // ---- memslots and dirty logging ----------------------------------------------------------------
+
+    private protected override void SetMemoryRegion(MemSlot slot, bool logDirtyPages) =>
+        Machine.SetUserMemoryRegion((uint)slot.Id, logDirtyPages ? KvmConst.KVM_MEM_LOG_DIRTY_PAGES : 0, slot.Gpa, (ulong)slot.Size.Bytes, slot.HostAddress);
+
+    private protected override void DeleteMemoryRegion(MemSlot slot) => Machine.DeleteUserMemoryRegion((uint)slot.Id);
+
+    private protected override void GetDirtyLogCore(MemSlot slot, ulong[] bitmap)
+    {
+        fixed (ulong* p = bitmap) Machine.GetDirtyLog((uint)slot.Id, p);
+    }
+
+    private protected override void ClearDirtyLogCore(MemSlot slot, long firstPage, long numPages, ReadOnlySpan<ulong> mask)
+    {
+        if (numPages > uint.MaxValue) throw new ArgumentOutOfRangeException(nameof(numPages), "KVM_CLEAR_DIRTY_LOG takes at most 2^32-1 pages per call");
+        fixed (ulong* p = mask) Machine.ClearDirtyLog((uint)slot.Id, (ulong)firstPage, (uint)numPages, p);
+    }
+
+    private protected override void HarvestDirtyRingCore(int vcpu, List<DirtyGfn> into) =>
+        Machine.HarvestDirtyRing(vcpu, (s, o) => into.Add(new DirtyGfn(s, o)));
+
+    private protected override long ResetDirtyRingsCore() => Machine.ResetDirtyRings();
+
+    // ---- workloads -----------------------------------------------------------------------------------
+
+    private protected override WorkloadResult RunCore(WorkloadPlan plan, Action<int>? afterPass, CancellationToken cancellation)
+    {
+        if (plan.Gpa < SystemSlot.EndGpa)
+            throw new ArgumentException($"workload range starts at 0x{plan.Gpa:x}, inside system slot 0, which holds the KVM backend's code, stacks and page tables");
+        var w = plan.Workload;
+        Machine.PrepareLayout();
+        KvmWorkloadCompiler.WriteRecords(plan, Machine);
+        var code = KvmWorkloadCompiler.Compile(plan);
+        var recorder = new WorkloadRecorder(plan);
+        var sync = new PassSync(plan.Vcpus);
+        var passStart = new long[plan.Vcpus];
+        long t0 = Stopwatch.GetTimestamp();
+        Array.Fill(passStart, t0);
+        long ringFullBefore = Machine.DirtyRingFullExits;
+
+        var callbacks = new GuestCallbacks
+        {
+            OnSync = (v, pass, token) =>
+            {
+                long now = Stopwatch.GetTimestamp();
+                var (writes, reads) = KvmWorkloadCompiler.ReadCounters(Machine, v);
+                recorder.VcpuPass(v, (int)pass, Stopwatch.GetElapsedTime(passStart[v], now), (long)reads, (long)writes);
+                sync.Arrive((int)pass, token);
+                passStart[v] = sync.ReleasedAt((int)pass);
+            },
+            OnDone = v =>
+            {
+                if (w.SyncEachPass) return;
+                // Passes ran back to back: the guest's counters are totals, attributed to the last pass.
+                var (writes, reads) = KvmWorkloadCompiler.ReadCounters(Machine, v);
+                recorder.VcpuPass(v, w.Passes - 1, Stopwatch.GetElapsedTime(t0), (long)reads, (long)writes);
+            },
+        };
+
+        Action<CancellationToken>? host = null;
+        if (w.SyncEachPass)
+        {
+            host = token =>
+            {
+                long released = t0;
+                for (int p = 0; p < w.Passes; p++)
+                {
+                    sync.WaitAll(p, token);
+                    recorder.Pass(p, Stopwatch.GetElapsedTime(released));
+                    afterPass?.Invoke(p);
+                    released = Stopwatch.GetTimestamp();
+                    sync.Release(p, released);
+                }
+            };
+        }
+        Machine.Run(code, 0, callbacks, cancellation, host);
+        if (!w.SyncEachPass && afterPass != null)
+            for (int p = 0; p < w.Passes; p++) afterPass(p);
+        return recorder.Build(Backend.Kvm, Stopwatch.GetElapsedTime(t0), Machine.DirtyRingFullExits - ringFullBefore);
+    }
+
+    /// <summary>Raw-assembly escape hatch: run <paramref name="program"/> on every vCPU (see <see cref="KvmVmExtensions.RunAssembly"/>).</summary>
+    internal void RunAssembly(byte[] code, Action<int, ulong>? onSync, Action<int, string>? onPrint, CancellationToken cancellation)
+    {
+        ThrowIfDisposed();
+        if (IsRunning) throw new InvalidOperationException("a workload is already running on this VM");
+        var cb = new GuestCallbacks
+        {
+            OnSync = onSync is null ? null : (v, pass, _) => onSync(v, pass),
+            OnPrint = onPrint,
+        };
+        Machine.Run(code, 0, cb, cancellation);
+    }
+
+    private protected override void DisposeCore() => Machine.Dispose();
+
+    public override IRenderable ToRenderable()
+    {
+        var grid = new Grid().AddColumn();
+        grid.AddRow(base.ToRenderable());
+        grid.AddRow(new Markup(Markup.Escape(
+            $"KVM: VM fd {Machine.VmFd}, {Machine.VcpuCount} vCPU thread(s) per run, guest phys bits {Machine.GuestPhysBits}, " +
+            $"{(Machine.Use1GPages ? "1 GiB" : "2 MiB")} guest pages, user memory at gva = gpa − 0x{Machine.GvaDelta:x}")));
+        return grid;
+    }
+}
+
+/// <summary>All vCPUs meet at the sync point of pass p; the host thread waits for them, runs its after-pass work, releases.</summary>
+internal sealed class PassSync(int vcpus)
+{
+    private readonly object _gate = new();
+    private long _arrived;
+    private int _released = -1;
+    private readonly Dictionary<int, long> _releasedAt = new();
+
+    public void Arrive(int pass, CancellationToken token)
+    {
+        lock (_gate)
+        {
+            _arrived++;
+            Monitor.PulseAll(_gate);
+            while (_released < pass)
+            {
+                token.ThrowIfCancellationRequested();
+                Monitor.Wait(_gate, 20);
+            }
+        }
+    }
+
+    public void WaitAll(int pass, CancellationToken token)
+    {
+        lock (_gate)
+        {
+            while (_arrived < (long)vcpus * (pass + 1))
+            {
+                token.ThrowIfCancellationRequested();
+                Monitor.Wait(_gate, 20);
+            }
+        }
+    }
+
+    public void Release(int pass, long timestamp)
+    {
+        lock (_gate)
+        {
+            _released = pass;
+            _releasedAt[pass] = timestamp;
+            Monitor.PulseAll(_gate);
+        }
+    }
+
+    public long ReleasedAt(int pass)
+    {
+        lock (_gate) return _releasedAt[pass];
+    }
+}
+
+/// <summary>KVM-only operations on a <see cref="Vm"/>: binary stats and the raw-assembly escape hatch.</summary>
+public static class KvmVmExtensions
+{
+    private static KvmVm Kvm(Vm vm, string what) =>
+        vm as KvmVm ?? throw new NotSupportedException($"{what} needs the KVM backend; this VM runs on {vm.Backend}");
+
+    /// <summary>True when the VM runs on real KVM.</summary>
+    public static bool IsKvm(this Vm vm) => vm is KvmVm;
+
+    /// <summary>The VM's binary stats (KVM_GET_STATS_FD on the VM fd): pages_4k, pages_2m, remote_tlb_flush, …</summary>
+    public static KvmStats KvmVmStats(this Vm vm)
+    {
+        vm.ThrowIfDisposed();
+        return Kvm(vm, "VM statistics").Machine.VmStats;
+    }
+
+    /// <summary>A vCPU's binary stats (KVM_GET_STATS_FD on the vCPU fd): exits, io_exits, pf_fixed, …</summary>
+    public static KvmStats KvmVcpuStats(this Vm vm, int vcpu)
+    {
+        vm.ThrowIfDisposed();
+        return Kvm(vm, "vCPU statistics").Machine.VcpuStats(vcpu);
+    }
+
+    /// <summary>
+    /// Run hand-written x86-64 on every vCPU (KVM only). The program starts in 64-bit mode at the code area of slot 0
+    /// with rdi = vCPU index and a 16 KiB stack; it talks to the host with `out dx, eax` on port 0x1000
+    /// (eax 0 done, 1 sync with rsi = pass, 2 assert with rsi = gpa of a NUL-terminated message, 3 print).
+    /// <see cref="GuestVirtualAddress"/> gives the gva of a guest-physical address for loads and stores.
+    /// </summary>
+    public static void RunAssembly(this Vm vm, Action<Assembler> program, Action<int, ulong>? onSync = null,
+        Action<int, string>? onPrint = null, CancellationToken cancellation = default)
+    {
+        ArgumentNullException.ThrowIfNull(program);
+        var k = Kvm(vm, "a raw-assembly program");
+        k.Machine.PrepareLayout();
+        var a = new Assembler(64);
+        program(a);
+        using var ms = new MemoryStream();
+        a.Assemble(new StreamCodeWriter(ms), SystemLayout.CodeGpa);
+        k.RunAssembly(ms.ToArray(), onSync, onPrint, cancellation);
+    }
+
+    /// <summary>Guest-virtual address at which guest code sees <paramref name="gpa"/> (user memory may be mapped below its gpa).</summary>
+    public static ulong GuestVirtualAddress(this Vm vm, ulong gpa)
+    {
+        var k = Kvm(vm, "guest virtual addresses");
+        k.Machine.PrepareLayout();
+        return k.Machine.GvaOf(gpa);
+    }
+
+    /// <summary>Emit a ucall (`mov eax, call; mov edx, 0x1000; out dx, eax`).</summary>
+    public static void Ucall(this Assembler a, uint call)
+    {
+        a.mov(AssemblerRegisters.eax, call);
+        a.mov(AssemblerRegisters.edx, (uint)Kvm.Ucall.Port);
+        a.@out(AssemblerRegisters.dx, AssemblerRegisters.eax);
+    }
+
+    /// <summary>GUEST_SYNC(rsi) — set rsi first.</summary>
+    public static void UcallSync(this Assembler a) => a.Ucall(Kvm.Ucall.Sync);
+
+    public static void UcallDone(this Assembler a) => a.Ucall(Kvm.Ucall.Done);
+
+    /// <summary>GUEST_ASSERT failure with <paramref name="message"/> embedded after the call (rsi = its address).</summary>
+    public static void UcallAssert(this Assembler a, string message) => EmitWithString(a, Kvm.Ucall.Assert, message);
+
+    /// <summary>Print <paramref name="message"/> on the host (rsi = its address).</summary>
+    public static void UcallPrint(this Assembler a, string message) => EmitWithString(a, Kvm.Ucall.Print, message);
+
+    private static void EmitWithString(Assembler a, uint call, string message)
+    {
+        var text = a.CreateLabel();
+        var after = a.CreateLabel();
+        a.lea(AssemblerRegisters.rsi, AssemblerRegisters.__qword_ptr[text]); // code is identity-mapped: gva == gpa
+        a.Ucall(call);
+        a.jmp(after);
+        a.Label(ref text);
+        a.db(System.Text.Encoding.UTF8.GetBytes(message + "\0"));
+        a.Label(ref after);
+    }
+}

@@ -1,0 +1,99 @@
+using VirtLab.Sdk.Measure;
+
+namespace VirtLab.Sdk.Machine;
+
+/// <summary>
+/// A memslot: guest-physical range [<see cref="Gpa"/>, <see cref="EndGpa"/>) backed by one host mapping
+/// (<c>struct kvm_userspace_memory_region</c>). Page indexes (gfn − base_gfn) count 4 KiB pages, as in KVM's dirty_bitmap.
+/// </summary>
+public sealed class MemSlot
+{
+    readonly Vm vm;
+    internal readonly HostMapping Mapping;
+    volatile bool logDirtyPages;
+
+    internal MemSlot(Vm vm, int id, ulong gpa, HostMapping mapping)
+    {
+        this.vm = vm;
+        Id = id;
+        Gpa = gpa;
+        Mapping = mapping;
+    }
+
+    public int Id { get; }
+
+    /// <summary>guest_phys_addr.</summary>
+    public ulong Gpa { get; }
+
+    public Size Size => new(Mapping.Length);
+
+    public ulong EndGpa => Gpa + (ulong)Mapping.Length;
+
+    /// <summary>4 KiB pages (npages) — the bits of its dirty bitmap.</summary>
+    public long Pages => Mapping.Length >> 12;
+
+    /// <summary>base_gfn.</summary>
+    public ulong BaseGfn => Gpa >> 12;
+
+    public Backing Backing => Mapping.Backing;
+
+    /// <summary>The backing's page size.</summary>
+    public long PageSize => Mapping.PageSize;
+
+    /// <summary>userspace_addr: where the slot is mapped in this process.</summary>
+    public nint HostAddress => Mapping.Address;
+
+    /// <summary>Slot 0 holds the backend's own code, stacks and page tables; it cannot be removed or resized.</summary>
+    public bool IsSystem => Id == 0;
+
+    public Vm Vm => vm;
+
+    /// <summary>Backend-private state (e.g. the simulator's dirty bitmap).</summary>
+    internal object? BackendState { get; set; }
+
+    /// <summary>
+    /// <c>KVM_MEM_LOG_DIRTY_PAGES</c>. Setting it re-issues the memory region with the new flags: on, every page is
+    /// write-protected (or, with INITIALLY_SET, every bit is set); off, the dirty bitmap is freed.
+    /// </summary>
+    public bool LogDirtyPages
+    {
+        get => logDirtyPages;
+        set => vm.SetLogDirtyPages(this, value);
+    }
+
+    internal void SetLogFlag(bool on) => logDirtyPages = on;
+
+    /// <summary>KVM_MEM_* flags as the kernel sees them.</summary>
+    public uint Flags => logDirtyPages ? 1u : 0u;
+
+    /// <summary><c>KVM_GET_DIRTY_LOG</c> into a new bitmap. Without manual protect this also clears the log and re-protects the pages it reports.</summary>
+    public DirtyBitmap GetDirtyLog()
+    {
+        var b = new DirtyBitmap(Pages);
+        vm.GetDirtyLog(this, b);
+        return b;
+    }
+
+    /// <summary><c>KVM_GET_DIRTY_LOG</c> into <paramref name="into"/> (a bitmap of <see cref="Pages"/> pages), without allocating.</summary>
+    public DirtyBitmap GetDirtyLog(DirtyBitmap into)
+    {
+        vm.GetDirtyLog(this, into);
+        return into;
+    }
+
+    /// <summary>
+    /// <c>KVM_CLEAR_DIRTY_LOG</c> over pages [<paramref name="firstPage"/>, +<paramref name="numPages"/>): clears (and
+    /// re-protects) the pages whose bit is set in <paramref name="mask"/> — a bitmap of the whole slot, same indexing as
+    /// <see cref="GetDirtyLog()"/> — or every page of the range when <paramref name="mask"/> is null.
+    /// first_page must be a multiple of 64; num_pages too unless the range ends at the slot's end.
+    /// </summary>
+    public void ClearDirtyLog(long firstPage, long numPages, DirtyBitmap? mask = null) => vm.ClearDirtyLog(this, firstPage, numPages, mask);
+
+    /// <summary>Clears exactly the pages set in <paramref name="mask"/>, over the whole slot.</summary>
+    public void ClearDirtyLog(DirtyBitmap mask) => vm.ClearDirtyLog(this, 0, Pages, mask);
+
+    public bool Contains(ulong gpa) => gpa >= Gpa && gpa < EndGpa;
+
+    public override string ToString()
+        => $"slot {Id}: [0x{Gpa:x}, 0x{EndGpa:x}) {Size} {Backing.Name()}{(logDirtyPages ? " log-dirty" : "")}";
+}

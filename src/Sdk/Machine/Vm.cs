@@ -1,0 +1,569 @@
+using System.Collections.Immutable;
+using Spectre.Console;
+using Spectre.Console.Rendering;
+using VirtLab.Sdk.Machine.Kvm;
+using VirtLab.Sdk.Machine.Sim;
+using VirtLab.Sdk.Measure;
+using Size = VirtLab.Sdk.Measure.Size;
+
+namespace VirtLab.Sdk.Machine;
+
+/// <summary>
+/// A virtual machine: memslots over host memory, vCPUs that run declarative <see cref="Workload"/>s, and KVM's
+/// dirty-logging primitives. <see cref="Create(VmOptions)"/> picks the backend (real KVM or the simulator); this base
+/// class owns the slots, guest memory, bounds checks and argument validation, and calls the backend only with
+/// requests the kernel would accept.
+/// </summary>
+public abstract class Vm : IDisposable, IDisplayable
+{
+    readonly object slotLock = new();
+    ImmutableArray<MemSlot> slots = []; // sorted by gpa; replaced, never mutated, so readers need no lock
+    readonly CancellationTokenSource disposeCts = new();
+    int disposed;
+    int running;
+
+    private protected Vm(VmOptions options)
+    {
+        Options = options;
+        Vcpus = options.Vcpus;
+        GuestPhysBits = options.GuestPhysBits ?? HostInfo.PhysAddressBits;
+        Memory = new GuestMemory(this);
+        if (options.DirtyRingBytes > 0) DirtyRing = new DirtyRing(this, options.DirtyRingBytes);
+    }
+
+    // ---- creation -------------------------------------------------------------------------------
+
+    /// <summary>A VM with a test slot of <paramref name="memory"/> bytes (slot 1) and a small system slot 0.</summary>
+    public static Vm Create(Size memory, int vcpus = 1, Backing backing = Backing.Anonymous, Backend backend = Backend.Auto,
+        ulong? testSlotGpa = null, bool manualProtect = false, bool initiallySet = false, int dirtyRingBytes = 0)
+        => Create(new VmOptions(memory)
+        {
+            Vcpus = vcpus, Backing = backing, Backend = backend, TestSlotGpa = testSlotGpa,
+            ManualProtect = manualProtect, InitiallySet = initiallySet, DirtyRingBytes = dirtyRingBytes,
+        });
+
+    public static Vm Create(VmOptions options)
+    {
+        ArgumentNullException.ThrowIfNull(options);
+        options.Validate();
+        switch (options.Backend)
+        {
+            case Backend.Sim:
+                return SimBackend.Create(options);
+            case Backend.Kvm:
+                if (!IsKvmUsable(out var reason))
+                    throw new PlatformNotSupportedException($"the KVM backend is not usable here: {reason}. Use Backend.Sim (or Backend.Auto to fall back to it).");
+                return CreateKvm(options);
+            case Backend.Auto:
+                return IsKvmUsable(out _) ? CreateKvm(options) : SimBackend.Create(options);
+            default:
+                throw new ArgumentOutOfRangeException(nameof(options), options.Backend, "backend must be Auto, Kvm or Sim");
+        }
+    }
+
+    /// <summary>Whether <see cref="Backend.Kvm"/> works here, and if not why.</summary>
+    public static bool IsKvmUsable(out string reason)
+    {
+        if (!KvmBackend.IsUsable(out reason)) return false;
+        if (KvmFactory is null) { reason = "the KVM backend's Vm factory (KvmBackend.Create) is not built into this SDK yet"; return false; }
+        return true;
+    }
+
+    // TEMPORARY bridge until KvmBackend.Create(VmOptions) lands: then call it directly and drop the reflection.
+    static readonly Func<VmOptions, Vm>? KvmFactory =
+        typeof(KvmBackend).GetMethod("Create", System.Reflection.BindingFlags.Static | System.Reflection.BindingFlags.Public | System.Reflection.BindingFlags.NonPublic,
+            [typeof(VmOptions)]) is { } m && m.ReturnType == typeof(Vm) ? m.CreateDelegate<Func<VmOptions, Vm>>() : null;
+
+    static Vm CreateKvm(VmOptions options) => KvmFactory is { } f ? f(options)
+        : throw new PlatformNotSupportedException("the KVM backend's Vm factory (KvmBackend.Create) is not built into this SDK yet; use Backend.Sim");
+
+    /// <summary>Slot 0's size when <see cref="VmOptions.SystemMemory"/> is not given: 4 MiB + 64 KiB per vCPU, in 2 MiB units.</summary>
+    public static Size DefaultSystemMemory(int vcpus) => new(VmOptions.AlignUp((4L << 20) + vcpus * (64L << 10), 2L << 20));
+
+    /// <summary>
+    /// Adds system slot 0 at gpa 0 and test slot 1 where the selftests put it (or at <see cref="VmOptions.TestSlotGpa"/>).
+    /// Backends call this once their VM exists (and before creating vCPUs if they must).
+    /// </summary>
+    private protected void CreateDefaultSlots(int? guestPhysBits = null)
+    {
+        if (guestPhysBits is { } bits) GuestPhysBits = bits;
+        var o = Options;
+        var sys = o.SystemMemory ?? DefaultSystemMemory(o.Vcpus);
+        AddSlotCore(0, sys.Bytes, Backing.Anonymous, 0, false);
+        var gpa = o.TestSlotGpa ?? DefaultTestSlotGpa(o.Memory.Bytes, o.Backing, (ulong)sys.Bytes);
+        AddSlotCore(1, o.Memory.Bytes, o.Backing, gpa, o.LogDirtyPages);
+    }
+
+    /// <summary>The selftests' placement: (max_gfn − npages) · 4 KiB, aligned down to the backing's page size.</summary>
+    ulong DefaultTestSlotGpa(long size, Backing backing, ulong systemEnd)
+    {
+        var maxGfn = (1UL << (GuestPhysBits - 12)) - 1;
+        var pages = (ulong)size >> 12;
+        var pageSize = (ulong)backing.PageSize();
+        if (pages >= maxGfn || ((maxGfn - pages) << 12) / pageSize * pageSize < systemEnd)
+            throw new ArgumentOutOfRangeException(nameof(size),
+                $"a test slot of {new Size(size)} does not fit below the top of a {GuestPhysBits}-bit guest-physical space ({new Size((long)Math.Min(MaxGpa, long.MaxValue))}) above the {new Size((long)systemEnd)} system slot");
+        return ((maxGfn - pages) << 12) / pageSize * pageSize;
+    }
+
+    // ---- properties -----------------------------------------------------------------------------
+
+    public VmOptions Options { get; }
+
+    public abstract Backend Backend { get; }
+
+    public int Vcpus { get; }
+
+    /// <summary>The test slot's backing.</summary>
+    public Backing Backing => Options.Backing;
+
+    public GuestMemory Memory { get; }
+
+    /// <summary>Guest physical address width; every slot ends at or below <see cref="MaxGpa"/>.</summary>
+    public int GuestPhysBits { get; private set; }
+
+    /// <summary>2^<see cref="GuestPhysBits"/>: the end of the guest-physical space.</summary>
+    public ulong MaxGpa => 1UL << GuestPhysBits;
+
+    public bool ManualProtect => Options.ManualProtect;
+
+    public bool InitiallySet => Options.InitiallySet;
+
+    /// <summary>The dirty rings, when <see cref="VmOptions.DirtyRingBytes"/> is set; else null.</summary>
+    public DirtyRing? DirtyRing { get; }
+
+    /// <summary>Most vCPUs this backend allows.</summary>
+    public virtual int MaxVcpus => VmOptions.MaxVcpusDefault;
+
+    /// <summary>Slot ids allowed are 0 … MaxMemslots − 1 (KVM_CAP_NR_MEMSLOTS).</summary>
+    public virtual int MaxMemslots => 32764;
+
+    /// <summary>Slots ordered by id.</summary>
+    public IReadOnlyList<MemSlot> Slots => SlotsSnapshot.OrderBy(s => s.Id).ToArray();
+
+    public MemSlot SystemSlot => Slot(0);
+
+    /// <summary>Slot 1, the memory <see cref="VmOptions.Memory"/> asked for.</summary>
+    public MemSlot TestSlot => Slot(1);
+
+    public bool IsDisposed => Volatile.Read(ref disposed) != 0;
+
+    /// <summary>Whether a workload is running now.</summary>
+    public bool IsRunning => Volatile.Read(ref running) != 0;
+
+    internal ImmutableArray<MemSlot> SlotsSnapshot => slots; // one reference inside: reads are atomic
+
+    public MemSlot Slot(int id)
+    {
+        ThrowIfDisposed();
+        return FindSlot(id) ?? throw new ArgumentException(
+            $"there is no memslot {id}; this VM has slots {string.Join(", ", SlotsSnapshot.Select(s => s.Id).Order())}", nameof(id));
+    }
+
+    internal MemSlot? FindSlot(int id)
+    {
+        foreach (var s in SlotsSnapshot) if (s.Id == id) return s;
+        return null;
+    }
+
+    internal MemSlot? FindSlotAt(ulong gpa)
+    {
+        var a = SlotsSnapshot;
+        int lo = 0, hi = a.Length - 1;
+        while (lo <= hi)
+        {
+            int mid = (lo + hi) >>> 1;
+            var s = a[mid];
+            if (gpa < s.Gpa) hi = mid - 1;
+            else if (gpa >= s.EndGpa) lo = mid + 1;
+            else return s;
+        }
+        return null;
+    }
+
+    // ---- memslots -------------------------------------------------------------------------------
+
+    /// <summary>
+    /// Adds a memslot of <paramref name="size"/> bytes. Without <paramref name="gpa"/> it goes right below the lowest
+    /// non-system slot (aligned to its backing's page size); without <paramref name="id"/> it takes the lowest free id ≥ 2.
+    /// </summary>
+    public MemSlot AddSlot(Size size, Backing? backing = null, ulong? gpa = null, int? id = null, bool logDirtyPages = false)
+    {
+        ThrowIfDisposed();
+        var b = backing ?? Options.Backing;
+        lock (slotLock)
+        {
+            var slotId = id ?? NextFreeId();
+            return AddSlotCore(slotId, size.Bytes, b, gpa ?? PlaceBelow(size.Bytes, b), logDirtyPages);
+        }
+    }
+
+    /// <summary>Changes a slot's size. KVM cannot resize a memslot in place: the slot is deleted and re-added at the same
+    /// gpa with fresh memory (contents are not kept) and the same flags.</summary>
+    public MemSlot ResizeSlot(int id, Size newSize)
+    {
+        ThrowIfDisposed();
+        lock (slotLock)
+        {
+            var old = Slot(id);
+            if (old.IsSystem) throw new InvalidOperationException("slot 0 is the system slot (code, stacks, page tables); it cannot be resized");
+            ThrowIfRunning("resize a memslot");
+            ValidateSlot(id, newSize.Bytes, old.Backing, old.Gpa, ignore: old);
+            CheckHostMemory(newSize.Bytes - old.Size.Bytes);
+            var mapping = HostMapping.Create(newSize.Bytes, old.Backing, $"slot {id}");
+            var log = old.LogDirtyPages;
+            try
+            {
+                DeleteMemoryRegion(old);
+                Publish(SlotsSnapshot.Remove(old));
+                old.Mapping.Dispose();
+            }
+            catch
+            {
+                mapping.Dispose();
+                throw;
+            }
+            return Install(id, old.Gpa, mapping, log);
+        }
+    }
+
+    /// <summary>Deletes a memslot (memory_size 0) and unmaps its memory.</summary>
+    public void RemoveSlot(int id)
+    {
+        ThrowIfDisposed();
+        lock (slotLock)
+        {
+            var s = Slot(id);
+            if (s.IsSystem) throw new InvalidOperationException("slot 0 is the system slot (code, stacks, page tables); it cannot be removed");
+            ThrowIfRunning("remove a memslot");
+            DeleteMemoryRegion(s);
+            Publish(SlotsSnapshot.Remove(s));
+            s.Mapping.Dispose();
+        }
+    }
+
+    MemSlot AddSlotCore(int id, long size, Backing backing, ulong gpa, bool logDirtyPages)
+    {
+        lock (slotLock)
+        {
+            ValidateSlot(id, size, backing, gpa, ignore: null);
+            if (FindSlot(id) is { } existing) throw new ArgumentException($"memslot {id} already exists ({existing}); pick another id or remove it first", nameof(id));
+            CheckHostMemory(size);
+            var mapping = HostMapping.Create(size, backing, $"slot {id}");
+            return Install(id, gpa, mapping, logDirtyPages);
+        }
+    }
+
+    MemSlot Install(int id, ulong gpa, HostMapping mapping, bool logDirtyPages)
+    {
+        var slot = new MemSlot(this, id, gpa, mapping);
+        try
+        {
+            SetMemoryRegion(slot, logDirtyPages);
+        }
+        catch
+        {
+            mapping.Dispose();
+            throw;
+        }
+        slot.SetLogFlag(logDirtyPages);
+        Publish(SlotsSnapshot.Add(slot).Sort((a, b) => a.Gpa.CompareTo(b.Gpa)));
+        return slot;
+    }
+
+    void Publish(ImmutableArray<MemSlot> next) => ImmutableInterlocked.InterlockedExchange(ref slots, next);
+
+    void ValidateSlot(int id, long size, Backing backing, ulong gpa, MemSlot? ignore)
+    {
+        if (id < 0 || id >= MaxMemslots)
+            throw new ArgumentOutOfRangeException(nameof(id), id, $"memslot ids are 0 … {MaxMemslots - 1} (KVM_CAP_NR_MEMSLOTS)");
+        var pageSize = backing.PageSize();
+        if (size <= 0)
+            throw new ArgumentOutOfRangeException(nameof(size), size, $"memslot size must be positive (got {new Size(size)})");
+        if (size % pageSize != 0)
+            throw new ArgumentException(
+                $"memslot size {new Size(size)} ({size} bytes) is not a multiple of the {backing.Name()} backing's page size {new Size(pageSize)}; " +
+                $"use {new Size(VmOptions.AlignUp(size, pageSize))}", nameof(size));
+        if (gpa % (ulong)pageSize != 0)
+            throw new ArgumentException($"memslot gpa 0x{gpa:x} is not aligned to the {backing.Name()} backing's page size {new Size(pageSize)}", nameof(gpa));
+        if (gpa >= MaxGpa || (ulong)size > MaxGpa - gpa)
+            throw new ArgumentOutOfRangeException(nameof(gpa),
+                $"memslot [0x{gpa:x}, 0x{gpa + (ulong)size:x}) ends past the {GuestPhysBits}-bit guest-physical space (0x{MaxGpa:x})");
+        foreach (var s in SlotsSnapshot)
+        {
+            if (ReferenceEquals(s, ignore)) continue;
+            if (gpa < s.EndGpa && s.Gpa < gpa + (ulong)size)
+                throw new ArgumentException(
+                    $"memslot {id} [0x{gpa:x}, 0x{gpa + (ulong)size:x}) overlaps slot {s.Id} [0x{s.Gpa:x}, 0x{s.EndGpa:x}); memslots may not overlap", nameof(gpa));
+        }
+    }
+
+    void CheckHostMemory(long adding)
+    {
+        var ram = HostInfo.MemTotalBytes;
+        if (ram <= 0 || adding <= 0) return;
+        long total = adding;
+        foreach (var s in SlotsSnapshot) total += s.Mapping.Length;
+        if (total > ram)
+            throw new ArgumentOutOfRangeException(nameof(adding),
+                $"guest memory would be {new Size(total)}, more than this host has ({new Size(ram)} of RAM, MemTotal in /proc/meminfo)");
+    }
+
+    int NextFreeId()
+    {
+        for (int i = 2; i < MaxMemslots; i++) if (FindSlot(i) is null) return i;
+        throw new InvalidOperationException($"all {MaxMemslots} memslot ids are in use");
+    }
+
+    ulong PlaceBelow(long size, Backing backing)
+    {
+        var pageSize = (ulong)backing.PageSize();
+        var sys = FindSlot(0);
+        ulong floor = sys?.EndGpa ?? 0;
+        ulong top = MaxGpa;
+        foreach (var s in SlotsSnapshot) if (!s.IsSystem && s.Gpa < top) top = s.Gpa;
+        if (top < floor + (ulong)size)
+            throw new ArgumentException($"no room for {new Size(size)} below 0x{top:x}; pass gpa explicitly");
+        var gpa = (top - (ulong)size) / pageSize * pageSize;
+        if (gpa < floor)
+            throw new ArgumentException($"no room for {new Size(size)} aligned to {new Size((long)pageSize)} below 0x{top:x}; pass gpa explicitly");
+        return gpa;
+    }
+
+    // ---- dirty logging --------------------------------------------------------------------------
+
+    internal void SetLogDirtyPages(MemSlot slot, bool on)
+    {
+        ThrowIfDisposed();
+        lock (slotLock)
+        {
+            CheckOwned(slot);
+            if (slot.LogDirtyPages == on) return; // KVM treats an unchanged flags update as a no-op
+            SetMemoryRegion(slot, on);
+            slot.SetLogFlag(on);
+        }
+    }
+
+    internal void GetDirtyLog(MemSlot slot, DirtyBitmap into)
+    {
+        ThrowIfDisposed();
+        ArgumentNullException.ThrowIfNull(into);
+        CheckOwned(slot);
+        CheckLogging(slot, "KVM_GET_DIRTY_LOG");
+        if (into.Pages != slot.Pages)
+            throw new ArgumentException($"the bitmap has {into.Pages} pages but slot {slot.Id} has {slot.Pages}", nameof(into));
+        GetDirtyLogCore(slot, into.Words);
+    }
+
+    internal void ClearDirtyLog(MemSlot slot, long firstPage, long numPages, DirtyBitmap? mask)
+    {
+        ThrowIfDisposed();
+        CheckOwned(slot);
+        CheckLogging(slot, "KVM_CLEAR_DIRTY_LOG");
+        var n = slot.Pages;
+        if (firstPage < 0 || numPages < 0)
+            throw new ArgumentOutOfRangeException(nameof(firstPage), $"first_page ({firstPage}) and num_pages ({numPages}) must not be negative");
+        if (firstPage % 64 != 0)
+            throw new ArgumentException(
+                $"KVM_CLEAR_DIRTY_LOG: first_page {firstPage} is not a multiple of 64 (the kernel would return EINVAL); use {firstPage / 64 * 64}", nameof(firstPage));
+        if (firstPage >= n || numPages > n - firstPage)
+            throw new ArgumentOutOfRangeException(nameof(numPages),
+                $"KVM_CLEAR_DIRTY_LOG: pages [{firstPage}, {firstPage + numPages}) are outside slot {slot.Id}'s {n} pages (first_page must be below npages)");
+        if (numPages % 64 != 0 && firstPage + numPages != n)
+            throw new ArgumentException(
+                $"KVM_CLEAR_DIRTY_LOG: num_pages {numPages} is not a multiple of 64 and the range [{firstPage}, {firstPage + numPages}) does not end at the slot's end ({n}); " +
+                "num_pages may only be unaligned for the last chunk of a slot", nameof(numPages));
+        if (mask is not null && mask.Pages != n)
+            throw new ArgumentException($"the mask has {mask.Pages} pages but slot {slot.Id} has {n}; pass a bitmap of the whole slot", nameof(mask));
+        if (numPages == 0) return;
+        var words = DirtyBitmap.WordsFor(numPages);
+        ReadOnlySpan<ulong> m;
+        if (mask is not null) m = mask.Words.AsSpan((int)(firstPage >> 6), words);
+        else
+        {
+            var all = new ulong[words];
+            Array.Fill(all, ulong.MaxValue);
+            if ((numPages & 63) != 0) all[^1] = (1UL << (int)(numPages & 63)) - 1;
+            m = all;
+        }
+        ClearDirtyLogCore(slot, firstPage, numPages, m);
+    }
+
+    void CheckLogging(MemSlot slot, string ioctl)
+    {
+        if (DirtyRing is not null)
+            throw new InvalidOperationException($"{ioctl}: this VM tracks dirty pages with the dirty ring (the kernel returns ENXIO); use vm.DirtyRing.Harvest() and Reset()");
+        if (!slot.LogDirtyPages)
+            throw new InvalidOperationException($"{ioctl}: slot {slot.Id} is not logging dirty pages (it has no dirty_bitmap; the kernel returns ENOENT); set LogDirtyPages = true first");
+    }
+
+    void CheckOwned(MemSlot slot)
+    {
+        ArgumentNullException.ThrowIfNull(slot);
+        if (slot.Vm != this) throw new ArgumentException($"{slot} belongs to another VM", nameof(slot));
+        if (FindSlot(slot.Id) != slot) throw new InvalidOperationException($"memslot {slot.Id} was removed from this VM");
+    }
+
+    internal void HarvestDirtyRingInternal(int vcpu, List<DirtyGfn> into) => HarvestDirtyRingCore(vcpu, into);
+
+    internal long ResetDirtyRingsInternal() => ResetDirtyRingsCore();
+
+    /// <summary>A vCPU exited with KVM_EXIT_DIRTY_RING_FULL: harvest every ring into the backlog and reset, then the vCPU may resume.</summary>
+    private protected void OnDirtyRingFull(int vcpu)
+        => (DirtyRing ?? throw new InvalidOperationException($"vCPU {vcpu} reported a full dirty ring but the ring is not enabled")).OnFull();
+
+    // ---- workloads ------------------------------------------------------------------------------
+
+    /// <summary>Checks <paramref name="workload"/> against this VM and resolves its range and per-vCPU slices.</summary>
+    public WorkloadPlan Plan(Workload workload)
+    {
+        ThrowIfDisposed();
+        ArgumentNullException.ThrowIfNull(workload);
+        var w = workload;
+        if (w.Stride <= 0 || w.Stride % 8 != 0)
+            throw new ArgumentException($"stride must be a positive multiple of 8 bytes (accesses are 8 bytes); got {w.Stride}", nameof(workload));
+        if (w.Offset < 0 || w.Offset % 8 != 0)
+            throw new ArgumentException($"offset must be a non-negative multiple of 8; got {w.Offset}", nameof(workload));
+        if (w.WritePercent is < 0 or > 100)
+            throw new ArgumentException($"write percentage must be 0 … 100; got {w.WritePercent}", nameof(workload));
+        if (w.Passes < 1)
+            throw new ArgumentException($"passes must be at least 1; got {w.Passes}", nameof(workload));
+        foreach (var a in w.EffectiveAccesses)
+        {
+            if (a.Offset < 0 || a.Offset % 8 != 0 || a.Step < 0 || a.Step % 8 != 0 || a.Count < 1)
+                throw new ArgumentException($"{a}: offset and step must be non-negative multiples of 8 and count at least 1", nameof(workload));
+            var end = w.Offset + a.Offset + (a.Count - 1) * a.Step + 8;
+            if (end > w.Stride)
+                throw new ArgumentException($"{a} with offset {w.Offset} reaches byte {end} of a {w.Stride}-byte stride; accesses must stay inside their stride", nameof(workload));
+        }
+
+        ulong gpa;
+        long length;
+        if (w.Gpa is { } g)
+        {
+            var first = FindSlotAt(g) ?? throw new ArgumentOutOfRangeException(nameof(workload),
+                $"workload range starts at 0x{g:x}, outside guest memory; memslots: {string.Join("; ", SlotsSnapshot)}");
+            gpa = g;
+            length = w.Length ?? (long)(first.EndGpa - g);
+        }
+        else
+        {
+            var s = Slot(w.Slot);
+            gpa = s.Gpa;
+            length = w.Length ?? s.Size.Bytes;
+        }
+        if (length <= 0 || length % w.Stride != 0)
+            throw new ArgumentException($"workload range length {length} must be a positive multiple of the stride {w.Stride}", nameof(workload));
+        var covered = new List<MemSlot>();
+        for (ulong at = gpa; at < gpa + (ulong)length;)
+        {
+            var s = FindSlotAt(at) ?? throw new ArgumentOutOfRangeException(nameof(workload),
+                $"workload range [0x{gpa:x}, 0x{gpa + (ulong)length:x}) is not all guest memory: nothing at 0x{at:x}; memslots: {string.Join("; ", SlotsSnapshot)}");
+            covered.Add(s);
+            at = s.EndGpa;
+        }
+        return new WorkloadPlan(w, Vcpus, gpa, length, covered);
+    }
+
+    /// <summary>
+    /// Runs <paramref name="workload"/> on all vCPUs and waits for it. With <see cref="Workload.SyncEachPass"/>,
+    /// <paramref name="afterPass"/> runs on this thread after each pass while every vCPU waits at the sync point
+    /// (e.g. to get/clear the dirty log between dirty_log_perf_test iterations).
+    /// </summary>
+    public WorkloadResult Run(Workload workload, Action<int>? afterPass = null, CancellationToken cancellation = default)
+    {
+        var plan = Plan(workload);
+        if (Interlocked.CompareExchange(ref running, 1, 0) != 0)
+            throw new InvalidOperationException("a workload is already running on this VM; wait for it (or cancel it) first");
+        try
+        {
+            using var linked = CancellationTokenSource.CreateLinkedTokenSource(cancellation, disposeCts.Token);
+            return RunCore(plan, afterPass, linked.Token);
+        }
+        finally
+        {
+            Volatile.Write(ref running, 0);
+        }
+    }
+
+    public Task<WorkloadResult> RunAsync(Workload workload, Action<int>? afterPass = null, CancellationToken cancellation = default)
+        => Task.Factory.StartNew(() => Run(workload, afterPass, cancellation), cancellation, TaskCreationOptions.LongRunning, TaskScheduler.Default);
+
+    // ---- backend hooks --------------------------------------------------------------------------
+
+    /// <summary>KVM_SET_USER_MEMORY_REGION: create the slot, or change its flags (<paramref name="logDirtyPages"/> = KVM_MEM_LOG_DIRTY_PAGES).</summary>
+    private protected abstract void SetMemoryRegion(MemSlot slot, bool logDirtyPages);
+
+    /// <summary>KVM_SET_USER_MEMORY_REGION with memory_size 0.</summary>
+    private protected abstract void DeleteMemoryRegion(MemSlot slot);
+
+    /// <summary>KVM_GET_DIRTY_LOG into <paramref name="bitmap"/> (ceil(npages/64) words). Checked: slot logs, no ring.</summary>
+    private protected abstract void GetDirtyLogCore(MemSlot slot, ulong[] bitmap);
+
+    /// <summary>KVM_CLEAR_DIRTY_LOG; <paramref name="mask"/> bit 0 = <paramref name="firstPage"/>. Checked: alignment, range, slot logs.</summary>
+    private protected abstract void ClearDirtyLogCore(MemSlot slot, long firstPage, long numPages, ReadOnlySpan<ulong> mask);
+
+    /// <summary>Appends vCPU <paramref name="vcpu"/>'s dirty ring entries from the fetch index on and marks them harvested (flags = RESET).</summary>
+    private protected abstract void HarvestDirtyRingCore(int vcpu, List<DirtyGfn> into);
+
+    /// <summary>KVM_RESET_DIRTY_RINGS; returns the number of entries reset.</summary>
+    private protected abstract long ResetDirtyRingsCore();
+
+    /// <summary>Runs a checked plan; stops promptly (OperationCanceledException) when <paramref name="cancellation"/> fires.
+    /// Calls <see cref="OnDirtyRingFull"/> on ring-full exits.</summary>
+    private protected abstract WorkloadResult RunCore(WorkloadPlan plan, Action<int>? afterPass, CancellationToken cancellation);
+
+    /// <summary>Releases the backend's resources (fds, threads). Slot memory is unmapped by the base class afterwards.</summary>
+    private protected abstract void DisposeCore();
+
+    // ---- lifetime -------------------------------------------------------------------------------
+
+    internal void ThrowIfDisposed()
+    {
+        if (Volatile.Read(ref disposed) != 0) throw new ObjectDisposedException(GetType().Name, "this VM has been disposed");
+    }
+
+    void ThrowIfRunning(string what)
+    {
+        if (IsRunning) throw new InvalidOperationException($"cannot {what} while a workload is running on this VM");
+    }
+
+    public void Dispose()
+    {
+        if (Interlocked.Exchange(ref disposed, 1) != 0) return;
+        disposeCts.Cancel();
+        var spin = new SpinWait();
+        var deadline = Environment.TickCount64 + 10_000;
+        while (Volatile.Read(ref running) != 0 && Environment.TickCount64 < deadline) spin.SpinOnce();
+        try
+        {
+            DisposeCore();
+        }
+        finally
+        {
+            lock (slotLock)
+            {
+                foreach (var s in SlotsSnapshot) s.Mapping.Dispose();
+                Publish([]);
+            }
+            disposeCts.Dispose();
+            GC.SuppressFinalize(this);
+        }
+    }
+
+    public override string ToString()
+        => $"{Backend} VM: {Vcpus} vCPU(s), {Memory.Size} in {SlotsSnapshot.Length} memslot(s), test slot {Options.Memory} {Options.Backing.Name()}";
+
+    public virtual IRenderable ToRenderable()
+    {
+        var t = new Table { Title = new TableTitle(Markup.Escape($"{Backend} VM, {Vcpus} vCPU(s)")) };
+        t.AddColumn("slot").AddColumn("gpa").AddColumn("size").AddColumn("backing").AddColumn("flags");
+        foreach (var s in Slots)
+            t.AddRow(s.Id.ToString(), Markup.Escape($"[0x{s.Gpa:x}, 0x{s.EndGpa:x})"), s.Size.ToString(), s.Backing.Name(),
+                s.LogDirtyPages ? "LOG_DIRTY_PAGES" : "");
+        var dirty = ManualProtect ? (InitiallySet ? "manual protect, initially set" : "manual protect") : "legacy get";
+        if (DirtyRing is { } r) dirty = $"ring {r.Entries} entries/vCPU";
+        t.Caption = new TableTitle(Markup.Escape($"dirty log: {dirty}; guest phys bits {GuestPhysBits}"));
+        return t;
+    }
+}

@@ -1,0 +1,85 @@
+using VirtLab.Sdk.Measure;
+
+namespace VirtLab.Sdk.Machine;
+
+/// <summary>
+/// What <see cref="Vm.Create(VmOptions)"/> builds. <see cref="Memory"/> is the size of the test slot (slot 1);
+/// slot 0 is a small system slot at gpa 0 (the KVM backend keeps its code, stacks and page tables there).
+/// </summary>
+public sealed record VmOptions
+{
+    public VmOptions(Size memory) => Memory = memory;
+
+    /// <summary>Size of the test slot (memslot 1). A multiple of the backing's page size.</summary>
+    public Size Memory { get; init; }
+
+    public int Vcpus { get; init; } = 1;
+
+    public Backing Backing { get; init; } = Backing.Anonymous;
+
+    public Backend Backend { get; init; } = Backend.Auto;
+
+    /// <summary>Guest-physical address of the test slot; null = where the selftests put it (top of the guest-physical space, aligned down to the backing's page size).</summary>
+    public ulong? TestSlotGpa { get; init; }
+
+    /// <summary>Guest physical address width; null = the host CPU's (as the selftests do). Bounds every slot's end.</summary>
+    public int? GuestPhysBits { get; init; }
+
+    /// <summary>Size of system slot 0; null = the backend's default (<see cref="Vm.DefaultSystemMemory"/>).</summary>
+    public Size? SystemMemory { get; init; }
+
+    /// <summary>Start the test slot with <c>KVM_MEM_LOG_DIRTY_PAGES</c> set.</summary>
+    public bool LogDirtyPages { get; init; }
+
+    /// <summary><c>KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2</c> with <c>KVM_DIRTY_LOG_MANUAL_PROTECT_ENABLE</c>: GET does not re-protect, CLEAR does.</summary>
+    public bool ManualProtect { get; init; }
+
+    /// <summary><c>KVM_DIRTY_LOG_INITIALLY_SET</c> (needs <see cref="ManualProtect"/>): enabling logging sets every bit and protects nothing.</summary>
+    public bool InitiallySet { get; init; }
+
+    /// <summary>Dirty ring size in bytes per vCPU (<c>KVM_CAP_DIRTY_LOG_RING</c>); 0 = no ring. A power of two, 4 KiB … 1 MiB (16-byte entries).</summary>
+    public int DirtyRingBytes { get; init; }
+
+    public const int MaxVcpusDefault = 1024;              // x86 KVM_MAX_VCPUS
+    public const int DirtyRingEntryBytes = 16;            // sizeof(struct kvm_dirty_gfn)
+    public const int DirtyRingMaxEntries = 65536;         // KVM_DIRTY_RING_MAX_ENTRIES
+    public const int DirtyRingReservedEntries = 64;       // KVM_DIRTY_RING_RSVD_ENTRIES
+
+    /// <summary>Checks everything that does not depend on the backend; throws <see cref="ArgumentException"/> saying what is wrong and what is allowed.</summary>
+    public void Validate()
+    {
+        var pageSize = Backing.PageSize();
+        if (Memory.Bytes <= 0)
+            throw new ArgumentOutOfRangeException(nameof(Memory), Memory.Bytes,
+                $"memory must be positive (got {Memory}); it is the size of the test slot, e.g. 1.GiB()");
+        if (Memory.Bytes % pageSize != 0)
+            throw new ArgumentException(
+                $"memory {Memory} ({Memory.Bytes} bytes) is not a multiple of the {Backing.Name()} backing's page size {new Size(pageSize)}; " +
+                $"use {new Size(AlignDown(Memory.Bytes, pageSize))} or {new Size(AlignUp(Memory.Bytes, pageSize))}", nameof(Memory));
+        if (Vcpus < 1 || Vcpus > MaxVcpusDefault)
+            throw new ArgumentOutOfRangeException(nameof(Vcpus), Vcpus, $"vcpus must be 1 … {MaxVcpusDefault} (KVM_MAX_VCPUS on x86); got {Vcpus}");
+        if (GuestPhysBits is { } bits && (bits < 32 || bits > 52))
+            throw new ArgumentOutOfRangeException(nameof(GuestPhysBits), bits, "guest physical address bits must be 32 … 52");
+        if (SystemMemory is { } sys && (sys.Bytes <= 0 || sys.Bytes % BackingInfo.Page4K != 0))
+            throw new ArgumentException($"system memory {sys} must be a positive multiple of 4 KiB", nameof(SystemMemory));
+        if (InitiallySet && !ManualProtect)
+            throw new ArgumentException("InitiallySet (KVM_DIRTY_LOG_INITIALLY_SET) only exists with ManualProtect (KVM_DIRTY_LOG_MANUAL_PROTECT_ENABLE); set both", nameof(InitiallySet));
+        if (DirtyRingBytes != 0)
+        {
+            const int min = 4096, max = DirtyRingMaxEntries * DirtyRingEntryBytes;
+            if (DirtyRingBytes < 0 || (DirtyRingBytes & (DirtyRingBytes - 1)) != 0 || DirtyRingBytes < min || DirtyRingBytes > max)
+                throw new ArgumentOutOfRangeException(nameof(DirtyRingBytes), DirtyRingBytes,
+                    $"dirty ring size must be a power of two from {min} to {max} bytes ({min / DirtyRingEntryBytes} … {DirtyRingMaxEntries} entries of 16 bytes); got {DirtyRingBytes}");
+        }
+        if (TestSlotGpa is { } gpa && gpa % (ulong)pageSize != 0)
+            throw new ArgumentException($"test slot gpa 0x{gpa:x} is not aligned to the {Backing.Name()} backing's page size {new Size(pageSize)}", nameof(TestSlotGpa));
+        var ram = HostInfo.MemTotalBytes;
+        var total = Memory.Bytes + (SystemMemory?.Bytes ?? 0);
+        if (ram > 0 && total > ram)
+            throw new ArgumentOutOfRangeException(nameof(Memory), Memory.Bytes,
+                $"guest memory {Memory} is more than this host has ({new Size(ram)} of RAM, MemTotal in /proc/meminfo)");
+    }
+
+    internal static long AlignDown(long v, long a) => v / a * a;
+    internal static long AlignUp(long v, long a) => (v + a - 1) / a * a;
+}

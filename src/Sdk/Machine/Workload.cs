@@ -1,0 +1,470 @@
+using Spectre.Console;
+using System.Collections.Immutable;
+
+namespace VirtLab.Sdk.Machine;
+
+/// <summary>In which order a vCPU visits the strides of its share of the range in each pass.</summary>
+public enum AccessOrder
+{
+    /// <summary>Stride 0, 1, 2, …</summary>
+    Sequential,
+    /// <summary>As many draws as strides, each a random stride (with replacement) — dirty_log_perf_test <c>-a</c>.</summary>
+    Random,
+    /// <summary>Every stride exactly once, in a random order (a full-period LCG over the next power of two, skipping indexes past the end).</summary>
+    Shuffled,
+}
+
+/// <summary>How the range is shared among vCPUs.</summary>
+public enum VcpuSharing
+{
+    /// <summary>Each vCPU gets its own contiguous share of the strides (vCPU i: strides [i·S/V, (i+1)·S/V)).</summary>
+    Partition,
+    /// <summary>Every vCPU walks the whole range (dirty_log_perf_test <c>-o</c>, kvm_page_table_test).</summary>
+    Overlap,
+}
+
+/// <summary>Which vCPUs write.</summary>
+public enum VcpuRoles
+{
+    /// <summary>Every vCPU decides each access by <see cref="Workload.WritePercent"/>.</summary>
+    WritePercent,
+    /// <summary>Even vCPU ids write, odd ids read (kvm_page_table_test: <c>vcpu_write = !(vcpu_id % 2)</c>).</summary>
+    EvenWriteOddRead,
+}
+
+/// <summary>The role a given vCPU plays.</summary>
+public enum VcpuRole { Mixed, Writer, Reader }
+
+/// <summary>Access kind of one <see cref="StrideAccess"/>.</summary>
+public enum AccessOp
+{
+    /// <summary>Decided by the vCPU's role / the write percentage.</summary>
+    Auto,
+    Read,
+    Write,
+}
+
+/// <summary>
+/// Accesses made inside each stride: <see cref="Count"/> 8-byte accesses at
+/// <c>stride base + Workload.Offset + Offset + j·Step</c>.
+/// </summary>
+public readonly record struct StrideAccess(long Offset = 0, int Count = 1, long Step = 4096, AccessOp Op = AccessOp.Auto)
+{
+    public static StrideAccess Read(long offset = 0, int count = 1, long step = 4096) => new(offset, count, step, AccessOp.Read);
+    public static StrideAccess Write(long offset = 0, int count = 1, long step = 4096) => new(offset, count, step, AccessOp.Write);
+}
+
+/// <summary>The three stages of kvm_page_table_test (seed 000).</summary>
+public enum PageTableStage
+{
+    /// <summary>KVM_CREATE_MAPPINGS: every vCPU touches the first 8 bytes of each backing page; even vCPUs write, odd read.</summary>
+    CreateMappings,
+    /// <summary>KVM_UPDATE_MAPPINGS (logging on): anonymous — write every 4 KiB page; huge backings — write the first 4 KiB page of each huge page, then read its upper half page by page.</summary>
+    UpdateMappings,
+    /// <summary>KVM_ADJUST_MAPPINGS (logging off): every vCPU reads every 4 KiB page.</summary>
+    AdjustMappings,
+}
+
+/// <summary>
+/// Declarative guest work, run by <see cref="Vm.Run"/> on either backend. The range is divided into strides of
+/// <see cref="Stride"/> bytes; in each stride a vCPU makes the <see cref="Accesses"/> (by default one 8-byte access at
+/// <see cref="Offset"/>). Reads load 8 bytes; writes store <see cref="WriteValue"/>.
+/// Randomness (order, write mix) comes from one Park–Miller generator per vCPU seeded with <c>Seed + vcpu</c>
+/// (the selftests' <c>guest_random_u32</c>), kept across passes; see <see cref="WorkloadCursor"/> for the exact rules.
+/// </summary>
+public sealed record Workload
+{
+    /// <summary>Slot whose memory is the range, when <see cref="Gpa"/> is null. Default: the test slot (1).</summary>
+    public int Slot { get; init; } = 1;
+
+    /// <summary>Start of an explicit gpa range (may span adjacent slots); null = <see cref="Slot"/>'s start.</summary>
+    public ulong? Gpa { get; init; }
+
+    /// <summary>Bytes of the range; null = to the end of the slot containing the start.</summary>
+    public long? Length { get; init; }
+
+    public long Stride { get; init; } = 4096;
+
+    /// <summary>Offset added to every access inside a stride.</summary>
+    public long Offset { get; init; }
+
+    /// <summary>Accesses per stride; empty means one <see cref="AccessOp.Auto"/> access at offset 0.</summary>
+    public ImmutableArray<StrideAccess> Accesses { get; init; } = [];
+
+    /// <summary>Percentage of <see cref="AccessOp.Auto"/> accesses that write, for <see cref="VcpuRoles.WritePercent"/>.</summary>
+    public int WritePercent { get; init; } = 100;
+
+    public uint Seed { get; init; } = 1;
+
+    public AccessOrder Order { get; init; } = AccessOrder.Sequential;
+
+    public VcpuSharing Sharing { get; init; } = VcpuSharing.Partition;
+
+    public VcpuRoles Roles { get; init; } = VcpuRoles.WritePercent;
+
+    public int Passes { get; init; } = 1;
+
+    /// <summary>All vCPUs stop at a sync point after each pass (the host's after-pass callback runs there); false = passes run back to back.</summary>
+    public bool SyncEachPass { get; init; } = true;
+
+    public ulong WriteValue { get; init; } = 0x0123456789ABCDEF;
+
+    /// <summary>Label shown in results (e.g. KVM_CREATE_MAPPINGS).</summary>
+    public string? Name { get; init; }
+
+    /// <summary>The accesses actually made per stride.</summary>
+    public ImmutableArray<StrideAccess> EffectiveAccesses => Accesses.IsDefaultOrEmpty ? [new StrideAccess()] : Accesses;
+
+    // ---- factories ------------------------------------------------------------------------------
+
+    /// <summary>Write 8 bytes at <paramref name="offset"/> of every <paramref name="stride"/> of slot <paramref name="slot"/>, each vCPU its own share.</summary>
+    public static Workload Write(int slot = 1, long stride = 4096, long offset = 0, int passes = 1)
+        => new() { Slot = slot, Stride = stride, Offset = offset, Passes = passes, WritePercent = 100, Name = "write" };
+
+    /// <summary>Read 8 bytes at <paramref name="offset"/> of every <paramref name="stride"/> of slot <paramref name="slot"/>.</summary>
+    public static Workload Read(int slot = 1, long stride = 4096, long offset = 0, int passes = 1)
+        => new() { Slot = slot, Stride = stride, Offset = offset, Passes = passes, WritePercent = 0, Name = "read" };
+
+    /// <summary>The same work over the gpa range [<paramref name="gpa"/>, +<paramref name="length"/>).</summary>
+    public Workload In(ulong gpa, long length) => this with { Gpa = gpa, Length = length };
+
+    /// <summary>
+    /// dirty_log_perf_test's guest: each vCPU walks its share (or, with <paramref name="overlap"/>, the whole range) page by
+    /// page, writing with probability <paramref name="writePercent"/>%, <paramref name="iterations"/> passes with a sync after each.
+    /// </summary>
+    public static Workload DirtyLogPerf(int writePercent = 100, bool randomAccess = false, uint seed = 1, bool overlap = false,
+        int iterations = 2, int slot = 1, long pageSize = 4096)
+        => new()
+        {
+            Slot = slot, Stride = pageSize, WritePercent = writePercent, Seed = seed,
+            Order = randomAccess ? AccessOrder.Random : AccessOrder.Sequential,
+            Sharing = overlap ? VcpuSharing.Overlap : VcpuSharing.Partition,
+            Passes = iterations, SyncEachPass = true, Name = "dirty memory",
+        };
+
+    /// <summary>dirty_log_perf_test's populate pass (iteration 0): every vCPU writes every page of its share once.</summary>
+    public static Workload DirtyLogPerfPopulate(bool overlap = false, int slot = 1, long pageSize = 4096)
+        => new() { Slot = slot, Stride = pageSize, WritePercent = 100, Sharing = overlap ? VcpuSharing.Overlap : VcpuSharing.Partition, Name = "populate memory" };
+
+    /// <summary>One stage of kvm_page_table_test (seed 000) for a slot of the given backing.</summary>
+    public static Workload PageTableTest(PageTableStage stage, Backing backing, int slot = 1)
+    {
+        long large = backing.PageSize(), host = 4096;
+        var common = new Workload { Slot = slot, Sharing = VcpuSharing.Overlap, Passes = 1, SyncEachPass = true };
+        switch (stage)
+        {
+            case PageTableStage.CreateMappings:
+                return common with { Stride = large, Roles = VcpuRoles.EvenWriteOddRead, Name = "KVM_CREATE_MAPPINGS" };
+            case PageTableStage.UpdateMappings when backing == Backing.Anonymous:
+                return common with { Stride = host, WritePercent = 100, Name = "KVM_UPDATE_MAPPINGS" };
+            case PageTableStage.UpdateMappings:
+            {
+                long perLarge = large / host, half = perLarge / 2;
+                return common with
+                {
+                    Stride = large, Name = "KVM_UPDATE_MAPPINGS",
+                    // Write the first 4 KiB page (breaks the block mapping), then read the upper half page by page.
+                    Accesses = [StrideAccess.Write(0), StrideAccess.Read(half * host, (int)(perLarge - half), host)],
+                };
+            }
+            case PageTableStage.AdjustMappings:
+                return common with { Stride = host, WritePercent = 0, Name = "KVM_ADJUST_MAPPINGS" };
+            default:
+                throw new ArgumentOutOfRangeException(nameof(stage), stage, null);
+        }
+    }
+
+    /// <summary>The role of vCPU <paramref name="vcpu"/>.</summary>
+    public VcpuRole RoleOf(int vcpu) => Roles switch
+    {
+        VcpuRoles.EvenWriteOddRead => vcpu % 2 == 0 ? VcpuRole.Writer : VcpuRole.Reader,
+        _ => VcpuRole.Mixed,
+    };
+
+    public override string ToString()
+    {
+        var what = Name ?? "workload";
+        var range = Gpa is { } g ? $"[0x{g:x}, +{new Measure.Size(Length ?? 0)})" : $"slot {Slot}";
+        return $"{what}: {range}, stride {new Measure.Size(Stride)}+{Offset}, {Accesses.Length switch { 0 => 1, var n => n }} access kind(s), " +
+               $"{(Roles == VcpuRoles.EvenWriteOddRead ? "even write/odd read" : $"{WritePercent}% writes")}, {Order}, {Sharing}, {Passes} pass(es)";
+    }
+}
+
+/// <summary>A vCPU's share of a planned workload: strides [<see cref="FirstStride"/>, +<see cref="Strides"/>) of the range.</summary>
+public readonly record struct VcpuSlice(int Vcpu, long FirstStride, long Strides, VcpuRole Role)
+{
+    public ulong Gpa(WorkloadPlan plan) => plan.Gpa + (ulong)(FirstStride * plan.Workload.Stride);
+}
+
+/// <summary>
+/// A <see cref="Workload"/> checked and resolved against a VM: the gpa range, the number of strides, each vCPU's slice.
+/// Both backends run exactly the accesses <see cref="Cursor"/> yields.
+/// </summary>
+public sealed class WorkloadPlan
+{
+    internal WorkloadPlan(Workload workload, int vcpus, ulong gpa, long length, IReadOnlyList<MemSlot> slots)
+    {
+        Workload = workload;
+        Vcpus = vcpus;
+        Gpa = gpa;
+        Length = length;
+        Slots = slots;
+        Strides = length / workload.Stride;
+        Accesses = workload.EffectiveAccesses;
+        foreach (var a in Accesses) AccessesPerStride += a.Count;
+        var slices = new VcpuSlice[vcpus];
+        for (int v = 0; v < vcpus; v++)
+        {
+            long first = 0, count = Strides;
+            if (workload.Sharing == VcpuSharing.Partition)
+            {
+                first = Strides * v / vcpus;
+                count = Strides * (v + 1) / vcpus - first;
+            }
+            slices[v] = new VcpuSlice(v, first, count, workload.RoleOf(v));
+        }
+        Slices = slices;
+    }
+
+    public Workload Workload { get; }
+    public int Vcpus { get; }
+    /// <summary>Start of the range.</summary>
+    public ulong Gpa { get; }
+    public long Length { get; }
+    public ulong EndGpa => Gpa + (ulong)Length;
+    /// <summary>Strides in the whole range.</summary>
+    public long Strides { get; }
+    public ImmutableArray<StrideAccess> Accesses { get; }
+    public long AccessesPerStride { get; }
+    /// <summary>Slots the range covers, in gpa order.</summary>
+    public IReadOnlyList<MemSlot> Slots { get; }
+    public IReadOnlyList<VcpuSlice> Slices { get; }
+
+    /// <summary>Accesses vCPU <paramref name="vcpu"/> makes per pass.</summary>
+    public long AccessesPerPass(int vcpu) => Slices[vcpu].Strides * AccessesPerStride;
+
+    /// <summary>The deterministic access sequence of vCPU <paramref name="vcpu"/> (call <see cref="WorkloadCursor.BeginPass"/> before each pass).</summary>
+    public WorkloadCursor Cursor(int vcpu) => new(this, Slices[vcpu]);
+
+    /// <summary>Pages (gfn − slot base, per slot id) that the given passes write — what a dirty log must report.</summary>
+    public IReadOnlyDictionary<int, DirtyBitmap> ExpectedWrites(int passes = -1)
+    {
+        if (passes < 0) passes = Workload.Passes;
+        var result = Slots.ToDictionary(s => s.Id, s => new DirtyBitmap(s.Pages));
+        for (int v = 0; v < Vcpus; v++)
+        {
+            var c = Cursor(v);
+            for (int p = 0; p < passes; p++)
+            {
+                c.BeginPass();
+                while (c.Next(out var gpa, out var write))
+                {
+                    if (!write) continue;
+                    foreach (var s in Slots)
+                        if (s.Contains(gpa)) { result[s.Id].Set((long)((gpa - s.Gpa) >> 12)); break; }
+                }
+            }
+        }
+        return result;
+    }
+}
+
+/// <summary>
+/// The access sequence of one vCPU — the definition both backends implement. Per pass, for k in 0 … slice strides − 1:
+/// stride index i = k (Sequential), <c>rand() % strides</c> (Random) or the k-th value of a full-period LCG walk
+/// (Shuffled: m = next power of two ≥ strides, x₀ = rand() &amp; (m−1), c = (rand()·2+1) &amp; (m−1), x ← (5x + c) mod m,
+/// values ≥ strides skipped); then for each access a, for j in 0 … a.Count − 1: gpa = slice gpa + i·Stride + Offset +
+/// a.Offset + j·a.Step; write = a.Op, or for Auto the role (Writer/Reader), or for Mixed <c>rand() % 100 &lt; WritePercent</c>.
+/// rand() is Park–Miller: s ← s·48271 mod (2³¹−1), starting from (Seed + vcpu) mod (2³¹−1) (1 if that is 0).
+/// </summary>
+public struct WorkloadCursor
+{
+    const uint Modulus = 0x7fffffff;
+    readonly WorkloadPlan plan;
+    readonly VcpuSlice slice;
+    readonly ulong sliceGpa;
+    readonly long stride, offset;
+    readonly AccessOrder order;
+    readonly ImmutableArray<StrideAccess> accesses;
+    readonly int writePercent;
+    uint rng;
+    long k;            // strides done this pass
+    long strideIndex;  // current stride (within the slice)
+    int accessIndex, repeat;
+    ulong lcgX, lcgC, lcgMask;
+    bool inStride, inPass;
+
+    internal WorkloadCursor(WorkloadPlan plan, VcpuSlice slice)
+    {
+        this.plan = plan;
+        this.slice = slice;
+        var w = plan.Workload;
+        sliceGpa = slice.Gpa(plan);
+        stride = w.Stride;
+        offset = w.Offset;
+        order = w.Order;
+        accesses = plan.Accesses;
+        writePercent = w.WritePercent;
+        rng = (uint)(((ulong)w.Seed + (ulong)slice.Vcpu) % Modulus);
+        if (rng == 0) rng = 1;
+        k = strideIndex = 0;
+        accessIndex = repeat = 0;
+        lcgX = lcgC = lcgMask = 0;
+        inStride = inPass = false;
+    }
+
+    public readonly VcpuSlice Slice => slice;
+
+    /// <summary>The generator's next value (Park–Miller minimal standard, as the selftests' guest_random_u32).</summary>
+    public uint NextRandom()
+    {
+        rng = (uint)((ulong)rng * 48271 % Modulus);
+        return rng;
+    }
+
+    /// <summary>Starts a pass: the stride walk restarts; the random generator continues.</summary>
+    public void BeginPass()
+    {
+        k = 0;
+        inStride = false;
+        inPass = true;
+        if (order == AccessOrder.Shuffled && slice.Strides > 0)
+        {
+            ulong m = 1;
+            while (m < (ulong)slice.Strides) m <<= 1;
+            lcgMask = m - 1;
+            lcgX = NextRandom() & lcgMask;
+            lcgC = ((ulong)NextRandom() * 2 + 1) & lcgMask;
+        }
+    }
+
+    /// <summary>Next access of this pass; false when the pass is done.</summary>
+    public bool Next(out ulong gpa, out bool write)
+    {
+        if (!inPass) { gpa = 0; write = false; return false; }
+        if (!inStride)
+        {
+            if (k >= slice.Strides) { inPass = false; gpa = 0; write = false; return false; }
+            strideIndex = order switch
+            {
+                AccessOrder.Sequential => k,
+                AccessOrder.Random => NextRandom() % slice.Strides,
+                _ => NextShuffled(),
+            };
+            k++;
+            accessIndex = 0;
+            repeat = 0;
+            inStride = true;
+        }
+        var a = accesses[accessIndex];
+        gpa = sliceGpa + (ulong)(strideIndex * stride + offset + a.Offset + repeat * a.Step);
+        write = a.Op switch
+        {
+            AccessOp.Write => true,
+            AccessOp.Read => false,
+            _ => slice.Role switch
+            {
+                VcpuRole.Writer => true,
+                VcpuRole.Reader => false,
+                _ => NextRandom() % 100 < (uint)writePercent,
+            },
+        };
+        if (++repeat >= a.Count)
+        {
+            repeat = 0;
+            if (++accessIndex >= accesses.Length) inStride = false;
+        }
+        return true;
+    }
+
+    long NextShuffled()
+    {
+        // Full-period LCG mod 2^n (Hull–Dobell: c odd, a−1 divisible by 4); cycle-walk past the slice's end.
+        while (true)
+        {
+            var x = lcgX;
+            lcgX = (5 * lcgX + lcgC) & lcgMask;
+            if (x < (ulong)slice.Strides) return (long)x;
+        }
+    }
+}
+
+/// <summary>One vCPU's part of a run.</summary>
+public sealed record VcpuResult(int Vcpu, VcpuRole Role, IReadOnlyList<TimeSpan> PassTimes, long Reads, long Writes)
+{
+    public TimeSpan Total => PassTimes.Aggregate(TimeSpan.Zero, (a, b) => a + b);
+    public long Accesses => Reads + Writes;
+}
+
+/// <summary>What <see cref="Vm.Run"/> measured.</summary>
+public sealed record WorkloadResult(
+    Workload Workload,
+    Backend Backend,
+    int Vcpus,
+    TimeSpan Elapsed,
+    IReadOnlyList<TimeSpan> PassTimes,
+    IReadOnlyList<VcpuResult> PerVcpu,
+    long DirtyRingFullExits) : IDisplayable
+{
+    public long Reads => PerVcpu.Sum(v => v.Reads);
+    public long Writes => PerVcpu.Sum(v => v.Writes);
+    /// <summary>Accesses made (each touches one page).</summary>
+    public long Accesses => Reads + Writes;
+
+    public Spectre.Console.Rendering.IRenderable ToRenderable()
+    {
+        var t = new Spectre.Console.Table { Title = new Spectre.Console.TableTitle(Spectre.Console.Markup.Escape($"{Workload.Name ?? "workload"} on {Backend}: {Elapsed.TotalMilliseconds:0.###} ms")) };
+        t.AddColumn("vCPU").AddColumn("role").AddColumn("reads").AddColumn("writes");
+        for (int p = 0; p < PassTimes.Count; p++) t.AddColumn($"pass {p} ms");
+        foreach (var v in PerVcpu)
+        {
+            var cells = new List<string> { v.Vcpu.ToString(), v.Role.ToString(), v.Reads.ToString(), v.Writes.ToString() };
+            cells.AddRange(v.PassTimes.Select(x => x.TotalMilliseconds.ToString("0.###")));
+            t.AddRow(cells.ToArray());
+        }
+        return t;
+    }
+
+    public override string ToString()
+        => $"{Workload.Name ?? "workload"} on {Backend}: {Vcpus} vCPUs, {Accesses} accesses ({Writes} writes) in {Elapsed.TotalMilliseconds:0.###} ms";
+}
+
+/// <summary>Collects per-vCPU, per-pass timings and counts during a run (each vCPU writes only its own row).</summary>
+internal sealed class WorkloadRecorder
+{
+    readonly WorkloadPlan plan;
+    readonly TimeSpan[][] vcpuPass;
+    readonly long[] reads, writes;
+    readonly TimeSpan[] passWall;
+
+    public WorkloadRecorder(WorkloadPlan plan)
+    {
+        this.plan = plan;
+        int passes = plan.Workload.Passes;
+        vcpuPass = Enumerable.Range(0, plan.Vcpus).Select(_ => new TimeSpan[passes]).ToArray();
+        reads = new long[plan.Vcpus];
+        writes = new long[plan.Vcpus];
+        passWall = new TimeSpan[passes];
+    }
+
+    public void VcpuPass(int vcpu, int pass, TimeSpan elapsed, long passReads, long passWrites)
+    {
+        vcpuPass[vcpu][pass] = elapsed;
+        reads[vcpu] += passReads;
+        writes[vcpu] += passWrites;
+    }
+
+    /// <summary>Wall time of a synced pass: from releasing the vCPUs to the last one reaching the sync point.</summary>
+    public void Pass(int pass, TimeSpan wall) => passWall[pass] = wall;
+
+    public WorkloadResult Build(Backend backend, TimeSpan elapsed, long ringFullExits)
+    {
+        var passes = plan.Workload.Passes;
+        var wall = new TimeSpan[passes];
+        for (int p = 0; p < passes; p++)
+            wall[p] = passWall[p] != TimeSpan.Zero ? passWall[p] : vcpuPass.Select(v => v[p]).DefaultIfEmpty().Max();
+        var per = Enumerable.Range(0, plan.Vcpus)
+            .Select(v => new VcpuResult(v, plan.Slices[v].Role, vcpuPass[v], reads[v], writes[v])).ToArray();
+        return new WorkloadResult(plan.Workload, backend, plan.Vcpus, elapsed, wall, per, ringFullExits);
+    }
+}

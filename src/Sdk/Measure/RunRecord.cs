@@ -1,0 +1,103 @@
+using System.Diagnostics;
+using System.Security.Cryptography;
+using System.Text.Json;
+using System.Text.Json.Nodes;
+using System.Text.Json.Serialization;
+
+namespace VirtLab.Sdk.Measure;
+
+/// <summary>The recipe file a run executed.</summary>
+public sealed record RecipeInfo(string Path, string Sha256)
+{
+    /// <summary>Full path and SHA-256 (lowercase hex) of the file's bytes.</summary>
+    public static RecipeInfo FromFile(string path)
+    {
+        var full = System.IO.Path.GetFullPath(path);
+        using var f = File.OpenRead(full);
+        return new RecipeInfo(full, Convert.ToHexStringLower(SHA256.HashData(f)));
+    }
+}
+
+/// <summary>
+/// What <c>virtlab run --json PATH</c> writes: the recipe, its arguments, the environment, stages, expectations,
+/// results and the exit code. JSON is camelCase and indented; sizes are byte counts; times are seconds.
+/// </summary>
+public sealed record RunRecord
+{
+    public required RecipeInfo Recipe { get; init; }
+    /// <summary>Options in effect, name → value text (given ones and the defaults the recipe read); parses back with the same recipe.</summary>
+    public required IReadOnlyDictionary<string, string?> Args { get; init; }
+    /// <summary>The argument tokens exactly as given.</summary>
+    public required IReadOnlyList<string> Argv { get; init; }
+    public bool TestMode { get; init; }
+    public required EnvironmentInfo Environment { get; init; }
+    public required IReadOnlyList<StageRecord> Stages { get; init; }
+    public required IReadOnlyList<Expectation> Expectations { get; init; }
+    /// <summary>name → the value as JSON; a value System.Text.Json cannot write is stored as its ToString().</summary>
+    public required IReadOnlyDictionary<string, JsonNode?> Results { get; init; }
+    public int ExitCode { get; init; }
+    /// <summary>The exception that ended the run ("Type: message"), if one did.</summary>
+    public string? Error { get; init; }
+    public DateTimeOffset StartedAt { get; init; }
+    public double DurationSeconds { get; init; }
+
+    public static JsonSerializerOptions JsonOptions { get; } = new(JsonSerializerDefaults.Web)
+    {
+        WriteIndented = true,
+        DefaultIgnoreCondition = JsonIgnoreCondition.WhenWritingNull,
+        // NaN from a 0-second rate must not make the whole record unwritable.
+        NumberHandling = JsonNumberHandling.AllowNamedFloatingPointLiterals,
+        Converters = { new JsonStringEnumConverter() },
+    };
+
+    /// <summary>Builds the record of a finished run; duration is measured on the monotonic clock from the context's start.</summary>
+    /// <param name="error">The exception that ended the script, if any; also decides <see cref="ExitCode"/> unless <paramref name="exitCode"/> is given.</param>
+    public static RunRecord Create(RecipeContext context, RecipeInfo recipe, EnvironmentInfo environment, Exception? error = null, int? exitCode = null)
+    {
+        ArgumentNullException.ThrowIfNull(context);
+        error = RecipeContext.Unwrap(error);
+        var results = new Dictionary<string, JsonNode?>(StringComparer.Ordinal);
+        foreach (var r in context.Results) results[r.Name] = ToJson(r.Value);
+        return new RunRecord
+        {
+            Recipe = recipe,
+            Args = context.EffectiveArgs,
+            Argv = context.Args.Raw,
+            TestMode = context.TestMode,
+            Environment = environment,
+            Stages = context.Stages.Records,
+            Expectations = context.Expectations,
+            Results = results,
+            ExitCode = exitCode ?? context.ExitCodeFor(error),
+            Error = error is null ? null : $"{error.GetType().Name}: {error.Message}",
+            StartedAt = context.StartedAt,
+            DurationSeconds = Stopwatch.GetElapsedTime(context.StartTimestamp).TotalSeconds,
+        };
+    }
+
+    public string ToJson() => JsonSerializer.Serialize(this, JsonOptions);
+
+    /// <summary>Reads a record written by <see cref="ToJson"/> (e.g. to compare runs).</summary>
+    public static RunRecord Parse(string json) =>
+        JsonSerializer.Deserialize<RunRecord>(json, JsonOptions) ?? throw new JsonException("the run record is null");
+
+    /// <summary>Writes the JSON to <paramref name="path"/> (creating its folder), via a temporary file so a reader never sees half a record.</summary>
+    public void Write(string path)
+    {
+        var full = Path.GetFullPath(path);
+        Directory.CreateDirectory(Path.GetDirectoryName(full)!);
+        var tmp = full + ".tmp";
+        File.WriteAllText(tmp, ToJson() + "\n");
+        File.Move(tmp, full, overwrite: true);
+    }
+
+    private static JsonNode? ToJson(object? value)
+    {
+        if (value is null) return null;
+        try { return JsonSerializer.SerializeToNode(value, value.GetType(), JsonOptions); }
+        catch (Exception) // best effort: a getter may throw, a graph may cycle
+        {
+            return JsonValue.Create(value.ToString());
+        }
+    }
+}

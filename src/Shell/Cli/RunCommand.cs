@@ -1,0 +1,160 @@
+using System.Reflection;
+using System.Runtime.CompilerServices;
+using Spectre.Console;
+using VirtLab.Sdk.Measure;
+using VirtLab.Shell.PluginHost;
+using VirtLab.Shell.Rendering;
+using VirtLab.Shell.Scripting;
+
+namespace VirtLab.Shell.Cli;
+
+public sealed record RunOptions(string File, string? JsonPath, IReadOnlyList<string> PluginDirectories, bool TestMode,
+    IReadOnlyList<string> Arguments, bool NoCache = false);
+
+/// <summary>
+/// <c>virtlab run</c>: load plugins, take the compiled recipe from the cache or compile it, run it in-process,
+/// print results, write the run record, map the outcome to the documented exit code.
+/// </summary>
+public static class RunCommand
+{
+    public static int Execute(RunOptions o)
+    {
+        var err = Console.Error;
+        if (!File.Exists(o.File))
+        {
+            err.WriteLine(Directory.Exists(o.File) ? $"virtlab run: {o.File} is a folder; expected a recipe file (.csx)" : $"virtlab run: recipe not found: {o.File}");
+            return ExitCodes.Usage;
+        }
+        var verbose = Environment.GetEnvironmentVariable("VIRTLAB_VERBOSE") is "1" or "true";
+
+        RecipeArgs args;
+        try { args = new RecipeArgs(o.Arguments); }
+        catch (ArgumentException e) { err.WriteLine($"virtlab run: {e.Message}"); return ExitCodes.Usage; }
+
+        using var cts = new CancellationTokenSource();
+        // First Ctrl+C asks the recipe to stop (Cancellation); the second one ends the process.
+        ConsoleCancelEventHandler onCancel = (_, e) => { if (!cts.IsCancellationRequested) { e.Cancel = true; cts.Cancel(); } };
+        Console.CancelKeyPress += onCancel;
+        try
+        {
+            var context = new RecipeContext(args, o.TestMode, cts.Token);
+            var plugins = PluginSet.Load(new PluginSearchPaths(o.PluginDirectories), ScriptPreamble.ReservedNames(typeof(RecipeGlobals)), err);
+            foreach (var p in plugins.All.Where(p => !p.IsLoaded))
+                err.WriteLine($"virtlab: plugin {p.Name} not loaded ({p.Path}): {p.Error}");
+
+            var bytes = File.ReadAllBytes(o.File);
+            var key = RecipeCache.Key(o.File, bytes, plugins);
+            var cache = new RecipeCache(RecipeCache.DefaultRoot());
+            var recipe = o.NoCache ? null : cache.TryGet(key);
+            if (verbose) err.WriteLine($"virtlab: recipe cache {(recipe is null ? "miss" : "hit")} ({Path.Combine(cache.Root, key)})");
+            if (recipe is null)
+            {
+                var (compiled, errors) = Compile(o.File, bytes, plugins, key);
+                if (compiled is null)
+                {
+                    foreach (var d in errors) err.WriteLine(d);
+                    err.WriteLine($"virtlab run: {errors.Count} compile error{(errors.Count == 1 ? "" : "s")}; nothing ran");
+                    WriteRecord(o, context, plugins, null, ExitCodes.CompileError, err);
+                    return ExitCodes.CompileError;
+                }
+                recipe = compiled;
+                if (!o.NoCache) cache.Store(key, recipe);
+            }
+
+            var scripts = new ScriptLoadContext(plugins, "virtlab-recipe");
+            foreach (var r in recipe.References) scripts.AddReferencePath(r.Path);
+            var executor = new SubmissionExecutor(new RecipeGlobals(context, ScriptPreamble.PluginGlobals(plugins)), scripts);
+            Exception? error = null;
+            object? value = null;
+            try
+            {
+                foreach (var s in recipe.Submissions)
+                {
+                    var asm = s.Image is not null ? scripts.AddSubmission(s.Image) : scripts.AddSubmission(s.Path!);
+                    value = s.TypeName is not null ? executor.Run(asm, s.TypeName) : null;
+                }
+            }
+            catch (Exception e) { error = e; }
+            Console.Out.Flush();
+            // A recipe ending in an expression (no semicolon) shows its value, as the REPL would.
+            if (error is null && value is not null) ValueRenderer.Write(Consoles.Out, value);
+
+            var exit = context.ExitCodeFor(error);
+            PrintOutcome(context, error, exit, scripts);
+            WriteRecord(o, context, plugins, error, exit, err);
+            if (verbose)
+                err.WriteLine($"virtlab: roslyn loaded: {(AppDomain.CurrentDomain.GetAssemblies().Any(a => a.GetName().Name!.StartsWith("Microsoft.CodeAnalysis", StringComparison.Ordinal)) ? "yes" : "no")}");
+            return exit;
+        }
+        finally { Console.CancelKeyPress -= onCancel; }
+    }
+
+    // Kept out of Execute so that a cache hit never makes the JIT load Roslyn.
+    [MethodImpl(MethodImplOptions.NoInlining)]
+    private static (CompiledRecipe?, IReadOnlyList<ScriptDiagnostic>) Compile(string file, byte[] bytes, PluginSet plugins, string key)
+    {
+        var text = new StreamReader(new MemoryStream(bytes), detectEncodingFromByteOrderMarks: true).ReadToEnd();
+        var (recipe, diags) = RecipeBuilder.Compile(file, text, plugins, key[..12]);
+        return (recipe, recipe is null ? diags.Where(d => d.IsError).ToList() : diags);
+    }
+
+    private static void PrintOutcome(RecipeContext context, Exception? error, int exit, ScriptLoadContext scripts)
+    {
+        var err = Console.Error;
+        var console = Consoles.Out;
+        if (!context.Stages.IsEmpty) ValueRenderer.Write(console, context.Stages);
+        foreach (var r in context.Results)
+        {
+            var renderable = ValueRenderer.ToRenderable(r.Value);
+            if (renderable is Text) console.WriteLine($"{r.Name} = {ValueRenderer.Inline(r.Value)}");
+            else { console.WriteLine($"{r.Name} ="); console.Write(renderable); }
+        }
+        switch (error)
+        {
+            case null:
+                var failed = context.Expectations.Count(e => !e.Passed);
+                if (failed > 0) err.WriteLine($"virtlab run: {failed} of {context.Expectations.Count} expectation{(context.Expectations.Count == 1 ? "" : "s")} failed");
+                break;
+            case RequirementMissingException rm:
+                err.WriteLine($"skipped: {rm.Reason}");
+                break;
+            case RecipeArgumentException ra:
+                err.WriteLine($"virtlab run: {ra.Message}");
+                break;
+            case OperationCanceledException when context.Cancellation.IsCancellationRequested:
+                err.WriteLine("virtlab run: cancelled (Ctrl+C)");
+                break;
+            default:
+                err.Write(ScriptExceptions.Format(error, scripts.Owns));
+                break;
+        }
+        foreach (var unread in context.UnreadArgs) err.WriteLine($"virtlab run: warning: --{unread} was given but the recipe never read it");
+    }
+
+    private static void WriteRecord(RunOptions o, RecipeContext context, PluginSet plugins, Exception? error, int exit, TextWriter err)
+    {
+        if (o.JsonPath is null) return;
+        try
+        {
+            var env = EnvironmentInfo.Capture(VirtlabVersion, plugins.Loaded.ToDictionary(p => p.Name, p => p.Version ?? "?"), o.File);
+            RunRecord.Create(context, RecipeInfo.FromFile(o.File), env, error, exit).Write(o.JsonPath);
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+            err.WriteLine($"virtlab run: cannot write the run record to {o.JsonPath}: {e.Message}");
+        }
+    }
+
+    public static string VirtlabVersion =>
+        (typeof(RunCommand).Assembly.GetCustomAttribute<AssemblyInformationalVersionAttribute>()?.InformationalVersion ?? "0.0.0").Split('+')[0];
+}
+
+/// <summary>Exit codes of <c>virtlab run</c> (and of the other commands where they apply).</summary>
+public static class ExitCodes
+{
+    public const int Success = 0, Failure = 1, CompileError = 2, Usage = 3, RequirementMissing = 4;
+
+    public const string Help =
+        "Exit codes: 0 success; 1 runtime exception or failed expectation; 2 compile errors (each file(line,col): message); " +
+        "3 usage error (unknown option, missing file, bad recipe argument); 4 a requirement of the recipe is missing (skipped).";
+}

@@ -1,0 +1,229 @@
+using System.Globalization;
+using System.Reflection;
+using System.Reflection.Metadata;
+using System.Reflection.PortableExecutable;
+using VirtLab.Sdk;
+using VirtLab.Sdk.Plugins;
+
+namespace VirtLab.Shell.PluginHost;
+
+public enum PluginStatus { Loaded, Error }
+
+/// <summary>One plugin folder found by discovery, loaded or not (then <see cref="Error"/> says why).</summary>
+public sealed class PluginInfo
+{
+    public required string Name { get; init; }
+    public required string Path { get; init; }
+    public PluginStatus Status { get; internal set; } = PluginStatus.Error;
+    public string? Error { get; internal set; }
+    public string? Version { get; internal set; }
+    /// <summary>Version of the VirtLab.Sdk the plugin was compiled against.</summary>
+    public Version? SdkVersion { get; internal set; }
+    public string? GlobalName { get; internal set; }
+    public Type? GlobalType { get; internal set; }
+    public object? Global { get; internal set; }
+    public string? Description { get; internal set; }
+    public Assembly? Assembly { get; internal set; }
+    public PluginLoadContext? LoadContext { get; internal set; }
+    /// <summary>Module version id of the plugin assembly: part of the compiled-recipe cache key.</summary>
+    public Guid Mvid { get; internal set; }
+    public bool IsLoaded => Status == PluginStatus.Loaded;
+}
+
+/// <summary>Where to look for plugins. Each entry is either a plugin folder (holding &lt;Name&gt;.dll where
+/// Name is the folder's name) or a folder of such plugin folders.</summary>
+public sealed record PluginSearchPaths(IReadOnlyList<string> Explicit, bool IncludeEnvironment = true, bool IncludeBuiltIn = true)
+{
+    public const string EnvironmentVariable = "VIRTLAB_PLUGINS";
+    public static PluginSearchPaths None { get; } = new([], false, false);
+
+    public IEnumerable<string> Roots()
+    {
+        foreach (var p in Explicit) yield return p;
+        if (IncludeEnvironment && Environment.GetEnvironmentVariable(EnvironmentVariable) is { Length: > 0 } env)
+            foreach (var p in env.Split(System.IO.Path.PathSeparator, StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries))
+                yield return p;
+        if (IncludeBuiltIn) yield return System.IO.Path.Combine(AppContext.BaseDirectory, "plugins");
+    }
+}
+
+/// <summary>
+/// The plugins of one process: discovered, checked, loaded each into its own context and initialised.
+/// A broken plugin becomes an entry with an error; it never stops the shell.
+/// </summary>
+public sealed class PluginSet
+{
+    public IReadOnlyList<PluginInfo> All { get; }
+    public IEnumerable<PluginInfo> Loaded => All.Where(p => p.IsLoaded);
+    public static PluginSet Empty { get; } = new([]);
+
+    private PluginSet(IReadOnlyList<PluginInfo> all) => All = all;
+
+    /// <summary>Discovers and loads plugins. <paramref name="reservedNames"/> are names a global may not take
+    /// (the members of the script globals type).</summary>
+    public static PluginSet Load(PluginSearchPaths paths, IEnumerable<string>? reservedNames = null, TextWriter? log = null)
+    {
+        var reserved = new HashSet<string>(reservedNames ?? [], StringComparer.Ordinal);
+        var list = new List<PluginInfo>();
+        var byName = new Dictionary<string, PluginInfo>(StringComparer.OrdinalIgnoreCase);
+        var byGlobal = new Dictionary<string, PluginInfo>(StringComparer.Ordinal);
+        foreach (var dir in Discover(paths))
+        {
+            var name = System.IO.Path.GetFileName(dir.TrimEnd(System.IO.Path.DirectorySeparatorChar));
+            var info = new PluginInfo { Name = name, Path = System.IO.Path.Combine(dir, name + ".dll") };
+            list.Add(info);
+            if (byName.TryGetValue(name, out var first))
+            {
+                info.Error = $"duplicate plugin '{name}': already loaded from {first.Path}";
+                continue;
+            }
+            byName[name] = info;
+            LoadOne(info, reserved, log ?? Console.Error);
+            if (!info.IsLoaded) continue;
+            if (byGlobal.TryGetValue(info.GlobalName!, out var owner))
+            {
+                Fail(info, $"global '{info.GlobalName}' is already provided by plugin '{owner.Name}' ({owner.Path}); each global name must be unique");
+                continue;
+            }
+            byGlobal[info.GlobalName!] = info;
+        }
+        return new PluginSet(list);
+    }
+
+    /// <summary>Plugin folders under the search roots, in priority order (explicit, environment, built-in).</summary>
+    public static IEnumerable<string> Discover(PluginSearchPaths paths)
+    {
+        var seen = new HashSet<string>(StringComparer.Ordinal);
+        foreach (var root0 in paths.Roots())
+        {
+            var root = System.IO.Path.GetFullPath(root0);
+            if (!Directory.Exists(root)) continue;
+            IEnumerable<string> dirs = File.Exists(System.IO.Path.Combine(root, System.IO.Path.GetFileName(root) + ".dll"))
+                ? [root]
+                : Directory.GetDirectories(root).Order(StringComparer.Ordinal);
+            foreach (var d in dirs)
+                if (seen.Add(d)) yield return d;
+        }
+    }
+
+    private static void Fail(PluginInfo info, string error)
+    {
+        info.Status = PluginStatus.Error;
+        info.Error = error;
+        info.Global = null;
+    }
+
+    private static void LoadOne(PluginInfo info, HashSet<string> reserved, TextWriter log)
+    {
+        if (!File.Exists(info.Path)) { Fail(info, $"no {System.IO.Path.GetFileName(info.Path)} in the plugin folder (a plugin folder holds <Name>.dll named like the folder)"); return; }
+
+        // Inspect metadata before loading anything: a wrong file or SDK major is reported without side effects.
+        try
+        {
+            using var pe = new PEReader(File.OpenRead(info.Path));
+            if (!pe.HasMetadata) { Fail(info, "not a .NET assembly (no CLI metadata)"); return; }
+            var md = pe.GetMetadataReader();
+            if (!md.IsAssembly) { Fail(info, "not a .NET assembly (a module without an assembly manifest)"); return; }
+            info.Mvid = md.GetGuid(md.GetModuleDefinition().Mvid);
+            foreach (var h in md.AssemblyReferences)
+            {
+                var r = md.GetAssemblyReference(h);
+                if (md.GetString(r.Name) == "VirtLab.Sdk") info.SdkVersion = r.Version;
+            }
+        }
+        catch (BadImageFormatException) { Fail(info, "not a .NET assembly (not a valid PE file)"); return; }
+        catch (IOException e) { Fail(info, $"cannot read: {e.Message}"); return; }
+
+        if (info.SdkVersion is null) { Fail(info, "no plugin: the assembly does not reference VirtLab.Sdk"); return; }
+        if (info.SdkVersion.Major != SdkVersion.Major)
+        {
+            Fail(info, $"SDK major mismatch: built against VirtLab.Sdk {info.SdkVersion.Major}.x ({info.SdkVersion}), this shell provides {SdkVersion.Major}.x ({SdkVersion.Current}); rebuild the plugin against SDK {SdkVersion.Major}");
+            return;
+        }
+
+        try
+        {
+            var alc = new PluginLoadContext(info.Path);
+            var asm = alc.LoadFromAssemblyPath(info.Path);
+            info.LoadContext = alc;
+            info.Assembly = asm;
+            info.Version = asm.GetCustomAttribute<AssemblyInformationalVersionAttribute>()?.InformationalVersion
+                           ?? asm.GetName().Version?.ToString();
+
+            Type[] types;
+            try { types = asm.GetExportedTypes(); }
+            catch (ReflectionTypeLoadException e) { Fail(info, $"cannot load its types: {e.LoaderExceptions.FirstOrDefault()?.Message ?? e.Message}"); return; }
+            var candidates = types.Where(t => typeof(VirtLabPlugin).IsAssignableFrom(t) && !t.IsAbstract && t.IsClass).ToList();
+            if (candidates.Count == 0) { Fail(info, "no plugin type: expected one public non-abstract subclass of VirtLab.Sdk.Plugins.VirtLabPlugin"); return; }
+            if (candidates.Count > 1) { Fail(info, $"several plugin types ({string.Join(", ", candidates.Select(t => t.FullName))}); expected exactly one"); return; }
+            var type = candidates[0];
+            if (type.GetConstructor(Type.EmptyTypes) is null) { Fail(info, $"{type.FullName} has no public parameterless constructor"); return; }
+
+            VirtLabPlugin plugin;
+            string globalName; Type globalType;
+            try
+            {
+                plugin = (VirtLabPlugin)Activator.CreateInstance(type)!;
+                globalName = plugin.GlobalName;
+                globalType = plugin.GlobalType;
+                info.Description = plugin.Description;
+            }
+            catch (Exception e) { Fail(info, $"initialisation threw {Unwrap(e)}"); return; }
+            info.GlobalName = globalName;
+            info.GlobalType = globalType;
+
+            if (!Identifiers.IsValid(globalName)) { Fail(info, $"invalid global name '{globalName}': must be a C# identifier (letter or _ then letters, digits, _) and not a keyword"); return; }
+            if (reserved.Contains(globalName)) { Fail(info, $"global name '{globalName}' is taken by the script globals (reserved: {string.Join(", ", reserved.Order())})"); return; }
+            if (globalType is null || !globalType.IsVisible) { Fail(info, $"global type {globalType?.FullName ?? "null"} is not public; scripts must be able to name it"); return; }
+
+            object global;
+            try { global = plugin.CreateGlobal(new PluginContext(System.IO.Path.GetDirectoryName(info.Path)!, log)); }
+            catch (Exception e) { Fail(info, $"initialisation threw {Unwrap(e)}"); return; }
+            if (global is null || !globalType.IsInstanceOfType(global))
+            {
+                Fail(info, $"CreateGlobal returned {(global is null ? "null" : global.GetType().FullName)}, not an instance of {globalType.FullName}");
+                return;
+            }
+            info.Global = global;
+            info.Status = PluginStatus.Loaded;
+            info.Error = null;
+        }
+        catch (Exception e) when (e is FileLoadException or BadImageFormatException or FileNotFoundException or TypeLoadException)
+        {
+            Fail(info, $"cannot load: {e.Message}");
+        }
+    }
+
+    private static string Unwrap(Exception e)
+    {
+        while (e is TargetInvocationException { InnerException: { } inner }) e = inner;
+        return $"{e.GetType().Name}: {e.Message}";
+    }
+}
+
+/// <summary>C# identifier rules without Roslyn (the plugin host runs on the cached path, which must not load it).</summary>
+public static class Identifiers
+{
+    public static readonly IReadOnlySet<string> Keywords = new HashSet<string>(StringComparer.Ordinal)
+    {
+        "abstract","as","base","bool","break","byte","case","catch","char","checked","class","const","continue","decimal",
+        "default","delegate","do","double","else","enum","event","explicit","extern","false","finally","fixed","float","for",
+        "foreach","goto","if","implicit","in","int","interface","internal","is","lock","long","namespace","new","null","object",
+        "operator","out","override","params","private","protected","public","readonly","ref","return","sbyte","sealed","short",
+        "sizeof","stackalloc","static","string","struct","switch","this","throw","true","try","typeof","uint","ulong","unchecked",
+        "unsafe","ushort","using","virtual","void","volatile","while",
+    };
+
+    public static bool IsValid(string? name)
+    {
+        if (string.IsNullOrEmpty(name) || Keywords.Contains(name)) return false;
+        if (!(char.IsLetter(name[0]) || name[0] == '_')) return false;
+        foreach (var c in name.AsSpan(1))
+        {
+            var cat = char.GetUnicodeCategory(c);
+            if (!(char.IsLetterOrDigit(c) || c == '_' || cat is UnicodeCategory.ConnectorPunctuation or UnicodeCategory.NonSpacingMark
+                  or UnicodeCategory.SpacingCombiningMark or UnicodeCategory.Format)) return false;
+        }
+        return true;
+    }
+}

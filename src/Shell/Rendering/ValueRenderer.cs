@@ -1,0 +1,193 @@
+using System.Collections;
+using System.Globalization;
+using System.Reflection;
+using System.Runtime.CompilerServices;
+using System.Text;
+using Spectre.Console;
+using Spectre.Console.Rendering;
+using VirtLab.Sdk;
+using Size = VirtLab.Sdk.Measure.Size;
+
+namespace VirtLab.Shell.Rendering;
+
+/// <summary>
+/// How a value is shown in the REPL and in <c>virtlab run</c> output: <see cref="IDisplayable"/> values render
+/// themselves; strings are quoted; numbers, sizes, enums and times print plainly; sequences become short
+/// lists or tables; records and other objects become property tables; exceptions show type and message.
+/// </summary>
+public static class ValueRenderer
+{
+    public const int MaxRows = 20;
+    public const int MaxInline = 10;
+    private const int MaxDepth = 2;
+
+    public static void Write(IAnsiConsole console, object? value) => console.Write(ToRenderable(value));
+
+    public static IRenderable ToRenderable(object? value) => Render(value, 0);
+
+    private static IRenderable Render(object? value, int depth)
+    {
+        switch (value)
+        {
+            case null: return new Markup("[grey]null[/]\n");
+            case IDisplayable d:
+                try { return d.ToRenderable(); }
+                catch (Exception e) { return new Markup($"[red]{Markup.Escape($"{d.GetType().Name}.ToRenderable() threw {e.GetType().Name}: {e.Message}")}[/]\n"); }
+            case IRenderable r: return r;
+            case Exception e: return new Markup($"[red]{Markup.Escape(e.GetType().FullName + ": " + e.Message)}[/]\n");
+        }
+        if (IsScalar(value)) return new Text(Inline(value) + "\n");
+        if (value is IDictionary dict && depth < MaxDepth) return DictionaryTable(dict, depth);
+        if (value is IEnumerable seq && depth < MaxDepth) return Sequence(seq, depth);
+        var props = Properties(value.GetType());
+        if (props.Length == 0 || depth >= MaxDepth || HasOwnToString(value.GetType()) && !IsRecord(value.GetType()))
+            return new Text(Inline(value) + "\n");
+        var table = new Table().Border(TableBorder.Rounded).Title(Markup.Escape(TypeName(value.GetType())))
+            .AddColumn("[bold]Property[/]").AddColumn("[bold]Value[/]");
+        foreach (var p in props) table.AddRow(new Text(p.Name), new Text(Inline(Get(p, value))));
+        return table;
+    }
+
+    private static IRenderable DictionaryTable(IDictionary dict, int depth)
+    {
+        var table = new Table().Border(TableBorder.Rounded).AddColumn("[bold]Key[/]").AddColumn("[bold]Value[/]");
+        int n = 0;
+        foreach (DictionaryEntry e in dict)
+        {
+            if (n++ == MaxRows) { table.AddRow("…", $"{dict.Count - MaxRows} more"); break; }
+            table.AddRow(new Text(Inline(e.Key)), new Text(Inline(e.Value)));
+        }
+        if (n == 0) return new Text("{} (empty)\n");
+        return table;
+    }
+
+    private static IRenderable Sequence(IEnumerable seq, int depth)
+    {
+        var items = new List<object?>();
+        bool more = false;
+        foreach (var item in seq)
+        {
+            if (items.Count == MaxRows) { more = true; break; }
+            items.Add(item);
+        }
+        var elementType = ElementType(seq.GetType(), items);
+        if (items.Count == 0 || elementType is null || IsScalarType(elementType) || Properties(elementType).Length == 0
+            || HasOwnToString(elementType) && !IsRecord(elementType))
+            return new Text(Inline(seq) + "\n");
+        var props = Properties(elementType);
+        var table = new Table().Border(TableBorder.Rounded);
+        foreach (var p in props) table.AddColumn(new TableColumn("[bold]" + Markup.Escape(p.Name) + "[/]"));
+        foreach (var item in items)
+            table.AddRow(props.Select(p => (IRenderable)new Text(item is null ? "null" : Inline(Get(p, item)))).ToArray());
+        if (more) table.Caption($"first {MaxRows} items");
+        return table;
+    }
+
+    /// <summary>A one-line form of any value (table cells, list elements).</summary>
+    public static string Inline(object? value, int depth = 0)
+    {
+        switch (value)
+        {
+            case null: return "null";
+            case string s: return Quote(s);
+            case char c: return c == '\'' ? "'\\''" : "'" + Escape(c.ToString(), '\'') + "'";
+            case bool b: return b ? "true" : "false";
+            case Size size: return size.ToString();
+            case Enum e: return e.GetType().Name + "." + e;
+            case IFormattable f when IsScalar(value): return f.ToString(null, CultureInfo.InvariantCulture);
+            case Exception ex: return ex.GetType().Name + ": " + ex.Message;
+            case ITuple t when value.GetType().IsValueType:
+                return "(" + string.Join(", ", Enumerable.Range(0, t.Length).Select(i => Inline(t[i], depth + 1))) + ")";
+            case IEnumerable seq when depth < MaxDepth:
+                var sb = new StringBuilder("[");
+                int n = 0, total = 0;
+                foreach (var item in seq)
+                {
+                    total++;
+                    if (n < MaxInline) { if (n++ > 0) sb.Append(", "); sb.Append(Inline(item, depth + 1)); }
+                }
+                if (total > MaxInline) sb.Append(", … (").Append(total).Append(" items)");
+                return sb.Append(']').ToString();
+        }
+        try { return value.ToString() ?? ""; }
+        catch (Exception e) { return $"<ToString threw {e.GetType().Name}>"; }
+    }
+
+    public static string Quote(string s) => "\"" + Escape(s, '"') + "\"";
+
+    private static string Escape(string s, char quote)
+    {
+        var sb = new StringBuilder(s.Length);
+        foreach (var c in s)
+            sb.Append(c switch
+            {
+                '\\' => "\\\\", '\n' => "\\n", '\r' => "\\r", '\t' => "\\t", '\0' => "\\0",
+                _ when c == quote => "\\" + c,
+                _ when char.IsControl(c) => $"\\u{(int)c:x4}",
+                _ => c.ToString(),
+            });
+        return sb.ToString();
+    }
+
+    private static bool IsScalar(object value) => IsScalarType(value.GetType());
+
+    private static bool IsScalarType(Type t) =>
+        t.IsPrimitive || t.IsEnum || t == typeof(string) || t == typeof(decimal) || t == typeof(Size) || t == typeof(DateTime)
+        || t == typeof(DateTimeOffset) || t == typeof(TimeSpan) || t == typeof(Guid) || t == typeof(Version) || t == typeof(Uri)
+        || Nullable.GetUnderlyingType(t) is { } u && IsScalarType(u);
+
+    private static PropertyInfo[] Properties(Type t) =>
+        t.GetProperties(BindingFlags.Public | BindingFlags.Instance)
+            .Where(p => p.GetIndexParameters().Length == 0 && p.GetMethod is not null && p.Name != "EqualityContract").ToArray();
+
+    private static object? Get(PropertyInfo p, object target)
+    {
+        try { return p.GetValue(target); }
+        catch (TargetInvocationException e) { return $"<threw {e.InnerException?.GetType().Name}>"; }
+    }
+
+    private static bool IsRecord(Type t) => t.GetMethod("<Clone>$") is not null || t.GetMethod("PrintMembers", BindingFlags.NonPublic | BindingFlags.Instance) is not null;
+
+    private static bool HasOwnToString(Type t) =>
+        t.GetMethod("ToString", Type.EmptyTypes)?.DeclaringType is { } d && d != typeof(object) && d != typeof(ValueType);
+
+    private static Type? ElementType(Type seqType, List<object?> items)
+    {
+        var e = seqType.GetInterfaces().Append(seqType)
+            .FirstOrDefault(i => i.IsGenericType && i.GetGenericTypeDefinition() == typeof(IEnumerable<>))?.GetGenericArguments()[0];
+        if (e is not null && e != typeof(object)) return e;
+        var types = items.Where(i => i is not null).Select(i => i!.GetType()).Distinct().ToList();
+        return types.Count == 1 ? types[0] : null;
+    }
+
+    private static string TypeName(Type t)
+    {
+        if (!t.IsGenericType) return t.Name;
+        var name = t.Name[..t.Name.IndexOf('`')];
+        return name + "<" + string.Join(", ", t.GetGenericArguments().Select(TypeName)) + ">";
+    }
+}
+
+/// <summary>Spectre consoles that behave when output is redirected: no ANSI sequences unless forced
+/// (VIRTLAB_COLOR=always), none with NO_COLOR, a fixed width so tables don't wrap at 80.</summary>
+public static class Consoles
+{
+    public static IAnsiConsole Create(TextWriter writer, bool isTerminal)
+    {
+        var force = Environment.GetEnvironmentVariable("VIRTLAB_COLOR");
+        bool noColor = Environment.GetEnvironmentVariable("NO_COLOR") is { Length: > 0 } || force == "never";
+        bool ansi = !noColor && (isTerminal || force == "always");
+        var console = AnsiConsole.Create(new AnsiConsoleSettings
+        {
+            Ansi = ansi ? AnsiSupport.Yes : AnsiSupport.No,
+            ColorSystem = ansi ? ColorSystemSupport.Detect : ColorSystemSupport.NoColors,
+            Interactive = InteractionSupport.No,
+            Out = new AnsiConsoleOutput(writer),
+        });
+        if (!isTerminal) console.Profile.Width = 120;
+        return console;
+    }
+
+    public static IAnsiConsole Out { get; } = Create(Console.Out, !Console.IsOutputRedirected);
+    public static IAnsiConsole Error { get; } = Create(Console.Error, !Console.IsErrorRedirected);
+}

@@ -1,0 +1,250 @@
+using System.Collections.Concurrent;
+using System.Diagnostics;
+using System.Net.Sockets;
+using System.Reflection;
+using System.Runtime.InteropServices;
+using System.Text;
+using Spectre.Console;
+using VirtLab.Sdk.Measure;
+using VirtLab.Shell.PluginHost;
+using VirtLab.Shell.Rendering;
+using VirtLab.Shell.Scripting;
+
+namespace VirtLab.Shell.Repl;
+
+/// <summary>
+/// The evaluation host: a child process of the REPL front end (the Jupyter-kernel model) that holds Roslyn,
+/// the plugins and whatever the session created (VMs). It connects to the front end's socket, warms Roslyn
+/// up with a throwaway session at once (before any plugin is loaded, so a standby host can wait warm and
+/// still load the newest plugin builds), and loads plugins on the first request that needs the session.
+/// Script output goes to the inherited stdout/stderr. It exits when the front end goes away.
+/// </summary>
+public static class EvaluationHost
+{
+    public static int Run(string socketPath, HostOptions options)
+    {
+        // The terminal sends Ctrl+C to the whole foreground process group; the front end decides what it means.
+        using var sigint = PosixSignalRegistration.Create(PosixSignal.SIGINT, c => c.Cancel = true);
+
+        var socket = new Socket(AddressFamily.Unix, SocketType.Stream, ProtocolType.Unspecified);
+        try { socket.Connect(new UnixDomainSocketEndPoint(socketPath)); }
+        catch (SocketException e)
+        {
+            Console.Error.WriteLine($"virtlab --host: cannot connect to {socketPath}: {e.Message}");
+            return 3;
+        }
+        using var stream = new NetworkStream(socket, ownsSocket: true);
+        var host = new Host(stream, options);
+        return host.Run();
+    }
+
+    private sealed class Host(NetworkStream stream, HostOptions options)
+    {
+        private readonly SemaphoreSlim _writeLock = new(1, 1);
+        private readonly BlockingCollection<Request> _work = new();
+        private volatile CancellationTokenSource? _running;
+        private InteractiveSession? _session;
+
+        public int Run()
+        {
+            // Evaluation runs on one thread with a generous stack (deeply recursive scripts); the socket reader
+            // stays free to take "cancel" while it runs.
+            var worker = new Thread(WorkLoop, 64 << 20) { Name = "virtlab-eval", IsBackground = true };
+            worker.Start();
+            ReadLoop().GetAwaiter().GetResult();
+            return 0;
+        }
+
+        private async Task ReadLoop()
+        {
+            while (true)
+            {
+                Request? request;
+                try { request = await Framing.ReadAsync<Request>(stream); }
+                catch (Exception e) when (e is InvalidDataException or System.Text.Json.JsonException) { request = null; }
+                if (request is null) Exit(0); // the front end is gone: nothing left to serve
+
+                switch (request!.Kind)
+                {
+                    case RequestKind.Cancel:
+                        _running?.Cancel();
+                        await Send(new Reply { Id = request.Id });
+                        break;
+                    case RequestKind.Shutdown:
+                        await Send(new Reply { Id = request.Id });
+                        Exit(0);
+                        break;
+                    default:
+                        _work.Add(request);
+                        break;
+                }
+            }
+        }
+
+        private static void Exit(int code)
+        {
+            Console.Out.Flush();
+            Console.Error.Flush();
+            Environment.Exit(code);
+        }
+
+        private Task Send(Reply reply) => Framing.WriteAsync(stream, reply, _writeLock);
+
+        private void WorkLoop()
+        {
+            WarmUp();
+            foreach (var request in _work.GetConsumingEnumerable())
+            {
+                Reply reply;
+                var sw = Stopwatch.StartNew();
+                try
+                {
+                    reply = request.Kind switch
+                    {
+                        RequestKind.Submit => Submit(request),
+                        RequestKind.Complete => Complete(request),
+                        RequestKind.PluginsInfo => PluginsInfo(),
+                        _ => new Reply { Ok = false, Error = $"unknown request '{request.Kind}'" },
+                    };
+                }
+                catch (Exception e) { reply = new Reply { Ok = false, Status = SubmitStatus.RuntimeError, Error = $"host error: {e}" }; }
+                reply.Id = request.Id;
+                reply.Milliseconds = sw.Elapsed.TotalMilliseconds;
+                Console.Out.Flush(); // the script's output reaches the terminal before the front end's next prompt
+                Console.Error.Flush();
+                Send(reply).GetAwaiter().GetResult();
+            }
+        }
+
+        /// <summary>JIT Roslyn's compile and bind paths with a plugin-free throwaway session.</summary>
+        private static void WarmUp()
+        {
+            try
+            {
+                var warm = new InteractiveSession(PluginSet.Empty, new RecipeContext());
+                warm.Submit("var __warm = 1 + 1; __warm");
+                warm.WarmUp();
+            }
+            catch (Exception e) { Console.Error.WriteLine($"virtlab host: warm-up failed: {e.Message}"); }
+        }
+
+        private InteractiveSession Session()
+        {
+            if (_session is not null) return _session;
+            var plugins = PluginSet.Load(new PluginSearchPaths(options.PluginDirectories), ScriptPreamble.ReservedNames(typeof(RecipeGlobals)));
+            _session = new InteractiveSession(plugins, new RecipeContext());
+            foreach (var d in _session.PreambleDiagnostics) Console.Error.WriteLine($"plugin preamble: {d}");
+            return _session;
+        }
+
+        private Reply Submit(Request request)
+        {
+            var session = Session();
+            using var cts = new CancellationTokenSource();
+            _running = cts;
+            session.Globals.Context.Cancellation = cts.Token;
+            var (stdout, stderr, console) = (Console.Out, Console.Error, AnsiConsole.Console);
+            if (request.Quiet)
+            {
+                Console.SetOut(TextWriter.Null);
+                Console.SetError(TextWriter.Null);
+                AnsiConsole.Console = Consoles.Create(TextWriter.Null, isTerminal: false);
+            }
+            try
+            {
+                var result = session.Submit(request.Code ?? "", cts.Token);
+                if (!result.Compiled)
+                {
+                    if (result.Exception is OperationCanceledException) return new Reply { Status = SubmitStatus.Cancelled };
+                    return new Reply
+                    {
+                        Status = SubmitStatus.CompileError,
+                        Diagnostics = result.Errors.Select(d => new Diagnostic { Line = d.Line, Column = d.Column, Id = d.Id, Message = d.Message }).ToList(),
+                    };
+                }
+                if (result.Exception is { } e)
+                {
+                    e = Unwrap(e);
+                    if (e is OperationCanceledException && cts.IsCancellationRequested) return new Reply { Status = SubmitStatus.Cancelled };
+                    return new Reply { Status = SubmitStatus.RuntimeError, Error = Describe(e, session) };
+                }
+                if (result.HasValue && !request.Quiet)
+                {
+                    try { ValueRenderer.Write(Consoles.Out, result.Value); }
+                    catch (Exception re) { Console.Error.WriteLine($"(cannot render the value: {Unwrap(re).Message})"); }
+                }
+                return new Reply { Status = SubmitStatus.Ok };
+            }
+            finally
+            {
+                _running = null;
+                session.Globals.Context.Cancellation = CancellationToken.None;
+                if (request.Quiet)
+                {
+                    Console.SetOut(stdout);
+                    Console.SetError(stderr);
+                    AnsiConsole.Console = console;
+                }
+            }
+        }
+
+        private Reply Complete(Request request)
+        {
+            var items = Session().Complete(request.Code ?? "", request.Position);
+            return new Reply
+            {
+                Completions = items.Select(c => new CompletionEntry { Text = c.Text, Kind = c.Kind.ToString() }).ToList(),
+                ReplaceStart = items.Count > 0 ? items[0].ReplaceStart : request.Position,
+                ReplaceLength = items.Count > 0 ? items[0].ReplaceLength : 0,
+            };
+        }
+
+        private Reply PluginsInfo()
+        {
+            var session = Session();
+            var globals = typeof(RecipeGlobals).GetMembers(BindingFlags.Public | BindingFlags.Instance)
+                .Where(m => m is MethodInfo { IsSpecialName: false } or PropertyInfo && !m.Name.StartsWith("__") && m.DeclaringType != typeof(object))
+                .Select(m => m.Name)
+                .Concat(session.Plugins.Loaded.Select(p => p.GlobalName!))
+                .Distinct().ToList();
+            return new Reply
+            {
+                Plugins = session.Plugins.All.Select(p => new PluginEntry
+                {
+                    Name = p.Name,
+                    Version = p.Version ?? "",
+                    Global = p.GlobalName ?? "",
+                    Path = p.Path,
+                    Status = p.Status.ToString(),
+                    Error = p.Error,
+                }).ToList(),
+                Globals = globals,
+            };
+        }
+
+        private static Exception Unwrap(Exception e)
+        {
+            while (e is TargetInvocationException { InnerException: { } inner }) e = inner;
+            return e;
+        }
+
+        /// <summary>"Type: message" and the stack down to the submission's frame (the shell's own frames below it say nothing).</summary>
+        private static string Describe(Exception e, InteractiveSession session)
+        {
+            var sb = new StringBuilder($"{e.GetType().FullName}: {e.Message}");
+            foreach (var frame in new StackTrace(e, fNeedFileInfo: true).GetFrames())
+            {
+                var method = frame.GetMethod();
+                if (method is null) continue;
+                var asm = method.DeclaringType?.Assembly;
+                var isScript = asm is not null && session.IsScriptAssembly(asm);
+                var line = frame.GetFileLineNumber();
+                var where = isScript ? "<submission>" : (method.DeclaringType is { } t ? t.FullName + "." : "") + method.Name;
+                sb.Append("\n   at ").Append(where).Append(line > 0 ? $" line {line}" : "");
+                if (isScript) break;
+            }
+            if (e.InnerException is { } inner) sb.Append("\n ---> ").Append(inner.GetType().FullName).Append(": ").Append(inner.Message);
+            return sb.ToString();
+        }
+    }
+}

@@ -1,0 +1,458 @@
+using System.Diagnostics;
+using System.Runtime.InteropServices;
+using System.Text;
+using Spectre.Console;
+
+namespace VirtLab.Shell.Repl;
+
+/// <summary>
+/// The REPL front end: terminal, line editing, history and the list of successful submissions. Everything
+/// that evaluates (Roslyn, plugins, VMs) lives in an evaluation host process. A hot swap, a Ctrl+C the code
+/// does not honour and a host crash all end the same way (<see cref="Restart"/>): a fresh host — the
+/// pre-warmed standby when there is one — with the successful submissions replayed, and one line saying so.
+/// </summary>
+internal sealed class Repl : IDisposable
+{
+    private static readonly TimeSpan CancelGrace = TimeSpan.FromSeconds(1);
+
+    private readonly ReplOptions _options;
+    private readonly History _history;
+    private readonly CSharpHighlighter _highlighter = new();
+    private readonly ILineSource _lines;
+    private readonly PluginWatcher _watcher;
+    private readonly List<string> _submissions = [];       // successful, in order: what replay and #save use
+    private readonly HashSet<string> _declared = new(StringComparer.Ordinal);
+    private readonly SemaphoreSlim _hostLock = new(1, 1);  // one user of the host at a time: evaluation, swap, restart
+    private readonly bool _color;
+
+    private HostClient? _host;
+    private Task<HostClient>? _standby;
+    private List<PluginEntry> _plugins = [];
+
+    // Ctrl+C routing: set while evaluating / while at the prompt.
+    private volatile TaskCompletionSource? _interrupt;
+    private volatile CancellationTokenSource? _promptCancel;
+
+    public Repl(ReplOptions options)
+    {
+        _options = options;
+        _history = new History(options.HistoryPath ?? History.DefaultPath());
+        var completion = new HostCompletion(Complete);
+        _lines = TerminalLineSource.IsSupported()
+            ? new TerminalLineSource(_highlighter, completion, _history.Entries)
+            : new PipedLineSource();
+        _color = _lines.IsInteractive;
+        _watcher = new PluginWatcher(dirs => _ = Task.Run(() => HotSwap(dirs)));
+    }
+
+    public async Task<int> RunAsync()
+    {
+        using var sigint = PosixSignalRegistration.Create(PosixSignal.SIGINT, OnSigint);
+        try
+        {
+            // The prompt comes up at once; the host starts meanwhile, holding the lock so the first
+            // evaluation (or completion) waits for it.
+            await _hostLock.WaitAsync();
+            _ = Task.Run(async () =>
+            {
+                try
+                {
+                    var host = await HostClient.StartAsync(_options.PluginDirectories);
+                    _host = host;
+                    await Activate(host);
+                    WatchHost(host);
+                }
+                catch (HostDiedException e) { Error($"cannot start the evaluation host: {e.Message}"); }
+                finally { _hostLock.Release(); }
+            });
+            if (_lines.IsInteractive)
+                AnsiConsole.MarkupLine("[grey]VirtLab REPL · #help for commands · Ctrl+D to leave[/]");
+
+            var emptyInterrupts = 0;
+            while (true)
+            {
+                var (status, text) = await ReadSubmission();
+                if (status == LineStatus.EndOfInput) break;
+                if (status == LineStatus.Interrupted)
+                {
+                    // Ctrl+C at the prompt clears the line; twice in a row on an empty line leaves.
+                    if (text.Length == 0 && ++emptyInterrupts >= 2) break;
+                    if (text.Length == 0 && _lines.IsInteractive) AnsiConsole.MarkupLine("[grey](Ctrl+C again, Ctrl+D or #exit to leave)[/]");
+                    continue;
+                }
+                emptyInterrupts = 0;
+                if (string.IsNullOrWhiteSpace(text)) continue;
+                _history.Append(text);
+                if (MetaCommands.IsMeta(text))
+                {
+                    if (!await Meta(text)) break;
+                    continue;
+                }
+                await Evaluate(text, record: true);
+            }
+            return 0;
+        }
+        finally
+        {
+            _watcher.Dispose();
+            await _hostLock.WaitAsync(); // no swap or restart from here on
+            var (host, standby) = (_host, _standby);
+            (_host, _standby) = (null, null);
+            var shutdowns = new List<Task>();
+            if (host is not null) shutdowns.Add(host.ShutdownAsync());
+            if (standby is not null) shutdowns.Add(standby.ContinueWith(t => { if (t.IsCompletedSuccessfully) return t.Result.ShutdownAsync(); return Task.CompletedTask; }).Unwrap());
+            await Task.WhenAll(shutdowns);
+        }
+    }
+
+    // ---- input ---------------------------------------------------------------------------------------
+
+    /// <summary>Reads lines until they form a complete submission (or a meta-command). The Interrupted
+    /// status carries the text that was being entered (empty when Ctrl+C hit an empty prompt).</summary>
+    private async Task<(LineStatus, string)> ReadSubmission()
+    {
+        var sb = new StringBuilder();
+        while (true)
+        {
+            var cts = new CancellationTokenSource();
+            _promptCancel = cts;
+            LineStatus status;
+            string line;
+            try { (status, line) = await _lines.ReadLineAsync(sb.Length > 0, sb.ToString(), cts.Token); }
+            finally { _promptCancel = null; cts.Dispose(); }
+
+            if (status == LineStatus.Interrupted) return (status, sb.ToString() + line);
+            if (status == LineStatus.EndOfInput)
+                return sb.Length > 0 ? (LineStatus.Line, sb.ToString().TrimEnd('\n')) : (status, "");
+
+            if (sb.Length == 0 && MetaCommands.IsMeta(line)) return (LineStatus.Line, line);
+            sb.Append(line).Append('\n');
+            var text = sb.ToString();
+            if (string.IsNullOrWhiteSpace(text) || MetaCommands.IsCompleteSubmission(text)) return (LineStatus.Line, text.TrimEnd('\n'));
+        }
+    }
+
+    private void OnSigint(PosixSignalContext context)
+    {
+        context.Cancel = true; // never die of Ctrl+C: route it
+        if (_interrupt is { } evaluation) evaluation.TrySetResult();
+        else _promptCancel?.Cancel();
+    }
+
+    // ---- evaluation ----------------------------------------------------------------------------------
+
+    private async Task Evaluate(string code, bool record)
+    {
+        await _hostLock.WaitAsync();
+        try
+        {
+            var host = await EnsureHost();
+            var interrupt = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+            _interrupt = interrupt;
+            Task<Reply> submit;
+            try
+            {
+                submit = host.SendAsync(new Request { Kind = RequestKind.Submit, Code = code });
+                if (await Task.WhenAny(submit, interrupt.Task) == interrupt.Task)
+                {
+                    host.SendCancel(); // cooperative first: RecipeGlobals.Cancellation
+                    if (await Task.WhenAny(submit, Task.Delay(CancelGrace)) != submit)
+                    {
+                        _interrupt = null;
+                        await Restart($"evaluation did not stop within {CancelGrace.TotalSeconds:0} s of Ctrl+C: host killed");
+                        return;
+                    }
+                }
+            }
+            finally { _interrupt = null; }
+
+            Reply reply;
+            try { reply = await submit; }
+            catch (HostDiedException e)
+            {
+                await Restart($"evaluation host died ({e.How}) during the evaluation");
+                return;
+            }
+            Report(reply);
+            if (reply.Status == SubmitStatus.Ok && record)
+            {
+                _submissions.Add(code);
+                foreach (var name in MetaCommands.DeclaredNames(code)) _declared.Add(name);
+                _highlighter.SetLocals(_declared);
+            }
+        }
+        finally
+        {
+            _hostLock.Release();
+            EnsureStandby();
+        }
+    }
+
+    private void Report(Reply reply)
+    {
+        switch (reply.Status)
+        {
+            case SubmitStatus.Ok:
+                break;
+            case SubmitStatus.CompileError:
+                foreach (var d in reply.Diagnostics ?? []) Error(d.ToString());
+                if (reply.Diagnostics is not { Count: > 0 }) Error(reply.Error ?? "compilation failed");
+                break;
+            case SubmitStatus.Cancelled:
+                Error("cancelled");
+                break;
+            default:
+                Error(reply.Error ?? "evaluation failed");
+                break;
+        }
+    }
+
+    private Reply? Complete(string code, int position)
+    {
+        // Never block the editor for long: no completion while a swap or restart holds the host.
+        if (!_hostLock.Wait(TimeSpan.FromMilliseconds(200))) return null;
+        try
+        {
+            if (_host is not { IsAlive: true } host) return null;
+            using var cts = new CancellationTokenSource(TimeSpan.FromSeconds(3));
+            return host.SendAsync(new Request { Kind = RequestKind.Complete, Code = code, Position = position }, cts.Token)
+                .GetAwaiter().GetResult();
+        }
+        catch (Exception e) when (e is HostDiedException or OperationCanceledException) { return null; }
+        finally { _hostLock.Release(); }
+    }
+
+    // ---- hosts: standby, restart, replay, hot swap ------------------------------------------------------
+
+    /// <summary>First request to a host: it loads its plugins (after having warmed up Roslyn) and tells which.</summary>
+    private async Task Activate(HostClient host)
+    {
+        var info = await host.SendAsync(new Request { Kind = RequestKind.PluginsInfo });
+        _plugins = info.Plugins ?? [];
+        _highlighter.SetGlobals(info.Globals ?? []);
+        foreach (var p in _plugins.Where(p => p.Status != "Loaded" && p.Error is not null))
+            Error($"plugin {p.Name}: {p.Error}");
+        _watcher.Watch(_plugins.Select(p => Path.GetDirectoryName(p.Path)!).Where(d => d.Length > 0));
+    }
+
+    private async Task<HostClient> EnsureHost()
+    {
+        if (_host is { IsAlive: true } h) return h;
+        var how = _host is null ? "not running" : await _host.ExitDescriptionAsync();
+        await Restart($"evaluation host died ({how})");
+        return _host!;
+    }
+
+    /// <summary>Keeps one warmed-up spare host ready (started once the session is idle, so it does not slow the first result).</summary>
+    private void EnsureStandby()
+    {
+        var s = _standby;
+        if (s is not null && (!s.IsCompleted || s.IsCompletedSuccessfully && s.Result.IsAlive)) return;
+        if (s is { IsCompletedSuccessfully: true }) s.Result.Dispose();
+        _standby = HostClient.StartAsync(_options.PluginDirectories);
+    }
+
+    private async Task<HostClient> TakeStandby()
+    {
+        var standby = _standby;
+        _standby = null;
+        if (standby is not null)
+        {
+            try
+            {
+                var h = await standby;
+                if (h.IsAlive) return h;
+                h.Dispose();
+            }
+            catch (HostDiedException) { }
+        }
+        return await HostClient.StartAsync(_options.PluginDirectories);
+    }
+
+    /// <summary>
+    /// Replaces the host (caller holds <see cref="_hostLock"/>): kill the old one, take the standby, load plugins,
+    /// replay the successful submissions quietly (values not shown, script output discarded), print one line.
+    /// Returns the plugin list of the old host for the caller's message.
+    /// </summary>
+    private async Task Restart(string reason, Func<List<PluginEntry>, List<PluginEntry>, string>? describe = null, bool replay = true)
+    {
+        var sw = Stopwatch.StartNew();
+        var old = _host;
+        _host = null;
+        old?.Dispose(); // kills it: no per-swap state stays behind
+        var oldPlugins = _plugins;
+
+        HostClient host;
+        try
+        {
+            host = await TakeStandby();
+            await Activate(host);
+        }
+        catch (HostDiedException e)
+        {
+            Error($"{reason}; cannot start a fresh host: {e.Message}");
+            return;
+        }
+        _host = host;
+        WatchHost(host);
+
+        var replayed = 0;
+        var failed = new List<string>();
+        if (replay)
+        {
+            foreach (var code in _submissions.ToList())
+            {
+                Reply r;
+                try { r = await host.SendAsync(new Request { Kind = RequestKind.Submit, Code = code, Quiet = true }); }
+                catch (HostDiedException e) { failed.Add($"host died during replay ({e.How})"); break; }
+                if (r.Status == SubmitStatus.Ok) replayed++;
+                else
+                {
+                    // A submission that no longer compiles or runs (e.g. the plugin's API changed) leaves the session.
+                    _submissions.Remove(code);
+                    failed.Add(Shorten(code) + ": " + (r.Diagnostics?.FirstOrDefault()?.ToString() ?? r.Error ?? r.Status));
+                }
+            }
+        }
+        else _submissions.Clear();
+
+        var what = describe?.Invoke(oldPlugins, _plugins) ?? reason;
+        var line = replay
+            ? $"{what}; replayed {replayed} submission{(replayed == 1 ? "" : "s")} in {sw.ElapsedMilliseconds} ms"
+            : $"{what} ({sw.ElapsedMilliseconds} ms)";
+        if (failed.Count > 0) line += $"; {failed.Count} dropped: {string.Join("; ", failed)}";
+        _lines.Notice(_color ? $"\u001b[36m↻ {line}\u001b[0m" : "↻ " + line);
+        EnsureStandby();
+    }
+
+    private static string Shorten(string code)
+    {
+        var one = code.ReplaceLineEndings(" ").Trim();
+        return one.Length <= 40 ? one : one[..37] + "...";
+    }
+
+    /// <summary>A host that dies while the REPL is idle (a plugin's background thread crashed) is replaced at once.</summary>
+    private void WatchHost(HostClient host)
+    {
+        _ = host.Closed.ContinueWith(async _ =>
+        {
+            await _hostLock.WaitAsync();
+            try
+            {
+                if (!ReferenceEquals(_host, host)) return; // replaced on purpose, or the REPL is leaving
+                await Restart($"evaluation host died ({await host.ExitDescriptionAsync()})");
+            }
+            finally { _hostLock.Release(); }
+        }, TaskScheduler.Default);
+    }
+
+    private async Task HotSwap(IReadOnlyCollection<string> changedDirs)
+    {
+        await _hostLock.WaitAsync();
+        try
+        {
+            await Restart("hot swap", (before, after) =>
+            {
+                var changed = after.Where(p => changedDirs.Contains(Path.GetDirectoryName(p.Path)!)).ToList();
+                if (changed.Count == 0) changed = after;
+                var parts = changed.Select(p =>
+                {
+                    var was = before.FirstOrDefault(b => b.Name == p.Name);
+                    var status = p.Status == "Loaded" ? "" : $" (failed: {p.Error})";
+                    return $"{p.Name} {was?.Version ?? "(new)"} → {p.Version}{status}";
+                });
+                return "reloaded " + string.Join(", ", parts);
+            });
+        }
+        catch (Exception e) { Error($"hot swap failed: {e.Message}"); }
+        finally { _hostLock.Release(); }
+    }
+
+    // ---- meta-commands ------------------------------------------------------------------------------
+
+    /// <summary>Runs a meta-command; false means leave.</summary>
+    private async Task<bool> Meta(string line)
+    {
+        var (name, arg) = MetaCommands.Split(line);
+        switch (name)
+        {
+            case "exit":
+                return false;
+            case "help":
+                Console.Out.WriteLine(MetaCommands.HelpText());
+                break;
+            case "plugins":
+                await ShowPlugins();
+                break;
+            case "reload":
+                await _hostLock.WaitAsync();
+                try { await Restart("reloaded", (b, a) => "reloaded " + (a.Count == 0 ? "(no plugins)" : string.Join(", ", a.Select(p => $"{p.Name} {b.FirstOrDefault(x => x.Name == p.Name)?.Version ?? "(new)"} → {p.Version}")))); }
+                finally { _hostLock.Release(); }
+                break;
+            case "reset":
+                await _hostLock.WaitAsync();
+                try
+                {
+                    _declared.Clear();
+                    _highlighter.SetLocals([]);
+                    await Restart("session reset: fresh host, no submissions", replay: false);
+                }
+                finally { _hostLock.Release(); }
+                break;
+            case "load":
+                if (arg.Length == 0) { Error("usage: #load FILE"); break; }
+                string code;
+                try { code = await File.ReadAllTextAsync(arg); }
+                catch (Exception e) when (e is IOException or UnauthorizedAccessException) { Error($"#load: {e.Message}"); break; }
+                await Evaluate(code, record: true);
+                break;
+            case "save":
+                if (arg.Length == 0) { Error("usage: #save FILE"); break; }
+                try
+                {
+                    await File.WriteAllTextAsync(arg, MetaCommands.Recipe(_submissions));
+                    Console.Out.WriteLine($"saved {_submissions.Count} submission{(_submissions.Count == 1 ? "" : "s")} to {arg}");
+                }
+                catch (Exception e) when (e is IOException or UnauthorizedAccessException) { Error($"#save: {e.Message}"); }
+                break;
+        }
+        return true;
+    }
+
+    private async Task ShowPlugins()
+    {
+        List<PluginEntry> plugins;
+        await _hostLock.WaitAsync();
+        try
+        {
+            var host = await EnsureHost();
+            plugins = (await host.SendAsync(new Request { Kind = RequestKind.PluginsInfo })).Plugins ?? [];
+        }
+        catch (HostDiedException e) { Error(e.Message); return; }
+        finally { _hostLock.Release(); }
+        if (plugins.Count == 0) { Console.Out.WriteLine("no plugins"); return; }
+        if (!_color)
+        {
+            foreach (var p in plugins)
+                Console.Out.WriteLine($"{p.Name} {p.Version} {p.Global} {p.Status} {p.Path}{(p.Error is null ? "" : " — " + p.Error)}");
+            return;
+        }
+        var table = new Table().AddColumns("Plugin", "Version", "Global", "Status", "Path");
+        foreach (var p in plugins)
+            table.AddRow(Markup.Escape(p.Name), Markup.Escape(p.Version), Markup.Escape(p.Global),
+                p.Status == "Loaded" ? "[green]loaded[/]" : $"[red]{Markup.Escape(p.Error ?? p.Status)}[/]", Markup.Escape(p.Path));
+        AnsiConsole.Write(table);
+    }
+
+    private void Error(string message)
+    {
+        if (_color) AnsiConsole.Console.MarkupLine($"[red]{Markup.Escape(message)}[/]");
+        else { Console.Error.WriteLine(message); Console.Error.Flush(); }
+    }
+
+    public void Dispose()
+    {
+        _lines.Dispose();
+        _hostLock.Dispose();
+    }
+}

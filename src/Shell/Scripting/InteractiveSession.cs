@@ -1,0 +1,166 @@
+// ─── Interactive API (stable; used by the REPL evaluation host in src/Shell/Repl/) ──────────────────────────
+//
+//   public sealed class InteractiveSession
+//   {
+//       public InteractiveSession(PluginSet plugins, RecipeContext context, string? baseDirectory = null);
+//           // builds the RecipeGlobals (with the plugin globals) and runs the plugin preamble
+//       public SubmissionResult Submit(string code, CancellationToken cancellationToken = default);
+//       public IReadOnlyList<Completion> Complete(string code, int caret);
+//       public static bool IsCompleteSubmission(string code);
+//       public IReadOnlyList<string> Submissions { get; }   // successful ones, in order (for #save / replay)
+//       public PluginSet Plugins { get; }
+//       public RecipeGlobals Globals { get; }
+//       public IReadOnlyList<ScriptDiagnostic> PreambleDiagnostics { get; }  // empty unless the plugin preamble failed
+//   }
+//   public sealed record SubmissionResult(bool Compiled, IReadOnlyList<ScriptDiagnostic> Diagnostics,
+//       bool HasValue, object? Value, Exception? Exception, TimeSpan CompileTime, TimeSpan RunTime)
+//       { bool Succeeded => Compiled && Exception is null; }
+//   public sealed record Completion(string Text, CompletionKind Kind, string Detail, int ReplaceStart, int ReplaceLength);
+//   ScriptDiagnostic.Formatted = "file(line,col): error CSxxxx: message" (REPL submissions have no file: "(1,5): error …").
+//   Rendering: VirtLab.Shell.Rendering.ValueRenderer.ToRenderable(object?) / .Write(IAnsiConsole, object?);
+//   Consoles.Create(TextWriter, isTerminal) gives a Spectre console without ANSI when redirected.
+//   Exceptions: ScriptExceptions.Format(result.Exception, session.IsScriptAssembly) → "Type: message\n   at file:line…".
+//   PluginSet.Load(new PluginSearchPaths(dirs), ScriptPreamble.ReservedNames(typeof(RecipeGlobals))) loads plugins.
+//   Per-submission Ctrl+C token: set context.Cancellation before Submit (scripts see it as `Cancellation`).
+//
+// Submit runs the code on the calling thread; script output goes straight to Console.Out/Error. Cancellation:
+// the token is honoured while compiling and is exposed to the script through the globals (cooperative);
+// a loop that ignores it has to be ended by killing the host. A submission that fails to compile or throws
+// is not chained: the next one sees the state of the last successful submission.
+// ──────────────────────────────────────────────────────────────────────────────────────────────────────────
+using System.Diagnostics;
+using Microsoft.CodeAnalysis;
+using Microsoft.CodeAnalysis.CSharp;
+using VirtLab.Sdk.Measure;
+using VirtLab.Shell.PluginHost;
+
+namespace VirtLab.Shell.Scripting;
+
+public sealed record SubmissionResult(
+    bool Compiled,
+    IReadOnlyList<ScriptDiagnostic> Diagnostics,
+    bool HasValue,
+    object? Value,
+    Exception? Exception,
+    TimeSpan CompileTime,
+    TimeSpan RunTime)
+{
+    public bool Succeeded => Compiled && Exception is null;
+    public IEnumerable<ScriptDiagnostic> Errors => Diagnostics.Where(d => d.IsError);
+}
+
+/// <summary>A REPL session: submissions chained on the last successful one, all in one script load context.</summary>
+public sealed class InteractiveSession
+{
+    private readonly ScriptCompiler _compiler;
+    private readonly SubmissionExecutor _executor;
+    private readonly string _sessionId = Guid.NewGuid().ToString("N")[..12];
+    private readonly List<string> _submissions = [];
+    private readonly object _gate = new();
+    private CSharpCompilation? _previous;
+    private int _counter;
+
+    public InteractiveSession(PluginSet plugins, RecipeContext context, string? baseDirectory = null)
+    {
+        Plugins = plugins;
+        var globals = new RecipeGlobals(context, ScriptPreamble.PluginGlobals(plugins));
+        Globals = globals;
+        _compiler = new ScriptCompiler(plugins, typeof(RecipeGlobals), baseDirectory ?? Directory.GetCurrentDirectory());
+        _executor = new SubmissionExecutor(globals, new ScriptLoadContext(plugins, "virtlab-session-" + _sessionId));
+        Completer = new ScriptCompletion(_compiler);
+
+        var preamble = _compiler.CreatePreamble(NextAssemblyName());
+        if (preamble is not null)
+        {
+            var (sub, diags) = _compiler.Emit(preamble);
+            PreambleDiagnostics = diags.Where(d => d.IsError).ToList();
+            if (sub is not null)
+            {
+                _executor.Run(_executor.Context.AddSubmission(sub.Image), sub.TypeName!);
+                _previous = preamble;
+            }
+        }
+    }
+
+    public PluginSet Plugins { get; }
+    public RecipeGlobals Globals { get; }
+    public IReadOnlyList<ScriptDiagnostic> PreambleDiagnostics { get; } = [];
+    internal ScriptCompletion Completer { get; }
+
+    /// <summary>The successful submissions in order (the plugin preamble excluded).</summary>
+    public IReadOnlyList<string> Submissions { get { lock (_gate) return _submissions.ToArray(); } }
+
+    public static bool IsCompleteSubmission(string code) => SyntaxFactory.IsCompleteSubmission(ScriptCompiler.Parse(code));
+
+    public SubmissionResult Submit(string code, CancellationToken cancellationToken = default)
+    {
+        lock (_gate)
+        {
+            var sw = Stopwatch.StartNew();
+            if (string.IsNullOrWhiteSpace(code))
+                return new SubmissionResult(true, [], false, null, null, TimeSpan.Zero, TimeSpan.Zero);
+
+            EmittedSubmission? sub;
+            IReadOnlyList<ScriptDiagnostic> diags;
+            CSharpCompilation compilation;
+            bool hasValue;
+            try
+            {
+                compilation = _compiler.CreateSubmission(NextAssemblyName(), ScriptCompiler.Parse(code, "", cancellationToken), _previous);
+                (sub, diags) = _compiler.Emit(compilation, cancellationToken);
+                hasValue = sub is not null && HasTrailingValue(compilation, compilation.SyntaxTrees.First(t => t.FilePath == ""));
+            }
+            catch (OperationCanceledException e)
+            {
+                return new SubmissionResult(false, [], false, null, e, sw.Elapsed, TimeSpan.Zero);
+            }
+            var compileTime = sw.Elapsed;
+            if (sub is null) return new SubmissionResult(false, diags, false, null, null, compileTime, TimeSpan.Zero);
+
+            sw.Restart();
+            object? value = null;
+            try
+            {
+                if (sub.TypeName is not null)
+                    value = _executor.Run(_executor.Context.AddSubmission(sub.Image), sub.TypeName);
+            }
+            catch (Exception e)
+            {
+                return new SubmissionResult(true, diags, false, null, e, compileTime, sw.Elapsed);
+            }
+            _previous = compilation;
+            _submissions.Add(code);
+            return new SubmissionResult(true, diags, hasValue, hasValue ? value : null, null, compileTime, sw.Elapsed);
+        }
+    }
+
+    public IReadOnlyList<Completion> Complete(string code, int caret)
+    {
+        CSharpCompilation? previous;
+        lock (_gate) previous = _previous;
+        return Completer.Complete(code, caret, previous, NextCompletionName());
+    }
+
+    /// <summary>Binds a throwaway submission so the first real completion or submission is warm.</summary>
+    public void WarmUp()
+    {
+        Complete("Args.", 5);
+        Complete("Sys", 3);
+    }
+
+    // Roslyn's rule: a final expression without a semicolon, of a non-void type, is the submission's value.
+    private static bool HasTrailingValue(CSharpCompilation compilation, SyntaxTree tree)
+    {
+        if (tree.GetRoot() is not Microsoft.CodeAnalysis.CSharp.Syntax.CompilationUnitSyntax root) return false;
+        if (root.Members.LastOrDefault() is not Microsoft.CodeAnalysis.CSharp.Syntax.GlobalStatementSyntax
+            { Statement: Microsoft.CodeAnalysis.CSharp.Syntax.ExpressionStatementSyntax { SemicolonToken.IsMissing: true } stmt }) return false;
+        var type = compilation.GetSemanticModel(tree).GetTypeInfo(stmt.Expression).Type;
+        return type is not null && type.SpecialType != SpecialType.System_Void;
+    }
+
+    private string NextAssemblyName() => $"virtlab-session-{_sessionId}-{Interlocked.Increment(ref _counter)}";
+    private string NextCompletionName() => $"virtlab-completion-{_sessionId}";
+
+    /// <summary>Whether a stack frame's code belongs to a submission of this session (for trimming stack traces).</summary>
+    public bool IsScriptAssembly(System.Reflection.Assembly assembly) => _executor.Context.Owns(assembly);
+}

@@ -1,0 +1,123 @@
+using System.Security.Cryptography;
+using System.Text;
+using VirtLab.Shell.PluginHost;
+
+namespace VirtLab.Shell.Scripting;
+
+/// <summary>A compiled recipe ready to run: its submissions in chain order (plugin preamble first).</summary>
+public sealed record CompiledRecipe(IReadOnlyList<CompiledRecipe.Submission> Submissions, IReadOnlyList<CompiledRecipe.FileHash> Sources,
+    IReadOnlyList<CompiledRecipe.FileHash> References)
+{
+    /// <summary>Image (fresh compile) or Path (cache) of one submission assembly, and its script class.</summary>
+    public sealed record Submission(string? TypeName, byte[]? Image, string? Path);
+    public sealed record FileHash(string Path, string Sha256);
+}
+
+/// <summary>
+/// Compiled recipes on disk ($VIRTLAB_CACHE, else $XDG_CACHE_HOME/virtlab/scripts, else ~/.cache/virtlab/scripts).
+/// The entry key covers the recipe's path and bytes, the shell and SDK builds and every loaded plugin build;
+/// the entry lists the #load closure and #r files with their hashes, verified on every hit (a changed
+/// included file is a miss). Roslyn-free: a hit runs without loading the compiler.
+/// </summary>
+public sealed class RecipeCache(string root)
+{
+    private const string Manifest = "manifest.txt";
+    private const string FormatVersion = "virtlab-recipe-cache 1";
+
+    public string Root { get; } = root;
+
+    public static string DefaultRoot()
+    {
+        if (Environment.GetEnvironmentVariable("VIRTLAB_CACHE") is { Length: > 0 } explicitRoot) return explicitRoot;
+        var xdg = Environment.GetEnvironmentVariable("XDG_CACHE_HOME");
+        var baseDir = xdg is { Length: > 0 } ? xdg : Path.Combine(Environment.GetFolderPath(Environment.SpecialFolder.UserProfile), ".cache");
+        return Path.Combine(baseDir, "virtlab", "scripts");
+    }
+
+    public static string Key(string recipePath, byte[] recipeBytes, PluginSet plugins)
+    {
+        var sb = new StringBuilder(FormatVersion).Append('\n');
+        sb.Append(Path.GetFullPath(recipePath)).Append('\n');
+        sb.Append(Convert.ToHexStringLower(SHA256.HashData(recipeBytes))).Append('\n');
+        sb.Append("shell ").Append(typeof(RecipeCache).Assembly.ManifestModule.ModuleVersionId).Append('\n');
+        sb.Append("sdk ").Append(typeof(VirtLab.Sdk.SdkVersion).Assembly.ManifestModule.ModuleVersionId).Append('\n');
+        foreach (var p in plugins.Loaded)
+            sb.Append("plugin ").Append(p.Name).Append(' ').Append(p.Version).Append(' ').Append(p.Mvid).Append(' ').Append(p.GlobalName).Append('\n');
+        return Convert.ToHexStringLower(SHA256.HashData(Encoding.UTF8.GetBytes(sb.ToString())))[..32];
+    }
+
+    /// <summary>The entry for <paramref name="key"/> when present and every recorded file still has its hash.</summary>
+    public CompiledRecipe? TryGet(string key)
+    {
+        var dir = Path.Combine(Root, key);
+        var manifest = Path.Combine(dir, Manifest);
+        if (!File.Exists(manifest)) return null;
+        try
+        {
+            var subs = new List<CompiledRecipe.Submission>();
+            var sources = new List<CompiledRecipe.FileHash>();
+            var refs = new List<CompiledRecipe.FileHash>();
+            var lines = File.ReadAllLines(manifest);
+            if (lines.Length == 0 || lines[0] != FormatVersion) return null;
+            foreach (var line in lines.Skip(1))
+            {
+                var parts = line.Split('\t');
+                switch (parts[0])
+                {
+                    case "source" or "ref" when parts.Length == 3:
+                        if (!File.Exists(parts[2]) || Hash(parts[2]) != parts[1]) return null;
+                        (parts[0] == "source" ? sources : refs).Add(new(parts[2], parts[1]));
+                        break;
+                    case "submission" when parts.Length == 3:
+                        var path = Path.Combine(dir, parts[1]);
+                        if (!File.Exists(path)) return null;
+                        subs.Add(new(parts[2].Length == 0 ? null : parts[2], null, path));
+                        break;
+                    case "end": return new CompiledRecipe(subs, sources, refs);
+                }
+            }
+            return null; // no "end": a torn write
+        }
+        catch (IOException) { return null; }
+        catch (UnauthorizedAccessException) { return null; }
+    }
+
+    /// <summary>Stores an entry atomically (written beside, then renamed); a concurrent writer of the same key wins harmlessly.</summary>
+    public void Store(string key, CompiledRecipe recipe)
+    {
+        Directory.CreateDirectory(Root);
+        var final = Path.Combine(Root, key);
+        var tmp = Path.Combine(Root, $".{key}.{Environment.ProcessId}.{Guid.NewGuid():N}");
+        Directory.CreateDirectory(tmp);
+        try
+        {
+            var sb = new StringBuilder(FormatVersion).Append('\n');
+            foreach (var s in recipe.Sources) sb.Append("source\t").Append(s.Sha256).Append('\t').Append(s.Path).Append('\n');
+            foreach (var r in recipe.References) sb.Append("ref\t").Append(r.Sha256).Append('\t').Append(r.Path).Append('\n');
+            for (int i = 0; i < recipe.Submissions.Count; i++)
+            {
+                var file = $"{i}.dll";
+                File.WriteAllBytes(Path.Combine(tmp, file), recipe.Submissions[i].Image!);
+                sb.Append("submission\t").Append(file).Append('\t').Append(recipe.Submissions[i].TypeName).Append('\n');
+            }
+            sb.Append("end\n");
+            File.WriteAllText(Path.Combine(tmp, Manifest), sb.ToString());
+            if (Directory.Exists(final)) Directory.Delete(final, recursive: true); // stale: a #load file changed
+            Directory.Move(tmp, final);
+        }
+        catch (IOException)
+        {
+            // Another process stored the same key meanwhile, or the cache is unwritable: running is what matters.
+        }
+        finally
+        {
+            if (Directory.Exists(tmp)) try { Directory.Delete(tmp, recursive: true); } catch (IOException) { }
+        }
+    }
+
+    public static string Hash(string path)
+    {
+        using var f = File.OpenRead(path);
+        return Convert.ToHexStringLower(SHA256.HashData(f));
+    }
+}

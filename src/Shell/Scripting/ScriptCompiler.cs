@@ -1,0 +1,122 @@
+using System.Collections.Immutable;
+using System.Globalization;
+using System.Text;
+using Microsoft.CodeAnalysis;
+using Microsoft.CodeAnalysis.CSharp;
+using Microsoft.CodeAnalysis.Emit;
+using Microsoft.CodeAnalysis.Scripting;
+using Microsoft.CodeAnalysis.Text;
+using VirtLab.Shell.PluginHost;
+
+namespace VirtLab.Shell.Scripting;
+
+/// <summary>A compile diagnostic; <see cref="Formatted"/> is <c>file(line,col): error CSxxxx: message</c> (1-based).</summary>
+public sealed record ScriptDiagnostic(string Id, bool IsError, string Message, string File, int Line, int Column, string Formatted)
+{
+    public override string ToString() => Formatted;
+}
+
+/// <summary>One emitted submission: its image and the metadata name of its script class.</summary>
+public sealed record EmittedSubmission(string AssemblyName, string? TypeName, byte[] Image);
+
+/// <summary>
+/// Builds script compilations with <see cref="CSharpCompilation.CreateScriptCompilation"/>: the reference set
+/// (framework + SDK + Spectre.Console + Iced + loaded plugins), the default imports, #load / #r resolution
+/// relative to the script, and emission with an embedded PDB so runtime stack traces carry file:line.
+/// </summary>
+public sealed class ScriptCompiler
+{
+    public static readonly CSharpParseOptions ParseOptions =
+        new(LanguageVersion.Latest, DocumentationMode.None, SourceCodeKind.Script);
+
+    private static readonly EmitOptions EmitOpts = new(debugInformationFormat: DebugInformationFormat.Embedded);
+    private static ImmutableArray<MetadataReference>? s_baseReferences;
+    private static readonly object s_lock = new();
+
+    public ScriptCompiler(PluginSet plugins, Type globalsType, string baseDirectory)
+    {
+        Plugins = plugins;
+        GlobalsType = globalsType;
+        BaseDirectory = baseDirectory;
+        References = BaseReferences(globalsType).AddRange(
+            plugins.Loaded.Select(p => (MetadataReference)MetadataReference.CreateFromFile(p.Path)));
+        Options = new CSharpCompilationOptions(
+                OutputKind.DynamicallyLinkedLibrary,
+                usings: ScriptPreamble.Imports(plugins),
+                optimizationLevel: OptimizationLevel.Release,
+                allowUnsafe: true,
+                concurrentBuild: false, // one submission: threads cost more than they save
+                sourceReferenceResolver: ScriptSourceResolver.Default.WithBaseDirectory(baseDirectory),
+                metadataReferenceResolver: ScriptMetadataResolver.Default.WithBaseDirectory(baseDirectory))
+            .WithSpecificDiagnosticOptions([
+                new("CS1701", ReportDiagnostic.Suppress), new("CS1702", ReportDiagnostic.Suppress), new("CS1705", ReportDiagnostic.Suppress)]);
+    }
+
+    public PluginSet Plugins { get; }
+    public Type GlobalsType { get; }
+    public string BaseDirectory { get; }
+    public ImmutableArray<MetadataReference> References { get; }
+    public CSharpCompilationOptions Options { get; }
+
+    public static SyntaxTree Parse(string code, string path = "", CancellationToken ct = default) =>
+        CSharpSyntaxTree.ParseText(SourceText.From(code, Encoding.UTF8), ParseOptions, path, ct);
+
+    public CSharpCompilation CreateSubmission(string assemblyName, SyntaxTree? tree, CSharpCompilation? previous) =>
+        CSharpCompilation.CreateScriptCompilation(assemblyName, tree, References, Options, previous,
+            returnType: typeof(object), globalsType: GlobalsType);
+
+    /// <summary>The plugin preamble as the first submission of a chain (null without plugins).</summary>
+    public CSharpCompilation? CreatePreamble(string assemblyName) =>
+        ScriptPreamble.Source(Plugins) is { } src ? CreateSubmission(assemblyName, Parse(src), null) : null;
+
+    /// <summary>Emits; on errors returns null image and the error diagnostics.</summary>
+    public (EmittedSubmission? Submission, IReadOnlyList<ScriptDiagnostic> Diagnostics) Emit(CSharpCompilation compilation, CancellationToken ct = default)
+    {
+        using var pe = new MemoryStream();
+        var result = compilation.Emit(pe, options: EmitOpts, cancellationToken: ct);
+        var diags = Format(result.Diagnostics);
+        if (!result.Success) return (null, diags);
+        var entry = compilation.GetEntryPoint(ct);
+        return (new EmittedSubmission(compilation.AssemblyName!, entry?.ContainingType.MetadataName, pe.ToArray()), diags);
+    }
+
+    public static IReadOnlyList<ScriptDiagnostic> Format(IEnumerable<Diagnostic> diagnostics) =>
+        diagnostics.Where(d => d.Severity >= DiagnosticSeverity.Warning && !d.IsSuppressed)
+            .OrderBy(d => d.Severity == DiagnosticSeverity.Error ? 0 : 1)
+            .ThenBy(d => d.Location.SourceTree?.FilePath, StringComparer.Ordinal).ThenBy(d => d.Location.SourceSpan.Start)
+            .Select(ToScriptDiagnostic).ToList();
+
+    public static ScriptDiagnostic ToScriptDiagnostic(Diagnostic d)
+    {
+        var span = d.Location.GetMappedLineSpan();
+        var file = d.Location.IsInSource ? span.Path ?? "" : "";
+        int line = span.StartLinePosition.Line + 1, col = span.StartLinePosition.Character + 1;
+        var sev = d.Severity == DiagnosticSeverity.Error ? "error" : "warning";
+        var message = d.GetMessage(CultureInfo.InvariantCulture);
+        var formatted = d.Location.IsInSource ? $"{file}({line},{col}): {sev} {d.Id}: {message}" : $"{sev} {d.Id}: {message}";
+        return new ScriptDiagnostic(d.Id, d.Severity == DiagnosticSeverity.Error, message, file, line, col, formatted);
+    }
+
+    /// <summary>Framework reference assemblies from the TPA list plus the shared contract assemblies; made once per
+    /// process so Roslyn reads each one's metadata once.</summary>
+    private static ImmutableArray<MetadataReference> BaseReferences(Type globalsType)
+    {
+        lock (s_lock)
+        {
+            if (s_baseReferences is { } cached) return cached;
+            var frameworkDir = Path.GetDirectoryName(typeof(object).Assembly.Location)!;
+            var tpa = ((AppContext.GetData("TRUSTED_PLATFORM_ASSEMBLIES") as string) ?? "").Split(Path.PathSeparator, StringSplitOptions.RemoveEmptyEntries);
+            var paths = tpa.Where(p => string.Equals(Path.GetDirectoryName(p), frameworkDir, StringComparison.Ordinal) && IsFrameworkName(Path.GetFileNameWithoutExtension(p)))
+                .ToList();
+            foreach (var t in new[] { globalsType, typeof(VirtLab.Sdk.IDisplayable), typeof(Spectre.Console.AnsiConsole), typeof(Iced.Intel.Instruction) })
+                if (!paths.Contains(t.Assembly.Location)) paths.Add(t.Assembly.Location);
+            var refs = paths.Select(p => (MetadataReference)MetadataReference.CreateFromFile(p)).ToImmutableArray();
+            s_baseReferences = refs;
+            return refs;
+        }
+    }
+
+    private static bool IsFrameworkName(string name) =>
+        name.StartsWith("System", StringComparison.Ordinal) || name is "netstandard" or "mscorlib" or "Microsoft.CSharp" or "Microsoft.VisualBasic"
+        || name.StartsWith("Microsoft.Win32.", StringComparison.Ordinal);
+}

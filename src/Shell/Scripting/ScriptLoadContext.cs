@@ -1,0 +1,88 @@
+using System.Reflection;
+using System.Runtime.Loader;
+using VirtLab.Shell.PluginHost;
+
+namespace VirtLab.Shell.Scripting;
+
+/// <summary>
+/// Holds the compiled submissions of one session or recipe run. A submission refers to the previous ones by
+/// assembly name, to plugins by their assembly names (answered with the plugin contexts' own assemblies, so
+/// a plugin's types are the ones its global was created from) and to everything else in the default context.
+/// Not collectible: Roslyn submissions cannot be unloaded; the REPL recycles the whole host process instead.
+/// </summary>
+public sealed class ScriptLoadContext : AssemblyLoadContext
+{
+    private readonly PluginSet _plugins;
+    private readonly Dictionary<string, Assembly> _submissions = new(StringComparer.OrdinalIgnoreCase);
+    private readonly Dictionary<string, string> _referencePaths = new(StringComparer.OrdinalIgnoreCase);
+
+    public ScriptLoadContext(PluginSet plugins, string name = "virtlab-scripts") : base(name, isCollectible: false) => _plugins = plugins;
+
+    public Assembly AddSubmission(byte[] image)
+    {
+        var asm = LoadFromStream(new MemoryStream(image, writable: false));
+        _submissions[asm.GetName().Name!] = asm;
+        return asm;
+    }
+
+    public Assembly AddSubmission(string path)
+    {
+        var asm = LoadFromAssemblyPath(path);
+        _submissions[asm.GetName().Name!] = asm;
+        return asm;
+    }
+
+    /// <summary>An assembly a script named with <c>#r "path"</c>; loaded on first use.</summary>
+    public void AddReferencePath(string path) => _referencePaths[Path.GetFileNameWithoutExtension(path)] = path;
+
+    public bool Owns(Assembly assembly) => GetLoadContext(assembly) == this;
+
+    protected override Assembly? Load(AssemblyName name)
+    {
+        var simple = name.Name;
+        if (simple is null) return null;
+        if (_submissions.TryGetValue(simple, out var sub)) return sub;
+        foreach (var p in _plugins.Loaded)
+        {
+            if (string.Equals(p.Assembly!.GetName().Name, simple, StringComparison.OrdinalIgnoreCase)) return p.Assembly;
+            if (p.LoadContext!.ResolvePrivate(name) is not null) return p.LoadContext.LoadFromAssemblyName(name);
+        }
+        if (_referencePaths.TryGetValue(simple, out var path)) return LoadFromAssemblyPath(path);
+        return null; // default context: framework, VirtLab.Sdk, Spectre.Console, Iced
+    }
+}
+
+/// <summary>
+/// Runs submissions: each compiled submission class has <c>static Task&lt;object&gt; &lt;Factory&gt;(object[] submissionArray)</c>;
+/// slot 0 of the array is the globals object, and each submission stores itself in its own slot so the
+/// following ones reach its variables. Knows nothing of Roslyn (the cached recipe path uses it alone).
+/// </summary>
+public sealed class SubmissionExecutor
+{
+    private object?[] _state;
+    private int _runs;
+
+    public SubmissionExecutor(object globals, ScriptLoadContext context)
+    {
+        Context = context;
+        _state = new object?[16];
+        _state[0] = globals;
+    }
+
+    public ScriptLoadContext Context { get; }
+    public object Globals => _state[0]!;
+
+    /// <summary>Runs a submission's factory and waits for it. Exceptions the script throws propagate unwrapped.</summary>
+    public object? Run(Assembly assembly, string submissionTypeName)
+    {
+        var type = assembly.GetType(submissionTypeName, throwOnError: true)!;
+        var factory = type.GetMethod("<Factory>", BindingFlags.Public | BindingFlags.NonPublic | BindingFlags.Static)
+                      ?? throw new InvalidOperationException($"{submissionTypeName} has no <Factory> method");
+        // A submission's slot is at most the number of submissions run before it + 1 (failed ones reuse slots).
+        _runs++;
+        if (_state.Length < _runs + 2) Array.Resize(ref _state, Math.Max(_state.Length * 2, _runs + 2));
+        var task = (Task)factory.Invoke(null, BindingFlags.DoNotWrapExceptions, null, [_state], null)!;
+        task.GetAwaiter().GetResult();
+        return task.GetType().GetProperty("Result")?.GetValue(task);
+    }
+}

@@ -1,0 +1,45 @@
+using Iced.Intel;
+using VirtLab.Sdk.Machine.Kvm;
+using Xunit;
+using Xunit.Abstractions;
+using static Iced.Intel.AssemblerRegisters;
+
+namespace VirtLab.Sdk.Tests.Kvm;
+
+public class KvmHygieneTests(ITestOutputHelper output)
+{
+    internal static int OpenFds() => Directory.GetFiles("/proc/self/fd").Length;
+
+    internal static long RssBytes()
+    {
+        foreach (var line in File.ReadLines("/proc/self/status"))
+            if (line.StartsWith("VmRSS:")) return long.Parse(line.Split(' ', StringSplitOptions.RemoveEmptyEntries)[1]) * 1024;
+        return 0;
+    }
+
+    internal static int Threads() => Directory.GetDirectories("/proc/self/task").Length;
+
+    [KvmFact]
+    public void Machine_create_run_dispose_200_times_leaves_no_fds_threads_or_memory()
+    {
+        var code = KvmMachineTests.Assemble(a => { a.mov(eax, Ucall.Done); a.mov(dx, Ucall.Port); a.@out(dx, eax); });
+        void Cycle()
+        {
+            using var m = new KvmMachine(2);
+            _ = m.VmStats.Read("pages_4k");
+            _ = m.VcpuStats(1);
+            m.Run(code, 0, new GuestCallbacks(), CancellationToken.None);
+        }
+        for (int i = 0; i < 5; i++) Cycle(); // warm up JIT, thread pool, caches
+        GC.Collect(); GC.WaitForPendingFinalizers();
+        int fds = OpenFds(), threads = Threads();
+        long rss = RssBytes();
+        var sw = System.Diagnostics.Stopwatch.StartNew();
+        for (int i = 0; i < 200; i++) Cycle();
+        GC.Collect(); GC.WaitForPendingFinalizers();
+        output.WriteLine($"200 cycles in {sw.ElapsedMilliseconds} ms; fds {fds}→{OpenFds()}, threads {threads}→{Threads()}, RSS {rss >> 20}→{RssBytes() >> 20} MiB");
+        Assert.Equal(fds, OpenFds());
+        Assert.True(Threads() <= threads + 1, $"threads {threads} → {Threads()}");
+        Assert.True(RssBytes() - rss < 24 << 20, $"RSS grew by {(RssBytes() - rss) >> 20} MiB");
+    }
+}

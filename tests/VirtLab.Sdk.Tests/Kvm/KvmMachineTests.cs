@@ -1,0 +1,186 @@
+using System.Diagnostics;
+using Iced.Intel;
+using VirtLab.Sdk.Machine.Kvm;
+using VirtLab.Sdk.Native;
+using Xunit;
+using static Iced.Intel.AssemblerRegisters;
+
+namespace VirtLab.Sdk.Tests.Kvm;
+
+public unsafe class KvmMachineTests
+{
+    internal static byte[] Assemble(Action<Assembler> body, ulong rip = SystemLayout.CodeGpa)
+    {
+        var a = new Assembler(64);
+        body(a);
+        using var ms = new MemoryStream();
+        a.Assemble(new StreamCodeWriter(ms), rip);
+        return ms.ToArray();
+    }
+
+    [Fact]
+    public void Uapi_sizes_and_ioctl_numbers_match_the_header()
+    {
+        Assert.Equal(32, sizeof(kvm_userspace_memory_region));
+        Assert.Equal(16, sizeof(kvm_dirty_log));
+        Assert.Equal(24, sizeof(kvm_clear_dirty_log));
+        Assert.Equal(104, sizeof(kvm_enable_cap));
+        Assert.Equal(144, sizeof(kvm_regs));
+        Assert.Equal(312, sizeof(kvm_sregs));
+        Assert.Equal(24, sizeof(kvm_segment));
+        Assert.Equal(40, sizeof(kvm_cpuid_entry2));
+        Assert.Equal(16, sizeof(kvm_dirty_gfn));
+        Assert.Equal(24, sizeof(kvm_stats_header));
+        Assert.Equal(16, sizeof(kvm_stats_desc));
+        // Values from <linux/kvm.h> on x86-64.
+        Assert.Equal((nuint)0xAE80, KvmIoctl.KVM_RUN);
+        Assert.Equal((nuint)0x4020AE46, KvmIoctl.KVM_SET_USER_MEMORY_REGION);
+        Assert.Equal((nuint)0x4010AE42, KvmIoctl.KVM_GET_DIRTY_LOG);
+        Assert.Equal((nuint)0xC018AEC0, KvmIoctl.KVM_CLEAR_DIRTY_LOG);
+        Assert.Equal((nuint)0x8090AE81, KvmIoctl.KVM_GET_REGS);
+        Assert.Equal((nuint)0x4138AE84, KvmIoctl.KVM_SET_SREGS);
+        Assert.Equal((nuint)0x4068AEA3, KvmIoctl.KVM_ENABLE_CAP);
+        Assert.Equal((nuint)0xAEC7, KvmIoctl.KVM_RESET_DIRTY_RINGS);
+        Assert.Equal((nuint)0xAECE, KvmIoctl.KVM_GET_STATS_FD);
+    }
+
+    [KvmFact]
+    public void Done_ucall_ends_the_run()
+    {
+        using var m = new KvmMachine(1);
+        var code = Assemble(a =>
+        {
+            a.mov(eax, 0);
+            a.mov(dx, Ucall.Port);
+            a.@out(dx, eax);
+            a.hlt();
+        });
+        m.Run(code, 0, new GuestCallbacks(), CancellationToken.None);
+    }
+
+    [KvmFact]
+    public void Triple_fault_gives_a_clear_exception_with_registers()
+    {
+        using var m = new KvmMachine(1);
+        // Load from an unmapped guest-virtual address: #PF with no IDT → #DF → triple fault.
+        var code = Assemble(a =>
+        {
+            a.mov(rax, 0x7fff_0000_0000ul);
+            a.mov(rbx, __qword_ptr[rax]);
+            a.hlt();
+        });
+        var e = Assert.Throws<KvmGuestException>(() => m.Run(code, 0, new GuestCallbacks(), CancellationToken.None));
+        Assert.Equal(KvmExitReason.KVM_EXIT_SHUTDOWN, e.ExitReason);
+        Assert.NotNull(e.Registers);
+        Assert.Contains("triple fault", e.Message);
+        Assert.Contains("RIP=", e.Message);
+    }
+
+    [KvmFact]
+    public void Guest_assert_carries_the_guest_message()
+    {
+        using var m = new KvmMachine(1);
+        ulong cursor = 0;
+        ulong msg = m.PutString(ref cursor, "x != 42");
+        var code = Assemble(a =>
+        {
+            a.mov(rsi, msg);
+            a.mov(eax, Ucall.Assert);
+            a.mov(dx, Ucall.Port);
+            a.@out(dx, eax);
+            a.hlt();
+        });
+        var e = Assert.Throws<GuestAssertException>(() => m.Run(code, 0, new GuestCallbacks(), CancellationToken.None));
+        Assert.Equal("x != 42", e.GuestMessage);
+    }
+
+    [KvmFact]
+    public void Sync_passes_rsi_and_runs_on_every_vcpu()
+    {
+        using var m = new KvmMachine(2);
+        var seen = new System.Collections.Concurrent.ConcurrentBag<(int, ulong)>();
+        var code = Assemble(a =>
+        {
+            var loop = a.CreateLabel();
+            a.xor(esi, esi);
+            a.Label(ref loop);
+            a.mov(eax, Ucall.Sync);
+            a.mov(dx, Ucall.Port);
+            a.@out(dx, eax);
+            a.inc(rsi);
+            a.cmp(rsi, 3);
+            a.jb(loop);
+            a.mov(eax, Ucall.Done);
+            a.@out(dx, eax);
+        });
+        m.Run(code, 0, new GuestCallbacks { OnSync = (v, pass, _) => seen.Add((v, pass)) }, CancellationToken.None);
+        Assert.Equal(6, seen.Count);
+        Assert.Equal(new ulong[] { 0, 1, 2 }, seen.Where(x => x.Item1 == 1).Select(x => x.Item2).OrderBy(x => x));
+    }
+
+    [KvmFact]
+    public void Cancellation_stops_a_spinning_vcpu_within_a_second()
+    {
+        using var m = new KvmMachine(1);
+        var code = Assemble(a =>
+        {
+            var loop = a.CreateLabel();
+            a.Label(ref loop);
+            a.inc(rax);
+            a.jmp(loop);
+        });
+        using var cts = new CancellationTokenSource();
+        var sw = new Stopwatch();
+        var task = Task.Run(() => m.Run(code, 0, new GuestCallbacks(), cts.Token));
+        Thread.Sleep(300);
+        sw.Start();
+        cts.Cancel();
+        Assert.ThrowsAny<OperationCanceledException>(() => task.GetAwaiter().GetResult());
+        Assert.True(sw.Elapsed < TimeSpan.FromSeconds(1), $"stopping took {sw.Elapsed}");
+        Console.Error.WriteLine($"cancellation took {sw.Elapsed.TotalMilliseconds:F1} ms");
+        // The VM is reusable after a cancelled run.
+        m.Run(Assemble(a => { a.mov(eax, 0); a.mov(dx, Ucall.Port); a.@out(dx, eax); }), 0, new GuestCallbacks(), CancellationToken.None);
+    }
+
+    [KvmFact]
+    public void Memslot_at_the_top_of_guest_physical_space_is_reachable()
+    {
+        using var m = new KvmMachine(1);
+        const ulong size = 4ul << 20;
+        ulong gpa = (1ul << m.GuestPhysBits) - size;
+        nint host = Libc.MmapChecked(0, (long)size, Libc.PROT_READ | Libc.PROT_WRITE, Libc.MAP_PRIVATE | Libc.MAP_ANONYMOUS, -1, 0);
+        try
+        {
+            m.SetUserMemoryRegion(1, 0, gpa, size, host);
+            m.PrepareLayout();
+            ulong gva = m.GvaOf(gpa + 8192);
+            var code = Assemble(a =>
+            {
+                a.mov(rax, gva);
+                a.mov(__qword_ptr[rax], rdi);
+                a.add(__qword_ptr[rax], 0x1234);
+                a.mov(eax, 0); a.mov(dx, Ucall.Port); a.@out(dx, eax);
+            });
+            m.Run(code, 0, new GuestCallbacks(), CancellationToken.None);
+            Assert.Equal(0x1234ul, *(ulong*)(host + 8192));
+        }
+        finally
+        {
+            m.DeleteUserMemoryRegion(1);
+            Libc.munmap(host, (nuint)size);
+        }
+    }
+
+    [KvmFact]
+    public void Vm_stats_are_readable_by_name_and_as_a_delta()
+    {
+        using var m = new KvmMachine(1);
+        var before = m.VmStats.Snapshot();
+        Assert.True(m.VmStats.Has("pages_4k"));
+        m.Run(Assemble(a => { a.mov(eax, 0); a.mov(dx, Ucall.Port); a.@out(dx, eax); }), 0, new GuestCallbacks(), CancellationToken.None);
+        var delta = m.VmStats.Snapshot().Since(before);
+        Assert.NotNull(delta.ToRenderable());
+        var v = m.VcpuStats(0).Snapshot();
+        Assert.True(v["exits"] > 0 || v.Values.ContainsKey("exits"));
+    }
+}

@@ -1,0 +1,92 @@
+using Xunit;
+using VirtLab.Sdk.Measure;
+using VirtLab.Shell.PluginHost;
+using VirtLab.Shell.Scripting;
+
+namespace VirtLab.Shell.Tests;
+
+public sealed class InteractiveSessionTests
+{
+    private static InteractiveSession NewSession(PluginSet? plugins = null) => new(plugins ?? PluginSet.Empty, new RecipeContext());
+
+    [Fact]
+    public void State_carries_across_submissions_and_failures_do_not_chain()
+    {
+        var s = NewSession();
+        Assert.True(s.Submit("var x = 40;").Succeeded);
+        var r = s.Submit("x + 2");
+        Assert.True(r.Succeeded);
+        Assert.True(r.HasValue);
+        Assert.Equal(42, r.Value);
+
+        var bad = s.Submit("var y = undefinedName;");
+        Assert.False(bad.Compiled);
+        Assert.Equal("(1,9): error CS0103: The name 'undefinedName' does not exist in the current context", bad.Errors.Single().Formatted);
+
+        var thrown = s.Submit("x = 7; var z = 1; throw new InvalidOperationException(\"boom\");");
+        Assert.True(thrown.Compiled);
+        Assert.IsType<InvalidOperationException>(thrown.Exception);
+        // z was declared by the thrown submission: not visible; x kept the assignment made before the throw.
+        Assert.False(s.Submit("z").Compiled);
+        Assert.Equal(7, s.Submit("x").Value);
+
+        var noValue = s.Submit("x++;");
+        Assert.True(noValue.Succeeded);
+        Assert.False(noValue.HasValue);
+        Assert.Equal(["var x = 40;", "x + 2", "x", "x++;"], s.Submissions);
+    }
+
+    [Fact]
+    public void Globals_and_default_imports_are_available()
+    {
+        var s = NewSession();
+        var r = s.Submit("Result(\"n\", 1.MiB()); Expect(true, \"ok\"); TestMode");
+        Assert.True(r.Succeeded, string.Join("\n", r.Diagnostics) + r.Exception);
+        Assert.Equal(false, r.Value);
+        Assert.Single(s.Globals.Context.Results);
+        Assert.Equal(3, s.Submit("new List<int> { 1, 2, 3 }.Where(i => i > 0).Count()").Value);
+        Assert.Equal(5, s.Submit("await Task.FromResult(5)").Value);
+    }
+
+    [Fact]
+    public void Completes_members_of_an_earlier_variable()
+    {
+        var s = NewSession();
+        Assert.True(s.Submit("var text = \"hello\"; var list = new List<int>();").Succeeded);
+        var items = s.Complete("text.Sub", 8);
+        Assert.Contains(items, c => c.Text == "Substring" && c.Kind == CompletionKind.Method && c.ReplaceStart == 5 && c.ReplaceLength == 3);
+        Assert.DoesNotContain(items, c => c.Text == "Length"); // prefix filter
+        var ext = s.Complete("list.", 5);
+        Assert.Contains(ext, c => c.Text == "Add");
+        Assert.Contains(ext, c => c.Text == "Where" && c.Kind == CompletionKind.ExtensionMethod);
+        Assert.DoesNotContain(ext, c => c.Text == "ReferenceEquals"); // statics are not offered on an instance
+    }
+
+    [Fact]
+    public void Completes_names_in_scope()
+    {
+        var s = NewSession();
+        s.Submit("var memorySize = 4.GiB();");
+        var items = s.Complete("var a = mem", 11);
+        Assert.Contains(items, c => c.Text == "memorySize" && c.Kind == CompletionKind.Variable);
+        var g = s.Complete("Exp", 3);
+        Assert.Contains(g, c => c.Text == "Expect");
+        var kw = s.Complete("whi", 3);
+        Assert.Contains(kw, c => c.Text == "while" && c.Kind == CompletionKind.Keyword);
+        var types = s.Complete("Size.", 5);
+        Assert.Contains(types, c => c.Text == "Parse");
+        Assert.DoesNotContain(s.Complete("", 0), c => c.Text.StartsWith("__"));
+    }
+
+    [Fact]
+    public void Completion_is_fast_when_warm()
+    {
+        var s = NewSession();
+        s.Submit("var text = \"hello\";");
+        s.WarmUp();
+        s.Complete("text.", 5);
+        var sw = System.Diagnostics.Stopwatch.StartNew();
+        for (int i = 0; i < 10; i++) s.Complete("text.Su", 7);
+        Assert.True(sw.ElapsedMilliseconds / 10 < 50, $"{sw.ElapsedMilliseconds / 10} ms per completion");
+    }
+}

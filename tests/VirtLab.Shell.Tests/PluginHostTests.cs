@@ -1,0 +1,110 @@
+using VirtLab.Sdk.Measure;
+using VirtLab.Shell.PluginHost;
+using VirtLab.Shell.Scripting;
+using Xunit;
+
+namespace VirtLab.Shell.Tests;
+
+public sealed class PluginHostTests
+{
+    private static PluginSet Load(string root) =>
+        PluginSet.Load(new PluginSearchPaths([root], IncludeEnvironment: false, IncludeBuiltIn: false),
+            ScriptPreamble.ReservedNames(typeof(RecipeGlobals)), TextWriter.Null);
+
+    private static PluginInfo Only(PluginSet set, string name) => set.All.Single(p => p.Name == name);
+
+    [Fact]
+    public void Loads_a_good_plugin_with_its_metadata()
+    {
+        using var tmp = new TempDir();
+        PluginCompiler.Build(tmp.Path, "Good", PluginCompiler.Simple("Good", "Good"), version: "2.3.4-beta");
+        var p = Only(Load(tmp.Path), "Good");
+        Assert.True(p.IsLoaded, p.Error);
+        Assert.Equal("2.3.4-beta", p.Version);
+        Assert.Equal(VirtLab.Sdk.SdkVersion.Major, p.SdkVersion!.Major);
+        Assert.Equal("Good", p.GlobalName);
+        Assert.Equal("GoodNs.Api", p.GlobalType!.FullName);
+        Assert.Equal("test plugin Good", p.Description);
+        // Its own context, but the SDK type identity is shared with the shell.
+        Assert.NotSame(System.Runtime.Loader.AssemblyLoadContext.Default, System.Runtime.Loader.AssemblyLoadContext.GetLoadContext(p.Assembly!));
+        Assert.Same(typeof(VirtLab.Sdk.Plugins.VirtLabPlugin).Assembly, p.Assembly!.GetReferencedAssemblies()
+            .Where(a => a.Name == "VirtLab.Sdk").Select(a => p.LoadContext!.LoadFromAssemblyName(a)).Single());
+    }
+
+    [Fact]
+    public void Every_load_error_is_reported_and_the_others_still_load()
+    {
+        using var tmp = new TempDir();
+        // not a .NET assembly
+        tmp.File("Garbage/Garbage.dll", "this is not a PE file at all");
+        // an assembly without a plugin type
+        PluginCompiler.Build(tmp.Path, "NoPlugin", "namespace X; public class NotAPlugin { public VirtLab.Sdk.Plugins.PluginContext? C; }");
+        // an assembly that does not even reference the SDK
+        PluginCompiler.Build(tmp.Path, "NoSdk", "namespace Y; public class Nothing {}");
+        // built against SDK 2.x
+        var fakeSdk = Path.Combine(tmp.Path, "fake", "VirtLab.Sdk.dll");
+        Directory.CreateDirectory(Path.GetDirectoryName(fakeSdk)!);
+        PluginCompiler.Compile(fakeSdk, "VirtLab.Sdk", """
+            [assembly: System.Reflection.AssemblyVersion("2.0.0.0")]
+            namespace VirtLab.Sdk.Plugins { public abstract class VirtLabPlugin { } }
+            """);
+        PluginCompiler.Build(tmp.Path, "Future", "public sealed class P : VirtLab.Sdk.Plugins.VirtLabPlugin { }", sdkPath: fakeSdk);
+        // initialisation throws (in CreateGlobal, and in the constructor)
+        PluginCompiler.Build(tmp.Path, "Throws", PluginCompiler.Simple("Throws", "Throws", create: "throw new System.InvalidOperationException(\"no device\")"));
+        PluginCompiler.Build(tmp.Path, "CtorThrows", PluginCompiler.Simple("CtorThrows", "CtorThrows").Replace(
+            "public sealed class ThePlugin : VirtLabPlugin<Api>\n{", "public sealed class ThePlugin : VirtLabPlugin<Api>\n{ public ThePlugin() => throw new System.IO.IOException(\"ctor\");"));
+        // two plugins claiming one global
+        PluginCompiler.Build(tmp.Path, "A1", PluginCompiler.Simple("A1", "Shared"));
+        PluginCompiler.Build(tmp.Path, "A2", PluginCompiler.Simple("A2", "Shared"));
+        // invalid and reserved global names
+        PluginCompiler.Build(tmp.Path, "BadName", PluginCompiler.Simple("BadName", "not valid"));
+        PluginCompiler.Build(tmp.Path, "Keyword", PluginCompiler.Simple("Keyword", "class"));
+        PluginCompiler.Build(tmp.Path, "Reserved", PluginCompiler.Simple("Reserved", "Args"));
+        // a folder without its dll
+        Directory.CreateDirectory(Path.Combine(tmp.Path, "Empty"));
+        // and one good plugin
+        PluginCompiler.Build(tmp.Path, "Good", PluginCompiler.Simple("Good", "Good"));
+
+        var set = Load(tmp.Path);
+        Assert.Contains("not a .NET assembly", Only(set, "Garbage").Error);
+        Assert.Contains("no plugin type", Only(set, "NoPlugin").Error);
+        Assert.Contains("does not reference VirtLab.Sdk", Only(set, "NoSdk").Error);
+        Assert.Contains("SDK major mismatch: built against VirtLab.Sdk 2.x", Only(set, "Future").Error);
+        Assert.Equal("initialisation threw InvalidOperationException: no device", Only(set, "Throws").Error);
+        Assert.Equal("initialisation threw IOException: ctor", Only(set, "CtorThrows").Error);
+        Assert.True(Only(set, "A1").IsLoaded);
+        Assert.Contains("global 'Shared' is already provided by plugin 'A1'", Only(set, "A2").Error);
+        Assert.Contains("invalid global name 'not valid'", Only(set, "BadName").Error);
+        Assert.Contains("invalid global name 'class'", Only(set, "Keyword").Error);
+        Assert.Contains("global name 'Args' is taken by the script globals", Only(set, "Reserved").Error);
+        Assert.Contains("no Empty.dll in the plugin folder", Only(set, "Empty").Error);
+        Assert.True(Only(set, "Good").IsLoaded);
+        Assert.Equal(["A1", "Good"], set.Loaded.Select(p => p.Name).Order());
+
+        // The session built on this set works, with both good globals.
+        var session = new InteractiveSession(set, new RecipeContext());
+        Assert.Equal(84, session.Submit("Good.Answer + Shared.Answer").Value);
+    }
+
+    [Fact]
+    public void Plugins_command_lists_status_and_errors_and_run_survives_a_broken_plugin()
+    {
+        using var tmp = new TempDir();
+        var plugins = Path.Combine(tmp.Path, "plugins");
+        PluginCompiler.Build(plugins, "Good", PluginCompiler.Simple("Good", "Good"), version: "1.5.0");
+        PluginCompiler.Build(plugins, "Throws", PluginCompiler.Simple("Throws", "Throws", create: "throw new System.Exception(\"kaput\")"));
+        var list = Virtlab.Run(null, tmp.Path, "plugins", "--plugins", plugins);
+        Assert.Equal(0, list.ExitCode);
+        Assert.Contains("Good", list.Stdout);
+        Assert.Contains("1.5.0", list.Stdout);
+        Assert.Contains("loaded", list.Stdout);
+        Assert.Contains("kaput", list.Stdout);
+        Assert.DoesNotContain("\u001b[", list.Stdout); // redirected: no ANSI
+
+        var recipe = tmp.File("r.csx", "Result(\"g\", Good.Hello(\"vm\"));");
+        var run = Virtlab.Run(null, tmp.Path, new Dictionary<string, string> { ["VIRTLAB_PLUGINS"] = plugins }, "run", recipe);
+        Assert.True(run.ExitCode == 0, run.ToString());
+        Assert.Contains("g = \"hello vm\"", run.Stdout);
+        Assert.Contains("plugin Throws not loaded", run.Stderr);
+    }
+}

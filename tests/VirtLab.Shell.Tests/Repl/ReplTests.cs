@@ -1,0 +1,205 @@
+using System.Diagnostics;
+using VirtLab.Shell.Repl;
+
+namespace VirtLab.Shell.Tests.Repl;
+
+// One collection: every test starts a REPL and its evaluation hosts; on a small machine running them
+// one after another is faster than all at once.
+[CollectionDefinition("repl", DisableParallelization = true)]
+public sealed class ReplCollection;
+
+[Collection("repl")]
+public sealed class ReplTests
+{
+    [Fact]
+    public void State_survives_across_submissions()
+    {
+        using var repl = new ReplProcess();
+        repl.Send("var x = 40;");
+        repl.Send("x + 2");
+        repl.WaitFor("^42$");
+        repl.Send("x = x * 10;");
+        repl.Send("$\"x is {x}\"");
+        repl.WaitFor("x is 400");
+        repl.Send("#exit");
+        Assert.Equal(0, repl.WaitForExit());
+    }
+
+    [Fact]
+    public void Incomplete_submission_continues_on_the_next_line()
+    {
+        using var repl = new ReplProcess();
+        repl.Send("int Add(int a, int b)");
+        repl.Send("{");
+        repl.Send("    return a + b;");
+        repl.Send("}");
+        repl.Send("var numbers = new[] {");
+        repl.Send("    1, 2,");
+        repl.Send("    3 };");
+        repl.Send("Add(numbers.Sum(), 100)");
+        repl.WaitFor("^106$");
+        repl.CloseInput(); // end of input leaves like #exit
+        Assert.Equal(0, repl.WaitForExit());
+        Assert.DoesNotContain("error", repl.Stderr);
+    }
+
+    [Fact]
+    public void Compile_errors_carry_positions_and_the_session_goes_on()
+    {
+        using var repl = new ReplProcess();
+        repl.Send("var ok = 5;");
+        repl.Send("var bad = ;");
+        repl.WaitFor(@"\(1,11\): error CS1525", stderr: true);
+        repl.Send("throw new System.InvalidOperationException(\"user threw\");");
+        repl.WaitFor("InvalidOperationException: user threw", stderr: true);
+        repl.Send("ok * 2");
+        repl.WaitFor("^10$");
+    }
+
+    [Fact]
+    public void Save_writes_a_recipe_that_runs()
+    {
+        using var repl = new ReplProcess();
+        var recipe = Path.Combine(repl.Home, "session.csx");
+        repl.Send("var y = 6;");
+        repl.Send("y * 7");
+        repl.Send("var broken = ;");               // failed submissions are not part of the recipe
+        repl.Send("Console.WriteLine($\"answer={y * 7}\");");
+        repl.WaitFor("^answer=42$");
+        repl.Send($"#save {recipe}");
+        repl.WaitFor("saved 3 submissions");
+        var text = File.ReadAllText(recipe);
+        Assert.DoesNotContain("broken", text);
+
+        // Runnable: a fresh REPL loads it, and `virtlab run` runs it.
+        using var again = new ReplProcess();
+        again.Send($"#load {recipe}");
+        again.WaitFor("^answer=42$");
+        again.Send("y + 1");
+        again.WaitFor("^7$");
+
+        var psi = new ProcessStartInfo("dotnet", [ReplProcess.VirtlabDll, "run", recipe]) { RedirectStandardOutput = true, RedirectStandardError = true };
+        using var run = Process.Start(psi)!;
+        var stdout = run.StandardOutput.ReadToEndAsync();
+        var stderr = run.StandardError.ReadToEndAsync();
+        Assert.True(run.WaitForExit(ReplProcess.Timeout));
+        Assert.True(run.ExitCode == 0, $"virtlab run exited {run.ExitCode}\n{stdout.Result}\n{stderr.Result}\n--- recipe ---\n{text}");
+        Assert.Contains("answer=42", stdout.Result);
+    }
+
+    [Fact]
+    public void History_is_persisted_under_HOME()
+    {
+        using var repl = new ReplProcess();
+        repl.Send("var remembered = 1;");
+        repl.Send("int Twice(int v)");
+        repl.Send("    => 2 * v;");
+        repl.Send("#exit");
+        repl.WaitForExit();
+        var history = File.ReadAllText(Path.Combine(repl.Home, ".virtlab", "history"));
+        Assert.Contains("var remembered = 1;\n", history);
+        Assert.Contains(@"int Twice(int v)\n    => 2 * v;", history); // one entry per submission
+    }
+
+    [Fact]
+    public async Task Completion_comes_from_the_host()
+    {
+        using var host = await HostClient.StartAsync([], ReplProcess.VirtlabDll);
+        var submit = await host.SendAsync(new Request { Kind = RequestKind.Submit, Code = "var sb = new System.Text.StringBuilder();" });
+        Assert.Equal(SubmitStatus.Ok, submit.Status);
+
+        var members = await host.SendAsync(new Request { Kind = RequestKind.Complete, Code = "sb.App", Position = 6 });
+        Assert.Contains(members.Completions!, c => c.Text == "Append");
+        Assert.Equal(3, members.ReplaceStart);
+
+        var globals = await host.SendAsync(new Request { Kind = RequestKind.Complete, Code = "Ex", Position = 2 });
+        Assert.Contains(globals.Completions!, c => c.Text == "Expect");
+        await host.ShutdownAsync();
+    }
+
+    [Fact]
+    public void Hot_swap_loads_the_new_build_and_replays_the_session()
+    {
+        var root = Directory.CreateTempSubdirectory("virtlab-repl-plugins-").FullName;
+        try
+        {
+            var dir = TestPlugin.Build(root, "1.0.0", "hello");
+            using var repl = new ReplProcess("--plugins", dir);
+            repl.Send("var who = \"world\";");
+            repl.Send("Greeter.Hello(who)");
+            repl.WaitFor("^hello world$");
+
+            TestPlugin.Build(root, "2.0.0", "bonjour");
+            repl.WaitFor($"reloaded {TestPlugin.Name} 1.0.0 → 2.0.0; replayed 2 submissions in \\d+ ms");
+            repl.Send("Greeter.Hello(who) + \" v\" + Greeter.Version");
+            repl.WaitFor("^bonjour world v2$");
+            Assert.Equal(1, repl.Count("hello world")); // the replay did not print again
+        }
+        finally { Directory.Delete(root, recursive: true); }
+    }
+
+    [Fact]
+    public async Task Completion_offers_plugin_globals_and_their_members()
+    {
+        var root = Directory.CreateTempSubdirectory("virtlab-repl-plugins-").FullName;
+        try
+        {
+            var dir = TestPlugin.Build(root, "1.0.0", "hello");
+            using var host = await HostClient.StartAsync([dir], ReplProcess.VirtlabDll);
+            var info = await host.SendAsync(new Request { Kind = RequestKind.PluginsInfo });
+            Assert.Contains(info.Plugins!, p => p.Name == TestPlugin.Name && p.Status == "Loaded" && p.Version == "1.0.0");
+            var global = await host.SendAsync(new Request { Kind = RequestKind.Complete, Code = "Gree", Position = 4 });
+            Assert.Contains(global.Completions!, c => c.Text == "Greeter");
+            var members = await host.SendAsync(new Request { Kind = RequestKind.Complete, Code = "Greeter.", Position = 8 });
+            Assert.Contains(members.Completions!, c => c.Text == "Hello");
+            await host.ShutdownAsync();
+        }
+        finally { Directory.Delete(root, recursive: true); }
+    }
+
+    [Fact]
+    public void Ctrl_C_stops_a_runaway_loop_and_keeps_earlier_variables()
+    {
+        using var repl = new ReplProcess();
+        repl.Send("var before = 7;");
+        repl.Send("Console.WriteLine(\"spinning\"); while (true) { }");
+        repl.WaitFor("^spinning$");
+        repl.Interrupt();
+        repl.WaitFor("did not stop within 1 s of Ctrl\\+C: host killed; replayed 1 submission in \\d+ ms");
+        repl.Send("before * 6");
+        repl.WaitFor("^42$");
+    }
+
+    [Fact]
+    public void Ctrl_C_cancels_cooperatively_through_the_Cancellation_token()
+    {
+        using var repl = new ReplProcess();
+        repl.Send("var kept = 3;");
+        repl.Send("Console.WriteLine(\"waiting\"); Cancellation.WaitHandle.WaitOne(); Cancellation.ThrowIfCancellationRequested();");
+        repl.WaitFor("^waiting$");
+        repl.Interrupt();
+        repl.WaitFor("^cancelled$", stderr: true);
+        repl.Send("kept + 1");
+        repl.WaitFor("^4$");
+        Assert.DoesNotContain("host killed", repl.Stdout);
+    }
+
+    [Fact]
+    public void Plugin_exception_and_native_crash_are_reported_and_the_REPL_survives()
+    {
+        var root = Directory.CreateTempSubdirectory("virtlab-repl-plugins-").FullName;
+        try
+        {
+            var dir = TestPlugin.Build(root, "1.0.0", "hello");
+            using var repl = new ReplProcess("--plugins", dir);
+            repl.Send("var survivor = 11;");
+            repl.Send("Greeter.Throw()");
+            repl.WaitFor("InvalidOperationException: plugin threw on purpose", stderr: true);
+            repl.Send("Greeter.Crash()");
+            repl.WaitFor(@"evaluation host died \(signal 6 SIGABRT\) during the evaluation; replayed 1 submission");
+            repl.Send("survivor + 31");
+            repl.WaitFor("^42$");
+        }
+        finally { Directory.Delete(root, recursive: true); }
+    }
+}
