@@ -32,6 +32,27 @@ public sealed class PluginHostTests
     }
 
     [Fact]
+    public void Each_plugin_gets_its_own_copy_of_a_private_dependency()
+    {
+        using var tmp = new TempDir();
+        foreach (var (name, value) in new[] { ("PA", 1), ("PB", 2) })
+        {
+            var dir = Path.Combine(tmp.Path, name);
+            Directory.CreateDirectory(dir);
+            var helper = Path.Combine(dir, "Helper.dll");
+            PluginCompiler.Compile(helper, "Helper", $"namespace Helper; public static class H {{ public static int Value => {value}; }}");
+            PluginCompiler.Compile(Path.Combine(dir, name + ".dll"), name,
+                PluginCompiler.Simple(name, name, create: "new Api()").Replace("public int Answer => 42;", "public int Answer => Helper.H.Value;"),
+                PluginCompiler.SdkPath, helper);
+        }
+        var set = Load(tmp.Path);
+        Assert.All(set.All, p => Assert.True(p.IsLoaded, p.Error));
+        var s = new InteractiveSession(set, new RecipeContext());
+        Assert.Equal(12, s.Submit("PA.Answer * 10 + PB.Answer").Value);
+        Assert.DoesNotContain(System.Runtime.Loader.AssemblyLoadContext.Default.Assemblies, a => a.GetName().Name == "Helper");
+    }
+
+    [Fact]
     public void Every_load_error_is_reported_and_the_others_still_load()
     {
         using var tmp = new TempDir();

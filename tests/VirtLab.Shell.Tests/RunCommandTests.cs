@@ -112,6 +112,26 @@ public sealed class RunCommandTests
     }
 
     [Fact]
+    public void Hash_r_references_work_compiled_and_cached_and_in_a_session()
+    {
+        using var tmp = new TempDir();
+        Directory.CreateDirectory(Path.Combine(tmp.Path, "lib"));
+        var lib = Path.Combine(tmp.Path, "lib", "Lib.dll");
+        PluginCompiler.Compile(lib, "Lib", "namespace Lib; public static class Util { public static int Seven() => 7; }");
+        var recipe = tmp.File("r.csx", "#r \"lib/Lib.dll\"\nResult(\"v\", Lib.Util.Seven());\n");
+        for (int i = 0; i < 2; i++)
+        {
+            var r = Virtlab.Run(null, tmp.Path, "run", recipe);
+            Assert.True(r.ExitCode == 0, r.ToString());
+            Assert.Contains("v = 7", r.Stdout);
+        }
+        var s = new VirtLab.Shell.Scripting.InteractiveSession(VirtLab.Shell.PluginHost.PluginSet.Empty, new VirtLab.Sdk.Measure.RecipeContext(), tmp.Path);
+        var hr = s.Submit("#r \"lib/Lib.dll\"");
+        Assert.True(hr.Succeeded, string.Join("\n", hr.Diagnostics) + hr.Exception);
+        Assert.Equal(7, s.Submit("Lib.Util.Seven()").Value);
+    }
+
+    [Fact]
     public void Test_command_prints_one_line_per_recipe_and_the_summary()
     {
         using var tmp = new TempDir();

@@ -294,7 +294,11 @@ public sealed class DirtyBitmap : IEquatable<DirtyBitmap>
                 if (x != Vector256<ulong>.Zero) break;
             }
             for (; i + 4 <= n; i += 4)
-                if ((Vector256.LoadUnsafe(ref r, (nuint)i) ^ v) != Vector256<ulong>.Zero) break;
+            {
+                // one bit per lane that equals value; the first clear bit is the word we want
+                var same = Vector256.Equals(Vector256.LoadUnsafe(ref r, (nuint)i), v).ExtractMostSignificantBits();
+                if (same != 0b1111) return i + BitOperations.TrailingZeroCount(~same);
+            }
         }
         for (; i < n; i++)
             if (Unsafe.Add(ref r, i) != value) return i;

@@ -87,7 +87,7 @@ public sealed unsafe class GuestMemory
     public void Populate(ulong gpa, long length, bool write = true)
     {
         Resolve(gpa, length, out var slot);
-        CheckAligned(slot, gpa, length, "populate", pageSize: 4096);
+        CheckAligned(slot, gpa, length, "populate");
         if (length > 0) slot.Mapping.Populate((long)(gpa - slot.Gpa), length, write);
     }
 

@@ -21,6 +21,7 @@ public abstract class Vm : IDisposable, IDisplayable
     readonly CancellationTokenSource disposeCts = new();
     int disposed;
     int running;
+    int runThread; // managed thread id of the caller of Run, while it runs
 
     private protected Vm(VmOptions options)
     {
@@ -61,21 +62,19 @@ public abstract class Vm : IDisposable, IDisplayable
         }
     }
 
-    /// <summary>Whether <see cref="Backend.Kvm"/> works here, and if not why.</summary>
+    /// <summary>Whether <see cref="Backend.Kvm"/> works here, and if not why. Setting the environment variable
+    /// <c>VIRTLAB_DISABLE_KVM=1</c> makes it unusable (Auto then picks the simulator; KVM tests skip).</summary>
     public static bool IsKvmUsable(out string reason)
     {
-        if (!KvmBackend.IsUsable(out reason)) return false;
-        if (KvmFactory is null) { reason = "the KVM backend's Vm factory (KvmBackend.Create) is not built into this SDK yet"; return false; }
-        return true;
+        if (Environment.GetEnvironmentVariable("VIRTLAB_DISABLE_KVM") is { Length: > 0 } v && v != "0")
+        {
+            reason = "disabled by VIRTLAB_DISABLE_KVM";
+            return false;
+        }
+        return KvmBackend.IsUsable(out reason);
     }
 
-    // TEMPORARY bridge until KvmBackend.Create(VmOptions) lands: then call it directly and drop the reflection.
-    static readonly Func<VmOptions, Vm>? KvmFactory =
-        typeof(KvmBackend).GetMethod("Create", System.Reflection.BindingFlags.Static | System.Reflection.BindingFlags.Public | System.Reflection.BindingFlags.NonPublic,
-            [typeof(VmOptions)]) is { } m && m.ReturnType == typeof(Vm) ? m.CreateDelegate<Func<VmOptions, Vm>>() : null;
-
-    static Vm CreateKvm(VmOptions options) => KvmFactory is { } f ? f(options)
-        : throw new PlatformNotSupportedException("the KVM backend's Vm factory (KvmBackend.Create) is not built into this SDK yet; use Backend.Sim");
+    static Vm CreateKvm(VmOptions options) => KvmBackend.Create(options);
 
     /// <summary>Slot 0's size when <see cref="VmOptions.SystemMemory"/> is not given: 4 MiB + 64 KiB per vCPU, in 2 MiB units.</summary>
     public static Size DefaultSystemMemory(int vcpus) => new(VmOptions.AlignUp((4L << 20) + vcpus * (64L << 10), 2L << 20));
@@ -84,11 +83,13 @@ public abstract class Vm : IDisposable, IDisplayable
     /// Adds system slot 0 at gpa 0 and test slot 1 where the selftests put it (or at <see cref="VmOptions.TestSlotGpa"/>).
     /// Backends call this once their VM exists (and before creating vCPUs if they must).
     /// </summary>
-    private protected void CreateDefaultSlots(int? guestPhysBits = null)
+    /// <param name="guestPhysBits">The backend's guest physical address width, when it knows better than the host CPU.</param>
+    /// <param name="systemMemory">The backend's slot 0 size when <see cref="VmOptions.SystemMemory"/> is not set.</param>
+    private protected void CreateDefaultSlots(int? guestPhysBits = null, Size? systemMemory = null)
     {
         if (guestPhysBits is { } bits) GuestPhysBits = bits;
         var o = Options;
-        var sys = o.SystemMemory ?? DefaultSystemMemory(o.Vcpus);
+        var sys = o.SystemMemory ?? systemMemory ?? DefaultSystemMemory(o.Vcpus);
         AddSlotCore(0, sys.Bytes, Backing.Anonymous, 0, false);
         var gpa = o.TestSlotGpa ?? DefaultTestSlotGpa(o.Memory.Bytes, o.Backing, (ulong)sys.Bytes);
         AddSlotCore(1, o.Memory.Bytes, o.Backing, gpa, o.LogDirtyPages);
@@ -452,8 +453,8 @@ public abstract class Vm : IDisposable, IDisplayable
             gpa = s.Gpa;
             length = w.Length ?? s.Size.Bytes;
         }
-        if (length <= 0 || length % w.Stride != 0)
-            throw new ArgumentException($"workload range length {length} must be a positive multiple of the stride {w.Stride}", nameof(workload));
+        if (length < w.Stride)
+            throw new ArgumentException($"workload range length {length} must hold at least one stride of {w.Stride} bytes", nameof(workload));
         var covered = new List<MemSlot>();
         for (ulong at = gpa; at < gpa + (ulong)length;)
         {
@@ -467,8 +468,9 @@ public abstract class Vm : IDisposable, IDisplayable
 
     /// <summary>
     /// Runs <paramref name="workload"/> on all vCPUs and waits for it. With <see cref="Workload.SyncEachPass"/>,
-    /// <paramref name="afterPass"/> runs on this thread after each pass while every vCPU waits at the sync point
-    /// (e.g. to get/clear the dirty log between dirty_log_perf_test iterations).
+    /// <paramref name="afterPass"/>(pass) runs on this thread after each pass while every vCPU waits at the sync point
+    /// (e.g. to get/clear the dirty log between dirty_log_perf_test iterations); without it there is no sync point
+    /// and <paramref name="afterPass"/> is not called. Only one workload runs on a VM at a time.
     /// </summary>
     public WorkloadResult Run(Workload workload, Action<int>? afterPass = null, CancellationToken cancellation = default)
     {
@@ -477,11 +479,13 @@ public abstract class Vm : IDisposable, IDisplayable
             throw new InvalidOperationException("a workload is already running on this VM; wait for it (or cancel it) first");
         try
         {
+            runThread = Environment.CurrentManagedThreadId;
             using var linked = CancellationTokenSource.CreateLinkedTokenSource(cancellation, disposeCts.Token);
             return RunCore(plan, afterPass, linked.Token);
         }
         finally
         {
+            runThread = 0;
             Volatile.Write(ref running, 0);
         }
     }
@@ -532,9 +536,12 @@ public abstract class Vm : IDisposable, IDisplayable
     {
         if (Interlocked.Exchange(ref disposed, 1) != 0) return;
         disposeCts.Cancel();
+        // Wait for a running workload to notice — unless Dispose comes from its own afterPass callback,
+        // where the vCPUs are parked at the sync point and the run cannot end before we return.
         var spin = new SpinWait();
         var deadline = Environment.TickCount64 + 10_000;
-        while (Volatile.Read(ref running) != 0 && Environment.TickCount64 < deadline) spin.SpinOnce();
+        while (Volatile.Read(ref running) != 0 && runThread != Environment.CurrentManagedThreadId && Environment.TickCount64 < deadline)
+            spin.SpinOnce();
         try
         {
             DisposeCore();

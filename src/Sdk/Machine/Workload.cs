@@ -66,8 +66,8 @@ public enum PageTableStage
 }
 
 /// <summary>
-/// Declarative guest work, run by <see cref="Vm.Run"/> on either backend. The range is divided into strides of
-/// <see cref="Stride"/> bytes; in each stride a vCPU makes the <see cref="Accesses"/> (by default one 8-byte access at
+/// Declarative guest work, run by <see cref="Vm.Run"/> on either backend. The range is divided into whole strides of
+/// <see cref="Stride"/> bytes (a partial stride at its end is not visited); in each stride a vCPU makes the <see cref="Accesses"/> (by default one 8-byte access at
 /// <see cref="Offset"/>). Reads load 8 bytes; writes store <see cref="WriteValue"/>.
 /// Randomness (order, write mix) comes from one Park–Miller generator per vCPU seeded with <c>Seed + vcpu</c>
 /// (the selftests' <c>guest_random_u32</c>), kept across passes; see <see cref="WorkloadCursor"/> for the exact rules.
@@ -113,7 +113,7 @@ public sealed record Workload
     public string? Name { get; init; }
 
     /// <summary>The accesses actually made per stride.</summary>
-    public ImmutableArray<StrideAccess> EffectiveAccesses => Accesses.IsDefaultOrEmpty ? [new StrideAccess()] : Accesses;
+    public ImmutableArray<StrideAccess> EffectiveAccesses => Accesses.IsDefaultOrEmpty ? [new StrideAccess(Offset: 0)] : Accesses;
 
     // ---- factories ------------------------------------------------------------------------------
 
@@ -185,7 +185,7 @@ public sealed record Workload
     {
         var what = Name ?? "workload";
         var range = Gpa is { } g ? $"[0x{g:x}, +{new Measure.Size(Length ?? 0)})" : $"slot {Slot}";
-        return $"{what}: {range}, stride {new Measure.Size(Stride)}+{Offset}, {Accesses.Length switch { 0 => 1, var n => n }} access kind(s), " +
+        return $"{what}: {range}, stride {new Measure.Size(Stride)}+{Offset}, {EffectiveAccesses.Length} access kind(s), " +
                $"{(Roles == VcpuRoles.EvenWriteOddRead ? "even write/odd read" : $"{WritePercent}% writes")}, {Order}, {Sharing}, {Passes} pass(es)";
     }
 }

@@ -33,6 +33,10 @@ public static class EvaluationHost
             Console.Error.WriteLine($"virtlab --host: cannot connect to {socketPath}: {e.Message}");
             return 3;
         }
+        // Bind the shell's consoles to the real stdout/stderr now: a quiet replay swaps Console.Out for a null
+        // writer, and they must not pick that one up if first used then.
+        _ = Consoles.Out;
+        _ = Consoles.Error;
         using var stream = new NetworkStream(socket, ownsSocket: true);
         var host = new Host(stream, options);
         return host.Run();
@@ -40,6 +44,8 @@ public static class EvaluationHost
 
     private sealed class Host(NetworkStream stream, HostOptions options)
     {
+        // VIRTLAB_HOST_TRACE=1: one stderr line per request with its duration (for measuring, not for users).
+        private static readonly bool Trace = Environment.GetEnvironmentVariable("VIRTLAB_HOST_TRACE") == "1";
         private readonly SemaphoreSlim _writeLock = new(1, 1);
         private readonly BlockingCollection<Request> _work = new();
         private volatile CancellationTokenSource? _running;
@@ -92,7 +98,9 @@ public static class EvaluationHost
 
         private void WorkLoop()
         {
+            var t0 = Stopwatch.StartNew();
             WarmUp();
+            if (Trace) Console.Error.WriteLine($"[host {Environment.ProcessId}] warm-up {t0.ElapsedMilliseconds} ms (process age {(DateTime.Now - Process.GetCurrentProcess().StartTime).TotalMilliseconds:0} ms)");
             foreach (var request in _work.GetConsumingEnumerable())
             {
                 Reply reply;
@@ -110,20 +118,24 @@ public static class EvaluationHost
                 catch (Exception e) { reply = new Reply { Ok = false, Status = SubmitStatus.RuntimeError, Error = $"host error: {e}" }; }
                 reply.Id = request.Id;
                 reply.Milliseconds = sw.Elapsed.TotalMilliseconds;
+                if (Trace) Console.Error.WriteLine($"[host {Environment.ProcessId}] {request.Kind} {(request.Quiet ? "(quiet) " : "")}{reply.Milliseconds:0} ms");
                 Console.Out.Flush(); // the script's output reaches the terminal before the front end's next prompt
                 Console.Error.Flush();
                 Send(reply).GetAwaiter().GetResult();
             }
         }
 
-        /// <summary>JIT Roslyn's compile and bind paths with a plugin-free throwaway session.</summary>
-        private static void WarmUp()
+        /// <summary>
+        /// JITs Roslyn's compile/emit/run path with a plugin-free throwaway session, and its completion path
+        /// too unless a request is already waiting (the first host of a REPL: its first result comes sooner).
+        /// </summary>
+        private void WarmUp()
         {
             try
             {
                 var warm = new InteractiveSession(PluginSet.Empty, new RecipeContext());
                 warm.Submit("var __warm = 1 + 1; __warm");
-                warm.WarmUp();
+                if (_work.Count == 0) warm.WarmUp();
             }
             catch (Exception e) { Console.Error.WriteLine($"virtlab host: warm-up failed: {e.Message}"); }
         }

@@ -110,7 +110,12 @@ internal sealed class TerminalLineSource : ILineSource
         _input.Inject(new ConsoleKeyInfo('\0', ConsoleKey.F24, false, false, false));
     }
 
-    public void AddHistory(string entry) { } // RadLine adds what it read itself; the file is written by Repl
+    // RadLine records each line it reads; a multi-line submission is added whole as well, so that Up
+    // brings it back in one piece. (The history file is written by Repl.)
+    public void AddHistory(string entry)
+    {
+        if (entry.Contains('\n')) _editor.History.Add(entry);
+    }
 
     public void Dispose() { }
 

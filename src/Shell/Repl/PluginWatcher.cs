@@ -47,6 +47,9 @@ internal sealed class PluginWatcher : IDisposable
         }
     }
 
+    /// <summary>A change was seen and its report is still being held back (debounce).</summary>
+    public bool HasPending { get { lock (_lock) return _pending.Count > 0; } }
+
     private void OnEvent(object sender, FileSystemEventArgs e)
     {
         // Only what a rebuild of the plugin replaces; a .pdb alone or an editor's temp file is no new build.

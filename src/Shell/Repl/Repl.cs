@@ -24,10 +24,12 @@ internal sealed class Repl : IDisposable
     private readonly HashSet<string> _declared = new(StringComparer.Ordinal);
     private readonly SemaphoreSlim _hostLock = new(1, 1);  // one user of the host at a time: evaluation, swap, restart
     private readonly bool _color;
+    private readonly CancellationTokenSource _leaving = new(); // ends a standby still starting when the REPL exits
 
     private HostClient? _host;
     private Task<HostClient>? _standby;
     private List<PluginEntry> _plugins = [];
+    private volatile bool _swapPending;
 
     // Ctrl+C routing: set while evaluating / while at the prompt.
     private volatile TaskCompletionSource? _interrupt;
@@ -42,7 +44,11 @@ internal sealed class Repl : IDisposable
             ? new TerminalLineSource(_highlighter, completion, _history.Entries)
             : new PipedLineSource();
         _color = _lines.IsInteractive;
-        _watcher = new PluginWatcher(dirs => _ = Task.Run(() => HotSwap(dirs)));
+        _watcher = new PluginWatcher(dirs =>
+        {
+            _swapPending = true;
+            _ = Task.Run(() => HotSwap(dirs));
+        });
     }
 
     public async Task<int> RunAsync()
@@ -76,13 +82,15 @@ internal sealed class Repl : IDisposable
                 if (status == LineStatus.Interrupted)
                 {
                     // Ctrl+C at the prompt clears the line; twice in a row on an empty line leaves.
-                    if (text.Length == 0 && ++emptyInterrupts >= 2) break;
-                    if (text.Length == 0 && _lines.IsInteractive) AnsiConsole.MarkupLine("[grey](Ctrl+C again, Ctrl+D or #exit to leave)[/]");
+                    if (text.Length > 0) { emptyInterrupts = 0; continue; }
+                    if (++emptyInterrupts >= 2) break;
+                    if (_lines.IsInteractive) AnsiConsole.MarkupLine("[grey](Ctrl+C again, Ctrl+D or #exit to leave)[/]");
                     continue;
                 }
                 emptyInterrupts = 0;
                 if (string.IsNullOrWhiteSpace(text)) continue;
                 _history.Append(text);
+                _lines.AddHistory(text);
                 if (MetaCommands.IsMeta(text))
                 {
                     if (!await Meta(text)) break;
@@ -95,12 +103,14 @@ internal sealed class Repl : IDisposable
         finally
         {
             _watcher.Dispose();
+            _leaving.Cancel();
             await _hostLock.WaitAsync(); // no swap or restart from here on
             var (host, standby) = (_host, _standby);
             (_host, _standby) = (null, null);
             var shutdowns = new List<Task>();
             if (host is not null) shutdowns.Add(host.ShutdownAsync());
-            if (standby is not null) shutdowns.Add(standby.ContinueWith(t => { if (t.IsCompletedSuccessfully) return t.Result.ShutdownAsync(); return Task.CompletedTask; }).Unwrap());
+            if (standby is { IsCompletedSuccessfully: true }) shutdowns.Add(standby.Result.ShutdownAsync());
+            else if (standby is not null) shutdowns.Add(standby.ContinueWith(_ => { }, TaskScheduler.Default)); // cancelled: killed
             await Task.WhenAll(shutdowns);
         }
     }
@@ -249,7 +259,7 @@ internal sealed class Repl : IDisposable
         var s = _standby;
         if (s is not null && (!s.IsCompleted || s.IsCompletedSuccessfully && s.Result.IsAlive)) return;
         if (s is { IsCompletedSuccessfully: true }) s.Result.Dispose();
-        _standby = HostClient.StartAsync(_options.PluginDirectories);
+        _standby = HostClient.StartAsync(_options.PluginDirectories, ct: _leaving.Token);
     }
 
     private async Task<HostClient> TakeStandby()
@@ -322,6 +332,9 @@ internal sealed class Repl : IDisposable
             : $"{what} ({sw.ElapsedMilliseconds} ms)";
         if (failed.Count > 0) line += $"; {failed.Count} dropped: {string.Join("; ", failed)}";
         _lines.Notice(_color ? $"\u001b[36m↻ {line}\u001b[0m" : "↻ " + line);
+        // The old host's buffers are garbage now and the REPL is about to idle: give the memory back, so the
+        // front end's footprint stays what it really holds however many swaps happen.
+        GC.Collect(GC.MaxGeneration, GCCollectionMode.Aggressive, blocking: true, compacting: true);
         EnsureStandby();
     }
 
@@ -340,6 +353,8 @@ internal sealed class Repl : IDisposable
             try
             {
                 if (!ReferenceEquals(_host, host)) return; // replaced on purpose, or the REPL is leaving
+                // A rebuild can pull the old plugin file from under the host (SIGBUS); the swap on its way replaces it.
+                if (_swapPending || _watcher.HasPending) return;
                 await Restart($"evaluation host died ({await host.ExitDescriptionAsync()})");
             }
             finally { _hostLock.Release(); }
@@ -351,6 +366,7 @@ internal sealed class Repl : IDisposable
         await _hostLock.WaitAsync();
         try
         {
+            _swapPending = false;
             await Restart("hot swap", (before, after) =>
             {
                 var changed = after.Where(p => changedDirs.Contains(Path.GetDirectoryName(p.Path)!)).ToList();
@@ -454,5 +470,6 @@ internal sealed class Repl : IDisposable
     {
         _lines.Dispose();
         _hostLock.Dispose();
+        _leaving.Dispose();
     }
 }

@@ -11,7 +11,10 @@
 //       public PluginSet Plugins { get; }
 //       public RecipeGlobals Globals { get; }
 //       public IReadOnlyList<ScriptDiagnostic> PreambleDiagnostics { get; }  // empty unless the plugin preamble failed
+//       public void WarmUp();                                  // binds a throwaway completion: first Tab is warm
+//       public bool IsScriptAssembly(Assembly a);              // for trimming stack traces
 //   }
+//   Complete and Submissions do not wait for a running Submit (safe from another thread).
 //   public sealed record SubmissionResult(bool Compiled, IReadOnlyList<ScriptDiagnostic> Diagnostics,
 //       bool HasValue, object? Value, Exception? Exception, TimeSpan CompileTime, TimeSpan RunTime)
 //       { bool Succeeded => Compiled && Exception is null; }
@@ -55,7 +58,7 @@ public sealed class InteractiveSession
     private readonly ScriptCompiler _compiler;
     private readonly SubmissionExecutor _executor;
     private readonly string _sessionId = Guid.NewGuid().ToString("N")[..12];
-    private readonly List<string> _submissions = [];
+    private string[] _submissions = []; // replaced, never mutated: readers need no lock
     private readonly object _gate = new();
     private CSharpCompilation? _previous;
     private int _counter;
@@ -88,7 +91,7 @@ public sealed class InteractiveSession
     internal ScriptCompletion Completer { get; }
 
     /// <summary>The successful submissions in order (the plugin preamble excluded).</summary>
-    public IReadOnlyList<string> Submissions { get { lock (_gate) return _submissions.ToArray(); } }
+    public IReadOnlyList<string> Submissions => Volatile.Read(ref _submissions);
 
     public static bool IsCompleteSubmission(string code) => SyntaxFactory.IsCompleteSubmission(ScriptCompiler.Parse(code));
 
@@ -119,6 +122,9 @@ public sealed class InteractiveSession
 
             sw.Restart();
             object? value = null;
+            // Assemblies named by #r load on first use from where the compiler found them.
+            foreach (var r in compilation.DirectiveReferences.OfType<PortableExecutableReference>())
+                if (r.FilePath is { } path) _executor.Context.AddReferencePath(path);
             try
             {
                 if (sub.TypeName is not null)
@@ -128,17 +134,16 @@ public sealed class InteractiveSession
             {
                 return new SubmissionResult(true, diags, false, null, e, compileTime, sw.Elapsed);
             }
-            _previous = compilation;
-            _submissions.Add(code);
+            Volatile.Write(ref _previous, compilation);
+            Volatile.Write(ref _submissions, [.. _submissions, code]);
             return new SubmissionResult(true, diags, hasValue, hasValue ? value : null, null, compileTime, sw.Elapsed);
         }
     }
 
     public IReadOnlyList<Completion> Complete(string code, int caret)
     {
-        CSharpCompilation? previous;
-        lock (_gate) previous = _previous;
-        return Completer.Complete(code, caret, previous, NextCompletionName());
+        // No lock: completion must answer while a submission runs (Submit holds _gate for the whole run).
+        return Completer.Complete(code, caret, Volatile.Read(ref _previous), NextCompletionName());
     }
 
     /// <summary>Binds a throwaway submission so the first real completion or submission is warm.</summary>

@@ -27,7 +27,7 @@ public static class RecipeBuilder
         var compilation = compiler.CreateSubmission($"virtlab-recipe-{keyForNames}-1", tree, preamble);
         var (main, diags) = compiler.Emit(compilation);
         if (main is null) return (null, diags);
-        submissions.Add(new(main.TypeName, main.Image, null));
+        if (main.TypeName is not null) submissions.Add(new(main.TypeName, main.Image, null)); // else: nothing to run
 
         var sources = compilation.SyntaxTrees.Select(t => t.FilePath).Where(p => p.Length > 0).Distinct()
             .Select(p => new CompiledRecipe.FileHash(p, RecipeCache.Hash(p))).ToList();

@@ -82,15 +82,15 @@ public sealed class RecipeCache(string root)
         catch (UnauthorizedAccessException) { return null; }
     }
 
-    /// <summary>Stores an entry atomically (written beside, then renamed); a concurrent writer of the same key wins harmlessly.</summary>
+    /// <summary>Stores an entry atomically (written beside, then renamed). Failing to store (unwritable cache, a
+    /// concurrent writer of the same key) is not an error: running the recipe is what matters.</summary>
     public void Store(string key, CompiledRecipe recipe)
     {
-        Directory.CreateDirectory(Root);
         var final = Path.Combine(Root, key);
         var tmp = Path.Combine(Root, $".{key}.{Environment.ProcessId}.{Guid.NewGuid():N}");
-        Directory.CreateDirectory(tmp);
         try
         {
+            Directory.CreateDirectory(tmp);
             var sb = new StringBuilder(FormatVersion).Append('\n');
             foreach (var s in recipe.Sources) sb.Append("source\t").Append(s.Sha256).Append('\t').Append(s.Path).Append('\n');
             foreach (var r in recipe.References) sb.Append("ref\t").Append(r.Sha256).Append('\t').Append(r.Path).Append('\n');
@@ -102,18 +102,32 @@ public sealed class RecipeCache(string root)
             }
             sb.Append("end\n");
             File.WriteAllText(Path.Combine(tmp, Manifest), sb.ToString());
-            if (Directory.Exists(final)) Directory.Delete(final, recursive: true); // stale: a #load file changed
+            if (Directory.Exists(final))
+            {
+                if (TryGet(key) is not null) return; // another process stored a valid entry meanwhile
+                Directory.Delete(final, recursive: true); // stale: a #load-ed file changed
+            }
             Directory.Move(tmp, final);
+            Prune();
         }
-        catch (IOException)
-        {
-            // Another process stored the same key meanwhile, or the cache is unwritable: running is what matters.
-        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException) { }
         finally
         {
-            if (Directory.Exists(tmp)) try { Directory.Delete(tmp, recursive: true); } catch (IOException) { }
+            try { if (Directory.Exists(tmp)) Directory.Delete(tmp, recursive: true); }
+            catch (Exception e) when (e is IOException or UnauthorizedAccessException) { }
         }
     }
+
+    /// <summary>Keeps the cache bounded: past <see cref="MaxEntries"/> entries the least recently written go.</summary>
+    private void Prune()
+    {
+        var entries = new DirectoryInfo(Root).GetDirectories().Where(d => !d.Name.StartsWith('.')).ToList();
+        if (entries.Count <= MaxEntries) return;
+        foreach (var d in entries.OrderBy(d => d.LastWriteTimeUtc).Take(entries.Count - MaxEntries * 3 / 4))
+            try { d.Delete(recursive: true); } catch (IOException) { }
+    }
+
+    public const int MaxEntries = 256;
 
     public static string Hash(string path)
     {

@@ -75,9 +75,13 @@ public sealed class ScriptCompiler
         using var pe = new MemoryStream();
         var result = compilation.Emit(pe, options: EmitOpts, cancellationToken: ct);
         var diags = Format(result.Diagnostics);
+        // A submission with nothing to run (only usings or #r) "fails" to emit without a single error: it still
+        // chains, so its usings and references apply to the next one.
+        if (!result.Success && !result.Diagnostics.Any(d => d.Severity == DiagnosticSeverity.Error))
+            return (new EmittedSubmission(compilation.AssemblyName!, null, []), diags);
         if (!result.Success) return (null, diags);
-        var entry = compilation.GetEntryPoint(ct);
-        return (new EmittedSubmission(compilation.AssemblyName!, entry?.ContainingType.MetadataName, pe.ToArray()), diags);
+        var entry = compilation.GetEntryPoint(ct)!;
+        return (new EmittedSubmission(compilation.AssemblyName!, entry.ContainingType.MetadataName, pe.ToArray()), diags);
     }
 
     public static IReadOnlyList<ScriptDiagnostic> Format(IEnumerable<Diagnostic> diagnostics) =>

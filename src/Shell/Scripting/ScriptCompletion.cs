@@ -44,24 +44,16 @@ internal sealed class ScriptCompletion(ScriptCompiler compiler)
         // Inside a comment or a string literal there is nothing to complete.
         var tree = ScriptCompiler.Parse(code);
         var root = tree.GetRoot();
-        var tokenAtCaret = root.FindToken(Math.Max(0, caret - 1));
-        if (InCommentOrString(root, tokenAtCaret, caret)) return [];
+        if (InCommentOrString(root, root.FindToken(Math.Max(0, caret - 1)), caret)) return [];
 
         var compilation = compiler.CreateSubmission(assemblyName, tree, previous);
         var model = compilation.GetSemanticModel(tree);
 
         int dot = start - 1;
         while (dot >= 0 && char.IsWhiteSpace(code[dot])) dot--;
-        IEnumerable<ISymbol> symbols;
+        // After a dot (not a range "..") members of what precedes it, else everything in scope.
         bool members = dot >= 0 && code[dot] == '.' && !(dot > 0 && code[dot - 1] == '.');
-        if (members)
-        {
-            symbols = MemberSymbols(model, root.FindToken(dot), start);
-        }
-        else
-        {
-            symbols = model.LookupSymbols(start);
-        }
+        var symbols = members ? MemberSymbols(model, root.FindToken(dot), start) : model.LookupSymbols(start);
 
         var items = new Dictionary<string, Completion>(StringComparer.Ordinal);
         foreach (var s in symbols)

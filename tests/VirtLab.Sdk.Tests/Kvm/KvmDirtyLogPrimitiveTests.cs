@@ -7,6 +7,7 @@ using static Iced.Intel.AssemblerRegisters;
 namespace VirtLab.Sdk.Tests.Kvm;
 
 /// <summary>The raw KVM dirty-log primitives, driven by guest writes, without the Machine layer.</summary>
+[Collection("KVM")]
 public unsafe class KvmDirtyLogPrimitiveTests
 {
     private const uint Slot = 1;

@@ -11,3 +11,7 @@ public sealed class KvmFactAttribute : FactAttribute
         if (!KvmBackend.IsUsable(out var reason)) Skip = "KVM not usable here: " + reason;
     }
 }
+
+/// <summary>KVM tests run alone: they count the process's fds and threads and time cancellations.</summary>
+[CollectionDefinition("KVM", DisableParallelization = true)]
+public sealed class KvmCollection;

@@ -6,6 +6,7 @@ using static Iced.Intel.AssemblerRegisters;
 
 namespace VirtLab.Sdk.Tests.Kvm;
 
+[Collection("KVM")]
 public class KvmHygieneTests(ITestOutputHelper output)
 {
     internal static int OpenFds() => Directory.GetFiles("/proc/self/fd").Length;

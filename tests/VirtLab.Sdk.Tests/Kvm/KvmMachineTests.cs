@@ -7,6 +7,7 @@ using static Iced.Intel.AssemblerRegisters;
 
 namespace VirtLab.Sdk.Tests.Kvm;
 
+[Collection("KVM")]
 public unsafe class KvmMachineTests
 {
     internal static byte[] Assemble(Action<Assembler> body, ulong rip = SystemLayout.CodeGpa)

@@ -1,3 +1,4 @@
+using Xunit;
 using System.Diagnostics;
 using VirtLab.Shell.Repl;
 
@@ -57,7 +58,7 @@ public sealed class ReplTests
     }
 
     [Fact]
-    public void Save_writes_a_recipe_that_runs()
+    public async Task Save_writes_a_recipe_that_runs()
     {
         using var repl = new ReplProcess();
         var recipe = Path.Combine(repl.Home, "session.csx");
@@ -82,9 +83,11 @@ public sealed class ReplTests
         using var run = Process.Start(psi)!;
         var stdout = run.StandardOutput.ReadToEndAsync();
         var stderr = run.StandardError.ReadToEndAsync();
-        Assert.True(run.WaitForExit(ReplProcess.Timeout));
-        Assert.True(run.ExitCode == 0, $"virtlab run exited {run.ExitCode}\n{stdout.Result}\n{stderr.Result}\n--- recipe ---\n{text}");
-        Assert.Contains("answer=42", stdout.Result);
+        using var cts = new CancellationTokenSource(ReplProcess.Timeout);
+        await run.WaitForExitAsync(cts.Token);
+        var (o, e) = (await stdout, await stderr);
+        Assert.True(run.ExitCode == 0, $"virtlab run exited {run.ExitCode}\n{o}\n{e}\n--- recipe ---\n{text}");
+        Assert.Contains("answer=42", o);
     }
 
     [Fact]
@@ -127,12 +130,12 @@ public sealed class ReplTests
             using var repl = new ReplProcess("--plugins", dir);
             repl.Send("var who = \"world\";");
             repl.Send("Greeter.Hello(who)");
-            repl.WaitFor("^hello world$");
+            repl.WaitFor("^\"hello world\"$"); // strings render quoted
 
             TestPlugin.Build(root, "2.0.0", "bonjour");
             repl.WaitFor($"reloaded {TestPlugin.Name} 1.0.0 → 2.0.0; replayed 2 submissions in \\d+ ms");
             repl.Send("Greeter.Hello(who) + \" v\" + Greeter.Version");
-            repl.WaitFor("^bonjour world v2$");
+            repl.WaitFor("^\"bonjour world v2\"$");
             Assert.Equal(1, repl.Count("hello world")); // the replay did not print again
         }
         finally { Directory.Delete(root, recursive: true); }

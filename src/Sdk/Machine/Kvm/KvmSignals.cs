@@ -30,9 +30,9 @@ internal static unsafe class KvmSignals
     private static void Install()
     {
         nint page = Libc.mmap(0, 4096, Libc.PROT_READ | Libc.PROT_WRITE, Libc.MAP_PRIVATE | Libc.MAP_ANONYMOUS, -1, 0);
-        if (page == Libc.MAP_FAILED) throw KvmException.Last("mmap(signal handler page)");
+        if (page == Libc.MAP_FAILED) throw LibcException.FromErrno(Libc.Errno, "mmap", "allocating the vCPU kick-signal handler page");
         *(byte*)page = 0xC3; // ret
-        if (LibcKvm.Mprotect(page, 4096, Libc.PROT_READ | Libc.PROT_EXEC) != 0) throw KvmException.Last("mprotect(signal handler page)");
+        if (LibcKvm.Mprotect(page, 4096, Libc.PROT_READ | Libc.PROT_EXEC) != 0) throw LibcException.FromErrno(Libc.Errno, "mprotect", "making the vCPU kick-signal handler executable");
         _handlerPage = page;
 
         // Take the first of SIGUSR1/SIGUSR2 that nobody in this process (the runtime, a host app) handles.
@@ -41,7 +41,7 @@ internal static unsafe class KvmSignals
             if (LibcKvm.SigactionQuery(sig, 0, out var old) != 0) continue;
             if (old.sa_handler != 0 && old.sa_handler != _handlerPage) continue; // SIG_DFL is 0
             var act = new LibcKvm.SigAction { sa_handler = _handlerPage, sa_flags = LibcKvm.SA_ONSTACK };
-            if (LibcKvm.Sigaction(sig, act, out _) != 0) throw KvmException.Last($"sigaction({sig})");
+            if (LibcKvm.Sigaction(sig, act, out _) != 0) throw LibcException.FromErrno(Libc.Errno, "sigaction", $"installing the vCPU kick handler for signal {sig}");
             _signal = sig;
             return;
         }

@@ -87,7 +87,7 @@ internal sealed unsafe class KvmVm : Vm
         var w = plan.Workload;
         Machine.PrepareLayout();
         KvmWorkloadCompiler.WriteRecords(plan, Machine);
-        var code = KvmWorkloadCompiler.Compile(plan);
+        var code = KvmWorkloadCompiler.Compile(plan, yieldForDirtyRing: Machine.DirtyRingBytes > 0);
         var recorder = new WorkloadRecorder(plan);
         var sync = new PassSync(plan.Vcpus);
         var passStart = new long[plan.Vcpus];
@@ -95,22 +95,32 @@ internal sealed unsafe class KvmVm : Vm
         Array.Fill(passStart, t0);
         long ringFullBefore = Machine.DirtyRingFullExits;
 
+        // Reads/writes per pass: from the guest's counters when it draws random decisions, else strides × per-stride ops.
+        (long Writes, long Reads) Counters(int v, int passesCovered)
+        {
+            var slice = plan.Slices[v];
+            if (KvmWorkloadCompiler.StaticCountsPerStride(plan, slice.Role) is { } per)
+                return (per.Writes * slice.Strides * passesCovered, per.Reads * slice.Strides * passesCovered);
+            var (gw, gr) = KvmWorkloadCompiler.ReadCounters(Machine, v);
+            return ((long)gw, (long)gr);
+        }
+
         var callbacks = new GuestCallbacks
         {
             OnSync = (v, pass, token) =>
             {
                 long now = Stopwatch.GetTimestamp();
-                var (writes, reads) = KvmWorkloadCompiler.ReadCounters(Machine, v);
-                recorder.VcpuPass(v, (int)pass, Stopwatch.GetElapsedTime(passStart[v], now), (long)reads, (long)writes);
+                var (writes, reads) = Counters(v, 1);
+                recorder.VcpuPass(v, (int)pass, Stopwatch.GetElapsedTime(passStart[v], now), reads, writes);
                 sync.Arrive((int)pass, token);
                 passStart[v] = sync.ReleasedAt((int)pass);
             },
             OnDone = v =>
             {
                 if (w.SyncEachPass) return;
-                // Passes ran back to back: the guest's counters are totals, attributed to the last pass.
-                var (writes, reads) = KvmWorkloadCompiler.ReadCounters(Machine, v);
-                recorder.VcpuPass(v, w.Passes - 1, Stopwatch.GetElapsedTime(t0), (long)reads, (long)writes);
+                // Passes ran back to back: totals, attributed to the last pass.
+                var (writes, reads) = Counters(v, w.Passes);
+                recorder.VcpuPass(v, w.Passes - 1, Stopwatch.GetElapsedTime(t0), reads, writes);
             },
         };
 
@@ -157,7 +167,8 @@ internal sealed unsafe class KvmVm : Vm
         grid.AddRow(base.ToRenderable());
         grid.AddRow(new Markup(Markup.Escape(
             $"KVM: VM fd {Machine.VmFd}, {Machine.VcpuCount} vCPU thread(s) per run, guest phys bits {Machine.GuestPhysBits}, " +
-            $"{(Machine.Use1GPages ? "1 GiB" : "2 MiB")} guest pages, user memory at gva = gpa − 0x{Machine.GvaDelta:x}")));
+            $"{(Machine.Use1GPages ? "1 GiB" : "2 MiB")} guest pages; guest-virtual windows: " +
+            string.Join(", ", Machine.GuestMappings.Select(m => $"gpa 0x{m.Gpa:x}..0x{m.End:x} at gva 0x{m.Gva:x}")))));
         return grid;
     }
 }
@@ -237,7 +248,7 @@ public static class KvmVmExtensions
 
     /// <summary>
     /// Run hand-written x86-64 on every vCPU (KVM only). The program starts in 64-bit mode at the code area of slot 0
-    /// with rdi = vCPU index and a 16 KiB stack; it talks to the host with `out dx, eax` on port 0x1000
+    /// with rdi = vCPU index and a 16 KiB stack (a ucall done is appended); it talks to the host with `out dx, eax` on port 0x1000
     /// (eax 0 done, 1 sync with rsi = pass, 2 assert with rsi = gpa of a NUL-terminated message, 3 print).
     /// <see cref="GuestVirtualAddress"/> gives the gva of a guest-physical address for loads and stores.
     /// </summary>
@@ -249,6 +260,8 @@ public static class KvmVmExtensions
         k.Machine.PrepareLayout();
         var a = new Assembler(64);
         program(a);
+        a.UcallDone(); // falling off the end of the user's program ends it cleanly
+        a.hlt();
         using var ms = new MemoryStream();
         a.Assemble(new StreamCodeWriter(ms), SystemLayout.CodeGpa);
         k.RunAssembly(ms.ToArray(), onSync, onPrint, cancellation);
@@ -266,20 +279,20 @@ public static class KvmVmExtensions
     public static void Ucall(this Assembler a, uint call)
     {
         a.mov(AssemblerRegisters.eax, call);
-        a.mov(AssemblerRegisters.edx, (uint)Kvm.Ucall.Port);
+        a.mov(AssemblerRegisters.edx, (uint)VirtLab.Sdk.Machine.Kvm.Ucall.Port);
         a.@out(AssemblerRegisters.dx, AssemblerRegisters.eax);
     }
 
     /// <summary>GUEST_SYNC(rsi) — set rsi first.</summary>
-    public static void UcallSync(this Assembler a) => a.Ucall(Kvm.Ucall.Sync);
+    public static void UcallSync(this Assembler a) => a.Ucall(VirtLab.Sdk.Machine.Kvm.Ucall.Sync);
 
-    public static void UcallDone(this Assembler a) => a.Ucall(Kvm.Ucall.Done);
+    public static void UcallDone(this Assembler a) => a.Ucall(VirtLab.Sdk.Machine.Kvm.Ucall.Done);
 
     /// <summary>GUEST_ASSERT failure with <paramref name="message"/> embedded after the call (rsi = its address).</summary>
-    public static void UcallAssert(this Assembler a, string message) => EmitWithString(a, Kvm.Ucall.Assert, message);
+    public static void UcallAssert(this Assembler a, string message) => EmitWithString(a, VirtLab.Sdk.Machine.Kvm.Ucall.Assert, message);
 
     /// <summary>Print <paramref name="message"/> on the host (rsi = its address).</summary>
-    public static void UcallPrint(this Assembler a, string message) => EmitWithString(a, Kvm.Ucall.Print, message);
+    public static void UcallPrint(this Assembler a, string message) => EmitWithString(a, VirtLab.Sdk.Machine.Kvm.Ucall.Print, message);
 
     private static void EmitWithString(Assembler a, uint call, string message)
     {
@@ -291,5 +304,6 @@ public static class KvmVmExtensions
         a.Label(ref text);
         a.db(System.Text.Encoding.UTF8.GetBytes(message + "\0"));
         a.Label(ref after);
+        a.nop(); // a label needs an instruction to bind to
     }
 }

@@ -274,6 +274,7 @@ internal sealed unsafe class SimVm : Vm
                 if (!sync && p > 0) break;
                 var t0 = System.Diagnostics.Stopwatch.GetTimestamp();
                 if (p > 0) done.Reset(vcpus);
+                token.ThrowIfCancellationRequested(); // e.g. disposed from afterPass: never release vCPUs into unmapped memory
                 foreach (var g in go) g.Release();
                 done.Wait(token);
                 if (!sync) break;

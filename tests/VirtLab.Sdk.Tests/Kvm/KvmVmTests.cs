@@ -1,0 +1,257 @@
+using System.Diagnostics;
+using VirtLab.Sdk.Machine;
+using VirtLab.Sdk.Machine.Kvm;
+using VirtLab.Sdk.Measure;
+using VirtLab.Sdk.Native;
+using Xunit;
+using Xunit.Abstractions;
+using static Iced.Intel.AssemblerRegisters;
+
+namespace VirtLab.Sdk.Tests.Kvm;
+
+/// <summary>The KVM backend through the public Vm API. Guest memory stays small: guest code is emulated here.</summary>
+[Collection("KVM")]
+public class KvmVmTests(ITestOutputHelper output)
+{
+    private static Vm NewVm(long memory = 2 << 20, int vcpus = 1, Backing backing = Backing.Anonymous, bool manual = false,
+        bool initiallySet = false, int ring = 0, bool log = false) =>
+        Vm.Create(new VmOptions(new Size(memory))
+        {
+            Vcpus = vcpus, Backing = backing, Backend = Backend.Kvm, ManualProtect = manual, InitiallySet = initiallySet,
+            DirtyRingBytes = ring, LogDirtyPages = log,
+        });
+
+    private static long[] Pages(DirtyBitmap b) => b.SetPages.ToArray();
+
+    [KvmFact]
+    public void Test_slot_sits_at_the_top_of_guest_physical_space_and_workload_writes_land_there()
+    {
+        using var vm = NewVm(vcpus: 2);
+        Assert.Equal(Backend.Kvm, vm.Backend);
+        Assert.True(vm.IsKvm());
+        Assert.True(vm.TestSlot.EndGpa > (1ul << 40), $"test slot at 0x{vm.TestSlot.Gpa:x}");
+        var r = vm.Run(Workload.Write() with { WriteValue = 0xfeedface });
+        Assert.Equal(512, r.Writes);
+        for (long p = 0; p < vm.TestSlot.Pages; p++)
+            Assert.Equal(0xfeedfaceul, vm.Memory.Read<ulong>(vm.TestSlot.Gpa + (ulong)p * 4096));
+    }
+
+    [KvmFact]
+    public void Random_mixed_workload_dirties_exactly_what_the_cursor_says()
+    {
+        using var vm = NewVm(vcpus: 2, log: true);
+        vm.TestSlot.GetDirtyLog();
+        foreach (var order in new[] { AccessOrder.Random, AccessOrder.Shuffled, AccessOrder.Sequential })
+        {
+            var w = Workload.DirtyLogPerf(writePercent: 30, seed: 7, iterations: 2) with { Order = order };
+            var plan = vm.Plan(w);
+            var r = vm.Run(w);
+            var expected = plan.ExpectedWrites()[1];
+            var got = vm.TestSlot.GetDirtyLog();
+            Assert.Equal(Pages(expected), Pages(got));
+            Assert.Equal(2, r.PassTimes.Count);
+            Assert.Equal(plan.AccessesPerPass(0) * 2 + plan.AccessesPerPass(1) * 2, r.Accesses);
+        }
+    }
+
+    [KvmFact]
+    public void After_pass_callback_runs_while_vcpus_wait_and_sees_each_pass_dirty_set()
+    {
+        using var vm = NewVm(vcpus: 2, log: true, manual: true);
+        var seen = new List<long>();
+        var r = vm.Run(Workload.DirtyLogPerf(iterations: 3), pass =>
+        {
+            var log = vm.TestSlot.GetDirtyLog();
+            seen.Add(log.Count);
+            vm.TestSlot.ClearDirtyLog(log);
+        });
+        Assert.Equal(new long[] { 512, 512, 512 }, seen);
+        Assert.Equal(3, r.PassTimes.Count);
+        output.WriteLine(r.ToString());
+    }
+
+    [KvmFact]
+    public void Page_table_test_stages_run_with_even_writers_and_odd_readers()
+    {
+        using var vm = NewVm(memory: 4 << 20, vcpus: 2, backing: Backing.AnonymousThp);
+        var create = vm.Run(Workload.PageTableTest(PageTableStage.CreateMappings, vm.Backing));
+        Assert.Equal(2, create.PerVcpu[0].Writes);
+        Assert.Equal(2, create.PerVcpu[1].Reads);
+        vm.TestSlot.LogDirtyPages = true;
+        var update = vm.Run(Workload.PageTableTest(PageTableStage.UpdateMappings, vm.Backing));
+        Assert.Equal(Pages(vm.Plan(Workload.PageTableTest(PageTableStage.UpdateMappings, vm.Backing)).ExpectedWrites()[1]), Pages(vm.TestSlot.GetDirtyLog()));
+        vm.TestSlot.LogDirtyPages = false;
+        var adjust = vm.Run(Workload.PageTableTest(PageTableStage.AdjustMappings, vm.Backing));
+        Assert.Equal(0, adjust.Writes);
+        output.WriteLine($"{create}\n{update}\n{adjust}");
+    }
+
+    [KvmFact]
+    public void Stats_delta_after_populating_shows_new_mappings()
+    {
+        foreach (var backing in new[] { Backing.Anonymous, Backing.AnonymousThp })
+        {
+            using var vm = NewVm(memory: 4 << 20, backing: backing);
+            var stats = vm.KvmVmStats();
+            var vcpuStats = vm.KvmVcpuStats(0);
+            var before = stats.Snapshot();
+            var vcpuBefore = vcpuStats.Snapshot();
+            vm.Run(Workload.Write());
+            var delta = stats.Snapshot().Since(before);
+            var vcpuDelta = vcpuStats.Snapshot().Since(vcpuBefore);
+            output.WriteLine($"{backing}: VM {delta}\n  vCPU {vcpuDelta}");
+            long pages = vm.TestSlot.Pages;
+            if (vcpuDelta["pf_fixed"] == 0 && vcpuDelta["insn_emulation"] > 0)
+            {
+                // Emulated execution (PVM here): guest accesses go through KVM's instruction emulator and the host
+                // mapping, so no SPTEs are installed and pages_4k/pages_2m stay put. The emulator's counters move instead.
+                Assert.True(vcpuDelta["insn_emulation"] >= pages, vcpuDelta.ToString());
+                Assert.True(delta["mmu_pte_write"] >= pages, delta.ToString());
+            }
+            else if (backing == Backing.Anonymous)
+                Assert.True(delta["pages_4k"] >= pages, delta.ToString());
+            else
+                Assert.True(delta["pages_2m"] >= 1 || delta["pages_4k"] >= pages, delta.ToString());
+        }
+    }
+
+    [KvmFact]
+    public void Cancelling_a_long_run_stops_within_a_second()
+    {
+        using var vm = NewVm(memory: 8 << 20);
+        using var cts = new CancellationTokenSource();
+        var task = vm.RunAsync(Workload.Write() with { Passes = 1000, SyncEachPass = false }, cancellation: cts.Token);
+        Thread.Sleep(500);
+        Assert.False(task.IsCompleted);
+        var sw = Stopwatch.StartNew();
+        cts.Cancel();
+        Assert.ThrowsAny<OperationCanceledException>(() => task.GetAwaiter().GetResult());
+        Assert.True(sw.Elapsed < TimeSpan.FromSeconds(1), $"stopping took {sw.Elapsed}");
+        Assert.False(vm.IsRunning);
+        vm.Run(Workload.Read()); // still usable
+    }
+
+    [KvmFact]
+    public void Triple_fault_in_raw_assembly_reports_exit_reason_and_registers()
+    {
+        using var vm = NewVm();
+        var e = Assert.Throws<KvmGuestException>(() => vm.RunAssembly(a =>
+        {
+            a.mov(rax, 0x7fff_0000_0000ul);
+            a.mov(__qword_ptr[rax], rax);
+        }));
+        Assert.Equal(KvmExitReason.KVM_EXIT_SHUTDOWN, e.ExitReason);
+        Assert.Contains("CR3=", e.Message);
+    }
+
+    [KvmFact]
+    public void Raw_assembly_asserts_and_prints_through_the_ucall_channel()
+    {
+        using var vm = NewVm(vcpus: 2);
+        var printed = new List<string>();
+        ulong gva = vm.GuestVirtualAddress(vm.TestSlot.Gpa);
+        vm.RunAssembly(a =>
+        {
+            a.mov(rax, gva);
+            a.mov(__qword_ptr[rax + rdi * 8], rdi);
+            a.UcallPrint("hello");
+            a.UcallDone();
+        }, onPrint: (v, s) => { lock (printed) printed.Add($"{v}:{s}"); });
+        Assert.Equal(new[] { "0:hello", "1:hello" }, printed.Order());
+        Assert.Equal(1ul, vm.Memory.Read<ulong>(vm.TestSlot.Gpa + 8));
+        var e = Assert.Throws<GuestAssertException>(() => vm.RunAssembly(a => a.UcallAssert("value was 3, expected 4")));
+        Assert.Equal("value was 3, expected 4", e.GuestMessage);
+    }
+
+    [KvmFact]
+    public void Too_many_vcpus_is_refused_before_the_kernel_sees_it()
+    {
+        var max = KvmSystem.Probe().MaxVcpus;
+        var e = Assert.ThrowsAny<ArgumentException>(() => NewVm(vcpus: max + 1));
+        Assert.Contains("vcpus", e.Message, StringComparison.OrdinalIgnoreCase);
+    }
+
+    [KvmFact]
+    public void Dirty_ring_through_the_vm_api_reports_the_written_pages()
+    {
+        using var vm = NewVm(ring: 64 << 10, log: true);
+        vm.Run(Workload.Write(stride: 8192));
+        var got = vm.DirtyRing!.HarvestBitmaps()[1];
+        vm.DirtyRing.Reset();
+        Assert.Equal(Enumerable.Range(0, 256).Select(i => (long)i * 2), Pages(got));
+        vm.Run(Workload.Write(stride: 8192));
+        Assert.DoesNotContain(vm.DirtyRing.Harvest(), g => g.SlotId == 1 && g.Offset % 2 == 1);
+    }
+
+    [KvmFact]
+    public void Vm_create_run_dispose_200_times_leaves_no_fds_or_memory()
+    {
+        void Cycle()
+        {
+            using var vm = NewVm(memory: 2 << 20, vcpus: 2, log: true);
+            vm.Run(Workload.Write(stride: 64 << 10));
+            _ = vm.TestSlot.GetDirtyLog();
+            _ = vm.KvmVmStats().Read("pages_4k");
+        }
+        for (int i = 0; i < 5; i++) Cycle();
+        GC.Collect(); GC.WaitForPendingFinalizers();
+        int fds = KvmHygieneTests.OpenFds();
+        long rss = KvmHygieneTests.RssBytes();
+        var sw = Stopwatch.StartNew();
+        for (int i = 0; i < 200; i++) Cycle();
+        GC.Collect(); GC.WaitForPendingFinalizers();
+        output.WriteLine($"200 VM cycles in {sw.ElapsedMilliseconds} ms; fds {fds}→{KvmHygieneTests.OpenFds()}, RSS {rss >> 20}→{KvmHygieneTests.RssBytes() >> 20} MiB");
+        Assert.Equal(fds, KvmHygieneTests.OpenFds());
+        Assert.True(KvmHygieneTests.RssBytes() - rss < 24 << 20, $"RSS grew by {(KvmHygieneTests.RssBytes() - rss) >> 20} MiB");
+    }
+
+    [KvmFact]
+    public void Use_after_dispose_is_refused()
+    {
+        var vm = NewVm();
+        vm.Dispose();
+        Assert.Throws<ObjectDisposedException>(() => vm.KvmVmStats());
+        Assert.Throws<ObjectDisposedException>(() => vm.Run(Workload.Write()));
+    }
+
+    [KvmFact]
+    public void Shared_and_thp_backings_log_exactly_the_written_pages()
+    {
+        foreach (var backing in new[] { Backing.Shmem, Backing.AnonymousThp })
+        {
+            using var vm = NewVm(memory: 4 << 20, vcpus: 2, backing: backing, log: true);
+            vm.TestSlot.GetDirtyLog();
+            vm.Run(Workload.Write(stride: 12288, offset: 4096 + 64));
+            var expected = Enumerable.Range(0, (4 << 20) / 12288).Select(k => (long)k * 3 + 1).ToArray();
+            Assert.Equal(expected, Pages(vm.TestSlot.GetDirtyLog()));
+        }
+    }
+
+    [KvmFact]
+    public void Failed_creation_releases_every_fd()
+    {
+        int before = KvmHygieneTests.OpenFds();
+        for (int i = 0; i < 20; i++)
+        {
+            // Too-small system slot (refused before any kernel call) and an unplaceable test slot (refused after the VM exists).
+            Assert.ThrowsAny<ArgumentException>(() => Vm.Create(new VmOptions(new Size(2 << 20)) { Backend = Backend.Kvm, SystemMemory = new Size(64 << 10) }));
+            Assert.ThrowsAny<ArgumentException>(() => Vm.Create(new VmOptions(new Size(2 << 20)) { Backend = Backend.Kvm, TestSlotGpa = 0 }));
+        }
+        GC.Collect(); GC.WaitForPendingFinalizers();
+        Assert.Equal(before, KvmHygieneTests.OpenFds());
+    }
+
+    [KvmFact]
+    public void Doctor_report_lists_capabilities_and_module_parameters()
+    {
+        var sys = KvmSystem.Probe();
+        Assert.True(sys.Usable);
+        Assert.Equal(12, sys.ApiVersion);
+        Assert.True(sys.Cap(KvmCap.MANUAL_DIRTY_LOG_PROTECT2) >= 1);
+        Assert.True(sys.NrMemslots > 0);
+        Assert.NotEmpty(sys.ModuleParameters);
+        var console = Spectre.Console.AnsiConsole.Create(new Spectre.Console.AnsiConsoleSettings { Out = new Spectre.Console.AnsiConsoleOutput(new StringWriter()) });
+        console.Write(sys.ToRenderable());
+        output.WriteLine(sys.ToString());
+    }
+}

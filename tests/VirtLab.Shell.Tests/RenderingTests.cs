@@ -1,0 +1,52 @@
+
+using VirtLab.Sdk.Measure;
+using VirtLab.Shell.Rendering;
+using Xunit;
+
+namespace VirtLab.Shell.Tests;
+
+public sealed class RenderingTests
+{
+    public sealed record Slot(int Id, Size Size, string Backing);
+
+    private static string Render(object? value)
+    {
+        var w = new StringWriter();
+        ValueRenderer.Write(Consoles.Create(w, isTerminal: false), value);
+        return w.ToString();
+    }
+
+    [Fact]
+    public void Values_render_readably_without_ansi_when_redirected()
+    {
+        Assert.Equal("null\n", Render(null));
+        Assert.Equal("\"a \\\"quoted\\\"\\n string\"\n", Render("a \"quoted\"\n string"));
+        Assert.Equal("42\n", Render(42));
+        Assert.Equal("1.5\n", Render(1.5));
+        Assert.Equal(2.GiB().ToString() + "\n", Render(2.GiB()));
+        Assert.Equal("[1, 2, 3]\n", Render(new List<int> { 1, 2, 3 }));
+        Assert.Contains("… (100 items)", Render(Enumerable.Range(0, 100).ToArray()));
+        Assert.Equal("DayOfWeek.Monday\n", Render(DayOfWeek.Monday));
+
+        var record = Render(new Slot(1, 4.MiB(), "thp"));
+        Assert.Contains("Slot", record);
+        Assert.Contains("Backing", record);
+        Assert.Contains("\"thp\"", record);
+
+        var table = Render(new[] { new Slot(0, 1.MiB(), "anon"), new Slot(1, 2.MiB(), "memfd") });
+        Assert.Contains("Id", table);
+        Assert.Contains("\"memfd\"", table);
+
+        Assert.Contains("System.InvalidOperationException: nope", Render(new InvalidOperationException("nope")));
+        var all = string.Concat(record, table);
+        Assert.DoesNotContain("\u001b[", all);
+    }
+
+    [Fact]
+    public void Displayable_values_render_themselves()
+    {
+        var stages = new StageSet();
+        stages.Record("populate", TimeSpan.FromMilliseconds(12));
+        Assert.Contains("populate", Render(stages));
+    }
+}
