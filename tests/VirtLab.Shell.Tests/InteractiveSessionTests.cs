@@ -49,6 +49,11 @@ public sealed class InteractiveSessionTests
         Assert.Single(s.Globals.Context.Results);
         Assert.Equal(3, s.Submit("new List<int> { 1, 2, 3 }.Where(i => i > 0).Count()").Value);
         Assert.Equal(5, s.Submit("await Task.FromResult(5)").Value);
+        var nul = s.Submit("null");
+        Assert.True(nul.HasValue && nul.Value is null);
+        Assert.True(s.Submit("class P { public int X = 3; }").Succeeded);
+        Assert.Equal(3, s.Submit("new P().X").Value);
+        Assert.False(s.Submit("Console.WriteLine()").HasValue); // void
     }
 
     [Fact]

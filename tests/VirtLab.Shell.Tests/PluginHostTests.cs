@@ -87,6 +87,8 @@ public sealed class PluginHostTests
         PluginCompiler.Build(tmp.Path, "Good", PluginCompiler.Simple("Good", "Good"));
 
         var set = Load(tmp.Path);
+        var missing = PluginSet.Load(new PluginSearchPaths([Path.Combine(tmp.Path, "nope")], false, false)).All.Single();
+        Assert.Equal("plugin folder not found (from --plugins or VIRTLAB_PLUGINS)", missing.Error);
         Assert.Contains("not a .NET assembly", Only(set, "Garbage").Error);
         Assert.Contains("no plugin type", Only(set, "NoPlugin").Error);
         Assert.Contains("does not reference VirtLab.Sdk", Only(set, "NoSdk").Error);

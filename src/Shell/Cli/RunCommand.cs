@@ -49,7 +49,9 @@ public static class RunCommand
             if (verbose) err.WriteLine($"virtlab: recipe cache {(recipe is null ? "miss" : "hit")} ({Path.Combine(cache.Root, key)})");
             if (recipe is null)
             {
+                var compileWatch = System.Diagnostics.Stopwatch.StartNew();
                 var (compiled, errors) = Compile(o.File, bytes, plugins, key);
+                if (verbose) err.WriteLine($"virtlab: compiled in {compileWatch.ElapsedMilliseconds} ms");
                 if (compiled is null)
                 {
                     foreach (var d in errors) err.WriteLine(d);

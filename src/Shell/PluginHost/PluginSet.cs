@@ -37,13 +37,16 @@ public sealed record PluginSearchPaths(IReadOnlyList<string> Explicit, bool Incl
     public const string EnvironmentVariable = "VIRTLAB_PLUGINS";
     public static PluginSearchPaths None { get; } = new([], false, false);
 
-    public IEnumerable<string> Roots()
+    public IEnumerable<string> Roots() => RootsWithOrigin().Select(r => r.Path);
+
+    /// <summary>Each root and whether the user named it (then a missing folder is worth an error line).</summary>
+    public IEnumerable<(string Path, bool Named)> RootsWithOrigin()
     {
-        foreach (var p in Explicit) yield return p;
+        foreach (var p in Explicit) yield return (p, true);
         if (IncludeEnvironment && Environment.GetEnvironmentVariable(EnvironmentVariable) is { Length: > 0 } env)
             foreach (var p in env.Split(System.IO.Path.PathSeparator, StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries))
-                yield return p;
-        if (IncludeBuiltIn) yield return System.IO.Path.Combine(AppContext.BaseDirectory, "plugins");
+                yield return (p, true);
+        if (IncludeBuiltIn) yield return (System.IO.Path.Combine(AppContext.BaseDirectory, "plugins"), false);
     }
 }
 
@@ -67,6 +70,10 @@ public sealed class PluginSet
         var list = new List<PluginInfo>();
         var byName = new Dictionary<string, PluginInfo>(StringComparer.OrdinalIgnoreCase);
         var byGlobal = new Dictionary<string, PluginInfo>(StringComparer.Ordinal);
+        foreach (var (root, named) in paths.RootsWithOrigin())
+            if (named && !Directory.Exists(root))
+                list.Add(new PluginInfo { Name = System.IO.Path.GetFileName(System.IO.Path.TrimEndingDirectorySeparator(root)), Path = System.IO.Path.GetFullPath(root),
+                    Error = "plugin folder not found (from --plugins or VIRTLAB_PLUGINS)" });
         foreach (var dir in Discover(paths))
         {
             var name = System.IO.Path.GetFileName(dir.TrimEnd(System.IO.Path.DirectorySeparatorChar));

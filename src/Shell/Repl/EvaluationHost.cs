@@ -98,9 +98,10 @@ public static class EvaluationHost
 
         private void WorkLoop()
         {
-            var t0 = Stopwatch.StartNew();
-            WarmUp();
-            if (Trace) Console.Error.WriteLine($"[host {Environment.ProcessId}] warm-up {t0.ElapsedMilliseconds} ms (process age {(DateTime.Now - Process.GetCurrentProcess().StartTime).TotalMilliseconds:0} ms)");
+            // A host the front end needs now asks for its plugins at once; a standby hears nothing until it is
+            // taken, so it warms up in the meantime.
+            if (_work.TryTake(out var first, TimeSpan.FromMilliseconds(100))) _work.Add(first);
+            else WarmUp();
             foreach (var request in _work.GetConsumingEnumerable())
             {
                 Reply reply;
@@ -125,17 +126,14 @@ public static class EvaluationHost
             }
         }
 
-        /// <summary>
-        /// JITs Roslyn's compile/emit/run path with a plugin-free throwaway session, and its completion path
-        /// too unless a request is already waiting (the first host of a REPL: its first result comes sooner).
-        /// </summary>
-        private void WarmUp()
+        /// <summary>JITs Roslyn's compile/emit/run and completion paths with a plugin-free throwaway session.</summary>
+        private static void WarmUp()
         {
             try
             {
                 var warm = new InteractiveSession(PluginSet.Empty, new RecipeContext());
                 warm.Submit("var __warm = 1 + 1; __warm");
-                if (_work.Count == 0) warm.WarmUp();
+                warm.WarmUp();
             }
             catch (Exception e) { Console.Error.WriteLine($"virtlab host: warm-up failed: {e.Message}"); }
         }

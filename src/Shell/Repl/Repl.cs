@@ -193,8 +193,8 @@ internal sealed class Repl : IDisposable
         }
         finally
         {
-            _hostLock.Release();
             EnsureStandby();
+            _hostLock.Release();
         }
     }
 
@@ -253,7 +253,8 @@ internal sealed class Repl : IDisposable
         return _host!;
     }
 
-    /// <summary>Keeps one warmed-up spare host ready (started once the session is idle, so it does not slow the first result).</summary>
+    /// <summary>Keeps one warmed-up spare host ready (started after the first evaluation, so it does not slow the
+    /// first result). Caller holds <see cref="_hostLock"/>.</summary>
     private void EnsureStandby()
     {
         var s = _standby;

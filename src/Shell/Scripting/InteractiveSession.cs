@@ -160,7 +160,8 @@ public sealed class InteractiveSession
         if (root.Members.LastOrDefault() is not Microsoft.CodeAnalysis.CSharp.Syntax.GlobalStatementSyntax
             { Statement: Microsoft.CodeAnalysis.CSharp.Syntax.ExpressionStatementSyntax { SemicolonToken.IsMissing: true } stmt }) return false;
         var type = compilation.GetSemanticModel(tree).GetTypeInfo(stmt.Expression).Type;
-        return type is not null && type.SpecialType != SpecialType.System_Void;
+        if (type is null) return stmt.Expression.IsKind(SyntaxKind.NullLiteralExpression); // typeless, but a value
+        return type.SpecialType != SpecialType.System_Void;
     }
 
     private string NextAssemblyName() => $"virtlab-session-{_sessionId}-{Interlocked.Increment(ref _counter)}";

@@ -15,3 +15,14 @@ public sealed class KvmFactAttribute : FactAttribute
 /// <summary>KVM tests run alone: they count the process's fds and threads and time cancellations.</summary>
 [CollectionDefinition("KVM", DisableParallelization = true)]
 public sealed class KvmCollection;
+
+/// <summary>A KVM fact that also needs 1 GiB guest pages (PDPE1GB in KVM_GET_SUPPORTED_CPUID).</summary>
+public sealed class Kvm1GPagesFactAttribute : FactAttribute
+{
+    public Kvm1GPagesFactAttribute()
+    {
+        if (!KvmBackend.IsUsable(out var reason)) { Skip = "KVM not usable here: " + reason; return; }
+        using var kvm = KvmFd.OpenDevKvm();
+        if (!KvmCpuid.Has1GPages(KvmCpuid.Supported(kvm))) Skip = "this host's KVM does not offer PDPE1GB (1 GiB guest pages)";
+    }
+}

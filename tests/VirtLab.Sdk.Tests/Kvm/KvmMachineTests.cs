@@ -184,4 +184,62 @@ public unsafe class KvmMachineTests
         var v = m.VcpuStats(0).Snapshot();
         Assert.True(v["exits"] > 0 || v.Values.ContainsKey("exits"));
     }
+
+    [Kvm1GPagesFact]
+    public void One_GiB_guest_pages_map_a_GiB_aligned_slot()
+    {
+        using var m = new KvmMachine(1);
+        m.Use1GPages = true;
+        const ulong size = 1ul << 30, gpa = 1ul << 32;
+        nint host = Libc.MmapChecked(0, (long)size, Libc.PROT_READ | Libc.PROT_WRITE, Libc.MAP_PRIVATE | Libc.MAP_ANONYMOUS | Libc.MAP_NORESERVE, -1, 0);
+        try
+        {
+            m.SetUserMemoryRegion(1, 0, gpa, size, host);
+            m.PrepareLayout();
+            ulong last = m.GvaOf(gpa + size - 8);
+            var code = Assemble(a =>
+            {
+                a.mov(rax, last);
+                a.mov(__qword_ptr[rax], 0x77);
+                a.mov(eax, 0); a.mov(dx, Ucall.Port); a.@out(dx, eax);
+            });
+            m.Run(code, 0, new GuestCallbacks(), CancellationToken.None);
+            Assert.Equal(0x77ul, *(ulong*)(host + (nint)size - 8));
+        }
+        finally
+        {
+            m.DeleteUserMemoryRegion(1);
+            Libc.munmap(host, (nuint)size);
+        }
+    }
+
+    [KvmFact]
+    public void Access_to_a_gpa_without_memslot_is_an_mmio_exit_with_the_address()
+    {
+        using var m = new KvmMachine(1);
+        const ulong size = 2ul << 20, gpa = 1ul << 32;
+        nint host = Libc.MmapChecked(0, (long)size, Libc.PROT_READ | Libc.PROT_WRITE, Libc.MAP_PRIVATE | Libc.MAP_ANONYMOUS, -1, 0);
+        try
+        {
+            m.SetUserMemoryRegion(1, 0, gpa, size, host);
+            m.PrepareLayout();
+            ulong gva = m.GvaOf(gpa + 0x40);
+            // Delete the memslot behind the harness's back: the guest page tables still map it.
+            var r = new kvm_userspace_memory_region { slot = 1, guest_phys_addr = gpa, memory_size = 0 };
+            Assert.Equal(0, Libc.ioctl(m.VmFd, KvmIoctl.KVM_SET_USER_MEMORY_REGION, &r));
+            var code = Assemble(a =>
+            {
+                a.mov(rax, gva);
+                a.mov(__dword_ptr[rax], 0x1234);
+                a.mov(eax, 0); a.mov(dx, Ucall.Port); a.@out(dx, eax);
+            });
+            var e = Assert.Throws<KvmGuestException>(() => m.Run(code, 0, new GuestCallbacks(), CancellationToken.None));
+            Assert.Equal(KvmExitReason.KVM_EXIT_MMIO, e.ExitReason);
+            Assert.Contains($"gpa 0x{gpa + 0x40:x}", e.Message);
+        }
+        finally
+        {
+            Libc.munmap(host, (nuint)size);
+        }
+    }
 }

@@ -254,4 +254,31 @@ public class KvmVmTests(ITestOutputHelper output)
         console.Write(sys.ToRenderable());
         output.WriteLine(sys.ToString());
     }
+
+    [KvmFact]
+    public void Dispose_from_a_guest_callback_stops_every_vcpu_and_releases_everything()
+    {
+        int fds = 0;
+        for (int i = 0; i < 4; i++)
+        {
+            if (i == 1) { GC.Collect(); GC.WaitForPendingFinalizers(); fds = KvmHygieneTests.OpenFds(); } // after lazy assembly loads
+            var vm = NewVm(vcpus: 2);
+            var e = Record.Exception(() => vm.RunAssembly(a =>
+            {
+                var spin = a.CreateLabel();
+                var loop = a.CreateLabel();
+                a.test(rdi, rdi);
+                a.jnz(spin);
+                a.Label(ref loop);
+                a.UcallSync();   // vCPU 0: the callback disposes the VM
+                a.jmp(loop);
+                a.Label(ref spin);
+                a.jmp(spin);     // vCPU 1: spins in the guest until kicked
+            }, onSync: (_, _) => vm.Dispose()));
+            Assert.True(e is OperationCanceledException or ObjectDisposedException, e?.ToString());
+            Assert.True(vm.IsDisposed);
+        }
+        GC.Collect(); GC.WaitForPendingFinalizers();
+        Assert.Equal(fds, KvmHygieneTests.OpenFds());
+    }
 }

@@ -1,3 +1,5 @@
+using System.Collections.Concurrent;
+using System.Runtime.ExceptionServices;
 using System.Runtime.CompilerServices;
 using System.Text;
 using VirtLab.Sdk.Native;
@@ -418,16 +420,18 @@ internal sealed unsafe class KvmMachine : IDisposable
             }
 
             using var failed = CancellationTokenSource.CreateLinkedTokenSource(token, _disposeCts.Token);
-            var errors = new Exception?[VcpuCount];
+            var errors = new ConcurrentQueue<Exception>(); // in the order they happened
             var threads = new Thread[vcpus.Length];
+            using var go = new ManualResetEventSlim(false);
             foreach (var v in vcpus)
             {
                 threads[v.Index] = new Thread(() =>
                 {
+                    go.Wait(); // all threads exist before any guest code (and its callbacks) runs
                     try { RunLoop(v, callbacks, failed.Token); }
                     catch (Exception e)
                     {
-                        errors[v.Index] = e;
+                        errors.Enqueue(e);
                         try { failed.Cancel(); } catch (ObjectDisposedException) { }
                     }
                 }, 256 * 1024) { IsBackground = true, Name = $"vcpu{v.Index}" };
@@ -435,6 +439,8 @@ internal sealed unsafe class KvmMachine : IDisposable
             // Cancellation (user token, dispose, or a failing sibling) kicks every vCPU out of KVM_RUN.
             using var reg = failed.Token.Register(() => { foreach (var v in vcpus) v.RequestStop(); });
             foreach (var t in threads) t.Start();
+            _runThreads = threads;
+            go.Set();
             Exception? callerError = null;
             try { onCaller?.Invoke(failed.Token); }
             catch (Exception e)
@@ -444,23 +450,29 @@ internal sealed unsafe class KvmMachine : IDisposable
             }
             foreach (var t in threads) t.Join();
 
-            var real = errors.Where(e => e is not null and not OperationCanceledException).ToList();
-            if (real.Count == 1) throw real[0]!;
-            if (real.Count > 1) throw new AggregateException("several vCPUs failed: " + string.Join("; ", real.Select(e => e!.Message)), real!);
-            if (callerError is not null and not OperationCanceledException) throw callerError;
+            // The first real failure is the cause; siblings stopped because of it (or failed the same way later).
+            if (errors.FirstOrDefault(e => e is not OperationCanceledException) is { } cause)
+                ExceptionDispatchInfo.Throw(cause);
+            if (callerError is not null and not OperationCanceledException)
+                ExceptionDispatchInfo.Throw(callerError);
             token.ThrowIfCancellationRequested();
             if (_disposeCts.IsCancellationRequested) throw new ObjectDisposedException(nameof(KvmMachine), "the VM was disposed while the guest ran");
-            if (callerError != null) throw callerError;
-            if (errors.FirstOrDefault(e => e != null) is { } first) throw first;
+            if (callerError != null) ExceptionDispatchInfo.Throw(callerError);
+            if (errors.TryPeek(out var first)) ExceptionDispatchInfo.Throw(first);
         }
         finally
         {
+            _runThreads = null;
+            if (_deferredVcpu is { } d) { _deferredVcpu = null; d.Dispose(); } // disposed from its own thread
             Monitor.Exit(_runLock);
         }
     }
 
+    [ThreadStatic] private static KvmVcpu? _threadVcpu;
+
     private void RunLoop(KvmVcpu v, GuestCallbacks cb, CancellationToken token)
     {
+        _threadVcpu = v;
         v.EnterRunThread();
         try
         {
@@ -530,6 +542,7 @@ internal sealed unsafe class KvmMachine : IDisposable
         {
             v.LeaveRunThread();
             v.ClearImmediateExit();
+            _threadVcpu = null;
         }
     }
 
@@ -643,12 +656,27 @@ internal sealed unsafe class KvmMachine : IDisposable
         return _vcpuStats[index] = s;
     }
 
+    private volatile Thread[]? _runThreads;
+    private KvmVcpu? _deferredVcpu;
+
     public void Dispose()
     {
         if (_disposed) return;
         _disposed = true;
-        // Stop a running guest and wait for its vCPU threads before the fds and mappings go away.
         try { _disposeCts.Cancel(); } catch (ObjectDisposedException) { }
+        if (_runThreads is { } threads)
+        {
+            // Disposed from inside a run — an after-pass callback on the caller's thread, or a guest callback on a
+            // vCPU thread. Stop the vCPUs and wait for them here, so nothing touches kvm_run or guest memory after
+            // this returns (the Machine layer unmaps the slots next). A vCPU thread cannot wait for itself: its
+            // vCPU is released by the Run frame once that thread has left the loop.
+            foreach (var v in _vcpus ?? []) v.RequestStop();
+            foreach (var t in threads) if (t != Thread.CurrentThread) t.Join();
+            if (_threadVcpu is { } self && Array.IndexOf(_vcpus ?? [], self) >= 0) _deferredVcpu = self;
+            DisposeCore();
+            return;
+        }
+        // Otherwise wait for a run starting or ending on another thread before the fds and mappings go away.
         bool locked = Monitor.TryEnter(_runLock, TimeSpan.FromSeconds(10));
         try { DisposeCore(); }
         finally { if (locked) Monitor.Exit(_runLock); }
@@ -657,12 +685,11 @@ internal sealed unsafe class KvmMachine : IDisposable
     private void DisposeCore()
     {
         lock (_stats) { foreach (var st in _stats) st.Dispose(); _stats.Clear(); }
-        if (_vcpus != null) foreach (var v in _vcpus) v.Dispose();
+        if (_vcpus != null) foreach (var v in _vcpus) if (v != _deferredVcpu) v.Dispose();
         _vcpus = null;
-        _vm?.Dispose(); // closing the VM fd releases its memslots
+        _vm?.Dispose(); // the VM lives on in the kernel until its vCPU fds and mappings are gone too
         _kvm?.Dispose();
         if (_sysOwned && _sysHost != 0) Libc.munmap(_sysHost, (nuint)_layout!.Size);
         _sysHost = 0;
-        _disposeCts.Dispose();
     }
 }

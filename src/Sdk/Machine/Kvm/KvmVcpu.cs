@@ -92,14 +92,21 @@ internal sealed unsafe class KvmVcpu : IDisposable
     public void RequestStop()
     {
         _stopRequested = true;
+        if (_disposed) return;
         Volatile.Write(ref Run[KvmRunLayout.ImmediateExit], 1);
         KvmSignals.Kick(Volatile.Read(ref _tid));
     }
 
-    public void ClearImmediateExit() => Volatile.Write(ref Run[KvmRunLayout.ImmediateExit], 0);
+    public void ClearImmediateExit()
+    {
+        if (!_disposed) Volatile.Write(ref Run[KvmRunLayout.ImmediateExit], 0);
+    }
+
+    private volatile bool _disposed;
 
     public void Dispose()
     {
+        _disposed = true;
         Ring?.Dispose();
         _run.Dispose();
         Fd.Dispose();
