@@ -43,9 +43,9 @@ mask.SetAll();
 // Tiered JIT: run every measured path for a while first, so tier-1 code is what gets timed.
 void WarmUp(Action a) { var w = Stopwatch.StartNew(); while (w.ElapsedMilliseconds < 400) a(); }
 WarmUp(() => slot.GetDirtyLog(bitmap));
-WarmUp(() => KvmRawIoctls.GetDirtyLog(vm, slot, 10));
+WarmUp(() => KvmRawIoctls.GetDirtyLog(vm, slot, bitmap, 10));
 WarmUp(() => slot.ClearDirtyLog(mask));
-WarmUp(() => KvmRawIoctls.ClearDirtyLog(vm, slot, 10));
+WarmUp(() => KvmRawIoctls.ClearDirtyLog(vm, slot, mask, 10));
 
 // Call by call, alternating harness and raw, each call timed on its own (both timings include one timestamp pair);
 // the medians of many samples are robust to other load on the host, which only ever adds time.
@@ -59,7 +59,7 @@ Stage("get-dirty-log", () =>
         long t0 = Stopwatch.GetTimestamp();
         slot.GetDirtyLog(bitmap);
         hg.Add(Us(Stopwatch.GetTimestamp() - t0));
-        rg.Add(KvmRawIoctls.GetDirtyLog(vm, slot, 1).TotalMicroseconds);
+        rg.Add(KvmRawIoctls.GetDirtyLog(vm, slot, bitmap, 1).TotalMicroseconds);
     }
     Count("ioctls", 2L * iterations);
 });
@@ -70,7 +70,7 @@ Stage("clear-dirty-log", () =>
         long t0 = Stopwatch.GetTimestamp();
         slot.ClearDirtyLog(mask);
         hc.Add(Us(Stopwatch.GetTimestamp() - t0));
-        rc.Add(KvmRawIoctls.ClearDirtyLog(vm, slot, 1).TotalMicroseconds);
+        rc.Add(KvmRawIoctls.ClearDirtyLog(vm, slot, mask, 1).TotalMicroseconds);
     }
     Count("ioctls", 2L * (iterations / 10));
 });

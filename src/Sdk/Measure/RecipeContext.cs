@@ -51,6 +51,9 @@ public sealed class RecipeContext
     /// <summary>Where a failed expectation is reported the moment it fails. Defaults to stderr; null = silent.</summary>
     public TextWriter? Log { get; set; } = Console.Error;
 
+    /// <summary>How <see cref="RecipeGlobals.Show{T}"/> displays a value; the shell installs its renderer.</summary>
+    public Action<object?> Show { get; set; } = v => Console.WriteLine(v);
+
     public IReadOnlyList<Expectation> Expectations { get { lock (_lock) return _expectations.ToArray(); } }
 
     /// <summary>Results in the order first reported; reporting a name again replaces its value.</summary>

@@ -82,30 +82,19 @@ public class RecipeGlobals
         if (!condition) throw new RequirementMissingException(reason);
     }
 
-    /// <summary>Requires a usable <c>/dev/kvm</c> (present and openable read-write).</summary>
+    /// <summary>Requires a usable KVM backend (<c>/dev/kvm</c> opens and answers; not disabled by <c>VIRTLAB_DISABLE_KVM</c>).</summary>
     /// <exception cref="RequirementMissingException"/>
     public void RequireKvm()
     {
-        var why = Requirements.KvmUnavailableReason();
-        if (why is not null) throw new RequirementMissingException(why);
+        if (!VirtLab.Sdk.Machine.Vm.IsKvmUsable(out var why)) throw new RequirementMissingException("needs /dev/kvm: " + why);
     }
-}
 
-/// <summary>Cheap checks for what a recipe may require.</summary>
-internal static class Requirements
-{
-    /// <summary>Null when /dev/kvm can be opened read-write; otherwise why not.</summary>
-    public static string? KvmUnavailableReason()
+    // ---- output ----
+
+    /// <summary>Shows a value the way the REPL does (tables for <see cref="IDisplayable"/> values) and returns it.</summary>
+    public T Show<T>(T value)
     {
-        const string dev = "/dev/kvm";
-        if (!OperatingSystem.IsLinux()) return "needs /dev/kvm (Linux only)";
-        if (!File.Exists(dev)) return "needs /dev/kvm, which does not exist on this machine";
-        try
-        {
-            using var fs = new FileStream(dev, FileMode.Open, FileAccess.ReadWrite, FileShare.ReadWrite, 1, FileOptions.None);
-            return null;
-        }
-        catch (UnauthorizedAccessException) { return "needs /dev/kvm, which this user may not open (add the user to the 'kvm' group)"; }
-        catch (IOException e) { return $"needs /dev/kvm, which cannot be opened: {e.Message}"; }
+        Context.Show(value);
+        return value;
     }
 }

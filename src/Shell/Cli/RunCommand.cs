@@ -37,7 +37,7 @@ public static class RunCommand
         Console.CancelKeyPress += onCancel;
         try
         {
-            var context = new RecipeContext(args, o.TestMode, cts.Token);
+            var context = new RecipeContext(args, o.TestMode, cts.Token) { Show = v => ValueRenderer.Write(Consoles.Out, v) };
             var plugins = PluginSet.Load(new PluginSearchPaths(o.PluginDirectories), ScriptPreamble.ReservedNames(typeof(RecipeGlobals)), err);
             foreach (var p in plugins.All.Where(p => !p.IsLoaded))
                 err.WriteLine($"virtlab: plugin {p.Name} not loaded ({p.Path}): {p.Error}");

@@ -34,6 +34,7 @@
 using System.Diagnostics;
 using Microsoft.CodeAnalysis;
 using Microsoft.CodeAnalysis.CSharp;
+using VirtLab.Shell.Rendering;
 using VirtLab.Sdk.Measure;
 using VirtLab.Shell.PluginHost;
 
@@ -66,6 +67,7 @@ public sealed class InteractiveSession
     public InteractiveSession(PluginSet plugins, RecipeContext context, string? baseDirectory = null)
     {
         Plugins = plugins;
+        context.Show = v => ValueRenderer.Write(Consoles.Out, v);
         var globals = new RecipeGlobals(context, ScriptPreamble.PluginGlobals(plugins));
         Globals = globals;
         _compiler = new ScriptCompiler(plugins, typeof(RecipeGlobals), baseDirectory ?? Directory.GetCurrentDirectory());
