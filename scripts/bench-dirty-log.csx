@@ -59,7 +59,7 @@ Stage("get-dirty-log", () =>
         long t0 = Stopwatch.GetTimestamp();
         slot.GetDirtyLog(bitmap);
         hg.Add(Us(Stopwatch.GetTimestamp() - t0));
-        rg.Add(KvmRawIoctls.GetDirtyLog(vm, slot, bitmap, 1).TotalMicroseconds);
+        rg.Add(KvmRawIoctls.GetDirtyLog(vm, slot, bitmap, 1) * 1e6);
     }
     Count("ioctls", 2L * iterations);
 });
@@ -70,7 +70,7 @@ Stage("clear-dirty-log", () =>
         long t0 = Stopwatch.GetTimestamp();
         slot.ClearDirtyLog(mask);
         hc.Add(Us(Stopwatch.GetTimestamp() - t0));
-        rc.Add(KvmRawIoctls.ClearDirtyLog(vm, slot, mask, 1).TotalMicroseconds);
+        rc.Add(KvmRawIoctls.ClearDirtyLog(vm, slot, mask, 1) * 1e6);
     }
     Count("ioctls", 2L * (iterations / 10));
 });

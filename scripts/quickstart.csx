@@ -10,7 +10,7 @@ var vcpus   = Arg("vcpus", 2);
 var backing = Arg("backing", Backing.Anonymous);
 var backend = Arg("backend", Backend.Auto);
 
-using var vm = Stage("create VM", () => Vm.Create(memory, vcpus, backing, backend));
+var vm = Stage("create VM", () => Vm.Create(memory, vcpus, backing, backend));   // (scripts cannot `using var` at top level)
 Show(vm);                                       // backend, memslots, vCPUs
 var slot = vm.TestSlot;                         // slot 1, at the top of the guest-physical space
 
@@ -25,14 +25,14 @@ Stage("write every other page", () => vm.Run(Workload.Write(stride: 8192)));
 Stage("read every page", () => vm.Run(Workload.Read()));
 var dirty = Stage("get dirty log", () => slot.GetDirtyLog());   // KVM_GET_DIRTY_LOG: returns and re-protects
 Expect(dirty.Count == slot.Pages / 2, $"exactly the {slot.Pages / 2} written pages are dirty (reads dirty nothing)");
-Expect(dirty.SetPages().All(p => p % 2 == 0), "only even pages are dirty");
+Expect(dirty.SetPages.All(p => p % 2 == 0), "only even pages are dirty");
 
 // 3. The legacy GET re-protected the slot: with no writes since, the next log is empty.
 Expect(slot.GetDirtyLog().Count == 0, "a second GET_DIRTY_LOG with no writes in between is empty");
 Stage("disable dirty logging", () => slot.LogDirtyPages = false);
 
-Show(Stages);
 Result("backend", vm.Backend.ToString());
 Result("pages", slot.Pages);
 Result("dirtyPages", dirty.Count);
 Result("residentBytes", vm.Memory.ResidentBytes);
+vm.Dispose();

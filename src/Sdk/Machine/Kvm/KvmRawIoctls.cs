@@ -6,7 +6,8 @@ namespace VirtLab.Sdk.Machine.Kvm;
 /// <summary>
 /// Bare KVM ioctls in tight loops on a VM's fds, bypassing the Machine layer: the baseline against which the
 /// harness (<see cref="MemSlot.GetDirtyLog(DirtyBitmap)"/>, ClearDirtyLog) is measured by scripts/bench-dirty-log.csx.
-/// Buffers are pinned and reused across calls, like a C program's static arrays.
+/// Buffers are pinned and reused across calls, like a C program's static arrays. Each method returns the loop's
+/// elapsed time in seconds at Stopwatch resolution (a TimeSpan would round single calls to 100 ns).
 /// </summary>
 public static unsafe class KvmRawIoctls
 {
@@ -32,8 +33,8 @@ public static unsafe class KvmRawIoctls
     /// <summary>The VM fd (for inspection; owned by the VM).</summary>
     public static int VmFd(Vm vm) => Machine(vm).VmFd;
 
-    /// <summary><paramref name="iterations"/> × KVM_GET_DIRTY_LOG on <paramref name="slot"/> into one pinned buffer; total time.</summary>
-    public static TimeSpan GetDirtyLog(Vm vm, MemSlot slot, int iterations)
+    /// <summary><paramref name="iterations"/> × KVM_GET_DIRTY_LOG on <paramref name="slot"/> into one pinned buffer; elapsed seconds.</summary>
+    public static double GetDirtyLog(Vm vm, MemSlot slot, int iterations)
     {
         int fd = Machine(vm).VmFd;
         var bitmap = Pinned(ref _getBuffer, slot.Pages, ones: false);
@@ -44,7 +45,7 @@ public static unsafe class KvmRawIoctls
             long t0 = Stopwatch.GetTimestamp();
             for (int i = 0; i < iterations; i++)
                 if (Libc.ioctl(fd, req, &log) < 0) throw KvmException.Last("KVM_GET_DIRTY_LOG", $"slot {slot.Id}");
-            return Stopwatch.GetElapsedTime(t0);
+            return (Stopwatch.GetTimestamp() - t0) / (double)Stopwatch.Frequency;
         }
     }
 
@@ -52,7 +53,7 @@ public static unsafe class KvmRawIoctls
     /// <paramref name="iterations"/> × KVM_GET_DIRTY_LOG into <paramref name="into"/>'s own words: the same destination
     /// as the harness call, because copy_to_user's cost depends on where the buffer sits (alignment, cache).
     /// </summary>
-    public static TimeSpan GetDirtyLog(Vm vm, MemSlot slot, DirtyBitmap into, int iterations)
+    public static double GetDirtyLog(Vm vm, MemSlot slot, DirtyBitmap into, int iterations)
     {
         int fd = Machine(vm).VmFd;
         if (into.Pages != slot.Pages) throw new ArgumentException($"the bitmap has {into.Pages} pages but slot {slot.Id} has {slot.Pages}", nameof(into));
@@ -63,12 +64,12 @@ public static unsafe class KvmRawIoctls
             long t0 = Stopwatch.GetTimestamp();
             for (int i = 0; i < iterations; i++)
                 if (Libc.ioctl(fd, req, &log) < 0) throw KvmException.Last("KVM_GET_DIRTY_LOG", $"slot {slot.Id}");
-            return Stopwatch.GetElapsedTime(t0);
+            return (Stopwatch.GetTimestamp() - t0) / (double)Stopwatch.Frequency;
         }
     }
 
     /// <summary><paramref name="iterations"/> × KVM_CLEAR_DIRTY_LOG of the whole slot with <paramref name="mask"/>'s words.</summary>
-    public static TimeSpan ClearDirtyLog(Vm vm, MemSlot slot, DirtyBitmap mask, int iterations)
+    public static double ClearDirtyLog(Vm vm, MemSlot slot, DirtyBitmap mask, int iterations)
     {
         int fd = Machine(vm).VmFd;
         if (mask.Pages != slot.Pages) throw new ArgumentException($"the mask has {mask.Pages} pages but slot {slot.Id} has {slot.Pages}", nameof(mask));
@@ -79,12 +80,12 @@ public static unsafe class KvmRawIoctls
             long t0 = Stopwatch.GetTimestamp();
             for (int i = 0; i < iterations; i++)
                 if (Libc.ioctl(fd, req, &c) < 0) throw KvmException.Last("KVM_CLEAR_DIRTY_LOG", $"slot {slot.Id}");
-            return Stopwatch.GetElapsedTime(t0);
+            return (Stopwatch.GetTimestamp() - t0) / (double)Stopwatch.Frequency;
         }
     }
 
-    /// <summary><paramref name="iterations"/> × KVM_CLEAR_DIRTY_LOG of the whole slot with an all-ones mask; total time.</summary>
-    public static TimeSpan ClearDirtyLog(Vm vm, MemSlot slot, int iterations)
+    /// <summary><paramref name="iterations"/> × KVM_CLEAR_DIRTY_LOG of the whole slot with an all-ones mask; elapsed seconds.</summary>
+    public static double ClearDirtyLog(Vm vm, MemSlot slot, int iterations)
     {
         int fd = Machine(vm).VmFd;
         var mask = Pinned(ref _clearMask, slot.Pages, ones: true);
@@ -95,7 +96,7 @@ public static unsafe class KvmRawIoctls
             long t0 = Stopwatch.GetTimestamp();
             for (int i = 0; i < iterations; i++)
                 if (Libc.ioctl(fd, req, &c) < 0) throw KvmException.Last("KVM_CLEAR_DIRTY_LOG", $"slot {slot.Id}");
-            return Stopwatch.GetElapsedTime(t0);
+            return (Stopwatch.GetTimestamp() - t0) / (double)Stopwatch.Frequency;
         }
     }
 }
