@@ -84,8 +84,12 @@ Result("get_dirty_log_harness_us", Median(hg));
 Result("get_dirty_log_raw_us", Median(rg));
 Result("clear_dirty_log_harness_us", Median(hc));
 Result("clear_dirty_log_raw_us", Median(rc));
-Expect(getOverhead <= 5, $"harness adds ≤ 5% to KVM_GET_DIRTY_LOG (got {getOverhead:F2}%)");
-Expect(clearOverhead <= 5, $"harness adds ≤ 5% to KVM_CLEAR_DIRTY_LOG (got {clearOverhead:F2}%)");
+// Performance targets hold for the full-size run; test mode (a 64 MiB slot, ~0.1 µs ioctls) only checks it works.
+if (!TestMode)
+{
+    Expect(getOverhead <= 5, $"harness adds ≤ 5% to KVM_GET_DIRTY_LOG (got {getOverhead:F2}%)");
+    Expect(clearOverhead <= 5, $"harness adds ≤ 5% to KVM_CLEAR_DIRTY_LOG (got {clearOverhead:F2}%)");
+}
 
 // 3. Bitmap scans (GB/s of bitmap; one bitmap byte covers 32 KiB of guest memory): the guest's pattern
 //    (every stride dirty) and a sparse one (0.1% of pages), so both the per-bit and the per-word loops show.
@@ -111,8 +115,11 @@ foreach (var (label, bm) in new[] { ("guest pattern", pattern), ("sparse 0.1%", 
     Result($"bitmap_{key}_count_gbps", count);
     Result($"bitmap_{key}_set_pages_gbps", enumerate);
     Result($"bitmap_{key}_runs_gbps", runs);
-    Expect(count >= 10, $"bitmap count ({label}) ≥ 10 GB/s");
-    Expect(enumerate >= 10 || !label.StartsWith("sparse"), $"set-page enumeration of a sparse bitmap ≥ 10 GB/s");
+    if (!TestMode)
+    {
+        Expect(count >= 10, $"bitmap count ({label}) ≥ 10 GB/s");
+        Expect(enumerate >= 10 || !label.StartsWith("sparse"), $"set-page enumeration of a sparse bitmap ≥ 10 GB/s");
+    }
 }
 Console.WriteLine($"(sink {sink % 10})");
 

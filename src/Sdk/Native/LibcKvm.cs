@@ -31,7 +31,7 @@ internal static unsafe class LibcKvm
     [DllImport(C, EntryPoint = "sigaction", SetLastError = true)]
     public static extern int SigactionQuery(int sig, nint act, out SigAction oldact);
 
-    public const int SA_ONSTACK = 0x08000000;
+    public const int SA_ONSTACK = 0x08000000, SA_RESTART = 0x10000000;
 
     /// <summary>glibc x86-64 struct sigaction: handler, 1024-bit mask, flags, restorer (152 bytes).</summary>
     [StructLayout(LayoutKind.Sequential)]

@@ -122,7 +122,8 @@ public static class EvaluationHost
                 if (Trace) Console.Error.WriteLine($"[host {Environment.ProcessId}] {request.Kind} {(request.Quiet ? "(quiet) " : "")}{reply.Milliseconds:0} ms");
                 Console.Out.Flush(); // the script's output reaches the terminal before the front end's next prompt
                 Console.Error.Flush();
-                Send(reply).GetAwaiter().GetResult();
+                try { Send(reply).GetAwaiter().GetResult(); }
+                catch (Exception e) when (e is IOException or SocketException or ObjectDisposedException) { return; } // the reader sees the end too and exits
             }
         }
 

@@ -42,7 +42,7 @@ internal static class MetaCommands
         var sb = new StringBuilder("Meta-commands:\n");
         foreach (var (name, args, help) in All)
             sb.Append("  #").Append((name + " " + args).TrimEnd().PadRight(14)).Append(help).Append('\n');
-        sb.Append("Enter evaluates a complete submission and continues an incomplete one; Tab completes;\n")
+        sb.Append("Enter evaluates a complete submission and continues an incomplete one (two empty lines end it anyway);\nTab completes; ")
           .Append("Up/Down walk the history (~/.virtlab/history); Ctrl+C cancels an evaluation or clears the line.");
         return sb.ToString();
     }

@@ -139,6 +139,8 @@ internal sealed class Repl : IDisposable
             sb.Append(line).Append('\n');
             var text = sb.ToString();
             if (string.IsNullOrWhiteSpace(text) || MetaCommands.IsCompleteSubmission(text)) return (LineStatus.Line, text.TrimEnd('\n'));
+            // Two blank lines end a submission that would never complete (an unterminated string): its errors show.
+            if (text.EndsWith("\n\n\n", StringComparison.Ordinal)) return (LineStatus.Line, text.TrimEnd('\n'));
         }
     }
 

@@ -12,5 +12,5 @@ public static class KvmBackend
     }
 
     /// <summary>Build a KVM VM; checks KVM limits (vCPUs, ring size, system slot) before any kernel call.</summary>
-    internal static Vm Create(VmOptions options) => KvmVm.Create(options);
+    internal static Vm Create(VmOptions options) => KvmVm.Build(options);
 }

@@ -49,7 +49,8 @@ internal sealed unsafe class KvmMachine : IDisposable
     private readonly int _vmFd; // valid while !_disposed; the hot dirty-log paths skip the SafeHandle
     private static readonly nuint GetDirtyLogRequest = KvmIoctl.KVM_GET_DIRTY_LOG, ClearDirtyLogRequest = KvmIoctl.KVM_CLEAR_DIRTY_LOG;
     private nint _sysHost;
-    private bool _sysOwned;
+    private nint _ownedHost;      // our own system-slot mapping (standalone use), unmapped on dispose
+    private ulong _ownedSize;
     private SystemLayout? _layout;
     private KvmPageTables? _tables;
     private bool _use1G;
@@ -91,7 +92,8 @@ internal sealed unsafe class KvmMachine : IDisposable
                 ulong size = SystemLayout.AlignUp(SystemLayout.MinSize(vcpus) + (4ul << 20), 2ul << 20);
                 nint host = Libc.MmapChecked(0, (long)size, Libc.PROT_READ | Libc.PROT_WRITE,
                     Libc.MAP_PRIVATE | Libc.MAP_ANONYMOUS | Libc.MAP_NORESERVE, -1, 0, "allocating the KVM system memslot");
-                _sysOwned = true;
+                _ownedHost = host;
+                _ownedSize = size;
                 AttachSystemSlot(host, size, 0);
             }
         }
@@ -160,8 +162,11 @@ internal sealed unsafe class KvmMachine : IDisposable
         }
         if (size == 0) { DeleteUserMemoryRegion(slot); return; }
         SetRegionRaw(slot, flags, gpa, size, hva);
-        if (!_regions.TryGetValue(slot, out var old) || old.Gpa != gpa || old.Size != size) _layoutGeneration++;
-        _regions[slot] = new Region(slot, flags, gpa, size, hva);
+        lock (_regions)
+        {
+            if (!_regions.TryGetValue(slot, out var old) || old.Gpa != gpa || old.Size != size) _layoutGeneration++;
+            _regions[slot] = new Region(slot, flags, gpa, size, hva);
+        }
     }
 
     /// <summary>Delete a slot: KVM_SET_USER_MEMORY_REGION with memory_size 0.</summary>
@@ -169,9 +174,13 @@ internal sealed unsafe class KvmMachine : IDisposable
     {
         ObjectDisposedException.ThrowIf(_disposed, this);
         if (slot == SystemSlot) throw new InvalidOperationException($"system memslot {SystemSlot} cannot be deleted while the VM lives");
-        if (!_regions.Remove(slot, out var r)) return;
+        Region r;
+        lock (_regions)
+        {
+            if (!_regions.Remove(slot, out r)) return;
+            _layoutGeneration++;
+        }
         SetRegionRaw(slot, 0, r.Gpa, 0, 0);
-        _layoutGeneration++;
     }
 
     // ---------------------------------------------------------------- dirty logging
@@ -326,7 +335,8 @@ internal sealed unsafe class KvmMachine : IDisposable
         var maps = new List<GuestMapping> { new(0, 0, Layout.Size) };
         var runs = new List<GvaRun>();
         ulong window = identityLimit;
-        var ordered = _regions.Values.OrderBy(r => r.Gpa).ToList();
+        List<Region> ordered;
+        lock (_regions) ordered = _regions.Values.OrderBy(r => r.Gpa).ToList();
         for (int i = 0; i < ordered.Count;)
         {
             ulong start = ordered[i].Gpa, end = ordered[i].Gpa + ordered[i].Size;
@@ -384,8 +394,11 @@ internal sealed unsafe class KvmMachine : IDisposable
 
     public void PrepareLayout()
     {
-        Layout.ToString();
-        PreparePageTables();
+        _ = Layout;
+        // Never rebuild under a running guest (a pool reset re-creates slot 0); GvaOf then uses the last build.
+        if (!Monitor.TryEnter(_runLock)) return;
+        try { PreparePageTables(); }
+        finally { Monitor.Exit(_runLock); }
     }
 
     /// <summary>
@@ -588,8 +601,9 @@ internal sealed unsafe class KvmMachine : IDisposable
     public byte* HostPointer(ulong gpa, ulong len)
     {
         if (_layout != null && gpa + len <= _layout.Size && gpa + len >= gpa) return (byte*)_sysHost + gpa;
-        foreach (var r in _regions.Values)
-            if (gpa >= r.Gpa && gpa + len <= r.Gpa + r.Size) return (byte*)r.Hva + (gpa - r.Gpa);
+        lock (_regions)
+            foreach (var r in _regions.Values)
+                if (gpa >= r.Gpa && gpa + len <= r.Gpa + r.Size) return (byte*)r.Hva + (gpa - r.Gpa);
         return null;
     }
 
@@ -617,9 +631,6 @@ internal sealed unsafe class KvmMachine : IDisposable
         cursor += (ulong)b.Length;
         return gpa;
     }
-
-    /// <summary>Host view of the system slot's data area (shared host↔guest variables).</summary>
-    public Span<byte> DataArea => new((byte*)_sysHost + SystemLayout.DataGpa, (int)SystemLayout.DataSize);
 
     /// <summary>Host pointer into the system slot.</summary>
     public byte* SystemHost(ulong gpa) => (byte*)_sysHost + gpa;
@@ -689,7 +700,8 @@ internal sealed unsafe class KvmMachine : IDisposable
         _vcpus = null;
         _vm?.Dispose(); // the VM lives on in the kernel until its vCPU fds and mappings are gone too
         _kvm?.Dispose();
-        if (_sysOwned && _sysHost != 0) Libc.munmap(_sysHost, (nuint)_layout!.Size);
+        if (_ownedHost != 0) Libc.munmap(_ownedHost, (nuint)_ownedSize);
+        _ownedHost = 0;
         _sysHost = 0;
     }
 }

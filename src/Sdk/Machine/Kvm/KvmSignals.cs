@@ -40,7 +40,9 @@ internal static unsafe class KvmSignals
         {
             if (LibcKvm.SigactionQuery(sig, 0, out var old) != 0) continue;
             if (old.sa_handler != 0 && old.sa_handler != _handlerPage) continue; // SIG_DFL is 0
-            var act = new LibcKvm.SigAction { sa_handler = _handlerPage, sa_flags = LibcKvm.SA_ONSTACK };
+            // SA_RESTART: a stray kick (a recycled tid) only restarts another thread's syscall; KVM_RUN itself
+            // returns -EINTR, which is never restarted.
+            var act = new LibcKvm.SigAction { sa_handler = _handlerPage, sa_flags = LibcKvm.SA_ONSTACK | LibcKvm.SA_RESTART };
             if (LibcKvm.Sigaction(sig, act, out _) != 0) throw LibcException.FromErrno(Libc.Errno, "sigaction", $"installing the vCPU kick handler for signal {sig}");
             _signal = sig;
             return;

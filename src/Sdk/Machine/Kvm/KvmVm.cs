@@ -20,7 +20,7 @@ internal sealed unsafe class KvmVm : Vm
     public override int MaxVcpus => Machine.System.MaxVcpus;
     public override int MaxMemslots => Machine.System.NrMemslots > 0 ? Machine.System.NrMemslots : base.MaxMemslots;
 
-    public static KvmVm Create(VmOptions o)
+    public static KvmVm Build(VmOptions o)
     {
         var sys = KvmSystem.Probe();
         if (!sys.Usable) throw new PlatformNotSupportedException("KVM is not usable: " + sys.Reason);
@@ -239,6 +239,16 @@ public static class KvmVmExtensions
         return Kvm(vm, "VM statistics").Machine.VmStats;
     }
 
+    /// <summary>Run <paramref name="body"/> and return what changed in the VM's binary stats meanwhile.</summary>
+    public static KvmStatsDelta KvmVmStatsDelta(this Vm vm, Action body)
+    {
+        ArgumentNullException.ThrowIfNull(body);
+        var stats = vm.KvmVmStats();
+        var before = stats.Snapshot();
+        body();
+        return stats.Snapshot().Since(before);
+    }
+
     /// <summary>A vCPU's binary stats (KVM_GET_STATS_FD on the vCPU fd): exits, io_exits, pf_fixed, …</summary>
     public static KvmStats KvmVcpuStats(this Vm vm, int vcpu)
     {
@@ -265,6 +275,20 @@ public static class KvmVmExtensions
         using var ms = new MemoryStream();
         a.Assemble(new StreamCodeWriter(ms), SystemLayout.CodeGpa);
         k.RunAssembly(ms.ToArray(), onSync, onPrint, cancellation);
+    }
+
+    /// <summary>Guest address where raw programs are loaded and entered (in system slot 0, identity-mapped).</summary>
+    public const ulong CodeAddress = SystemLayout.CodeGpa;
+
+    /// <summary>Run pre-assembled x86-64 (linked at <see cref="CodeAddress"/>, entered at its first byte) on every vCPU.</summary>
+    public static void RunAssembly(this Vm vm, byte[] code, Action<int, ulong>? onSync = null,
+        Action<int, string>? onPrint = null, CancellationToken cancellation = default)
+    {
+        ArgumentNullException.ThrowIfNull(code);
+        if (code.Length == 0) throw new ArgumentException("the guest program is empty", nameof(code));
+        var k = Kvm(vm, "a raw-assembly program");
+        k.Machine.PrepareLayout();
+        k.RunAssembly(code, onSync, onPrint, cancellation);
     }
 
     /// <summary>Guest-virtual address at which guest code sees <paramref name="gpa"/> (user memory may be mapped below its gpa).</summary>
