@@ -14,10 +14,11 @@ namespace VirtLab.Shell.Repl;
 
 /// <summary>
 /// The evaluation host: a child process of the REPL front end (the Jupyter-kernel model) that holds Roslyn,
-/// the plugins and whatever the session created (VMs). It connects to the front end's socket, warms Roslyn
-/// up with a throwaway session at once (before any plugin is loaded, so a standby host can wait warm and
-/// still load the newest plugin builds), and loads plugins on the first request that needs the session.
-/// Script output goes to the inherited stdout/stderr. It exits when the front end goes away.
+/// the plugins and whatever the session created (VMs). It connects to the front end's socket and loads its
+/// plugins on the first request (plugins-info, sent when the front end puts it to use). A standby host —
+/// started ahead and asked nothing for a while — warms Roslyn up meanwhile with a plugin-free throwaway
+/// session, so it is fast when taken and still loads the newest plugin builds. Script output goes to the
+/// inherited stdout/stderr. It exits when the front end goes away (end of the socket).
 /// </summary>
 public static class EvaluationHost
 {

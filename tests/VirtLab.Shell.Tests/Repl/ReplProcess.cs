@@ -92,12 +92,13 @@ internal sealed class ReplProcess : IDisposable
     }
 
     /// <summary>SIGINT to the front end only (as `kill -INT`), like a Ctrl+C the REPL routes itself.</summary>
-    public void Interrupt()
-    {
-        using var kill = Process.Start(new ProcessStartInfo("kill", ["-INT", Pid.ToString()]) { UseShellExecute = false })!;
-        kill.WaitForExit();
-        Assert.Equal(0, kill.ExitCode);
-    }
+    public void Interrupt() => Assert.Equal(0, kill(Pid, SIGINT));
+
+    private const int SIGINT = 2;
+
+    // libc's kill(2): no dependency on a kill binary being installed.
+    [System.Runtime.InteropServices.DllImport("libc", SetLastError = true)]
+    private static extern int kill(int pid, int sig);
 
     public int WaitForExit()
     {
