@@ -15,7 +15,8 @@ public readonly record struct PageRun(long First, long Count)
 /// <summary>
 /// One bit per 4 KiB page of a memslot, exactly KVM's <c>dirty_bitmap</c> layout: <c>ulong</c> words, bit i of word w
 /// is page <c>w*64 + i</c> (little-endian), <c>ALIGN(npages, 64) / 8</c> bytes. Bits past <see cref="Pages"/> stay zero.
-/// Scans (count, next set page, runs) are vectorised and skip zero words 128 bytes at a time.
+/// Count is a hardware popcount; set pages and runs are walked word by word with TZCNT, skipping zero (and, for runs,
+/// all-ones) stretches 128 bytes at a time with vector compares.
 /// </summary>
 public sealed class DirtyBitmap : IEquatable<DirtyBitmap>
 {
@@ -151,14 +152,37 @@ public sealed class DirtyBitmap : IEquatable<DirtyBitmap>
     public long[] ToArray()
     {
         var result = new long[Count];
-        int i = 0;
-        foreach (var p in SetPages) result[i++] = p;
+        CopySetPages(result);
         return result;
     }
 
-    /// <summary>Calls <paramref name="action"/> for every set page — the fastest way to walk a sparse bitmap.</summary>
+    /// <summary>Writes the set pages, in increasing order, to <paramref name="destination"/> (which must hold
+    /// <see cref="Count"/> of them); returns how many were written.</summary>
+    public int CopySetPages(Span<long> destination)
+    {
+        int n = 0;
+        ulong[] w = words;
+        ref ulong r = ref MemoryMarshal.GetArrayDataReference(w);
+        ref long d = ref MemoryMarshal.GetReference(destination);
+        for (int i = 0; i < w.Length; i++)
+        {
+            ulong bits = Unsafe.Add(ref r, i);
+            if (bits == 0) continue;
+            if (i == w.Length - 1) bits &= TailMask;
+            int pop = BitOperations.PopCount(bits);
+            if (pop > destination.Length - n)
+                throw new ArgumentException($"the destination holds {destination.Length} pages but this bitmap has more set", nameof(destination));
+            long @base = (long)i << 6;
+            for (; bits != 0; bits &= bits - 1) Unsafe.Add(ref d, n++) = @base + BitOperations.TrailingZeroCount(bits);
+        }
+        return n;
+    }
+
+    /// <summary>Calls <paramref name="action"/> for every set page, in increasing order (one delegate call per page;
+    /// a <c>foreach</c> over <see cref="SetPages"/> avoids even that).</summary>
     public void ForEachSetPage(Action<long> action)
     {
+        ArgumentNullException.ThrowIfNull(action);
         foreach (var p in SetPages) action(p);
     }
 
@@ -210,9 +234,12 @@ public sealed class DirtyBitmap : IEquatable<DirtyBitmap>
         System.Collections.IEnumerator System.Collections.IEnumerable.GetEnumerator() => GetEnumerator();
     }
 
+    /// <summary>Walks set pages word by word: TZCNT + clear-lowest-bit per set page, a zero word costs one compare,
+    /// and long zero stretches are skipped 128 bytes at a time.</summary>
     public struct SetPageEnumerator : IEnumerator<long>
     {
         readonly ulong[] words;
+        readonly ulong tailMask;
         int index;     // word being consumed
         ulong pending; // its bits not yet returned
         long current;
@@ -220,22 +247,35 @@ public sealed class DirtyBitmap : IEquatable<DirtyBitmap>
         internal SetPageEnumerator(DirtyBitmap b)
         {
             words = b.words;
+            tailMask = b.TailMask;
             index = -1;
             pending = 0;
             current = -1;
         }
 
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
         public bool MoveNext()
         {
-            while (pending == 0)
-            {
-                index = IndexOfWordNot(words, index + 1, 0);
-                if (index < 0) { index = words.Length; return false; }
-                pending = words[index];
-            }
+            if (pending == 0 && !NextWord()) return false;
             current = ((long)index << 6) + BitOperations.TrailingZeroCount(pending);
             pending &= pending - 1;
             return true;
+        }
+
+        /// <summary>Loads the next non-zero word into <see cref="pending"/>; false at the end.</summary>
+        bool NextWord()
+        {
+            var w = words;
+            int i = index + 1;
+            ref ulong r = ref MemoryMarshal.GetArrayDataReference(w);
+            // The next word is checked directly (dense bitmaps); a zero stretch goes to the vectorised scan.
+            if (i < w.Length && Unsafe.Add(ref r, i) == 0) i = IndexOfWordNot(w, i + 1, 0);
+            if ((uint)i >= (uint)w.Length) { index = w.Length; return false; }
+            ulong bits = Unsafe.Add(ref r, i);
+            if (i == w.Length - 1) bits &= tailMask; // never report pages past Pages, even if Words was written there
+            index = i;
+            pending = bits;
+            return bits != 0 || NextWord();
         }
 
         public readonly long Current => current;
@@ -251,27 +291,76 @@ public sealed class DirtyBitmap : IEquatable<DirtyBitmap>
         System.Collections.IEnumerator System.Collections.IEnumerable.GetEnumerator() => GetEnumerator();
     }
 
+    /// <summary>Walks maximal runs word by word: the start is the TZCNT of the remaining bits, the end the TZCNT of
+    /// their complement; zero and all-ones stretches are skipped by vectorised compares.</summary>
     public struct RunEnumerator : IEnumerator<PageRun>
     {
-        readonly DirtyBitmap bitmap;
-        long next;
+        readonly ulong[] words;
+        readonly long pages;
+        int index;     // word being consumed
+        ulong pending; // its bits not yet covered by a returned run
         PageRun current;
 
-        internal RunEnumerator(DirtyBitmap b) { bitmap = b; next = 0; current = default; }
+        internal RunEnumerator(DirtyBitmap b)
+        {
+            words = b.words;
+            pages = b.Pages;
+            index = -1;
+            pending = 0;
+            current = default;
+        }
 
         public bool MoveNext()
         {
-            var first = bitmap.NextSetPage(next);
-            if (first < 0) { next = bitmap.Pages; return false; }
-            var end = bitmap.NextClearPage(first);
-            current = new PageRun(first, end - first);
-            next = end;
+            var w = words;
+            ref ulong r = ref MemoryMarshal.GetArrayDataReference(w);
+            if (pending == 0)
+            {
+                int i = index + 1;
+                if (i < w.Length && Unsafe.Add(ref r, i) == 0) i = IndexOfWordNot(w, i + 1, 0);
+                if ((uint)i >= (uint)w.Length) { index = w.Length; return false; }
+                index = i;
+                pending = Unsafe.Add(ref r, i);
+            }
+            int s = BitOperations.TrailingZeroCount(pending);
+            long first = ((long)index << 6) + s;
+            if (first >= pages) { index = w.Length; pending = 0; return false; } // bits past Pages (written through Words)
+            // Bits below s are already clear in pending, so ~pending has them set: mask them off.
+            ulong zeros = ~pending & (ulong.MaxValue << s);
+            long end;
+            if (zeros != 0)
+            {
+                int e = BitOperations.TrailingZeroCount(zeros);
+                end = ((long)index << 6) + e;
+                pending &= ulong.MaxValue << e; // e < 64 here
+            }
+            else
+            {
+                // The run reaches the end of this word: skip all-ones words, then end at the first clear bit.
+                int i = index + 1;
+                if (i < w.Length && Unsafe.Add(ref r, i) == ulong.MaxValue) i = IndexOfWordNot(w, i + 1, ulong.MaxValue);
+                if ((uint)i >= (uint)w.Length)
+                {
+                    end = (long)w.Length << 6;
+                    index = w.Length;
+                    pending = 0;
+                }
+                else
+                {
+                    ulong x = Unsafe.Add(ref r, i);
+                    int e = BitOperations.TrailingZeroCount(~x); // x is not all ones
+                    end = ((long)i << 6) + e;
+                    index = i;
+                    pending = x & (ulong.MaxValue << e);
+                }
+            }
+            current = new PageRun(first, Math.Min(end, pages) - first);
             return true;
         }
 
         public readonly PageRun Current => current;
         readonly object System.Collections.IEnumerator.Current => current;
-        public void Reset() { next = 0; current = default; }
+        public void Reset() { index = -1; pending = 0; current = default; }
         public readonly void Dispose() { }
     }
 

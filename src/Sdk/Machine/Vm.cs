@@ -475,13 +475,28 @@ public abstract class Vm : IDisposable, IDisplayable
     public WorkloadResult Run(Workload workload, Action<int>? afterPass = null, CancellationToken cancellation = default)
     {
         var plan = Plan(workload);
+        return Exclusive(cancellation, token => RunCore(plan, afterPass, token));
+    }
+
+    /// <summary>
+    /// Runs <paramref name="body"/> as the VM's one guest run: while it runs <see cref="IsRunning"/> is true, a second run
+    /// is refused, memslots cannot be removed or resized, and <see cref="Dispose"/> waits for it. The token passed to
+    /// <paramref name="body"/> fires on <paramref name="cancellation"/> or on dispose. Every way of running guest code
+    /// (workloads, the KVM backend's raw assembly) goes through here.
+    /// </summary>
+    private protected T Exclusive<T>(CancellationToken cancellation, Func<CancellationToken, T> body)
+    {
+        ThrowIfDisposed();
         if (Interlocked.CompareExchange(ref running, 1, 0) != 0)
             throw new InvalidOperationException("a workload is already running on this VM; wait for it (or cancel it) first");
         try
         {
+            // Dispose sets `disposed` before it looks at `running`; we set `running` before looking at `disposed`
+            // (both interlocked), so either Dispose waits for this run or this run sees the VM disposed.
+            ThrowIfDisposed();
             runThread = Environment.CurrentManagedThreadId;
             using var linked = CancellationTokenSource.CreateLinkedTokenSource(cancellation, disposeCts.Token);
-            return RunCore(plan, afterPass, linked.Token);
+            return body(linked.Token);
         }
         finally
         {
@@ -517,7 +532,11 @@ public abstract class Vm : IDisposable, IDisplayable
     /// Calls <see cref="OnDirtyRingFull"/> on ring-full exits.</summary>
     private protected abstract WorkloadResult RunCore(WorkloadPlan plan, Action<int>? afterPass, CancellationToken cancellation);
 
-    /// <summary>Releases the backend's resources (fds, threads). Slot memory is unmapped by the base class afterwards.</summary>
+    /// <summary>Whether the calling thread is one of the backend's vCPU threads (running a guest callback).</summary>
+    private protected virtual bool IsGuestThread => false;
+
+    /// <summary>Releases the backend's resources (fds, threads); also when called from inside a run, where it must stop
+    /// the vCPUs so none touches guest memory afterwards. Slot memory is unmapped by the base class afterwards.</summary>
     private protected abstract void DisposeCore();
 
     // ---- lifetime -------------------------------------------------------------------------------
@@ -536,11 +555,12 @@ public abstract class Vm : IDisposable, IDisplayable
     {
         if (Interlocked.Exchange(ref disposed, 1) != 0) return;
         disposeCts.Cancel();
-        // Wait for a running workload to notice — unless Dispose comes from its own afterPass callback,
-        // where the vCPUs are parked at the sync point and the run cannot end before we return.
+        // Wait for a running workload to notice — unless Dispose comes from inside the run (its afterPass callback, or a
+        // guest callback on a vCPU thread), where the run cannot end before we return; DisposeCore stops it then.
         var spin = new SpinWait();
         var deadline = Environment.TickCount64 + 10_000;
-        while (Volatile.Read(ref running) != 0 && runThread != Environment.CurrentManagedThreadId && Environment.TickCount64 < deadline)
+        while (Volatile.Read(ref running) != 0 && runThread != Environment.CurrentManagedThreadId && !IsGuestThread &&
+               Environment.TickCount64 < deadline)
             spin.SpinOnce();
         try
         {

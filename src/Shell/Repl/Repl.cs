@@ -230,7 +230,7 @@ internal sealed class Repl : IDisposable
             return host.SendAsync(new Request { Kind = RequestKind.Complete, Code = code, Position = position }, cts.Token)
                 .GetAwaiter().GetResult();
         }
-        catch (Exception e) when (e is HostDiedException or OperationCanceledException) { return null; }
+        catch (Exception e) when (e is HostDiedException or OperationCanceledException or ObjectDisposedException or IOException) { return null; }
         finally { _hostLock.Release(); }
     }
 

@@ -394,9 +394,11 @@ internal sealed unsafe class KvmMachine : IDisposable
 
     public void PrepareLayout()
     {
+        ObjectDisposedException.ThrowIf(_disposed, this);
         _ = Layout;
         // Never rebuild under a running guest (a pool reset re-creates slot 0); GvaOf then uses the last build.
-        if (!Monitor.TryEnter(_runLock)) return;
+        // The lock is reentrant: from inside a run (an after-pass or guest callback on the running thread) don't rebuild either.
+        if (Monitor.IsEntered(_runLock) || !Monitor.TryEnter(_runLock)) return;
         try { PreparePageTables(); }
         finally { Monitor.Exit(_runLock); }
     }
@@ -482,6 +484,9 @@ internal sealed unsafe class KvmMachine : IDisposable
     }
 
     [ThreadStatic] private static KvmVcpu? _threadVcpu;
+
+    /// <summary>Whether the calling thread is one of this machine's vCPU threads (inside a guest callback).</summary>
+    public bool IsVcpuThread => _threadVcpu is { } v && Array.IndexOf(_vcpus ?? [], v) >= 0;
 
     private void RunLoop(KvmVcpu v, GuestCallbacks cb, CancellationToken token)
     {

@@ -141,23 +141,34 @@ internal sealed unsafe class KvmVm : Vm
             };
         }
         Machine.Run(code, 0, callbacks, cancellation, host);
-        if (!w.SyncEachPass && afterPass != null)
-            for (int p = 0; p < w.Passes; p++) afterPass(p);
+        // Without SyncEachPass there is no sync point and afterPass is not called (as documented on Vm.Run and as the Sim does).
         return recorder.Build(Backend.Kvm, Stopwatch.GetElapsedTime(t0), Machine.DirtyRingFullExits - ringFullBefore);
     }
 
-    /// <summary>Raw-assembly escape hatch: run <paramref name="program"/> on every vCPU (see <see cref="KvmVmExtensions.RunAssembly"/>).</summary>
-    internal void RunAssembly(byte[] code, Action<int, ulong>? onSync, Action<int, string>? onPrint, CancellationToken cancellation)
+    /// <summary>
+    /// Raw-assembly escape hatch: <paramref name="assemble"/> produces the program (after the page tables match the
+    /// current slots, so <see cref="KvmVmExtensions.GuestVirtualAddress"/> is valid inside it), which then runs on every
+    /// vCPU — as the VM's one run, like <see cref="Vm.Run"/>: slots cannot be removed or resized meanwhile and Dispose
+    /// waits for it or stops it.
+    /// </summary>
+    internal void RunAssembly(Func<byte[]> assemble, Action<int, ulong>? onSync, Action<int, string>? onPrint, CancellationToken cancellation)
     {
-        ThrowIfDisposed();
-        if (IsRunning) throw new InvalidOperationException("a workload is already running on this VM");
         var cb = new GuestCallbacks
         {
             OnSync = onSync is null ? null : (v, pass, _) => onSync(v, pass),
             OnPrint = onPrint,
         };
-        Machine.Run(code, 0, cb, cancellation);
+        Exclusive(cancellation, token =>
+        {
+            Machine.PrepareLayout();
+            var code = assemble();
+            if (code.Length == 0) throw new ArgumentException("the guest program is empty", nameof(assemble));
+            Machine.Run(code, 0, cb, token);
+            return 0;
+        });
     }
+
+    private protected override bool IsGuestThread => Machine.IsVcpuThread;
 
     private protected override void DisposeCore() => Machine.Dispose();
 
@@ -266,15 +277,16 @@ public static class KvmVmExtensions
         Action<int, string>? onPrint = null, CancellationToken cancellation = default)
     {
         ArgumentNullException.ThrowIfNull(program);
-        var k = Kvm(vm, "a raw-assembly program");
-        k.Machine.PrepareLayout();
-        var a = new Assembler(64);
-        program(a);
-        a.UcallDone(); // falling off the end of the user's program ends it cleanly
-        a.hlt();
-        using var ms = new MemoryStream();
-        a.Assemble(new StreamCodeWriter(ms), SystemLayout.CodeGpa);
-        k.RunAssembly(ms.ToArray(), onSync, onPrint, cancellation);
+        Kvm(vm, "a raw-assembly program").RunAssembly(() =>
+        {
+            var a = new Assembler(64);
+            program(a);
+            a.UcallDone(); // falling off the end of the user's program ends it cleanly
+            a.hlt();
+            using var ms = new MemoryStream();
+            a.Assemble(new StreamCodeWriter(ms), SystemLayout.CodeGpa);
+            return ms.ToArray();
+        }, onSync, onPrint, cancellation);
     }
 
     /// <summary>Guest address where raw programs are loaded and entered (in system slot 0, identity-mapped).</summary>
@@ -286,14 +298,13 @@ public static class KvmVmExtensions
     {
         ArgumentNullException.ThrowIfNull(code);
         if (code.Length == 0) throw new ArgumentException("the guest program is empty", nameof(code));
-        var k = Kvm(vm, "a raw-assembly program");
-        k.Machine.PrepareLayout();
-        k.RunAssembly(code, onSync, onPrint, cancellation);
+        Kvm(vm, "a raw-assembly program").RunAssembly(() => code, onSync, onPrint, cancellation);
     }
 
     /// <summary>Guest-virtual address at which guest code sees <paramref name="gpa"/> (user memory may be mapped below its gpa).</summary>
     public static ulong GuestVirtualAddress(this Vm vm, ulong gpa)
     {
+        vm.ThrowIfDisposed();
         var k = Kvm(vm, "guest virtual addresses");
         k.Machine.PrepareLayout();
         return k.Machine.GvaOf(gpa);
