@@ -62,6 +62,8 @@ public static class RunCommand
                 recipe = compiled;
                 if (!o.NoCache) cache.Store(key, recipe);
             }
+            // Warnings never change the exit code; a cached run shows the same ones as the run that compiled it.
+            foreach (var w in recipe.Warnings) err.WriteLine(w);
 
             var scripts = new ScriptLoadContext(plugins, "virtlab-recipe");
             foreach (var r in recipe.References) scripts.AddReferencePath(r.Path);
@@ -72,8 +74,8 @@ public static class RunCommand
             {
                 foreach (var s in recipe.Submissions)
                 {
-                    var asm = s.Image is not null ? scripts.AddSubmission(s.Image) : scripts.AddSubmission(s.Path!);
-                    value = s.TypeName is not null ? executor.Run(asm, s.TypeName) : null;
+                    if (s.TypeName is null) continue;
+                    value = executor.Run(scripts.AddSubmission(s.Image), s.TypeName);
                 }
             }
             catch (Exception e) { error = e; }
@@ -92,12 +94,13 @@ public static class RunCommand
     }
 
     // Kept out of Execute so that a cache hit never makes the JIT load Roslyn.
+    /// <returns>The recipe, or null and its errors (each "file(line,col): error CSxxxx: message").</returns>
     [MethodImpl(MethodImplOptions.NoInlining)]
-    private static (CompiledRecipe?, IReadOnlyList<ScriptDiagnostic>) Compile(string file, byte[] bytes, PluginSet plugins, string key)
+    private static (CompiledRecipe?, IReadOnlyList<string>) Compile(string file, byte[] bytes, PluginSet plugins, string key)
     {
         var text = new StreamReader(new MemoryStream(bytes), detectEncodingFromByteOrderMarks: true).ReadToEnd();
         var (recipe, diags) = RecipeBuilder.Compile(file, text, plugins, key[..12]);
-        return (recipe, recipe is null ? diags.Where(d => d.IsError).ToList() : diags);
+        return (recipe, recipe is null ? diags.Where(d => d.IsError).Select(d => d.Formatted).ToList() : []);
     }
 
     private static void PrintOutcome(RecipeContext context, Exception? error, int exit, ScriptLoadContext scripts)
@@ -111,7 +114,7 @@ public static class RunCommand
             if (renderable is Text) console.WriteLine($"{r.Name} = {ValueRenderer.Inline(r.Value)}");
             else { console.WriteLine($"{r.Name} ="); console.Write(renderable); }
         }
-        switch (error)
+        switch (RecipeContext.Unwrap(error))
         {
             case null:
                 var failed = context.Expectations.Count(e => !e.Passed);

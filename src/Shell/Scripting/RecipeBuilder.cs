@@ -11,6 +11,7 @@ namespace VirtLab.Shell.Scripting;
 /// </summary>
 public static class RecipeBuilder
 {
+    /// <returns>The recipe (null on errors) and the diagnostics: errors first, then warnings (also kept in the recipe).</returns>
     public static (CompiledRecipe? Recipe, IReadOnlyList<ScriptDiagnostic> Diagnostics) Compile(string recipePath, string source, PluginSet plugins, string keyForNames)
     {
         var full = Path.GetFullPath(recipePath);
@@ -21,18 +22,19 @@ public static class RecipeBuilder
         {
             var (pre, preDiags) = compiler.Emit(preamble);
             if (pre is null) return (null, preDiags.Where(d => d.IsError).Select(d => d with { Formatted = "<plugin preamble>" + d.Formatted }).ToList());
-            submissions.Add(new(pre.TypeName, pre.Image, null));
+            submissions.Add(new(pre.TypeName, pre.Image));
         }
         var tree = ScriptCompiler.Parse(source, full);
         var compilation = compiler.CreateSubmission($"virtlab-recipe-{keyForNames}-1", tree, preamble);
         var (main, diags) = compiler.Emit(compilation);
         if (main is null) return (null, diags);
-        if (main.TypeName is not null) submissions.Add(new(main.TypeName, main.Image, null)); // else: nothing to run
+        if (main.TypeName is not null) submissions.Add(new(main.TypeName, main.Image)); // else: nothing to run
 
         var sources = compilation.SyntaxTrees.Select(t => t.FilePath).Where(p => p.Length > 0).Distinct()
             .Select(p => new CompiledRecipe.FileHash(p, RecipeCache.Hash(p))).ToList();
         var refs = compilation.DirectiveReferences.OfType<PortableExecutableReference>().Select(r => r.FilePath).OfType<string>().Distinct()
             .Select(p => new CompiledRecipe.FileHash(p, RecipeCache.Hash(p))).ToList();
-        return (new CompiledRecipe(submissions, sources, refs), diags);
+        var warnings = diags.Where(d => !d.IsError).Select(d => d.Formatted).ToList();
+        return (new CompiledRecipe(submissions, sources, refs, warnings), diags);
     }
 }

@@ -4,12 +4,13 @@ using VirtLab.Shell.PluginHost;
 
 namespace VirtLab.Shell.Scripting;
 
-/// <summary>A compiled recipe ready to run: its submissions in chain order (plugin preamble first).</summary>
+/// <summary>A compiled recipe ready to run: its submissions in chain order (plugin preamble first), the files it
+/// was compiled from, and its compile warnings (formatted, so a cached run shows them without Roslyn).</summary>
 public sealed record CompiledRecipe(IReadOnlyList<CompiledRecipe.Submission> Submissions, IReadOnlyList<CompiledRecipe.FileHash> Sources,
-    IReadOnlyList<CompiledRecipe.FileHash> References)
+    IReadOnlyList<CompiledRecipe.FileHash> References, IReadOnlyList<string> Warnings)
 {
-    /// <summary>Image (fresh compile) or Path (cache) of one submission assembly, and its script class.</summary>
-    public sealed record Submission(string? TypeName, byte[]? Image, string? Path);
+    /// <summary>The image of one submission assembly and its script class (null: nothing to run, e.g. only usings).</summary>
+    public sealed record Submission(string? TypeName, byte[] Image);
     public sealed record FileHash(string Path, string Sha256);
 }
 
@@ -18,11 +19,14 @@ public sealed record CompiledRecipe(IReadOnlyList<CompiledRecipe.Submission> Sub
 /// The entry key covers the recipe's path and bytes, the shell and SDK builds and every loaded plugin build;
 /// the entry lists the #load closure and #r files with their hashes, verified on every hit (a changed
 /// included file is a miss). Roslyn-free: a hit runs without loading the compiler.
+/// Concurrency: an entry is written beside and renamed into place; a reader reads every submission image into
+/// memory and checks it against the SHA-256 the manifest records, so an entry another process is replacing or
+/// pruning at that moment reads as a miss (the run compiles), never as a mix of two entries.
 /// </summary>
 public sealed class RecipeCache(string root)
 {
     private const string Manifest = "manifest.txt";
-    private const string FormatVersion = "virtlab-recipe-cache 1";
+    private const string FormatVersion = "virtlab-recipe-cache 2";
 
     public string Root { get; } = root;
 
@@ -57,6 +61,7 @@ public sealed class RecipeCache(string root)
             var subs = new List<CompiledRecipe.Submission>();
             var sources = new List<CompiledRecipe.FileHash>();
             var refs = new List<CompiledRecipe.FileHash>();
+            var warnings = new List<string>();
             var lines = File.ReadAllLines(manifest);
             if (lines.Length == 0 || lines[0] != FormatVersion) return null;
             foreach (var line in lines.Skip(1))
@@ -68,12 +73,17 @@ public sealed class RecipeCache(string root)
                         if (!File.Exists(parts[2]) || Hash(parts[2]) != parts[1]) return null;
                         (parts[0] == "source" ? sources : refs).Add(new(parts[2], parts[1]));
                         break;
-                    case "submission" when parts.Length == 3:
+                    case "submission" when parts.Length == 4:
                         var path = Path.Combine(dir, parts[1]);
                         if (!File.Exists(path)) return null;
-                        subs.Add(new(parts[2].Length == 0 ? null : parts[2], null, path));
+                        var image = File.ReadAllBytes(path);
+                        if (Convert.ToHexStringLower(SHA256.HashData(image)) != parts[3]) return null;
+                        subs.Add(new(parts[2].Length == 0 ? null : parts[2], image));
                         break;
-                    case "end": return new CompiledRecipe(subs, sources, refs);
+                    case "warning" when parts.Length == 2:
+                        warnings.Add(parts[1]);
+                        break;
+                    case "end": return new CompiledRecipe(subs, sources, refs, warnings);
                 }
             }
             return null; // no "end": a torn write
@@ -97,9 +107,12 @@ public sealed class RecipeCache(string root)
             for (int i = 0; i < recipe.Submissions.Count; i++)
             {
                 var file = $"{i}.dll";
-                File.WriteAllBytes(Path.Combine(tmp, file), recipe.Submissions[i].Image!);
-                sb.Append("submission\t").Append(file).Append('\t').Append(recipe.Submissions[i].TypeName).Append('\n');
+                var image = recipe.Submissions[i].Image;
+                File.WriteAllBytes(Path.Combine(tmp, file), image);
+                sb.Append("submission\t").Append(file).Append('\t').Append(recipe.Submissions[i].TypeName)
+                  .Append('\t').Append(Convert.ToHexStringLower(SHA256.HashData(image))).Append('\n');
             }
+            foreach (var w in recipe.Warnings) sb.Append("warning\t").Append(w.ReplaceLineEndings(" ").Replace('\t', ' ')).Append('\n');
             sb.Append("end\n");
             File.WriteAllText(Path.Combine(tmp, Manifest), sb.ToString());
             if (Directory.Exists(final))
