@@ -43,6 +43,16 @@ public sealed class RenderingTests
     }
 
     [Fact]
+    public void A_renderable_without_a_final_newline_still_ends_its_line()
+    {
+        Assert.Equal("hi\n", Render(new Spectre.Console.Text("hi")));
+        Assert.Equal("hi\n", Render(new Spectre.Console.Markup("[red]hi[/]")));
+        Assert.Equal("hi\n", Render(new Spectre.Console.Text("hi\n")));
+        var table = Spectre.Console.TableExtensions.AddColumn(new Spectre.Console.Table(), "a");
+        Assert.EndsWith("┘\n", Render(Spectre.Console.TableExtensions.AddRow(table, "1"))); // one line break, not two
+    }
+
+    [Fact]
     public void Displayable_values_render_themselves()
     {
         var stages = new StageSet();

@@ -149,3 +149,104 @@ public sealed class RunCommandTests
         Assert.Equal("1 passed, 1 failed, 1 skipped", lines[3]);
     }
 }
+
+/// <summary>What `virtlab run` prints for failures wrapped by Task.Wait/reflection, runtime frames, and compile warnings.</summary>
+public sealed class RunOutputTests
+{
+    [Fact]
+    public void Wrapped_exceptions_print_the_message_their_exit_code_stands_for()
+    {
+        using var tmp = new TempDir();
+        // Task.Wait wraps in AggregateException: still a skip (4) with its reason, and a usage error (3) with its message.
+        var skip = Virtlab.Run(null, tmp.Path, "run", tmp.File("skip.csx", "Task.Run(() => Require(false, \"needs a unicorn\")).Wait();\n"));
+        Assert.True(skip.ExitCode == 4, skip.ToString());
+        Assert.Equal("skipped: needs a unicorn\n", skip.Stderr);
+
+        var arg = Virtlab.Run(null, tmp.Path, "run", tmp.File("arg.csx", "Task.Run(() => Arg(\"n\", 1)).Wait();\n"), "--", "--n", "many");
+        Assert.True(arg.ExitCode == 3, arg.ToString());
+        Assert.StartsWith("virtlab run: --n: ", arg.Stderr);
+        Assert.DoesNotContain("AggregateException", arg.Stderr);
+        Assert.DoesNotContain("   at ", arg.Stderr);
+
+        var boom = Virtlab.Run(null, tmp.Path, "run", tmp.File("boom.csx", "Task.Run(() => throw new InvalidOperationException(\"inner\")).Wait();\n"));
+        Assert.True(boom.ExitCode == 1, boom.ToString());
+        Assert.StartsWith("System.InvalidOperationException: inner\n", boom.Stderr);
+    }
+
+    [Fact]
+    public void Runtime_exceptions_show_the_script_frames_in_lambdas_and_loaded_files()
+    {
+        using var tmp = new TempDir();
+        tmp.File("lib/_inc.csx", "int Check(int v)\n{\n    if (v == 0) throw new ArgumentException(\"zero\");\n    return v;\n}\n");
+        var recipe = tmp.File("lam.csx", "#load \"lib/_inc.csx\"\nvar xs = new[] { 2, 1, 0 };\nvar r = xs.Select(x =>\n    Check(x)).ToList();\n");
+        for (int i = 0; i < 2; i++) // compiled, then from the cache
+        {
+            var run = Virtlab.Run(null, tmp.Path, "run", recipe);
+            Assert.True(run.ExitCode == 1, run.ToString());
+            var lines = run.Stderr.Split('\n', StringSplitOptions.RemoveEmptyEntries);
+            Assert.Equal("System.ArgumentException: zero", lines[0]);
+            Assert.Equal($"   at {Path.Combine(tmp.Path, "lib", "_inc.csx")}:3", lines[1]);
+            Assert.Equal($"   at {recipe}:4", lines[2]); // the lambda body
+            Assert.Contains($"   at {recipe}:3", lines.Skip(3)); // the statement that ran it
+            Assert.DoesNotContain(lines, l => l.Contains("System.Linq") || l.Contains("Submission#"));
+        }
+    }
+
+    [Fact]
+    public void Compile_warnings_are_shown_on_stderr_and_do_not_change_the_exit_code()
+    {
+        using var tmp = new TempDir();
+        var recipe = tmp.File("warn.csx", "var n = 1;\nif (n == 1) { int unused; }\nResult(\"n\", n);\n");
+        var expected = $"{recipe}(2,19): warning CS0168: The variable 'unused' is declared but never used\n";
+        for (int i = 0; i < 2; i++) // compiled, then from the cache: the same warning
+        {
+            var r = Virtlab.Run(null, tmp.Path, new Dictionary<string, string>(), "run", recipe);
+            Assert.True(r.ExitCode == 0, r.ToString());
+            Assert.Equal(expected, r.Stderr);
+            Assert.Equal("n = 1\n", r.Stdout);
+        }
+        var failing = Virtlab.Run(null, tmp.Path, "run", tmp.File("warnfail.csx", "if (true) { int unused; }\nExpect(false, \"fails\");\n"));
+        Assert.True(failing.ExitCode == 1, failing.ToString());
+        Assert.Contains("warning CS0168", failing.Stderr);
+
+        // Under `virtlab test` the reason is the failure, not the warning; a wrapped skip keeps its reason.
+        tmp.File("t/a.csx", "if (true) { int unused; }\nExpect(false, \"fails on purpose\");\n");
+        tmp.File("t/b.csx", "Task.Run(() => Require(false, \"needs /dev/unicorn\")).Wait();\n");
+        var t = Virtlab.Run(null, tmp.Path, "test", "t");
+        var lines = t.Stdout.Split('\n', StringSplitOptions.RemoveEmptyEntries);
+        Assert.Matches(@"^FAIL t/a\.csx \(\d+\.\d\d s\) exit 1: expectation failed: fails on purpose$", lines[0]);
+        Assert.Matches(@"^SKIP t/b\.csx \(\d+\.\d\d s\) needs /dev/unicorn$", lines[1]);
+        Assert.Equal("0 passed, 1 failed, 1 skipped", lines[2]);
+    }
+
+    [Fact]
+    public void Redirected_output_has_no_ansi_even_through_spectres_static_console()
+    {
+        using var tmp = new TempDir();
+        var recipe = tmp.File("ansi.csx", "Spectre.Console.AnsiConsole.MarkupLine(\"[red]red[/]\");\nShow(new Spectre.Console.Markup(\"[blue]blue[/]\\n\"));\nResult(\"v\", 1);\n");
+        var env = new Dictionary<string, string> { ["TERM"] = "xterm-256color", ["NO_COLOR"] = "" };
+        var r = Virtlab.Run(null, tmp.Path, env, "run", recipe);
+        Assert.True(r.ExitCode == 0, r.ToString());
+        Assert.Equal("red\nblue\nv = 1\n", r.Stdout);
+    }
+
+    [Fact]
+    public void Run_record_names_the_commits_of_the_recipe_and_of_virtlab()
+    {
+        using var tmp = new TempDir();
+        const string head = "0123456789abcdef0123456789abcdef01234567";
+        tmp.File(".git/HEAD", head + "\n"); // a detached HEAD is all FindCommit needs
+        var json = Path.Combine(tmp.Path, "r.json");
+        var r = Virtlab.Run(null, tmp.Path, "run", "--json", json, tmp.File("sub/r.csx", "Result(\"x\", 1);"));
+        Assert.True(r.ExitCode == 0, r.ToString());
+        using var doc = System.Text.Json.JsonDocument.Parse(File.ReadAllText(json));
+        var env = doc.RootElement.GetProperty("environment");
+        Assert.Equal(head, env.GetProperty("gitCommit").GetString());
+        // The shell's own commit is there whenever its build knew it (built from a git checkout).
+        var version = typeof(VirtLab.Shell.Cli.RunCommand).Assembly
+            .GetCustomAttributes(typeof(System.Reflection.AssemblyInformationalVersionAttribute), false)
+            .Cast<System.Reflection.AssemblyInformationalVersionAttribute>().Single().InformationalVersion;
+        if (version.Contains('+')) Assert.Equal(version.Split('+')[1], env.GetProperty("virtlabCommit").GetString());
+        Assert.Equal(0, doc.RootElement.GetProperty("exitCode").GetInt32());
+    }
+}

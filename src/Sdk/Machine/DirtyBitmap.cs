@@ -14,7 +14,8 @@ public readonly record struct PageRun(long First, long Count)
 
 /// <summary>
 /// One bit per 4 KiB page of a memslot, exactly KVM's <c>dirty_bitmap</c> layout: <c>ulong</c> words, bit i of word w
-/// is page <c>w*64 + i</c> (little-endian), <c>ALIGN(npages, 64) / 8</c> bytes. Bits past <see cref="Pages"/> stay zero.
+/// is page <c>w*64 + i</c> (little-endian), <c>ALIGN(npages, 64) / 8</c> bytes. Bits past <see cref="Pages"/> stay zero
+/// (KVM never sets them); should they be written through <see cref="Words"/>, counts and scans still ignore them.
 /// Count is a hardware popcount; set pages and runs are walked word by word with TZCNT, skipping zero (and, for runs,
 /// all-ones) stretches 128 bytes at a time with vector compares.
 /// </summary>
@@ -94,7 +95,7 @@ public sealed class DirtyBitmap : IEquatable<DirtyBitmap>
     public void ClearAll() => Array.Clear(words);
 
     /// <summary>Set pages (hardware popcount, 4 words per iteration).</summary>
-    public long Count => PopCount(words);
+    public long Count => words.Length == 0 ? 0 : PopCount(words.AsSpan(0, words.Length - 1)) + BitOperations.PopCount(words[^1] & TailMask);
 
     /// <summary>Set pages in [first, first+count).</summary>
     public long CountRange(long first, long count)
@@ -110,7 +111,7 @@ public sealed class DirtyBitmap : IEquatable<DirtyBitmap>
         return n + PopCount(words.AsSpan(w0 + 1, w1 - w0 - 1));
     }
 
-    public bool IsEmpty => IndexOfWordNot(words, 0, 0) < 0;
+    public bool IsEmpty => NextNonZeroWord(0) is var i && (i < 0 || (i == words.Length - 1 && WordForScan(i) == 0));
 
     public bool Any => !IsEmpty;
 
@@ -121,9 +122,14 @@ public sealed class DirtyBitmap : IEquatable<DirtyBitmap>
         if (from >= Pages) return -1;
         int w = (int)(from >> 6);
         ulong cur = words[w] & (ulong.MaxValue << (int)(from & 63));
-        if (cur != 0) return ((long)w << 6) + BitOperations.TrailingZeroCount(cur);
-        w = IndexOfWordNot(words, w + 1, 0);
-        return w < 0 ? -1 : ((long)w << 6) + BitOperations.TrailingZeroCount(words[w]);
+        long r;
+        if (cur != 0) r = ((long)w << 6) + BitOperations.TrailingZeroCount(cur);
+        else
+        {
+            w = IndexOfWordNot(words, w + 1, 0);
+            r = w < 0 ? -1 : ((long)w << 6) + BitOperations.TrailingZeroCount(words[w]);
+        }
+        return r < Pages ? r : -1;
     }
 
     /// <summary>First clear page ≥ <paramref name="from"/>, or <see cref="Pages"/> when all remaining pages are set.</summary>
@@ -161,16 +167,11 @@ public sealed class DirtyBitmap : IEquatable<DirtyBitmap>
     public int CopySetPages(Span<long> destination)
     {
         int n = 0;
-        ulong[] w = words;
-        ref ulong r = ref MemoryMarshal.GetArrayDataReference(w);
         ref long d = ref MemoryMarshal.GetReference(destination);
-        for (int i = 0; i < w.Length; i++)
+        for (int i = NextNonZeroWord(0); i >= 0; i = NextNonZeroWord(i + 1))
         {
-            ulong bits = Unsafe.Add(ref r, i);
-            if (bits == 0) continue;
-            if (i == w.Length - 1) bits &= TailMask;
-            int pop = BitOperations.PopCount(bits);
-            if (pop > destination.Length - n)
+            ulong bits = WordForScan(i);
+            if (BitOperations.PopCount(bits) > destination.Length - n)
                 throw new ArgumentException($"the destination holds {destination.Length} pages but this bitmap has more set", nameof(destination));
             long @base = (long)i << 6;
             for (; bits != 0; bits &= bits - 1) Unsafe.Add(ref d, n++) = @base + BitOperations.TrailingZeroCount(bits);
@@ -183,8 +184,27 @@ public sealed class DirtyBitmap : IEquatable<DirtyBitmap>
     public void ForEachSetPage(Action<long> action)
     {
         ArgumentNullException.ThrowIfNull(action);
-        foreach (var p in SetPages) action(p);
+        for (int i = NextNonZeroWord(0); i >= 0; i = NextNonZeroWord(i + 1))
+        {
+            long @base = (long)i << 6;
+            for (ulong bits = WordForScan(i); bits != 0; bits &= bits - 1) action(@base + BitOperations.TrailingZeroCount(bits));
+        }
     }
+
+    /// <summary>Index of the first non-zero word ≥ <paramref name="from"/>, or -1: the next word is checked directly
+    /// (dense bitmaps), a zero stretch goes to the vectorised scan.</summary>
+    int NextNonZeroWord(int from) => NextNonZeroWord(words, from);
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    static int NextNonZeroWord(ulong[] words, int from)
+    {
+        if ((uint)from >= (uint)words.Length) return -1;
+        return Unsafe.Add(ref MemoryMarshal.GetArrayDataReference(words), from) != 0 ? from : IndexOfWordNot(words, from + 1, 0);
+    }
+
+    /// <summary>Word <paramref name="i"/> with bits past <see cref="Pages"/> masked off (they are zero unless <see cref="Words"/> was written there).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    ulong WordForScan(int i) => i == words.Length - 1 ? words[i] & TailMask : words[i];
 
     public DirtyBitmap Or(DirtyBitmap other) { Combine(other, Op.Or); return this; }
     public DirtyBitmap And(DirtyBitmap other) { Combine(other, Op.And); return this; }
@@ -266,12 +286,9 @@ public sealed class DirtyBitmap : IEquatable<DirtyBitmap>
         bool NextWord()
         {
             var w = words;
-            int i = index + 1;
-            ref ulong r = ref MemoryMarshal.GetArrayDataReference(w);
-            // The next word is checked directly (dense bitmaps); a zero stretch goes to the vectorised scan.
-            if (i < w.Length && Unsafe.Add(ref r, i) == 0) i = IndexOfWordNot(w, i + 1, 0);
-            if ((uint)i >= (uint)w.Length) { index = w.Length; return false; }
-            ulong bits = Unsafe.Add(ref r, i);
+            int i = NextNonZeroWord(w, index + 1);
+            if (i < 0) { index = w.Length; return false; }
+            ulong bits = w[i];
             if (i == w.Length - 1) bits &= tailMask; // never report pages past Pages, even if Words was written there
             index = i;
             pending = bits;
@@ -316,9 +333,8 @@ public sealed class DirtyBitmap : IEquatable<DirtyBitmap>
             ref ulong r = ref MemoryMarshal.GetArrayDataReference(w);
             if (pending == 0)
             {
-                int i = index + 1;
-                if (i < w.Length && Unsafe.Add(ref r, i) == 0) i = IndexOfWordNot(w, i + 1, 0);
-                if ((uint)i >= (uint)w.Length) { index = w.Length; return false; }
+                int i = NextNonZeroWord(w, index + 1);
+                if (i < 0) { index = w.Length; return false; }
                 index = i;
                 pending = Unsafe.Add(ref r, i);
             }

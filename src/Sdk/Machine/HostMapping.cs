@@ -43,10 +43,22 @@ internal sealed unsafe class HostMapping : IDisposable
                 var raw = Libc.MmapChecked(0, length + pageSize, prot, Libc.MAP_PRIVATE | Libc.MAP_ANONYMOUS, -1, 0, doing);
                 var aligned = (nint)(((long)raw + pageSize - 1) / pageSize * pageSize);
                 long head = aligned - raw, tail = pageSize - head;
-                if (head > 0) Libc.MunmapChecked(raw, head, doing);
-                if (tail > 0) Libc.MunmapChecked(aligned + (nint)length, tail, doing);
-                try { Libc.MadviseChecked(aligned, length, Libc.MADV_HUGEPAGE, doing); }
-                catch { Libc.munmap(aligned, (nuint)length); throw; }
+                if (head > 0 && Libc.munmap(raw, (nuint)head) != 0)
+                {
+                    var e = Libc.Errno;
+                    Libc.munmap(raw, (nuint)(length + pageSize));
+                    throw LibcException.FromErrno(e, "munmap", doing);
+                }
+                try
+                {
+                    if (tail > 0) Libc.MunmapChecked(aligned + (nint)length, tail, doing);
+                    Libc.MadviseChecked(aligned, length, Libc.MADV_HUGEPAGE, doing);
+                }
+                catch
+                {
+                    Libc.munmap(aligned, (nuint)(length + tail)); // the tail too, if its munmap failed
+                    throw;
+                }
                 return new HostMapping(aligned, length, backing, -1);
             }
 

@@ -295,7 +295,7 @@ public abstract class Vm : IDisposable, IDisplayable
             if (ReferenceEquals(s, ignore)) continue;
             if (gpa < s.EndGpa && s.Gpa < gpa + (ulong)size)
                 throw new ArgumentException(
-                    $"memslot {id} [0x{gpa:x}, 0x{gpa + (ulong)size:x}) overlaps slot {s.Id} [0x{s.Gpa:x}, 0x{s.EndGpa:x}); memslots may not overlap", nameof(gpa));
+                    $"memslot {id} [0x{gpa:x}, 0x{gpa + (ulong)size:x}) overlaps slot {s.Id} [0x{s.Gpa:x}, 0x{s.EndGpa:x}); memslots may not overlap (the kernel would return EEXIST)", nameof(gpa));
         }
     }
 
@@ -349,34 +349,52 @@ public abstract class Vm : IDisposable, IDisplayable
     {
         ThrowIfDisposed();
         ArgumentNullException.ThrowIfNull(into);
-        CheckOwned(slot);
-        CheckLogging(slot, "KVM_GET_DIRTY_LOG");
-        if (into.Pages != slot.Pages)
-            throw new ArgumentException($"the bitmap has {into.Pages} pages but slot {slot.Id} has {slot.Pages}", nameof(into));
-        GetDirtyLogCore(slot, into.Words);
+        // Under the slot lock: the kernel writes npages bits of whatever slot has this id at the time of the ioctl, so a
+        // concurrent resize must not slip in between the size check and the call.
+        lock (slotLock)
+        {
+            CheckOwned(slot);
+            CheckNoRing("KVM_GET_DIRTY_LOG");
+            CheckLogging(slot, "KVM_GET_DIRTY_LOG");
+            if (into.Pages != slot.Pages)
+                throw new ArgumentException($"the bitmap has {into.Pages} pages but slot {slot.Id} has {slot.Pages}", nameof(into));
+            GetDirtyLogCore(slot, into.Words);
+        }
     }
 
+    /// <summary>Checks in the kernel's order (kvm_clear_dirty_log_protect): ENXIO for a ring, EINVAL for first_page,
+    /// ENOENT for a slot that does not log, EINVAL for the range and for num_pages.</summary>
     internal void ClearDirtyLog(MemSlot slot, long firstPage, long numPages, DirtyBitmap? mask)
     {
         ThrowIfDisposed();
-        CheckOwned(slot);
-        CheckLogging(slot, "KVM_CLEAR_DIRTY_LOG");
-        var n = slot.Pages;
-        if (firstPage < 0 || numPages < 0)
-            throw new ArgumentOutOfRangeException(nameof(firstPage), $"first_page ({firstPage}) and num_pages ({numPages}) must not be negative");
-        if (firstPage % 64 != 0)
-            throw new ArgumentException(
-                $"KVM_CLEAR_DIRTY_LOG: first_page {firstPage} is not a multiple of 64 (the kernel would return EINVAL); use {firstPage / 64 * 64}", nameof(firstPage));
-        if (firstPage >= n || numPages > n - firstPage)
-            throw new ArgumentOutOfRangeException(nameof(numPages),
-                $"KVM_CLEAR_DIRTY_LOG: pages [{firstPage}, {firstPage + numPages}) are outside slot {slot.Id}'s {n} pages (first_page must be below npages)");
-        if (numPages % 64 != 0 && firstPage + numPages != n)
-            throw new ArgumentException(
-                $"KVM_CLEAR_DIRTY_LOG: num_pages {numPages} is not a multiple of 64 and the range [{firstPage}, {firstPage + numPages}) does not end at the slot's end ({n}); " +
-                "num_pages may only be unaligned for the last chunk of a slot", nameof(numPages));
-        if (mask is not null && mask.Pages != n)
-            throw new ArgumentException($"the mask has {mask.Pages} pages but slot {slot.Id} has {n}; pass a bitmap of the whole slot", nameof(mask));
-        if (numPages == 0) return;
+        lock (slotLock)
+        {
+            CheckOwned(slot);
+            CheckNoRing("KVM_CLEAR_DIRTY_LOG");
+            var n = slot.Pages;
+            if (firstPage < 0 || numPages < 0)
+                throw new ArgumentOutOfRangeException(nameof(firstPage), $"KVM_CLEAR_DIRTY_LOG: first_page ({firstPage}) and num_pages ({numPages}) must not be negative (they are unsigned in the kernel)");
+            if (firstPage % 64 != 0)
+                throw new ArgumentException(
+                    $"KVM_CLEAR_DIRTY_LOG: first_page {firstPage} is not a multiple of 64 (the kernel would return EINVAL); use {firstPage / 64 * 64}", nameof(firstPage));
+            CheckLogging(slot, "KVM_CLEAR_DIRTY_LOG");
+            if (firstPage >= n || numPages > n - firstPage)
+                throw new ArgumentOutOfRangeException(nameof(numPages),
+                    $"KVM_CLEAR_DIRTY_LOG: pages [{firstPage}, {firstPage + numPages}) are outside slot {slot.Id}'s {n} pages " +
+                    "(first_page must be below npages and the range inside the slot; the kernel would return EINVAL)");
+            if (numPages % 64 != 0 && firstPage + numPages != n)
+                throw new ArgumentException(
+                    $"KVM_CLEAR_DIRTY_LOG: num_pages {numPages} is not a multiple of 64 and the range [{firstPage}, {firstPage + numPages}) does not end at the slot's end ({n}); " +
+                    "num_pages may only be unaligned for the last chunk of a slot (the kernel would return EINVAL)", nameof(numPages));
+            if (mask is not null && mask.Pages != n)
+                throw new ArgumentException($"the mask has {mask.Pages} pages but slot {slot.Id} has {n}; pass a bitmap of the whole slot", nameof(mask));
+            if (numPages == 0) return;
+            ClearDirtyLogChecked(slot, firstPage, numPages, mask);
+        }
+    }
+
+    void ClearDirtyLogChecked(MemSlot slot, long firstPage, long numPages, DirtyBitmap? mask)
+    {
         var words = DirtyBitmap.WordsFor(numPages);
         ReadOnlySpan<ulong> m;
         if (mask is not null) m = mask.Words.AsSpan((int)(firstPage >> 6), words);
@@ -390,10 +408,14 @@ public abstract class Vm : IDisposable, IDisplayable
         ClearDirtyLogCore(slot, firstPage, numPages, m);
     }
 
-    void CheckLogging(MemSlot slot, string ioctl)
+    void CheckNoRing(string ioctl)
     {
         if (DirtyRing is not null)
             throw new InvalidOperationException($"{ioctl}: this VM tracks dirty pages with the dirty ring (the kernel returns ENXIO); use vm.DirtyRing.Harvest() and Reset()");
+    }
+
+    static void CheckLogging(MemSlot slot, string ioctl)
+    {
         if (!slot.LogDirtyPages)
             throw new InvalidOperationException($"{ioctl}: slot {slot.Id} is not logging dirty pages (it has no dirty_bitmap; the kernel returns ENOENT); set LogDirtyPages = true first");
     }
@@ -433,7 +455,8 @@ public abstract class Vm : IDisposable, IDisplayable
         {
             if (a.Offset < 0 || a.Offset % 8 != 0 || a.Step < 0 || a.Step % 8 != 0 || a.Count < 1)
                 throw new ArgumentException($"{a}: offset and step must be non-negative multiples of 8 and count at least 1", nameof(workload));
-            var end = w.Offset + a.Offset + (a.Count - 1) * a.Step + 8;
+            // Int128: huge offsets or steps must not wrap around into a small, "valid" end.
+            var end = (Int128)w.Offset + a.Offset + (Int128)(a.Count - 1) * a.Step + 8;
             if (end > w.Stride)
                 throw new ArgumentException($"{a} with offset {w.Offset} reaches byte {end} of a {w.Stride}-byte stride; accesses must stay inside their stride", nameof(workload));
         }

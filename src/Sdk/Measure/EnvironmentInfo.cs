@@ -15,6 +15,8 @@ public sealed record EnvironmentInfo
     public required IReadOnlyDictionary<string, string> Plugins { get; init; }
     /// <summary>HEAD of the git repository containing the recipe, when there is one.</summary>
     public string? GitCommit { get; init; }
+    /// <summary>The commit virtlab itself was built from (the "+commit" of its informational version), when known.</summary>
+    public string? VirtlabCommit { get; init; }
     /// <summary>Distribution name (/etc/os-release), else the runtime's OS description.</summary>
     public required string Os { get; init; }
     /// <summary>Kernel release (/proc/sys/kernel/osrelease).</summary>
@@ -33,12 +35,15 @@ public sealed record EnvironmentInfo
     /// <param name="virtlabVersion">The shell's version; defaults to the entry assembly's informational version.</param>
     /// <param name="plugins">Loaded plugins, name → version (the shell passes them in).</param>
     /// <param name="recipePath">The recipe file or folder; the git commit is looked up from there.</param>
-    public static EnvironmentInfo Capture(string? virtlabVersion = null, IReadOnlyDictionary<string, string>? plugins = null, string? recipePath = null) => new()
+    /// <param name="virtlabCommit">The commit the shell was built from (<see cref="VirtlabCommit"/>).</param>
+    public static EnvironmentInfo Capture(string? virtlabVersion = null, IReadOnlyDictionary<string, string>? plugins = null, string? recipePath = null,
+        string? virtlabCommit = null) => new()
     {
         Virtlab = virtlabVersion ?? InformationalVersion(Assembly.GetEntryAssembly()) ?? "unknown",
         Sdk = InformationalVersion(typeof(EnvironmentInfo).Assembly) ?? SdkVersion.Current.ToString(),
         Plugins = new SortedDictionary<string, string>(plugins?.ToDictionary() ?? [], StringComparer.Ordinal),
         GitCommit = recipePath is null ? null : Git.FindCommit(recipePath),
+        VirtlabCommit = virtlabCommit,
         Os = OsReleaseName() ?? RuntimeInformation.OSDescription,
         Kernel = ReadFirstLine("/proc/sys/kernel/osrelease"),
         Architecture = RuntimeInformation.OSArchitecture.ToString().ToLowerInvariant(),
@@ -52,7 +57,7 @@ public sealed record EnvironmentInfo
     private static string? InformationalVersion(Assembly? a)
     {
         var v = a?.GetCustomAttribute<AssemblyInformationalVersionAttribute>()?.InformationalVersion;
-        // The SDK appends "+<commit>" when building from git; the commit is recorded separately.
+        // The .NET SDK appends "+<commit>" when building from git; the shell passes its own as VirtlabCommit.
         return v is null ? null : v.Split('+')[0];
     }
 

@@ -149,8 +149,9 @@ public sealed class RecipeContext
         _ => 1,
     };
 
-    /// <summary>The exception a script really threw, without reflection/aggregate wrappers.</summary>
-    internal static Exception? Unwrap(Exception? e)
+    /// <summary>The exception a script really threw, without <see cref="System.Reflection.TargetInvocationException"/>
+    /// and single-exception <see cref="AggregateException"/> wrappers (<c>Task.Wait()</c>, reflection).</summary>
+    public static Exception? Unwrap(Exception? e)
     {
         while (e is AggregateException { InnerExceptions.Count: 1 } or System.Reflection.TargetInvocationException && e.InnerException is not null)
             e = e.InnerException;

@@ -36,10 +36,10 @@ public static class InfoCommands
     public static int Doctor(IReadOnlyList<string> pluginDirs)
     {
         var console = Consoles.Out;
-        var env = EnvironmentInfo.Capture(RunCommand.VirtlabVersion);
+        var env = EnvironmentInfo.Capture(RunCommand.VirtlabVersion, virtlabCommit: RunCommand.VirtlabCommit);
         var table = new Table().Border(TableBorder.Rounded).Title("Host").AddColumn("[bold]What[/]").AddColumn("[bold]Value[/]");
         void Row(string k, string? v) => table.AddRow(new Text(k), new Text(v ?? "unknown"));
-        Row("virtlab", env.Virtlab);
+        Row("virtlab", env.VirtlabCommit is { } commit ? $"{env.Virtlab} ({commit[..Math.Min(12, commit.Length)]})" : env.Virtlab);
         Row("SDK", $"{env.Sdk} (major {SdkVersion.Major})");
         Row("runtime", env.Runtime);
         Row("OS", env.Os);

@@ -26,6 +26,9 @@ public static class RunCommand
             return ExitCodes.Usage;
         }
         var verbose = Environment.GetEnvironmentVariable("VIRTLAB_VERBOSE") is "1" or "true";
+        // Recipes and plugins may write through Spectre's static AnsiConsole, whose own detection emits ANSI into a
+        // pipe (it looks at TERM, not at the redirection): give it the console that knows.
+        AnsiConsole.Console = Consoles.Out;
 
         RecipeArgs args;
         try { args = new RecipeArgs(o.Arguments); }
@@ -141,7 +144,7 @@ public static class RunCommand
         if (o.JsonPath is null) return;
         try
         {
-            var env = EnvironmentInfo.Capture(VirtlabVersion, plugins.Loaded.ToDictionary(p => p.Name, p => p.Version ?? "?"), o.File);
+            var env = EnvironmentInfo.Capture(VirtlabVersion, plugins.Loaded.ToDictionary(p => p.Name, p => p.Version ?? "?"), o.File, VirtlabCommit);
             RunRecord.Create(context, RecipeInfo.FromFile(o.File), env, error, exit).Write(o.JsonPath);
         }
         catch (Exception e) when (e is IOException or UnauthorizedAccessException)
@@ -150,8 +153,13 @@ public static class RunCommand
         }
     }
 
-    public static string VirtlabVersion =>
-        (typeof(RunCommand).Assembly.GetCustomAttribute<AssemblyInformationalVersionAttribute>()?.InformationalVersion ?? "0.0.0").Split('+')[0];
+    private static string InformationalVersion =>
+        typeof(RunCommand).Assembly.GetCustomAttribute<AssemblyInformationalVersionAttribute>()?.InformationalVersion ?? "0.0.0";
+
+    public static string VirtlabVersion => InformationalVersion.Split('+')[0];
+
+    /// <summary>The commit this shell was built from, when the build knew it.</summary>
+    public static string? VirtlabCommit => InformationalVersion.Split('+') is [_, { Length: > 0 } c, ..] ? c : null;
 }
 
 /// <summary>Exit codes of <c>virtlab run</c> (and of the other commands where they apply).</summary>

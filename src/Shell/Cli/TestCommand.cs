@@ -51,13 +51,19 @@ public static class TestCommand
         return failed > 0 ? ExitCodes.Failure : ExitCodes.Success;
     }
 
-    private static string Reason(string stderr, string? marker)
+    /// <summary>Why a recipe was skipped or failed: its <paramref name="marker"/> line, else its first stderr line that is
+    /// not shell chatter (plugin load notes, VIRTLAB_VERBOSE lines) or a compile warning.</summary>
+    internal static string Reason(string stderr, string? marker)
     {
-        var lines = stderr.Split('\n', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries)
-            .Where(l => !l.StartsWith("virtlab: plugin ", StringComparison.Ordinal)).ToList();
+        var lines = stderr.Split('\n', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries);
         if (marker is not null && lines.FirstOrDefault(l => l.StartsWith(marker, StringComparison.Ordinal)) is { } m) return m[marker.Length..];
-        return lines.FirstOrDefault() ?? "";
+        return lines.FirstOrDefault(l => !IsNoise(l)) ?? lines.FirstOrDefault() ?? "";
     }
+
+    private static bool IsNoise(string line) =>
+        line.StartsWith("virtlab: ", StringComparison.Ordinal)
+        || line.StartsWith("warning CS", StringComparison.Ordinal)
+        || System.Text.RegularExpressions.Regex.IsMatch(line, @"^.*\(\d+,\d+\): warning [A-Z]+\d+: ");
 
     private static (int? Code, double Seconds, string Stderr) RunOne(string recipe, IReadOnlyList<string> pluginDirs, int timeoutSeconds)
     {

@@ -199,11 +199,15 @@ public sealed class PluginSet
         {
             Fail(info, $"cannot load: {e.Message}");
         }
+        catch (Exception e) // whatever else loading or inspecting it throws: an error entry, never the end of the shell
+        {
+            Fail(info, $"cannot load: {Unwrap(e)}");
+        }
     }
 
     private static string Unwrap(Exception e)
     {
-        while (e is TargetInvocationException { InnerException: { } inner }) e = inner;
+        e = VirtLab.Sdk.Measure.RecipeContext.Unwrap(e)!;
         return $"{e.GetType().Name}: {e.Message}";
     }
 }

@@ -21,7 +21,25 @@ public static class ValueRenderer
     public const int MaxInline = 10;
     private const int MaxDepth = 2;
 
-    public static void Write(IAnsiConsole console, object? value) => console.Write(ToRenderable(value));
+    /// <summary>Writes the value and leaves the cursor at the start of a line (a script's own <c>Text</c> or
+    /// <c>Markup</c> without a final newline would otherwise run into whatever is printed next).</summary>
+    public static void Write(IAnsiConsole console, object? value)
+    {
+        var renderable = ToRenderable(value);
+        console.Write(renderable);
+        if (!EndsWithLineBreak(console, renderable)) console.WriteLine();
+    }
+
+    private static bool EndsWithLineBreak(IAnsiConsole console, IRenderable renderable)
+    {
+        try
+        {
+            var options = RenderOptions.Create(console, console.Profile.Capabilities);
+            var last = renderable.Render(options, console.Profile.Width).LastOrDefault(s => !s.IsControlCode && (s.IsLineBreak || s.Text.Length > 0));
+            return last is null || last.IsLineBreak || last.Text.EndsWith('\n');
+        }
+        catch (Exception) { return true; } // a renderable that cannot render twice: leave the output as it is
+    }
 
     public static IRenderable ToRenderable(object? value) => Render(value, 0);
 

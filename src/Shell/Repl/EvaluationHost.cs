@@ -74,17 +74,34 @@ public static class EvaluationHost
                 switch (request!.Kind)
                 {
                     case RequestKind.Cancel:
-                        _running?.Cancel();
-                        await Send(new Reply { Id = request.Id });
+                        Cancel();
+                        await Answer(request);
                         break;
                     case RequestKind.Shutdown:
-                        await Send(new Reply { Id = request.Id });
+                        await Answer(request);
                         Exit(0);
                         break;
                     default:
                         _work.Add(request);
                         break;
                 }
+            }
+        }
+
+        private async Task Answer(Request request)
+        {
+            try { await Send(new Reply { Id = request.Id }); }
+            catch (Exception e) when (e is IOException or SocketException or ObjectDisposedException) { Exit(0); } // the front end is gone
+        }
+
+        /// <summary>On the reader: nothing here may end the reader (and the host with it).</summary>
+        private void Cancel()
+        {
+            try { _running?.Cancel(); }
+            catch (ObjectDisposedException) { } // the submission ended (and disposed its source) just now
+            catch (AggregateException e) // a callback the script registered on Cancellation threw
+            {
+                Console.Error.WriteLine($"a Cancellation callback threw: {e.InnerException?.Message ?? e.Message}");
             }
         }
 
@@ -156,6 +173,9 @@ public static class EvaluationHost
             _running = cts;
             session.Globals.Context.Cancellation = cts.Token;
             var (stdout, stderr, console) = (Console.Out, Console.Error, AnsiConsole.Console);
+            if (request.Width > 0)
+                foreach (var c in new[] { Consoles.Out, Consoles.Error, AnsiConsole.Console })
+                    if (c.Profile.Out.IsTerminal) c.Profile.Width = request.Width;
             if (request.Quiet)
             {
                 Console.SetOut(TextWriter.Null);

@@ -11,7 +11,7 @@ namespace VirtLab.Shell.Repl;
 
 public static class RequestKind
 {
-    public const string Submit = "submit";           // Code, Quiet → Status, Diagnostics, Error, Output
+    public const string Submit = "submit";           // Code, Quiet, Width → Status, Diagnostics, Error, Output
     public const string Complete = "complete";       // Code, Position → Completions, ReplaceStart, ReplaceLength
     public const string Cancel = "cancel";           // cancels the running submit (RecipeGlobals.Cancellation)
     public const string PluginsInfo = "plugins-info"; // → Plugins, Globals (first one loads the plugins)
@@ -34,6 +34,9 @@ public sealed class Request
     public int Position { get; set; }
     /// <summary>Replay: evaluate without rendering the value and with the script's Console output discarded.</summary>
     public bool Quiet { get; set; }
+    /// <summary>Submit: the terminal's width now (0: not a terminal). The host cannot follow a resize itself: its stdin
+    /// is not the terminal, so .NET never hears SIGWINCH there and keeps the width it saw first.</summary>
+    public int Width { get; set; }
 }
 
 public sealed class Diagnostic

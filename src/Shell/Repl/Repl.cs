@@ -164,7 +164,7 @@ internal sealed class Repl : IDisposable
             Task<Reply> submit;
             try
             {
-                submit = host.SendAsync(new Request { Kind = RequestKind.Submit, Code = code });
+                submit = host.SendAsync(new Request { Kind = RequestKind.Submit, Code = code, Width = _lines.IsInteractive ? AnsiConsole.Console.Profile.Width : 0 });
                 if (await Task.WhenAny(submit, interrupt.Task) == interrupt.Task)
                 {
                     host.SendCancel(); // cooperative first: RecipeGlobals.Cancellation

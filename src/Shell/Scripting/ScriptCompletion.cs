@@ -12,8 +12,9 @@ public sealed record Completion(string Text, CompletionKind Kind, string Detail,
 /// <summary>
 /// Completion from the semantic model of a throwaway submission chained on the session's last successful one
 /// (Microsoft.CodeAnalysis.CSharp.Features is not available): after a dot, the members of the expression's
-/// type (extension methods included) or of a type/namespace; elsewhere the names in scope — script globals,
-/// plugin globals, variables of earlier submissions, locals, types, namespaces — and keywords.
+/// type (extension methods included) or of a type/namespace (its static members, enum members); after <c>new</c>
+/// types and namespaces; elsewhere the names in scope — script globals, plugin globals, variables of earlier
+/// submissions, locals and lambda parameters, types, namespaces — and keywords.
 /// </summary>
 internal sealed class ScriptCompletion(ScriptCompiler compiler)
 {
@@ -26,6 +27,9 @@ internal sealed class ScriptCompletion(ScriptCompiler compiler)
         "stackalloc","static","string","struct","switch","this","throw","true","try","typeof","uint","ulong","unchecked","unsafe",
         "ushort","using","var","virtual","void","volatile","when","while","with","yield",
     ];
+
+    private static readonly string[] s_typeKeywords =
+        ["bool", "byte", "char", "decimal", "double", "float", "int", "long", "object", "sbyte", "short", "string", "uint", "ulong", "ushort"];
 
     private static readonly SymbolDisplayFormat s_detailFormat = SymbolDisplayFormat.MinimallyQualifiedFormat
         .WithMemberOptions(SymbolDisplayMemberOptions.IncludeParameters | SymbolDisplayMemberOptions.IncludeType | SymbolDisplayMemberOptions.IncludeContainingType)
@@ -53,7 +57,12 @@ internal sealed class ScriptCompletion(ScriptCompiler compiler)
         while (dot >= 0 && char.IsWhiteSpace(code[dot])) dot--;
         // After a dot (not a range "..") members of what precedes it, else everything in scope.
         bool members = dot >= 0 && code[dot] == '.' && !(dot > 0 && code[dot - 1] == '.');
-        var symbols = members ? MemberSymbols(model, root.FindToken(dot), start) : model.LookupSymbols(start);
+        // After "new" only a type can follow: types and namespaces (to qualify one), and the built-in type keywords.
+        bool afterNew = !members && dot >= 0 && root.FindToken(dot) is var before && before.IsKind(SyntaxKind.NewKeyword)
+                        && before.Span.End == dot + 1;
+        var symbols = members ? MemberSymbols(model, root.FindToken(dot), start)
+            : afterNew ? model.LookupNamespacesAndTypes(start)
+            : model.LookupSymbols(start);
 
         var items = new Dictionary<string, Completion>(StringComparer.Ordinal);
         foreach (var s in symbols)
@@ -63,7 +72,7 @@ internal sealed class ScriptCompletion(ScriptCompiler compiler)
             items[s.Name] = new Completion(s.Name, KindOf(s), Detail(s), start, end - start);
         }
         if (!members)
-            foreach (var k in s_keywords)
+            foreach (var k in afterNew ? s_typeKeywords : s_keywords)
                 if (Matches(k, prefix) && !items.ContainsKey(k))
                     items[k] = new Completion(k, CompletionKind.Keyword, "keyword", start, end - start);
 

@@ -12,8 +12,7 @@ public static class ScriptExceptions
 {
     public static string Format(Exception e, Func<Assembly, bool> isScriptAssembly)
     {
-        while (e is TargetInvocationException { InnerException: { } inner }) e = inner;
-        if (e is AggregateException { InnerExceptions.Count: 1 } agg) e = agg.InnerExceptions[0];
+        e = VirtLab.Sdk.Measure.RecipeContext.Unwrap(e)!;
         var sb = new StringBuilder();
         sb.Append(e.GetType().FullName).Append(": ").Append(e.Message).Append('\n');
         AppendFrames(sb, e, isScriptAssembly);
@@ -23,6 +22,15 @@ public static class ScriptExceptions
             AppendFrames(sb, inner, isScriptAssembly);
         }
         return sb.ToString();
+    }
+
+    // An async method runs as <Name>d__N.MoveNext in a nested state machine: show it as the method it is.
+    private static string MethodName(MethodBase method)
+    {
+        var type = method.DeclaringType;
+        if (method.Name == "MoveNext" && type is { Name: ['<', ..] name, DeclaringType: { } outer } && name.IndexOf('>') is > 1 and var close)
+            return $"{outer.FullName}.{name[1..close]}";
+        return $"{type?.FullName}.{method.Name}";
     }
 
     private static void AppendFrames(StringBuilder sb, Exception e, Func<Assembly, bool> isScriptAssembly)
@@ -45,7 +53,7 @@ public static class ScriptExceptions
                 var name = asm.GetName().Name ?? "";
                 if (name is "virtlab" or "System.Private.CoreLib" or "netstandard" || name.StartsWith("System.", StringComparison.Ordinal)
                     || name.StartsWith("Microsoft.", StringComparison.Ordinal)) continue;
-                line = $"   at {method.DeclaringType?.FullName}.{method.Name}" + (file is null ? "" : $" in {file}:{frame.GetFileLineNumber()}");
+                line = $"   at {MethodName(method)}" + (file is null ? "" : $" in {file}:{frame.GetFileLineNumber()}");
             }
             if (line != last) sb.Append(line).Append('\n'); // async state machines can repeat a frame
             last = line;

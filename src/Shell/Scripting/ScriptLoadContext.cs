@@ -13,6 +13,9 @@ namespace VirtLab.Shell.Scripting;
 public sealed class ScriptLoadContext : AssemblyLoadContext
 {
     private readonly PluginSet _plugins;
+    // Load runs on whatever thread first touches a type (a script's background task included) while the
+    // session adds submissions: both maps are guarded.
+    private readonly Lock _lock = new();
     private readonly Dictionary<string, Assembly> _submissions = new(StringComparer.OrdinalIgnoreCase);
     private readonly Dictionary<string, string> _referencePaths = new(StringComparer.OrdinalIgnoreCase);
 
@@ -21,19 +24,15 @@ public sealed class ScriptLoadContext : AssemblyLoadContext
     public Assembly AddSubmission(byte[] image)
     {
         var asm = LoadFromStream(new MemoryStream(image, writable: false));
-        _submissions[asm.GetName().Name!] = asm;
-        return asm;
-    }
-
-    public Assembly AddSubmission(string path)
-    {
-        var asm = LoadFromAssemblyPath(path);
-        _submissions[asm.GetName().Name!] = asm;
+        lock (_lock) _submissions[asm.GetName().Name!] = asm;
         return asm;
     }
 
     /// <summary>An assembly a script named with <c>#r "path"</c>; loaded on first use.</summary>
-    public void AddReferencePath(string path) => _referencePaths[Path.GetFileNameWithoutExtension(path)] = path;
+    public void AddReferencePath(string path)
+    {
+        lock (_lock) _referencePaths[Path.GetFileNameWithoutExtension(path)] = path;
+    }
 
     public bool Owns(Assembly assembly) => GetLoadContext(assembly) == this;
 
@@ -41,13 +40,20 @@ public sealed class ScriptLoadContext : AssemblyLoadContext
     {
         var simple = name.Name;
         if (simple is null) return null;
-        if (_submissions.TryGetValue(simple, out var sub)) return sub;
+        Assembly? sub;
+        string? path;
+        lock (_lock)
+        {
+            _submissions.TryGetValue(simple, out sub);
+            _referencePaths.TryGetValue(simple, out path);
+        }
+        if (sub is not null) return sub;
         foreach (var p in _plugins.Loaded)
         {
             if (string.Equals(p.Assembly!.GetName().Name, simple, StringComparison.OrdinalIgnoreCase)) return p.Assembly;
             if (p.LoadContext!.ResolvePrivate(name) is not null) return p.LoadContext.LoadFromAssemblyName(name);
         }
-        if (_referencePaths.TryGetValue(simple, out var path)) return LoadFromAssemblyPath(path);
+        if (path is not null) return LoadFromAssemblyPath(path);
         return null; // default context: framework, VirtLab.Sdk, Spectre.Console, Iced
     }
 }

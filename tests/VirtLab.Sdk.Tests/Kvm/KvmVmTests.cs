@@ -168,6 +168,59 @@ public class KvmVmTests(ITestOutputHelper output)
     }
 
     [KvmFact]
+    public void A_raw_assembly_run_is_the_vms_one_run()
+    {
+        using var vm = NewVm(vcpus: 2);
+        var extra = vm.AddSlot(1.MiB(), id: 7);
+        var seen = new System.Collections.Concurrent.ConcurrentQueue<string>();
+        vm.RunAssembly(a =>
+        {
+            var skip = a.CreateLabel();
+            a.test(rdi, rdi);
+            a.jnz(skip);
+            a.mov(rsi, 1);
+            a.UcallSync(); // vCPU 0 only
+            a.Label(ref skip);
+        }, onSync: (_, _) =>
+        {
+            seen.Enqueue($"running {vm.IsRunning}");
+            seen.Enqueue(Assert.Throws<InvalidOperationException>(() => vm.RemoveSlot(7)).Message);
+            seen.Enqueue(Assert.Throws<InvalidOperationException>(() => vm.ResizeSlot(7, 2.MiB())).Message);
+            seen.Enqueue(Assert.Throws<InvalidOperationException>(() => vm.Run(Workload.Read())).Message);
+            seen.Enqueue(Assert.Throws<InvalidOperationException>(() => vm.RunAssembly(a => a.nop())).Message);
+        });
+        var s = seen.ToArray();
+        Assert.Equal(5, s.Length);
+        Assert.Equal("running True", s[0]);
+        Assert.Contains("cannot remove a memslot while a workload is running", s[1]);
+        Assert.Contains("cannot resize a memslot while a workload is running", s[2]);
+        Assert.Contains("already running", s[3]);
+        Assert.Contains("already running", s[4]);
+        Assert.False(vm.IsRunning);
+        vm.RemoveSlot(extra.Id); // allowed again once the run is over
+    }
+
+    [KvmFact]
+    public void A_guest_message_address_that_wraps_around_is_outside_guest_memory()
+    {
+        using var vm = NewVm();
+        var e = Assert.Throws<GuestAssertException>(() => vm.RunAssembly(a =>
+        {
+            a.mov(rsi, unchecked((long)ulong.MaxValue)); // gpa + length wraps past 2^64 into "valid" memory if unchecked
+            a.Ucall(Ucall.Assert);
+        }));
+        Assert.Contains("outside guest memory", e.GuestMessage);
+        var m = ((KvmVm)vm).Machine;
+        unsafe
+        {
+            Assert.True(m.HostPointer(ulong.MaxValue, 1) == null);
+            Assert.True(m.HostPointer(ulong.MaxValue - 7, 16) == null);
+            Assert.True(m.HostPointer(vm.TestSlot.Gpa, (ulong)vm.TestSlot.Size.Bytes) != null);
+            Assert.True(m.HostPointer(vm.TestSlot.Gpa + 1, (ulong)vm.TestSlot.Size.Bytes) == null);
+        }
+    }
+
+    [KvmFact]
     public void Too_many_vcpus_is_refused_before_the_kernel_sees_it()
     {
         var max = KvmSystem.Probe().MaxVcpus;

@@ -90,6 +90,11 @@ public class BadInputTests
         Assert.Throws<ArgumentException>(() => vm.Plan(new Workload { Slot = 9 }));
         Assert.Contains("at least one stride", Assert.Throws<ArgumentException>(() => vm.Plan(Workload.Write(stride: 3 << 20))).Message);
         Assert.Throws<ArgumentException>(() => vm.Plan(new Workload { Accesses = [StrideAccess.Read(0, 2, 4096)] }));
+        // offsets and steps so large that their sum would wrap around to a small, in-stride end
+        Assert.Contains("inside their stride", Assert.Throws<ArgumentException>(() =>
+            vm.Plan(new Workload { Accesses = [StrideAccess.Write(0, 3, 1L << 62)] })).Message);
+        Assert.Contains("inside their stride", Assert.Throws<ArgumentException>(() =>
+            vm.Plan(new Workload { Offset = long.MaxValue - 7, Accesses = [StrideAccess.Write(long.MaxValue - 7)] })).Message);
     }
 
     [Fact]

@@ -193,6 +193,9 @@ public abstract class ConformanceSuite(Backend backend)
         slot.LogDirtyPages = false;
         var e4 = Assert.Throws<InvalidOperationException>(() => slot.ClearDirtyLog(0, 64));
         Assert.Contains("not logging dirty pages", e4.Message);
+        // the kernel checks first_page's alignment (EINVAL) before it looks for the slot's bitmap (ENOENT)
+        var e5 = Assert.Throws<ArgumentException>(() => slot.ClearDirtyLog(1, 64));
+        Assert.Contains("EINVAL", e5.Message);
     }
 
     [BackendFact]
@@ -307,6 +310,22 @@ public abstract class ConformanceSuite(Backend backend)
     }
 
     [BackendFact]
+    public void Without_sync_points_after_pass_is_never_called()
+    {
+        using var vm = NewVm(vcpus: 2);
+        var slot = vm.TestSlot;
+        var calls = new List<int>();
+        var r = vm.Run(Workload.Write(passes: 3, stride: 4 * Page) with { SyncEachPass = false }, afterPass: calls.Add);
+        Assert.Empty(calls);
+        Assert.Equal(3 * 256, r.Writes);
+        Assert.Equal(3, r.PassTimes.Count);
+        Assert.Equal(256, slot.GetDirtyLog().Count);
+        // with sync points it is called once per pass, in order
+        vm.Run(Workload.Write(passes: 3, stride: 4 * Page), afterPass: calls.Add);
+        Assert.Equal(new[] { 0, 1, 2 }, calls);
+    }
+
+    [BackendFact]
     public void Workload_over_a_gpa_range_spanning_two_slots()
     {
         using var vm = NewVm(vcpus: 2);
@@ -365,6 +384,7 @@ public abstract class ConformanceSuite(Backend backend)
         var t = vm.TestSlot;
         var e = Assert.Throws<ArgumentException>(() => vm.AddSlot(2.MiB(), gpa: t.Gpa + 1.MiB()));
         Assert.Contains("overlaps slot 1", e.Message);
+        Assert.Contains("EEXIST", e.Message);
         Assert.Throws<ArgumentException>(() => vm.AddSlot(1.MiB(), gpa: 4096 * 3 + 1));      // unaligned gpa
         Assert.Throws<ArgumentException>(() => vm.AddSlot(6000.Bytes(), gpa: 1UL << 32));    // unaligned size
         Assert.Throws<ArgumentOutOfRangeException>(() => vm.AddSlot(1.MiB(), gpa: vm.MaxGpa - 4096));

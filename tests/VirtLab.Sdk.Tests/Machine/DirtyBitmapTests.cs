@@ -45,6 +45,13 @@ public class DirtyBitmapTests
             Assert.Equal(set.Length, b.Count);
             Assert.Equal(set, b.ToArray());
             Assert.Equal(set, b.SetPages.ToArray());
+            var viaAction = new List<long>();
+            b.ForEachSetPage(viaAction.Add);
+            Assert.Equal(set, viaAction);
+            var copied = new long[set.Length + 3];
+            Assert.Equal(set.Length, b.CopySetPages(copied));
+            Assert.Equal(set, copied.Take(set.Length));
+            if (set.Length > 0) Assert.Throws<ArgumentException>(() => b.CopySetPages(new long[set.Length - 1]));
             Assert.Equal(set.Length == 0, b.IsEmpty);
             for (long i = 0; i < pages; i++) Assert.Equal(m[i], b[i]);
 
@@ -126,5 +133,42 @@ public class DirtyBitmapTests
         Assert.Throws<ArgumentException>(() => new DirtyBitmap(130, [0, 0, 4])); // bit 130 set
         Assert.Throws<ArgumentException>(() => b.Or(new DirtyBitmap(129)));
         Assert.Equal("3 of 130 pages dirty (12 KiB)", b.ToString());
+    }
+
+    [Fact]
+    public void Scans_never_report_pages_past_the_end_even_if_the_words_were_written_there()
+    {
+        var b = new DirtyBitmap(130);
+        b.SetRange(120, 10);                 // pages 120 … 129
+        b.Words[^1] |= ulong.MaxValue << 2;  // bits 130 … 191 through the shared words
+        var expected = Enumerable.Range(120, 10).Select(i => (long)i).ToArray();
+        Assert.Equal(expected, b.SetPages.ToArray());
+        Assert.Equal(expected, b.ToArray());
+        Assert.Equal(new[] { new PageRun(120, 10) }, b.Runs.ToArray());
+        Assert.Equal(10, b.Count);
+        Assert.Equal(-1, b.NextSetPage(130));
+        b.ClearRange(120, 10);
+        Assert.True(b.IsEmpty);
+        Assert.Equal(0, b.Count);
+        Assert.Equal(-1, b.NextSetPage(0));
+        Assert.Empty(b.SetPages);
+        Assert.Empty(b.Runs);
+        var all = new DirtyBitmap(130);
+        all.Words.AsSpan().Fill(ulong.MaxValue);
+        Assert.Equal(new[] { new PageRun(0, 130) }, all.Runs.ToArray());
+        Assert.Equal(130, all.SetPages.Count());
+    }
+
+    [Fact]
+    public void Runs_across_all_ones_and_zero_stretches_longer_than_a_vector_step()
+    {
+        var b = new DirtyBitmap(64 * 100 + 5);
+        b.SetRange(3, 64 * 40);               // crosses 40 words, 20+ of them all ones
+        b.SetRange(64 * 80 + 61, 1);          // after a 2000+ page gap
+        b.SetRange(64 * 81, 64 * 19 + 5);     // starts on a word boundary, runs to the very end
+        Assert.Equal(new[] { new PageRun(3, 64 * 40), new PageRun(64 * 80 + 61, 1), new PageRun(64 * 81, 64 * 19 + 5) }, b.Runs.ToArray());
+        b.Set(64 * 80 + 62);                  // grows the middle run
+        b.Set(64 * 80 - 1);                   // the last bit of the word before: a new run
+        Assert.Equal(new[] { new PageRun(3, 64 * 40), new PageRun(64 * 80 - 1, 1), new PageRun(64 * 80 + 61, 2), new PageRun(64 * 81, 64 * 19 + 5) }, b.Runs.ToArray());
     }
 }

@@ -36,25 +36,48 @@ public sealed class ReplUnitTests
         Assert.Equal(expected, MetaCommands.AsStatement(submission));
 
     [Fact]
-    public void Completion_items_replace_only_the_identifier_inside_RadLines_word()
+    public void Completion_replaces_the_identifier_the_host_names_and_Tab_cycles_without_asking_again()
     {
-        string? askedCode = null; var askedAt = -1;
+        var asked = new List<(string Code, int Position)>();
         var completion = new HostCompletion((code, pos) =>
         {
-            (askedCode, askedAt) = (code, pos);
-            return new Reply { Completions = [new() { Text = "Slot" }, new() { Text = "Slots" }], ReplaceStart = pos - 2, ReplaceLength = 2 };
+            asked.Add((code, pos));
+            // As the host answers "vm.sl": case-insensitive matches, replacing the two letters before the caret.
+            return new Reply { Completions = [new() { Text = "SlotCount" }, new() { Text = "Slots" }], ReplaceStart = pos - 2, ReplaceLength = 2 };
         }) { PrecedingText = "var a = 1;\n" };
-        var items = completion.GetCompletions("x = ", "vm.Sl", "").ToList();
-        Assert.Equal("var a = 1;\nx = vm.Sl", askedCode);
-        Assert.Equal(askedCode!.Length, askedAt);
-        Assert.Equal(["vm.Slot", "vm.Slots"], items);
+
+        var first = completion.Next("x = vm.sl", 9);
+        Assert.Equal(new HostCompletion.Edit(7, 2, "SlotCount"), first);
+        Assert.Equal([("var a = 1;\nx = vm.sl", 20)], asked);
+
+        // Tab again on the line as the first Tab left it: the next candidate over the one just put in, then around.
+        Assert.Equal(new HostCompletion.Edit(7, 9, "Slots"), completion.Next("x = vm.SlotCount", 16));
+        Assert.Equal(new HostCompletion.Edit(7, 5, "SlotCount"), completion.Next("x = vm.Slots", 12));
+        Assert.Equal(new HostCompletion.Edit(7, 9, "Slots"), completion.Next("x = vm.SlotCount", 16, forward: false));
+        Assert.Single(asked);
+
+        // An edited line asks the host again.
+        completion.Next("x = vm.Slots + vm.sl", 20);
+        Assert.Equal(2, asked.Count);
+    }
+
+    [Fact]
+    public void Completion_rejects_a_range_outside_the_line_being_edited()
+    {
+        var completion = new HostCompletion((_, pos) => new Reply { Completions = [new() { Text = "Value" }], ReplaceStart = pos - 20, ReplaceLength = 1 })
+            { PrecedingText = "var v = 1;\n" };
+        Assert.Null(completion.Next("v.Va", 4));
     }
 
     [Fact]
     public void Meta_commands_complete_at_the_start_of_a_submission()
     {
-        var completion = new HostCompletion((_, _) => null);
-        Assert.Equal(["#reload", "#reset"], completion.GetCompletions("", "#re", "").ToList());
+        var completion = new HostCompletion((_, _) => throw new InvalidOperationException("the host is not asked about meta-commands"));
+        Assert.Equal(new HostCompletion.Edit(0, 3, "#reload"), completion.Next("#re", 3));
+        Assert.Equal(new HostCompletion.Edit(0, 7, "#reset"), completion.Next("#reload", 7));
+        Assert.Null(completion.Next("#load fi", 8)); // an argument: nothing to complete
+        completion.PrecedingText = "var s = \"\n";
+        Assert.Throws<InvalidOperationException>(() => completion.Next("#re", 3)); // not the start of a submission
     }
 
     [Fact]

@@ -605,10 +605,11 @@ internal sealed unsafe class KvmMachine : IDisposable
     /// <summary>Host pointer for [gpa, gpa+len) if one memslot (system or user) holds all of it.</summary>
     public byte* HostPointer(ulong gpa, ulong len)
     {
-        if (_layout != null && gpa + len <= _layout.Size && gpa + len >= gpa) return (byte*)_sysHost + gpa;
+        // Written so nothing wraps: gpa comes from guest registers and may be anything.
+        if (_layout != null && len <= _layout.Size && gpa <= _layout.Size - len) return (byte*)_sysHost + gpa;
         lock (_regions)
             foreach (var r in _regions.Values)
-                if (gpa >= r.Gpa && gpa + len <= r.Gpa + r.Size) return (byte*)r.Hva + (gpa - r.Gpa);
+                if (gpa >= r.Gpa && len <= r.Size && gpa - r.Gpa <= r.Size - len) return (byte*)r.Hva + (gpa - r.Gpa);
         return null;
     }
 

@@ -36,17 +36,8 @@ public static unsafe class KvmRawIoctls
     /// <summary><paramref name="iterations"/> × KVM_GET_DIRTY_LOG on <paramref name="slot"/> into one pinned buffer; elapsed seconds.</summary>
     public static double GetDirtyLog(Vm vm, MemSlot slot, int iterations)
     {
-        int fd = Machine(vm).VmFd;
-        var bitmap = Pinned(ref _getBuffer, slot.Pages, ones: false);
-        fixed (ulong* p = bitmap)
-        {
-            var log = new kvm_dirty_log { slot = (uint)slot.Id, dirty_bitmap = (ulong)p };
-            nuint req = KvmIoctl.KVM_GET_DIRTY_LOG;
-            long t0 = Stopwatch.GetTimestamp();
-            for (int i = 0; i < iterations; i++)
-                if (Libc.ioctl(fd, req, &log) < 0) throw KvmException.Last("KVM_GET_DIRTY_LOG", $"slot {slot.Id}");
-            return (Stopwatch.GetTimestamp() - t0) / (double)Stopwatch.Frequency;
-        }
+        int fd = Fd(vm, slot);
+        fixed (ulong* p = Pinned(ref _getBuffer, slot.Pages, ones: false)) return GetLoop(fd, slot, p, iterations);
     }
 
     /// <summary>
@@ -55,48 +46,59 @@ public static unsafe class KvmRawIoctls
     /// </summary>
     public static double GetDirtyLog(Vm vm, MemSlot slot, DirtyBitmap into, int iterations)
     {
-        int fd = Machine(vm).VmFd;
-        if (into.Pages != slot.Pages) throw new ArgumentException($"the bitmap has {into.Pages} pages but slot {slot.Id} has {slot.Pages}", nameof(into));
-        fixed (ulong* p = into.Words)
-        {
-            var log = new kvm_dirty_log { slot = (uint)slot.Id, dirty_bitmap = (ulong)p };
-            nuint req = KvmIoctl.KVM_GET_DIRTY_LOG;
-            long t0 = Stopwatch.GetTimestamp();
-            for (int i = 0; i < iterations; i++)
-                if (Libc.ioctl(fd, req, &log) < 0) throw KvmException.Last("KVM_GET_DIRTY_LOG", $"slot {slot.Id}");
-            return (Stopwatch.GetTimestamp() - t0) / (double)Stopwatch.Frequency;
-        }
+        int fd = Fd(vm, slot);
+        CheckWholeSlot(slot, into, "bitmap");
+        fixed (ulong* p = into.Words) return GetLoop(fd, slot, p, iterations);
     }
 
     /// <summary><paramref name="iterations"/> × KVM_CLEAR_DIRTY_LOG of the whole slot with <paramref name="mask"/>'s words.</summary>
     public static double ClearDirtyLog(Vm vm, MemSlot slot, DirtyBitmap mask, int iterations)
     {
-        int fd = Machine(vm).VmFd;
-        if (mask.Pages != slot.Pages) throw new ArgumentException($"the mask has {mask.Pages} pages but slot {slot.Id} has {slot.Pages}", nameof(mask));
-        fixed (ulong* p = mask.Words)
-        {
-            var c = new kvm_clear_dirty_log { slot = (uint)slot.Id, first_page = 0, num_pages = checked((uint)slot.Pages), dirty_bitmap = (ulong)p };
-            nuint req = KvmIoctl.KVM_CLEAR_DIRTY_LOG;
-            long t0 = Stopwatch.GetTimestamp();
-            for (int i = 0; i < iterations; i++)
-                if (Libc.ioctl(fd, req, &c) < 0) throw KvmException.Last("KVM_CLEAR_DIRTY_LOG", $"slot {slot.Id}");
-            return (Stopwatch.GetTimestamp() - t0) / (double)Stopwatch.Frequency;
-        }
+        int fd = Fd(vm, slot);
+        CheckWholeSlot(slot, mask, "mask");
+        fixed (ulong* p = mask.Words) return ClearLoop(fd, slot, p, iterations);
     }
 
     /// <summary><paramref name="iterations"/> × KVM_CLEAR_DIRTY_LOG of the whole slot with an all-ones mask; elapsed seconds.</summary>
     public static double ClearDirtyLog(Vm vm, MemSlot slot, int iterations)
     {
-        int fd = Machine(vm).VmFd;
-        var mask = Pinned(ref _clearMask, slot.Pages, ones: true);
-        fixed (ulong* p = mask)
-        {
-            var c = new kvm_clear_dirty_log { slot = (uint)slot.Id, first_page = 0, num_pages = checked((uint)slot.Pages), dirty_bitmap = (ulong)p };
-            nuint req = KvmIoctl.KVM_CLEAR_DIRTY_LOG;
-            long t0 = Stopwatch.GetTimestamp();
-            for (int i = 0; i < iterations; i++)
-                if (Libc.ioctl(fd, req, &c) < 0) throw KvmException.Last("KVM_CLEAR_DIRTY_LOG", $"slot {slot.Id}");
-            return (Stopwatch.GetTimestamp() - t0) / (double)Stopwatch.Frequency;
-        }
+        int fd = Fd(vm, slot);
+        fixed (ulong* p = Pinned(ref _clearMask, slot.Pages, ones: true)) return ClearLoop(fd, slot, p, iterations);
+    }
+
+    /// <summary>The VM fd, once <paramref name="slot"/> is known to be one of this VM's current slots (the kernel writes
+    /// npages bits of whatever slot has that id, so a stale slot object must not size the buffer).</summary>
+    private static int Fd(Vm vm, MemSlot slot)
+    {
+        var m = Machine(vm);
+        ArgumentNullException.ThrowIfNull(slot);
+        if (slot.Vm != vm || vm.FindSlot(slot.Id) != slot) throw new ArgumentException($"{slot} is not a current memslot of this VM", nameof(slot));
+        return m.VmFd;
+    }
+
+    private static void CheckWholeSlot(MemSlot slot, DirtyBitmap bitmap, string what)
+    {
+        ArgumentNullException.ThrowIfNull(bitmap);
+        if (bitmap.Pages != slot.Pages) throw new ArgumentException($"the {what} has {bitmap.Pages} pages but slot {slot.Id} has {slot.Pages}", what == "bitmap" ? "into" : "mask");
+    }
+
+    private static double GetLoop(int fd, MemSlot slot, ulong* bitmap, int iterations)
+    {
+        var log = new kvm_dirty_log { slot = (uint)slot.Id, dirty_bitmap = (ulong)bitmap };
+        nuint req = KvmIoctl.KVM_GET_DIRTY_LOG;
+        long t0 = Stopwatch.GetTimestamp();
+        for (int i = 0; i < iterations; i++)
+            if (Libc.ioctl(fd, req, &log) < 0) throw KvmException.Last("KVM_GET_DIRTY_LOG", $"slot {slot.Id}");
+        return (Stopwatch.GetTimestamp() - t0) / (double)Stopwatch.Frequency;
+    }
+
+    private static double ClearLoop(int fd, MemSlot slot, ulong* mask, int iterations)
+    {
+        var c = new kvm_clear_dirty_log { slot = (uint)slot.Id, first_page = 0, num_pages = checked((uint)slot.Pages), dirty_bitmap = (ulong)mask };
+        nuint req = KvmIoctl.KVM_CLEAR_DIRTY_LOG;
+        long t0 = Stopwatch.GetTimestamp();
+        for (int i = 0; i < iterations; i++)
+            if (Libc.ioctl(fd, req, &c) < 0) throw KvmException.Last("KVM_CLEAR_DIRTY_LOG", $"slot {slot.Id}");
+        return (Stopwatch.GetTimestamp() - t0) / (double)Stopwatch.Frequency;
     }
 }
