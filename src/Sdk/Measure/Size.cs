@@ -70,9 +70,11 @@ public readonly record struct Size(long Bytes) : IComparable<Size>
         if (b != 0 && b % TiBBytes == 0) return $"{b / TiBBytes} TiB";
         if (b != 0 && b % GiBBytes == 0) return $"{b / GiBBytes} GiB";
         if (b != 0 && b % MiBBytes == 0) return $"{b / MiBBytes} MiB";
-        if (b != 0 && b % KiBBytes == 0) return $"{b / KiBBytes} KiB";
+        // Past 1 MiB a readable figure beats an exact count of KiB ("60.56 MiB", not "62012 KiB");
+        // ToExactString is the parseable form.
         if (b >= GiBBytes) return (b / (double)GiBBytes).ToString("0.##", CultureInfo.InvariantCulture) + " GiB";
         if (b >= MiBBytes) return (b / (double)MiBBytes).ToString("0.##", CultureInfo.InvariantCulture) + " MiB";
+        if (b != 0 && b % KiBBytes == 0) return $"{b / KiBBytes} KiB";
         return $"{b} B";
     }
 

@@ -11,7 +11,7 @@ public static class ScriptPreamble
 {
     public static readonly IReadOnlyList<string> DefaultImports =
     [
-        "System", "System.Linq", "System.Collections.Generic", "System.Threading", "System.Threading.Tasks",
+        "System", "System.IO", "System.Linq", "System.Collections.Generic", "System.Threading", "System.Threading.Tasks",
         "VirtLab.Sdk", "VirtLab.Sdk.Measure", "VirtLab.Sdk.Machine",
     ];
 

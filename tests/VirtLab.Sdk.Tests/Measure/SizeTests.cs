@@ -26,6 +26,8 @@ public class SizeTests
         Assert.Equal("1536 MiB", (1.GiB() + 512.MiB()).ToString());
         Assert.Equal("1.5 GiB", (1.GiB() + 512.MiB() + 1.Bytes()).ToString());
         Assert.Equal("100 B", 100.Bytes().ToString());
+        Assert.Equal("1023 KiB", 1023.KiB().ToString());          // below 1 MiB: exact KiB
+        Assert.Equal("60.56 MiB", 62012.KiB().ToString());        // above: readable, not "62012 KiB"
         Assert.Equal("8G", 8.GiB().ToExactString());
         Assert.Equal("1536K", 1536.KiB().ToExactString());
         Assert.Equal("4097", 4097.Bytes().ToExactString());
@@ -39,7 +41,7 @@ public class SizeTests
 
     [Fact]
     public void Unit_multiples_round_trip_through_display_form() =>
-        Prop.ForAll(Arb.From(Gen.Choose(1, 1 << 20)), Arb.From(Gen.Elements(Size.KiBBytes, Size.MiBBytes, Size.GiBBytes, Size.TiBBytes)),
+        Prop.ForAll(Arb.From(Gen.Choose(1, 1 << 20)), Arb.From(Gen.Elements(Size.MiBBytes, Size.GiBBytes, Size.TiBBytes)),
             (int n, long unit) => Size.Parse(new Size(n * unit).ToString()).Bytes == n * unit).QuickCheckThrowOnFailure();
 
     [Fact]

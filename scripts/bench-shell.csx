@@ -1,0 +1,194 @@
+// bench-shell.csx — the shell's own figures, measured on real `virtlab` processes:
+//   1. wall time of `virtlab run` on a trivial recipe, first run (compile) and cached;
+//   2. REPL start to first result (piped stdin: process start → "42" printed);
+//   3. hot swap: a plugin rebuilt while the REPL runs → the reload notice, and → the new version answering;
+//   4. the REPL front end's memory (RSS, anonymous) after 1 and after --swaps swaps.
+// Targets (issue 2): cached run ≤ 0.6 s; first result ≤ 1.5 s; swap ≤ 2 s; memory not growing over 20 swaps.
+//
+//   ./virtlab run scripts/bench-shell.csx -- --runs 10 --swaps 20
+
+using System.Diagnostics;
+using System.Text.RegularExpressions;
+
+var runs  = Arg("runs", 10, test: 2);
+var swaps = Arg("swaps", 20, test: 2);
+
+var virtlab = System.Reflection.Assembly.GetEntryAssembly()!.Location;   // this virtlab.dll
+var sdk = typeof(Vm).Assembly.Location;
+var work = Directory.CreateTempSubdirectory("virtlab-bench-shell-").FullName;
+var env = new Dictionary<string, string>
+{
+    ["VIRTLAB_CACHE"] = Path.Combine(work, "cache"),   // a private cache: "first run" really compiles
+    ["HOME"] = Path.Combine(work, "home"),             // a private REPL history
+    ["NO_COLOR"] = "1",
+};
+
+ProcessStartInfo Virtlab(params string[] args)
+{
+    var psi = new ProcessStartInfo("dotnet") { UseShellExecute = false, RedirectStandardOutput = true, RedirectStandardError = true };
+    psi.ArgumentList.Add(virtlab);
+    foreach (var a in args) psi.ArgumentList.Add(a);
+    foreach (var (k, v) in env) psi.Environment[k] = v;
+    psi.Environment.Remove("VIRTLAB_PLUGINS");
+    return psi;
+}
+
+double Median(List<double> xs) { xs.Sort(); return xs.Count % 2 == 1 ? xs[xs.Count / 2] : (xs[xs.Count / 2 - 1] + xs[xs.Count / 2]) / 2; }
+
+double TimeRun(string recipe)
+{
+    var sw = Stopwatch.StartNew();
+    using var p = Process.Start(Virtlab("run", recipe))!;
+    var output = p.StandardOutput.ReadToEnd() + p.StandardError.ReadToEnd();
+    p.WaitForExit();
+    if (p.ExitCode != 0) throw new Exception($"virtlab run {recipe} exited {p.ExitCode}: {output}");
+    return sw.Elapsed.TotalSeconds;
+}
+
+// 1. virtlab run: each first run gets new content (a cache miss); the cached runs repeat one file.
+var first = new List<double>(); var cached = new List<double>();
+Stage("run: first (compile)", () =>
+{
+    for (int i = 0; i < runs; i++)
+    {
+        var f = Path.Combine(work, $"trivial-{i}.csx");
+        File.WriteAllText(f, $"// run {i}\nResult(\"answer\", 6 * 7);\n");
+        first.Add(TimeRun(f));
+    }
+});
+Stage("run: cached", () => { for (int i = 0; i < runs; i++) cached.Add(TimeRun(Path.Combine(work, "trivial-0.csx"))); });
+Result("runFirstSeconds", Median(first));
+Result("runCachedSeconds", Median(cached));
+
+// A REPL on piped stdin whose stdout lines are collected as they come.
+sealed class Repl : IDisposable
+{
+    readonly Process p; readonly List<string> lines = new(); readonly object gate = new();
+    public Repl(ProcessStartInfo psi)
+    {
+        psi.RedirectStandardInput = true;
+        p = Process.Start(psi)!;
+        p.OutputDataReceived += (_, e) => { if (e.Data is null) return; lock (gate) { lines.Add(e.Data); Monitor.PulseAll(gate); } };
+        p.ErrorDataReceived += (_, e) => { };
+        p.BeginOutputReadLine(); p.BeginErrorReadLine();
+    }
+    public int Pid => p.Id;
+    public void Send(string line) { p.StandardInput.WriteLine(line); p.StandardInput.Flush(); }
+    /// <summary>Waits for the <paramref name="nth"/> stdout line matching <paramref name="pattern"/>.</summary>
+    public void WaitFor(string pattern, int nth = 1, int timeoutSeconds = 60)
+    {
+        var re = new Regex(pattern);
+        var deadline = DateTime.UtcNow.AddSeconds(timeoutSeconds);
+        lock (gate)
+            while (lines.Count(l => re.IsMatch(l)) < nth)
+                if (!Monitor.Wait(gate, deadline - DateTime.UtcNow > TimeSpan.Zero ? deadline - DateTime.UtcNow : TimeSpan.Zero))
+                    throw new TimeoutException($"REPL never printed /{pattern}/ ({nth}); it printed:\n" + string.Join("\n", lines));
+    }
+    public void Dispose() { try { p.StandardInput.Close(); if (!p.WaitForExit(10_000)) p.Kill(true); } catch (InvalidOperationException) { } p.Dispose(); }
+}
+
+// 2. REPL start to first result.
+var starts = new List<double>();
+Stage("repl: start to first result", () =>
+{
+    for (int i = 0; i < runs; i++)
+    {
+        var sw = Stopwatch.StartNew();
+        using var repl = new Repl(Virtlab());
+        repl.Send("6 * 7");
+        repl.WaitFor("^42$");
+        starts.Add(sw.Elapsed.TotalSeconds);
+    }
+});
+Result("replFirstResultSeconds", Median(starts));
+
+// 3 and 4. A real plugin project, built twice (v1, v2) with dotnet build; a swap copies the other build in place.
+string BuildPlugin(int version)
+{
+    var dir = Path.Combine(work, $"src-v{version}");
+    Directory.CreateDirectory(dir);
+    File.WriteAllText(Path.Combine(dir, "BenchGreeter.csproj"), $"""
+        <Project Sdk="Microsoft.NET.Sdk">
+          <PropertyGroup>
+            <TargetFramework>net10.0</TargetFramework>
+            <Version>{version}.0.0</Version>
+            <ImplicitUsings>enable</ImplicitUsings>
+          </PropertyGroup>
+          <ItemGroup>
+            <Reference Include="VirtLab.Sdk"><HintPath>{sdk}</HintPath><Private>false</Private></Reference>
+          </ItemGroup>
+        </Project>
+        """);
+    File.WriteAllText(Path.Combine(dir, "Plugin.cs"), $$"""
+        using VirtLab.Sdk.Plugins;
+        namespace BenchGreeter;
+        public sealed class Api { public int Version => {{version}}; }
+        public sealed class Plugin : VirtLabPlugin<Api>
+        {
+            public override string GlobalName => "Greeter";
+            public override string Description => "bench-shell test plugin, v{{version}}";
+            protected override Api Create(PluginContext context) => new();
+        }
+        """);
+    var psi = new ProcessStartInfo("dotnet", ["build", dir, "-c", "Release", "-o", Path.Combine(dir, "out"), "-nologo", "-v", "quiet"])
+        { UseShellExecute = false, RedirectStandardOutput = true, RedirectStandardError = true };
+    using var p = Process.Start(psi)!;
+    var log = p.StandardOutput.ReadToEnd() + p.StandardError.ReadToEnd();
+    p.WaitForExit();
+    if (p.ExitCode != 0) throw new Exception("building the bench plugin failed:\n" + log);
+    return Path.Combine(dir, "out", "BenchGreeter.dll");
+}
+
+var builds = Stage("build plugin v1 and v2", () => new[] { BuildPlugin(1), BuildPlugin(2) });
+var pluginDir = Path.Combine(work, "plugins", "BenchGreeter");
+Directory.CreateDirectory(pluginDir);
+File.Copy(builds[0], Path.Combine(pluginDir, "BenchGreeter.dll"));
+
+(long rss, long anon) Memory(int pid)
+{
+    long Kb(string file, string key) => File.ReadLines(file).Where(l => l.StartsWith(key)).Select(l => long.Parse(l.Split(' ', StringSplitOptions.RemoveEmptyEntries)[1])).FirstOrDefault() * 1024;
+    return (Kb($"/proc/{pid}/status", "VmRSS:"), Kb($"/proc/{pid}/smaps_rollup", "Anonymous:"));
+}
+
+var notice = new List<double>(); var answer = new List<double>();
+var memory = new List<(int swap, long rss, long anon)>();
+Stage("hot swap", () =>
+{
+    using var repl = new Repl(Virtlab("--plugins", pluginDir));
+    repl.Send("var before = 41;");
+    repl.Send("Greeter.Version + before");
+    repl.WaitFor("^42$");
+    for (int s = 1; s <= swaps; s++)
+    {
+        int version = s % 2 == 1 ? 2 : 1;
+        var sw = Stopwatch.StartNew();
+        File.Copy(builds[version - 1], Path.Combine(pluginDir, "BenchGreeter.dll"), overwrite: true);   // what a rebuild's copy does
+        repl.WaitFor("reloaded BenchGreeter", s);
+        notice.Add(sw.Elapsed.TotalSeconds);
+        repl.Send($"\"v\" + (Greeter.Version + before - 41) + \" after swap {s}\"");
+        repl.WaitFor($"^\"v{version} after swap {s}\"$");
+        answer.Add(sw.Elapsed.TotalSeconds);
+        if (s == 1 || s == swaps)
+        {
+            GC.KeepAlive(null);
+            var (rss, anon) = Memory(repl.Pid);
+            memory.Add((s, rss, anon));
+        }
+    }
+});
+Result("swapNoticeSeconds", Median(notice));
+Result("swapAnswerSeconds", Median(answer));
+foreach (var (s, rss, anon) in memory)
+{
+    Result($"frontEndRssAfter{s}Swaps", new Size(rss));
+    Result($"frontEndAnonymousAfter{s}Swaps", new Size(anon));
+}
+
+Expect(answer.Count == swaps, $"every one of the {swaps} swaps activated the other build");
+if (!TestMode)
+{
+    Expect(Median(cached) <= 0.6, $"a cached virtlab run takes ≤ 0.6 s (median {Median(cached):F3} s)");
+    Expect(Median(starts) <= 1.5, $"REPL start to first result ≤ 1.5 s (median {Median(starts):F3} s)");
+    Expect(answer.Max() <= 2.0, $"every swap active within 2 s (worst {answer.Max():F3} s)");
+}
+Directory.Delete(work, recursive: true);
