@@ -11,6 +11,7 @@ public sealed class MemSlot
     readonly Vm vm;
     internal readonly HostMapping Mapping;
     volatile bool logDirtyPages;
+    volatile bool removed;
 
     internal MemSlot(Vm vm, int id, ulong gpa, HostMapping mapping)
     {
@@ -62,6 +63,11 @@ public sealed class MemSlot
     }
 
     internal void SetLogFlag(bool on) => logDirtyPages = on;
+
+    /// <summary>The slot left its VM (removed, resized into a new slot object, or the VM disposed); never undone.</summary>
+    internal bool Removed => removed;
+
+    internal void MarkRemoved() => removed = true;
 
     /// <summary>KVM_MEM_* flags as the kernel sees them.</summary>
     public uint Flags => logDirtyPages ? 1u : 0u;

@@ -206,7 +206,7 @@ public abstract class Vm : IDisposable, IDisplayable
         ThrowIfDisposed();
         lock (slotLock)
         {
-            var old = Slot(id);
+            var old = Slot(id); // re-checks `disposed` under the lock
             if (old.IsSystem) throw new InvalidOperationException("slot 0 is the system slot (code, stacks, page tables); it cannot be resized");
             ThrowIfRunning("resize a memslot");
             ValidateSlot(id, newSize.Bytes, old.Backing, old.Gpa, ignore: old);
@@ -216,7 +216,7 @@ public abstract class Vm : IDisposable, IDisplayable
             try
             {
                 DeleteMemoryRegion(old);
-                Publish(SlotsSnapshot.Remove(old));
+                Retire([old]);
                 old.Mapping.Dispose();
             }
             catch
@@ -234,11 +234,11 @@ public abstract class Vm : IDisposable, IDisplayable
         ThrowIfDisposed();
         lock (slotLock)
         {
-            var s = Slot(id);
+            var s = Slot(id); // re-checks `disposed` under the lock
             if (s.IsSystem) throw new InvalidOperationException("slot 0 is the system slot (code, stacks, page tables); it cannot be removed");
             ThrowIfRunning("remove a memslot");
             DeleteMemoryRegion(s);
-            Publish(SlotsSnapshot.Remove(s));
+            Retire([s]);
             s.Mapping.Dispose();
         }
     }
@@ -247,6 +247,7 @@ public abstract class Vm : IDisposable, IDisplayable
     {
         lock (slotLock)
         {
+            ThrowIfDisposed(); // under the lock: Dispose retires the slots under it too
             ValidateSlot(id, size, backing, gpa, ignore: null);
             if (FindSlot(id) is { } existing) throw new ArgumentException($"memslot {id} already exists ({existing}); pick another id or remove it first", nameof(id));
             CheckHostMemory(size);
@@ -273,6 +274,62 @@ public abstract class Vm : IDisposable, IDisplayable
     }
 
     void Publish(ImmutableArray<MemSlot> next) => ImmutableInterlocked.InterlockedExchange(ref slots, next);
+
+    /// <summary>Takes slots out of the VM (under the slot lock) and waits until no dirty-log ioctl that still saw them
+    /// as current is in flight: only then may their id be re-created with another size, or the VM fd be closed.</summary>
+    void Retire(IReadOnlyCollection<MemSlot> gone)
+    {
+        foreach (var s in gone) s.MarkRemoved();
+        Publish(SlotsSnapshot.RemoveRange(gone));
+        DirtyLogCall.WaitUntilNoneFor(gone);
+    }
+
+    /// <summary>
+    /// A thread's announcement that it is inside a dirty-log ioctl for a slot — without atomics or locks on that hot
+    /// path. A writer that retires slots marks them removed, issues a process-wide memory barrier and then waits until no
+    /// announcement names them (an asymmetric Dekker handshake): a reader that found its slot current is visible to the
+    /// writer by then. So the kernel never writes the bitmap of a newer, larger slot with the same id into a buffer
+    /// sized for the old one, and never gets an fd that Dispose closed (and the process may have reused) meanwhile.
+    /// </summary>
+    sealed class DirtyLogCall
+    {
+        MemSlot? slot;
+        [ThreadStatic] static DirtyLogCall? current;
+        static readonly List<WeakReference<DirtyLogCall>> all = []; // one per thread that made a call; pruned as threads die
+
+        public static DirtyLogCall Enter(MemSlot slot)
+        {
+            var c = current ?? Register();
+            c.slot = slot; // a plain store: the writer's process-wide barrier orders it before our checks of the slot
+            return c;
+        }
+
+        public void Exit() => Volatile.Write(ref slot, null);
+
+        static DirtyLogCall Register()
+        {
+            var c = new DirtyLogCall();
+            lock (all)
+            {
+                all.RemoveAll(w => !w.TryGetTarget(out _));
+                all.Add(new WeakReference<DirtyLogCall>(c));
+            }
+            return current = c;
+        }
+
+        public static void WaitUntilNoneFor(IReadOnlyCollection<MemSlot> gone)
+        {
+            if (gone.Count == 0) return;
+            Interlocked.MemoryBarrierProcessWide();
+            List<DirtyLogCall> calls = [];
+            lock (all)
+                foreach (var w in all)
+                    if (w.TryGetTarget(out var c)) calls.Add(c);
+            var spin = new SpinWait();
+            foreach (var c in calls)
+                while (Volatile.Read(ref c.slot) is { } s && gone.Contains(s)) spin.SpinOnce();
+        }
+    }
 
     void ValidateSlot(int id, long size, Backing backing, ulong gpa, MemSlot? ignore)
     {
@@ -338,6 +395,7 @@ public abstract class Vm : IDisposable, IDisplayable
         ThrowIfDisposed();
         lock (slotLock)
         {
+            ThrowIfDisposed();
             CheckOwned(slot);
             if (slot.LogDirtyPages == on) return; // KVM treats an unchanged flags update as a no-op
             SetMemoryRegion(slot, on);
@@ -347,12 +405,14 @@ public abstract class Vm : IDisposable, IDisplayable
 
     internal void GetDirtyLog(MemSlot slot, DirtyBitmap into)
     {
-        ThrowIfDisposed();
+        ArgumentNullException.ThrowIfNull(slot);
         ArgumentNullException.ThrowIfNull(into);
-        // Under the slot lock: the kernel writes npages bits of whatever slot has this id at the time of the ioctl, so a
-        // concurrent resize must not slip in between the size check and the call.
-        lock (slotLock)
+        // Announced before the checks: the kernel writes npages bits of whatever slot has this id at the time of the
+        // ioctl, so the slot must not be resized (nor the VM fd closed) between the size check and the call.
+        var call = DirtyLogCall.Enter(slot);
+        try
         {
+            ThrowIfDisposed();
             CheckOwned(slot);
             CheckNoRing("KVM_GET_DIRTY_LOG");
             CheckLogging(slot, "KVM_GET_DIRTY_LOG");
@@ -360,15 +420,21 @@ public abstract class Vm : IDisposable, IDisplayable
                 throw new ArgumentException($"the bitmap has {into.Pages} pages but slot {slot.Id} has {slot.Pages}", nameof(into));
             GetDirtyLogCore(slot, into.Words);
         }
+        finally
+        {
+            call.Exit();
+        }
     }
 
     /// <summary>Checks in the kernel's order (kvm_clear_dirty_log_protect): ENXIO for a ring, EINVAL for first_page,
     /// ENOENT for a slot that does not log, EINVAL for the range and for num_pages.</summary>
     internal void ClearDirtyLog(MemSlot slot, long firstPage, long numPages, DirtyBitmap? mask)
     {
-        ThrowIfDisposed();
-        lock (slotLock)
+        ArgumentNullException.ThrowIfNull(slot);
+        var call = DirtyLogCall.Enter(slot); // see GetDirtyLog
+        try
         {
+            ThrowIfDisposed();
             CheckOwned(slot);
             CheckNoRing("KVM_CLEAR_DIRTY_LOG");
             var n = slot.Pages;
@@ -390,6 +456,10 @@ public abstract class Vm : IDisposable, IDisplayable
                 throw new ArgumentException($"the mask has {mask.Pages} pages but slot {slot.Id} has {n}; pass a bitmap of the whole slot", nameof(mask));
             if (numPages == 0) return;
             ClearDirtyLogChecked(slot, firstPage, numPages, mask);
+        }
+        finally
+        {
+            call.Exit();
         }
     }
 
@@ -424,7 +494,7 @@ public abstract class Vm : IDisposable, IDisplayable
     {
         ArgumentNullException.ThrowIfNull(slot);
         if (slot.Vm != this) throw new ArgumentException($"{slot} belongs to another VM", nameof(slot));
-        if (FindSlot(slot.Id) != slot) throw new InvalidOperationException($"memslot {slot.Id} was removed from this VM");
+        if (slot.Removed) throw new InvalidOperationException($"memslot {slot.Id} was removed from this VM");
     }
 
     internal void HarvestDirtyRingInternal(int vcpu, List<DirtyGfn> into) => HarvestDirtyRingCore(vcpu, into);
@@ -478,6 +548,9 @@ public abstract class Vm : IDisposable, IDisplayable
         }
         if (length < w.Stride)
             throw new ArgumentException($"workload range length {length} must hold at least one stride of {w.Stride} bytes", nameof(workload));
+        if (FindSlotAt(gpa) is { IsSystem: true })
+            throw new ArgumentException(
+                $"workload range starts at 0x{gpa:x}, inside system slot 0, which holds the backend's code, stacks and page tables; use the test slot or another memslot", nameof(workload));
         var covered = new List<MemSlot>();
         for (ulong at = gpa; at < gpa + (ulong)length;)
         {
@@ -493,7 +566,8 @@ public abstract class Vm : IDisposable, IDisplayable
     /// Runs <paramref name="workload"/> on all vCPUs and waits for it. With <see cref="Workload.SyncEachPass"/>,
     /// <paramref name="afterPass"/>(pass) runs on this thread after each pass while every vCPU waits at the sync point
     /// (e.g. to get/clear the dirty log between dirty_log_perf_test iterations); without it there is no sync point
-    /// and <paramref name="afterPass"/> is not called. Only one workload runs on a VM at a time.
+    /// and <paramref name="afterPass"/> is not called (on either backend). Only one workload (or, on KVM, raw-assembly
+    /// program) runs on a VM at a time.
     /// </summary>
     public WorkloadResult Run(Workload workload, Action<int>? afterPass = null, CancellationToken cancellation = default)
     {
@@ -577,6 +651,7 @@ public abstract class Vm : IDisposable, IDisplayable
     public void Dispose()
     {
         if (Interlocked.Exchange(ref disposed, 1) != 0) return;
+        var slotsAtDispose = SlotsSnapshot;
         disposeCts.Cancel();
         // Wait for a running workload to notice — unless Dispose comes from inside the run (its afterPass callback, or a
         // guest callback on a vCPU thread), where the run cannot end before we return; DisposeCore stops it then.
@@ -587,13 +662,16 @@ public abstract class Vm : IDisposable, IDisplayable
             spin.SpinOnce();
         try
         {
+            // No dirty-log ioctl may still be on its way to the fds DisposeCore closes.
+            lock (slotLock) Retire(SlotsSnapshot);
             DisposeCore();
         }
         finally
         {
             lock (slotLock)
             {
-                foreach (var s in SlotsSnapshot) s.Mapping.Dispose();
+                foreach (var s in slotsAtDispose) s.Mapping.Dispose();
+                foreach (var s in SlotsSnapshot) s.Mapping.Dispose(); // none: slot changes re-check `disposed` under the lock
                 Publish([]);
             }
             disposeCts.Dispose();

@@ -74,7 +74,7 @@ public sealed record VmOptions
         if (TestSlotGpa is { } gpa && gpa % (ulong)pageSize != 0)
             throw new ArgumentException($"test slot gpa 0x{gpa:x} is not aligned to the {Backing.Name()} backing's page size {new Size(pageSize)}", nameof(TestSlotGpa));
         var ram = HostInfo.MemTotalBytes;
-        var total = Memory.Bytes + (SystemMemory?.Bytes ?? 0);
+        var total = (Int128)Memory.Bytes + (SystemMemory?.Bytes ?? 0); // no wrap-around for sizes near long.MaxValue
         if (ram > 0 && total > ram)
             throw new ArgumentOutOfRangeException(nameof(Memory), Memory.Bytes,
                 $"guest memory {Memory} is more than this host has ({new Size(ram)} of RAM, MemTotal in /proc/meminfo)");

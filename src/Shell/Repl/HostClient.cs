@@ -19,6 +19,7 @@ public sealed class HostDiedException(string how) : Exception($"evaluation host 
 public sealed class HostClient : IDisposable
 {
     private static int s_counter;
+    private static int s_swept;
 
     private readonly Process _process;
     private readonly Socket _socket;
@@ -48,6 +49,7 @@ public sealed class HostClient : IDisposable
     public static async Task<HostClient> StartAsync(IReadOnlyList<string> pluginDirectories, string? program = null, CancellationToken ct = default)
     {
         var dir = Environment.GetEnvironmentVariable("XDG_RUNTIME_DIR") is { Length: > 0 } run && Directory.Exists(run) ? run : Path.GetTempPath();
+        if (Interlocked.Exchange(ref s_swept, 1) == 0) SweepStaleSockets(dir);
         var socketPath = Path.Combine(dir, $"virtlab-{Environment.ProcessId}-{Interlocked.Increment(ref s_counter)}.sock");
         File.Delete(socketPath);
         using var listener = new Socket(AddressFamily.Unix, SocketType.Stream, ProtocolType.Unspecified);
@@ -85,6 +87,21 @@ public sealed class HostClient : IDisposable
             throw;
         }
         finally { File.Delete(socketPath); } // connected sockets outlive their path
+    }
+
+    /// <summary>A front end killed (-9) while a host was connecting leaves its socket file; remove those of dead front ends.</summary>
+    private static void SweepStaleSockets(string dir)
+    {
+        string[] paths;
+        try { paths = Directory.GetFiles(dir, "virtlab-*-*.sock"); }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException) { return; }
+        foreach (var path in paths)
+        {
+            var parts = Path.GetFileName(path).Split('-');
+            if (parts.Length != 3 || !int.TryParse(parts[1], out var pid) || pid == Environment.ProcessId || Directory.Exists($"/proc/{pid}")) continue;
+            try { File.Delete(path); }
+            catch (Exception e) when (e is IOException or UnauthorizedAccessException) { } // another user's, or gone already
+        }
     }
 
     private static ProcessStartInfo StartInfo(string program)

@@ -7,7 +7,8 @@ namespace VirtLab.Shell.Repl;
 // Front end ⇄ evaluation host protocol. One Unix-domain stream socket per host; each message is a
 // 4-byte little-endian length followed by that many bytes of UTF-8 JSON. The front end sends
 // Requests; the host answers each with a Reply carrying the same Id. Requests are handled one at a
-// time, except "cancel", which the host's reader answers at once while a "submit" runs.
+// time, in order, except "cancel" and "shutdown", which the host's reader answers at once, even while
+// a "submit" runs.
 
 public static class RequestKind
 {

@@ -1,4 +1,6 @@
+using System.ComponentModel;
 using System.Diagnostics;
+using System.Net.Sockets;
 using System.Runtime.InteropServices;
 using System.Text;
 using Spectre.Console;
@@ -14,6 +16,7 @@ namespace VirtLab.Shell.Repl;
 internal sealed class Repl : IDisposable
 {
     private static readonly TimeSpan CancelGrace = TimeSpan.FromSeconds(1);
+    private const int MaxIdleRestarts = 3;
 
     private readonly ReplOptions _options;
     private readonly History _history;
@@ -23,13 +26,14 @@ internal sealed class Repl : IDisposable
     private readonly List<string> _submissions = [];       // successful, in order: what replay and #save use
     private readonly HashSet<string> _declared = new(StringComparer.Ordinal);
     private readonly SemaphoreSlim _hostLock = new(1, 1);  // one user of the host at a time: evaluation, swap, restart
-    private readonly bool _color;
+    private readonly bool _color;                           // ANSI colour on the terminal (not with NO_COLOR)
     private readonly CancellationTokenSource _leaving = new(); // ends a standby still starting when the REPL exits
 
     private HostClient? _host;
     private Task<HostClient>? _standby;
     private List<PluginEntry> _plugins = [];
     private volatile bool _swapPending;
+    private int _idleRestarts; // restarts after an idle host died, since the last evaluation (a host that dies at once stops them)
 
     // Ctrl+C routing: set while evaluating / while at the prompt.
     private volatile TaskCompletionSource? _interrupt;
@@ -43,7 +47,7 @@ internal sealed class Repl : IDisposable
         _lines = TerminalLineSource.IsSupported()
             ? new TerminalLineSource(_highlighter, completion, _history.Entries)
             : new PipedLineSource();
-        _color = _lines.IsInteractive;
+        _color = _lines.IsInteractive && AnsiConsole.Console.Profile.Capabilities.ColorSystem != ColorSystem.NoColors;
         _watcher = new PluginWatcher(dirs =>
         {
             _swapPending = true;
@@ -57,7 +61,7 @@ internal sealed class Repl : IDisposable
         try
         {
             // The prompt comes up at once; the host starts meanwhile, holding the lock so the first
-            // evaluation (or completion) waits for it.
+            // evaluation waits for it (a completion gives up after 200 ms).
             await _hostLock.WaitAsync();
             _ = Task.Run(async () =>
             {
@@ -68,7 +72,10 @@ internal sealed class Repl : IDisposable
                     await Activate(host);
                     WatchHost(host);
                 }
-                catch (HostDiedException e) { Error($"cannot start the evaluation host: {e.Message}"); }
+                catch (Exception e) when (e is HostDiedException or IOException or SocketException or Win32Exception)
+                {
+                    Error($"cannot start the evaluation host: {e.Message}"); // the first evaluation tries again
+                }
                 finally { _hostLock.Release(); }
             });
             if (_lines.IsInteractive)
@@ -96,7 +103,7 @@ internal sealed class Repl : IDisposable
                     if (!await Meta(text)) break;
                     continue;
                 }
-                await Evaluate(text, record: true);
+                await Evaluate(text);
             }
             return 0;
         }
@@ -153,12 +160,13 @@ internal sealed class Repl : IDisposable
 
     // ---- evaluation ----------------------------------------------------------------------------------
 
-    private async Task Evaluate(string code, bool record)
+    private async Task Evaluate(string code)
     {
         await _hostLock.WaitAsync();
         try
         {
-            var host = await EnsureHost();
+            _idleRestarts = 0;
+            if (await EnsureHost() is not { } host) return;
             var interrupt = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
             _interrupt = interrupt;
             Task<Reply> submit;
@@ -186,7 +194,7 @@ internal sealed class Repl : IDisposable
                 return;
             }
             Report(reply);
-            if (reply.Status == SubmitStatus.Ok && record)
+            if (reply.Status == SubmitStatus.Ok)
             {
                 _submissions.Add(code);
                 foreach (var name in MetaCommands.DeclaredNames(code)) _declared.Add(name);
@@ -247,12 +255,13 @@ internal sealed class Repl : IDisposable
         _watcher.Watch(_plugins.Select(p => Path.GetDirectoryName(p.Path)!).Where(d => d.Length > 0));
     }
 
-    private async Task<HostClient> EnsureHost()
+    /// <summary>The live host, after a restart if need be; null if none could be started (the error is shown).</summary>
+    private async Task<HostClient?> EnsureHost()
     {
         if (_host is { IsAlive: true } h) return h;
         var how = _host is null ? "not running" : await _host.ExitDescriptionAsync();
         await Restart($"evaluation host died ({how})");
-        return _host!;
+        return _host;
     }
 
     /// <summary>Keeps one warmed-up spare host ready (started after the first evaluation, so it does not slow the
@@ -277,15 +286,18 @@ internal sealed class Repl : IDisposable
                 if (h.IsAlive) return h;
                 h.Dispose();
             }
-            catch (HostDiedException) { }
+            catch (Exception e) when (e is HostDiedException or IOException or SocketException or Win32Exception) { } // start another
         }
         return await HostClient.StartAsync(_options.PluginDirectories);
     }
 
     /// <summary>
     /// Replaces the host (caller holds <see cref="_hostLock"/>): kill the old one, take the standby, load plugins,
-    /// replay the successful submissions quietly (values not shown, script output discarded), print one line.
-    /// Returns the plugin list of the old host for the caller's message.
+    /// replay the successful submissions quietly (values not shown, script output discarded), print one line —
+    /// <paramref name="reason"/>, or what <paramref name="describe"/> makes of the old and new plugin lists.
+    /// Replay compiles every submission again (Roslyn, ~10–40 ms each once warm), also when the plugins did not
+    /// change. Reusing the emitted images instead would need the session to keep its assembly names across hosts and
+    /// to run a submission from an image (src/Shell/Scripting/InteractiveSession); not done.
     /// </summary>
     private async Task Restart(string reason, Func<List<PluginEntry>, List<PluginEntry>, string>? describe = null, bool replay = true)
     {
@@ -295,14 +307,15 @@ internal sealed class Repl : IDisposable
         old?.Dispose(); // kills it: no per-swap state stays behind
         var oldPlugins = _plugins;
 
-        HostClient host;
+        HostClient? host = null;
         try
         {
             host = await TakeStandby();
             await Activate(host);
         }
-        catch (HostDiedException e)
+        catch (Exception e) when (e is HostDiedException or IOException or SocketException or Win32Exception)
         {
+            host?.Dispose();
             Error($"{reason}; cannot start a fresh host: {e.Message}");
             return;
         }
@@ -313,19 +326,29 @@ internal sealed class Repl : IDisposable
         var failed = new List<string>();
         if (replay)
         {
-            foreach (var code in _submissions.ToList())
+            var kept = new List<string>(_submissions.Count);
+            for (var i = 0; i < _submissions.Count; i++)
             {
+                var code = _submissions[i];
                 Reply r;
                 try { r = await host.SendAsync(new Request { Kind = RequestKind.Submit, Code = code, Quiet = true }); }
-                catch (HostDiedException e) { failed.Add($"host died during replay ({e.How})"); break; }
-                if (r.Status == SubmitStatus.Ok) replayed++;
-                else
+                catch (HostDiedException e)
                 {
-                    // A submission that no longer compiles or runs (e.g. the plugin's API changed) leaves the session.
-                    _submissions.Remove(code);
-                    failed.Add(Shorten(code) + ": " + (r.Diagnostics?.FirstOrDefault()?.ToString() ?? r.Error ?? r.Status));
+                    // The rest stays for the next host (the next evaluation starts one).
+                    failed.Add($"host died during replay ({e.How})");
+                    kept.AddRange(_submissions.Skip(i));
+                    break;
                 }
+                if (r.Status == SubmitStatus.Ok)
+                {
+                    replayed++;
+                    kept.Add(code);
+                }
+                // A submission that no longer compiles or runs (e.g. the plugin's API changed) leaves the session.
+                else failed.Add(Shorten(code) + ": " + (r.Diagnostics?.FirstOrDefault()?.ToString() ?? r.Error ?? r.Status));
             }
+            _submissions.Clear();
+            _submissions.AddRange(kept);
         }
         else _submissions.Clear();
 
@@ -358,7 +381,16 @@ internal sealed class Repl : IDisposable
                 if (!ReferenceEquals(_host, host)) return; // replaced on purpose, or the REPL is leaving
                 // A rebuild can pull the old plugin file from under the host (SIGBUS); the swap on its way replaces it.
                 if (_swapPending || _watcher.HasPending) return;
-                await Restart($"evaluation host died ({await host.ExitDescriptionAsync()})");
+                var how = await host.ExitDescriptionAsync();
+                if (++_idleRestarts > MaxIdleRestarts)
+                {
+                    // Something the replay starts kills each new host: stop here; the next evaluation starts one.
+                    _host = null;
+                    host.Dispose();
+                    Error($"evaluation host died ({how}) again right after a restart; not restarting until the next evaluation");
+                    return;
+                }
+                await Restart($"evaluation host died ({how})");
             }
             finally { _hostLock.Release(); }
         }, TaskScheduler.Default);
@@ -423,7 +455,7 @@ internal sealed class Repl : IDisposable
                 string code;
                 try { code = await File.ReadAllTextAsync(arg); }
                 catch (Exception e) when (e is IOException or UnauthorizedAccessException) { Error($"#load: {e.Message}"); break; }
-                await Evaluate(code, record: true);
+                await Evaluate(code);
                 break;
             case "save":
                 if (arg.Length == 0) { Error("usage: #save FILE"); break; }
@@ -444,13 +476,13 @@ internal sealed class Repl : IDisposable
         await _hostLock.WaitAsync();
         try
         {
-            var host = await EnsureHost();
+            if (await EnsureHost() is not { } host) return;
             plugins = (await host.SendAsync(new Request { Kind = RequestKind.PluginsInfo })).Plugins ?? [];
         }
         catch (HostDiedException e) { Error(e.Message); return; }
         finally { _hostLock.Release(); }
         if (plugins.Count == 0) { Console.Out.WriteLine("no plugins"); return; }
-        if (!_color)
+        if (!_lines.IsInteractive)
         {
             foreach (var p in plugins)
                 Console.Out.WriteLine($"{p.Name} {p.Version} {p.Global} {p.Status} {p.Path}{(p.Error is null ? "" : " — " + p.Error)}");
@@ -463,9 +495,10 @@ internal sealed class Repl : IDisposable
         AnsiConsole.Write(table);
     }
 
+    /// <summary>On the terminal through <see cref="ILineSource.Notice"/>: a swap or restart may report while the prompt is up.</summary>
     private void Error(string message)
     {
-        if (_color) AnsiConsole.Console.MarkupLine($"[red]{Markup.Escape(message)}[/]");
+        if (_lines.IsInteractive) _lines.Notice(_color ? $"\u001b[31m{message}\u001b[0m" : message);
         else { Console.Error.WriteLine(message); Console.Error.Flush(); }
     }
 

@@ -88,6 +88,7 @@ public class BadInputTests
         Assert.Throws<ArgumentException>(() => vm.Plan(new Workload { WritePercent = 101 }));
         Assert.Throws<ArgumentException>(() => vm.Plan(new Workload { Passes = 0 }));
         Assert.Throws<ArgumentException>(() => vm.Plan(new Workload { Slot = 9 }));
+        Assert.Contains("inside system slot 0", Assert.Throws<ArgumentException>(() => vm.Plan(new Workload { Slot = 0 })).Message); // as on KVM
         Assert.Contains("at least one stride", Assert.Throws<ArgumentException>(() => vm.Plan(Workload.Write(stride: 3 << 20))).Message);
         Assert.Throws<ArgumentException>(() => vm.Plan(new Workload { Accesses = [StrideAccess.Read(0, 2, 4096)] }));
         // offsets and steps so large that their sum would wrap around to a small, in-stride end

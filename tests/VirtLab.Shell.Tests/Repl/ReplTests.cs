@@ -213,6 +213,20 @@ public sealed class ReplTests
     }
 
     [Fact]
+    public void A_host_that_dies_again_after_each_replay_is_restarted_three_times_then_left_alone()
+    {
+        using var repl = new ReplProcess();
+        // Succeeds, then kills its host from a background thread: every replay brings the crash back.
+        repl.Send("new Thread(() => { Thread.Sleep(500); Environment.FailFast(\"background crash\"); }).Start();");
+        repl.WaitFor("again right after a restart; not restarting until the next evaluation", stderr: true);
+        Assert.Equal(3, repl.Count(@"^↻ evaluation host died \(signal 6 SIGABRT\); replayed"));
+        repl.Send("#reset");
+        repl.WaitFor("session reset: fresh host, no submissions");
+        repl.Send("1 + 1");
+        repl.WaitFor("^2$");
+    }
+
+    [Fact]
     public void Plugin_exception_and_native_crash_are_reported_and_the_REPL_survives()
     {
         var root = Directory.CreateTempSubdirectory("virtlab-repl-plugins-").FullName;

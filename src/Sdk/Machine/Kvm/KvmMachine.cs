@@ -121,8 +121,6 @@ internal sealed unsafe class KvmMachine : IDisposable
     private SystemLayout Layout => _layout ?? throw new InvalidOperationException($"system memslot {SystemSlot} has not been registered yet");
 
     public int VmFd => _vm.Fd;
-    internal KvmFd Vm => _vm;
-    public bool VcpusCreated => _vcpus != null;
     internal IReadOnlyList<KvmVcpu> Vcpus => EnsureVcpus();
     internal byte[] Cpuid => _cpuid;
 

@@ -32,7 +32,6 @@ internal sealed unsafe class KvmVcpu : IDisposable
     }
 
     public byte* Run => _run.Pointer;
-    public KvmExitReason ExitReason => (KvmExitReason)Volatile.Read(ref *(uint*)(Run + KvmRunLayout.ExitReason));
 
     public kvm_regs GetRegs()
     {

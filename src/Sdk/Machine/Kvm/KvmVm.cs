@@ -82,8 +82,6 @@ internal sealed unsafe class KvmVm : Vm
 
     private protected override WorkloadResult RunCore(WorkloadPlan plan, Action<int>? afterPass, CancellationToken cancellation)
     {
-        if (plan.Gpa < SystemSlot.EndGpa)
-            throw new ArgumentException($"workload range starts at 0x{plan.Gpa:x}, inside system slot 0, which holds the KVM backend's code, stacks and page tables");
         var w = plan.Workload;
         Machine.PrepareLayout();
         KvmWorkloadCompiler.WriteRecords(plan, Machine);
