@@ -326,6 +326,45 @@ public abstract class ConformanceSuite(Backend backend)
     }
 
     [BackendFact]
+    public void Dirty_log_calls_racing_resizes_fail_cleanly_or_see_a_whole_slot()
+    {
+        using var vm = NewVm(log: false);
+        const ulong at = 1UL << 32;
+        vm.AddSlot(256.KiB(), gpa: at, id: 7, logDirtyPages: true);
+        using var stop = new CancellationTokenSource();
+        var unexpected = new System.Collections.Concurrent.ConcurrentQueue<Exception>();
+        long gets = 0;
+        var getter = Task.Run(() =>
+        {
+            while (!stop.IsCancellationRequested)
+            {
+                var slot = vm.Slots.FirstOrDefault(x => x.Id == 7);
+                if (slot is null) continue;
+                var b = new DirtyBitmap(slot.Pages);
+                try
+                {
+                    slot.GetDirtyLog(b);
+                    slot.ClearDirtyLog(b);
+                    Interlocked.Increment(ref gets);
+                }
+                // the slot was retired meanwhile (InvalidOperationException), or deleted in the kernel just before (ENOENT)
+                catch (Exception e) when (e is InvalidOperationException or VirtLab.Sdk.Machine.Kvm.KvmException { Errno: 2 }) { }
+                catch (Exception e) { unexpected.Enqueue(e); }
+            }
+        });
+        Assert.True(SpinWait.SpinUntil(() => Interlocked.Read(ref gets) > 0, TimeSpan.FromSeconds(30)), "the getter never ran");
+        for (int i = 0; i < 100; i++)
+        {
+            vm.ResizeSlot(7, i % 2 == 0 ? 1.MiB() : 256.KiB());
+            Thread.Yield();
+        }
+        stop.Cancel();
+        getter.Wait();
+        Assert.Empty(unexpected);
+        Assert.Equal(256, vm.Slot(7).Pages * 4); // 256 KiB = 64 pages after an even number of resizes
+    }
+
+    [BackendFact]
     public void Workload_over_a_gpa_range_spanning_two_slots()
     {
         using var vm = NewVm(vcpus: 2);
