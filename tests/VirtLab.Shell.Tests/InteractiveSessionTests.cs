@@ -101,34 +101,33 @@ public sealed class InteractiveSessionTests
 
 }
 
-[CollectionDefinition("timing", DisableParallelization = true)]
-public sealed class TimingCollection;
-
-/// <summary>Alone, after the parallel tests: the figure is the warm cost, not the cost under the process tests' load.</summary>
-[Collection("timing")]
-public sealed class CompletionTimingTests(Xunit.Abstractions.ITestOutputHelper output)
+/// <summary>
+/// The warm completion path (after <see cref="InteractiveSession.WarmUp"/>) gives the same, right answers every time.
+/// No timed assertion (speed is measured by the bench recipes): the warm cost is written to the test output only.
+/// </summary>
+public sealed class CompletionWarmTests(Xunit.Abstractions.ITestOutputHelper output)
 {
     [Fact]
-    public void Completion_is_fast_when_warm()
+    public void Warm_completion_is_stable_and_right()
     {
         var s = new InteractiveSession(PluginSet.Empty, new RecipeContext());
-        s.Submit("var text = \"hello\";");
+        Assert.True(s.Submit("var text = \"hello\";").Succeeded);
         s.WarmUp();
-        s.Complete("text.", 5);
-        // The best of several runs: other tests share the 2 cores, and the figure asked for is the warm cost.
+        Assert.Contains(s.Complete("text.", 5), c => c.Text == "Length");
         var best = double.MaxValue;
         var inScope = double.MaxValue;
-        for (int i = 0; i < 10; i++)
+        for (int i = 0; i < 3; i++)
         {
             var sw = System.Diagnostics.Stopwatch.StartNew();
-            s.Complete("text.Su", 7);
+            var members = s.Complete("text.Su", 7);
             best = Math.Min(best, sw.Elapsed.TotalMilliseconds);
+            Assert.Contains(members, c => c.Text == "Substring" && c.Kind == CompletionKind.Method && c.ReplaceStart == 5 && c.ReplaceLength == 2);
+            Assert.DoesNotContain(members, c => c.Text == "Length");
             sw.Restart();
-            s.Complete("var q = te", 10);
+            var names = s.Complete("var q = te", 10);
             inScope = Math.Min(inScope, sw.Elapsed.TotalMilliseconds);
+            Assert.Contains(names, c => c.Text == "text" && c.Kind == CompletionKind.Variable);
         }
         output.WriteLine($"warm completion: member {best:0.0} ms, in scope {inScope:0.0} ms");
-        Assert.True(best < 50, $"member completion {best:0.0} ms");
-        Assert.True(inScope < 50, $"in-scope completion {inScope:0.0} ms");
     }
 }

@@ -117,10 +117,11 @@ public sealed class PluginHostTests
         PluginCompiler.Build(plugins, "Good", PluginCompiler.Simple("Good", "Good"), version: "1.5.0");
         PluginCompiler.Build(plugins, "Throws", PluginCompiler.Simple("Throws", "Throws", create: "throw new System.Exception(\"kaput\")"));
         var list = Virtlab.Run(null, tmp.Path, "plugins", "--plugins", plugins);
-        Assert.Equal(0, list.ExitCode);
-        Assert.Contains("Good", list.Stdout);
-        Assert.Contains("1.5.0", list.Stdout);
-        Assert.Contains("loaded", list.Stdout);
+        Assert.True(list.ExitCode == 0, list.ToString());
+        // name, version, SDK built against, global, status and path, on the plugin's own row
+        var good = list.Stdout.Split('\n').Where(l => l.Contains("│ Good ")).ToArray();
+        Assert.True(good.Length == 1, list.Stdout);
+        Assert.Matches($@"│ Good\s+│ 1\.5\.0\s+│ {VirtLab.Sdk.SdkVersion.Major}[.\d]*\s+│ Good\s+│ loaded\s+│ {System.Text.RegularExpressions.Regex.Escape(Path.Combine(plugins, "Good"))}", good[0]);
         Assert.Contains("kaput", list.Stdout);
         Assert.DoesNotContain("\u001b[", list.Stdout); // redirected: no ANSI
 

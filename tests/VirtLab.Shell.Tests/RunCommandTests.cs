@@ -33,11 +33,17 @@ public sealed class RunCommandTests
         Assert.Contains($"{badPath}(3,9): error CS0103: The name 'nope' does not exist in the current context", bad.Stderr);
         Assert.Contains($"{badPath}(4,9): error CS0029:", bad.Stderr);
 
-        Assert.Equal(3, Virtlab.Run(null, tmp.Path, "run", Path.Combine(tmp.Path, "missing.csx")).ExitCode);
+        var missing = Virtlab.Run(null, tmp.Path, "run", Path.Combine(tmp.Path, "missing.csx"));
+        Assert.True(missing.ExitCode == 3, missing.ToString());
+        Assert.Contains(Path.Combine(tmp.Path, "missing.csx"), missing.Stderr); // names the file it could not find
         var unknown = Virtlab.Run(null, tmp.Path, "run", "--bogus", ok);
         Assert.Equal(3, unknown.ExitCode);
         Assert.Contains("unknown option '--bogus'", unknown.Stderr);
-        Assert.Equal(3, Virtlab.Run(null, tmp.Path, "run", ok, "--", "--n", "many").ExitCode); // bad recipe argument
+        var badArg = Virtlab.Run(null, tmp.Path, "run", ok, "--", "--n", "many"); // bad recipe argument
+        Assert.True(badArg.ExitCode == 3, badArg.ToString());
+        Assert.Contains("--n", badArg.Stderr);
+        Assert.Contains("many", badArg.Stderr);
+        Assert.DoesNotContain("   at ", badArg.Stderr); // a usage error, not a stack trace
 
         var skip = Virtlab.Run(null, tmp.Path, "run", tmp.File("skip.csx", "Require(false, \"needs a unicorn\");\nResult(\"never\", 1);"));
         Assert.True(skip.ExitCode == 4, skip.ToString());
@@ -66,10 +72,15 @@ public sealed class RunCommandTests
         Assert.Equal(recipe, root.GetProperty("recipe").GetProperty("path").GetString());
         Assert.Equal(Convert.ToHexStringLower(System.Security.Cryptography.SHA256.HashData(File.ReadAllBytes(recipe))),
             root.GetProperty("recipe").GetProperty("sha256").GetString());
-        Assert.Equal("8M", root.GetProperty("args").GetProperty("memory").GetString()?.Replace("MiB", "M").Replace(" ", ""));
+        Assert.Equal("8M", root.GetProperty("args").GetProperty("memory").GetString());
         var env = root.GetProperty("environment");
         Assert.Equal("3.1.4", env.GetProperty("plugins").GetProperty("Rec").GetString());
-        foreach (var f in new[] { "virtlab", "os", "architecture", "cores" }) Assert.True(env.TryGetProperty(f, out _), f);
+        // environment: virtlab and plugin versions, OS, kernel, CPU, cores, memory (git commit: Run_record_names_the_commits…)
+        foreach (var f in new[] { "virtlab", "sdk", "os", "architecture", "kernel" })
+            Assert.False(string.IsNullOrWhiteSpace(env.GetProperty(f).GetString()), f);
+        if (File.ReadAllText("/proc/cpuinfo").Contains("model name")) Assert.False(string.IsNullOrWhiteSpace(env.GetProperty("cpu").GetString()), "cpu");
+        Assert.Equal(Environment.ProcessorCount, env.GetProperty("cores").GetInt32());
+        Assert.True(env.GetProperty("memory").GetInt64() > 64L << 20, env.GetProperty("memory").ToString());
         var stage = root.GetProperty("stages")[0];
         Assert.Equal("populate", stage.GetProperty("name").GetString());
         Assert.Equal(2048, stage.GetProperty("counters").GetProperty("pages").GetInt64());
@@ -147,6 +158,38 @@ public sealed class RunCommandTests
         Assert.Matches(@"^PASS scripts/pass\.csx \(\d+\.\d\d s\)$", lines[1]);
         Assert.Matches(@"^SKIP scripts/skip\.csx \(\d+\.\d\d s\) needs /dev/unicorn$", lines[2]);
         Assert.Equal("1 passed, 1 failed, 1 skipped", lines[3]);
+    }
+}
+
+/// <summary>
+/// The no-KVM path, whatever this machine offers: VIRTLAB_DISABLE_KVM=1 is set for the child `virtlab` only (never in
+/// this process, whose other tests run in parallel), so KVM is unusable there even on a KVM host.
+/// </summary>
+public sealed class NoKvmTests
+{
+    private static readonly Dictionary<string, string> NoKvm = new() { ["VIRTLAB_DISABLE_KVM"] = "1" };
+
+    [Fact]
+    public void A_recipe_that_needs_kvm_is_skipped_with_the_reason_and_forcing_kvm_says_to_use_the_simulator()
+    {
+        using var tmp = new TempDir();
+        tmp.File("t/kvm.csx", "RequireKvm();\nResult(\"never\", 1);\n");
+        var t = Virtlab.Run(null, tmp.Path, NoKvm, "test", "t");
+        Assert.True(t.ExitCode == 0, t.ToString()); // a skip is not a failure
+        var lines = t.Stdout.Split('\n', StringSplitOptions.RemoveEmptyEntries);
+        Assert.Equal(2, lines.Length);
+        Assert.Matches(@"^SKIP t/kvm\.csx \(\d+\.\d\d s\) needs /dev/kvm: disabled by VIRTLAB_DISABLE_KVM$", lines[0]);
+        Assert.Equal("0 passed, 0 failed, 1 skipped", lines[1]);
+
+        // Backend.Auto falls back to the simulator; forcing KVM fails (exit 1) and names the way out.
+        var recipe = tmp.File("forced.csx", "var vm = Vm.Create(1.MiB());\nResult(\"auto\", vm.Backend);\nvm.Dispose();\nVm.Create(new VmOptions(1.MiB()) { Backend = Backend.Kvm });\n");
+        var r = Virtlab.Run(null, tmp.Path, NoKvm, "run", recipe);
+        Assert.True(r.ExitCode == 1, r.ToString());
+        Assert.Equal("auto = Backend.Sim\n", r.Stdout);
+        Assert.StartsWith("System.PlatformNotSupportedException: ", r.Stderr);
+        Assert.Contains("disabled by VIRTLAB_DISABLE_KVM", r.Stderr);
+        Assert.Contains("Backend.Sim", r.Stderr);
+        Assert.Contains($"at {recipe}:4", r.Stderr);
     }
 }
 

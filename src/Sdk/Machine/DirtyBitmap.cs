@@ -471,7 +471,7 @@ public sealed class DirtyBitmap : IEquatable<DirtyBitmap>
     void CheckPage(long page)
     {
         if ((ulong)page >= (ulong)Pages)
-            throw new ArgumentOutOfRangeException(nameof(page), page, $"page {page} is outside this bitmap of {Pages} pages (0 … {Pages - 1})");
+            throw new ArgumentOutOfRangeException(nameof(page), $"page {page} is outside this bitmap of {Pages} pages (0 … {Pages - 1})");
     }
 
     void CheckRange(long first, long count)

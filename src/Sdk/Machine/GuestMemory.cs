@@ -130,7 +130,7 @@ public sealed unsafe class GuestMemory
     internal nint Resolve(ulong gpa, long length, out MemSlot slot)
     {
         vm.ThrowIfDisposed();
-        if (length < 0) throw new ArgumentOutOfRangeException(nameof(length), length, "length must not be negative");
+        if (length < 0) throw new ArgumentOutOfRangeException(nameof(length), $"length must not be negative; got {length}");
         var s = vm.FindSlotAt(gpa);
         if (s is null || (ulong)length > s.EndGpa - gpa)
             throw new ArgumentOutOfRangeException(nameof(gpa), OutsideMessage(gpa, length, s));

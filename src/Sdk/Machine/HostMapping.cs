@@ -123,7 +123,7 @@ internal sealed unsafe class HostMapping : IDisposable
     static string HugeMessage(long length, Backing backing, long pageSize, HostInfo.HugePool pool, long needed)
     {
         var target = pool.Total + Math.Max(1, needed - pool.Available);
-        return $"{backing.Name()} needs {needed} huge pages of {new Size(pageSize)} for {new Size(length)} but only {pool.Available} are available " +
+        return $"{backing.Name()} needs {needed} huge page{(needed == 1 ? "" : "s")} of {new Size(pageSize)} for {new Size(length)} but only {pool.Available} {(pool.Available == 1 ? "is" : "are")} available " +
                $"(nr_hugepages={pool.Total}, free {pool.Free}, reserved {pool.Reserved}); reserve them as root: " +
                $"echo {target} > {HostInfo.HugetlbDir(pageSize)}/nr_hugepages";
     }

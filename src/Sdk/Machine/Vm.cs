@@ -334,10 +334,10 @@ public abstract class Vm : IDisposable, IDisplayable
     void ValidateSlot(int id, long size, Backing backing, ulong gpa, MemSlot? ignore)
     {
         if (id < 0 || id >= MaxMemslots)
-            throw new ArgumentOutOfRangeException(nameof(id), id, $"memslot ids are 0 … {MaxMemslots - 1} (KVM_CAP_NR_MEMSLOTS)");
+            throw new ArgumentOutOfRangeException(nameof(id), $"memslot ids are 0 … {MaxMemslots - 1} (KVM_CAP_NR_MEMSLOTS); got {id}");
         var pageSize = backing.PageSize();
         if (size <= 0)
-            throw new ArgumentOutOfRangeException(nameof(size), size, $"memslot size must be positive (got {new Size(size)})");
+            throw new ArgumentOutOfRangeException(nameof(size), $"memslot size must be positive (got {new Size(size)})");
         if (size % pageSize != 0)
             throw new ArgumentException(
                 $"memslot size {new Size(size)} ({size} bytes) is not a multiple of the {backing.Name()} backing's page size {new Size(pageSize)}; " +
@@ -640,7 +640,8 @@ public abstract class Vm : IDisposable, IDisplayable
 
     internal void ThrowIfDisposed()
     {
-        if (Volatile.Read(ref disposed) != 0) throw new ObjectDisposedException(GetType().Name, "this VM has been disposed");
+        if (Volatile.Read(ref disposed) != 0)
+            throw new ObjectDisposedException(null, $"this {Backend} VM has been disposed; create a new one with Vm.Create(...)");
     }
 
     void ThrowIfRunning(string what)
@@ -680,10 +681,11 @@ public abstract class Vm : IDisposable, IDisplayable
     }
 
     public override string ToString()
-        => $"{Backend} VM: {Vcpus} vCPU(s), {Memory.Size} in {SlotsSnapshot.Length} memslot(s), test slot {Options.Memory} {Options.Backing.Name()}";
+        => IsDisposed ? $"{Backend} VM: {Vcpus} vCPU(s), disposed" : $"{Backend} VM: {Vcpus} vCPU(s), {Memory.Size} in {SlotsSnapshot.Length} memslot(s), test slot {Options.Memory} {Options.Backing.Name()}";
 
     public virtual IRenderable ToRenderable()
     {
+        if (IsDisposed) return new Text($"{Backend} VM, {Vcpus} vCPU(s): disposed (its memslots and memory are gone)");
         var t = new Table { Title = new TableTitle(Markup.Escape($"{Backend} VM, {Vcpus} vCPU(s)")) };
         t.AddColumn("slot").AddColumn("gpa").AddColumn("size").AddColumn("backing").AddColumn("flags");
         foreach (var s in Slots)

@@ -50,16 +50,16 @@ public sealed record VmOptions
     {
         var pageSize = Backing.PageSize();
         if (Memory.Bytes <= 0)
-            throw new ArgumentOutOfRangeException(nameof(Memory), Memory.Bytes,
+            throw new ArgumentOutOfRangeException(nameof(Memory),
                 $"memory must be positive (got {Memory}); it is the size of the test slot, e.g. 1.GiB()");
         if (Memory.Bytes % pageSize != 0)
             throw new ArgumentException(
                 $"memory {Memory} ({Memory.Bytes} bytes) is not a multiple of the {Backing.Name()} backing's page size {new Size(pageSize)}; " +
                 $"use {new Size(AlignDown(Memory.Bytes, pageSize))} or {new Size(AlignUp(Memory.Bytes, pageSize))}", nameof(Memory));
         if (Vcpus < 1 || Vcpus > MaxVcpusDefault)
-            throw new ArgumentOutOfRangeException(nameof(Vcpus), Vcpus, $"vcpus must be 1 … {MaxVcpusDefault} (KVM_MAX_VCPUS on x86); got {Vcpus}");
+            throw new ArgumentOutOfRangeException(nameof(Vcpus), $"vcpus must be 1 … {MaxVcpusDefault} (KVM_MAX_VCPUS on x86); got {Vcpus}");
         if (GuestPhysBits is { } bits && (bits < 32 || bits > 52))
-            throw new ArgumentOutOfRangeException(nameof(GuestPhysBits), bits, "guest physical address bits must be 32 … 52");
+            throw new ArgumentOutOfRangeException(nameof(GuestPhysBits), $"guest physical address bits must be 32 … 52; got {bits}");
         if (SystemMemory is { } sys && (sys.Bytes <= 0 || sys.Bytes % BackingInfo.Page4K != 0))
             throw new ArgumentException($"system memory {sys} must be a positive multiple of 4 KiB", nameof(SystemMemory));
         if (InitiallySet && !ManualProtect)
@@ -68,15 +68,16 @@ public sealed record VmOptions
         {
             const int min = 4096, max = DirtyRingMaxEntries * DirtyRingEntryBytes;
             if (DirtyRingBytes < 0 || (DirtyRingBytes & (DirtyRingBytes - 1)) != 0 || DirtyRingBytes < min || DirtyRingBytes > max)
-                throw new ArgumentOutOfRangeException(nameof(DirtyRingBytes), DirtyRingBytes,
-                    $"dirty ring size must be a power of two from {min} to {max} bytes ({min / DirtyRingEntryBytes} … {DirtyRingMaxEntries} entries of 16 bytes); got {DirtyRingBytes}");
+                throw new ArgumentOutOfRangeException(nameof(DirtyRingBytes),
+                    $"dirty ring size must be a power of two from {min} to {max} bytes (4 KiB … 1 MiB: {min / DirtyRingEntryBytes} … {DirtyRingMaxEntries} entries of 16 bytes); " +
+                    $"got {DirtyRingBytes} bytes{(DirtyRingBytes >= 1024 ? $" ({new Size(DirtyRingBytes)})" : "")}");
         }
         if (TestSlotGpa is { } gpa && gpa % (ulong)pageSize != 0)
             throw new ArgumentException($"test slot gpa 0x{gpa:x} is not aligned to the {Backing.Name()} backing's page size {new Size(pageSize)}", nameof(TestSlotGpa));
         var ram = HostInfo.MemTotalBytes;
         var total = (Int128)Memory.Bytes + (SystemMemory?.Bytes ?? 0); // no wrap-around for sizes near long.MaxValue
         if (ram > 0 && total > ram)
-            throw new ArgumentOutOfRangeException(nameof(Memory), Memory.Bytes,
+            throw new ArgumentOutOfRangeException(nameof(Memory),
                 $"guest memory {Memory} is more than this host has ({new Size(ram)} of RAM, MemTotal in /proc/meminfo)");
     }
 

@@ -51,8 +51,11 @@ public sealed class RecipeArgs : IReadOnlyDictionary<string, string?>
             if (!_named.ContainsKey(name)) _order.Add(name);
             _named[name] = value;
         }
-        Positional = positional;
+        _positional = positional;
     }
+
+    private readonly List<string> _positional;
+    private volatile bool _positionalRead;
 
     /// <summary>Parses the argument list exactly as given on the command line.</summary>
     public static RecipeArgs Parse(params string[] argv) => new(argv);
@@ -60,7 +63,19 @@ public sealed class RecipeArgs : IReadOnlyDictionary<string, string?>
     /// <summary>The tokens as given, for the run record.</summary>
     public IReadOnlyList<string> Raw { get; }
 
-    public IReadOnlyList<string> Positional { get; }
+    /// <summary>Tokens that are not options (and everything after a second <c>--</c>).</summary>
+    public IReadOnlyList<string> Positional
+    {
+        get
+        {
+            _positionalRead = true;
+            return _positional;
+        }
+    }
+
+    /// <summary>Positional tokens the recipe never looked at (<see cref="Positional"/> unread): likely an option without its
+    /// dashes (<c>memory 8G</c>); the shell warns.</summary>
+    public IReadOnlyList<string> UnreadPositional => _positionalRead ? [] : _positional;
 
     /// <summary>Option names in order of first appearance (without dashes).</summary>
     public IEnumerable<string> Keys => _order;

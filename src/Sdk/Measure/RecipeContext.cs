@@ -1,7 +1,8 @@
 namespace VirtLab.Sdk.Measure;
 
 /// <summary>Something the recipe needs is missing on this machine (e.g. /dev/kvm): exit 4, "skipped" under <c>virtlab test</c>.</summary>
-public sealed class RequirementMissingException(string reason) : Exception(reason)
+public sealed class RequirementMissingException(string reason)
+    : Exception(string.IsNullOrWhiteSpace(reason) ? "a requirement of the recipe is missing (Require was given no reason)" : reason)
 {
     public string Reason => Message;
 }
@@ -100,13 +101,13 @@ public sealed class RecipeContext
         {
             // A bare "--flag": true for bools, a usage error for anything that needs a value.
             var u = Nullable.GetUnderlyingType(typeof(T)) ?? typeof(T);
-            if (u != typeof(bool)) throw new RecipeArgumentException($"--{key}: needs a value ({ArgParser.Describe(typeof(T))})");
+            if (u != typeof(bool)) throw Bad(key, text, $"--{key}: needs a value ({ArgParser.Describe(typeof(T))})");
             value = (T)(object)true;
         }
         else if (ArgParser.TryParse(typeof(T), text, out var parsed, out var error))
             value = (T)parsed!;
         else
-            throw new RecipeArgumentException($"--{key}: {error}");
+            throw Bad(key, text, $"--{key}: {error}");
 
         lock (_lock)
         {
@@ -114,6 +115,17 @@ public sealed class RecipeContext
             _effectiveArgs[key] = ArgParser.Format(value);
         }
         return value;
+    }
+
+    /// <summary>A bad value still counts as read: the shell must not also warn that the recipe never read it.</summary>
+    private RecipeArgumentException Bad(string key, string? text, string message)
+    {
+        lock (_lock)
+        {
+            if (!_effectiveArgs.ContainsKey(key)) _effectiveOrder.Add(key);
+            _effectiveArgs[key] = text;
+        }
+        return new RecipeArgumentException(message);
     }
 
     /// <summary>Records an expectation; a failed one is reported on <see cref="Log"/> and makes the run exit 1 at the end.</summary>

@@ -137,6 +137,8 @@ public static class RunCommand
                 break;
         }
         foreach (var unread in context.UnreadArgs) err.WriteLine($"virtlab run: warning: --{unread} was given but the recipe never read it");
+        if (context.Args.UnreadPositional is { Count: > 0 } positional)
+            err.WriteLine($"virtlab run: warning: '{string.Join(' ', positional)}' given after -- but the recipe never read Args.Positional; options are --name value or --name=value");
     }
 
     private static void WriteRecord(RunOptions o, RecipeContext context, PluginSet plugins, Exception? error, int exit, TextWriter err)

@@ -25,6 +25,19 @@ internal static class MetaCommands
         return name is not null && All.Any(c => c.Name == name);
     }
 
+    // Directives C# scripts may use: these lines go to the compiler, not to the meta-command table.
+    private static readonly HashSet<string> CSharpDirectives =
+        ["r", "load", "define", "undef", "if", "elif", "else", "endif", "region", "endregion", "pragma", "nullable", "line", "error", "warning"];
+
+    /// <summary>The name of a one-line "#word …" that is neither a meta-command nor a C# directive (a typo like "#relaod"); else null.</summary>
+    public static string? UnknownMeta(string text)
+    {
+        if (text.Contains('\n')) return null;
+        var (name, _) = Split(text);
+        if (string.IsNullOrEmpty(name) || !name.All(char.IsAsciiLetter)) return null;
+        return IsMeta(text) || CSharpDirectives.Contains(name) ? null : name;
+    }
+
     /// <summary>"#save out.csx" → ("save", "out.csx"); not a '#' line → (null, "").</summary>
     public static (string? Name, string Argument) Split(string line)
     {

@@ -103,6 +103,11 @@ internal sealed class Repl : IDisposable
                     if (!await Meta(text)) break;
                     continue;
                 }
+                if (MetaCommands.UnknownMeta(text) is { } unknown)
+                {
+                    Error($"unknown meta-command #{unknown}; the meta-commands are {string.Join(", ", MetaCommands.All.Select(c => "#" + c.Name))} (#help explains them)");
+                    continue;
+                }
                 await Evaluate(text);
             }
             return 0;
@@ -160,7 +165,8 @@ internal sealed class Repl : IDisposable
 
     // ---- evaluation ----------------------------------------------------------------------------------
 
-    private async Task Evaluate(string code)
+    /// <param name="origin">The file a <c>#load</c> read the code from: its compile errors are positioned in it.</param>
+    private async Task Evaluate(string code, string? origin = null)
     {
         await _hostLock.WaitAsync();
         try
@@ -193,7 +199,7 @@ internal sealed class Repl : IDisposable
                 await Restart($"evaluation host died ({e.How}) during the evaluation");
                 return;
             }
-            Report(reply);
+            Report(reply, origin);
             if (reply.Status == SubmitStatus.Ok)
             {
                 _submissions.Add(code);
@@ -208,14 +214,18 @@ internal sealed class Repl : IDisposable
         }
     }
 
-    private void Report(Reply reply)
+    private void Report(Reply reply, string? origin = null)
     {
         switch (reply.Status)
         {
             case SubmitStatus.Ok:
                 break;
             case SubmitStatus.CompileError:
-                foreach (var d in reply.Diagnostics ?? []) Error(d.ToString());
+                foreach (var d in reply.Diagnostics ?? [])
+                {
+                    var text = d.ToString() ?? "";
+                    Error(origin is not null && text.StartsWith('(') ? origin + text : text);
+                }
                 if (reply.Diagnostics is not { Count: > 0 }) Error(reply.Error ?? "compilation failed");
                 break;
             case SubmitStatus.Cancelled:
@@ -455,7 +465,7 @@ internal sealed class Repl : IDisposable
                 string code;
                 try { code = await File.ReadAllTextAsync(arg); }
                 catch (Exception e) when (e is IOException or UnauthorizedAccessException) { Error($"#load: {e.Message}"); break; }
-                await Evaluate(code);
+                await Evaluate(code, arg);
                 break;
             case "save":
                 if (arg.Length == 0) { Error("usage: #save FILE"); break; }

@@ -97,6 +97,10 @@ public sealed class ScriptCompiler
         int line = span.StartLinePosition.Line + 1, col = span.StartLinePosition.Character + 1;
         var sev = d.Severity == DiagnosticSeverity.Error ? "error" : "warning";
         var message = d.GetMessage(CultureInfo.InvariantCulture);
+        // "Vm.Create(64)": a bare number is not a Size; say how sizes are written.
+        if (d.Id is "CS1503" or "CS0029" or "CS0266" && message.Contains("to 'VirtLab.Sdk.Measure.Size'", StringComparison.Ordinal)
+            && (message.Contains("'int'", StringComparison.Ordinal) || message.Contains("'long'", StringComparison.Ordinal)))
+            message += " (sizes take a unit: 64.MiB(), 4.KiB(), 4096.Bytes() or Size.Parse(\"512M\"))";
         var formatted = d.Location.IsInSource ? $"{file}({line},{col}): {sev} {d.Id}: {message}" : $"{sev} {d.Id}: {message}";
         return new ScriptDiagnostic(d.Id, d.Severity == DiagnosticSeverity.Error, message, file, line, col, formatted);
     }

@@ -1,18 +1,23 @@
+using VirtLab.Sdk.Machine;
 using VirtLab.Sdk.Machine.Kvm;
 using Xunit;
 
 namespace VirtLab.Sdk.Tests.Kvm;
 
-/// <summary>A fact that runs only where /dev/kvm is usable; elsewhere it is skipped with the probe's reason.</summary>
+/// <summary>
+/// A fact that runs only where KVM is usable; elsewhere it is skipped with the probe's reason. It asks
+/// <see cref="Vm.IsKvmUsable"/> (not <c>KvmBackend.IsUsable</c>) so that <c>VIRTLAB_DISABLE_KVM=1</c> skips these tests
+/// too, as documented, instead of letting the Vm-level ones fail with "KVM is not usable" while raw ones still run.
+/// </summary>
 public sealed class KvmFactAttribute : FactAttribute
 {
     public KvmFactAttribute()
     {
-        if (!KvmBackend.IsUsable(out var reason)) Skip = "KVM not usable here: " + reason;
+        if (!Vm.IsKvmUsable(out var reason)) Skip = "KVM not usable here: " + reason;
     }
 }
 
-/// <summary>KVM tests run alone: they count the process's fds and threads and time cancellations.</summary>
+/// <summary>KVM tests run alone: they count the process's fds, threads and resident memory.</summary>
 [CollectionDefinition("KVM", DisableParallelization = true)]
 public sealed class KvmCollection;
 
@@ -21,7 +26,7 @@ public sealed class Kvm1GPagesFactAttribute : FactAttribute
 {
     public Kvm1GPagesFactAttribute()
     {
-        if (!KvmBackend.IsUsable(out var reason)) { Skip = "KVM not usable here: " + reason; return; }
+        if (!Vm.IsKvmUsable(out var reason)) { Skip = "KVM not usable here: " + reason; return; }
         using var kvm = KvmFd.OpenDevKvm();
         if (!KvmCpuid.Has1GPages(KvmCpuid.Supported(kvm))) Skip = "this host's KVM does not offer PDPE1GB (1 GiB guest pages)";
     }

@@ -3,12 +3,13 @@ using Iced.Intel;
 using VirtLab.Sdk.Machine.Kvm;
 using VirtLab.Sdk.Native;
 using Xunit;
+using Xunit.Abstractions;
 using static Iced.Intel.AssemblerRegisters;
 
 namespace VirtLab.Sdk.Tests.Kvm;
 
 [Collection("KVM")]
-public unsafe class KvmMachineTests
+public unsafe class KvmMachineTests(ITestOutputHelper output)
 {
     internal static byte[] Assemble(Action<Assembler> body, ulong rip = SystemLayout.CodeGpa)
     {
@@ -119,29 +120,39 @@ public unsafe class KvmMachineTests
         Assert.Equal(new ulong[] { 0, 1, 2 }, seen.Where(x => x.Item1 == 1).Select(x => x.Item2).OrderBy(x => x));
     }
 
+    /// <summary>
+    /// The guest syncs once and then spins in <c>jmp</c> forever: it never exits on its own, so the run can only end
+    /// through the kick (<c>immediate_exit</c> + signal). No timed assertion (speed is the bench recipes' job): the
+    /// wait is a hang guard, and the stop latency is written to the test output.
+    /// </summary>
     [KvmFact]
-    public void Cancellation_stops_a_spinning_vcpu_within_a_second()
+    public void Cancellation_stops_a_spinning_vcpu()
     {
         using var m = new KvmMachine(1);
         var code = Assemble(a =>
         {
             var loop = a.CreateLabel();
+            a.mov(eax, Ucall.Sync); a.mov(dx, Ucall.Port); a.@out(dx, eax);
             a.Label(ref loop);
             a.inc(rax);
             a.jmp(loop);
         });
         using var cts = new CancellationTokenSource();
-        var sw = new Stopwatch();
-        var task = Task.Run(() => m.Run(code, 0, new GuestCallbacks(), cts.Token));
-        Thread.Sleep(300);
-        sw.Start();
+        using var synced = new ManualResetEventSlim();
+        var task = Task.Run(() => m.Run(code, 0, new GuestCallbacks { OnSync = (_, _, _) => synced.Set() }, cts.Token));
+        Assert.True(synced.Wait(HangGuard), "the guest never reached its sync point");
+        Thread.Sleep(50); // most likely back in the guest's loop by now; cancelling before re-entry must work as well
+        var sw = Stopwatch.StartNew();
         cts.Cancel();
+        Assert.True(((IAsyncResult)task).AsyncWaitHandle.WaitOne(HangGuard), "the spinning vCPU was never stopped: the kick did not reach it");
         Assert.ThrowsAny<OperationCanceledException>(() => task.GetAwaiter().GetResult());
-        Assert.True(sw.Elapsed < TimeSpan.FromSeconds(1), $"stopping took {sw.Elapsed}");
-        Console.Error.WriteLine($"cancellation took {sw.Elapsed.TotalMilliseconds:F1} ms");
+        output.WriteLine($"cancellation took {sw.Elapsed.TotalMilliseconds:F1} ms");
         // The VM is reusable after a cancelled run.
         m.Run(Assemble(a => { a.mov(eax, 0); a.mov(dx, Ucall.Port); a.@out(dx, eax); }), 0, new GuestCallbacks(), CancellationToken.None);
     }
+
+    /// <summary>How long a liveness wait may take before the test fails instead of hanging (not a speed bound).</summary>
+    internal static readonly TimeSpan HangGuard = TimeSpan.FromSeconds(30);
 
     [KvmFact]
     public void Memslot_at_the_top_of_guest_physical_space_is_reachable()
@@ -182,7 +193,8 @@ public unsafe class KvmMachineTests
         var delta = m.VmStats.Snapshot().Since(before);
         Assert.NotNull(delta.ToRenderable());
         var v = m.VcpuStats(0).Snapshot();
-        Assert.True(v["exits"] > 0 || v.Values.ContainsKey("exits"));
+        Assert.True(v["exits"] > 0, $"vCPU 0 ran a guest that exits through port I/O, yet exits = {v["exits"]}");
+        // (not io_exits: under kvm_pvm's emulated execution the ucall's port I/O does not bump it)
     }
 
     [Kvm1GPagesFact]

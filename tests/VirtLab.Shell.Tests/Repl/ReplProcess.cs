@@ -80,6 +80,18 @@ internal sealed class ReplProcess : IDisposable
     /// <summary>Counts matches so far (to wait for the n-th occurrence of a line).</summary>
     public int Count(string pattern, bool stderr = false) => Regex.Matches(stderr ? Stderr : Stdout, pattern, RegexOptions.Multiline).Count;
 
+    /// <summary>Waits until <paramref name="condition"/> holds; fails with both streams on timeout.</summary>
+    public void WaitUntil(Func<bool> condition, string what)
+    {
+        var deadline = DateTime.UtcNow + Timeout;
+        while (!condition())
+        {
+            if (DateTime.UtcNow > deadline)
+                throw new Xunit.Sdk.XunitException($"timed out waiting for {what}\n--- stdout ---\n{Stdout}\n--- stderr ---\n{Stderr}");
+            Thread.Sleep(20);
+        }
+    }
+
     public void WaitForCount(string pattern, int count, bool stderr = false)
     {
         var deadline = DateTime.UtcNow + Timeout;

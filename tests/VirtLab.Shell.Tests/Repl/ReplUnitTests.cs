@@ -19,11 +19,11 @@ public sealed class ReplUnitTests
     [Fact]
     public void History_survives_a_restart()
     {
-        var path = Path.Combine(Directory.CreateTempSubdirectory("virtlab-history-").FullName, ".virtlab", "history");
+        using var tmp = new TempDir(); // removed even when an assertion fails
+        var path = Path.Combine(tmp.Path, ".virtlab", "history");
         new History(path).Append("var a = 1;");
         new History(path).Append("for (;;)\n  break;");
         Assert.Equal(["var a = 1;", "for (;;)\n  break;"], new History(path).Entries);
-        Directory.Delete(Path.GetDirectoryName(Path.GetDirectoryName(path))!, recursive: true);
     }
 
     [Theory]

@@ -18,7 +18,7 @@ internal sealed class KvmFd : SafeHandle
     {
         get
         {
-            ObjectDisposedException.ThrowIf(IsClosed, this);
+            if (IsClosed) throw new ObjectDisposedException(null, $"this KVM fd ({What}) is closed: its VM was disposed");
             return (int)handle;
         }
     }

@@ -72,11 +72,11 @@ internal sealed unsafe class KvmMachine : IDisposable
     {
         System = KvmSystem.Probe();
         if (!System.Usable) throw new InvalidOperationException("KVM is not usable: " + System.Reason);
-        if (vcpus < 1) throw new ArgumentOutOfRangeException(nameof(vcpus), vcpus, "a VM needs at least one vCPU");
+        if (vcpus < 1) throw new ArgumentOutOfRangeException(nameof(vcpus), $"a VM needs at least one vCPU; got {vcpus}");
         if (vcpus > System.MaxVcpus)
-            throw new ArgumentOutOfRangeException(nameof(vcpus), vcpus, $"this host's KVM allows at most {System.MaxVcpus} vCPUs per VM (KVM_CAP_MAX_VCPUS)");
+            throw new ArgumentOutOfRangeException(nameof(vcpus), $"this host's KVM allows at most {System.MaxVcpus} vCPUs per VM (KVM_CAP_MAX_VCPUS); got {vcpus}");
         if (vcpus > SystemLayout.MaxRecords)
-            throw new ArgumentOutOfRangeException(nameof(vcpus), vcpus, $"the KVM backend supports at most {SystemLayout.MaxRecords} vCPUs");
+            throw new ArgumentOutOfRangeException(nameof(vcpus), $"the KVM backend supports at most {SystemLayout.MaxRecords} vCPUs; got {vcpus}");
         VcpuCount = vcpus;
         SystemSlot = systemSlot;
 
@@ -371,6 +371,9 @@ internal sealed unsafe class KvmMachine : IDisposable
 
     /// <summary>How user memory appears to guest code: gpa range → gva base.</summary>
     public IEnumerable<(ulong Gpa, ulong End, ulong Gva)> GuestMappings => _runs.Select(r => (r.Start, r.End, r.Start - r.Delta));
+
+    /// <summary>Whether <see cref="GuestMappings"/> matches the current memslots (false before the first run and after a slot change).</summary>
+    public bool GuestMappingsCurrent => Volatile.Read(ref _builtGeneration) == Volatile.Read(ref _layoutGeneration);
 
     /// <summary>Rebuild page tables when the slot layout changed; returns true when CR3 changed.</summary>
     private bool PreparePageTables()

@@ -32,7 +32,7 @@ internal sealed class SystemLayout
     {
         if (size < MinSize(vcpus))
             throw new ArgumentException($"system slot 0 of {size >> 10} KiB is too small for the KVM backend with {vcpus} vCPUs: needs at least {MinSize(vcpus) >> 10} KiB (GDT, code, data, 16 KiB stack per vCPU, page tables)");
-        if (vcpus > MaxRecords) throw new ArgumentOutOfRangeException(nameof(vcpus), vcpus, $"at most {MaxRecords} vCPUs fit the system slot's record area");
+        if (vcpus > MaxRecords) throw new ArgumentOutOfRangeException(nameof(vcpus), $"at most {MaxRecords} vCPUs fit the system slot's record area; got {vcpus}");
         Size = size;
         Vcpus = vcpus;
         PoolGpa = StackGpa + (ulong)vcpus * StackSize;

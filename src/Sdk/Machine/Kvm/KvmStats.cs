@@ -18,7 +18,7 @@ public sealed record KvmStatDescriptor(string Name, KvmStatType Type, KvmStatUni
 /// A binary statistics fd (KVM_GET_STATS_FD on a VM or vCPU fd): the header and descriptors are read once,
 /// values are re-read with pread at each snapshot.
 /// </summary>
-public sealed unsafe class KvmStats : IDisposable
+public sealed unsafe class KvmStats : IDisposable, IDisplayable
 {
     private readonly KvmFd _fd;
     private readonly uint _dataOffset;
@@ -104,6 +104,13 @@ public sealed unsafe class KvmStats : IDisposable
     }
 
     public void Dispose() => _fd.Dispose();
+
+    /// <summary>Displayed as its values now (a <see cref="Snapshot"/>).</summary>
+    public IRenderable ToRenderable() => _fd.IsClosed
+        ? new Text($"KVM stats {Id}: closed (its VM or vCPU was disposed)")
+        : Snapshot().ToRenderable();
+
+    public override string ToString() => $"KVM stats {Id}: {Descriptors.Count} statistics (Read(name), Snapshot())";
 }
 
 /// <summary>All values of one stats fd at one moment.</summary>

@@ -25,11 +25,11 @@ internal sealed unsafe class KvmVm : Vm
         var sys = KvmSystem.Probe();
         if (!sys.Usable) throw new PlatformNotSupportedException("KVM is not usable: " + sys.Reason);
         if (o.Vcpus > sys.MaxVcpus)
-            throw new ArgumentOutOfRangeException(nameof(o.Vcpus), o.Vcpus, $"this host's KVM allows at most {sys.MaxVcpus} vCPUs per VM (KVM_CAP_MAX_VCPUS); got {o.Vcpus}");
+            throw new ArgumentOutOfRangeException(nameof(o.Vcpus), $"this host's KVM allows at most {sys.MaxVcpus} vCPUs per VM (KVM_CAP_MAX_VCPUS); got {o.Vcpus}");
         if (o.DirtyRingBytes > 0 && o.DirtyRingBytes > sys.DirtyRingMaxBytes)
-            throw new ArgumentOutOfRangeException(nameof(o.DirtyRingBytes), o.DirtyRingBytes,
-                sys.DirtyRingMaxBytes == 0 ? "this host's KVM has no dirty ring (KVM_CAP_DIRTY_LOG_RING is 0)"
-                                           : $"this host's KVM allows dirty rings of at most {sys.DirtyRingMaxBytes} bytes (KVM_CAP_DIRTY_LOG_RING)");
+            throw new ArgumentOutOfRangeException(nameof(o.DirtyRingBytes),
+                sys.DirtyRingMaxBytes == 0 ? "this host's KVM has no dirty ring (KVM_CAP_DIRTY_LOG_RING is 0); leave DirtyRingBytes at 0"
+                                           : $"this host's KVM allows dirty rings of at most {sys.DirtyRingMaxBytes} bytes (KVM_CAP_DIRTY_LOG_RING); got {o.DirtyRingBytes}");
         if (o.SystemMemory is { } sm && (ulong)sm.Bytes < SystemLayout.MinSize(o.Vcpus))
             throw new ArgumentException($"system memory {sm} is too small for the KVM backend with {o.Vcpus} vCPUs: it needs at least {SystemLayout.MinSize(o.Vcpus) >> 10} KiB", nameof(o.SystemMemory));
 
@@ -172,12 +172,20 @@ internal sealed unsafe class KvmVm : Vm
 
     public override IRenderable ToRenderable()
     {
+        if (IsDisposed) return base.ToRenderable();
         var grid = new Grid().AddColumn();
         grid.AddRow(base.ToRenderable());
-        grid.AddRow(new Markup(Markup.Escape(
+        grid.AddRow(new Text(
             $"KVM: VM fd {Machine.VmFd}, {Machine.VcpuCount} vCPU thread(s) per run, guest phys bits {Machine.GuestPhysBits}, " +
-            $"{(Machine.Use1GPages ? "1 GiB" : "2 MiB")} guest pages; guest-virtual windows: " +
-            string.Join(", ", Machine.GuestMappings.Select(m => $"gpa 0x{m.Gpa:x}..0x{m.End:x} at gva 0x{m.Gva:x}")))));
+            $"{(Machine.Use1GPages ? "1 GiB" : "2 MiB")} guest pages"));
+        // One window per line: a long line would wrap inside "[0x…, 0x…)".
+        var windows = Machine.GuestMappings.Select(m => $"  gpa [0x{m.Gpa:x}, 0x{m.End:x}) at gva 0x{m.Gva:x}").ToList();
+        if (windows.Count == 0) grid.AddRow(new Text("guest-virtual windows: (laid out at the first run)"));
+        else
+        {
+            grid.AddRow(new Text("guest-virtual windows" + (Machine.GuestMappingsCurrent ? ":" : " (memslots changed since; laid out again at the next run):")));
+            foreach (var w in windows) grid.AddRow(new Text(w));
+        }
         return grid;
     }
 }
