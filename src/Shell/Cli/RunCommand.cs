@@ -132,8 +132,8 @@ public static class RunCommand
             case OperationCanceledException when context.Cancellation.IsCancellationRequested:
                 err.WriteLine("virtlab run: cancelled (Ctrl+C)");
                 break;
-            default:
-                err.Write(ScriptExceptions.Format(error, scripts.Owns));
+            case { } other:
+                err.Write(ScriptExceptions.Format(other, scripts.Owns));
                 break;
         }
         foreach (var unread in context.UnreadArgs) err.WriteLine($"virtlab run: warning: --{unread} was given but the recipe never read it");
