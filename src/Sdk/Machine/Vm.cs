@@ -519,8 +519,9 @@ public abstract class Vm : IDisposable, IDisplayable
             throw new ArgumentException($"offset must be a non-negative multiple of 8; got {w.Offset}", nameof(workload));
         if (w.WritePercent is < 0 or > 100)
             throw new ArgumentException($"write percentage must be 0 … 100; got {w.WritePercent}", nameof(workload));
-        if (w.Passes < 1)
-            throw new ArgumentException($"passes must be at least 1; got {w.Passes}", nameof(workload));
+        if (w.Passes is < 1 or > Workload.MaxPasses)
+            throw new ArgumentException($"passes must be 1 … {Workload.MaxPasses:N0} (each pass's time is recorded per vCPU); got {w.Passes:N0}. " +
+                "For an open-ended run, use many passes and cancel it", nameof(workload));
         foreach (var a in w.EffectiveAccesses)
         {
             if (a.Offset < 0 || a.Offset % 8 != 0 || a.Step < 0 || a.Step % 8 != 0 || a.Count < 1)

@@ -104,6 +104,9 @@ public sealed record Workload : IDisplayable
 
     public int Passes { get; init; } = 1;
 
+    /// <summary>The most passes one run takes: per-vCPU pass times are kept for the result (8 MB per vCPU at the limit).</summary>
+    public const int MaxPasses = 1_000_000;
+
     /// <summary>All vCPUs stop at a sync point after each pass (the host's after-pass callback runs there); false = passes run back to back.</summary>
     public bool SyncEachPass { get; init; } = true;
 

@@ -87,6 +87,9 @@ public class BadInputTests
         Assert.Contains("inside their stride", Assert.Throws<ArgumentException>(() => vm.Plan(new Workload { Offset = 4096 })).Message);
         Assert.Throws<ArgumentException>(() => vm.Plan(new Workload { WritePercent = 101 }));
         Assert.Throws<ArgumentException>(() => vm.Plan(new Workload { Passes = 0 }));
+        // Not an OutOfMemoryException from sizing the per-pass timings: a clear limit.
+        Assert.Contains("passes must be 1 … 1,000,000", Assert.Throws<ArgumentException>(() => vm.Run(new Workload { Passes = int.MaxValue })).Message);
+        vm.Plan(new Workload { Passes = Workload.MaxPasses });
         Assert.Throws<ArgumentException>(() => vm.Plan(new Workload { Slot = 9 }));
         Assert.Contains("inside system slot 0", Assert.Throws<ArgumentException>(() => vm.Plan(new Workload { Slot = 0 })).Message); // as on KVM
         Assert.Contains("at least one stride", Assert.Throws<ArgumentException>(() => vm.Plan(Workload.Write(stride: 3 << 20))).Message);
