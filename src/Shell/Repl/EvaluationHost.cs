@@ -196,14 +196,14 @@ public static class EvaluationHost
                 }
                 if (result.Exception is { } e)
                 {
-                    e = Unwrap(e);
+                    e = RecipeContext.Unwrap(e)!;
                     if (e is OperationCanceledException && cts.IsCancellationRequested) return new Reply { Status = SubmitStatus.Cancelled };
                     return new Reply { Status = SubmitStatus.RuntimeError, Error = Describe(e, session) };
                 }
                 if (result.HasValue && !request.Quiet)
                 {
                     try { ValueRenderer.Write(Consoles.Out, result.Value); }
-                    catch (Exception re) { Console.Error.WriteLine($"(cannot render the value: {Unwrap(re).Message})"); }
+                    catch (Exception re) { Console.Error.WriteLine($"(cannot render the value: {RecipeContext.Unwrap(re)!.Message})"); }
                 }
                 return new Reply { Status = SubmitStatus.Ok };
             }
@@ -252,12 +252,6 @@ public static class EvaluationHost
                 }).ToList(),
                 Globals = globals,
             };
-        }
-
-        private static Exception Unwrap(Exception e)
-        {
-            while (e is TargetInvocationException { InnerException: { } inner }) e = inner;
-            return e;
         }
 
         /// <summary>"Type: message" and the stack down to the submission's frame (the shell's own frames below it say nothing).</summary>
