@@ -181,15 +181,27 @@ public sealed class NoKvmTests
         Assert.Matches(@"^SKIP t/kvm\.csx \(\d+\.\d\d s\) needs /dev/kvm: disabled by VIRTLAB_DISABLE_KVM$", lines[0]);
         Assert.Equal("0 passed, 0 failed, 1 skipped", lines[1]);
 
-        // Backend.Auto falls back to the simulator; forcing KVM fails (exit 1) and names the way out.
+        // Backend.Auto falls back to the simulator; forcing KVM is a missing requirement (exit 4) and names the way out.
         var recipe = tmp.File("forced.csx", "var vm = Vm.Create(1.MiB());\nResult(\"auto\", vm.Backend);\nvm.Dispose();\nVm.Create(new VmOptions(1.MiB()) { Backend = Backend.Kvm });\n");
         var r = Virtlab.Run(null, tmp.Path, NoKvm, "run", recipe);
-        Assert.True(r.ExitCode == 1, r.ToString());
+        Assert.True(r.ExitCode == 4, r.ToString());
         Assert.Equal("auto = Backend.Sim\n", r.Stdout);
-        Assert.StartsWith("System.PlatformNotSupportedException: ", r.Stderr);
-        Assert.Contains("disabled by VIRTLAB_DISABLE_KVM", r.Stderr);
-        Assert.Contains("Backend.Sim", r.Stderr);
-        Assert.Contains($"at {recipe}:4", r.Stderr);
+        Assert.Equal("skipped: the KVM backend is not usable here: disabled by VIRTLAB_DISABLE_KVM. Use Backend.Sim (or Backend.Auto to fall back to it).\n", r.Stderr);
+        // ... and `virtlab test` shows it as skipped, not failed.
+        tmp.File("t2/forced.csx", "Vm.Create(new VmOptions(1.MiB()) { Backend = Backend.Kvm });\n");
+        var t2 = Virtlab.Run(null, tmp.Path, NoKvm, "test", "t2");
+        Assert.True(t2.ExitCode == 0, t2.ToString());
+        Assert.Contains("0 passed, 0 failed, 1 skipped", t2.Stdout);
+    }
+
+    [Fact]
+    public void KvmBackend_IsUsable_honours_VIRTLAB_DISABLE_KVM_too()
+    {
+        using var tmp = new TempDir();
+        var recipe = tmp.File("usable.csx", "Result(\"usable\", VirtLab.Sdk.Machine.Kvm.KvmBackend.IsUsable(out var why));\nResult(\"why\", why);\n");
+        var r = Virtlab.Run(null, tmp.Path, NoKvm, "run", recipe);
+        Assert.True(r.ExitCode == 0, r.ToString());
+        Assert.Equal("usable = False\nwhy = \"disabled by VIRTLAB_DISABLE_KVM\"\n", r.Stdout);
     }
 }
 

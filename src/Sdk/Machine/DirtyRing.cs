@@ -52,6 +52,8 @@ public sealed class DirtyRing
     /// </summary>
     public IReadOnlyList<DirtyGfn> Harvest()
     {
+        // The rings are mappings of the vCPU fds: announce the VM so Dispose waits before unmapping them (see SlotGuard).
+        using var use = SlotGuard.Enter(vm);
         vm.ThrowIfDisposed();
         lock (gate)
         {
@@ -82,6 +84,7 @@ public sealed class DirtyRing
     /// <summary><c>KVM_RESET_DIRTY_RINGS</c>: re-protects the pages of harvested entries and frees their ring slots; returns how many.</summary>
     public long Reset()
     {
+        using var use = SlotGuard.Enter(vm); // see Harvest: the VM fd stays open until the ioctl returns
         vm.ThrowIfDisposed();
         lock (gate) return vm.ResetDirtyRingsInternal();
     }

@@ -6,12 +6,29 @@ namespace VirtLab.Sdk.Machine;
 /// <summary>
 /// The VM's guest-physical memory as the host sees it: every access is bounds-checked against the memslots and may
 /// not cross a slot's end. Host accesses do not mark pages dirty (as with KVM: only guest writes are logged).
+/// Safe against concurrent teardown: an access racing <see cref="Vm.Dispose"/>, <see cref="Vm.RemoveSlot"/> or
+/// <see cref="Vm.ResizeSlot"/> either completes on live memory or throws (<see cref="ObjectDisposedException"/>, or
+/// <see cref="InvalidOperationException"/> naming the removed slot). Writes into system slot 0 (the backend's code,
+/// stacks and page tables) are refused; <see cref="WithSystemSlotWrites"/> allows them deliberately.
 /// </summary>
 public sealed unsafe class GuestMemory
 {
     readonly Vm vm;
+    readonly bool systemWrites;
+    GuestMemory? systemWritable;
 
-    internal GuestMemory(Vm vm) => this.vm = vm;
+    internal GuestMemory(Vm vm, bool systemWrites = false)
+    {
+        this.vm = vm;
+        this.systemWrites = systemWrites;
+    }
+
+    /// <summary>
+    /// The same memory, but writes into system slot 0 are allowed. Slot 0 holds what the backend needs to run guest
+    /// code (on KVM: GDT, page tables, code, stacks); overwriting it can make the next run fail (a KVM triple fault,
+    /// whose message then names this as the likely cause). Reads of slot 0 need no such view.
+    /// </summary>
+    public GuestMemory WithSystemSlotWrites() => systemWrites ? this : systemWritable ??= new GuestMemory(vm, true);
 
     /// <summary>Total bytes of all slots.</summary>
     public Size Size
@@ -26,43 +43,74 @@ public sealed unsafe class GuestMemory
 
     public T Read<T>(ulong gpa) where T : unmanaged
     {
-        var p = Resolve(gpa, sizeof(T), out _);
-        return Unsafe.ReadUnaligned<T>((void*)p);
+        using var a = Resolve(gpa, sizeof(T), write: false);
+        return Unsafe.ReadUnaligned<T>((void*)a.Address);
     }
 
     public void Write<T>(ulong gpa, T value) where T : unmanaged
     {
-        var p = Resolve(gpa, sizeof(T), out _);
-        Unsafe.WriteUnaligned((void*)p, value);
+        using var a = Resolve(gpa, sizeof(T), write: true);
+        Unsafe.WriteUnaligned((void*)a.Address, value);
     }
 
     public void Read(ulong gpa, Span<byte> destination)
-        => new ReadOnlySpan<byte>((void*)Resolve(gpa, destination.Length, out _), destination.Length).CopyTo(destination);
-
-    public void Write(ulong gpa, ReadOnlySpan<byte> source)
-        => source.CopyTo(new Span<byte>((void*)Resolve(gpa, source.Length, out _), source.Length));
-
-    public void Fill(ulong gpa, long length, byte value)
     {
-        var p = Resolve(gpa, length, out _);
-        for (long off = 0; off < length; off += int.MaxValue)
-            new Span<byte>((void*)(p + (nint)off), (int)Math.Min(int.MaxValue, length - off)).Fill(value);
+        using var a = Resolve(gpa, destination.Length, write: false);
+        new ReadOnlySpan<byte>((void*)a.Address, destination.Length).CopyTo(destination);
     }
 
-    /// <summary>The host bytes of [gpa, gpa+length). Valid until the slot is removed or the VM disposed.</summary>
-    public Span<byte> Span(ulong gpa, int length) => new((void*)Resolve(gpa, length, out _), length);
+    public void Write(ulong gpa, ReadOnlySpan<byte> source)
+    {
+        using var a = Resolve(gpa, source.Length, write: true);
+        source.CopyTo(new Span<byte>((void*)a.Address, source.Length));
+    }
 
+    /// <summary>Fills [gpa, gpa+length) with <paramref name="value"/>; a long fill observes the run's cancellation
+    /// (<see cref="RunCancellation"/>) between 64 MiB chunks.</summary>
+    public void Fill(ulong gpa, long length, byte value)
+    {
+        using var a = Resolve(gpa, length, write: true);
+        for (long off = 0; off < length; off += Chunk)
+        {
+            RunCancellation.ThrowIfCancellationRequested();
+            new Span<byte>((void*)(a.Address + (nint)off), (int)Math.Min(Chunk, length - off)).Fill(value);
+        }
+    }
+
+    const long Chunk = 64L << 20;
+
+    /// <summary>
+    /// The host bytes of [gpa, gpa+length). Raw: the span stays valid only until the slot is removed or resized or the
+    /// VM disposed — using it afterwards touches unmapped memory (a crash) — so keep it short-lived, on one thread that
+    /// also owns the slot's lifetime; prefer <see cref="Read"/>/<see cref="Write"/>, which are safe against teardown.
+    /// Refused for system slot 0 unless through <see cref="WithSystemSlotWrites"/> (the span is writable).
+    /// </summary>
+    public Span<byte> Span(ulong gpa, int length)
+    {
+        using var a = Resolve(gpa, length, write: true);
+        return new((void*)a.Address, length);
+    }
+
+    /// <inheritdoc cref="Span(ulong, int)"/>
     public Span<T> Span<T>(ulong gpa, int count) where T : unmanaged
-        => new((void*)Resolve(gpa, (long)count * sizeof(T), out _), count);
+    {
+        using var a = Resolve(gpa, (long)count * sizeof(T), write: true);
+        return new((void*)a.Address, count);
+    }
 
-    /// <summary>gpa → host virtual address (hva).</summary>
-    public nint HostAddress(ulong gpa) => Resolve(gpa, 1, out _);
+    /// <summary>gpa → host virtual address (hva). Raw, with the same lifetime caveat as <see cref="Span(ulong, int)"/>:
+    /// the address is unmapped when the slot is removed or resized or the VM disposed.</summary>
+    public nint HostAddress(ulong gpa)
+    {
+        using var a = Resolve(gpa, 1, write: true);
+        return a.Address;
+    }
 
     /// <summary>The memslot containing <paramref name="gpa"/>.</summary>
     public MemSlot SlotAt(ulong gpa)
     {
-        Resolve(gpa, 1, out var slot);
-        return slot;
+        using var a = Resolve(gpa, 1, write: false);
+        return a.Slot;
     }
 
     public bool Contains(ulong gpa, long length = 1)
@@ -78,33 +126,56 @@ public sealed unsafe class GuestMemory
     /// </summary>
     public void Discard(ulong gpa, long length)
     {
-        Resolve(gpa, length, out var slot);
-        CheckAligned(slot, gpa, length, "discard");
-        if (length > 0) slot.Mapping.Discard((long)(gpa - slot.Gpa), length);
+        using var a = Resolve(gpa, length, write: true);
+        CheckAligned(a.Slot, gpa, length, "discard");
+        for (long off = 0; off < length; off += Chunk)
+        {
+            RunCancellation.ThrowIfCancellationRequested();
+            a.Slot.Mapping.Discard((long)(gpa - a.Slot.Gpa) + off, Math.Min(Chunk, length - off));
+        }
     }
 
-    /// <summary>Faults [gpa, gpa+length) in on the host (MADV_POPULATE_WRITE, or _READ).</summary>
+    /// <summary>Faults [gpa, gpa+length) in on the host (MADV_POPULATE_WRITE, or _READ); a long populate observes the
+    /// run's cancellation (<see cref="RunCancellation"/>) between 64 MiB chunks.</summary>
     public void Populate(ulong gpa, long length, bool write = true)
     {
-        Resolve(gpa, length, out var slot);
-        CheckAligned(slot, gpa, length, "populate");
-        if (length > 0) slot.Mapping.Populate((long)(gpa - slot.Gpa), length, write);
+        using var a = Resolve(gpa, length, write: false); // faulting pages in does not change their contents
+        CheckAligned(a.Slot, gpa, length, "populate");
+        for (long off = 0; off < length; off += Chunk)
+        {
+            RunCancellation.ThrowIfCancellationRequested();
+            a.Slot.Mapping.Populate((long)(gpa - a.Slot.Gpa) + off, Math.Min(Chunk, length - off), write);
+        }
     }
 
-    /// <summary>Populates every slot.</summary>
+    /// <summary>Populates every slot (a slot removed meanwhile is skipped).</summary>
     public void PopulateAll(bool write = true)
     {
-        foreach (var s in vm.SlotsSnapshot) Populate(s.Gpa, s.Mapping.Length, write);
+        foreach (var s in vm.SlotsSnapshot)
+        {
+            using var use = SlotGuard.Enter(s);
+            if (s.Removed) { vm.ThrowIfDisposed(); continue; }
+            for (long off = 0; off < s.Mapping.Length; off += Chunk)
+            {
+                RunCancellation.ThrowIfCancellationRequested();
+                s.Mapping.Populate(off, Math.Min(Chunk, s.Mapping.Length - off), write);
+            }
+        }
     }
 
-    /// <summary>Bytes of guest memory resident on the host (mincore over every slot).</summary>
+    /// <summary>Bytes of guest memory resident on the host (mincore over every slot; a slot removed meanwhile counts nothing).</summary>
     public Size ResidentBytes
     {
         get
         {
             vm.ThrowIfDisposed();
             long n = 0;
-            foreach (var s in vm.SlotsSnapshot) n += s.Mapping.Resident(0, s.Mapping.Length);
+            foreach (var s in vm.SlotsSnapshot)
+            {
+                using var use = SlotGuard.Enter(s);
+                if (s.Removed) { vm.ThrowIfDisposed(); continue; }
+                n += s.Mapping.Resident(0, s.Mapping.Length);
+            }
             return new Size(n);
         }
     }
@@ -112,10 +183,10 @@ public sealed unsafe class GuestMemory
     /// <summary>Resident bytes of [gpa, gpa+length).</summary>
     public Size Resident(ulong gpa, long length)
     {
-        Resolve(gpa, length, out var slot);
-        var start = (long)(gpa - slot.Gpa) & ~4095L;
-        var end = (long)(gpa - slot.Gpa) + length;
-        return new Size(length == 0 ? 0 : slot.Mapping.Resident(start, end - start));
+        using var a = Resolve(gpa, length, write: false);
+        var start = (long)(gpa - a.Slot.Gpa) & ~4095L;
+        var end = (long)(gpa - a.Slot.Gpa) + length;
+        return new Size(length == 0 ? 0 : a.Slot.Mapping.Resident(start, end - start));
     }
 
     static void CheckAligned(MemSlot slot, ulong gpa, long length, string what, long? pageSize = null)
@@ -126,16 +197,48 @@ public sealed unsafe class GuestMemory
                 $"cannot {what} [0x{gpa:x}, 0x{gpa + (ulong)length:x}): slot {slot.Id} is {slot.Backing.Name()}, so gpa and length must be multiples of {new Size(ps)}");
     }
 
-    /// <summary>Bounds check: [gpa, gpa+length) must lie inside one slot. Returns the host address of gpa.</summary>
-    internal nint Resolve(ulong gpa, long length, out MemSlot slot)
+    /// <summary>
+    /// The one way to host memory: bounds check — [gpa, gpa+length) must lie inside one slot — and the teardown guard.
+    /// Returns the host address of gpa, valid until the returned access is disposed (use it with <c>using</c>); the slot
+    /// cannot be unmapped meanwhile (removal and dispose wait, so keep it short). <paramref name="write"/>: the caller
+    /// may change the bytes (refused for system slot 0 unless this is the <see cref="WithSystemSlotWrites"/> view).
+    /// </summary>
+    internal Access Resolve(ulong gpa, long length, bool write)
     {
-        vm.ThrowIfDisposed();
         if (length < 0) throw new ArgumentOutOfRangeException(nameof(length), $"length must not be negative; got {length}");
         var s = vm.FindSlotAt(gpa);
         if (s is null || (ulong)length > s.EndGpa - gpa)
+        {
+            vm.ThrowIfDisposed(); // a disposed VM has no slots: say so rather than "outside guest memory"
             throw new ArgumentOutOfRangeException(nameof(gpa), OutsideMessage(gpa, length, s));
-        slot = s;
-        return s.Mapping.Address + (nint)(gpa - s.Gpa);
+        }
+        var use = SlotGuard.Enter(s);
+        if (s.Removed || (write && s.IsSystem && !systemWrites))
+        {
+            use.Dispose();
+            throw Refused(s, gpa, length);
+        }
+        if (write && s.IsSystem) vm.OnSystemSlotWritten();
+        return new Access(s.Mapping.Address + (nint)(gpa - s.Gpa), s, use);
+    }
+
+    Exception Refused(MemSlot s, ulong gpa, long length)
+    {
+        vm.ThrowIfDisposed();
+        var range = $"[0x{gpa:x}, 0x{gpa + (ulong)Math.Max(length, 1):x})";
+        if (s.Removed)
+            return new InvalidOperationException($"memslot {s.Id} was removed (or resized into new memory) while accessing gpa range {range}; nothing was read or written");
+        return new InvalidOperationException(
+            $"gpa range {range} is in system slot 0, which holds what the {vm.Backend} backend needs to run guest code (code, stacks, page tables); " +
+            "host writes there would break the next run. Reads are fine; to write it deliberately, use vm.Memory.WithSystemSlotWrites()");
+    }
+
+    /// <summary>A resolved range of guest memory in use by this thread; dispose it (<c>using</c>) when done.</summary>
+    internal readonly ref struct Access(nint address, MemSlot slot, SlotGuard.Use use)
+    {
+        public nint Address { get; } = address;
+        public MemSlot Slot { get; } = slot;
+        public void Dispose() => use.Dispose();
     }
 
     string OutsideMessage(ulong gpa, long length, MemSlot? s)

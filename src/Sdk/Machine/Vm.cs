@@ -19,6 +19,7 @@ public abstract class Vm : IDisposable, IDisplayable
     readonly object slotLock = new();
     ImmutableArray<MemSlot> slots = []; // sorted by gpa; replaced, never mutated, so readers need no lock
     readonly CancellationTokenSource disposeCts = new();
+    readonly List<HostMapping> orphans = []; // retired slots whose kernel memslot could not be deleted
     int disposed;
     int running;
     int runThread; // managed thread id of the caller of Run, while it runs
@@ -53,7 +54,7 @@ public abstract class Vm : IDisposable, IDisplayable
                 return SimBackend.Create(options);
             case Backend.Kvm:
                 if (!IsKvmUsable(out var reason))
-                    throw new PlatformNotSupportedException($"the KVM backend is not usable here: {reason}. Use Backend.Sim (or Backend.Auto to fall back to it).");
+                    throw new BackendUnavailableException(Backend.Kvm, $"the KVM backend is not usable here: {reason}. Use Backend.Sim (or Backend.Auto to fall back to it).");
                 return CreateKvm(options);
             case Backend.Auto:
                 return IsKvmUsable(out _) ? CreateKvm(options) : SimBackend.Create(options);
@@ -64,15 +65,7 @@ public abstract class Vm : IDisposable, IDisplayable
 
     /// <summary>Whether <see cref="Backend.Kvm"/> works here, and if not why. Setting the environment variable
     /// <c>VIRTLAB_DISABLE_KVM=1</c> makes it unusable (Auto then picks the simulator; KVM tests skip).</summary>
-    public static bool IsKvmUsable(out string reason)
-    {
-        if (Environment.GetEnvironmentVariable("VIRTLAB_DISABLE_KVM") is { Length: > 0 } v && v != "0")
-        {
-            reason = "disabled by VIRTLAB_DISABLE_KVM";
-            return false;
-        }
-        return KvmBackend.IsUsable(out reason);
-    }
+    public static bool IsKvmUsable(out string reason) => KvmBackend.IsUsable(out reason);
 
     static Vm CreateKvm(VmOptions options) => KvmBackend.Create(options);
 
@@ -213,17 +206,19 @@ public abstract class Vm : IDisposable, IDisplayable
             CheckHostMemory(newSize.Bytes - old.Size.Bytes);
             var mapping = HostMapping.Create(newSize.Bytes, old.Backing, $"slot {id}");
             var log = old.LogDirtyPages;
+            // Retire first: a dirty-log call that saw the old slot finishes before the kernel memslot goes (no ENOENT).
+            Retire([old]);
             try
             {
                 DeleteMemoryRegion(old);
-                Retire([old]);
-                old.Mapping.Dispose();
             }
             catch
             {
                 mapping.Dispose();
+                orphans.Add(old.Mapping); // the kernel may still map it: unmapped only when the VM goes
                 throw;
             }
+            old.Mapping.Dispose();
             return Install(id, old.Gpa, mapping, log);
         }
     }
@@ -237,8 +232,13 @@ public abstract class Vm : IDisposable, IDisplayable
             var s = Slot(id); // re-checks `disposed` under the lock
             if (s.IsSystem) throw new InvalidOperationException("slot 0 is the system slot (code, stacks, page tables); it cannot be removed");
             ThrowIfRunning("remove a memslot");
-            DeleteMemoryRegion(s);
-            Retire([s]);
+            Retire([s]); // see ResizeSlot
+            try { DeleteMemoryRegion(s); }
+            catch
+            {
+                orphans.Add(s.Mapping);
+                throw;
+            }
             s.Mapping.Dispose();
         }
     }
@@ -275,64 +275,21 @@ public abstract class Vm : IDisposable, IDisplayable
 
     void Publish(ImmutableArray<MemSlot> next) => ImmutableInterlocked.InterlockedExchange(ref slots, next);
 
-    /// <summary>Takes slots out of the VM (under the slot lock) and waits until no dirty-log ioctl that still saw them
-    /// as current is in flight: only then may their id be re-created with another size, or the VM fd be closed.</summary>
-    void Retire(IReadOnlyCollection<MemSlot> gone)
+    /// <summary>Takes slots out of the VM (under the slot lock) and waits until no thread that still saw them as current
+    /// uses them (<see cref="SlotGuard"/>: a guest-memory access, a dirty-log ioctl): only then may their memory be
+    /// unmapped, their id be re-created with another size, or the VM fd be closed.</summary>
+    void Retire(IReadOnlyCollection<MemSlot> gone, bool vmToo = false)
     {
         foreach (var s in gone) s.MarkRemoved();
         Publish(SlotsSnapshot.RemoveRange(gone));
-        DirtyLogCall.WaitUntilNoneFor(gone);
-    }
-
-    /// <summary>
-    /// A thread's announcement that it is inside a dirty-log ioctl for a slot — without atomics or locks on that hot
-    /// path. A writer that retires slots marks them removed, issues a process-wide memory barrier and then waits until no
-    /// announcement names them (an asymmetric Dekker handshake): a reader that found its slot current is visible to the
-    /// writer by then. So the kernel never writes the bitmap of a newer, larger slot with the same id into a buffer
-    /// sized for the old one, and never gets an fd that Dispose closed (and the process may have reused) meanwhile.
-    /// </summary>
-    sealed class DirtyLogCall
-    {
-        MemSlot? slot;
-        [ThreadStatic] static DirtyLogCall? current;
-        static readonly List<WeakReference<DirtyLogCall>> all = []; // one per thread that made a call; pruned as threads die
-
-        public static DirtyLogCall Enter(MemSlot slot)
-        {
-            var c = current ?? Register();
-            c.slot = slot; // a plain store: the writer's process-wide barrier orders it before our checks of the slot
-            return c;
-        }
-
-        public void Exit() => Volatile.Write(ref slot, null);
-
-        static DirtyLogCall Register()
-        {
-            var c = new DirtyLogCall();
-            lock (all)
-            {
-                all.RemoveAll(w => !w.TryGetTarget(out _));
-                all.Add(new WeakReference<DirtyLogCall>(c));
-            }
-            return current = c;
-        }
-
-        public static void WaitUntilNoneFor(IReadOnlyCollection<MemSlot> gone)
-        {
-            if (gone.Count == 0) return;
-            Interlocked.MemoryBarrierProcessWide();
-            List<DirtyLogCall> calls = [];
-            lock (all)
-                foreach (var w in all)
-                    if (w.TryGetTarget(out var c)) calls.Add(c);
-            var spin = new SpinWait();
-            foreach (var c in calls)
-                while (Volatile.Read(ref c.slot) is { } s && gone.Contains(s)) spin.SpinOnce();
-        }
+        var set = new HashSet<object>(gone, ReferenceEqualityComparer.Instance);
+        if (vmToo) set.Add(this);
+        SlotGuard.WaitUntilUnused(set);
     }
 
     void ValidateSlot(int id, long size, Backing backing, ulong gpa, MemSlot? ignore)
     {
+        VmOptions.CheckDefined(backing, "backing");
         if (id < 0 || id >= MaxMemslots)
             throw new ArgumentOutOfRangeException(nameof(id), $"memslot ids are 0 … {MaxMemslots - 1} (KVM_CAP_NR_MEMSLOTS); got {id}");
         var pageSize = backing.PageSize();
@@ -409,7 +366,7 @@ public abstract class Vm : IDisposable, IDisplayable
         ArgumentNullException.ThrowIfNull(into);
         // Announced before the checks: the kernel writes npages bits of whatever slot has this id at the time of the
         // ioctl, so the slot must not be resized (nor the VM fd closed) between the size check and the call.
-        var call = DirtyLogCall.Enter(slot);
+        var call = SlotGuard.Enter(slot);
         try
         {
             ThrowIfDisposed();
@@ -422,7 +379,7 @@ public abstract class Vm : IDisposable, IDisplayable
         }
         finally
         {
-            call.Exit();
+            call.Dispose();
         }
     }
 
@@ -431,7 +388,7 @@ public abstract class Vm : IDisposable, IDisplayable
     internal void ClearDirtyLog(MemSlot slot, long firstPage, long numPages, DirtyBitmap? mask)
     {
         ArgumentNullException.ThrowIfNull(slot);
-        var call = DirtyLogCall.Enter(slot); // see GetDirtyLog
+        var call = SlotGuard.Enter(slot); // see GetDirtyLog
         try
         {
             ThrowIfDisposed();
@@ -459,7 +416,7 @@ public abstract class Vm : IDisposable, IDisplayable
         }
         finally
         {
-            call.Exit();
+            call.Dispose();
         }
     }
 
@@ -513,6 +470,9 @@ public abstract class Vm : IDisposable, IDisplayable
         ThrowIfDisposed();
         ArgumentNullException.ThrowIfNull(workload);
         var w = workload;
+        VmOptions.CheckDefined(w.Order, nameof(Workload.Order));
+        VmOptions.CheckDefined(w.Sharing, nameof(Workload.Sharing));
+        VmOptions.CheckDefined(w.Roles, nameof(Workload.Roles));
         if (w.Stride <= 0 || w.Stride % 8 != 0)
             throw new ArgumentException($"stride must be a positive multiple of 8 bytes (accesses are 8 bytes); got {w.Stride}", nameof(workload));
         if (w.Offset < 0 || w.Offset % 8 != 0)
@@ -524,6 +484,7 @@ public abstract class Vm : IDisposable, IDisplayable
                 "For an open-ended run, use many passes and cancel it", nameof(workload));
         foreach (var a in w.EffectiveAccesses)
         {
+            VmOptions.CheckDefined(a.Op, "StrideAccess.Op");
             if (a.Offset < 0 || a.Offset % 8 != 0 || a.Step < 0 || a.Step % 8 != 0 || a.Count < 1)
                 throw new ArgumentException($"{a}: offset and step must be non-negative multiples of 8 and count at least 1", nameof(workload));
             // Int128: huge offsets or steps must not wrap around into a small, "valid" end.
@@ -593,8 +554,16 @@ public abstract class Vm : IDisposable, IDisplayable
             // (both interlocked), so either Dispose waits for this run or this run sees the VM disposed.
             ThrowIfDisposed();
             runThread = Environment.CurrentManagedThreadId;
-            using var linked = CancellationTokenSource.CreateLinkedTokenSource(cancellation, disposeCts.Token);
-            return body(linked.Token);
+            var ambient = RunCancellation.Current; // Ctrl+C of the recipe or REPL submission, even when no token was passed
+            using var linked = CancellationTokenSource.CreateLinkedTokenSource(cancellation, ambient, disposeCts.Token);
+            try
+            {
+                return body(linked.Token);
+            }
+            catch (OperationCanceledException) when (IsDisposed && !cancellation.IsCancellationRequested && !ambient.IsCancellationRequested)
+            {
+                throw new ObjectDisposedException(null, $"this {Backend} VM was disposed while a workload was running on it, which stopped the run");
+            }
         }
         finally
         {
@@ -639,6 +608,14 @@ public abstract class Vm : IDisposable, IDisplayable
 
     // ---- lifetime -------------------------------------------------------------------------------
 
+    volatile bool systemSlotWritten;
+
+    /// <summary>Whether the host wrote into system slot 0 (through <see cref="GuestMemory.WithSystemSlotWrites"/>); a
+    /// failing KVM run then names it as the likely cause.</summary>
+    internal bool SystemSlotWritten => systemSlotWritten;
+
+    internal void OnSystemSlotWritten() => systemSlotWritten = true;
+
     internal void ThrowIfDisposed()
     {
         if (Volatile.Read(ref disposed) != 0)
@@ -665,7 +642,8 @@ public abstract class Vm : IDisposable, IDisplayable
         try
         {
             // No dirty-log ioctl may still be on its way to the fds DisposeCore closes.
-            lock (slotLock) Retire(SlotsSnapshot);
+            // Nor any guest-memory access or dirty-ring read (they announce the VM itself) still be using them.
+            lock (slotLock) Retire(SlotsSnapshot, vmToo: true);
             DisposeCore();
         }
         finally
@@ -674,6 +652,7 @@ public abstract class Vm : IDisposable, IDisplayable
             {
                 foreach (var s in slotsAtDispose) s.Mapping.Dispose();
                 foreach (var s in SlotsSnapshot) s.Mapping.Dispose(); // none: slot changes re-check `disposed` under the lock
+                foreach (var m in orphans) m.Dispose();
                 Publish([]);
             }
             disposeCts.Dispose();

@@ -48,14 +48,20 @@ public sealed record VmOptions
     /// <summary>Checks everything that does not depend on the backend; throws <see cref="ArgumentException"/> saying what is wrong and what is allowed.</summary>
     public void Validate()
     {
+        CheckDefined(Backend, nameof(Backend));
+        CheckDefined(Backing, nameof(Backing));
         var pageSize = Backing.PageSize();
         if (Memory.Bytes <= 0)
             throw new ArgumentOutOfRangeException(nameof(Memory),
                 $"memory must be positive (got {Memory}); it is the size of the test slot, e.g. 1.GiB()");
+        var ram = HostInfo.MemTotalBytes;
+        if (ram > 0 && Memory.Bytes > ram)
+            throw new ArgumentOutOfRangeException(nameof(Memory),
+                $"guest memory {Memory} is more than this host has ({new Size(ram)} of RAM, MemTotal in /proc/meminfo)");
         if (Memory.Bytes % pageSize != 0)
             throw new ArgumentException(
                 $"memory {Memory} ({Memory.Bytes} bytes) is not a multiple of the {Backing.Name()} backing's page size {new Size(pageSize)}; " +
-                $"use {new Size(AlignDown(Memory.Bytes, pageSize))} or {new Size(AlignUp(Memory.Bytes, pageSize))}", nameof(Memory));
+                $"use {Suggest(Memory.Bytes, pageSize)}", nameof(Memory));
         if (Vcpus < 1 || Vcpus > MaxVcpusDefault)
             throw new ArgumentOutOfRangeException(nameof(Vcpus), $"vcpus must be 1 … {MaxVcpusDefault} (KVM_MAX_VCPUS on x86); got {Vcpus}");
         if (GuestPhysBits is { } bits && (bits < 32 || bits > 52))
@@ -74,11 +80,27 @@ public sealed record VmOptions
         }
         if (TestSlotGpa is { } gpa && gpa % (ulong)pageSize != 0)
             throw new ArgumentException($"test slot gpa 0x{gpa:x} is not aligned to the {Backing.Name()} backing's page size {new Size(pageSize)}", nameof(TestSlotGpa));
-        var ram = HostInfo.MemTotalBytes;
         var total = (Int128)Memory.Bytes + (SystemMemory?.Bytes ?? 0); // no wrap-around for sizes near long.MaxValue
         if (ram > 0 && total > ram)
-            throw new ArgumentOutOfRangeException(nameof(Memory),
-                $"guest memory {Memory} is more than this host has ({new Size(ram)} of RAM, MemTotal in /proc/meminfo)");
+            throw new ArgumentOutOfRangeException(SystemMemory is null ? nameof(Memory) : nameof(SystemMemory),
+                $"guest memory {Memory} plus system memory {SystemMemory} is {(total > long.MaxValue ? $"{total} bytes" : new Size((long)total).ToString())}, " +
+                $"more than this host has ({new Size(ram)} of RAM, MemTotal in /proc/meminfo)");
+    }
+
+    /// <summary>Refuses a value outside the enum (e.g. <c>(Backing)9</c>), naming the values allowed.</summary>
+    internal static void CheckDefined<T>(T value, string name) where T : struct, Enum
+    {
+        if (!Enum.IsDefined(value))
+            throw new ArgumentOutOfRangeException(name, value,
+                $"{name} {Convert.ToInt64(value)} is not a {typeof(T).Name}; use one of {string.Join(", ", Enum.GetNames<T>())}");
+    }
+
+    /// <summary>The page-size multiples around <paramref name="bytes"/> (only those that exist: no overflow near long.MaxValue).</summary>
+    static string Suggest(long bytes, long pageSize)
+    {
+        var down = AlignDown(bytes, pageSize);
+        var up = bytes <= long.MaxValue - pageSize ? AlignUp(bytes, pageSize) : -1;
+        return down == 0 ? new Size(up).ToString() : up < 0 ? new Size(down).ToString() : $"{new Size(down)} or {new Size(up)}";
     }
 
     internal static long AlignDown(long v, long a) => v / a * a;

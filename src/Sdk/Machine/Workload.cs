@@ -152,6 +152,8 @@ public sealed record Workload : IDisplayable
     /// <summary>One stage of kvm_page_table_test (seed 000) for a slot of the given backing.</summary>
     public static Workload PageTableTest(PageTableStage stage, Backing backing, int slot = 1)
     {
+        VmOptions.CheckDefined(stage, nameof(stage));
+        VmOptions.CheckDefined(backing, nameof(backing));
         long large = backing.PageSize(), host = 4096;
         var common = new Workload { Slot = slot, Sharing = VcpuSharing.Overlap, Passes = 1, SyncEachPass = true };
         switch (stage)

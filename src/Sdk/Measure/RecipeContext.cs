@@ -1,7 +1,7 @@
 namespace VirtLab.Sdk.Measure;
 
 /// <summary>Something the recipe needs is missing on this machine (e.g. /dev/kvm): exit 4, "skipped" under <c>virtlab test</c>.</summary>
-public sealed class RequirementMissingException(string reason)
+public class RequirementMissingException(string reason)
     : Exception(string.IsNullOrWhiteSpace(reason) ? "a requirement of the recipe is missing (Require was given no reason)" : reason)
 {
     public string Reason => Message;
@@ -155,7 +155,7 @@ public sealed class RecipeContext
     /// </summary>
     public int ExitCodeFor(Exception? error) => Unwrap(error) switch
     {
-        RequirementMissingException => 4,
+        RequirementMissingException or Machine.InsufficientHugePagesException => 4,
         RecipeArgumentException => 3,
         null => AllExpectationsPassed ? 0 : 1,
         _ => 1,

@@ -1,6 +1,7 @@
 using System.Reflection;
 using System.Runtime.CompilerServices;
 using Spectre.Console;
+using VirtLab.Sdk;
 using VirtLab.Sdk.Measure;
 using VirtLab.Shell.PluginHost;
 using VirtLab.Shell.Rendering;
@@ -33,6 +34,11 @@ public static class RunCommand
         RecipeArgs args;
         try { args = new RecipeArgs(o.Arguments); }
         catch (ArgumentException e) { err.WriteLine($"virtlab run: {e.Message}"); return ExitCodes.Usage; }
+        if (o.JsonPath is not null && RecordPathProblem(o.JsonPath) is { } problem)
+        {
+            err.WriteLine($"virtlab run: --json {o.JsonPath}: {problem}; nothing ran");
+            return ExitCodes.Usage;
+        }
 
         using var cts = new CancellationTokenSource();
         // First Ctrl+C asks the recipe to stop (Cancellation); the second one ends the process.
@@ -73,8 +79,12 @@ public static class RunCommand
             var executor = new SubmissionExecutor(new RecipeGlobals(context, ScriptPreamble.PluginGlobals(plugins)), scripts);
             Exception? error = null;
             object? value = null;
+            // An exception on a thread the recipe started (new Thread, async void) ends the process: record it first.
+            var end = new RunEnd(o, context, plugins, scripts);
+            using var background = end.WatchBackgroundFailures();
             try
             {
+                using var ambient = RunCancellation.Enter(cts.Token); // Ctrl+C stops SDK calls that were given no token
                 foreach (var s in recipe.Submissions)
                 {
                     if (s.TypeName is null) continue;
@@ -85,10 +95,8 @@ public static class RunCommand
             Console.Out.Flush();
             // A recipe ending in an expression (no semicolon) shows its value, as the REPL would.
             if (error is null && value is not null) ValueRenderer.Write(Consoles.Out, value);
-
-            var exit = context.ExitCodeFor(error);
-            PrintOutcome(context, error, exit, scripts);
-            WriteRecord(o, context, plugins, error, exit, err);
+            error ??= end.UnobservedTaskFailure();
+            var exit = end.Finish(error);
             if (verbose)
                 err.WriteLine($"virtlab: roslyn loaded: {(AppDomain.CurrentDomain.GetAssemblies().Any(a => a.GetName().Name!.StartsWith("Microsoft.CodeAnalysis", StringComparison.Ordinal)) ? "yes" : "no")}");
             return exit;
@@ -132,6 +140,9 @@ public static class RunCommand
             case OperationCanceledException when context.Cancellation.IsCancellationRequested:
                 err.WriteLine("virtlab run: cancelled (Ctrl+C)");
                 break;
+            case VirtLab.Sdk.Machine.InsufficientHugePagesException hp:
+                err.WriteLine($"skipped: {hp.Message}");
+                break;
             case { } other:
                 err.Write(ScriptExceptions.Format(other, scripts.Owns));
                 break;
@@ -141,17 +152,105 @@ public static class RunCommand
             err.WriteLine($"virtlab run: warning: '{string.Join(' ', positional)}' given after -- but the recipe never read Args.Positional; options are --name value or --name=value");
     }
 
-    private static void WriteRecord(RunOptions o, RecipeContext context, PluginSet plugins, Exception? error, int exit, TextWriter err)
+    /// <returns>Whether the record was written (or none was asked for).</returns>
+    private static bool WriteRecord(RunOptions o, RecipeContext context, PluginSet plugins, Exception? error, int exit, TextWriter err)
     {
-        if (o.JsonPath is null) return;
+        if (o.JsonPath is null) return true;
         try
         {
             var env = EnvironmentInfo.Capture(VirtlabVersion, plugins.Loaded.ToDictionary(p => p.Name, p => p.Version ?? "?"), o.File, VirtlabCommit);
             RunRecord.Create(context, RecipeInfo.FromFile(o.File), env, error, exit).Write(o.JsonPath);
+            return true;
         }
         catch (Exception e) when (e is IOException or UnauthorizedAccessException)
         {
             err.WriteLine($"virtlab run: cannot write the run record to {o.JsonPath}: {e.Message}");
+            return false;
+        }
+    }
+
+    /// <summary>Why the run record cannot go to <paramref name="path"/> (checked before the run), or null.</summary>
+    private static string? RecordPathProblem(string path)
+    {
+        if (Directory.Exists(path)) return "is a folder; give a file path for the run record";
+        var dir = Path.GetDirectoryName(Path.GetFullPath(path));
+        if (dir is not null && !Directory.Exists(dir)) return $"folder {dir} does not exist";
+        if (File.Exists(path))
+        {
+            try { using (new FileStream(path, FileMode.Open, FileAccess.Write)) { } }
+            catch (Exception e) when (e is IOException or UnauthorizedAccessException) { return $"cannot be written ({e.Message})"; }
+        }
+        return null;
+    }
+
+    /// <summary>
+    /// The end of a run, which the main thread or a dying background thread reaches first: prints the outcome, writes
+    /// the run record once and picks the exit code. A background thread's exception ends the process (the runtime
+    /// allows nothing else), so that path records the failure and exits 1 itself.
+    /// </summary>
+    private sealed class RunEnd(RunOptions o, RecipeContext context, PluginSet plugins, ScriptLoadContext scripts)
+    {
+        private readonly Lock _gate = new();
+        private bool _ended;
+        private AggregateException? _unobserved;
+
+        public IDisposable WatchBackgroundFailures()
+        {
+            UnhandledExceptionEventHandler onThread = (_, e) =>
+            {
+                var ex = e.ExceptionObject as Exception ?? new Exception($"a thread failed with {e.ExceptionObject}");
+                Console.Out.Flush();
+                Console.Error.WriteLine("virtlab run: a thread the recipe started failed, which ends the process:");
+                bool first;
+                lock (_gate) first = !_ended;
+                if (first) Finish(ex);
+                else Console.Error.Write(ScriptExceptions.Format(ex, scripts.Owns)); // after the record: shown, not recorded
+                Console.Out.Flush();
+                Console.Error.Flush();
+                Environment.Exit(ExitCodes.Failure);
+            };
+            EventHandler<UnobservedTaskExceptionEventArgs> onTask = (_, e) =>
+            {
+                e.SetObserved();
+                lock (_gate) _unobserved ??= e.Exception;
+            };
+            AppDomain.CurrentDomain.UnhandledException += onThread;
+            TaskScheduler.UnobservedTaskException += onTask;
+            return new Unsubscribe(() =>
+            {
+                AppDomain.CurrentDomain.UnhandledException -= onThread;
+                TaskScheduler.UnobservedTaskException -= onTask;
+            });
+        }
+
+        /// <summary>A faulted task nobody awaited (found by collecting the recipe's garbage): the run fails with it.</summary>
+        public Exception? UnobservedTaskFailure()
+        {
+            GC.Collect();
+            GC.WaitForPendingFinalizers();
+            lock (_gate)
+                return _unobserved is null ? null
+                    : new AggregateException("a task the recipe started failed and nobody awaited it (an unobserved task exception)", _unobserved.InnerExceptions);
+        }
+
+        /// <summary>Prints the outcome and writes the record (once); returns the exit code. A record that could not be
+        /// written makes a successful run fail.</summary>
+        public int Finish(Exception? error)
+        {
+            lock (_gate)
+            {
+                if (_ended) return ExitCodes.Failure;
+                _ended = true;
+                var exit = context.ExitCodeFor(error);
+                PrintOutcome(context, error, exit, scripts);
+                if (!WriteRecord(o, context, plugins, error, exit, Console.Error) && exit == ExitCodes.Success) exit = ExitCodes.Failure;
+                return exit;
+            }
+        }
+
+        private sealed class Unsubscribe(Action action) : IDisposable
+        {
+            public void Dispose() => action();
         }
     }
 

@@ -5,6 +5,7 @@ using System.Reflection;
 using System.Runtime.InteropServices;
 using System.Text;
 using Spectre.Console;
+using VirtLab.Sdk;
 using VirtLab.Sdk.Measure;
 using VirtLab.Shell.PluginHost;
 using VirtLab.Shell.Rendering;
@@ -184,7 +185,9 @@ public static class EvaluationHost
             }
             try
             {
-                var result = session.Submit(request.Code ?? "", cts.Token);
+                SubmissionResult result;
+                using (RunCancellation.Enter(cts.Token)) // Ctrl+C stops SDK calls that were given no token
+                    result = session.Submit(request.Code ?? "", cts.Token);
                 if (!result.Compiled)
                 {
                     if (result.Exception is OperationCanceledException) return new Reply { Status = SubmitStatus.Cancelled };

@@ -116,8 +116,10 @@ public class BadInputTests
     public void Forcing_kvm_where_it_is_unusable_says_why()
     {
         if (Vm.IsKvmUsable(out _)) return;
-        var e = Assert.Throws<PlatformNotSupportedException>(() => Vm.Create(new VmOptions(1.MiB()) { Backend = Backend.Kvm }));
+        var e = Assert.Throws<BackendUnavailableException>(() => Vm.Create(new VmOptions(1.MiB()) { Backend = Backend.Kvm }));
         Assert.Contains("Backend.Sim", e.Message);
+        Assert.Equal(Backend.Kvm, e.Backend);
+        Assert.IsAssignableFrom<RequirementMissingException>(e); // virtlab run: exit 4, virtlab test: skipped
     }
 
     [Fact]

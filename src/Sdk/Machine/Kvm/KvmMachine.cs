@@ -207,7 +207,7 @@ internal sealed unsafe class KvmMachine : IDisposable
         int supported = System.Cap(KvmCap.MANUAL_DIRTY_LOG_PROTECT2);
         ulong flags = enable ? KvmConst.KVM_DIRTY_LOG_MANUAL_PROTECT_ENABLE | (initiallySet ? KvmConst.KVM_DIRTY_LOG_INITIALLY_SET : 0) : 0;
         if (((ulong)supported & flags) != flags)
-            throw new NotSupportedException($"KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2 reports 0x{supported:x}; 0x{flags:x} is not supported");
+            throw new BackendUnavailableException(Backend.Kvm, $"this host's KVM does not support manual dirty-log protection with flags 0x{flags:x} (KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2 reports 0x{supported:x}); use Backend.Sim or leave ManualProtect/InitiallySet off");
         EnableCap(KvmCap.MANUAL_DIRTY_LOG_PROTECT2, flags);
         ManualProtectFlags = flags;
     }
@@ -565,7 +565,11 @@ internal sealed unsafe class KvmMachine : IDisposable
         }
     }
 
-    private static KvmGuestException Guest(KvmVcpu v, KvmExitReason reason, string detail) => new(v.Index, reason, detail, v.TryRegisters());
+    private KvmGuestException Guest(KvmVcpu v, KvmExitReason reason, string detail)
+        => new(v.Index, reason, GuestFailureHint?.Invoke() is { } hint ? $"{detail}; {hint}" : detail, v.TryRegisters());
+
+    /// <summary>Names a likely cause of a failed guest (e.g. the host overwrote the system slot), or null.</summary>
+    public Func<string?>? GuestFailureHint { get; set; }
 
     /// <summary>Returns true when the guest said done.</summary>
     private bool HandleIo(KvmVcpu v, byte* run, GuestCallbacks cb, CancellationToken token)

@@ -23,13 +23,14 @@ internal sealed unsafe class KvmVm : Vm
     public static KvmVm Build(VmOptions o)
     {
         var sys = KvmSystem.Probe();
-        if (!sys.Usable) throw new PlatformNotSupportedException("KVM is not usable: " + sys.Reason);
+        if (!sys.Usable) throw new BackendUnavailableException(Backend.Kvm, "KVM is not usable: " + sys.Reason);
         if (o.Vcpus > sys.MaxVcpus)
             throw new ArgumentOutOfRangeException(nameof(o.Vcpus), $"this host's KVM allows at most {sys.MaxVcpus} vCPUs per VM (KVM_CAP_MAX_VCPUS); got {o.Vcpus}");
+        if (o.DirtyRingBytes > 0 && sys.DirtyRingMaxBytes == 0)
+            throw new BackendUnavailableException(Backend.Kvm, "this host's KVM has no dirty ring (KVM_CAP_DIRTY_LOG_RING is 0); leave DirtyRingBytes at 0 or use Backend.Sim");
         if (o.DirtyRingBytes > 0 && o.DirtyRingBytes > sys.DirtyRingMaxBytes)
             throw new ArgumentOutOfRangeException(nameof(o.DirtyRingBytes),
-                sys.DirtyRingMaxBytes == 0 ? "this host's KVM has no dirty ring (KVM_CAP_DIRTY_LOG_RING is 0); leave DirtyRingBytes at 0"
-                                           : $"this host's KVM allows dirty rings of at most {sys.DirtyRingMaxBytes} bytes (KVM_CAP_DIRTY_LOG_RING); got {o.DirtyRingBytes}");
+                $"this host's KVM allows dirty rings of at most {sys.DirtyRingMaxBytes} bytes (KVM_CAP_DIRTY_LOG_RING); got {o.DirtyRingBytes}");
         if (o.SystemMemory is { } sm && (ulong)sm.Bytes < SystemLayout.MinSize(o.Vcpus))
             throw new ArgumentException($"system memory {sm} is too small for the KVM backend with {o.Vcpus} vCPUs: it needs at least {SystemLayout.MinSize(o.Vcpus) >> 10} KiB", nameof(o.SystemMemory));
 
@@ -37,12 +38,20 @@ internal sealed unsafe class KvmVm : Vm
         KvmVm? vm = null;
         try
         {
+            // The guest's MAXPHYADDR is what KVM_GET_SUPPORTED_CPUID reports (0x80000008); a slot above it is
+            // unreachable for the guest, and its first access would triple-fault.
+            if (o.GuestPhysBits is { } bits && bits > m.GuestPhysBits)
+                throw new ArgumentOutOfRangeException(nameof(o.GuestPhysBits),
+                    $"guest physical address bits {bits} is more than this host's KVM offers its guests ({m.GuestPhysBits}, CPUID 0x80000008 from KVM_GET_SUPPORTED_CPUID); use at most {m.GuestPhysBits}, or leave GuestPhysBits unset");
             if (o.DirtyRingBytes > 0) m.EnableDirtyRing(o.DirtyRingBytes);
             if (o.ManualProtect) m.EnableManualProtect(true, o.InitiallySet);
             if (o.Backing == Backing.AnonymousHugetlb1G && KvmCpuid.Has1GPages(m.Cpuid)) m.Use1GPages = true;
             vm = new KvmVm(o, m);
             var self = vm;
             m.OnDirtyRingFull = i => self.OnDirtyRingFull(i);
+            m.GuestFailureHint = () => self.SystemSlotWritten
+                ? "the host wrote into system slot 0 (vm.Memory.WithSystemSlotWrites()), which holds this backend's GDT, page tables, code and stacks: that is the likely cause"
+                : null;
             vm.CreateDefaultSlots(o.GuestPhysBits ?? m.GuestPhysBits);
             m.CreateVcpus();
             return vm;
