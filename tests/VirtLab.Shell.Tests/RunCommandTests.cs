@@ -201,7 +201,7 @@ public sealed class NoKvmTests
         var recipe = tmp.File("usable.csx", "Result(\"usable\", VirtLab.Sdk.Machine.Kvm.KvmBackend.IsUsable(out var why));\nResult(\"why\", why);\n");
         var r = Virtlab.Run(null, tmp.Path, NoKvm, "run", recipe);
         Assert.True(r.ExitCode == 0, r.ToString());
-        Assert.Equal("usable = False\nwhy = \"disabled by VIRTLAB_DISABLE_KVM\"\n", r.Stdout);
+        Assert.Equal("usable = false\nwhy = \"disabled by VIRTLAB_DISABLE_KVM\"\n", r.Stdout);
     }
 }
 

@@ -53,7 +53,7 @@ public sealed class DirtyRing
     public IReadOnlyList<DirtyGfn> Harvest()
     {
         // The rings are mappings of the vCPU fds: announce the VM so Dispose waits before unmapping them (see SlotGuard).
-        using var use = SlotGuard.Enter(vm);
+        using var use = SlotGuard.Enter(vm.Serial);
         vm.ThrowIfDisposed();
         lock (gate)
         {
@@ -84,7 +84,7 @@ public sealed class DirtyRing
     /// <summary><c>KVM_RESET_DIRTY_RINGS</c>: re-protects the pages of harvested entries and frees their ring slots; returns how many.</summary>
     public long Reset()
     {
-        using var use = SlotGuard.Enter(vm); // see Harvest: the VM fd stays open until the ioctl returns
+        using var use = SlotGuard.Enter(vm.Serial); // see Harvest: the VM fd stays open until the ioctl returns
         vm.ThrowIfDisposed();
         lock (gate) return vm.ResetDirtyRingsInternal();
     }

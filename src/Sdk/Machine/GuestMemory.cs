@@ -153,7 +153,7 @@ public sealed unsafe class GuestMemory
     {
         foreach (var s in vm.SlotsSnapshot)
         {
-            using var use = SlotGuard.Enter(s);
+            using var use = SlotGuard.Enter(s.Serial);
             if (s.Removed) { vm.ThrowIfDisposed(); continue; }
             for (long off = 0; off < s.Mapping.Length; off += Chunk)
             {
@@ -172,7 +172,7 @@ public sealed unsafe class GuestMemory
             long n = 0;
             foreach (var s in vm.SlotsSnapshot)
             {
-                using var use = SlotGuard.Enter(s);
+                using var use = SlotGuard.Enter(s.Serial);
                 if (s.Removed) { vm.ThrowIfDisposed(); continue; }
                 n += s.Mapping.Resident(0, s.Mapping.Length);
             }
@@ -212,7 +212,7 @@ public sealed unsafe class GuestMemory
             vm.ThrowIfDisposed(); // a disposed VM has no slots: say so rather than "outside guest memory"
             throw new ArgumentOutOfRangeException(nameof(gpa), OutsideMessage(gpa, length, s));
         }
-        var use = SlotGuard.Enter(s);
+        var use = SlotGuard.Enter(s.Serial);
         if (s.Removed || (write && s.IsSystem && !systemWrites))
         {
             use.Dispose();

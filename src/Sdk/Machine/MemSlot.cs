@@ -23,6 +23,9 @@ public sealed class MemSlot
 
     public int Id { get; }
 
+    /// <summary>Names this slot object in <see cref="SlotGuard"/> announcements.</summary>
+    internal readonly long Serial = SlotGuard.NewSerial();
+
     /// <summary>guest_phys_addr.</summary>
     public ulong Gpa { get; }
 

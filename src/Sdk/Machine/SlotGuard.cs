@@ -3,69 +3,66 @@ namespace VirtLab.Sdk.Machine;
 /// <summary>
 /// The teardown discipline for everything that may outlive a check: host accesses to guest memory, dirty-log ioctls
 /// and dirty-ring reads. A thread announces what it is about to use (a memslot, or the VM for its fds and ring
-/// mappings) with a plain store into its own table — no atomics or locks on the hot path — then checks that it is
-/// still current. A writer that retires it (RemoveSlot, ResizeSlot, Dispose) first marks it gone, issues a
-/// process-wide memory barrier and waits until no thread announces it (an asymmetric Dekker handshake): a user that
-/// found its object current is visible to the writer by then. Only after that does the writer munmap memory or close
-/// fds, so an access completes on live memory or throws, and the kernel never gets a closed (maybe reused) fd.
+/// mappings, by their <see cref="NewSerial">serial</see>) with a plain store into its own table — no atomics, locks or
+/// GC write barriers on the hot path — then checks that it is still current. A writer that retires it (RemoveSlot,
+/// ResizeSlot, Dispose) first marks it gone, issues a process-wide memory barrier and waits until no thread announces
+/// it (an asymmetric Dekker handshake): a user that found its object current is visible to the writer by then. Only
+/// after that does the writer munmap memory or close fds, so an access completes on live memory or throws, and the
+/// kernel never gets a closed (maybe reused) fd.
 /// </summary>
-internal sealed class SlotGuard
+internal static class SlotGuard
 {
     const int MaxDepth = 4; // nested uses per thread (a copy between two guest buffers holds two)
 
-    readonly object?[] held = new object?[MaxDepth];
-    int depth;
+    [ThreadStatic] static long[]? held; // this thread's announcements; 0 = free
+    static readonly List<WeakReference<long[]>> all = []; // one table per thread that ever announced; pruned as threads die
+    static long lastSerial;
 
-    [ThreadStatic] static SlotGuard? current;
-    static readonly List<WeakReference<SlotGuard>> all = []; // one per thread that ever used guest memory; pruned as threads die
+    /// <summary>A process-unique, non-zero serial for a memslot or VM.</summary>
+    public static long NewSerial() => Interlocked.Increment(ref lastSerial);
 
-    /// <summary>Announces that the calling thread uses <paramref name="target"/> until <see cref="Use.Dispose"/>.
-    /// The caller must then check that <paramref name="target"/> is still current (not removed, VM not disposed).</summary>
-    public static Use Enter(object target)
+    /// <summary>Announces that the calling thread uses the object with <paramref name="serial"/> until
+    /// <see cref="Use.Dispose"/>. The caller must then check that the object is still current (slot not removed, VM not disposed).</summary>
+    public static Use Enter(long serial)
     {
-        var g = current ?? Register();
-        int d = g.depth;
-        if (d == MaxDepth)
-            throw new InvalidOperationException($"more than {MaxDepth} nested guest-memory accesses on one thread; release one first");
-        g.held[d] = target; // a plain store: the writer's process-wide barrier orders it before our check of `target`
-        g.depth = d + 1;
-        return new Use(g, d);
+        var t = held ?? Register();
+        int d = 0;
+        while (t[d] != 0)
+            if (++d == MaxDepth) throw new InvalidOperationException($"more than {MaxDepth} nested guest-memory accesses on one thread; release one first");
+        t[d] = serial; // a plain store: the writer's process-wide barrier orders it before our check of the object
+        return new Use(t, d);
     }
 
-    static SlotGuard Register()
+    static long[] Register()
     {
-        var g = new SlotGuard();
+        var t = new long[MaxDepth];
         lock (all)
         {
             all.RemoveAll(w => !w.TryGetTarget(out _));
-            all.Add(new WeakReference<SlotGuard>(g));
+            all.Add(new WeakReference<long[]>(t));
         }
-        return current = g;
+        return held = t;
     }
 
     /// <summary>Waits until no thread announces any of <paramref name="gone"/>; the caller has already marked them gone,
     /// so no new announcement of them gets past its check.</summary>
-    public static void WaitUntilUnused(IReadOnlyCollection<object> gone)
+    public static void WaitUntilUnused(IReadOnlySet<long> gone)
     {
         if (gone.Count == 0) return;
         Interlocked.MemoryBarrierProcessWide();
-        List<SlotGuard> guards = [];
+        List<long[]> tables = [];
         lock (all)
             foreach (var w in all)
-                if (w.TryGetTarget(out var g)) guards.Add(g);
+                if (w.TryGetTarget(out var t)) tables.Add(t);
         var spin = new SpinWait();
-        foreach (var g in guards)
+        foreach (var t in tables)
             for (int i = 0; i < MaxDepth; i++)
-                while (Volatile.Read(ref g.held[i]) is { } o && gone.Contains(o)) spin.SpinOnce();
+                while (Volatile.Read(ref t[i]) is var s and not 0 && gone.Contains(s)) spin.SpinOnce();
     }
 
-    /// <summary>One announcement; dispose it when done (uses nest, and end in reverse order).</summary>
-    public readonly struct Use(SlotGuard guard, int level) : IDisposable
+    /// <summary>One announcement; dispose it when done (nested uses end in reverse order).</summary>
+    public readonly struct Use(long[] table, int level) : IDisposable
     {
-        public void Dispose()
-        {
-            Volatile.Write(ref guard.held[level], null); // release: our accesses happen before the writer sees it free
-            guard.depth = level;
-        }
+        public void Dispose() => Volatile.Write(ref table[level], 0); // release: our accesses happen before the writer sees it free
     }
 }

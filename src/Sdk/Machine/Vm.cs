@@ -282,8 +282,8 @@ public abstract class Vm : IDisposable, IDisplayable
     {
         foreach (var s in gone) s.MarkRemoved();
         Publish(SlotsSnapshot.RemoveRange(gone));
-        var set = new HashSet<object>(gone, ReferenceEqualityComparer.Instance);
-        if (vmToo) set.Add(this);
+        var set = gone.Select(s => s.Serial).ToHashSet();
+        if (vmToo) set.Add(Serial);
         SlotGuard.WaitUntilUnused(set);
     }
 
@@ -366,7 +366,7 @@ public abstract class Vm : IDisposable, IDisplayable
         ArgumentNullException.ThrowIfNull(into);
         // Announced before the checks: the kernel writes npages bits of whatever slot has this id at the time of the
         // ioctl, so the slot must not be resized (nor the VM fd closed) between the size check and the call.
-        var call = SlotGuard.Enter(slot);
+        var call = SlotGuard.Enter(slot.Serial);
         try
         {
             ThrowIfDisposed();
@@ -388,7 +388,7 @@ public abstract class Vm : IDisposable, IDisplayable
     internal void ClearDirtyLog(MemSlot slot, long firstPage, long numPages, DirtyBitmap? mask)
     {
         ArgumentNullException.ThrowIfNull(slot);
-        var call = SlotGuard.Enter(slot); // see GetDirtyLog
+        var call = SlotGuard.Enter(slot.Serial); // see GetDirtyLog
         try
         {
             ThrowIfDisposed();
@@ -607,6 +607,9 @@ public abstract class Vm : IDisposable, IDisplayable
     private protected abstract void DisposeCore();
 
     // ---- lifetime -------------------------------------------------------------------------------
+
+    /// <summary>Names this VM in <see cref="SlotGuard"/> announcements (its fds and dirty-ring mappings).</summary>
+    internal long Serial { get; } = SlotGuard.NewSerial();
 
     volatile bool systemSlotWritten;
 

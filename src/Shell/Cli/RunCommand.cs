@@ -169,18 +169,22 @@ public static class RunCommand
         }
     }
 
-    /// <summary>Why the run record cannot go to <paramref name="path"/> (checked before the run), or null.</summary>
+    /// <summary>Why the run record cannot go to <paramref name="path"/> (checked before the run, by creating its folder
+    /// and the temporary file the record is written through), or null.</summary>
     private static string? RecordPathProblem(string path)
     {
         if (Directory.Exists(path)) return "is a folder; give a file path for the run record";
-        var dir = Path.GetDirectoryName(Path.GetFullPath(path));
-        if (dir is not null && !Directory.Exists(dir)) return $"folder {dir} does not exist";
-        if (File.Exists(path))
+        try
         {
-            try { using (new FileStream(path, FileMode.Open, FileAccess.Write)) { } }
-            catch (Exception e) when (e is IOException or UnauthorizedAccessException) { return $"cannot be written ({e.Message})"; }
+            var full = Path.GetFullPath(path);
+            Directory.CreateDirectory(Path.GetDirectoryName(full)!);
+            using (new FileStream(full + ".tmp", FileMode.Create, FileAccess.Write, FileShare.None, 1, FileOptions.DeleteOnClose)) { }
+            return null;
         }
-        return null;
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException or ArgumentException or NotSupportedException)
+        {
+            return $"cannot be written ({e.Message})";
+        }
     }
 
     /// <summary>

@@ -60,7 +60,7 @@ public abstract class TeardownRaceSuite(Backend backend)
     public void Guest_memory_reads_and_writes_racing_dispose_never_touch_unmapped_memory()
     {
         var buffer = new byte[64 << 10];
-        for (int i = 0; i < Rounds; i++)
+        for (int i = 0; i < Rounds / 2; i++)
         {
             var vm = NewVm();
             var gpa = vm.TestSlot.Gpa;
