@@ -1,4 +1,5 @@
 using VirtLab.Sdk.Machine;
+using VirtLab.Sdk;
 using VirtLab.Sdk.Measure;
 using Xunit;
 
@@ -131,5 +132,136 @@ public abstract class TeardownRaceSuite(Backend backend)
             }, vm.Dispose);
             AssertDisposed(e);
         }
+    }
+}
+
+public sealed class SimSilentBreakage() : SilentBreakageSuite(Backend.Sim);
+
+[RequiresKvm]
+public sealed class KvmSilentBreakage() : SilentBreakageSuite(Backend.Kvm);
+
+/// <summary>What used to be accepted and break later, on both backends alike.</summary>
+public abstract class SilentBreakageSuite(Backend backend)
+{
+    Vm NewVm(VmOptions? o = null) => Vm.Create((o ?? new VmOptions(1.MiB())) with { Backend = backend });
+
+    [BackendFact]
+    public void Host_writes_into_system_slot_0_are_refused_unless_asked_for_and_reads_work()
+    {
+        using var vm = NewVm();
+        var before = vm.Memory.Read<ulong>(0x1000);
+        foreach (var write in new Action[]
+                 {
+                     () => vm.Memory.Write(0x1000, 0xdeadUL),
+                     () => vm.Memory.Write(0x1000, new byte[16]),
+                     () => vm.Memory.Fill(0, 4096, 0xff),
+                     () => vm.Memory.Span(0x1000, 8),
+                     () => vm.Memory.HostAddress(0x1000),
+                     () => vm.Memory.Discard(0, 4096),
+                 })
+        {
+            var e = Assert.Throws<InvalidOperationException>(write);
+            Assert.Contains("is in system slot 0", e.Message);
+            Assert.Contains("vm.Memory.WithSystemSlotWrites()", e.Message);
+        }
+        Assert.Equal(before, vm.Memory.Read<ulong>(0x1000));
+        // The test slot is unaffected, and a workload still runs the same on both backends.
+        vm.Memory.Write(vm.TestSlot.Gpa, 7UL);
+        Assert.Equal(vm.TestSlot.Pages, vm.Run(Workload.Write()).Writes);
+        // Deliberately: allowed, through a view that says so.
+        var sys = vm.Memory.WithSystemSlotWrites();
+        Assert.Same(sys, vm.Memory.WithSystemSlotWrites());
+        var free = vm.SystemSlot.EndGpa - 8; // the last bytes of slot 0: not used by either backend's layout
+        sys.Write(free, 0x1234UL);
+        Assert.Equal(0x1234UL, vm.Memory.Read<ulong>(free));
+    }
+
+    [BackendFact]
+    public void Guest_phys_bits_above_what_KVM_offers_its_guests_are_refused()
+    {
+        int offered;
+        using (var probe = NewVm()) offered = probe.GuestPhysBits; // KVM: CPUID 0x80000008 from KVM_GET_SUPPORTED_CPUID
+        if (backend == Backend.Sim)
+        {
+            using var wide = NewVm(new VmOptions(1.MiB()) { GuestPhysBits = 52 }); // the model has no hardware limit
+            Assert.Equal(52, wide.GuestPhysBits);
+            return;
+        }
+        if (offered >= 52) return; // nothing above it to refuse
+        var e = Assert.Throws<ArgumentOutOfRangeException>(() => NewVm(new VmOptions(1.MiB()) { GuestPhysBits = offered + 1 }));
+        Assert.Contains($"guest physical address bits {offered + 1} is more than this host's KVM offers its guests ({offered}", e.Message);
+    }
+
+    [BackendFact]
+    public void Undefined_enum_values_are_refused()
+    {
+        var b = Assert.Throws<ArgumentOutOfRangeException>(() => NewVm(new VmOptions(1.MiB()) { Backing = (Backing)9 }));
+        Assert.StartsWith("Backing 9 is not a Backing; use one of Anonymous, AnonymousThp, AnonymousHugetlb2M, AnonymousHugetlb1G, Shmem, SharedHugetlb", b.Message);
+        Assert.Throws<ArgumentOutOfRangeException>(() => Vm.Create(new VmOptions(1.MiB()) { Backend = (Backend)7 }));
+        using var vm = NewVm();
+        var order = Assert.Throws<ArgumentOutOfRangeException>(() => vm.Run(Workload.Write() with { Order = (AccessOrder)9 }));
+        Assert.StartsWith("Order 9 is not a AccessOrder; use one of Sequential, Random, Shuffled", order.Message);
+        Assert.Throws<ArgumentOutOfRangeException>(() => vm.Run(Workload.Write() with { Sharing = (VcpuSharing)5 }));
+        Assert.Throws<ArgumentOutOfRangeException>(() => vm.Run(Workload.Write() with { Roles = (VcpuRoles)5 }));
+        Assert.Throws<ArgumentOutOfRangeException>(() => vm.Run(Workload.Write() with { Accesses = [new StrideAccess(Op: (AccessOp)3)] }));
+        Assert.Throws<ArgumentOutOfRangeException>(() => vm.AddSlot(1.MiB(), backing: (Backing)6));
+        Assert.Throws<ArgumentOutOfRangeException>(() => Workload.PageTableTest(PageTableStage.CreateMappings, (Backing)6));
+        Assert.Throws<ArgumentOutOfRangeException>(() => Workload.PageTableTest((PageTableStage)3, Backing.Anonymous));
+    }
+
+    [BackendFact]
+    public void Size_messages_name_the_right_sizes()
+    {
+        var max = Assert.ThrowsAny<ArgumentException>(() => NewVm(new VmOptions(new Size(long.MaxValue))));
+        Assert.DoesNotContain("-", max.Message); // no negative "suggestion" from an overflowing round-up
+        Assert.Contains("more than this host has", max.Message);
+        var ram = HostInfo.MemTotalBytes;
+        if (ram <= 0) return;
+        var sys = Assert.Throws<ArgumentOutOfRangeException>(() => NewVm(new VmOptions(1.MiB()) { SystemMemory = new Size(ram / 4096 * 4096) }));
+        Assert.Equal("SystemMemory", sys.ParamName);
+        Assert.Contains($"plus system memory {new Size(ram / 4096 * 4096)}", sys.Message);
+    }
+
+    [BackendFact]
+    public void Cancelling_the_ambient_run_token_stops_an_untokened_run()
+    {
+        using var vm = NewVm();
+        using var cts = new CancellationTokenSource();
+        using var started = new ManualResetEventSlim();
+        Task<WorkloadResult> run;
+        using (RunCancellation.Enter(cts.Token))
+            run = vm.RunAsync(Workload.Write(stride: 64, passes: 1_000_000), _ => started.Set()); // flows into the task
+        Assert.True(started.Wait(TimeSpan.FromSeconds(60)));
+        cts.Cancel();
+        Assert.ThrowsAny<OperationCanceledException>(() => run.GetAwaiter().GetResult());
+        Assert.False(vm.IsRunning);
+        Assert.Equal(CancellationToken.None, RunCancellation.Current);
+        Assert.Equal(vm.TestSlot.Pages, vm.Run(Workload.Write()).Writes); // outside the scope nothing is cancelled
+    }
+}
+
+public class RunCancellationTests
+{
+    [Fact]
+    public void Waits_wake_on_the_ambient_token_and_not_outside_a_run()
+    {
+        using var never = new ManualResetEvent(false);
+        Assert.False(RunCancellation.Wait(never, TimeSpan.FromMilliseconds(1)));
+        using var cts = new CancellationTokenSource();
+        using (RunCancellation.Enter(cts.Token))
+        {
+            Assert.Equal(cts.Token, RunCancellation.Current);
+            var waiter = Task.Run(() => RunCancellation.Wait(never)); // the ambient token flows into the task
+            cts.Cancel();
+            Assert.ThrowsAny<OperationCanceledException>(() => waiter.GetAwaiter().GetResult());
+            Assert.Throws<OperationCanceledException>(() => RunCancellation.ThrowIfCancellationRequested());
+            Assert.Throws<OperationCanceledException>(() => RunCancellation.Sleep(TimeSpan.FromMinutes(1)));
+            using var linked = RunCancellation.Link(CancellationToken.None);
+            Assert.True(linked.Token.IsCancellationRequested);
+        }
+        RunCancellation.ThrowIfCancellationRequested(); // the scope ended: nothing is cancelled any more
+        using var own = new CancellationTokenSource();
+        using var l2 = RunCancellation.Link(own.Token);
+        Assert.Equal(own.Token, l2.Token);
     }
 }
