@@ -82,10 +82,10 @@ var firstRows = new List<(string Path, double First, double Steady)>();
         Expect(h.Count == harvested.Count, $"the ring harvest sees the same {harvested.Count} pages each pass (got {h.Count})");
     }
     firstRows.Add(("Vm.Run (populate)", run1, runS));
-    firstRows.Add(("KVM_GET_DIRTY_LOG", get1, getS));
-    firstRows.Add(("KVM_CLEAR_DIRTY_LOG", clear1, clearS));
-    firstRows.Add(("dirty ring harvest", harvest1, Med(hs)));
-    firstRows.Add(("KVM_RESET_DIRTY_RINGS", reset1, Med(rs2)));
+    firstRows.Add(("slot.GetDirtyLog", get1, getS));
+    firstRows.Add(("slot.ClearDirtyLog", clear1, clearS));
+    firstRows.Add(("DirtyRing.Harvest", harvest1, Med(hs)));
+    firstRows.Add(("DirtyRing.Reset", reset1, Med(rs2)));
     firstRows.Add(("DirtyBitmap.Count", count1, countS));
     firstRows.Add(("SetPages, top-level foreach", enum1, enumS));
     firstRows.Add(("vm.Memory write+read/page", mem1, memS));

@@ -31,6 +31,8 @@ public sealed record EnvironmentInfo
     /// <summary>The .NET runtime, e.g. ".NET 10.0.0".</summary>
     public required string Runtime { get; init; }
     public string? Hostname { get; init; }
+    /// <summary>How the process was prepared before the recipe ran (ReadyToRun images, tiering, warm-up); set by the shell.</summary>
+    public Preparation? Preparation { get; init; }
 
     /// <param name="virtlabVersion">The shell's version; defaults to the entry assembly's informational version.</param>
     /// <param name="plugins">Loaded plugins, name → version (the shell passes them in).</param>

@@ -34,6 +34,8 @@ public static class RunCommand
         try { args = new RecipeArgs(o.Arguments); }
         catch (ArgumentException e) { err.WriteLine($"virtlab run: {e.Message}"); return ExitCodes.Usage; }
 
+        // Warm the SDK's hot paths (then the plugins') on a worker thread while plugins load and the recipe compiles.
+        var preparer = ProcessPreparer.Start();
         using var cts = new CancellationTokenSource();
         // First Ctrl+C asks the recipe to stop (Cancellation); the second one ends the process.
         ConsoleCancelEventHandler onCancel = (_, e) => { if (!cts.IsCancellationRequested) { e.Cancel = true; cts.Cancel(); } };
@@ -44,6 +46,7 @@ public static class RunCommand
             var plugins = PluginSet.Load(new PluginSearchPaths(o.PluginDirectories), ScriptPreamble.ReservedNames(typeof(RecipeGlobals)), err);
             foreach (var p in plugins.All.Where(p => !p.IsLoaded))
                 err.WriteLine($"virtlab: plugin {p.Name} not loaded ({p.Path}): {p.Error}");
+            preparer.AddPlugins(plugins);
 
             var bytes = File.ReadAllBytes(o.File);
             var key = RecipeCache.Key(o.File, bytes, plugins);
@@ -71,6 +74,7 @@ public static class RunCommand
             var scripts = new ScriptLoadContext(plugins, "virtlab-recipe");
             foreach (var r in recipe.References) scripts.AddReferencePath(r.Path);
             var executor = new SubmissionExecutor(new RecipeGlobals(context, ScriptPreamble.PluginGlobals(plugins)), scripts);
+            var jitBeforeRecipe = System.Runtime.JitInfo.GetCompiledMethodCount();
             Exception? error = null;
             object? value = null;
             try
@@ -87,8 +91,11 @@ public static class RunCommand
             if (error is null && value is not null) ValueRenderer.Write(Consoles.Out, value);
 
             var exit = context.ExitCodeFor(error);
+            // Only a run record needs the warm-up's outcome: without one a recipe that made no VM exits without waiting for it.
+            var preparation = o.JsonPath is null ? null : preparer.Describe(plugins, jitBeforeRecipe);
+            foreach (var e in preparation?.WarmUpErrors ?? []) err.WriteLine($"virtlab: warning: warm-up of {e}");
             PrintOutcome(context, error, exit, scripts);
-            WriteRecord(o, context, plugins, error, exit, err);
+            WriteRecord(o, context, plugins, error, exit, err, preparation);
             if (verbose)
                 err.WriteLine($"virtlab: roslyn loaded: {(AppDomain.CurrentDomain.GetAssemblies().Any(a => a.GetName().Name!.StartsWith("Microsoft.CodeAnalysis", StringComparison.Ordinal)) ? "yes" : "no")}");
             return exit;
@@ -141,12 +148,13 @@ public static class RunCommand
             err.WriteLine($"virtlab run: warning: '{string.Join(' ', positional)}' given after -- but the recipe never read Args.Positional; options are --name value or --name=value");
     }
 
-    private static void WriteRecord(RunOptions o, RecipeContext context, PluginSet plugins, Exception? error, int exit, TextWriter err)
+    private static void WriteRecord(RunOptions o, RecipeContext context, PluginSet plugins, Exception? error, int exit, TextWriter err, Preparation? preparation = null)
     {
         if (o.JsonPath is null) return;
         try
         {
-            var env = EnvironmentInfo.Capture(VirtlabVersion, plugins.Loaded.ToDictionary(p => p.Name, p => p.Version ?? "?"), o.File, VirtlabCommit);
+            var env = EnvironmentInfo.Capture(VirtlabVersion, plugins.Loaded.ToDictionary(p => p.Name, p => p.Version ?? "?"), o.File, VirtlabCommit)
+                with { Preparation = preparation };
             RunRecord.Create(context, RecipeInfo.FromFile(o.File), env, error, exit).Write(o.JsonPath);
         }
         catch (Exception e) when (e is IOException or UnauthorizedAccessException)

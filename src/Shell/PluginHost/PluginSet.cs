@@ -22,6 +22,8 @@ public sealed class PluginInfo
     public string? GlobalName { get; internal set; }
     public Type? GlobalType { get; internal set; }
     public object? Global { get; internal set; }
+    /// <summary>The plugin's entry object (its <c>WarmUp()</c> is run before a recipe).</summary>
+    public VirtLabPlugin? Plugin { get; internal set; }
     public string? Description { get; internal set; }
     public Assembly? Assembly { get; internal set; }
     public PluginLoadContext? LoadContext { get; internal set; }
@@ -192,6 +194,7 @@ public sealed class PluginSet
                 return;
             }
             info.Global = global;
+            info.Plugin = plugin;
             info.Status = PluginStatus.Loaded;
             info.Error = null;
         }
