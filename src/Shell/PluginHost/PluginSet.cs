@@ -60,6 +60,9 @@ public sealed class PluginInfo
 /// Name is the folder's name) or a folder of such plugin folders.</summary>
 public sealed record PluginSearchPaths(IReadOnlyList<string> Explicit, bool IncludeEnvironment = true, bool IncludeBuiltIn = true)
 {
+    /// <summary>The shell's folder whose plugins/ (and its sibling configurations') are the built-in roots; the running shell's by default.</summary>
+    public string ShellDirectory { get; init; } = AppContext.BaseDirectory;
+
     public const string EnvironmentVariable = "VIRTLAB_PLUGINS";
     public static PluginSearchPaths None { get; } = new([], false, false);
 
@@ -73,7 +76,7 @@ public sealed record PluginSearchPaths(IReadOnlyList<string> Explicit, bool Incl
             foreach (var p in env.Split(System.IO.Path.PathSeparator, StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries))
                 yield return (p, true);
         if (IncludeBuiltIn)
-            foreach (var p in BuiltInRoots()) yield return (p, false);
+            foreach (var p in BuiltInRoots(ShellDirectory)) yield return (p, false);
     }
 
     /// <summary>
@@ -81,9 +84,9 @@ public sealed record PluginSearchPaths(IReadOnlyList<string> Explicit, bool Incl
     /// (bin/VirtLab.Shell/&lt;configuration&gt;/), the plugins/ folders of its other configurations: a plugin built with a
     /// plain <c>dotnet build</c> (Debug) lands in debug/plugins/ and is found by the Release shell too.
     /// </summary>
-    public static IEnumerable<string> BuiltInRoots()
+    public static IEnumerable<string> BuiltInRoots(string? shellDirectory = null)
     {
-        var own = System.IO.Path.TrimEndingDirectorySeparator(AppContext.BaseDirectory);
+        var own = System.IO.Path.TrimEndingDirectorySeparator(System.IO.Path.GetFullPath(shellDirectory ?? AppContext.BaseDirectory));
         yield return System.IO.Path.Combine(own, "plugins");
         var parent = System.IO.Path.GetDirectoryName(own);
         if (parent is null || !string.Equals(System.IO.Path.GetFileName(parent), "VirtLab.Shell", StringComparison.Ordinal)) yield break;
