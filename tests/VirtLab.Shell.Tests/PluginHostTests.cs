@@ -150,7 +150,7 @@ public sealed class PluginHostTests
     {
         using var tmp = new TempDir();
         // What Plugins.Directory.Build.targets gives a project Plugins.Hello with <Version>2.5.0</Version>, built from git.
-        PluginCompiler.Build(tmp.Path, "Plugins.Hello", PluginCompiler.Simple("Hello", "Hello") + "\n[assembly: System.Reflection.AssemblyProduct(\"Hello\")]",
+        PluginCompiler.Build(tmp.Path, "Plugins.Hello", PluginCompiler.Simple("Hello", "Hello").Replace("using VirtLab.Sdk.Plugins;", "using VirtLab.Sdk.Plugins;\n[assembly: System.Reflection.AssemblyProduct(\"Hello\")]"),
             version: "2.5.0+3fb3795e0123456789abcdef0123456789abcdef");
         // No Product of its own: the assembly name.
         PluginCompiler.Build(tmp.Path, "Plain", PluginCompiler.Simple("Plain", "Plain"), version: "0.3.0");

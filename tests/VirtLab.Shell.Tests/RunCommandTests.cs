@@ -303,9 +303,10 @@ public sealed class RunOutputTests
             "protected override Api Create(PluginContext context) => new Api();",
             "protected override Api Create(PluginContext context) => new Api();\n    public static int WarmUps;\n    public override void WarmUp() => WarmUps++;"));
         var recipe = tmp.File("prep.csx", """
-            using var vm = Vm.Create(2.MiB(), backend: Backend.Sim);
+            var vm = Vm.Create(2.MiB(), backend: Backend.Sim);
             Result("warmUps", WarmNs.ThePlugin.WarmUps);
             Result("scriptFlags", System.Reflection.MethodBase.GetCurrentMethod()!.MethodImplementationFlags.ToString());
+            vm.Dispose();
             """);
         var json = Path.Combine(tmp.Path, "run.json");
         var r = Virtlab.Run(null, tmp.Path, "run", "--plugins", plugins, "--json", json, recipe);
@@ -317,10 +318,11 @@ public sealed class RunOutputTests
         Assert.Contains("AggressiveOptimization", results.GetProperty("scriptFlags").GetString());
         var prep = doc.RootElement.GetProperty("environment").GetProperty("preparation");
         var images = prep.GetProperty("images");
-        // The shell and the SDK this test runs are Release builds: ReadyToRun images. The Roslyn-built test plugin is IL.
+        // The shell and the SDK this test runs are Release builds: ReadyToRun images. The test plugin is compiled by
+        // Roslyn without optimizations, and the record says so.
         Assert.Equal("ReadyToRun", images.GetProperty("virtlab").GetString());
         Assert.Equal("ReadyToRun", images.GetProperty("VirtLab.Sdk").GetString());
-        Assert.Equal("IL", images.GetProperty("plugin Warm").GetString());
+        Assert.Equal("IL (Debug build: JIT optimizations disabled)", images.GetProperty("plugin Warm").GetString());
         Assert.Equal("off", prep.GetProperty("runtime").GetProperty("TieredPGO").GetString());
         Assert.Contains("AggressiveOptimization", prep.GetProperty("scriptCode").GetString());
         var warmed = prep.GetProperty("warmedUp").EnumerateArray().Select(e => e.GetString()).ToList();
