@@ -73,14 +73,15 @@ var firstRows = new List<(string Path, double First, double Steady)>();
     static long SumPages(DirtyBitmap b) { long s = 0; foreach (var p in b.SetPages) s += p; return s; }
     double enumS = Steady(() => { long t0 = Stopwatch.GetTimestamp(); fsum += SumPages(big); return Ms(t0); }, 11);
     double memS = Steady(() => { long t0 = Stopwatch.GetTimestamp(); for (long i = 0; i < fslot.Pages; i++) { fvm.Memory.Write<ulong>(g0 + (ulong)(i << 12), (ulong)i); fsum += (long)fvm.Memory.Read<ulong>(g0 + (ulong)(i << 12)); } return Ms(t0); }, 11);
-    var hs = new List<double>(); var rs2 = new List<double>();
+    var hs = new List<double>(); var rs2 = new List<double>(); var seen = new List<int>();
     for (int i = 0; i < (TestMode ? 3 : 7); i++)
     {
         rvm.Run(populate);
         long t0 = Stopwatch.GetTimestamp(); var h = rvm.DirtyRing.Harvest(); hs.Add(Ms(t0));
         t0 = Stopwatch.GetTimestamp(); rvm.DirtyRing.Reset(); rs2.Add(Ms(t0));
-        Expect(h.Count == harvested.Count, $"the ring harvest sees the same {harvested.Count} pages each pass (got {h.Count})");
+        seen.Add(h.Count);
     }
+    Expect(seen.All(n => n == harvested.Count), $"the ring harvest sees the same {harvested.Count} pages each pass (got {string.Join(", ", seen)})");
     firstRows.Add(("Vm.Run (populate)", run1, runS));
     firstRows.Add(("slot.GetDirtyLog", get1, getS));
     firstRows.Add(("slot.ClearDirtyLog", clear1, clearS));
@@ -96,6 +97,9 @@ var firstRows = new List<(string Path, double First, double Steady)>();
         var key = new string(path.ToLowerInvariant().Select(c => char.IsLetterOrDigit(c) ? c : '_').ToArray()).Trim('_');
         Result($"first_{key}_ms", first);
         Result($"steady_{key}_ms", steady);
+        // The target (issue 8) is for KVM at full size; the simulator's µs-scale steady states are reported, not judged.
+        if (!TestMode && fvm.Backend == Backend.Kvm)
+            Expect(first <= 1.5 * steady, $"first call of {path} ≤ 1.5 × steady ({first:F3} vs {steady:F3} ms)");
     }
     Expect(fcount == fslot.Pages, $"the populate dirtied every page of the slot ({fcount} of {fslot.Pages})");
 }
