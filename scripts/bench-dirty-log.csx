@@ -22,6 +22,88 @@ var stride = Arg("stride", 64.KiB(), test: 256.KiB());
 var roundTrips = Arg("round-trips", 20000, test: 2000);
 var scans = Arg("scans", 2000, test: 200);
 
+// ── 0. First call vs steady state (issue 8) ─────────────────────────────────────────────────────────────────────
+// Runs before anything else in this recipe touches the SDK, so each "first" row is the process's first call of that
+// path: what a recipe's first timed stage would measure. "Steady" is the median of later calls of the same work, after
+// a warm-up loop. Target: first ≤ 1.5 × steady. The run record's environment.preparation says how the process was
+// prepared (ReadyToRun images, SDK warm-up, script optimisation) so a row that regresses can be explained.
+var firstSlot = Arg("first-call-memory", 16.MiB(), test: 4.MiB());
+var firstRows = new List<(string Path, double First, double Steady)>();
+{
+    double Ms(long t0) => (Stopwatch.GetTimestamp() - t0) * 1e3 / Stopwatch.Frequency;
+    double Med(List<double> xs) { var o = xs.Order().ToArray(); return o[o.Length / 2]; }
+    double Steady(Func<double> sample, int n = 51) { var w = Stopwatch.StartNew(); while (w.ElapsedMilliseconds < 200) sample(); var xs = new List<double>(); for (int i = 0; i < n; i++) xs.Add(sample()); return Med(xs); }
+    VmOptions Opts(int ring = 0) => new VmOptions(firstSlot) { ManualProtect = ring == 0, LogDirtyPages = true, DirtyRingBytes = ring };
+    var populate = Workload.Write(stride: 4096);
+
+    // Vm.Run of a small workload that populates a fresh slot (one write per 4 KiB page): first VM vs later fresh VMs.
+    long t = Stopwatch.GetTimestamp();
+    using var fvm = Vm.Create(Opts());
+    double create1 = Ms(t);
+    t = Stopwatch.GetTimestamp(); fvm.Run(populate); double run1 = Ms(t);
+    var fslot = fvm.TestSlot;
+    var fb = new DirtyBitmap(fslot.Pages);
+    t = Stopwatch.GetTimestamp(); fslot.GetDirtyLog(fb); double get1 = Ms(t);
+    var fmask = fb.Clone();
+    t = Stopwatch.GetTimestamp(); fslot.ClearDirtyLog(fmask); double clear1 = Ms(t);
+    t = Stopwatch.GetTimestamp(); long fcount = fb.Count; double count1 = Ms(t);
+    // The recipe's own top-level loop: enumerating the set pages of a sparse 8 MiB bitmap (256 GiB of guest pages).
+    var big = new DirtyBitmap(8L * 1024 * 1024 * 8);
+    for (long p = 0; p < big.Pages; p += 997) big.Set(p);
+    long fsum = 0;
+    t = Stopwatch.GetTimestamp();
+    foreach (var p in big.SetPages) fsum += p;
+    double enum1 = Ms(t);
+    // Guest memory: one 8-byte write and read per page of the slot, through vm.Memory.
+    ulong g0 = fslot.Gpa;
+    t = Stopwatch.GetTimestamp();
+    for (long i = 0; i < fslot.Pages; i++) { fvm.Memory.Write<ulong>(g0 + (ulong)(i << 12), (ulong)i); fsum += (long)fvm.Memory.Read<ulong>(g0 + (ulong)(i << 12)); }
+    double mem1 = Ms(t);
+
+    using var rvm = Vm.Create(Opts(ring: 65536));
+    rvm.Run(populate);
+    t = Stopwatch.GetTimestamp(); var harvested = rvm.DirtyRing!.Harvest(); double harvest1 = Ms(t);
+    t = Stopwatch.GetTimestamp(); rvm.DirtyRing.Reset(); double reset1 = Ms(t);
+
+    // Steady state of the same work.
+    double runS = Med(Enumerable.Range(0, 3).Select(_ => { using var v = Vm.Create(Opts()); long t0 = Stopwatch.GetTimestamp(); v.Run(populate); return Ms(t0); }).ToList());
+    double getS = Steady(() => { fvm.Run(populate); long t0 = Stopwatch.GetTimestamp(); fslot.GetDirtyLog(fb); return Ms(t0); }, 11);
+    double clearS = Steady(() => { long t0 = Stopwatch.GetTimestamp(); fslot.ClearDirtyLog(fmask); return Ms(t0); });
+    double countS = Steady(() => { long t0 = Stopwatch.GetTimestamp(); fsum += fb.Count; return Ms(t0); });
+    static long SumPages(DirtyBitmap b) { long s = 0; foreach (var p in b.SetPages) s += p; return s; }
+    double enumS = Steady(() => { long t0 = Stopwatch.GetTimestamp(); fsum += SumPages(big); return Ms(t0); }, 11);
+    double memS = Steady(() => { long t0 = Stopwatch.GetTimestamp(); for (long i = 0; i < fslot.Pages; i++) { fvm.Memory.Write<ulong>(g0 + (ulong)(i << 12), (ulong)i); fsum += (long)fvm.Memory.Read<ulong>(g0 + (ulong)(i << 12)); } return Ms(t0); }, 11);
+    var hs = new List<double>(); var rs2 = new List<double>(); var seen = new List<int>();
+    for (int i = 0; i < (TestMode ? 3 : 7); i++)
+    {
+        rvm.Run(populate);
+        long t0 = Stopwatch.GetTimestamp(); var h = rvm.DirtyRing.Harvest(); hs.Add(Ms(t0));
+        t0 = Stopwatch.GetTimestamp(); rvm.DirtyRing.Reset(); rs2.Add(Ms(t0));
+        seen.Add(h.Count);
+    }
+    Expect(seen.All(n => n == harvested.Count), $"the ring harvest sees the same {harvested.Count} pages each pass (got {string.Join(", ", seen)})");
+    firstRows.Add(("Vm.Run (populate)", run1, runS));
+    firstRows.Add(("slot.GetDirtyLog", get1, getS));
+    firstRows.Add(("slot.ClearDirtyLog", clear1, clearS));
+    firstRows.Add(("DirtyRing.Harvest", harvest1, Med(hs)));
+    firstRows.Add(("DirtyRing.Reset", reset1, Med(rs2)));
+    firstRows.Add(("DirtyBitmap.Count", count1, countS));
+    firstRows.Add(("SetPages, top-level foreach", enum1, enumS));
+    firstRows.Add(("vm.Memory write+read/page", mem1, memS));
+    Console.WriteLine($"first call vs steady ({fvm.Backend} backend, {firstSlot} slot; first Vm.Create {create1:F1} ms; sink {fsum % 10}):");
+    foreach (var (path, first, steady) in firstRows)
+    {
+        Console.WriteLine($"  {path,-30} first {first,9:F3} ms   steady {steady,9:F3} ms   × {first / steady,6:F2}");
+        var key = new string(path.ToLowerInvariant().Select(c => char.IsLetterOrDigit(c) ? c : '_').ToArray()).Trim('_');
+        Result($"first_{key}_ms", first);
+        Result($"steady_{key}_ms", steady);
+        // The target (issue 8) is for KVM at full size; the simulator's µs-scale steady states are reported, not judged.
+        if (!TestMode && fvm.Backend == Backend.Kvm)
+            Expect(first <= 1.5 * steady, $"first call of {path} ≤ 1.5 × steady ({first:F3} vs {steady:F3} ms)");
+    }
+    Expect(fcount == fslot.Pages, $"the populate dirtied every page of the slot ({fcount} of {fslot.Pages})");
+}
+
 Require(Vm.IsKvmUsable(out var why), "needs /dev/kvm: " + why);
 
 var vm = Vm.Create(new VmOptions(memory) { Backend = Backend.Kvm, ManualProtect = true, LogDirtyPages = true });

@@ -6,4 +6,11 @@ public static class SdkVersion
 {
     public static Version Current { get; } = typeof(SdkVersion).Assembly.GetName().Version ?? new Version(1, 0);
     public static int Major => Current.Major;
+
+    /// <summary>How every place shows an SDK version (this SDK's, or the one a plugin was built against): "major.minor",
+    /// e.g. "1.0". The contract is the assembly version; build and revision carry no meaning.</summary>
+    public static string Format(Version version) => $"{version.Major}.{version.Minor}";
+
+    /// <summary>This SDK's version as shown everywhere (<see cref="Format"/>).</summary>
+    public static string Text => Format(Current);
 }

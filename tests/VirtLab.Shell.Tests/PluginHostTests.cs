@@ -131,4 +131,65 @@ public sealed class PluginHostTests
         Assert.Contains("g = \"hello vm\"", run.Stdout);
         Assert.Contains("plugin Throws not loaded", run.Stderr);
     }
+
+    [Fact]
+    public void Plugins_load_through_McMaster_PluginLoader_with_the_contract_assemblies_shared()
+    {
+        using var tmp = new TempDir();
+        PluginCompiler.Build(tmp.Path, "Mc", PluginCompiler.Simple("Mc", "Mc"));
+        var p = Only(Load(tmp.Path), "Mc");
+        Assert.True(p.IsLoaded, p.Error);
+        Assert.Equal("McMaster.NETCore.Plugins.Loader.ManagedLoadContext", p.LoadContext!.GetType().FullName);
+        foreach (var shared in new[] { "VirtLab.Sdk", "Spectre.Console", "Iced" })
+            Assert.Same(System.Runtime.Loader.AssemblyLoadContext.Default, System.Runtime.Loader.AssemblyLoadContext.GetLoadContext(
+                p.LoadContext.LoadFromAssemblyName(new System.Reflection.AssemblyName(shared))));
+    }
+
+    [Fact]
+    public void A_plugin_has_its_own_name_and_version_from_its_project()
+    {
+        using var tmp = new TempDir();
+        // What Plugins.Directory.Build.targets gives a project Plugins.Hello with <Version>2.5.0</Version>, built from git.
+        PluginCompiler.Build(tmp.Path, "Plugins.Hello", PluginCompiler.Simple("Hello", "Hello").Replace("using VirtLab.Sdk.Plugins;", "using VirtLab.Sdk.Plugins;\n[assembly: System.Reflection.AssemblyProduct(\"Hello\")]"),
+            version: "2.5.0+3fb3795e0123456789abcdef0123456789abcdef");
+        // No Product of its own: the assembly name.
+        PluginCompiler.Build(tmp.Path, "Plain", PluginCompiler.Simple("Plain", "Plain"), version: "0.3.0");
+        var set = Load(tmp.Path);
+        var hello = set.All.Single(p => p.AssemblyName == "Plugins.Hello");
+        Assert.True(hello.IsLoaded, hello.Error);
+        Assert.Equal("Hello", hello.Name);
+        Assert.Equal("2.5.0", hello.Version);
+        Assert.Matches("^[0-9a-f]{8}$", hello.Build);
+        var plain = Only(set, "Plain");
+        Assert.Equal("0.3.0", plain.Version);
+        Assert.NotEqual(hello.Build, plain.Build);
+    }
+
+    [Fact]
+    public void A_plugin_built_for_another_configuration_is_found_and_the_newest_build_wins()
+    {
+        using var tmp = new TempDir();
+        // The build's layout: the shell in bin/VirtLab.Shell/release/, a plain `dotnet build` copies to debug/plugins/.
+        var shells = Path.Combine(tmp.Path, "bin", "VirtLab.Shell");
+        var release = Path.Combine(shells, "release");
+        Directory.CreateDirectory(release);
+        var debugOnly = PluginCompiler.Build(Path.Combine(shells, "debug", "plugins"), "DebugOnly", PluginCompiler.Simple("DebugOnly", "DebugOnly"), version: "1.0.0");
+        var older = PluginCompiler.Build(Path.Combine(release, "plugins"), "Both", PluginCompiler.Simple("Both", "Both"), version: "1.0.0");
+        var newer = PluginCompiler.Build(Path.Combine(shells, "debug", "plugins"), "Both", PluginCompiler.Simple("Both", "Both"), version: "1.1.0");
+        File.SetLastWriteTimeUtc(Path.Combine(older, "Both.dll"), DateTime.UtcNow.AddMinutes(-5));
+
+        var paths = new PluginSearchPaths([], IncludeEnvironment: false) { ShellDirectory = release };
+        Assert.Equal([Path.Combine(release, "plugins"), Path.Combine(shells, "debug", "plugins")], paths.Roots());
+        var set = PluginSet.Load(paths, ScriptPreamble.ReservedNames(typeof(RecipeGlobals)), TextWriter.Null);
+        Assert.True(Only(set, "DebugOnly").IsLoaded, Only(set, "DebugOnly").Error);
+        Assert.Equal(Path.Combine(debugOnly, "DebugOnly.dll"), Only(set, "DebugOnly").Path);
+        var both = set.All.Where(p => p.Name == "Both").ToList();
+        Assert.Equal(2, both.Count);
+        Assert.Equal("1.1.0", both.Single(p => p.IsLoaded).Version);
+        Assert.Equal(Path.Combine(newer, "Both.dll"), both.Single(p => p.IsLoaded).Path);
+        var ignored = both.Single(p => !p.IsLoaded);
+        Assert.Equal(Path.Combine(older, "Both.dll"), ignored.Path);
+        Assert.StartsWith("an older build of 'Both'", ignored.Error);
+        Assert.EndsWith($"the newest one is loaded, from {Path.Combine(newer, "Both.dll")}", ignored.Error);
+    }
 }

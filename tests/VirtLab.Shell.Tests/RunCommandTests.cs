@@ -304,4 +304,49 @@ public sealed class RunOutputTests
         if (version.Contains('+')) Assert.Equal(version.Split('+')[1], env.GetProperty("virtlabCommit").GetString());
         Assert.Equal(0, doc.RootElement.GetProperty("exitCode").GetInt32());
     }
+
+    [Fact]
+    public void Run_record_says_how_the_process_was_prepared_and_plugins_get_the_same_treatment()
+    {
+        using var tmp = new TempDir();
+        var plugins = Path.Combine(tmp.Path, "plugins");
+        // A plugin whose WarmUp() leaves a mark the recipe reads after its first Vm.Create (which waits for the warm-up).
+        PluginCompiler.Build(plugins, "Warm", PluginCompiler.Simple("Warm", "Warm").Replace(
+            "protected override Api Create(PluginContext context) => new Api();",
+            "protected override Api Create(PluginContext context) => new Api();\n    public static int WarmUps;\n    public override void WarmUp() => WarmUps++;"));
+        var recipe = tmp.File("prep.csx", """
+            var vm = Vm.Create(2.MiB(), backend: Backend.Sim);
+            Result("warmUps", WarmNs.ThePlugin.WarmUps);
+            Result("scriptFlags", System.Reflection.MethodBase.GetCurrentMethod()!.MethodImplementationFlags.ToString());
+            vm.Dispose();
+            """);
+        var json = Path.Combine(tmp.Path, "run.json");
+        var r = Virtlab.Run(null, tmp.Path, "run", "--plugins", plugins, "--json", json, recipe);
+        Assert.True(r.ExitCode == 0, r.ToString());
+        using var doc = JsonDocument.Parse(File.ReadAllText(json));
+        var results = doc.RootElement.GetProperty("results");
+        Assert.Equal(1, results.GetProperty("warmUps").GetInt32());
+        // Script code is compiled fully optimized at its first call (the top-level code is the state machine's MoveNext).
+        Assert.Contains("AggressiveOptimization", results.GetProperty("scriptFlags").GetString());
+        var prep = doc.RootElement.GetProperty("environment").GetProperty("preparation");
+        var images = prep.GetProperty("images");
+        // The shell and the SDK this test runs are Release builds: ReadyToRun images. The test plugin is compiled by
+        // Roslyn without optimizations, and the record says so.
+        Assert.Equal("ReadyToRun", images.GetProperty("virtlab").GetString());
+        Assert.Equal("ReadyToRun", images.GetProperty("VirtLab.Sdk").GetString());
+        Assert.Equal("IL (Debug build: JIT optimizations disabled)", images.GetProperty("plugin Warm").GetString());
+        Assert.Equal("off", prep.GetProperty("runtime").GetProperty("TieredPGO").GetString());
+        Assert.Contains("AggressiveOptimization", prep.GetProperty("scriptCode").GetString());
+        var warmed = prep.GetProperty("warmedUp").EnumerateArray().Select(e => e.GetString()).ToList();
+        Assert.Contains("plugin Warm", warmed);
+        Assert.Contains(warmed, w => w!.StartsWith("dirty log"));
+        Assert.Equal(0, prep.GetProperty("warmUpErrors").GetArrayLength());
+
+        // VIRTLAB_WARMUP=0: nothing warmed, and the record says so.
+        var off = Virtlab.Run(null, tmp.Path, new Dictionary<string, string> { ["VIRTLAB_WARMUP"] = "0" }, "run", "--plugins", plugins, "--json", json, recipe);
+        Assert.True(off.ExitCode == 0, off.ToString());
+        using var doc2 = JsonDocument.Parse(File.ReadAllText(json));
+        Assert.Equal(0, doc2.RootElement.GetProperty("results").GetProperty("warmUps").GetInt32());
+        Assert.Equal(0, doc2.RootElement.GetProperty("environment").GetProperty("preparation").GetProperty("warmedUp").GetArrayLength());
+    }
 }

@@ -46,6 +46,7 @@ public abstract class Vm : IDisposable, IDisplayable
 
     public static Vm Create(VmOptions options)
     {
+        WarmUp.WaitForPending(); // a shell's warm-up still running: let it end before this VM's first timed call
         ArgumentNullException.ThrowIfNull(options);
         options.Validate();
         switch (options.Backend)

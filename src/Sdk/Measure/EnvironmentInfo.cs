@@ -10,6 +10,7 @@ namespace VirtLab.Sdk.Measure;
 public sealed record EnvironmentInfo
 {
     public required string Virtlab { get; init; }
+    /// <summary>The SDK contract version, as every command shows it (<see cref="SdkVersion.Text"/>, e.g. "1.0").</summary>
     public required string Sdk { get; init; }
     /// <summary>Loaded plugins: name → version.</summary>
     public required IReadOnlyDictionary<string, string> Plugins { get; init; }
@@ -31,6 +32,8 @@ public sealed record EnvironmentInfo
     /// <summary>The .NET runtime, e.g. ".NET 10.0.0".</summary>
     public required string Runtime { get; init; }
     public string? Hostname { get; init; }
+    /// <summary>How the process was prepared before the recipe ran (ReadyToRun images, tiering, warm-up); set by the shell.</summary>
+    public Preparation? Preparation { get; init; }
 
     /// <param name="virtlabVersion">The shell's version; defaults to the entry assembly's informational version.</param>
     /// <param name="plugins">Loaded plugins, name → version (the shell passes them in).</param>
@@ -40,7 +43,7 @@ public sealed record EnvironmentInfo
         string? virtlabCommit = null) => new()
     {
         Virtlab = virtlabVersion ?? InformationalVersion(Assembly.GetEntryAssembly()) ?? "unknown",
-        Sdk = InformationalVersion(typeof(EnvironmentInfo).Assembly) ?? SdkVersion.Current.ToString(),
+        Sdk = SdkVersion.Text,
         Plugins = new SortedDictionary<string, string>(plugins?.ToDictionary() ?? [], StringComparer.Ordinal),
         GitCommit = recipePath is null ? null : Git.FindCommit(recipePath),
         VirtlabCommit = virtlabCommit,

@@ -20,6 +20,15 @@ public abstract class VirtLabPlugin
 
     /// <summary>Creates the global once per evaluation host; may throw (reported as a load error).</summary>
     public abstract object CreateGlobal(PluginContext context);
+
+    /// <summary>
+    /// Runs the plugin's hot paths once before a recipe starts, so that a recipe's first timed call of them costs what
+    /// the later ones do (no JIT, no first-call fixups). Called once per process after <see cref="CreateGlobal"/>, on a
+    /// worker thread, after the SDK's own warm-up (<c>VirtLab.Sdk.Machine.WarmUp</c>). Work on scratch objects (e.g. a
+    /// <c>Vm.Create(2.MiB())</c> of your own), never on the global's state; keep it to milliseconds. An exception is
+    /// reported in the run record's preparation and does not stop the recipe. The default does nothing.
+    /// </summary>
+    public virtual void WarmUp() { }
 }
 
 /// <summary>Typed convenience base: <c>class MmuPlugin : VirtLabPlugin&lt;MmuApi&gt;</c>.</summary>

@@ -18,18 +18,19 @@ public static class InfoCommands
         var console = Consoles.Out;
         if (set.All.Count == 0)
         {
-            console.WriteLine("No plugins found. Searched: " + string.Join(", ", paths.Roots()));
+            console.WriteLine($"No plugins found. SDK {SdkVersion.Text}. Searched: " + string.Join(", ", paths.Roots().Select(r => Directory.Exists(r) ? r : r + " (missing)")));
+            console.WriteLine("A plugin folder is <root>/<AssemblyName>/<AssemblyName>.dll; a project importing src/Plugins.Directory.Build.targets copies itself there on every build (Debug or Release).");
             return ExitCodes.Success;
         }
         var table = new Table().Border(TableBorder.Rounded)
             .AddColumns("[bold]Name[/]", "[bold]Version[/]", "[bold]SDK[/]", "[bold]Global[/]", "[bold]Status[/]", "[bold]Path[/]");
         foreach (var p in set.All)
             table.AddRow(
-                new Text(p.Name), new Text(p.Version ?? "-"), new Text(p.SdkVersion?.ToString() ?? "-"), new Text(p.GlobalName ?? "-"),
+                new Text(p.Name), new Text(p.Version ?? "-"), new Text(p.SdkVersion is { } v ? SdkVersion.Format(v) : "-"), new Text(p.GlobalName ?? "-"),
                 p.IsLoaded ? new Markup("[green]loaded[/]") : new Markup("[red]error:[/] " + Markup.Escape(p.Error ?? "")),
                 new Text(p.Path));
         console.Write(table);
-        console.WriteLine($"SDK {SdkVersion.Current} (plugins must target major {SdkVersion.Major}). Searched: {string.Join(", ", paths.Roots())}");
+        console.WriteLine($"SDK {SdkVersion.Text} (plugins must target major {SdkVersion.Major}). Searched: {string.Join(", ", paths.Roots())}");
         return ExitCodes.Success;
     }
 
@@ -40,7 +41,7 @@ public static class InfoCommands
         var table = new Table().Border(TableBorder.Rounded).Title("Host").AddColumn("[bold]What[/]").AddColumn("[bold]Value[/]");
         void Row(string k, string? v) => table.AddRow(new Text(k), new Text(v ?? "unknown"));
         Row("virtlab", env.VirtlabCommit is { } commit ? $"{env.Virtlab} ({commit[..Math.Min(12, commit.Length)]})" : env.Virtlab);
-        Row("SDK", $"{env.Sdk} (major {SdkVersion.Major})");
+        Row("SDK", $"{env.Sdk} (plugins must target major {SdkVersion.Major})");
         Row("runtime", env.Runtime);
         Row("OS", env.Os);
         Row("kernel", env.Kernel);

@@ -40,6 +40,8 @@ public static class RunCommand
             return ExitCodes.Usage;
         }
 
+        // Warm the SDK's hot paths (then the plugins') on a worker thread while plugins load and the recipe compiles.
+        var preparer = ProcessPreparer.Start();
         using var cts = new CancellationTokenSource();
         // First Ctrl+C asks the recipe to stop (Cancellation); the second one ends the process.
         ConsoleCancelEventHandler onCancel = (_, e) => { if (!cts.IsCancellationRequested) { e.Cancel = true; cts.Cancel(); } };
@@ -50,6 +52,7 @@ public static class RunCommand
             var plugins = PluginSet.Load(new PluginSearchPaths(o.PluginDirectories), ScriptPreamble.ReservedNames(typeof(RecipeGlobals)), err);
             foreach (var p in plugins.All.Where(p => !p.IsLoaded))
                 err.WriteLine($"virtlab: plugin {p.Name} not loaded ({p.Path}): {p.Error}");
+            preparer.AddPlugins(plugins);
 
             var bytes = File.ReadAllBytes(o.File);
             var key = RecipeCache.Key(o.File, bytes, plugins);
@@ -77,6 +80,7 @@ public static class RunCommand
             var scripts = new ScriptLoadContext(plugins, "virtlab-recipe");
             foreach (var r in recipe.References) scripts.AddReferencePath(r.Path);
             var executor = new SubmissionExecutor(new RecipeGlobals(context, ScriptPreamble.PluginGlobals(plugins)), scripts);
+            var jitBeforeRecipe = System.Runtime.JitInfo.GetCompiledMethodCount();
             Exception? error = null;
             object? value = null;
             // An exception on a thread the recipe started (new Thread, async void) ends the process: record it first.
@@ -96,7 +100,10 @@ public static class RunCommand
             // A recipe ending in an expression (no semicolon) shows its value, as the REPL would.
             if (error is null && value is not null) ValueRenderer.Write(Consoles.Out, value);
             error ??= end.UnobservedTaskFailure();
-            var exit = end.Finish(error);
+            // Only a run record needs the warm-up's outcome: without one a recipe that made no VM exits without waiting for it.
+            var preparation = o.JsonPath is null ? null : preparer.Describe(plugins, jitBeforeRecipe);
+            foreach (var e in preparation?.WarmUpErrors ?? []) err.WriteLine($"virtlab: warning: warm-up of {e}");
+            var exit = end.Finish(error, preparation);
             if (verbose)
                 err.WriteLine($"virtlab: roslyn loaded: {(AppDomain.CurrentDomain.GetAssemblies().Any(a => a.GetName().Name!.StartsWith("Microsoft.CodeAnalysis", StringComparison.Ordinal)) ? "yes" : "no")}");
             return exit;
@@ -153,12 +160,13 @@ public static class RunCommand
     }
 
     /// <returns>Whether the record was written (or none was asked for).</returns>
-    private static bool WriteRecord(RunOptions o, RecipeContext context, PluginSet plugins, Exception? error, int exit, TextWriter err)
+    private static bool WriteRecord(RunOptions o, RecipeContext context, PluginSet plugins, Exception? error, int exit, TextWriter err, Preparation? preparation = null)
     {
         if (o.JsonPath is null) return true;
         try
         {
-            var env = EnvironmentInfo.Capture(VirtlabVersion, plugins.Loaded.ToDictionary(p => p.Name, p => p.Version ?? "?"), o.File, VirtlabCommit);
+            var env = EnvironmentInfo.Capture(VirtlabVersion, plugins.Loaded.ToDictionary(p => p.Name, p => p.Version ?? "?"), o.File, VirtlabCommit)
+                with { Preparation = preparation };
             RunRecord.Create(context, RecipeInfo.FromFile(o.File), env, error, exit).Write(o.JsonPath);
             return true;
         }
@@ -239,7 +247,7 @@ public static class RunCommand
 
         /// <summary>Prints the outcome and writes the record (once); returns the exit code. A record that could not be
         /// written makes a successful run fail.</summary>
-        public int Finish(Exception? error)
+        public int Finish(Exception? error, Preparation? preparation = null)
         {
             lock (_gate)
             {
@@ -247,7 +255,7 @@ public static class RunCommand
                 _ended = true;
                 var exit = context.ExitCodeFor(error);
                 PrintOutcome(context, error, exit, scripts);
-                if (!WriteRecord(o, context, plugins, error, exit, Console.Error) && exit == ExitCodes.Success) exit = ExitCodes.Failure;
+                if (!WriteRecord(o, context, plugins, error, exit, Console.Error, preparation) && exit == ExitCodes.Success) exit = ExitCodes.Failure;
                 return exit;
             }
         }

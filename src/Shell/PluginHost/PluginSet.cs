@@ -2,6 +2,8 @@ using System.Globalization;
 using System.Reflection;
 using System.Reflection.Metadata;
 using System.Reflection.PortableExecutable;
+using System.Runtime.Loader;
+using McMaster.NETCore.Plugins;
 using VirtLab.Sdk;
 using VirtLab.Sdk.Plugins;
 
@@ -12,28 +14,55 @@ public enum PluginStatus { Loaded, Error }
 /// <summary>One plugin folder found by discovery, loaded or not (then <see cref="Error"/> says why).</summary>
 public sealed class PluginInfo
 {
-    public required string Name { get; init; }
+    /// <summary>The plugin's name: its project's Product (AssemblyProduct) when it names one other than the assembly, else
+    /// the assembly (folder) name. Plugins.Directory.Build.targets makes a project's Product its name without "Plugins.".</summary>
+    public required string Name { get; set; }
+    /// <summary>The plugin folder's name = the assembly name (what discovery and duplicates go by).</summary>
+    public string AssemblyName => System.IO.Path.GetFileNameWithoutExtension(Path);
     public required string Path { get; init; }
     public PluginStatus Status { get; internal set; } = PluginStatus.Error;
     public string? Error { get; internal set; }
+    /// <summary>The plugin's own version: its informational version without the "+commit" a git build appends.</summary>
     public string? Version { get; internal set; }
+    /// <summary>This build of the plugin (the first 8 hex digits of its module version id): tells two builds of one version apart.</summary>
+    public string Build => Mvid == Guid.Empty ? "" : Mvid.ToString("N")[..8];
     /// <summary>Version of the VirtLab.Sdk the plugin was compiled against.</summary>
     public Version? SdkVersion { get; internal set; }
     public string? GlobalName { get; internal set; }
     public Type? GlobalType { get; internal set; }
     public object? Global { get; internal set; }
+    /// <summary>The plugin's entry object (its <c>WarmUp()</c> is run before a recipe).</summary>
+    public VirtLabPlugin? Plugin { get; internal set; }
     public string? Description { get; internal set; }
     public Assembly? Assembly { get; internal set; }
-    public PluginLoadContext? LoadContext { get; internal set; }
+    /// <summary>The plugin's load context (McMaster.NETCore.Plugins' ManagedLoadContext).</summary>
+    public AssemblyLoadContext? LoadContext { get; internal set; }
+    internal PluginLoader? Loader { get; set; }
     /// <summary>Module version id of the plugin assembly: part of the compiled-recipe cache key.</summary>
     public Guid Mvid { get; internal set; }
     public bool IsLoaded => Status == PluginStatus.Loaded;
+
+    /// <summary>The plugin's private copy of <paramref name="name"/> (from its folder or deps.json), or null when the
+    /// default context provides it (framework, shared assemblies) or nobody has it.</summary>
+    public Assembly? ResolvePrivate(AssemblyName name)
+    {
+        if (LoadContext is null || name.Name is null || PluginSet.SharedAssemblies.Contains(name.Name)) return null;
+        try
+        {
+            var a = LoadContext.LoadFromAssemblyName(name);
+            return AssemblyLoadContext.GetLoadContext(a) == LoadContext ? a : null;
+        }
+        catch (Exception e) when (e is FileNotFoundException or FileLoadException or BadImageFormatException) { return null; }
+    }
 }
 
 /// <summary>Where to look for plugins. Each entry is either a plugin folder (holding &lt;Name&gt;.dll where
 /// Name is the folder's name) or a folder of such plugin folders.</summary>
 public sealed record PluginSearchPaths(IReadOnlyList<string> Explicit, bool IncludeEnvironment = true, bool IncludeBuiltIn = true)
 {
+    /// <summary>The shell's folder whose plugins/ (and its sibling configurations') are the built-in roots; the running shell's by default.</summary>
+    public string ShellDirectory { get; init; } = AppContext.BaseDirectory;
+
     public const string EnvironmentVariable = "VIRTLAB_PLUGINS";
     public static PluginSearchPaths None { get; } = new([], false, false);
 
@@ -46,8 +75,27 @@ public sealed record PluginSearchPaths(IReadOnlyList<string> Explicit, bool Incl
         if (IncludeEnvironment && Environment.GetEnvironmentVariable(EnvironmentVariable) is { Length: > 0 } env)
             foreach (var p in env.Split(System.IO.Path.PathSeparator, StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries))
                 yield return (p, true);
-        if (IncludeBuiltIn) yield return (System.IO.Path.Combine(AppContext.BaseDirectory, "plugins"), false);
+        if (IncludeBuiltIn)
+            foreach (var p in BuiltInRoots(ShellDirectory)) yield return (p, false);
     }
+
+    /// <summary>
+    /// The shell's own plugins/ folder, then, when the shell runs from the build's artifacts layout
+    /// (bin/VirtLab.Shell/&lt;configuration&gt;/), the plugins/ folders of its other configurations: a plugin built with a
+    /// plain <c>dotnet build</c> (Debug) lands in debug/plugins/ and is found by the Release shell too.
+    /// </summary>
+    public static IEnumerable<string> BuiltInRoots(string? shellDirectory = null)
+    {
+        var own = System.IO.Path.TrimEndingDirectorySeparator(System.IO.Path.GetFullPath(shellDirectory ?? AppContext.BaseDirectory));
+        yield return System.IO.Path.Combine(own, "plugins");
+        var parent = System.IO.Path.GetDirectoryName(own);
+        if (parent is null || !string.Equals(System.IO.Path.GetFileName(parent), "VirtLab.Shell", StringComparison.Ordinal)) yield break;
+        foreach (var config in Directory.GetDirectories(parent).Order(StringComparer.Ordinal))
+            if (!string.Equals(config, own, StringComparison.Ordinal)) yield return System.IO.Path.Combine(config, "plugins");
+    }
+
+    /// <summary>Whether <paramref name="root"/> is one of the shell's own (built-in) plugin roots.</summary>
+    public static bool IsBuiltIn(string root) => BuiltInRoots().Any(r => string.Equals(System.IO.Path.GetFullPath(r), System.IO.Path.GetFullPath(root), StringComparison.Ordinal));
 }
 
 /// <summary>
@@ -56,6 +104,11 @@ public sealed record PluginSearchPaths(IReadOnlyList<string> Explicit, bool Incl
 /// </summary>
 public sealed class PluginSet
 {
+    /// <summary>Assemblies that must have exactly one copy in the process (the shell's): their types are the contract.</summary>
+    public static readonly IReadOnlySet<string> SharedAssemblies =
+        new HashSet<string>(StringComparer.OrdinalIgnoreCase) { "VirtLab.Sdk", "Spectre.Console", "Iced" };
+    private static readonly Type[] SharedTypes = [typeof(VirtLabPlugin), typeof(Spectre.Console.AnsiConsole), typeof(Iced.Intel.Instruction)];
+
     public IReadOnlyList<PluginInfo> All { get; }
     public IEnumerable<PluginInfo> Loaded => All.Where(p => p.IsLoaded);
     public static PluginSet Empty { get; } = new([]);
@@ -74,14 +127,17 @@ public sealed class PluginSet
             if (named && !Directory.Exists(root))
                 list.Add(new PluginInfo { Name = System.IO.Path.GetFileName(System.IO.Path.TrimEndingDirectorySeparator(root)), Path = System.IO.Path.GetFullPath(root),
                     Error = "plugin folder not found (from --plugins or VIRTLAB_PLUGINS)" });
-        foreach (var dir in Discover(paths))
+        var builtIn = new HashSet<string>(StringComparer.Ordinal);
+        foreach (var dir in Discover(paths, builtIn))
         {
             var name = System.IO.Path.GetFileName(dir.TrimEnd(System.IO.Path.DirectorySeparatorChar));
             var info = new PluginInfo { Name = name, Path = System.IO.Path.Combine(dir, name + ".dll") };
             list.Add(info);
             if (byName.TryGetValue(name, out var first))
             {
-                info.Error = $"duplicate plugin '{name}': already loaded from {first.Path}";
+                info.Error = builtIn.Contains(dir) && builtIn.Contains(System.IO.Path.GetDirectoryName(first.Path)!)
+                    ? $"an older build of '{name}' (built {File.GetLastWriteTime(info.Path):yyyy-MM-dd HH:mm:ss}); the newest one is loaded, from {first.Path}"
+                    : $"duplicate plugin '{name}': already loaded from {first.Path}";
                 continue;
             }
             byName[name] = info;
@@ -98,10 +154,15 @@ public sealed class PluginSet
     }
 
     /// <summary>Plugin folders under the search roots, in priority order (explicit, environment, built-in).</summary>
-    public static IEnumerable<string> Discover(PluginSearchPaths paths)
+    /// <remarks>Among the built-in roots (the shell's configurations) one plugin's newest build comes first, so a
+    /// fresh Debug build wins over an older Release one and the other way round.</remarks>
+    public static IEnumerable<string> Discover(PluginSearchPaths paths) => Discover(paths, null);
+
+    private static IEnumerable<string> Discover(PluginSearchPaths paths, HashSet<string>? builtInDirs)
     {
         var seen = new HashSet<string>(StringComparer.Ordinal);
-        foreach (var root0 in paths.Roots())
+        var builtIn = new List<string>();
+        foreach (var (root0, named) in paths.RootsWithOrigin())
         {
             var root = System.IO.Path.GetFullPath(root0);
             if (!Directory.Exists(root)) continue;
@@ -109,7 +170,17 @@ public sealed class PluginSet
                 ? [root]
                 : Directory.GetDirectories(root).Order(StringComparer.Ordinal);
             foreach (var d in dirs)
-                if (seen.Add(d)) yield return d;
+                if (seen.Add(d))
+                {
+                    if (named) yield return d;
+                    else builtIn.Add(d);
+                }
+        }
+        DateTime Built(string d) => File.GetLastWriteTimeUtc(System.IO.Path.Combine(d, System.IO.Path.GetFileName(d) + ".dll"));
+        foreach (var d in builtIn.OrderBy(System.IO.Path.GetFileName, StringComparer.Ordinal).ThenByDescending(Built))
+        {
+            builtInDirs?.Add(d);
+            yield return d;
         }
     }
 
@@ -144,18 +215,31 @@ public sealed class PluginSet
         if (info.SdkVersion is null) { Fail(info, "no plugin: the assembly does not reference VirtLab.Sdk"); return; }
         if (info.SdkVersion.Major != SdkVersion.Major)
         {
-            Fail(info, $"SDK major mismatch: built against VirtLab.Sdk {info.SdkVersion.Major}.x ({info.SdkVersion}), this shell provides {SdkVersion.Major}.x ({SdkVersion.Current}); rebuild the plugin against SDK {SdkVersion.Major}");
+            Fail(info, $"SDK major mismatch: built against VirtLab.Sdk {info.SdkVersion.Major}.x ({SdkVersion.Format(info.SdkVersion)}), this shell provides {SdkVersion.Major}.x ({SdkVersion.Text}); rebuild the plugin against SDK {SdkVersion.Major}");
             return;
         }
 
         try
         {
-            var alc = new PluginLoadContext(info.Path);
-            var asm = alc.LoadFromAssemblyPath(info.Path);
-            info.LoadContext = alc;
+            // McMaster.NETCore.Plugins: the plugin's own context resolving its private dependencies and native libraries
+            // from its deps.json and folder; the shared types' assemblies (and what they reference) come from the
+            // shell's default context. Not unloadable: hot swap restarts the evaluation process instead.
+            var loader = PluginLoader.CreateFromAssemblyFile(info.Path, SharedTypes, config =>
+            {
+                config.IsUnloadable = false;
+                config.PreferSharedTypes = false;
+                // A System.*.dll copied next to a plugin must not shadow the runtime's own.
+                foreach (var f in Directory.EnumerateFiles(System.IO.Path.GetDirectoryName(info.Path)!, "*.dll"))
+                    if (IsFrameworkAssembly(System.IO.Path.GetFileNameWithoutExtension(f)))
+                        config.SharedAssemblies.Add(new AssemblyName(System.IO.Path.GetFileNameWithoutExtension(f)));
+            });
+            var asm = loader.LoadDefaultAssembly();
+            info.Loader = loader;
+            info.LoadContext = loader.LoadContext;
             info.Assembly = asm;
-            info.Version = asm.GetCustomAttribute<AssemblyInformationalVersionAttribute>()?.InformationalVersion
-                           ?? asm.GetName().Version?.ToString();
+            var informational = asm.GetCustomAttribute<AssemblyInformationalVersionAttribute>()?.InformationalVersion;
+            info.Version = informational is { Length: > 0 } ? informational.Split('+')[0] : asm.GetName().Version?.ToString();
+            if (asm.GetCustomAttribute<AssemblyProductAttribute>()?.Product is { Length: > 0 } product && product != info.AssemblyName) info.Name = product;
 
             Type[] types;
             try { types = asm.GetExportedTypes(); }
@@ -192,6 +276,7 @@ public sealed class PluginSet
                 return;
             }
             info.Global = global;
+            info.Plugin = plugin;
             info.Status = PluginStatus.Loaded;
             info.Error = null;
         }
@@ -204,6 +289,10 @@ public sealed class PluginSet
             Fail(info, $"cannot load: {Unwrap(e)}");
         }
     }
+
+    // A copied System.*.dll next to a plugin must not shadow the runtime's own.
+    private static bool IsFrameworkAssembly(string name) =>
+        name.StartsWith("System.", StringComparison.OrdinalIgnoreCase) || name is "System" or "netstandard" or "mscorlib";
 
     private static string Unwrap(Exception e)
     {

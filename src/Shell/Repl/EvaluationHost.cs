@@ -154,6 +154,8 @@ public static class EvaluationHost
                 var warm = new InteractiveSession(PluginSet.Empty, new RecipeContext());
                 warm.Submit("var __warm = 1 + 1; __warm");
                 warm.WarmUp();
+                // The SDK's hot paths too, as for `virtlab run` (Cli/ProcessPreparer); the session's first Vm.Create waits for it.
+                if (VirtLab.Shell.Cli.ProcessPreparer.Enabled) VirtLab.Sdk.Machine.WarmUp.Start();
             }
             catch (Exception e) { Console.Error.WriteLine($"virtlab host: warm-up failed: {e.Message}"); }
         }
@@ -163,6 +165,13 @@ public static class EvaluationHost
             if (_session is not null) return _session;
             var plugins = PluginSet.Load(new PluginSearchPaths(options.PluginDirectories), ScriptPreamble.ReservedNames(typeof(RecipeGlobals)));
             _session = new InteractiveSession(plugins, new RecipeContext());
+            if (VirtLab.Shell.Cli.ProcessPreparer.Enabled)
+                foreach (var p in plugins.Loaded.Where(p => p.Plugin is not null))
+                    VirtLab.Sdk.Machine.WarmUp.Then(() =>
+                    {
+                        try { p.Plugin!.WarmUp(); }
+                        catch (Exception e) { Console.Error.WriteLine($"virtlab: warning: warm-up of plugin {p.Name}: {RecipeContext.Unwrap(e)!.Message}"); }
+                    });
             foreach (var d in _session.PreambleDiagnostics) Console.Error.WriteLine($"plugin preamble: {d}");
             return _session;
         }
@@ -248,6 +257,8 @@ public static class EvaluationHost
                 {
                     Name = p.Name,
                     Version = p.Version ?? "",
+                    Build = p.Build,
+                    Sdk = p.SdkVersion is { } sdk ? VirtLab.Sdk.SdkVersion.Format(sdk) : "",
                     Global = p.GlobalName ?? "",
                     Path = p.Path,
                     Status = p.Status.ToString(),

@@ -60,6 +60,10 @@ public sealed class PluginEntry
 {
     public string Name { get; set; } = "";
     public string Version { get; set; } = "";
+    /// <summary>This build of the plugin (<see cref="VirtLab.Shell.PluginHost.PluginInfo.Build"/>).</summary>
+    public string Build { get; set; } = "";
+    /// <summary>The SDK version it was built against, shown as everywhere (<see cref="VirtLab.Sdk.SdkVersion.Format"/>).</summary>
+    public string Sdk { get; set; } = "";
     public string Global { get; set; } = "";
     public string Path { get; set; } = "";
     public string Status { get; set; } = "";

@@ -5,6 +5,8 @@ using System.Runtime.InteropServices;
 using System.Text;
 using Spectre.Console;
 
+using VirtLab.Shell.PluginHost;
+
 namespace VirtLab.Shell.Repl;
 
 /// <summary>
@@ -48,7 +50,7 @@ internal sealed class Repl : IDisposable
             ? new TerminalLineSource(_highlighter, completion, _history.Entries)
             : new PipedLineSource();
         _color = _lines.IsInteractive && AnsiConsole.Console.Profile.Capabilities.ColorSystem != ColorSystem.NoColors;
-        _watcher = new PluginWatcher(dirs =>
+        _watcher = new PluginWatcher(() => new PluginSearchPaths(options.PluginDirectories).Roots(), dirs =>
         {
             _swapPending = true;
             _ = Task.Run(() => HotSwap(dirs));
@@ -262,7 +264,7 @@ internal sealed class Repl : IDisposable
         _highlighter.SetGlobals(info.Globals ?? []);
         foreach (var p in _plugins.Where(p => p.Status != "Loaded" && p.Error is not null))
             Error($"plugin {p.Name}: {p.Error}");
-        _watcher.Watch(_plugins.Select(p => Path.GetDirectoryName(p.Path)!).Where(d => d.Length > 0));
+        _watcher.Watch();
     }
 
     /// <summary>The live host, after a restart if need be; null if none could be started (the error is shown).</summary>
@@ -416,13 +418,7 @@ internal sealed class Repl : IDisposable
             {
                 var changed = after.Where(p => changedDirs.Contains(Path.GetDirectoryName(p.Path)!)).ToList();
                 if (changed.Count == 0) changed = after;
-                var parts = changed.Select(p =>
-                {
-                    var was = before.FirstOrDefault(b => b.Name == p.Name);
-                    var status = p.Status == "Loaded" ? "" : $" (failed: {p.Error})";
-                    return $"{p.Name} {was?.Version ?? "(new)"} → {p.Version}{status}";
-                });
-                return "reloaded " + string.Join(", ", parts);
+                return "reloaded " + string.Join(", ", changed.Select(p => SwapNotice.Describe(p, before)));
             });
         }
         catch (Exception e) { Error($"hot swap failed: {e.Message}"); }
@@ -447,7 +443,7 @@ internal sealed class Repl : IDisposable
                 break;
             case "reload":
                 await _hostLock.WaitAsync();
-                try { await Restart("reloaded", (b, a) => "reloaded " + (a.Count == 0 ? "(no plugins)" : string.Join(", ", a.Select(p => $"{p.Name} {b.FirstOrDefault(x => x.Name == p.Name)?.Version ?? "(new)"} → {p.Version}")))); }
+                try { await Restart("reloaded", (b, a) => "reloaded " + (a.Count == 0 ? "(no plugins)" : string.Join(", ", a.Select(p => SwapNotice.Describe(p, b))))); }
                 finally { _hostLock.Release(); }
                 break;
             case "reset":
@@ -498,9 +494,9 @@ internal sealed class Repl : IDisposable
                 Console.Out.WriteLine($"{p.Name} {p.Version} {p.Global} {p.Status} {p.Path}{(p.Error is null ? "" : " — " + p.Error)}");
             return;
         }
-        var table = new Table().AddColumns("Plugin", "Version", "Global", "Status", "Path");
+        var table = new Table().AddColumns("Plugin", "Version", "SDK", "Global", "Status", "Path");
         foreach (var p in plugins)
-            table.AddRow(Markup.Escape(p.Name), Markup.Escape(p.Version), Markup.Escape(p.Global),
+            table.AddRow(Markup.Escape(p.Name), Markup.Escape(p.Version), Markup.Escape(p.Sdk), Markup.Escape(p.Global),
                 p.Status == "Loaded" ? "[green]loaded[/]" : $"[red]{Markup.Escape(p.Error ?? p.Status)}[/]", Markup.Escape(p.Path));
         AnsiConsole.Write(table);
     }
@@ -517,5 +513,20 @@ internal sealed class Repl : IDisposable
         _lines.Dispose();
         _hostLock.Dispose();
         _leaving.Dispose();
+    }
+}
+
+/// <summary>What a reload notice says of one plugin: old → new version, or, for a rebuild of the same version, old → new
+/// build; a plugin that was not there before is new.</summary>
+internal static class SwapNotice
+{
+    public static string Describe(PluginEntry p, IReadOnlyList<PluginEntry> before)
+    {
+        var was = before.FirstOrDefault(b => b.Path == p.Path) ?? before.FirstOrDefault(b => b.Name == p.Name);
+        var status = p.Status == "Loaded" ? "" : $" (failed: {p.Error})";
+        if (was is null) return $"{p.Name} {p.Version} (new plugin){status}";
+        if (was.Version != p.Version) return $"{p.Name} {was.Version} → {p.Version}{status}";
+        if (was.Build != p.Build) return $"{p.Name} {p.Version} (build {was.Build} → {p.Build}){status}";
+        return $"{p.Name} {p.Version} (unchanged){status}";
     }
 }

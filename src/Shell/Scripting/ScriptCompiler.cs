@@ -81,7 +81,7 @@ public sealed class ScriptCompiler
             return (new EmittedSubmission(compilation.AssemblyName!, null, []), diags);
         if (!result.Success) return (null, diags);
         var entry = compilation.GetEntryPoint(ct)!;
-        return (new EmittedSubmission(compilation.AssemblyName!, entry.ContainingType.MetadataName, pe.ToArray()), diags);
+        return (new EmittedSubmission(compilation.AssemblyName!, entry.ContainingType.MetadataName, ScriptOptimization.MarkAggressiveOptimization(pe.ToArray())), diags);
     }
 
     public static IReadOnlyList<ScriptDiagnostic> Format(IEnumerable<Diagnostic> diagnostics) =>

@@ -51,7 +51,7 @@ public sealed class ScriptLoadContext : AssemblyLoadContext
         foreach (var p in _plugins.Loaded)
         {
             if (string.Equals(p.Assembly!.GetName().Name, simple, StringComparison.OrdinalIgnoreCase)) return p.Assembly;
-            if (p.LoadContext!.ResolvePrivate(name) is not null) return p.LoadContext.LoadFromAssemblyName(name);
+            if (p.ResolvePrivate(name) is { } privateCopy) return privateCopy;
         }
         if (path is not null) return LoadFromAssemblyPath(path);
         return null; // default context: framework, VirtLab.Sdk, Spectre.Console, Iced

@@ -175,6 +175,31 @@ public sealed class ReplTests
     }
 
     [Fact]
+    public void A_plugin_folder_that_appears_under_a_watched_root_is_loaded_with_a_notice()
+    {
+        var root = Directory.CreateTempSubdirectory("virtlab-repl-plugins-").FullName;
+        try
+        {
+            using var repl = new ReplProcess("--plugins", root); // a root of plugin folders, empty for now
+            repl.Send("var who = \"world\";");
+            repl.Send("who.Length");
+            repl.WaitFor("^5$");
+
+            TestPlugin.Build(root, "1.0.0", "hello");
+            repl.WaitFor($"reloaded {TestPlugin.Name} 1.0.0 \\(new plugin\\); replayed 2 submissions in \\d+ ms");
+            repl.Send("Greeter.Hello(who)");
+            repl.WaitFor("^\"hello world\"$");
+
+            // A rebuild that keeps the version: the notice tells the two builds apart.
+            TestPlugin.Build(root, "1.0.0", "salut");
+            repl.WaitFor($"reloaded {TestPlugin.Name} 1.0.0 \\(build [0-9a-f]{{8}} → [0-9a-f]{{8}}\\); replayed 3 submissions in \\d+ ms");
+            repl.Send("Greeter.Hello(who)");
+            repl.WaitFor("^\"salut world\"$");
+        }
+        finally { Directory.Delete(root, recursive: true); }
+    }
+
+    [Fact]
     public async Task Completion_offers_plugin_globals_and_their_members()
     {
         var root = Directory.CreateTempSubdirectory("virtlab-repl-plugins-").FullName;

@@ -1,0 +1,68 @@
+using VirtLab.Sdk.Machine;
+using VirtLab.Sdk.Measure;
+using VirtLab.Shell.PluginHost;
+using VirtLab.Shell.Scripting;
+
+namespace VirtLab.Shell.Cli;
+
+/// <summary>
+/// Prepares the process for a recipe: the SDK's hot paths (<see cref="WarmUp"/>) and then each loaded plugin's
+/// <c>WarmUp()</c> run on a worker thread while the main thread loads plugins and compiles or reads the cached recipe.
+/// The recipe's first <c>Vm.Create</c> waits for that work to end (a recipe without VMs never waits); <see cref="Describe"/>
+/// says, for the run record, how the process was prepared. <c>VIRTLAB_WARMUP=0</c> turns the warm-up off (to measure
+/// what it saves).
+/// </summary>
+public sealed class ProcessPreparer
+{
+    public const string EnvironmentVariable = "VIRTLAB_WARMUP";
+    private readonly Task<WarmUpReport>? _sdk;
+    private readonly List<string> _pluginPaths = [];
+    private readonly List<string> _pluginErrors = [];
+
+    private ProcessPreparer(Task<WarmUpReport>? sdk) => _sdk = sdk;
+
+    public static bool Enabled => Environment.GetEnvironmentVariable(EnvironmentVariable) is not ("0" or "false" or "off");
+
+    public static ProcessPreparer Start() => new(Enabled ? WarmUp.Start() : null);
+
+    /// <summary>Queues the loaded plugins' warm-ups after the SDK's (plugin code runs on SDK paths already warm).</summary>
+    public void AddPlugins(PluginSet plugins)
+    {
+        if (_sdk is null) return;
+        foreach (var p in plugins.Loaded.Where(p => p.Plugin is not null))
+            WarmUp.Then(() =>
+            {
+                try { p.Plugin!.WarmUp(); lock (_pluginPaths) _pluginPaths.Add($"plugin {p.Name}"); }
+                catch (Exception e)
+                {
+                    e = RecipeContext.Unwrap(e)!;
+                    lock (_pluginPaths) _pluginErrors.Add($"plugin {p.Name}: {e.GetType().Name}: {e.Message}");
+                }
+            });
+    }
+
+    /// <summary>How the process was prepared; waits for the warm-up to end (call it once the recipe has run).</summary>
+    public Preparation Describe(PluginSet plugins, long jitBeforeRecipe)
+    {
+        WarmUp.WaitForPending();
+        var sdk = _sdk?.GetAwaiter().GetResult();
+        var images = new SortedDictionary<string, string>(StringComparer.Ordinal);
+        foreach (var a in new[] { typeof(ProcessPreparer).Assembly, typeof(Vm).Assembly, typeof(Spectre.Console.AnsiConsole).Assembly, typeof(Iced.Intel.Instruction).Assembly })
+            images[a.GetName().Name!] = Preparation.ImageKind(a.Location);
+        foreach (var p in plugins.Loaded) images[$"plugin {p.Name}"] = Preparation.ImageKind(p.Path);
+        lock (_pluginPaths)
+            return new Preparation
+            {
+                Images = images,
+                Runtime = Preparation.RuntimeSettings(),
+                ScriptCode = ScriptOptimization.Description,
+                WarmedUp = sdk is null ? [] : [.. sdk.Paths, .. _pluginPaths],
+                WarmUpBackend = sdk?.Backend,
+                WarmUpSeconds = sdk?.Seconds ?? 0,
+                WarmUpWaitSeconds = WarmUp.WaitedSeconds,
+                WarmUpErrors = [.. sdk?.Errors ?? [], .. _pluginErrors],
+                JitCompiledBeforeRecipe = jitBeforeRecipe,
+                JitCompiledDuringRecipe = System.Runtime.JitInfo.GetCompiledMethodCount() - jitBeforeRecipe,
+            };
+    }
+}
