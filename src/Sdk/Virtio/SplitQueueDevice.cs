@@ -206,9 +206,10 @@ public sealed unsafe class SplitQueueDevice : SplitQueue
         var access = writable ? MemoryAccess.Write : MemoryAccess.Read;
         if (!Space.CheckRange(addr, len, access, out fault)) return false;
         long left = len;
+        var start = addr;
         while (left > 0)
         {
-            if (!Space.TryResolveHost(addr, left, access, out var host, out var n, out fault)) return false;
+            if (!Space.TryResolveHost(addr, left, access, out var host, out var n, out fault)) return AddressSpace.Reframe(ref fault, start, len);
             n = Math.Min(n, 1L << 30); // a buffer is at most 4 GiB − 1 (u32 len): spans stay int-sized
             c.Add(addr, (int)n, writable, host);
             addr += (ulong)n;
