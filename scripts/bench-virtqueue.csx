@@ -12,12 +12,14 @@
 // Targets (issue 9): ≥ 20 M chains/s on one thread; ≥ 100 M translations/s on hits, ≥ 10 M/s random over 10,000.
 
 using System.Diagnostics;
+using System.Runtime.CompilerServices;
 using VirtLab.Sdk.Virtio;
 
 var chains   = Arg("chains", 20_000_000L, test: 200_000L);
 var lookups  = Arg("lookups", 100_000_000L, test: 1_000_000L);
 var mappings = Arg("mappings", 10_000, test: 10_000);
 var size     = Arg("queue-size", 256);
+var rounds   = Arg("rounds", 5, test: 2);
 const int Batch = 32, Payload = 64;
 Require(SplitRing.IsValidSize(size) && size >= Batch, $"--queue-size must be a power of two from {Batch} to 32768");
 
@@ -32,17 +34,28 @@ for (int i = 0; i < size; i++)
 Console.WriteLine($"{vm}; queue size {size}, batches of {Batch}, {Payload} B payloads, {chains:N0} chains per stage");
 
 void WarmUp(Action a) { var w = Stopwatch.StartNew(); while (w.ElapsedMilliseconds < (TestMode ? 50 : 300)) a(); }
+// Measured loops are local functions compiled fully optimised at once (AggressiveOptimization), so neither tiered
+// compilation nor a starved background JIT on a loaded host decides what gets timed.
 // The host is shared (see the load average at the end): single-thread rates are per second of this process's CPU time,
 // which other processes' load does not dilute; the wall-clock rate is printed beside it.
-double Rate(long n, Action body)
+// Each measurement runs in --rounds rounds of n / rounds and keeps the best (a round that other load or a late
+// tier-up of a callee slowed down says nothing about this code).
+double Rate(long n, Action<long> body)
 {
-    var cpu0 = Environment.CpuUsage.TotalTime;
-    var sw = Stopwatch.StartNew();
-    body();
-    var wall = n / sw.Elapsed.TotalSeconds;
-    var cpu = n / (Environment.CpuUsage.TotalTime - cpu0).TotalSeconds;
-    Console.WriteLine($"   ({n:N0} in {sw.Elapsed.TotalMilliseconds:N0} ms wall: {wall / 1e6:F2} M/s wall, {cpu / 1e6:F2} M/s per CPU-second)");
-    return cpu;
+    double best = 0, bestWall = 0;
+    long per = Math.Max(n / rounds, 1);
+    for (int r = 0; r < rounds; r++)
+    {
+        var cpu0 = Environment.CpuUsage.TotalTime;
+        var sw = Stopwatch.StartNew();
+        body(per);
+        var wall = per / sw.Elapsed.TotalSeconds;
+        var cpuTime = (Environment.CpuUsage.TotalTime - cpu0).TotalSeconds;
+        var cpu = cpuTime > 0 ? per / cpuTime : wall;
+        if (cpu > best) (best, bestWall) = (cpu, wall);
+    }
+    Console.WriteLine($"   (best of {rounds} rounds of {per:N0}: {bestWall / 1e6:F2} M/s wall, {best / 1e6:F2} M/s per CPU-second)");
+    return best;
 }
 var results = new List<(string what, double rate, string unit)>();
 void Report(string what, double rate, double baseline, string unit = "chains/s")
@@ -52,6 +65,7 @@ void Report(string what, double rate, double baseline, string unit = "chains/s")
 }
 
 // 1. Baseline: copy each chain's payload out of guest memory (what the device does with a chain's bytes).
+[MethodImpl(MethodImplOptions.AggressiveOptimization)]
 static long Memcpy(nint src, byte[] dst, long n, int size)
 {
     long sum = 0;
@@ -66,11 +80,12 @@ var local = new byte[Payload];
 var host = vm.Memory.HostAddress(buffers);
 long sink = 0;
 WarmUp(() => sink += Memcpy(host, local, 100_000, size));
-var baseline = Stage("baseline memcpy 64 B", () => Rate(chains, () => sink += Memcpy(host, local, chains, size)));
+var baseline = Stage("baseline memcpy 64 B", () => Rate(chains, n => sink += Memcpy(host, local, n, size)));
 Console.WriteLine($"{"baseline: memcpy of 64 B from guest memory",-44} {baseline / 1e6,9:F2} M copies/s");
 Result("baseline_memcpy_per_s", baseline);
 
 // 2. One thread: add 32, kick, pop/push 32, flush, get 32.
+[MethodImpl(MethodImplOptions.AggressiveOptimization)]
 static long OneThread(SplitQueueDriver drv, SplitQueueDevice dev, ulong buffers, int size, long n, byte[] local, bool indirect)
 {
     Span<VirtqBuffer> rd = stackalloc VirtqBuffer[2];
@@ -125,7 +140,7 @@ foreach (var indirect in new[] { false, true })
     var (drv, dev, _, _) = NewQueue(features, eventfds: false);
     WarmUp(() => sink += OneThread(drv, dev, buffers, size, 32 * 1000, local, indirect));
     var name = indirect ? "one thread, indirect (16 B + 48 B)" : "one thread, 1 × 64 B descriptor";
-    var rate = Stage(name, () => { var r = Rate(chains, () => sink += OneThread(drv, dev, buffers, size, chains, local, indirect)); Count("chains", chains); return r; });
+    var rate = Stage(name, () => { var r = Rate(chains, n => sink += OneThread(drv, dev, buffers, size, n, local, indirect)); Count("chains", chains); return r; });
     Report(name, rate, baseline);
     Result(indirect ? "indirect_chains_per_s" : "one_thread_chains_per_s", rate);
     Expect(!dev.IsBroken && dev.InFlight == 0 && drv.InFlight == 0, $"{name}: every chain came back, no queue error");
@@ -135,6 +150,7 @@ foreach (var indirect in new[] { false, true })
 
 // 3. Two threads: the device thread pops/pushes while the driver thread adds and collects; each sleeps on its eventfd
 //    only after re-enabling notifications and finding nothing to do (the race-free sleep of vhost and virtio_ring).
+[MethodImpl(MethodImplOptions.AggressiveOptimization)]
 static long DeviceLoop(SplitQueueDevice dev, EventNotifier kick, long n, CancellationToken ct)
 {
     var local = new byte[64];
@@ -155,6 +171,7 @@ static long DeviceLoop(SplitQueueDevice dev, EventNotifier kick, long n, Cancell
     }
     return sum;
 }
+[MethodImpl(MethodImplOptions.AggressiveOptimization)]
 static long DriverLoop(SplitQueueDriver drv, EventNotifier call, ulong buffers, int size, long n, CancellationToken ct)
 {
     Span<VirtqBuffer> rd = stackalloc VirtqBuffer[1];
@@ -192,7 +209,13 @@ static long DriverLoop(SplitQueueDriver drv, EventNotifier call, ulong buffers, 
         return n / sw.Elapsed.TotalSeconds;
     }
     TwoThreads(TestMode ? 10_000 : 200_000);
-    var rate = Stage("two threads (driver | device)", () => { var r = TwoThreads(chains); Count("chains", chains); return r; });
+    var rate = Stage("two threads (driver | device)", () =>
+    {
+        double best = 0;
+        for (int r = 0; r < rounds; r++) best = Math.Max(best, TwoThreads(chains / rounds));
+        Count("chains", chains / rounds * rounds);
+        return best;
+    });
     Report("two threads (driver | device), EVENT_IDX", rate, baseline);
     Console.WriteLine($"   kicks sent/suppressed {drv.NotificationsSent:N0}/{drv.NotificationsSuppressed:N0}, interrupts {dev.NotificationsSent:N0}/{dev.NotificationsSuppressed:N0}");
     Result("two_threads_chains_per_s", rate);
@@ -211,6 +234,7 @@ Stage("map", () =>
             iova.Map((ulong)i * 0x2000, 0x1000, g + (ulong)((i * 7919) % 8192) * 0x1000, MemoryAccess.ReadWrite);
     Count("mappings", mappings);
 });
+[MethodImpl(MethodImplOptions.AggressiveOptimization)]
 static long Hits(IovaSpace s, long n)
 {
     long sum = 0;
@@ -221,6 +245,7 @@ static long Hits(IovaSpace s, long n)
     }
     return sum;
 }
+[MethodImpl(MethodImplOptions.AggressiveOptimization)]
 static long Random(IovaSpace s, ulong[] addrs, long n)
 {
     long sum = 0;
@@ -235,10 +260,10 @@ static long Random(IovaSpace s, ulong[] addrs, long n)
 var rnd = new Random(42);
 var addrs = Enumerable.Range(0, 1 << 20).Select(_ => (ulong)rnd.Next(mappings) * 0x2000 + (ulong)rnd.Next(0x1000 - 8)).ToArray();
 WarmUp(() => sink += Hits(iova, 1_000_000));
-var hit = Stage("translate: hits", () => { var r = Rate(lookups, () => sink += Hits(iova, lookups)); Count("translations", lookups); return r; });
+var hit = Stage("translate: hits", () => { var r = Rate(lookups, n => sink += Hits(iova, n)); Count("translations", lookups); return r; });
 Report("translate, repeated hits", hit, baseline, "translations/s");
 WarmUp(() => sink += Random(iova, addrs, 1_000_000));
-var random = Stage($"translate: random over {mappings:N0}", () => { var r = Rate(lookups / 4, () => sink += Random(iova, addrs, lookups / 4)); Count("translations", lookups / 4); return r; });
+var random = Stage($"translate: random over {mappings:N0}", () => { var r = Rate(lookups / 4, n => sink += Random(iova, addrs, n)); Count("translations", lookups / 4); return r; });
 Report($"translate, random over {mappings:N0} mappings", random, baseline, "translations/s");
 Result("translate_hits_per_s", hit);
 Result("translate_random_per_s", random);

@@ -284,6 +284,7 @@ public sealed class IovaSpace : AddressSpace
 
     // ---- translation ----------------------------------------------------------------------------------
 
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)] // hot path: full optimisation at once, not after tiering
     public override bool TryTranslate(ulong address, long length, MemoryAccess access, out ulong target, out long contiguous, out MemoryFault fault)
     {
         var s = Volatile.Read(ref snapshot);
@@ -315,6 +316,7 @@ public sealed class IovaSpace : AddressSpace
         return true;
     }
 
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)] // hot path: full optimisation at once, not after tiering
     internal override bool TryResolveHost(ulong address, long length, MemoryAccess access, out nint host, out long contiguous, out MemoryFault fault)
     {
         if (!TryTranslate(address, length, access, out var target, out var n, out fault))
