@@ -23,6 +23,8 @@ public abstract class Vm : IDisposable, IDisplayable
     int disposed;
     int running;
     int runThread; // managed thread id of the caller of Run, while it runs
+    readonly VmDeviceList devices = new();
+    GuestPhysicalSpace? physicalSpace;
 
     private protected Vm(VmOptions options)
     {
@@ -113,6 +115,15 @@ public abstract class Vm : IDisposable, IDisplayable
     public Backing Backing => Options.Backing;
 
     public GuestMemory Memory { get; }
+
+    /// <summary>Guest-physical memory as a device without an IOMMU sees it (translate + bounds, faults instead of exceptions).</summary>
+    public GuestPhysicalSpace PhysicalSpace => physicalSpace ?? Interlocked.CompareExchange(ref physicalSpace, new(this), null) ?? physicalSpace;
+
+    /// <summary>Attached devices, in attach order.</summary>
+    public IReadOnlyList<VmDevice> Devices => devices.Snapshot;
+
+    /// <summary>Attaches a device model (it is disposed with the VM, before guest memory goes away) and returns it.</summary>
+    public T Attach<T>(T device) where T : VmDevice => devices.Attach(this, device);
 
     /// <summary>Guest physical address width; every slot ends at or below <see cref="MaxGpa"/>.</summary>
     public int GuestPhysBits { get; private set; }
@@ -633,6 +644,7 @@ public abstract class Vm : IDisposable, IDisplayable
 
     public void Dispose()
     {
+        var deviceError = devices.DisposeAll(); // first, while the VM still works: device threads stop before memory goes
         if (Interlocked.Exchange(ref disposed, 1) != 0) return;
         var slotsAtDispose = SlotsSnapshot;
         disposeCts.Cancel();
@@ -662,6 +674,7 @@ public abstract class Vm : IDisposable, IDisplayable
             disposeCts.Dispose();
             GC.SuppressFinalize(this);
         }
+        if (deviceError is not null) throw deviceError;
     }
 
     public override string ToString()
@@ -678,6 +691,6 @@ public abstract class Vm : IDisposable, IDisplayable
         var dirty = ManualProtect ? (InitiallySet ? "manual protect, initially set" : "manual protect") : "legacy get";
         if (DirtyRing is { } r) dirty = $"ring {r.Entries} entries/vCPU";
         t.Caption = new TableTitle(Markup.Escape($"dirty log: {dirty}; guest phys bits {GuestPhysBits}"));
-        return t;
+        return devices.Render(t);
     }
 }

@@ -1,0 +1,374 @@
+using System.Runtime.CompilerServices;
+using Spectre.Console;
+using Spectre.Console.Rendering;
+using VirtLab.Sdk.Machine;
+
+namespace VirtLab.Sdk.Virtio;
+
+/// <summary>
+/// The device side of a split virtqueue (what vhost and QEMU's virtqueue_pop/push do): pops available chains as
+/// translated, permission-checked segments of its address space, pushes used entries with the written length, and
+/// decides whether to interrupt the driver (used_event with EVENT_IDX, else the NO_INTERRUPT flag).
+/// <para>
+/// The ring is written by a driver the device does not trust. Every malformed chain (see <see cref="VirtqErrorKind"/>) is
+/// refused with a <see cref="VirtqError"/>, counted, and marks the queue broken: <see cref="TryPop"/> then returns false
+/// until <see cref="Reset"/>, and the device model should set <see cref="VirtioDeviceStatus.NeedsReset"/>. Nothing outside
+/// mapped memory is ever read or written, and no exception escapes for anything the driver wrote.
+/// </para>
+/// One thread at a time uses a device queue (the device's thread); the driver may run on another.
+/// </summary>
+public sealed unsafe class SplitQueueDevice : SplitQueue
+{
+    readonly VirtqChain?[] chains;
+    readonly long[] errorCounts = new long[Enum.GetValues<VirtqErrorKind>().Length];
+    byte[] indirectScratch = []; // pinned copy of the indirect table being walked (the driver cannot change it under us)
+    ushort lastAvail, shadowAvail, usedShadow, usedPublished, signalledUsed;
+    bool signalledValid, initialised, kicksEnabled = true;
+    int inFlight;
+    VirtqError? error;
+
+    /// <summary>
+    /// A device queue on <paramref name="layout"/> in <paramref name="space"/>. <paramref name="lastAvailIdx"/> is where the
+    /// device starts reading the available ring (VHOST_SET_VRING_BASE); the used index starts at the ring's current value.
+    /// Nothing is read until the first <see cref="TryPop"/>.
+    /// </summary>
+    public SplitQueueDevice(AddressSpace space, SplitRing layout, VirtioFeatures features, EventNotifier? call = null,
+        string name = "vq", ushort lastAvailIdx = 0)
+        : base(space, layout, features, name, device: true)
+    {
+        Call = call;
+        chains = new VirtqChain?[layout.Size];
+        lastAvail = shadowAvail = lastAvailIdx;
+    }
+
+    /// <summary>Signalled when the device decides to interrupt the driver (vhost's callfd).</summary>
+    public EventNotifier? Call { get; set; }
+
+    /// <summary>The next available-ring index the device will read (last_avail_idx; VHOST_GET_VRING_BASE).</summary>
+    public ushort LastAvailIdx => lastAvail;
+
+    /// <summary>The used index the device has written so far (published by <see cref="Flush"/>).</summary>
+    public ushort UsedIdx => usedShadow;
+
+    public override int InFlight => inFlight;
+
+    /// <summary>True after a malformed chain: the queue pops nothing until <see cref="Reset"/>.</summary>
+    public bool IsBroken => error is not null;
+
+    /// <summary>The error that broke the queue, or null.</summary>
+    public VirtqError? Error => error;
+
+    /// <summary>Raised (on the device thread) when the queue breaks, so the device model can set NEEDS_RESET.</summary>
+    public event Action<SplitQueueDevice, VirtqError>? Broken;
+
+    /// <summary>How many errors of <paramref name="kind"/> this queue has seen (kept across <see cref="Reset"/>).</summary>
+    public long ErrorCount(VirtqErrorKind kind) => Volatile.Read(ref errorCounts[(int)kind]);
+
+    /// <summary>Every error kind seen, with its count.</summary>
+    public IReadOnlyDictionary<VirtqErrorKind, long> Errors
+        => Enum.GetValues<VirtqErrorKind>().Where(k => ErrorCount(k) > 0).ToDictionary(k => k, ErrorCount);
+
+    // ---- pop ----------------------------------------------------------------------------------------
+
+    /// <summary>
+    /// Takes the next available chain, translated. False when the ring is empty — then, with kick notifications
+    /// enabled, the driver has been asked to kick on its next buffer — or when the queue is broken (see <see cref="Error"/>).
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)] // hot path: full optimisation at once, not after tiering
+    public bool TryPop(out VirtqChain chain)
+    {
+        chain = null!;
+        if (error is not null || !EnsureRing()) return false;
+        if (lastAvail == shadowAvail)
+        {
+            if (!ReadAvailIdx()) return false;
+            if (lastAvail == shadowAvail)
+            {
+                // Empty: ask for a kick, then look once more — the driver may have added a buffer after our read
+                // without seeing the request (the store→load race the spec's barrier closes).
+                if (!kicksEnabled || !ArmKick()) return false;
+            }
+        }
+        return PopOne(out chain);
+    }
+
+    bool EnsureRing()
+    {
+        if (!ring.Ensure(out var problem, out var fault))
+            return Break(VirtqErrorKind.RingFault, -1, -1, fault.Space is null ? Ring.DescAddress : fault.Address, 0, fault.Space is null ? null : fault, problem!);
+        if (!initialised)
+        {
+            // vhost_vq_init_access: the used index continues from what the ring holds.
+            usedShadow = usedPublished = Volatile.Read(ref ring.UsedIdx());
+            initialised = true;
+        }
+        return true;
+    }
+
+    /// <summary>Reads the available index (acquire: ring entries and descriptors written before it are visible).</summary>
+    bool ReadAvailIdx()
+    {
+        var idx = Volatile.Read(ref ring.AvailIdx());
+        if ((ushort)(idx - lastAvail) > Size)
+            return Break(VirtqErrorKind.AvailIndexJump, -1, -1, Ring.AvailAddress + 2, 2, null,
+                $"the driver moved avail idx from {lastAvail} to {idx}: {(ushort)(idx - lastAvail)} new entries, more than the queue size {Size}");
+        shadowAvail = idx;
+        return true;
+    }
+
+    /// <summary>Requests a kick for the next buffer and re-reads the available index; true when buffers are there now.</summary>
+    bool ArmKick()
+    {
+        if (EventIdx) Volatile.Write(ref ring.AvailEvent(), shadowAvail);
+        else if ((ring.UsedFlags() & VirtqConst.UsedFNoNotify) != 0) Volatile.Write(ref ring.UsedFlags(), (ushort)(ring.UsedFlags() & ~VirtqConst.UsedFNoNotify));
+        Interlocked.MemoryBarrier(); // our store before our re-read of avail idx (the driver: its idx store before its event read)
+        return ReadAvailIdx() && lastAvail != shadowAvail;
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)] // hot path: full optimisation at once, not after tiering
+    bool PopOne(out VirtqChain chain)
+    {
+        chain = null!;
+        var head = ring.AvailRing(lastAvail & mask);
+        if (head >= Size)
+            return Break(VirtqErrorKind.DescriptorIndex, head, head, Ring.AvailAddress + 4 + 2UL * (ulong)(lastAvail & mask), 2, null,
+                $"avail ring entry {lastAvail & mask} names head {head}; descriptor indexes must be below the queue size {Size}");
+        var c = chains[head] ??= new VirtqChain(this, head);
+        if (c.InFlight)
+            return Break(VirtqErrorKind.DuplicateHead, head, head, Ring.AvailAddress + 4 + 2UL * (ulong)(lastAvail & mask), 2, null,
+                $"head {head} was made available again while the device still holds it (it was never returned through the used ring)");
+        c.Reset();
+        if (!Walk(c, head)) return false;
+        lastAvail++;
+        c.InFlight = true;
+        inFlight++;
+        chain = c;
+        return true;
+    }
+
+    /// <summary>Walks and translates the chain at <paramref name="head"/>; every descriptor is copied once out of guest memory before use.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)] // hot path: full optimisation at once, not after tiering
+    bool Walk(VirtqChain c, ushort head)
+    {
+        byte* table = ring.Desc;
+        int tableLen = Size;
+        ulong tableAddr = Ring.DescAddress;
+        bool inIndirect = false, sawWritable = false;
+        int i = head, count = 0;
+        while (true)
+        {
+            if (++count > tableLen)
+                return Break(VirtqErrorKind.ChainTooLong, head, i, tableAddr, 0, null,
+                    $"head {head}: the chain has more than {tableLen} descriptors, the {(inIndirect ? "indirect table's length" : "queue size")} (a loop in the next fields?)");
+            var d = Unsafe.ReadUnaligned<Desc>(table + (long)i * VirtqConst.DescSize);
+            c.Descriptors++;
+            var where = tableAddr + (ulong)i * VirtqConst.DescSize;
+            if ((d.Flags & VirtqConst.DescFIndirect) != 0)
+            {
+                if (inIndirect)
+                    return Break(VirtqErrorKind.NestedIndirect, head, i, where, VirtqConst.DescSize, null,
+                        $"head {head}: entry {i} of an indirect table is itself INDIRECT; indirect tables may not nest");
+                if ((d.Flags & VirtqConst.DescFNext) != 0)
+                    return Break(VirtqErrorKind.IndirectWithNext, head, i, where, VirtqConst.DescSize, null,
+                        $"head {head}: descriptor {i} has both INDIRECT and NEXT set; an indirect descriptor must end the chain");
+                if (d.Len == 0 || d.Len % VirtqConst.DescSize != 0 || d.Len / VirtqConst.DescSize > VirtqConst.MaxIndirectEntries)
+                    return Break(VirtqErrorKind.IndirectLength, head, i, d.Addr, d.Len, null,
+                        $"head {head}: descriptor {i} points at an indirect table of {d.Len} bytes; the length must be a non-zero multiple of 16, at most {VirtqConst.MaxIndirectEntries} entries");
+                var bytes = (int)d.Len;
+                if (indirectScratch.Length < bytes) indirectScratch = GC.AllocateUninitializedArray<byte>(Math.Max(bytes, 4096), pinned: true);
+                if (!Space.TryRead(d.Addr, indirectScratch.AsSpan(0, bytes), out var tf))
+                    return Break(VirtqErrorKind.BufferFault, head, i, d.Addr, d.Len, tf, $"head {head}: the indirect table of descriptor {i}: {tf}");
+                table = (byte*)Unsafe.AsPointer(ref System.Runtime.InteropServices.MemoryMarshal.GetArrayDataReference(indirectScratch));
+                tableLen = bytes / VirtqConst.DescSize;
+                tableAddr = d.Addr;
+                inIndirect = true;
+                c.Indirect = true;
+                i = 0;
+                count = 0;
+                continue;
+            }
+            var writable = (d.Flags & VirtqConst.DescFWrite) != 0;
+            if (writable) sawWritable = true;
+            else if (sawWritable)
+                return Break(VirtqErrorKind.ReadableAfterWritable, head, i, where, VirtqConst.DescSize, null,
+                    $"head {head}: descriptor {i} is device-readable but follows a device-writable one; readable buffers must come first");
+            if (d.Len != 0 && !Translate(c, d.Addr, d.Len, writable, out var f))
+                return Break(VirtqErrorKind.BufferFault, head, i, d.Addr, d.Len, f,
+                    $"head {head}: descriptor {i}'s {(writable ? "device-writable" : "device-readable")} buffer [0x{d.Addr:x}, +{d.Len}): {f}");
+            if ((d.Flags & VirtqConst.DescFNext) == 0) return true;
+            i = d.Next;
+            if (i >= tableLen)
+                return Break(VirtqErrorKind.DescriptorIndex, head, i, where, VirtqConst.DescSize, null,
+                    $"head {head}: descriptor {(inIndirect ? "in an indirect table " : "")}links to next {i}, outside the {(inIndirect ? $"table's {tableLen} entries" : $"queue of {Size}")}");
+        }
+    }
+
+    /// <summary>Translates a buffer into host-contiguous segments (checking every byte's mapping and permission).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)] // hot path: full optimisation at once, not after tiering
+    bool Translate(VirtqChain c, ulong addr, uint len, bool writable, out MemoryFault fault)
+    {
+        var access = writable ? MemoryAccess.Write : MemoryAccess.Read;
+        if (!Space.CheckRange(addr, len, access, out fault)) return false;
+        long left = len;
+        var start = addr;
+        while (left > 0)
+        {
+            if (!Space.TryResolveHost(addr, left, access, out var host, out var n, out fault)) return AddressSpace.Reframe(ref fault, start, len);
+            n = Math.Min(n, 1L << 30); // a buffer is at most 4 GiB − 1 (u32 len): spans stay int-sized
+            c.Add(addr, (int)n, writable, host);
+            addr += (ulong)n;
+            left -= n;
+        }
+        return true;
+    }
+
+    [System.Runtime.InteropServices.StructLayout(System.Runtime.InteropServices.LayoutKind.Sequential, Pack = 1)]
+    internal struct Desc
+    {
+        public ulong Addr;
+        public uint Len;
+        public ushort Flags;
+        public ushort Next;
+    }
+
+    bool Break(VirtqErrorKind kind, int head, int descriptor, ulong address, long length, MemoryFault? fault, string message)
+    {
+        Interlocked.Increment(ref errorCounts[(int)kind]);
+        var e = new VirtqError(kind, Name, head, descriptor, address, length, fault, message);
+        error = e;
+        Broken?.Invoke(this, e);
+        return false;
+    }
+
+    /// <summary>Pops up to <paramref name="into"/>.Length chains (reading the available index once); returns how many.</summary>
+    public int Pop(Span<VirtqChain?> into)
+    {
+        int n = 0;
+        while (n < into.Length && TryPop(out var c)) into[n++] = c;
+        return n;
+    }
+
+    // ---- push ---------------------------------------------------------------------------------------
+
+    /// <summary>
+    /// Returns <paramref name="chain"/> to the driver with <paramref name="written"/> bytes written to its writable part
+    /// (a used ring entry). The driver sees it after <see cref="Flush"/>.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)] // hot path: full optimisation at once, not after tiering
+    public void Push(VirtqChain chain, uint written)
+    {
+        ArgumentNullException.ThrowIfNull(chain);
+        if (chain.Queue != this) throw new ArgumentException($"the chain (head {chain.Head}) belongs to queue {chain.Queue.Name}, not {Name}", nameof(chain));
+        if (!chain.InFlight) throw new InvalidOperationException($"{Name}: head {chain.Head} is not held by the device (pushed twice, or popped before a reset?)");
+        if (written > chain.WritableBytes)
+            throw new ArgumentOutOfRangeException(nameof(written), $"{Name}: head {chain.Head} has {chain.WritableBytes} writable bytes; the device cannot have written {written}");
+        chain.InFlight = false;
+        inFlight--;
+        if (error is not null || !EnsureRing()) return; // a broken queue writes nothing more to the ring
+        ring.UsedElem(usedShadow & mask) = chain.Head | (ulong)written << 32; // published by Flush's release store
+        usedShadow++;
+    }
+
+    /// <summary>
+    /// Publishes the used index and notifies the driver through <see cref="Call"/> if it wants an interrupt
+    /// (EVENT_IDX: the new index passed used_event; otherwise NO_INTERRUPT is clear). Returns whether it notified.
+    /// Nothing pushed since the last flush: returns false and counts nothing.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)] // hot path: full optimisation at once, not after tiering
+    public bool Flush()
+    {
+        if (error is not null || usedShadow == usedPublished || !EnsureRing()) return false;
+        Volatile.Write(ref ring.UsedIdx(), usedShadow); // release: the used elements before the index
+        usedPublished = usedShadow;
+        Interlocked.MemoryBarrier(); // the index store before the used_event / flags load (the driver does the mirror image)
+        bool need;
+        if (EventIdx)
+        {
+            var old = signalledUsed;
+            var valid = signalledValid;
+            signalledUsed = usedShadow;
+            signalledValid = true;
+            need = !valid || VirtqConst.NeedEvent(Volatile.Read(ref ring.UsedEvent()), usedShadow, old);
+        }
+        else need = (Volatile.Read(ref ring.AvailFlags()) & VirtqConst.AvailFNoInterrupt) == 0;
+        CountNotification(need, Call);
+        return need;
+    }
+
+    /// <summary>Pushes one chain and flushes (a convenience for one-request-at-a-time devices). Returns whether it notified.</summary>
+    public bool PushAndFlush(VirtqChain chain, uint written)
+    {
+        Push(chain, written);
+        return Flush();
+    }
+
+    // ---- kick suppression ---------------------------------------------------------------------------
+
+    /// <summary>
+    /// Asks the driver not to kick (clears nothing with EVENT_IDX — avail_event just stays behind —, sets NO_NOTIFY
+    /// otherwise) while the device is busy polling the ring.
+    /// </summary>
+    public void DisableKicks()
+    {
+        kicksEnabled = false;
+        if (!EventIdx && error is null && EnsureRing())
+            Volatile.Write(ref ring.UsedFlags(), (ushort)(ring.UsedFlags() | VirtqConst.UsedFNoNotify));
+    }
+
+    /// <summary>
+    /// Asks the driver to kick on its next buffer (avail_event = last_avail_idx with EVENT_IDX, else clears NO_NOTIFY),
+    /// then re-reads the available index: true when buffers arrived meanwhile (pop them before sleeping).
+    /// </summary>
+    public bool EnableKicks()
+    {
+        kicksEnabled = true;
+        if (error is not null || !EnsureRing()) return false;
+        return ArmKick() || lastAvail != shadowAvail;
+    }
+
+    /// <summary>
+    /// Forgets all state (the driver reset the device): not broken, nothing in flight, reading from
+    /// <paramref name="lastAvailIdx"/> again, the used index re-read from the ring. Error counts are kept.
+    /// </summary>
+    public void Reset(ushort lastAvailIdx = 0)
+    {
+        foreach (var c in chains)
+            if (c is not null) c.InFlight = false;
+        inFlight = 0;
+        error = null;
+        lastAvail = shadowAvail = lastAvailIdx;
+        initialised = false;
+        signalledValid = false;
+        kicksEnabled = true;
+        ring.Invalidate();
+    }
+
+    // ---- display ------------------------------------------------------------------------------------
+
+    public override IRenderable ChainsInFlight()
+    {
+        var t = new Table { Title = new TableTitle(Markup.Escape($"{Name}: chains held by the device")) };
+        t.AddColumn("head").AddColumn("descriptors").AddColumn("readable").AddColumn("writable").AddColumn("segments");
+        foreach (var c in chains)
+            if (c is { InFlight: true })
+                t.AddRow(c.Head.ToString(), c.Descriptors + (c.Indirect ? " (indirect)" : ""), $"{c.ReadableBytes} B", $"{c.WritableBytes} B",
+                    Markup.Escape(string.Join(" ", c.Segments.ToArray().Take(8)) + (c.Segments.Length > 8 ? " …" : "")));
+        return t;
+    }
+
+    public override IRenderable ToRenderable()
+    {
+        var t = NewTable("device");
+        t.AddRow("device last_avail_idx", lastAvail.ToString());
+        t.AddRow("device used idx (published)", $"{usedShadow} ({usedPublished})");
+        t.AddRow("in flight", inFlight.ToString());
+        t.AddRow("interrupts sent / suppressed", $"{NotificationsSent:N0} / {NotificationsSuppressed:N0}");
+        t.AddRow("kicks", kicksEnabled ? "enabled" : "disabled");
+        var errs = Errors;
+        t.AddRow("errors", errs.Count == 0 ? "none" : Markup.Escape(string.Join(", ", errs.Select(e => $"{e.Key} {e.Value}"))));
+        t.AddRow("state", error is null ? "ok" : Markup.Escape($"BROKEN (needs reset): {error.Message}"));
+        return t;
+    }
+
+    public override string ToString() => $"{Name}: device side, size {Size}, last_avail {lastAvail}, used {usedShadow}, in flight {inFlight}{(error is null ? "" : ", broken")}";
+}
