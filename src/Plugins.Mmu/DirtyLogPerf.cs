@@ -288,8 +288,9 @@ public sealed class PassExpectation
     {
         var result = plan.Slots.ToDictionary(s => s.Id, s => new DirtyBitmap(s.Pages));
         var slots = plan.Slots;
-        foreach (var c in cursors)
+        for (int v = 0; v < cursors.Length; v++)
         {
+            ref var c = ref cursors[v]; // a struct: advance the stored cursor, not a copy
             c.BeginPass();
             MemSlot? last = null;
             while (c.Next(out var gpa, out var write))

@@ -107,7 +107,7 @@ public sealed class Stage2Mmu : IDisplayable
             {
                 conflictCount++;
                 if (conflicts.Count < 64) conflicts.Add(new TlbConflict(stage, ipa, [pe, be]));
-                TlbiVmid(); // the abort's handler has to clean up before anything else can run
+                TlbiIpa(ipa); // the abort's handler invalidates the address before anything else can run
                 return;
             }
             if (hasPage || hasBlock)

@@ -228,10 +228,10 @@ public sealed class TdpMmu : IDisplayable
         for (int p = 0; p < passes; p++)
         {
             operation = "guest access";
-            foreach (var c in cursors)
+            for (int v = 0; v < cursors.Length; v++)
             {
+                ref var c = ref cursors[v]; // a struct: advance the stored cursor, not a copy
                 c.BeginPass();
-                int v = Array.IndexOf(cursors, c);
                 while (c.Next(out var gpa, out var write)) Access(v, gpa, write);
             }
             afterPass?.Invoke(p);
