@@ -45,7 +45,8 @@ public sealed record PageTableStageResult(
     IReadOnlyList<double> VcpuSeconds,
     long Reads,
     long Writes,
-    IReadOnlyDictionary<string, long>? StatDeltas)
+    IReadOnlyDictionary<string, long>? StatDeltas,
+    IReadOnlyDictionary<string, long> ModelPageDeltas)
 {
     public long Delta(string stat) => StatDeltas is { } d && d.TryGetValue(stat, out var v) ? v : 0;
 }
@@ -60,7 +61,14 @@ public sealed class PageTableTestResult : IDisplayable
         Backend = backend; Backing = backing; Vcpus = vcpus; Memory = memory.Bytes; Gpa = gpa; GuestPhysBits = physBits;
         Stages = stages; StatsAvailable = statsAvailable; Lines = lines; TdpMmu = tdpMmu;
         PageSizeCountersMoved = stages.Any(s => s.Delta("pages_4k") != 0 || s.Delta("pages_2m") != 0 || s.Delta("pages_1g") != 0);
+        // Slot 0 (guest code, stacks, page tables) is first mapped in the first stage, so KVM's counts and the model's
+        // (test slot only) are compared from the second stage on.
+        ModelAgreesWithKvm = PageSizeCountersMoved
+            ? stages.Skip(1).All(s => PageCounters.All(c => s.Delta(c) == s.ModelPageDeltas[c]))
+            : null;
     }
+
+    internal static readonly string[] PageCounters = ["pages_4k", "pages_2m", "pages_1g"];
 
     public string Backend { get; }
     public string Backing { get; }
@@ -74,13 +82,16 @@ public sealed class PageTableTestResult : IDisplayable
     public bool StatsAvailable { get; }
     /// <summary>Whether pages_4k / pages_2m / pages_1g moved in any stage.</summary>
     public bool PageSizeCountersMoved { get; }
+    /// <summary>Whether KVM's page-size deltas equal the TDP MMU model's after the first stage; null when the counters did not move (nothing to compare).</summary>
+    public bool? ModelAgreesWithKvm { get; }
     /// <summary>The kvm module's tdp_mmu parameter, when readable.</summary>
     public string? TdpMmu { get; }
     /// <summary>What the page-size counters mean on this run, in one sentence.</summary>
     public string PageSizeNote => !StatsAvailable
-        ? "No KVM statistics: the simulator has no SPTEs, so there are no page-size counters (use the TDP MMU model, Mmu.Model, to see mappings)."
+        ? "No KVM statistics: the simulator has no SPTEs, so there are no page-size counters; the model column shows what the TDP MMU model maps."
         : PageSizeCountersMoved
-            ? "pages_4k / pages_2m / pages_1g moved: the deltas show the mappings KVM created, split and recovered."
+            ? "pages_4k / pages_2m / pages_1g moved: the deltas show the mappings KVM created, split and recovered" +
+              (ModelAgreesWithKvm == true ? ", and equal the TDP MMU model's." : "; the TDP MMU model's differ (see the model column).")
             : $"pages_4k / pages_2m / pages_1g did not move in any stage: on this host (tdp_mmu={TdpMmu ?? "?"}, guest code emulated, " +
               "shadow paging) KVM does not account these mappings, so their zeros are not findings. The TDP MMU model (Mmu.Model) shows the counts a host that runs guests natively reports.";
     /// <summary>The selftest's output lines.</summary>
@@ -95,12 +106,14 @@ public sealed class PageTableTestResult : IDisplayable
         t.AddColumn("stage").AddColumn(new TableColumn("total ms").RightAligned());
         for (int v = 0; v < Vcpus && v < 8; v++) t.AddColumn(new TableColumn($"vCPU {v} ms").RightAligned());
         t.AddColumn("KVM stats Δ (pages_4k / pages_2m / pages_1g, remote TLB flushes, every counter that moved)");
+        t.AddColumn(new TableColumn("model Δ 4K / 2M / 1G").RightAligned());
         foreach (var s in Stages)
         {
             var cells = new List<string> { s.Name, (s.Seconds * 1e3).ToString("0.###") };
             for (int v = 0; v < Vcpus && v < 8; v++) cells.Add(v < s.VcpuSeconds.Count ? (s.VcpuSeconds[v] * 1e3).ToString("0.###") : "");
             cells.Add(s.StatDeltas is null ? "(no KVM stats)" : s.StatDeltas.Count == 0 ? "(no change)"
                 : string.Join(", ", s.StatDeltas.Select(kv => $"{kv.Key} {(kv.Value >= 0 ? "+" : "")}{kv.Value:N0}")));
+            cells.Add(string.Join(" / ", PageCounters.Select(c => s.ModelPageDeltas[c].ToString("+#,0;-#,0;0"))));
             t.AddRow(cells.Select(c => new Text(c)).ToArray<IRenderable>());
         }
         t.Caption(Markup.Escape(PageSizeNote));
@@ -151,6 +164,14 @@ internal static class PageTableTestRunner
         Say($"Backend: {vm.Backend}" + (kvm ? $" (tdp_mmu={tdp ?? "?"})" : ""));
 
         var stages = new List<PageTableStageResult>();
+        // The TDP MMU model runs the same accesses: the page counts a host that runs guests natively reports (eager split, KVM's default).
+        var model = TdpMmu.For(vm, DirtyTracking.WriteProtect, SplitPolicy.Eager);
+        Dictionary<string, long> ModelDelta(Action step)
+        {
+            var before = PageTableTestResult.PageCounters.Select(c => model[c]).ToArray();
+            step();
+            return PageTableTestResult.PageCounters.Select((c, i) => (c, model[c] - before[i])).ToDictionary(x => x.c, x => x.Item2);
+        }
         Dictionary<string, long>? Delta(KvmStatsSnapshot? before)
         {
             if (stats is null || before is null) return null;
@@ -167,9 +188,11 @@ internal static class PageTableTestRunner
             var w = Workload.PageTableTest(stage, vm.Backing, slot.Id);
             var before = stats?.Snapshot();
             var r = vm.Run(w, cancellation: cancellation);
+            var kvmDelta = Delta(before);
             var name = w.Name!;
+            var modelDelta = ModelDelta(() => model.Run(vm.Plan(w)));
             stages.Add(new PageTableStageResult(name, r.PassTimes[0].TotalSeconds,
-                r.PerVcpu.Select(v => v.PassTimes[0].TotalSeconds).ToArray(), r.Reads, r.Writes, Delta(before)));
+                r.PerVcpu.Select(v => v.PassTimes[0].TotalSeconds).ToArray(), r.Reads, r.Writes, kvmDelta, modelDelta));
             Say($"{name}: total execution time: {Checks.Seconds(r.PassTimes[0])}");
             foreach (var v in r.PerVcpu) Say($"  vCPU {v.Vcpu} ({v.Role.ToString().ToLowerInvariant()}) has completed stage {name}, execution time is: {Checks.Seconds(v.PassTimes[0])}");
             Say("");
@@ -181,8 +204,10 @@ internal static class PageTableTestRunner
             long t0 = System.Diagnostics.Stopwatch.GetTimestamp();
             slot.LogDirtyPages = on;
             var t = System.Diagnostics.Stopwatch.GetElapsedTime(t0);
+            var kvmDelta = Delta(before);
             var name = on ? "KVM_MEM_LOG_DIRTY_PAGES on" : "KVM_MEM_LOG_DIRTY_PAGES off";
-            stages.Add(new PageTableStageResult(name, t.TotalSeconds, [], 0, 0, Delta(before)));
+            var modelDelta = ModelDelta(() => model.SetLogDirtyPages(slot.Id, on));
+            stages.Add(new PageTableStageResult(name, t.TotalSeconds, [], 0, 0, kvmDelta, modelDelta));
             Say($"{name}: {Checks.Seconds(t)}");
         }
 
@@ -195,8 +220,12 @@ internal static class PageTableTestRunner
 
         var result = new PageTableTestResult(vm.Backend.ToString(), vm.Backing.Name(), vm.Vcpus, slot.Size, slot.Gpa, vm.GuestPhysBits,
             stages, stats is not null, lines, tdp);
-        foreach (var s in stages.Where(s => s.StatDeltas is not null))
-            Say($"{s.Name}: KVM stats Δ " + (s.StatDeltas!.Count == 0 ? "(none)" : string.Join(", ", s.StatDeltas.Select(kv => $"{kv.Key} {kv.Value:+#;-#;0}"))));
+        foreach (var s in stages)
+        {
+            if (s.StatDeltas is not null)
+                Say($"{s.Name}: KVM stats Δ " + (s.StatDeltas.Count == 0 ? "(none)" : string.Join(", ", s.StatDeltas.Select(kv => $"{kv.Key} {kv.Value:+#;-#;0}"))));
+            Say($"{s.Name}: TDP MMU model Δ " + string.Join(", ", s.ModelPageDeltas.Select(kv => $"{kv.Key} {kv.Value:+#;-#;0}")));
+        }
         Say(result.PageSizeNote);
         return result;
     }

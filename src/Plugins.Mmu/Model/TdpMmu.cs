@@ -469,7 +469,7 @@ public sealed class TdpMmu : IDisplayable
             if (m == 0) continue;
             words[w] = 0;
             result.Words[w] = m;
-            flush |= ClearDirtyPtMasked(s.BaseGfn + (ulong)w * 64, m, Options.Tracking == DirtyTracking.WriteProtect);
+            flush |= ClearDirtyPtMasked(s, s.BaseGfn + (ulong)w * 64, m, Options.Tracking == DirtyTracking.WriteProtect);
         }
         if (flush) FlushMemslot(s);
         return result;
@@ -508,7 +508,7 @@ public sealed class TdpMmu : IDisplayable
                 flush |= WrprotGfnRange(start, start + 1, 2);
                 flush |= WrprotGfnRange(end, end + 1, 2);
             }
-            flush |= ClearDirtyPtMasked(gfn, m, Options.Tracking == DirtyTracking.WriteProtect);
+            flush |= ClearDirtyPtMasked(s, gfn, m, Options.Tracking == DirtyTracking.WriteProtect);
         }
         if (flush) FlushMemslot(s);
     }
@@ -578,6 +578,11 @@ public sealed class TdpMmu : IDisplayable
         if (mask == 0) return false;
         var s = FindSlot((gfn + (ulong)BitOperations.TrailingZeroCount(mask)) << 12)
             ?? throw new ArgumentOutOfRangeException(nameof(gfn), $"gfn 0x{gfn:x} is in no memslot");
+        return ClearDirtyPtMasked(s, gfn, mask, wrprot);
+    }
+
+    bool ClearDirtyPtMasked(ModelSlot s, ulong gfn, ulong mask, bool wrprot)
+    {
         long changed = 0;
         var t = s.L[1];
         while (mask != 0)
