@@ -209,7 +209,12 @@ public sealed class TdpMmu : IDisplayable
             if ((e & (Ad | A)) == Ad) s.L[level][idx] = (byte)(e | A); // hardware sets the accessed bit
             return;
         }
-        if ((e & W) == 0) { Fault(vcpu, s, gfn, write); return; }
+        if ((e & W) == 0)
+        {
+            if (level == 1) { FastPageFault(s, idx, e, gfn); return; } // a 4 KiB leaf: always the fast path
+            Fault(vcpu, s, gfn, write);
+            return;
+        }
         if ((e & (Ad | D)) == Ad)
         {
             s.L[level][idx] = (byte)(e | D | A); // hardware sets the dirty bit ...
@@ -283,21 +288,18 @@ public sealed class TdpMmu : IDisplayable
     /// <summary>kvm_tdp_mmu_page_fault: the fast path (restore W on a write-protected leaf) or a map at the goal level.</summary>
     void Fault(int vcpu, ModelSlot s, ulong gfn, bool write)
     {
-        pfTaken++;
         int goal = MaxMappingLevel(s, gfn);
         var (leafLevel, leafIdx) = FindLeaf(s, gfn);
         if (leafLevel > 0 && write && leafLevel <= goal)
         {
-            // fast_page_fault: the SPTE is present but write-protected; make it writable (and dirty), no TLB flush needed.
+            if (leafLevel == 1) { FastPageFault(s, leafIdx, s.L[1][leafIdx], gfn); return; }
+            // A write-protected huge leaf that may stay huge (logging is off): the fast path too.
             byte e = s.L[leafLevel][leafIdx];
-            byte n = (byte)(e | W | ((e & Ad) != 0 ? D | A : 0));
-            s.L[leafLevel][leafIdx] = n;
-            spteWrites++;
-            pfFast++;
-            pfFixed++;
-            if (leafLevel == 1 && s.Logging) MarkPageDirty(s, gfn); // handle_changed_spte_dirty_log: W 0 → 1 at 4 KiB
+            s.L[leafLevel][leafIdx] = (byte)(e | W | ((e & Ad) != 0 ? D | A : 0));
+            spteWrites++; pfTaken++; pfFast++; pfFixed++;
             return;
         }
+        pfTaken++;
         // kvm_tdp_mmu_map: walk down to the goal level, zapping a huge leaf in the way and linking empty tables.
         for (int level = 4; level > goal; level--)
         {
@@ -340,6 +342,18 @@ public sealed class TdpMmu : IDisplayable
         spteWrites++;
         pfFixed++;
         AddPages(goal, 1);
+        if (s.Logging) MarkPageDirty(s, gfn);
+    }
+
+    /// <summary>fast_page_fault on a present, write-protected 4 KiB SPTE: make it writable (and dirty with A/D bits); no TLB
+    /// flush is needed for a permission increase. handle_changed_spte_dirty_log: W 0 → 1 at 4 KiB marks the page dirty.</summary>
+    void FastPageFault(ModelSlot s, long i, byte e, ulong gfn)
+    {
+        s.L[1][i] = (byte)(e | W | ((e & Ad) != 0 ? D | A : 0));
+        spteWrites++;
+        pfTaken++;
+        pfFast++;
+        pfFixed++;
         if (s.Logging) MarkPageDirty(s, gfn);
     }
 
@@ -584,6 +598,20 @@ public sealed class TdpMmu : IDisplayable
     bool ClearDirtyPtMasked(ModelSlot s, ulong gfn, ulong mask, bool wrprot)
     {
         long changed = 0;
+        long first = (long)(gfn - s.Base[1]);
+        if (mask == ulong.MaxValue && first >= 0 && first + 64 <= s.Pages)
+        {
+            // A full word: 64 SPTEs side by side, two vector passes (W where A/D is off or wrprot, D where A/D is on).
+            var t1 = s.L[1];
+            if (wrprot) changed = ClearBitVectorized(t1, first, first + 64, W, P | W, P | W);
+            else
+            {
+                changed = ClearBitVectorized(t1, first, first + 64, W, P | W | Ad, P | W);
+                changed += ClearBitVectorized(t1, first, first + 64, D, P | D | Ad, P | D | Ad);
+            }
+            spteWrites += changed;
+            return changed > 0;
+        }
         var t = s.L[1];
         while (mask != 0)
         {
@@ -716,18 +744,22 @@ public sealed class TdpMmu : IDisplayable
     }
 
     /// <summary>Clears <paramref name="bit"/> in every entry of t[a, b) where all of <paramref name="when"/> are set; returns how many. 32 entries a step.</summary>
-    static long ClearBitVectorized(byte[] t, long a, long b, byte bit, byte when)
+    static long ClearBitVectorized(byte[] t, long a, long b, byte bit, byte when) => ClearBitVectorized(t, a, b, bit, when, when);
+
+    /// <summary>Clears <paramref name="bit"/> in every entry e of t[a, b) with (e &amp; <paramref name="mask"/>) == <paramref name="want"/>; returns how many.</summary>
+    static long ClearBitVectorized(byte[] t, long a, long b, byte bit, byte mask, byte want)
     {
         long n = 0, i = a;
         ref byte r = ref t[0];
         if (Vector256.IsHardwareAccelerated)
         {
-            var whenV = Vector256.Create(when);
+            var maskV = Vector256.Create(mask);
+            var wantV = Vector256.Create(want);
             var keep = Vector256.Create((byte)~bit);
             for (; i + 32 <= b; i += 32)
             {
                 var v = Vector256.LoadUnsafe(ref r, (nuint)i);
-                var hit = Vector256.Equals(v & whenV, whenV);
+                var hit = Vector256.Equals(v & maskV, wantV);
                 uint bits = hit.ExtractMostSignificantBits();
                 if (bits == 0) continue;
                 n += BitOperations.PopCount(bits);
@@ -737,7 +769,7 @@ public sealed class TdpMmu : IDisplayable
         for (; i < b; i++)
         {
             byte e = t[i];
-            if ((e & when) == when) { t[i] = (byte)(e & ~bit); n++; }
+            if ((e & mask) == want) { t[i] = (byte)(e & ~bit); n++; }
         }
         return n;
     }
