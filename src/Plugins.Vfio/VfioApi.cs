@@ -1,3 +1,5 @@
+using VirtLab.Plugins.Vfio.Devices;
+using VirtLab.Plugins.Vfio.Tracking;
 using VirtLab.Plugins.Vfio.Type1;
 using VirtLab.Sdk.Machine;
 
@@ -21,5 +23,21 @@ public sealed class VfioApi
         return c;
     }
 
-    public override string ToString() => "Vfio: Container(vm), Type1v2(vm, kind); see docs/VFIO.md";
+    /// <summary>A mediated device on <paramref name="container"/>'s VM (attach it: <c>vm.Attach(Vfio.Mdev(c))</c>).</summary>
+    public MediatedDevice Mdev(VfioContainer container, string name = "mdev0") => new(container, name);
+
+    /// <summary>An assigned (passthrough) device on <paramref name="container"/>'s VM.</summary>
+    public PassthroughDevice Passthrough(VfioContainer container, string name = "pci0") => new(container, name);
+
+    /// <summary>Every strategy, attached to <paramref name="container"/> so they see the same traffic.</summary>
+    public IReadOnlyList<IDirtyTracker> Strategies(VfioContainer container) =>
+    [
+        new PerDmaBitmapTracker(container),
+        container.Track(new DirtyRangeTreeTracker(container)),
+        new QemuIovaWalkTracker(container),
+        container.Track(new IommufdTracker(container)),
+        container.Track(new DeviceDmaLoggingTracker(container)),
+    ];
+
+    public override string ToString() => "Vfio: Container(vm), Type1v2(vm, kind), Mdev(c), Passthrough(c), Strategies(c); see docs/VFIO.md";
 }

@@ -14,6 +14,7 @@ public sealed unsafe class UserMemory
 {
     readonly object gate = new();
     readonly List<UserBuffer> buffers = [];
+    readonly List<(nint Address, long Length)> registered = [];
     readonly Vm? vm;
 
     public UserMemory(Vm? vm = null) => this.vm = vm;
@@ -25,6 +26,26 @@ public sealed unsafe class UserMemory
         var b = new UserBuffer(this, bytes);
         lock (gate) buffers.Add(b);
         return b;
+    }
+
+    /// <summary>
+    /// Declares [<paramref name="address"/>, +<paramref name="length"/>) of this process (memory the caller owns and keeps
+    /// alive) as user memory; disposing the result withdraws it.
+    /// </summary>
+    public IDisposable Register(nint address, long length)
+    {
+        if (address == 0 || length <= 0) throw new ArgumentException($"a user region needs an address and a positive length; got 0x{address:x}, {length}");
+        var r = (address, length);
+        lock (gate) registered.Add(r);
+        return new Registration(this, r);
+    }
+
+    sealed class Registration(UserMemory owner, (nint, long) r) : IDisposable
+    {
+        public void Dispose()
+        {
+            lock (owner.gate) owner.registered.Remove(r);
+        }
     }
 
     internal void Remove(UserBuffer b)
@@ -47,6 +68,15 @@ public sealed unsafe class UserMemory
                 {
                     p = (byte*)addr;
                     return (ulong)b.Length - (addr - start);
+                }
+            }
+            foreach (var (a, l) in registered)
+            {
+                var start = (ulong)a;
+                if (addr >= start && addr - start < (ulong)l)
+                {
+                    p = (byte*)addr;
+                    return (ulong)l - (addr - start);
                 }
             }
         }

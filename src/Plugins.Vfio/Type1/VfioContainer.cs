@@ -71,6 +71,14 @@ public sealed unsafe partial class VfioContainer : IDisposable
     public IReadOnlyList<(ulong Start, ulong End)> IovaRanges { get { lock (gate) return iovaList.ToArray(); } }
     public IReadOnlyList<IDirtyTracker> Trackers { get { lock (gate) return trackers.ToArray(); } }
 
+    /// <summary>
+    /// false (the kernel): after a report that shifted a vfio_dma's bitmap (the dma does not start a 64-bit word of the
+    /// user bitmap), bitmap_clear(map, 0, nbits) leaves the shifted copy of its last <c>shift</c> pages at bits
+    /// [nbits, nbits+shift); later reports carry them past the dma's end, into holes or the next dma (over-reporting,
+    /// never losing a page). true: clear the whole shifted range (bitmap_clear(map, 0, nbits + shift)).
+    /// </summary>
+    public bool ClearShiftedTail { get; set; }
+
     /// <summary>Bytes of all per-vfio_dma dirty bitmaps now.</summary>
     public long BitmapBytes { get { lock (gate) return dmas.Sum(d => d.BitmapBytes); } }
 
@@ -758,7 +766,7 @@ public sealed unsafe partial class VfioContainer : IDisposable
                 // the word holding nbits (and any stale bits past it), copied whole, cleared below nbits
                 var v = map[fullWords];
                 user[fullWords] = v;
-                map[fullWords] = v & boundaryMask;
+                map[fullWords] = ClearShiftedTail ? 0 : v & boundaryMask;
             }
             return KResult.Ok;
         }
@@ -774,7 +782,7 @@ public sealed unsafe partial class VfioContainer : IDisposable
             if (k == 0) w |= leftover;
             user[k] = w;
             // bitmap_clear(map, 0, nbits) on the shifted words
-            map[k] = k < fullWords ? 0 : k == fullWords ? w & boundaryMask : w;
+            map[k] = k < fullWords || ClearShiftedTail ? 0 : k == fullWords ? w & boundaryMask : w;
         }
         return KResult.Ok;
     }
