@@ -122,7 +122,7 @@ internal sealed class RangeSet
         InsertAt(li, i, ns, ne);
     }
 
-    /// <summary>Removes [s, e) from the set (trimming and splitting ranges).</summary>
+    /// <summary>Removes [s, e) from the set (trimming and splitting ranges); whole ranges inside go in one move per leaf.</summary>
     public void Remove(ulong s, ulong e)
     {
         if (e <= s) return;
@@ -141,7 +141,18 @@ internal sealed class RangeSet
             }
             if (rs < s) { leaf.E[i] = s; i++; continue; }
             if (re > e) { leaf.S[i] = e; return; }
-            if (RemoveAt(li, i)) i = 0;
+            // ranges i .. j-1 lie wholly inside [s, e)
+            var j = i + 1;
+            while (j < leaf.N && leaf.E[j] <= e) j++;
+            var move = leaf.N - j;
+            if (move > 0)
+            {
+                Array.Copy(leaf.S, j, leaf.S, i, move);
+                Array.Copy(leaf.E, j, leaf.E, i, move);
+            }
+            leaf.N -= j - i;
+            Count -= j - i;
+            if (leaf.N == 0) { leaves.RemoveAt(li); i = 0; }
         }
     }
 

@@ -158,15 +158,15 @@ public sealed class QemuIovaWalkTracker(VfioContainer container) : IDirtyTracker
         if (noClear || pgsize == 0 || (pgsize & (pgsize - 1)) != 0 || (iova & (pgsize - 1)) != 0 || size == 0 || (size & (pgsize - 1)) != 0) return -EINVAL;
         if ((ulong)bitmap.Length * 64 < size / pgsize) return -EINVAL;
         var shift = BitOperations.TrailingZeroCount(pgsize);
-        var end = (UInt128)iova + size;
         long steps = 0, gets = 0;
         fixed (ulong* outp = bitmap)
         {
-            for (UInt128 a = iova; a < end;)
+            ulong a = iova, left = size;   // left: bytes of the range still to walk (no end address that could wrap)
+            while (left > 0)
             {
                 steps++;
-                var hit = container.TranslateIova((ulong)a);
-                if (hit is not { } m) { a += pgsize; continue; }
+                var hit = container.TranslateIova(a);
+                if (hit is not { } m) { a += pgsize; left -= pgsize; continue; }
                 // one IOTLB entry: ask the kernel for its dirty bits, then merge them into the caller's log
                 var npages = m.Size >> shift;
                 var words = (int)((npages + 63) / 64);
@@ -177,9 +177,12 @@ public sealed class QemuIovaWalkTracker(VfioContainer container) : IDirtyTracker
                     var r = container.DirtyGetCore(m.Iova, m.Size, new VfioBitmap(pgsize, (ulong)words * 8, 0), new BitmapTarget((byte*)b, (ulong)words * 8));
                     gets++;
                     if (r.Failed) { LastSteps = steps; LastGets = gets; return (int)r.Ret; }
-                    if (m.Iova >= iova) Bits.OrInto(outp, (m.Iova - iova) >> shift, b, Math.Min(npages, (ulong)((end - m.Iova) >> shift)));
+                    if (m.Iova >= iova) Bits.OrInto(outp, (m.Iova - iova) >> shift, b, Math.Min(npages, (m.Iova - iova + left - (a - m.Iova)) >> shift));
                 }
-                a = (UInt128)m.Iova + m.Size;
+                var skip = m.Size - (a - m.Iova);   // to the end of the entry
+                if (skip >= left) break;
+                a += skip;
+                left -= skip;
             }
         }
         LastSteps = steps;
