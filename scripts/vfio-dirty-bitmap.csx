@@ -82,7 +82,7 @@ void Measure(string config, ulong span, IEnumerable<(ulong, ulong)> maps, double
     var words = new ulong[(span / P + 63) / 64];
     var us = Enumerable.Repeat(double.MaxValue, t.Length).ToArray();
     var bytes = new long[t.Length];
-    long[]? reference = null;
+    long[] reference = null;
     for (int rep = 0; rep < reps; rep++)
         foreach (var k in new[] { 0, 1, 3, 4, 2 })
         {
@@ -97,7 +97,7 @@ void Measure(string config, ulong span, IEnumerable<(ulong, ulong)> maps, double
             if (reference is null) reference = set.ToArray();
             else if (rep == 0) Expect(set.SequenceEqual(reference), $"{config}: {t[k].Name} reports the same {reference.Length} pages as {t[0].Name} (got {set.Count})");
         }
-    long dirty = reference!.Length;
+    long dirty = reference.Length;
     rows.Add((config, us, bytes, dirty));
     Result(config, new Dictionary<string, object>
     {
