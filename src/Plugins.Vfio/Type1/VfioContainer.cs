@@ -1,3 +1,4 @@
+using System.Runtime.Intrinsics;
 using VirtLab.Plugins.Vfio.Tracking;
 using VirtLab.Plugins.Vfio.Uapi;
 using VirtLab.Sdk.Machine;
@@ -771,19 +772,20 @@ public sealed unsafe partial class VfioContainer : IDisposable
             return KResult.Ok;
         }
 
-        // bitmap_shift_left(map, map, shift, nbits + shift), then bitmap_or with the user's leftover word
-        var leftover = user[0];
-        ulong prevOld = 0;
-        for (long k = 0; k < lim; k++)
-        {
-            var old = map[k];
-            var w = (old << shift) | (prevOld >> (64 - shift));
-            prevOld = old;
-            if (k == 0) w |= leftover;
-            user[k] = w;
-            // bitmap_clear(map, 0, nbits) on the shifted words
-            map[k] = k < fullWords || ClearShiftedTail ? 0 : k == fullWords ? w & boundaryMask : w;
-        }
+        // bitmap_shift_left(map, map, shift, nbits + shift), bitmap_or with the user's leftover word, copy: computed
+        // straight into the user's words from the unmodified map (vectorised), then the map gets its post-report state
+        var inv = 64 - shift;
+        user[0] = (map[0] << shift) | user[0];
+        long k = 1;
+        var below = Math.Min(lim, fullWords);
+        if (Vector256.IsHardwareAccelerated)
+            for (; k + 4 <= below; k += 4)
+                ((Vector256.Load(map + k) << shift) | (Vector256.Load(map + k - 1) >> inv)).Store(user + k);
+        for (; k < lim; k++) user[k] = (map[k] << shift) | (map[k - 1] >> inv);
+        // bitmap_clear(map, 0, nbits) on the shifted words: below nbits zero, the rest keeps the shifted bits
+        Bits.ClearWords(map, below);
+        if (fullWords < lim) map[fullWords] = ClearShiftedTail ? 0 : user[fullWords] & boundaryMask;
+        for (k = fullWords + 1; k < lim; k++) map[k] = ClearShiftedTail ? 0 : user[k];
         return KResult.Ok;
     }
 
