@@ -7,7 +7,7 @@ namespace VirtLab.Sdk.Machine;
 /// The VM's guest-physical memory as the host sees it: every access is bounds-checked against the memslots and may
 /// not cross a slot's end. Host accesses do not mark pages dirty (as with KVM: only guest writes are logged).
 /// </summary>
-public sealed unsafe class GuestMemory
+public sealed unsafe partial class GuestMemory
 {
     readonly Vm vm;
 
