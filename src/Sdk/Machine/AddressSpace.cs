@@ -245,15 +245,36 @@ public abstract unsafe class AddressSpace : IDisplayable
 
     // ---- for implementations ----
 
+    [ThreadStatic] static bool peeking;
+
+    /// <summary>
+    /// Reads a value for display (a REPL table): no permission needed, and a miss is not counted as a device fault.
+    /// Null when the bytes are not mapped.
+    /// </summary>
+    internal T? Peek<T>(ulong address) where T : unmanaged
+    {
+        peeking = true;
+        try
+        {
+            return TryResolveHost(address, sizeof(T), MemoryAccess.None, out var host, out var n, out _) && n == sizeof(T)
+                ? Unsafe.ReadUnaligned<T>((void*)host) : null;
+        }
+        finally
+        {
+            peeking = false;
+        }
+    }
+
     /// <summary>Counts and returns a fault of this space.</summary>
     private protected bool Fault(out MemoryFault fault, ulong at, ulong request, long length, MemoryAccess access, MemoryFaultReason reason)
     {
-        Interlocked.Increment(ref faults);
+        if (!peeking) Interlocked.Increment(ref faults);
         fault = new MemoryFault(this, at, request, length, access, reason);
         return false;
     }
 
-    bool CheckRange(ulong address, long length, MemoryAccess access, out MemoryFault fault)
+    /// <summary>Refuses (and counts) a range that wraps past 2^64; lengths must not be negative.</summary>
+    internal bool CheckRange(ulong address, long length, MemoryAccess access, out MemoryFault fault)
     {
         if (length < 0) throw new ArgumentOutOfRangeException(nameof(length), $"length must not be negative; got {length}");
         if (length > 0 && address + (ulong)(length - 1) < address)
