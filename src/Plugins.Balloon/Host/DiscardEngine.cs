@@ -246,22 +246,24 @@ internal sealed class DiscardEngine
                     error = new(BalloonErrorKind.OutsideRam, $"PFN 0x{gpa >> 12:x} of {Describe(r)} is in system slot 0 (the backend's code, stacks and page tables), not guest RAM the balloon may take");
                     return false;
                 }
-                var bits = Bits(range.Slot);
-                long first = range.SlotOffset >> 12, pages = range.Length >> 12;
-                long state = bits.CountRange(first, pages);
-                if (required == BalloonState.Out && state != 0)
-                {
-                    error = new(BalloonErrorKind.AlreadyInBalloon, $"PFN 0x{range.Slot.BaseGfn + (ulong)bits.NextSetPage(first):x} is already in the balloon");
-                    return false;
-                }
-                if (required == BalloonState.In && state != pages)
-                {
-                    error = new(BalloonErrorKind.NotInBalloon, $"PFN 0x{range.Slot.BaseGfn + (ulong)bits.NextClearPage(first):x} is not in the balloon");
-                    return false;
-                }
-                segments.Add(new Segment(range.Slot, bits, first, pages, range));
+                segments.Add(new Segment(range.Slot, Bits(range.Slot), range.SlotOffset >> 12, range.Length >> 12, range));
                 gpa = range.EndGpa;
                 left -= (ulong)range.Length;
+            }
+        }
+        // Only once every page is known to be RAM: the balloon state of each.
+        foreach (var s in segments)
+        {
+            long state = s.Bits.CountRange(s.FirstPage, s.Pages);
+            if (required == BalloonState.Out && state != 0)
+            {
+                error = new(BalloonErrorKind.AlreadyInBalloon, $"PFN 0x{s.Slot.BaseGfn + (ulong)s.Bits.NextSetPage(s.FirstPage):x} is already in the balloon");
+                return false;
+            }
+            if (required == BalloonState.In && state != s.Pages)
+            {
+                error = new(BalloonErrorKind.NotInBalloon, $"PFN 0x{s.Slot.BaseGfn + (ulong)s.Bits.NextClearPage(s.FirstPage):x} is not in the balloon");
+                return false;
             }
         }
         return true;
