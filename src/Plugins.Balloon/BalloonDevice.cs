@@ -13,8 +13,9 @@ namespace VirtLab.Plugins.Balloon;
 /// <summary>How a balloon device and its guest driver are set up (<c>Balloon.Device(...)</c>).</summary>
 public sealed record BalloonOptions
 {
-    /// <summary>The transport the guest driver negotiates (the device offers all three).</summary>
-    public BalloonTransport Transport { get; init; } = BalloonTransport.Pfn;
+    /// <summary>The transport the guest driver negotiates (the device offers all three). Null: PFN arrays when u32 PFNs
+    /// reach all guest RAM (below 16 TiB), else the page bitmap.</summary>
+    public BalloonTransport? Transport { get; init; }
     public DiscardMode Discard { get; init; } = DiscardMode.Auto;
     public DeflateHint Deflate { get; init; } = DeflateHint.WillNeed;
     public AllocationMode Allocation { get; init; } = AllocationMode.Auto;
@@ -76,7 +77,8 @@ public sealed class BalloonDevice : VmDevice
         model.ActualChanged += _ => settled.Set();
         try
         {
-            StartDriver(vm, options.Transport, options.Allocation);
+            var reachable = ram.Max(s => s.EndGpa) <= (PfnArrayFormat.MaxPfn + 1) << 12;
+            StartDriver(vm, options.Transport ?? (reachable ? BalloonTransport.Pfn : BalloonTransport.Bitmap), options.Allocation);
             if (options.StatsInterval is { } si) model.RequestStats(si);
         }
         catch

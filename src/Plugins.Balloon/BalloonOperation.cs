@@ -77,3 +77,28 @@ public sealed record BalloonOperation : IDisplayable
         => $"balloon {Kind} {Moved} via {Transport.Name()}: total {Total.TotalMilliseconds:F1} ms (a {Allocate.TotalMilliseconds:F1}, b {Send.TotalMilliseconds:F1}, " +
            $"c {Translate.TotalMilliseconds:F1}, d {Madvise.TotalMilliseconds:F1}); resident {ResidentBefore} → {ResidentAfter}" + (Note is null ? "" : $"; {Note}");
 }
+
+/// <summary>Seed 004's table for several operations side by side, with the floor (one MADV_DONTNEED over the same memory).</summary>
+public sealed record BalloonComparison(string Title, IReadOnlyList<BalloonOperation> Operations, TimeSpan Floor) : IDisplayable
+{
+    public IRenderable ToRenderable()
+    {
+        var t = new Table { Title = new TableTitle(Markup.Escape(Title)) };
+        t.AddColumn("stage");
+        foreach (var op in Operations) t.AddColumn(new TableColumn(Markup.Escape($"{op.Transport.Name()} ({op.Discard}, {op.Allocation})")).RightAligned());
+        t.AddColumn(new TableColumn("floor: 1 × MADV_DONTNEED").RightAligned());
+        string Cell(BalloonOperation op, TimeSpan v) => $"{v.TotalMilliseconds:F1} ms {op.Share(v),5:F1} %";
+        void Row(string name, Func<BalloonOperation, string> cell, string floor)
+            => t.AddRow([Markup.Escape(name), .. Operations.Select(o => Markup.Escape(cell(o))), Markup.Escape(floor)]);
+        var f = $"{Floor.TotalMilliseconds:F1} ms";
+        Row("a. allocating pages", o => Cell(o, o.Allocate), "");
+        Row("b. sending to the host", o => Cell(o, o.Send), "");
+        Row("c. address translation", o => Cell(o, o.Translate), "");
+        Row("d. madvise", o => Cell(o, o.Madvise), f);
+        Row("total", o => $"{o.Total.TotalMilliseconds:F1} ms", f);
+        Row("× floor", o => Floor > TimeSpan.Zero ? $"{o.Total / Floor:F2}" : "", "1.00");
+        Row("requests / madvise calls", o => $"{o.Requests:N0} / {o.DiscardCalls:N0}", "0 / 1");
+        Row("resident before → after", o => $"{o.ResidentBefore} → {o.ResidentAfter}", "");
+        return t;
+    }
+}

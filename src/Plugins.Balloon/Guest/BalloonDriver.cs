@@ -8,16 +8,6 @@ using VirtLab.Sdk.Virtio;
 
 namespace VirtLab.Plugins.Balloon.Guest;
 
-/// <summary>How the driver takes pages for the balloon (stage a).</summary>
-public enum AllocationMode
-{
-    /// <summary>Single pages for PFN arrays (Linux's balloon_page_alloc), chunks for the bitmap and range transports.</summary>
-    Auto,
-    /// <summary>One 4 KiB page per allocation, as Linux's balloon_page_alloc.</summary>
-    SinglePages,
-    /// <summary>The largest free buddy block that fits (up to 4 MiB) per allocation: the seed's TODO for stage a.</summary>
-    Chunks,
-}
 
 /// <summary>
 /// The guest's virtio-balloon driver (drivers/virtio/virtio_balloon.c as the seed patched it): probes the device,

@@ -5,25 +5,6 @@ using VirtLab.Sdk.Native;
 
 namespace VirtLab.Plugins.Balloon.Host;
 
-/// <summary>How the device gives inflated pages back to the host.</summary>
-public enum DiscardMode
-{
-    /// <summary>Per page for PFN arrays (as QEMU), coalesced runs for the bitmap and range transports (the seed's host side).</summary>
-    Auto,
-    /// <summary>One MADV_DONTNEED (or hole punch) per 4 KiB page — per host page on huge-page backings — as QEMU does.</summary>
-    PerPage,
-    /// <summary>One call per contiguous run of the request.</summary>
-    Runs,
-}
-
-/// <summary>What the device does when the guest deflates (takes pages back).</summary>
-public enum DeflateHint
-{
-    /// <summary>MADV_WILLNEED over the host pages, as QEMU.</summary>
-    WillNeed,
-    /// <summary>Nothing: the next guest access faults the page in.</summary>
-    None,
-}
 
 /// <summary>Time the device spent in stages c (address translation) and d (madvise), and what it did.</summary>
 public struct DeviceTicks

@@ -75,49 +75,10 @@ public static class VirtioBalloon
         F_MUST_TELL_HOST => "MUST_TELL_HOST", F_STATS_VQ => "STATS_VQ", F_DEFLATE_ON_OOM => "DEFLATE_ON_OOM",
         F_FREE_PAGE_HINT => "FREE_PAGE_HINT", F_PAGE_POISON => "PAGE_POISON", F_REPORTING => "REPORTING",
         F_PAGE_BITMAP => "PAGE_BITMAP (VirtLab)", F_PAGE_RANGES => "PAGE_RANGES (VirtLab)", F_VERSION_1 => "VERSION_1",
+        28 => "INDIRECT_DESC", 29 => "EVENT_IDX",
         _ => $"bit {bit}",
     };
 
     public static string FeatureNames(ulong features)
         => string.Join(" | ", Enumerable.Range(0, 64).Where(b => Has(features, b)).Select(FeatureName));
-}
-
-/// <summary>How inflate and deflate requests name their pages.</summary>
-public enum BalloonTransport
-{
-    /// <summary>Upstream: an array of at most 256 little-endian u32 PFNs per request.</summary>
-    Pfn,
-    /// <summary>The seed's format (feature <see cref="VirtioBalloon.F_PAGE_BITMAP"/>): a response header, then bitmap headers.</summary>
-    Bitmap,
-    /// <summary>{start PFN, pages} pairs (feature <see cref="VirtioBalloon.F_PAGE_RANGES"/>), as the later scatter-gather series.</summary>
-    Ranges,
-}
-
-public static class BalloonTransportInfo
-{
-    public static string Name(this BalloonTransport t) => t switch
-    {
-        BalloonTransport.Pfn => "pfn",
-        BalloonTransport.Bitmap => "bitmap",
-        BalloonTransport.Ranges => "ranges",
-        _ => throw new ArgumentOutOfRangeException(nameof(t), t, "transport must be Pfn, Bitmap or Ranges"),
-    };
-
-    /// <summary>The feature bit that selects the transport (none for PFN arrays).</summary>
-    public static ulong Feature(this BalloonTransport t) => t switch
-    {
-        BalloonTransport.Pfn => 0,
-        BalloonTransport.Bitmap => VirtioBalloon.Bit(VirtioBalloon.F_PAGE_BITMAP),
-        BalloonTransport.Ranges => VirtioBalloon.Bit(VirtioBalloon.F_PAGE_RANGES),
-        _ => throw new ArgumentOutOfRangeException(nameof(t), t, "transport must be Pfn, Bitmap or Ranges"),
-    };
-
-    /// <summary>The transport a negotiated feature set selects; both experimental bits at once is a driver error.</summary>
-    public static BalloonTransport FromFeatures(ulong features)
-    {
-        bool bitmap = VirtioBalloon.Has(features, VirtioBalloon.F_PAGE_BITMAP), ranges = VirtioBalloon.Has(features, VirtioBalloon.F_PAGE_RANGES);
-        if (bitmap && ranges)
-            throw new ArgumentException("features PAGE_BITMAP (60) and PAGE_RANGES (61) are exclusive: a driver negotiates at most one transport");
-        return bitmap ? BalloonTransport.Bitmap : ranges ? BalloonTransport.Ranges : BalloonTransport.Pfn;
-    }
 }
