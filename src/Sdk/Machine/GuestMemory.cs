@@ -11,7 +11,7 @@ namespace VirtLab.Sdk.Machine;
 /// <see cref="InvalidOperationException"/> naming the removed slot). Writes into system slot 0 (the backend's code,
 /// stacks and page tables) are refused; <see cref="WithSystemSlotWrites"/> allows them deliberately.
 /// </summary>
-public sealed unsafe class GuestMemory
+public sealed unsafe partial class GuestMemory
 {
     readonly Vm vm;
     readonly bool systemWrites;
