@@ -22,6 +22,8 @@ public abstract class Vm : IDisposable, IDisplayable
     int disposed;
     int running;
     int runThread; // managed thread id of the caller of Run, while it runs
+    readonly VmDeviceList devices = new();
+    GuestPhysicalSpace? physicalSpace;
 
     private protected Vm(VmOptions options)
     {
@@ -119,6 +121,15 @@ public abstract class Vm : IDisposable, IDisplayable
     public Backing Backing => Options.Backing;
 
     public GuestMemory Memory { get; }
+
+    /// <summary>Guest-physical memory as a device without an IOMMU sees it (translate + bounds, faults instead of exceptions).</summary>
+    public GuestPhysicalSpace PhysicalSpace => physicalSpace ?? Interlocked.CompareExchange(ref physicalSpace, new(this), null) ?? physicalSpace;
+
+    /// <summary>Attached devices, in attach order.</summary>
+    public IReadOnlyList<VmDevice> Devices => devices.Snapshot;
+
+    /// <summary>Attaches a device model (it is disposed with the VM, before guest memory goes away) and returns it.</summary>
+    public T Attach<T>(T device) where T : VmDevice => devices.Attach(this, device);
 
     /// <summary>Guest physical address width; every slot ends at or below <see cref="MaxGpa"/>.</summary>
     public int GuestPhysBits { get; private set; }
@@ -653,6 +664,7 @@ public abstract class Vm : IDisposable, IDisplayable
     public void Dispose()
     {
         if (Interlocked.Exchange(ref disposed, 1) != 0) return;
+        var deviceError = devices.DisposeAll(); // first: device threads stop while guest memory is still mapped
         var slotsAtDispose = SlotsSnapshot;
         disposeCts.Cancel();
         // Wait for a running workload to notice — unless Dispose comes from inside the run (its afterPass callback, or a
@@ -679,6 +691,7 @@ public abstract class Vm : IDisposable, IDisplayable
             disposeCts.Dispose();
             GC.SuppressFinalize(this);
         }
+        if (deviceError is not null) throw deviceError;
     }
 
     public override string ToString()
@@ -695,6 +708,6 @@ public abstract class Vm : IDisposable, IDisplayable
         var dirty = ManualProtect ? (InitiallySet ? "manual protect, initially set" : "manual protect") : "legacy get";
         if (DirtyRing is { } r) dirty = $"ring {r.Entries} entries/vCPU";
         t.Caption = new TableTitle(Markup.Escape($"dirty log: {dirty}; guest phys bits {GuestPhysBits}"));
-        return t;
+        return devices.Render(t);
     }
 }

@@ -75,6 +75,20 @@ public static unsafe partial class Libc
     [LibraryImport(LibName, EntryPoint = "eventfd", SetLastError = true)]
     public static partial int eventfd(uint initval, int flags);
 
+    /// <summary>struct pollfd.</summary>
+    [StructLayout(LayoutKind.Sequential)]
+    internal struct PollFd
+    {
+        public int fd;
+        public short events;
+        public short revents;
+    }
+
+    internal const short POLLIN = 0x1, POLLERR = 0x8, POLLHUP = 0x10, POLLNVAL = 0x20;
+
+    [LibraryImport(LibName, EntryPoint = "poll", SetLastError = true)]
+    internal static partial int poll(PollFd* fds, nuint nfds, int timeout);
+
     [LibraryImport(LibName, EntryPoint = "sysconf", SetLastError = true)]
     public static partial long sysconf(int name);
 

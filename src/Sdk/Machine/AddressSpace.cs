@@ -1,0 +1,266 @@
+using System.Runtime.CompilerServices;
+using Spectre.Console.Rendering;
+using VirtLab.Sdk.Native;
+
+namespace VirtLab.Sdk.Machine;
+
+/// <summary>
+/// A kind of access, and a mapping's permission. The values are vhost's <c>VHOST_ACCESS_RO</c> (1), <c>_WO</c> (2) and
+/// <c>_RW</c> (3), so an IOTLB message's perm converts directly.
+/// </summary>
+[Flags]
+public enum MemoryAccess : byte
+{
+    None = 0,
+    Read = 1,
+    Write = 2,
+    ReadWrite = Read | Write,
+}
+
+/// <summary>Why an access faulted.</summary>
+public enum MemoryFaultReason : byte
+{
+    /// <summary>No fault.</summary>
+    None = 0,
+    /// <summary>No mapping (IOTLB entry, memslot) covers the address: an IOTLB miss, or a gpa outside every memslot.</summary>
+    Unmapped = 1,
+    /// <summary>A mapping covers the address but does not allow this kind of access (e.g. a device write to an RO entry).</summary>
+    Permission = 2,
+    /// <summary>The range wraps around the end of the 64-bit address space (address + length overflows).</summary>
+    Overflow = 3,
+    /// <summary>The VM behind the space has been disposed (or the memslot removed while the access ran).</summary>
+    Disposed = 4,
+}
+
+/// <summary>
+/// A refused device access: which <see cref="Space"/> refused it, the first byte that could not be reached
+/// (<see cref="Address"/>, in that space's own addresses), the access's full range in the space it was made in
+/// (<see cref="RequestAddress"/>, <see cref="Length"/>), its kind and the reason. A fault in a lower space (an IOVA
+/// mapping that points at a gpa outside every memslot) names the lower space.
+/// </summary>
+public readonly record struct MemoryFault(
+    AddressSpace Space, ulong Address, ulong RequestAddress, long Length, MemoryAccess Access, MemoryFaultReason Reason)
+{
+    /// <summary>The errno the kernel reports for such a fault: EFAULT (vhost's <c>-EFAULT</c> on a translation failure), or EPERM for a permission fault.</summary>
+    public int Errno => Reason == MemoryFaultReason.Permission ? Native.Errno.EPERM : Native.Errno.EFAULT;
+
+    public override string ToString()
+    {
+        var what = Access switch { MemoryAccess.Read => "read", MemoryAccess.Write => "write", MemoryAccess.ReadWrite => "read/write", _ => "access" };
+        var why = Reason switch
+        {
+            MemoryFaultReason.Unmapped => $"0x{Address:x} is not mapped in {Space.Name}",
+            MemoryFaultReason.Permission => $"the mapping of 0x{Address:x} in {Space.Name} does not allow {what}",
+            MemoryFaultReason.Overflow => "the range wraps past the end of the 64-bit address space",
+            MemoryFaultReason.Disposed => $"{Space.Name}: the VM's memory is gone (VM disposed or memslot removed)",
+            _ => Reason.ToString(),
+        };
+        return $"{what} of {Length} byte(s) at 0x{RequestAddress:x}: {why}";
+    }
+}
+
+/// <summary>The exception form of a <see cref="MemoryFault"/>, thrown by the convenience (non-Try) accessors.</summary>
+public sealed class MemoryFaultException(MemoryFault fault) : Exception(fault.ToString())
+{
+    public MemoryFault Fault { get; } = fault;
+}
+
+/// <summary>
+/// Memory as a device sees it. Every access is translate + permission + bounds: a miss or a permission failure is a
+/// <see cref="MemoryFault"/> (Try methods) or a <see cref="MemoryFaultException"/> (the others), never an access outside
+/// mapped memory. An access may span adjacent mappings (or memslots) when every byte of it is mapped.
+/// Two kinds exist: <see cref="GuestPhysicalSpace"/> (the VM's memslots, <see cref="Vm.PhysicalSpace"/>) and
+/// <see cref="IovaSpace"/> (IOVA → address in a parent space, changed at run time: the vhost IOTLB, a VFIO type1 container).
+/// Translation is safe while the mappings change on another thread: it uses an immutable snapshot.
+/// </summary>
+public abstract unsafe class AddressSpace : IDisplayable
+{
+    long faults;
+
+    private protected AddressSpace(Vm vm, string name)
+    {
+        ArgumentNullException.ThrowIfNull(vm);
+        ArgumentException.ThrowIfNullOrWhiteSpace(name);
+        Vm = vm;
+        Name = name;
+    }
+
+    /// <summary>A short name used in faults and tables ("gpa", "vhost-vdpa0 IOTLB", "vfio container 1").</summary>
+    public string Name { get; }
+
+    /// <summary>The VM whose guest memory is at the bottom of this space.</summary>
+    public Vm Vm { get; }
+
+    /// <summary>
+    /// Changes whenever a translation this space (or a space below it) gives may have changed. A cache of translations
+    /// (e.g. a virtqueue's ring addresses) stays valid while this value is unchanged.
+    /// </summary>
+    public abstract long Generation { get; }
+
+    /// <summary>Faults this space (not one below it) has reported since it was created.</summary>
+    public long Faults => Volatile.Read(ref faults);
+
+    /// <summary>
+    /// Translates the start of [<paramref name="address"/>, +<paramref name="length"/>) one level down (IOVA → parent
+    /// address; gpa → gpa for the guest-physical space). <paramref name="contiguous"/> is how many bytes from
+    /// <paramref name="address"/> (at most <paramref name="length"/>, at least 1) the same mapping covers.
+    /// False with a fault when the first byte is unmapped or the mapping lacks <paramref name="access"/>.
+    /// </summary>
+    public abstract bool TryTranslate(ulong address, long length, MemoryAccess access, out ulong target, out long contiguous, out MemoryFault fault);
+
+    /// <summary>Translates one address (throws <see cref="MemoryFaultException"/> on a fault).</summary>
+    public ulong Translate(ulong address, MemoryAccess access = MemoryAccess.Read)
+        => TryTranslate(address, 1, access, out var t, out _, out var f) ? t : throw new MemoryFaultException(f);
+
+    /// <summary>
+    /// The host bytes of the start of a range: like <see cref="TryTranslate"/> but all the way down to host memory,
+    /// checking every level. Internal: host pointers leave the SDK only as spans of a checked range.
+    /// </summary>
+    internal abstract bool TryResolveHost(ulong address, long length, MemoryAccess access, out nint host, out long contiguous, out MemoryFault fault);
+
+    /// <summary>Whether every byte of the range is mapped with <paramref name="access"/>, down to host memory; else the first fault.</summary>
+    public bool TryCheck(ulong address, long length, MemoryAccess access, out MemoryFault fault)
+    {
+        if (!CheckRange(address, length, access, out fault)) return false;
+        while (length > 0)
+        {
+            if (!TryResolveHost(address, length, access, out _, out var n, out fault)) return false;
+            address += (ulong)n;
+            length -= n;
+        }
+        return true;
+    }
+
+    /// <summary>Whether every byte of the range is mapped with <paramref name="access"/>.</summary>
+    public bool IsAccessible(ulong address, long length, MemoryAccess access) => TryCheck(address, length, access, out _);
+
+    /// <summary>Reads [address, +destination.Length) into <paramref name="destination"/>; on a fault nothing is guaranteed about destination.</summary>
+    public bool TryRead(ulong address, Span<byte> destination, out MemoryFault fault)
+    {
+        if (!CheckRange(address, destination.Length, MemoryAccess.Read, out fault)) return false;
+        while (!destination.IsEmpty)
+        {
+            if (!TryResolveHost(address, destination.Length, MemoryAccess.Read, out var host, out var n, out fault)) return false;
+            new ReadOnlySpan<byte>((void*)host, (int)n).CopyTo(destination);
+            destination = destination[(int)n..];
+            address += (ulong)n;
+        }
+        return true;
+    }
+
+    /// <summary>Writes <paramref name="source"/> at <paramref name="address"/>. Checks the whole range first, so a faulting write writes nothing.</summary>
+    public bool TryWrite(ulong address, ReadOnlySpan<byte> source, out MemoryFault fault)
+    {
+        if (!TryCheck(address, source.Length, MemoryAccess.Write, out fault)) return false;
+        while (!source.IsEmpty)
+        {
+            if (!TryResolveHost(address, source.Length, MemoryAccess.Write, out var host, out var n, out fault)) return false;
+            source[..(int)n].CopyTo(new Span<byte>((void*)host, (int)n));
+            source = source[(int)n..];
+            address += (ulong)n;
+        }
+        return true;
+    }
+
+    public bool TryRead<T>(ulong address, out T value, out MemoryFault fault) where T : unmanaged
+    {
+        if (TryResolveHost(address, sizeof(T), MemoryAccess.Read, out var host, out var n, out fault) && n == sizeof(T))
+        {
+            value = Unsafe.ReadUnaligned<T>((void*)host);
+            return true;
+        }
+        value = default;
+        if (fault.Space is not null) return false;
+        T v = default; // spans two mappings
+        var ok = TryRead(address, new Span<byte>(&v, sizeof(T)), out fault);
+        value = v;
+        return ok;
+    }
+
+    public bool TryWrite<T>(ulong address, T value, out MemoryFault fault) where T : unmanaged
+    {
+        if (TryResolveHost(address, sizeof(T), MemoryAccess.Write, out var host, out var n, out fault) && n == sizeof(T))
+        {
+            Unsafe.WriteUnaligned((void*)host, value);
+            return true;
+        }
+        if (fault.Space is not null) return false;
+        return TryWrite(address, new ReadOnlySpan<byte>(&value, sizeof(T)), out fault);
+    }
+
+    /// <summary>
+    /// The host bytes of [address, +length) when one mapping (or memslot) covers them all with <paramref name="access"/>.
+    /// False with a fault when some byte is not accessible; false with <c>default</c> fault when the range is accessible
+    /// but spans two mappings (use <see cref="TryRead"/>/<see cref="TryWrite"/> then). The span is valid until the
+    /// mapping changes or the VM's memory goes away.
+    /// </summary>
+    public bool TryGetSpan(ulong address, int length, MemoryAccess access, out Span<byte> span, out MemoryFault fault)
+    {
+        span = default;
+        if (length < 0) throw new ArgumentOutOfRangeException(nameof(length), $"length must not be negative; got {length}");
+        if (!CheckRange(address, length, access, out fault)) return false;
+        if (length == 0) return true;
+        if (!TryResolveHost(address, length, access, out var host, out var n, out fault)) return false;
+        if (n < length)
+        {
+            TryCheck(address, length, access, out fault);
+            return false;
+        }
+        span = new Span<byte>((void*)host, length);
+        return true;
+    }
+
+    // ---- throwing conveniences (REPL, tests) ----
+
+    public void Read(ulong address, Span<byte> destination)
+    {
+        if (!TryRead(address, destination, out var f)) throw new MemoryFaultException(f);
+    }
+
+    public void Write(ulong address, ReadOnlySpan<byte> source)
+    {
+        if (!TryWrite(address, source, out var f)) throw new MemoryFaultException(f);
+    }
+
+    public T Read<T>(ulong address) where T : unmanaged
+        => TryRead<T>(address, out var v, out var f) ? v : throw new MemoryFaultException(f);
+
+    public void Write<T>(ulong address, T value) where T : unmanaged
+    {
+        if (!TryWrite(address, value, out var f)) throw new MemoryFaultException(f);
+    }
+
+    public byte[] ReadBytes(ulong address, int length)
+    {
+        var b = new byte[length];
+        Read(address, b);
+        return b;
+    }
+
+    /// <summary>Throws the fault for an inaccessible range (or returns when it is all accessible).</summary>
+    public void Check(ulong address, long length, MemoryAccess access)
+    {
+        if (!TryCheck(address, length, access, out var f)) throw new MemoryFaultException(f);
+    }
+
+    // ---- for implementations ----
+
+    /// <summary>Counts and returns a fault of this space.</summary>
+    private protected bool Fault(out MemoryFault fault, ulong at, ulong request, long length, MemoryAccess access, MemoryFaultReason reason)
+    {
+        Interlocked.Increment(ref faults);
+        fault = new MemoryFault(this, at, request, length, access, reason);
+        return false;
+    }
+
+    bool CheckRange(ulong address, long length, MemoryAccess access, out MemoryFault fault)
+    {
+        if (length < 0) throw new ArgumentOutOfRangeException(nameof(length), $"length must not be negative; got {length}");
+        if (length > 0 && address + (ulong)(length - 1) < address)
+            return Fault(out fault, address, address, length, access, MemoryFaultReason.Overflow);
+        fault = default;
+        return true;
+    }
+
+    public abstract Spectre.Console.Rendering.IRenderable ToRenderable();
+}

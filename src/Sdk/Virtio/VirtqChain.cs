@@ -1,0 +1,194 @@
+using System.Runtime.CompilerServices;
+using VirtLab.Sdk.Machine;
+
+namespace VirtLab.Sdk.Virtio;
+
+/// <summary>What a hostile or buggy driver did to a virtqueue (each refused like QEMU/vhost refuse it, and counted).</summary>
+public enum VirtqErrorKind
+{
+    /// <summary>A descriptor index (head, next, or inside an indirect table) ≥ the queue size (or the table's length).</summary>
+    DescriptorIndex,
+    /// <summary>A chain with more descriptors than the queue size (or its indirect table) holds: a loop.</summary>
+    ChainTooLong,
+    /// <summary>An INDIRECT descriptor inside an indirect table.</summary>
+    NestedIndirect,
+    /// <summary>An indirect table whose length is 0, not a multiple of 16, or above 65536 entries.</summary>
+    IndirectLength,
+    /// <summary>A descriptor with both INDIRECT and NEXT set.</summary>
+    IndirectWithNext,
+    /// <summary>A device-readable descriptor after a device-writable one.</summary>
+    ReadableAfterWritable,
+    /// <summary>A buffer or an indirect table outside the address space, or without the needed permission.</summary>
+    BufferFault,
+    /// <summary>The ring itself (descriptor table, available or used ring) is not accessible.</summary>
+    RingFault,
+    /// <summary>The available index moved by more than the queue size since the device last looked.</summary>
+    AvailIndexJump,
+    /// <summary>The driver made a head available again while the device still holds it.</summary>
+    DuplicateHead,
+}
+
+/// <summary>
+/// A refused request: the kind, the queue, the head and descriptor index involved (−1 when none), the address and length
+/// of the offending buffer, and the memory fault for <see cref="VirtqErrorKind.BufferFault"/>/<see cref="VirtqErrorKind.RingFault"/>.
+/// </summary>
+public sealed record VirtqError(VirtqErrorKind Kind, string Queue, int Head, int Descriptor, ulong Address, long Length, MemoryFault? Fault, string Message)
+{
+    /// <summary>The errno vhost/QEMU report for such a ring: EFAULT for memory faults, EINVAL otherwise.</summary>
+    public int Errno => Kind is VirtqErrorKind.BufferFault or VirtqErrorKind.RingFault ? Native.Errno.EFAULT : Native.Errno.EINVAL;
+
+    public override string ToString() => $"{Queue}: {Kind}: {Message}";
+}
+
+/// <summary>
+/// One translated piece of a buffer: <see cref="Length"/> bytes at <see cref="Address"/> in the queue's address space,
+/// contiguous in host memory. A descriptor whose buffer spans two mappings gives two segments.
+/// </summary>
+public readonly unsafe struct VirtqSegment
+{
+    internal readonly nint Host;
+
+    internal VirtqSegment(ulong address, int length, bool writable, nint host)
+    {
+        Address = address;
+        Length = length;
+        Writable = writable;
+        Host = host;
+    }
+
+    public ulong Address { get; }
+
+    public int Length { get; }
+
+    /// <summary>Device-writable (the driver's "in" buffer) rather than device-readable ("out").</summary>
+    public bool Writable { get; }
+
+    /// <summary>The bytes, valid until the chain is pushed (or the mapping changes).</summary>
+    public Span<byte> Span => new((void*)Host, Length);
+
+    public override string ToString() => $"0x{Address:x}+{Length} {(Writable ? "W" : "R")}";
+}
+
+/// <summary>
+/// A descriptor chain the device popped: its readable segments, then its writable ones, all translated and checked
+/// against the queue's address space. Owned by the device queue and reused for the same head: valid until
+/// <see cref="SplitQueueDevice.Push"/>.
+/// </summary>
+public sealed unsafe class VirtqChain
+{
+    VirtqSegment[] segments = new VirtqSegment[4];
+    int count;
+
+    internal VirtqChain(SplitQueueDevice queue, ushort head)
+    {
+        Queue = queue;
+        Head = head;
+    }
+
+    public SplitQueueDevice Queue { get; }
+
+    /// <summary>The head descriptor index (the id the device puts in the used ring).</summary>
+    public ushort Head { get; }
+
+    /// <summary>Descriptors walked (the ring's, plus an indirect table's entries).</summary>
+    public int Descriptors { get; internal set; }
+
+    /// <summary>Whether the chain used an indirect table.</summary>
+    public bool Indirect { get; internal set; }
+
+    public int ReadableCount { get; private set; }
+
+    public long ReadableBytes { get; private set; }
+
+    public long WritableBytes { get; private set; }
+
+    public ReadOnlySpan<VirtqSegment> Segments => segments.AsSpan(0, count);
+
+    public ReadOnlySpan<VirtqSegment> Readable => segments.AsSpan(0, ReadableCount);
+
+    public ReadOnlySpan<VirtqSegment> Writable => segments.AsSpan(ReadableCount, count - ReadableCount);
+
+    /// <summary>Whether the device holds it (popped, not yet pushed).</summary>
+    public bool InFlight { get; internal set; }
+
+    /// <summary>Copies readable bytes from <paramref name="offset"/> into <paramref name="destination"/>; returns the bytes copied (fewer at the end).</summary>
+    public int ReadReadable(long offset, Span<byte> destination) => Copy(segments.AsSpan(0, ReadableCount), offset, destination, toGuest: false);
+
+    /// <summary>Copies <paramref name="source"/> into the writable bytes from <paramref name="offset"/> on; returns the bytes copied (fewer at the end).</summary>
+    public int WriteWritable(long offset, ReadOnlySpan<byte> source)
+        => Copy(segments.AsSpan(ReadableCount, count - ReadableCount), offset, MemoryMarshalHelper.AsWritable(source), toGuest: true);
+
+    /// <summary>Reads a <typeparamref name="T"/> from the readable bytes at <paramref name="offset"/> (it may span segments).</summary>
+    public T Read<T>(long offset) where T : unmanaged
+    {
+        T v = default;
+        var span = new Span<byte>(&v, sizeof(T));
+        if (ReadReadable(offset, span) != sizeof(T))
+            throw new ArgumentOutOfRangeException(nameof(offset), $"reading {sizeof(T)} bytes at {offset} runs past the chain's {ReadableBytes} readable bytes");
+        return v;
+    }
+
+    /// <summary>Writes a <typeparamref name="T"/> into the writable bytes at <paramref name="offset"/>.</summary>
+    public void Write<T>(long offset, T value) where T : unmanaged
+    {
+        if (WriteWritable(offset, new ReadOnlySpan<byte>(&value, sizeof(T))) != sizeof(T))
+            throw new ArgumentOutOfRangeException(nameof(offset), $"writing {sizeof(T)} bytes at {offset} runs past the chain's {WritableBytes} writable bytes");
+    }
+
+    public override string ToString()
+        => $"head {Head}: {Descriptors} desc{(Indirect ? " (indirect)" : "")}, {ReadableBytes} B readable in {ReadableCount} seg, {WritableBytes} B writable in {count - ReadableCount} seg";
+
+    // ---- filled by the device queue ----
+
+    internal void Reset()
+    {
+        count = 0;
+        ReadableCount = 0;
+        ReadableBytes = 0;
+        WritableBytes = 0;
+        Descriptors = 0;
+        Indirect = false;
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    internal void Add(ulong address, int length, bool writable, nint host)
+    {
+        if (count == segments.Length) Array.Resize(ref segments, count * 2);
+        segments[count++] = new VirtqSegment(address, length, writable, host);
+        if (writable) WritableBytes += length;
+        else
+        {
+            ReadableCount++;
+            ReadableBytes += length;
+        }
+    }
+
+    static int Copy(ReadOnlySpan<VirtqSegment> segs, long offset, Span<byte> data, bool toGuest)
+    {
+        if (offset < 0) throw new ArgumentOutOfRangeException(nameof(offset), $"offset must not be negative; got {offset}");
+        int done = 0;
+        foreach (ref readonly var s in segs)
+        {
+            if (done == data.Length) break;
+            if (offset >= s.Length)
+            {
+                offset -= s.Length;
+                continue;
+            }
+            var n = (int)Math.Min(s.Length - offset, data.Length - done);
+            var guest = new Span<byte>((void*)(s.Host + (nint)offset), n);
+            if (toGuest) data.Slice(done, n).CopyTo(guest);
+            else guest.CopyTo(data.Slice(done, n));
+            done += n;
+            offset = 0;
+        }
+        return done;
+    }
+}
+
+static class MemoryMarshalHelper
+{
+    /// <summary>A read-only span as Span for the shared copy loop (only read from when copying towards the guest).</summary>
+    public static Span<byte> AsWritable(ReadOnlySpan<byte> s) => System.Runtime.InteropServices.MemoryMarshal.CreateSpan(
+        ref System.Runtime.InteropServices.MemoryMarshal.GetReference(s), s.Length);
+}
