@@ -1,6 +1,7 @@
 using System.Buffers.Binary;
 using VirtLab.Plugins.Vdpa.Uapi;
 using VirtLab.Sdk.Machine;
+using VirtLab.Sdk.Virtio;
 using VirtLab.Sdk.Native;
 using static VirtLab.Plugins.Vdpa.Uapi.Vhost;
 using static VirtLab.Plugins.Vdpa.Uapi.VirtioConfig;
@@ -59,36 +60,39 @@ public sealed partial class VhostVdpa
         public ulong Desc, Avail, Used, Log;
         public bool LogUsed;
         public ushort LastAvailIdx;
-        public object? Kick, Call, Err;
+        public EventNotifier? Kick, Call, Err;
     }
 
     readonly object mutex = new();          // vhost_dev.mutex
     readonly Vm vm;
     readonly Vq[] vqs;
-    readonly Func<int, (int Errno, object? File)> eventFds;
+    readonly Func<int, (int Errno, EventNotifier? File)> eventFds;
     bool owned;
     ulong backendFeatures;
     bool inBatch;
     uint batchAsid;
-    object? configCall;
+    EventNotifier? configCall;
 
     /// <param name="device">The parent device.</param>
     /// <param name="vm">The owner's memory: IOTLB uaddrs and SET_MEM_TABLE userspace addresses are host addresses of its slots.</param>
     /// <param name="eventFds">Resolves an fd given to SET_VRING_KICK/CALL/ERR or SET_CONFIG_CALL (errno 0 and the eventfd,
     /// or EBADF for no such fd, EINVAL for an fd that is not an eventfd).</param>
-    public VhostVdpa(VdpaDevice device, Vm vm, Func<int, (int Errno, object? File)> eventFds)
+    public VhostVdpa(VdpaDevice device, Vm vm, Func<int, (int Errno, EventNotifier? File)> eventFds)
     {
         Device = device;
         this.vm = vm;
         this.eventFds = eventFds;
         vqs = Enumerable.Range(0, device.Nvqs).Select(_ => new Vq()).ToArray();
+        Iotlb = new IovaSpace(vm.PhysicalSpace, $"{device.Name} vhost AS 0", IovaFirst, IovaLast);
+        device.Bind(vm);
         // vhost_vdpa_open: the device starts from reset.
         device.Reset(cleanMap: true);
     }
 
     public VdpaDevice Device { get; }
-    /// <summary>The vhost-side table of ASID 0 (what IOTLB messages built).</summary>
-    public VhostIotlb Iotlb { get; } = new();
+    /// <summary>vhost's own table of ASID 0 (struct vhost_iotlb: what IOTLB messages built), kept for the overlap
+    /// check and handed whole to the device by set_map. Nothing is ever accessed through it.</summary>
+    public IovaSpace Iotlb { get; }
     public ulong AckedBackendFeatures { get { lock (mutex) return backendFeatures; } }
     public bool InBatch { get { lock (mutex) return inBatch; } }
     public VhostCounters Counters { get; } = new();
@@ -230,7 +234,7 @@ public sealed partial class VhostVdpa
     }
 
     /// <summary>The config-change eventfd (VHOST_VDPA_SET_CONFIG_CALL), or null.</summary>
-    public object? ConfigCall { get { lock (mutex) return configCall; } }
+    public EventNotifier? ConfigCall { get { lock (mutex) return configCall; } }
 
     // vhost_dev_ioctl: SET_OWNER, then the owner-only commands; -ENOTTY stands for -ENOIOCTLCMD (not handled here).
     long DevIoctl(uint cmd, Span<byte> arg)
@@ -252,26 +256,25 @@ public sealed partial class VhostVdpa
         if (padding != 0) return -Errno.EOPNOTSUPP;
         if (nregions > MaxMemRegions) return -Errno.E2BIG;
         if ((ulong)arg.Length < MemoryHeaderSize + (ulong)nregions * MemoryRegionSize) return -Errno.EFAULT;
-        var umem = new VhostIotlb();
+        var umem = new List<IovaMapping>();
         for (int i = 0; i < nregions; i++)
         {
             var r = arg.Slice(MemoryHeaderSize + i * MemoryRegionSize, MemoryRegionSize);
             ulong gpa = BinaryPrimitives.ReadUInt64LittleEndian(r), size = BinaryPrimitives.ReadUInt64LittleEndian(r[8..]),
                 uaddr = BinaryPrimitives.ReadUInt64LittleEndian(r[16..]);
             ulong last = unchecked(gpa + size - 1);
-            if (size == 0 || last < gpa || umem.First(gpa, last) is not null) return -Errno.EFAULT;
+            if (size == 0 || last < gpa || umem.Any(m => m.Overlaps(gpa, size))) return -Errno.EFAULT;
             // The device must reach this memory: every byte of the region lies in the owner's (the VM's) mappings.
             var chunks = Translate(uaddr, size);
             if (chunks is null) return -Errno.EFAULT;
             ulong iova = gpa;
             foreach (var (target, len) in chunks)
             {
-                umem.Add(iova, iova + len - 1, target, VHOST_ACCESS_RW);
+                umem.Add(new IovaMapping(iova, len, target, MemoryAccess.ReadWrite));
                 iova += len;
             }
         }
-        int rc = Device.SetMap(umem.Maps);
-        return rc;
+        return Device.SetMap(umem);
     }
 
     long VringIoctl(uint cmd, Span<byte> arg)
@@ -324,7 +327,8 @@ public sealed partial class VhostVdpa
 
         if (cmd == VHOST_SET_VRING_ADDR) Device.SetVqAddress(i, vq.Desc, vq.Avail, vq.Used);
         else if (cmd == VHOST_SET_VRING_BASE) Device.SetVqState(i, vq.LastAvailIdx);
-        else if (cmd == VHOST_SET_VRING_CALL) Device.SetVqCallback(i, vq.Call is null ? null : () => OnVirtqueueInterrupt(vq));
+        else if (cmd == VHOST_SET_VRING_CALL) Device.SetVqCall(i, vq.Call);
+        else if (cmd == VHOST_SET_VRING_KICK) Device.SetVqKick(i, vq.Kick);
         else if (cmd == VHOST_SET_VRING_NUM) Device.SetVqNum(i, vq.Num);
         return 0;
     }
@@ -332,15 +336,6 @@ public sealed partial class VhostVdpa
     static bool IsVringCommand(uint cmd) =>
         cmd == VHOST_SET_VRING_NUM || cmd == VHOST_SET_VRING_ADDR || cmd == VHOST_SET_VRING_BASE || cmd == VHOST_GET_VRING_BASE ||
         cmd == VHOST_SET_VRING_KICK || cmd == VHOST_SET_VRING_CALL || cmd == VHOST_SET_VRING_ERR || cmd == VHOST_VDPA_SET_VRING_ENABLE;
-
-    /// <summary>Raised when the device signals a queue's call eventfd (vhost_vdpa_virtqueue_cb).</summary>
-    public event Action<object>? CallSignalled;
-
-    void OnVirtqueueInterrupt(Vq vq)
-    {
-        var call = vq.Call;
-        if (call is not null) CallSignalled?.Invoke(call);
-    }
 
     // drivers/vhost/vhost.c vhost_vring_ioctl (the queue index was checked by the caller).
     long VhostVringIoctl(uint cmd, Span<byte> arg, Vq vq, uint idx)
@@ -382,14 +377,14 @@ public sealed partial class VhostVdpa
         if (cmd == VHOST_SET_VRING_KICK || cmd == VHOST_SET_VRING_CALL || cmd == VHOST_SET_VRING_ERR)
         {
             if (!ReadS32(arg, 4, out var fd)) return -Errno.EFAULT;
-            object? file = null;
+            EventNotifier? file = null;
             if (fd != VHOST_FILE_UNBIND)
             {
                 var (errno, f) = eventFds(fd);
                 if (errno != 0) return -errno;
                 file = f;
             }
-            if (cmd == VHOST_SET_VRING_KICK) { vq.Kick = file; KickBound?.Invoke((int)idx, file); }
+            if (cmd == VHOST_SET_VRING_KICK) vq.Kick = file;
             else if (cmd == VHOST_SET_VRING_CALL) vq.Call = file;
             else vq.Err = file;
             return 0;
@@ -397,13 +392,10 @@ public sealed partial class VhostVdpa
         return -Errno.ENOTTY;
     }
 
-    /// <summary>Raised when a queue's kick eventfd is bound or unbound (vhost_poll_start/stop).</summary>
-    public event Action<int, object?>? KickBound;
-
     /// <summary>The kick eventfd bound to queue <paramref name="idx"/>, or null.</summary>
-    public object? KickOf(int idx) { lock (mutex) return vqs[idx].Kick; }
+    public EventNotifier? KickOf(int idx) { lock (mutex) return vqs[idx].Kick; }
     /// <summary>The call eventfd bound to queue <paramref name="idx"/>, or null.</summary>
-    public object? CallOf(int idx) { lock (mutex) return vqs[idx].Call; }
+    public EventNotifier? CallOf(int idx) { lock (mutex) return vqs[idx].Call; }
 
     // =====================================================================================================
     // write(2): IOTLB messages
@@ -468,8 +460,9 @@ public sealed partial class VhostVdpa
                 case VHOST_IOTLB_UPDATE:
                     return IotlbUpdate(msg);
                 case VHOST_IOTLB_INVALIDATE:
-                    Iotlb.RemoveOverlapping(msg.Iova, unchecked(msg.Iova + msg.Size - 1));
-                    if (!inBatch) Device.SetMap(Iotlb.Maps);
+                    // A range that wraps finds nothing (the interval tree's last < start).
+                    if (msg.Iova + (msg.Size - 1) >= msg.Iova) Iotlb.RemoveOverlapping(msg.Iova, msg.Size);
+                    if (!inBatch) Device.SetMap(Iotlb.Mappings);
                     return 0;
                 case VHOST_IOTLB_BATCH_BEGIN:
                     batchAsid = asid;
@@ -477,7 +470,7 @@ public sealed partial class VhostVdpa
                     return 0;
                 case VHOST_IOTLB_BATCH_END:
                     // The device's map changes here; set_map's result is not checked by vhost-vdpa.
-                    if (inBatch) Device.SetMap(Iotlb.Maps);
+                    if (inBatch) Device.SetMap(Iotlb.Mappings);
                     inBatch = false;
                     return 0;
                 default:
@@ -490,7 +483,7 @@ public sealed partial class VhostVdpa
     {
         if (msg.Iova < IovaFirst || msg.Size == 0 || msg.Iova > ulong.MaxValue - msg.Size + 1 || msg.Iova + msg.Size - 1 > IovaLast)
             return -Errno.EINVAL;
-        if (Iotlb.First(msg.Iova, msg.Iova + msg.Size - 1) is not null) return -Errno.EEXIST;
+        if (Iotlb.Overlaps(msg.Iova, msg.Size)) return -Errno.EEXIST;
         // perm is not validated (as in the kernel): a map without the needed permission makes the device's access fail.
 
         // vhost_vdpa_pa_map: pin whole pages from uaddr & PAGE_MASK, one map per physically contiguous chunk.
@@ -502,20 +495,20 @@ public sealed partial class VhostVdpa
         var added = new List<(ulong, ulong)>();
         foreach (var (gpa, len) in chunks)
         {
-            if (iova + len - 1 < iova || Iotlb.First(iova, iova + len - 1) is not null)
+            // Page rounding can reach a neighbour the exact range did not touch: refused, not overlapped.
+            if (iova + (len - 1) < iova || !Iotlb.TryMap(iova, len, gpa, (MemoryAccess)msg.Perm))
             {
                 foreach (var (s, l) in added) Iotlb.RemoveOverlapping(s, l);
                 return -Errno.EEXIST;
             }
-            Iotlb.Add(iova, iova + len - 1, gpa, msg.Perm);
-            added.Add((iova, iova + len - 1));
+            added.Add((iova, len));
             if (!inBatch)
             {
-                int r = Device.SetMap(Iotlb.Maps);
+                int r = Device.SetMap(Iotlb.Mappings);
                 if (r != 0)
                 {
                     foreach (var (s, l) in added) Iotlb.RemoveOverlapping(s, l);
-                    Device.SetMap(Iotlb.Maps);
+                    Device.SetMap(Iotlb.Mappings);
                     return r;
                 }
             }
@@ -529,20 +522,12 @@ public sealed partial class VhostVdpa
     List<(ulong Gpa, ulong Len)>? Translate(ulong uaddr, ulong size)
     {
         var result = new List<(ulong, ulong)>();
-        var slots = vm.Slots;
         ulong at = uaddr, left = size;
         while (left > 0)
         {
-            MemSlot? hit = null;
-            foreach (var s in slots)
-            {
-                ulong hva = (ulong)s.HostAddress;
-                if (at >= hva && at - hva < (ulong)s.Size.Bytes) { hit = s; break; }
-            }
-            if (hit is null) return null;
-            ulong off = at - (ulong)hit.HostAddress;
-            ulong len = Math.Min(left, (ulong)hit.Size.Bytes - off);
-            ulong gpa = hit.Gpa + off;
+            if (!vm.PhysicalSpace.TryGpaOfHostAddress(at, out var gpa)) return null;
+            var slot = vm.Memory.SlotAt(gpa);
+            ulong len = Math.Min(left, slot.EndGpa - gpa);
             if (result.Count > 0 && result[^1].Item1 + result[^1].Item2 == gpa) result[^1] = (result[^1].Item1, result[^1].Item2 + len);
             else result.Add((gpa, len));
             at += len;

@@ -2,6 +2,7 @@ using System.Buffers.Binary;
 using VirtLab.Plugins.Vdpa;
 using VirtLab.Plugins.Vdpa.Uapi;
 using VirtLab.Sdk.Machine;
+using VirtLab.Sdk.Virtio;
 using VirtLab.Sdk.Measure;
 using VirtLab.Sdk.Native;
 using Xunit;
@@ -15,7 +16,7 @@ public sealed class Fixture : IDisposable
 {
     public readonly Vm Vm = Vm.Create(8.MiB(), backend: Backend.Sim);
     public readonly VhostVdpa V;
-    public readonly object Kick = new(), Call = new();
+    public readonly EventNotifier Kick = new("test kick"), Call = new("test call");
 
     public Fixture(VdpaDevice? device = null)
     {
@@ -23,7 +24,7 @@ public sealed class Fixture : IDisposable
         {
             100 => (0, Kick),
             101 => (0, Call),
-            3 => (Errno.EINVAL, null),
+            3 => (Errno.EINVAL, (EventNotifier?)null),
             _ => (Errno.EBADF, null),
         });
     }
@@ -54,7 +55,13 @@ public sealed class Fixture : IDisposable
         return this;
     }
 
-    public void Dispose() => Vm.Dispose();
+    public void Dispose()
+    {
+        V.Device.Dispose();
+        Vm.Dispose();
+        Kick.Dispose();
+        Call.Dispose();
+    }
 }
 
 public class StatusTests

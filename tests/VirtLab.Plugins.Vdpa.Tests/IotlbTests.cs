@@ -1,6 +1,7 @@
 using System.Buffers.Binary;
 using VirtLab.Plugins.Vdpa;
 using VirtLab.Plugins.Vdpa.Uapi;
+using VirtLab.Sdk.Machine;
 using VirtLab.Sdk.Native;
 using Xunit;
 using static VirtLab.Plugins.Vdpa.Uapi.Vhost;
@@ -67,7 +68,7 @@ public class IotlbTests
     {
         using var f = Owned();
         f.V.Map(0xffff_ffff_ffff_f000, 0x1000, f.Gpa);
-        Assert.Equal(new IotlbMap(0xffff_ffff_ffff_f000, ulong.MaxValue, f.Gpa, 3), Assert.Single(f.V.Device.DeviceMap));
+        Assert.Equal(new IovaMapping(0xffff_ffff_ffff_f000, ulong.MaxValue - 0xffff_ffff_ffff_f000 + 1, f.Gpa, MemoryAccess.ReadWrite), Assert.Single(f.V.Device.DeviceMap));
     }
 
     [Fact]
@@ -89,11 +90,11 @@ public class IotlbTests
     {
         using var f = Owned();
         f.V.Send(IotlbMsg.Update(0x10010, 0x20, f.Uaddr(f.Gpa + 0x3010), VHOST_ACCESS_RO));
-        Assert.Equal(new IotlbMap(0x10000, 0x10fff, f.Gpa + 0x3000, VHOST_ACCESS_RO), Assert.Single(f.V.Device.DeviceMap));
+        Assert.Equal(new IovaMapping(0x10000, 0x10fff - 0x10000 + 1, f.Gpa + 0x3000, MemoryAccess.Read), Assert.Single(f.V.Device.DeviceMap));
         f.V.Map(0x20000, 0x4000, f.Gpa + 0x8000, VHOST_ACCESS_WO);
         Assert.Equal(2, f.V.Device.DeviceMap.Count);
         f.V.Unmap(0x20fff, 1);                                 // any overlap removes the whole map
-        Assert.Equal(new IotlbMap(0x10000, 0x10fff, f.Gpa + 0x3000, VHOST_ACCESS_RO), Assert.Single(f.V.Device.DeviceMap));
+        Assert.Equal(new IovaMapping(0x10000, 0x10fff - 0x10000 + 1, f.Gpa + 0x3000, MemoryAccess.Read), Assert.Single(f.V.Device.DeviceMap));
         f.V.Unmap(0, ulong.MaxValue);
         Assert.Empty(f.V.Device.DeviceMap);
         Assert.Equal(0, f.V.Iotlb.Count);
@@ -110,13 +111,13 @@ public class IotlbTests
         f.V.Map(0x1000, 0x1000, f.Gpa + 0x1000);
         f.V.Map(0x2000, 0x1000, f.Gpa + 0x2000);
         f.V.Unmap(0, 0x1000);
-        Assert.Equal(new IotlbMap(0, 0xfff, f.Gpa, 3), Assert.Single(f.V.Device.DeviceMap));   // still the old map
+        Assert.Equal(new IovaMapping(0, 0xfff - 0 + 1, f.Gpa, MemoryAccess.ReadWrite), Assert.Single(f.V.Device.DeviceMap));   // still the old map
         Assert.Equal(2, f.V.Iotlb.Count);                                                        // vhost's own table moved on
         Assert.Equal(-Errno.EFAULT, f.V.Write(IotlbMsg.Update(0x1800, 0x10, f.Uaddr(f.Gpa), 3).ToMsgV2()));
         Assert.Equal(Errno.EEXIST, f.V.LastIotlbErrno);                                          // overlap is checked at once
         f.V.BatchEnd();
         Assert.False(f.V.InBatch);
-        Assert.Equal(new[] { new IotlbMap(0x1000, 0x1fff, f.Gpa + 0x1000, 3), new IotlbMap(0x2000, 0x2fff, f.Gpa + 0x2000, 3) },
+        Assert.Equal(new[] { new IovaMapping(0x1000, 0x1fff - 0x1000 + 1, f.Gpa + 0x1000, MemoryAccess.ReadWrite), new IovaMapping(0x2000, 0x2fff - 0x2000 + 1, f.Gpa + 0x2000, MemoryAccess.ReadWrite) },
             f.V.Device.DeviceMap);
         Assert.Equal(setMaps + 1, f.V.Device.Counters.SetMaps);
         f.V.BatchEnd();                                                                          // outside a batch: nothing
@@ -179,7 +180,7 @@ public class IotlbTests
     {
         using var f = Owned();
         f.V.SetMemTable([(0x100000, 0x10000, f.Uaddr(f.Gpa))]);
-        Assert.Equal(new IotlbMap(0x100000, 0x10ffff, f.Gpa, VHOST_ACCESS_RW), Assert.Single(f.V.Device.DeviceMap));
+        Assert.Equal(new IovaMapping(0x100000, 0x10ffff - 0x100000 + 1, f.Gpa, MemoryAccess.ReadWrite), Assert.Single(f.V.Device.DeviceMap));
         Assert.Equal(Errno.EFAULT, Assert.Throws<VhostException>(() =>
             f.V.SetMemTable([(0, 0x1000, 0x1000)])).Errno);
         Assert.Equal(Errno.EFAULT, Assert.Throws<VhostException>(() => f.V.SetMemTable([(0, 0, f.Uaddr(f.Gpa))])).Errno);
@@ -192,6 +193,6 @@ public class IotlbTests
         Assert.Equal(-Errno.EOPNOTSUPP, f.V.Ioctl(VHOST_SET_MEM_TABLE, hdr));
         BinaryPrimitives.WriteUInt64LittleEndian(hdr, 1);
         Assert.Equal(-Errno.EFAULT, f.V.Ioctl(VHOST_SET_MEM_TABLE, hdr));                       // 1 region, none given
-        Assert.Equal(new IotlbMap(0x100000, 0x10ffff, f.Gpa, VHOST_ACCESS_RW), Assert.Single(f.V.Device.DeviceMap));
+        Assert.Equal(new IovaMapping(0x100000, 0x10ffff - 0x100000 + 1, f.Gpa, MemoryAccess.ReadWrite), Assert.Single(f.V.Device.DeviceMap));
     }
 }
