@@ -73,8 +73,8 @@ public abstract unsafe class SplitQueue : IDisplayable
         }
     }
 
-    /// <summary>Reads a ring field through the address space (checked; for display), or null when it is not accessible.</summary>
-    private protected ushort? Peek16(ulong address) => Space.TryRead<ushort>(address, out var v, out _) ? v : null;
+    /// <summary>Reads a ring field through the address space for display (not counted as a fault), or null when it is unmapped.</summary>
+    private protected ushort? Peek16(ulong address) => Space.Peek<ushort>(address);
 
     private protected static string Show(ushort? v) => v is { } x ? x.ToString() : "—";
 

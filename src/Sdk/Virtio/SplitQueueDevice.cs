@@ -76,7 +76,164 @@ public sealed unsafe class SplitQueueDevice : SplitQueue
     /// </summary>
     public bool TryPop(out VirtqChain chain)
     {
-        throw new NotImplementedException();
+        chain = null!;
+        if (error is not null || !EnsureRing()) return false;
+        if (lastAvail == shadowAvail)
+        {
+            if (!ReadAvailIdx()) return false;
+            if (lastAvail == shadowAvail)
+            {
+                // Empty: ask for a kick, then look once more — the driver may have added a buffer after our read
+                // without seeing the request (the store→load race the spec's barrier closes).
+                if (!kicksEnabled || !ArmKick()) return false;
+            }
+        }
+        return PopOne(out chain);
+    }
+
+    bool EnsureRing()
+    {
+        if (!ring.Ensure(out var problem, out var fault))
+            return Break(VirtqErrorKind.RingFault, -1, -1, fault.Space is null ? Ring.DescAddress : fault.Address, 0, fault.Space is null ? null : fault, problem!);
+        if (!initialised)
+        {
+            // vhost_vq_init_access: the used index continues from what the ring holds.
+            usedShadow = usedPublished = Volatile.Read(ref ring.UsedIdx());
+            initialised = true;
+        }
+        return true;
+    }
+
+    /// <summary>Reads the available index (acquire: ring entries and descriptors written before it are visible).</summary>
+    bool ReadAvailIdx()
+    {
+        var idx = Volatile.Read(ref ring.AvailIdx());
+        if ((ushort)(idx - lastAvail) > Size)
+            return Break(VirtqErrorKind.AvailIndexJump, -1, -1, Ring.AvailAddress + 2, 2, null,
+                $"the driver moved avail idx from {lastAvail} to {idx}: {(ushort)(idx - lastAvail)} new entries, more than the queue size {Size}");
+        shadowAvail = idx;
+        return true;
+    }
+
+    /// <summary>Requests a kick for the next buffer and re-reads the available index; true when buffers are there now.</summary>
+    bool ArmKick()
+    {
+        if (EventIdx) Volatile.Write(ref ring.AvailEvent(), shadowAvail);
+        else if ((ring.UsedFlags() & VirtqConst.UsedFNoNotify) != 0) Volatile.Write(ref ring.UsedFlags(), (ushort)(ring.UsedFlags() & ~VirtqConst.UsedFNoNotify));
+        Interlocked.MemoryBarrier(); // our store before our re-read of avail idx (the driver: its idx store before its event read)
+        return ReadAvailIdx() && lastAvail != shadowAvail;
+    }
+
+    bool PopOne(out VirtqChain chain)
+    {
+        chain = null!;
+        var head = ring.AvailRing(lastAvail & mask);
+        if (head >= Size)
+            return Break(VirtqErrorKind.DescriptorIndex, head, head, Ring.AvailAddress + 4 + 2UL * (ulong)(lastAvail & mask), 2, null,
+                $"avail ring entry {lastAvail & mask} names head {head}; descriptor indexes must be below the queue size {Size}");
+        var c = chains[head] ??= new VirtqChain(this, head);
+        if (c.InFlight)
+            return Break(VirtqErrorKind.DuplicateHead, head, head, Ring.AvailAddress + 4 + 2UL * (ulong)(lastAvail & mask), 2, null,
+                $"head {head} was made available again while the device still holds it (it was never returned through the used ring)");
+        c.Reset();
+        if (!Walk(c, head)) return false;
+        lastAvail++;
+        c.InFlight = true;
+        inFlight++;
+        chain = c;
+        return true;
+    }
+
+    /// <summary>Walks and translates the chain at <paramref name="head"/>; every descriptor is copied once out of guest memory before use.</summary>
+    bool Walk(VirtqChain c, ushort head)
+    {
+        byte* table = ring.Desc;
+        int tableLen = Size;
+        ulong tableAddr = Ring.DescAddress;
+        bool inIndirect = false, sawWritable = false;
+        int i = head, count = 0;
+        while (true)
+        {
+            if (++count > tableLen)
+                return Break(VirtqErrorKind.ChainTooLong, head, i, tableAddr, 0, null,
+                    $"head {head}: the chain has more than {tableLen} descriptors, the {(inIndirect ? "indirect table's length" : "queue size")} (a loop in the next fields?)");
+            var d = Unsafe.ReadUnaligned<Desc>(table + (long)i * VirtqConst.DescSize);
+            c.Descriptors++;
+            var where = tableAddr + (ulong)i * VirtqConst.DescSize;
+            if ((d.Flags & VirtqConst.DescFIndirect) != 0)
+            {
+                if (inIndirect)
+                    return Break(VirtqErrorKind.NestedIndirect, head, i, where, VirtqConst.DescSize, null,
+                        $"head {head}: entry {i} of an indirect table is itself INDIRECT; indirect tables may not nest");
+                if ((d.Flags & VirtqConst.DescFNext) != 0)
+                    return Break(VirtqErrorKind.IndirectWithNext, head, i, where, VirtqConst.DescSize, null,
+                        $"head {head}: descriptor {i} has both INDIRECT and NEXT set; an indirect descriptor must end the chain");
+                if (d.Len == 0 || d.Len % VirtqConst.DescSize != 0 || d.Len / VirtqConst.DescSize > VirtqConst.MaxIndirectEntries)
+                    return Break(VirtqErrorKind.IndirectLength, head, i, d.Addr, d.Len, null,
+                        $"head {head}: descriptor {i} points at an indirect table of {d.Len} bytes; the length must be a non-zero multiple of 16, at most {VirtqConst.MaxIndirectEntries} entries");
+                var bytes = (int)d.Len;
+                if (indirectScratch.Length < bytes) indirectScratch = GC.AllocateUninitializedArray<byte>(Math.Max(bytes, 4096), pinned: true);
+                if (!Space.TryRead(d.Addr, indirectScratch.AsSpan(0, bytes), out var tf))
+                    return Break(VirtqErrorKind.BufferFault, head, i, d.Addr, d.Len, tf, $"head {head}: the indirect table of descriptor {i}: {tf}");
+                table = (byte*)Unsafe.AsPointer(ref System.Runtime.InteropServices.MemoryMarshal.GetArrayDataReference(indirectScratch));
+                tableLen = bytes / VirtqConst.DescSize;
+                tableAddr = d.Addr;
+                inIndirect = true;
+                c.Indirect = true;
+                i = 0;
+                count = 0;
+                continue;
+            }
+            var writable = (d.Flags & VirtqConst.DescFWrite) != 0;
+            if (writable) sawWritable = true;
+            else if (sawWritable)
+                return Break(VirtqErrorKind.ReadableAfterWritable, head, i, where, VirtqConst.DescSize, null,
+                    $"head {head}: descriptor {i} is device-readable but follows a device-writable one; readable buffers must come first");
+            if (d.Len != 0 && !Translate(c, d.Addr, d.Len, writable, out var f))
+                return Break(VirtqErrorKind.BufferFault, head, i, d.Addr, d.Len, f,
+                    $"head {head}: descriptor {i}'s {(writable ? "device-writable" : "device-readable")} buffer [0x{d.Addr:x}, +{d.Len}): {f}");
+            if ((d.Flags & VirtqConst.DescFNext) == 0) return true;
+            i = d.Next;
+            if (i >= tableLen)
+                return Break(VirtqErrorKind.DescriptorIndex, head, i, where, VirtqConst.DescSize, null,
+                    $"head {head}: descriptor {(inIndirect ? "in an indirect table " : "")}links to next {i}, outside the {(inIndirect ? $"table's {tableLen} entries" : $"queue of {Size}")}");
+        }
+    }
+
+    /// <summary>Translates a buffer into host-contiguous segments (checking every byte's mapping and permission).</summary>
+    bool Translate(VirtqChain c, ulong addr, uint len, bool writable, out MemoryFault fault)
+    {
+        var access = writable ? MemoryAccess.Write : MemoryAccess.Read;
+        if (!Space.CheckRange(addr, len, access, out fault)) return false;
+        long left = len;
+        var start = addr;
+        while (left > 0)
+        {
+            if (!Space.TryResolveHost(addr, left, access, out var host, out var n, out fault)) return AddressSpace.Reframe(ref fault, start, len);
+            n = Math.Min(n, 1L << 30); // a buffer is at most 4 GiB − 1 (u32 len): spans stay int-sized
+            c.Add(addr, (int)n, writable, host);
+            addr += (ulong)n;
+            left -= n;
+        }
+        return true;
+    }
+
+    [System.Runtime.InteropServices.StructLayout(System.Runtime.InteropServices.LayoutKind.Sequential, Pack = 1)]
+    internal struct Desc
+    {
+        public ulong Addr;
+        public uint Len;
+        public ushort Flags;
+        public ushort Next;
+    }
+
+    bool Break(VirtqErrorKind kind, int head, int descriptor, ulong address, long length, MemoryFault? fault, string message)
+    {
+        Interlocked.Increment(ref errorCounts[(int)kind]);
+        var e = new VirtqError(kind, Name, head, descriptor, address, length, fault, message);
+        error = e;
+        Broken?.Invoke(this, e);
+        return false;
     }
 
     /// <summary>Pops up to <paramref name="into"/>.Length chains (reading the available index once); returns how many.</summary>
@@ -95,7 +252,16 @@ public sealed unsafe class SplitQueueDevice : SplitQueue
     /// </summary>
     public void Push(VirtqChain chain, uint written)
     {
-        throw new NotImplementedException();
+        ArgumentNullException.ThrowIfNull(chain);
+        if (chain.Queue != this) throw new ArgumentException($"the chain (head {chain.Head}) belongs to queue {chain.Queue.Name}, not {Name}", nameof(chain));
+        if (!chain.InFlight) throw new InvalidOperationException($"{Name}: head {chain.Head} is not held by the device (pushed twice, or popped before a reset?)");
+        if (written > chain.WritableBytes)
+            throw new ArgumentOutOfRangeException(nameof(written), $"{Name}: head {chain.Head} has {chain.WritableBytes} writable bytes; the device cannot have written {written}");
+        chain.InFlight = false;
+        inFlight--;
+        if (error is not null || !EnsureRing()) return; // a broken queue writes nothing more to the ring
+        ring.UsedElem(usedShadow & mask) = chain.Head | (ulong)written << 32; // published by Flush's release store
+        usedShadow++;
     }
 
     /// <summary>
@@ -105,7 +271,29 @@ public sealed unsafe class SplitQueueDevice : SplitQueue
     /// </summary>
     public bool Flush()
     {
-        throw new NotImplementedException();
+        if (error is not null || usedShadow == usedPublished || !EnsureRing()) return false;
+        Volatile.Write(ref ring.UsedIdx(), usedShadow); // release: the used elements before the index
+        usedPublished = usedShadow;
+        Interlocked.MemoryBarrier(); // the index store before the used_event / flags load (the driver does the mirror image)
+        bool need;
+        if (EventIdx)
+        {
+            var old = signalledUsed;
+            var valid = signalledValid;
+            signalledUsed = usedShadow;
+            signalledValid = true;
+            need = !valid || VirtqConst.NeedEvent(Volatile.Read(ref ring.UsedEvent()), usedShadow, old);
+        }
+        else need = (Volatile.Read(ref ring.AvailFlags()) & VirtqConst.AvailFNoInterrupt) == 0;
+        CountNotification(need, Call);
+        return need;
+    }
+
+    /// <summary>Pushes one chain and flushes (a convenience for one-request-at-a-time devices). Returns whether it notified.</summary>
+    public bool PushAndFlush(VirtqChain chain, uint written)
+    {
+        Push(chain, written);
+        return Flush();
     }
 
     // ---- kick suppression ---------------------------------------------------------------------------
@@ -116,7 +304,9 @@ public sealed unsafe class SplitQueueDevice : SplitQueue
     /// </summary>
     public void DisableKicks()
     {
-        throw new NotImplementedException();
+        kicksEnabled = false;
+        if (!EventIdx && error is null && EnsureRing())
+            Volatile.Write(ref ring.UsedFlags(), (ushort)(ring.UsedFlags() | VirtqConst.UsedFNoNotify));
     }
 
     /// <summary>
@@ -125,7 +315,9 @@ public sealed unsafe class SplitQueueDevice : SplitQueue
     /// </summary>
     public bool EnableKicks()
     {
-        throw new NotImplementedException();
+        kicksEnabled = true;
+        if (error is not null || !EnsureRing()) return false;
+        return ArmKick() || lastAvail != shadowAvail;
     }
 
     /// <summary>
@@ -134,7 +326,15 @@ public sealed unsafe class SplitQueueDevice : SplitQueue
     /// </summary>
     public void Reset(ushort lastAvailIdx = 0)
     {
-        throw new NotImplementedException();
+        foreach (var c in chains)
+            if (c is not null) c.InFlight = false;
+        inFlight = 0;
+        error = null;
+        lastAvail = shadowAvail = lastAvailIdx;
+        initialised = false;
+        signalledValid = false;
+        kicksEnabled = true;
+        ring.Invalidate();
     }
 
     // ---- display ------------------------------------------------------------------------------------

@@ -46,6 +46,58 @@ public sealed unsafe class SplitQueueDriver : SplitQueue
     {
         Kick = kick;
         Indirect = indirect;
+        var n = layout.Size;
+        next = new ushort[n];
+        descCount = new ushort[n];
+        tokens = new ulong[n];
+        inUse = new bool[n];
+        for (int i = 0; i < n; i++) next[i] = (ushort)(i + 1);
+        numFree = n;
+        if (indirect is { } ia)
+        {
+            if (ia.EntriesPerChain is < 1 or > VirtqConst.MaxIndirectEntries)
+                throw new ArgumentOutOfRangeException(nameof(indirect), $"an indirect table holds 1 … {VirtqConst.MaxIndirectEntries} entries; got {ia.EntriesPerChain}");
+            if (ia.Address % 16 != 0) throw new ArgumentException($"indirect tables must be 16-byte aligned; got 0x{ia.Address:x}", nameof(indirect));
+        }
+        EnsureRing();
+        // The driver owns the ring memory: it starts zeroed (flags, indexes, event fields).
+        new Span<byte>(ring.Desc, (int)SplitRing.DescBytes(n)).Clear();
+        new Span<byte>(ring.Avail, (int)SplitRing.AvailBytes(n)).Clear();
+        new Span<byte>(ring.Used, (int)SplitRing.UsedBytes(n)).Clear();
+    }
+
+    readonly ushort[] next;      // the driver's own copy of each free/chained descriptor's next (never read back from the ring)
+    readonly ushort[] descCount; // ring descriptors used by the chain at each head
+    readonly ulong[] tokens;
+    readonly bool[] inUse;
+    int freeHead, numFree, inFlight;
+    ushort availShadow, lastKickAvail, lastUsed, usedSeen;
+    bool interruptsDisabled, usedEventStored;
+    byte* indirectHost;
+    long indirectGeneration = long.MinValue;
+
+    void EnsureRing()
+    {
+        if (!ring.Ensure(out var problem, out var fault))
+            throw fault.Space is null ? new InvalidOperationException($"{Name}: {problem}") : new MemoryFaultException(fault);
+    }
+
+    byte* IndirectTables()
+    {
+        var ia = Indirect!.Value;
+        var gen = Space.Generation;
+        if (gen != indirectGeneration)
+        {
+            var bytes = ia.Bytes(Size);
+            if (bytes > int.MaxValue) throw new ArgumentException($"{Name}: the indirect area ({bytes} bytes) must be below 2 GiB");
+            if (!Space.TryGetSpan(ia.Address, (int)bytes, MemoryAccess.ReadWrite, out var span, out var f))
+                throw f.Space is null
+                    ? new InvalidOperationException($"{Name}: the indirect area [0x{ia.Address:x}, +{bytes}) spans two mappings; place it in one")
+                    : new MemoryFaultException(f);
+            indirectHost = (byte*)System.Runtime.CompilerServices.Unsafe.AsPointer(ref span[0]);
+            indirectGeneration = gen;
+        }
+        return indirectHost;
     }
 
     /// <summary>Signalled when the driver decides to notify the device (vhost's kickfd).</summary>
@@ -55,15 +107,15 @@ public sealed unsafe class SplitQueueDriver : SplitQueue
     public IndirectArea? Indirect { get; }
 
     /// <summary>Free descriptors in the ring.</summary>
-    public int FreeDescriptors => throw new NotImplementedException();
+    public int FreeDescriptors => numFree;
 
-    public override int InFlight => throw new NotImplementedException();
+    public override int InFlight => inFlight;
 
     /// <summary>The driver's avail index (including chains added since the last kick).</summary>
-    public ushort AvailIdx => throw new NotImplementedException();
+    public ushort AvailIdx => availShadow;
 
     /// <summary>The next used-ring index the driver will read.</summary>
-    public ushort LastUsedIdx => throw new NotImplementedException();
+    public ushort LastUsedIdx => lastUsed;
 
     /// <summary>
     /// Adds a chain: <paramref name="readable"/> buffers (device reads them), then <paramref name="writable"/> ones
@@ -73,7 +125,72 @@ public sealed unsafe class SplitQueueDriver : SplitQueue
     /// </summary>
     public bool TryAdd(ReadOnlySpan<VirtqBuffer> readable, ReadOnlySpan<VirtqBuffer> writable, ulong token, out ushort head, bool? indirect = null)
     {
-        throw new NotImplementedException();
+        int total = readable.Length + writable.Length;
+        if (total == 0) throw new ArgumentException($"{Name}: a chain needs at least one buffer");
+        bool useIndirect = indirect ?? (IndirectDesc && Indirect is not null && total > 1 && total <= Indirect.Value.EntriesPerChain);
+        if (useIndirect)
+        {
+            if (!IndirectDesc) throw new InvalidOperationException($"{Name}: VIRTIO_RING_F_INDIRECT_DESC was not negotiated; the driver may not use indirect tables");
+            if (Indirect is not { } ia) throw new InvalidOperationException($"{Name}: no IndirectArea was given to this driver queue");
+            if (total > ia.EntriesPerChain)
+                throw new ArgumentException($"{Name}: a chain of {total} buffers does not fit an indirect table of {ia.EntriesPerChain} entries");
+        }
+        else if (total > Size)
+            throw new ArgumentException($"{Name}: a chain of {total} buffers is longer than the queue size {Size} (use indirect descriptors)");
+        int needed = useIndirect ? 1 : total;
+        if (numFree < needed)
+        {
+            head = 0;
+            return false;
+        }
+        EnsureRing();
+        head = (ushort)freeHead;
+        var desc = (SplitQueueDevice.Desc*)ring.Desc;
+        if (useIndirect)
+        {
+            var ia = Indirect!.Value;
+            var table = (SplitQueueDevice.Desc*)(IndirectTables() + (long)head * ia.EntriesPerChain * VirtqConst.DescSize);
+            for (int k = 0; k < total; k++)
+            {
+                var w = k >= readable.Length;
+                var b = w ? writable[k - readable.Length] : readable[k];
+                table[k] = new SplitQueueDevice.Desc
+                {
+                    Addr = b.Address, Len = b.Length, Next = (ushort)(k + 1),
+                    Flags = (ushort)((k < total - 1 ? VirtqConst.DescFNext : 0) | (w ? VirtqConst.DescFWrite : 0)),
+                };
+            }
+            desc[head] = new SplitQueueDevice.Desc
+            {
+                Addr = ia.Address + (ulong)head * (ulong)ia.EntriesPerChain * VirtqConst.DescSize,
+                Len = (uint)(total * VirtqConst.DescSize), Flags = VirtqConst.DescFIndirect,
+            };
+            freeHead = next[head];
+        }
+        else
+        {
+            int i = freeHead;
+            for (int k = 0; k < total; k++)
+            {
+                var w = k >= readable.Length;
+                var b = w ? writable[k - readable.Length] : readable[k];
+                desc[i] = new SplitQueueDevice.Desc
+                {
+                    Addr = b.Address, Len = b.Length, Next = k < total - 1 ? next[i] : (ushort)0,
+                    Flags = (ushort)((k < total - 1 ? VirtqConst.DescFNext : 0) | (w ? VirtqConst.DescFWrite : 0)),
+                };
+                i = next[i];
+            }
+            freeHead = i;
+        }
+        numFree -= needed;
+        descCount[head] = (ushort)needed;
+        tokens[head] = token;
+        inUse[head] = true;
+        inFlight++;
+        ring.AvailRing(availShadow & mask) = head;
+        availShadow++;
+        return true;
     }
 
     /// <summary>As <see cref="TryAdd"/>; throws <see cref="InvalidOperationException"/> when the ring is full.</summary>
@@ -88,7 +205,8 @@ public sealed unsafe class SplitQueueDriver : SplitQueue
     /// <summary>Makes the chains added so far visible to the device (publishes avail idx) without deciding on a kick.</summary>
     public void Publish()
     {
-        throw new NotImplementedException();
+        EnsureRing();
+        Volatile.Write(ref ring.AvailIdx(), availShadow); // release: descriptors and ring entries before the index
     }
 
     /// <summary>
@@ -98,13 +216,55 @@ public sealed unsafe class SplitQueueDriver : SplitQueue
     /// </summary>
     public bool KickIfNeeded()
     {
-        throw new NotImplementedException();
+        if (availShadow == lastKickAvail) return false;
+        Publish();
+        Interlocked.MemoryBarrier(); // the index store before the avail_event / flags load (the device does the mirror image)
+        var need = EventIdx
+            ? VirtqConst.NeedEvent(Volatile.Read(ref ring.AvailEvent()), availShadow, lastKickAvail)
+            : (Volatile.Read(ref ring.UsedFlags()) & VirtqConst.UsedFNoNotify) == 0;
+        lastKickAvail = availShadow;
+        CountNotification(need, Kick);
+        return need;
     }
 
     /// <summary>Takes the next used buffer; false when there is none.</summary>
     public bool TryGetUsed(out UsedBuffer used)
     {
-        throw new NotImplementedException();
+        used = default;
+        EnsureRing();
+        if (lastUsed == usedSeen)
+        {
+            if (usedEventStored)
+            {
+                Interlocked.MemoryBarrier(); // our used_event store before the used idx load
+                usedEventStored = false;
+            }
+            var idx = Volatile.Read(ref ring.UsedIdx()); // acquire: the elements before the index
+            if ((ushort)(idx - lastUsed) > inFlight)
+                throw new InvalidDataException($"{Name}: the device moved used idx from {lastUsed} to {idx}, more than the {inFlight} chain(s) in flight");
+            usedSeen = idx;
+            if (lastUsed == usedSeen) return false;
+        }
+        var e = ring.UsedElem(lastUsed & mask);
+        uint id = (uint)e, len = (uint)(e >> 32);
+        if (id >= (uint)Size || !inUse[id])
+            throw new InvalidDataException($"{Name}: used ring entry {lastUsed & mask} returns head {id}, which is not in flight");
+        // Free the chain's descriptors, following the driver's own next links.
+        int last = (int)id;
+        for (int k = 1; k < descCount[id]; k++) last = next[last];
+        next[last] = (ushort)freeHead;
+        freeHead = (int)id;
+        numFree += descCount[id];
+        inUse[id] = false;
+        inFlight--;
+        lastUsed++;
+        if (EventIdx && !interruptsDisabled)
+        {
+            Volatile.Write(ref ring.UsedEvent(), lastUsed); // interrupt me on the next used buffer
+            usedEventStored = true;
+        }
+        used = new UsedBuffer((ushort)id, len, tokens[id]);
+        return true;
     }
 
     /// <summary>Takes up to <paramref name="into"/>.Length used buffers (reading the used index once); returns how many.</summary>
@@ -118,7 +278,10 @@ public sealed unsafe class SplitQueueDriver : SplitQueue
     /// <summary>Asks the device not to interrupt (NO_INTERRUPT; with EVENT_IDX used_event is moved out of reach).</summary>
     public void DisableInterrupts()
     {
-        throw new NotImplementedException();
+        EnsureRing();
+        interruptsDisabled = true;
+        if (EventIdx) Volatile.Write(ref ring.UsedEvent(), (ushort)(lastUsed - 1)); // already passed: never crossed while ≤ Size chains are in flight
+        else Volatile.Write(ref ring.AvailFlags(), (ushort)(ring.AvailFlags() | VirtqConst.AvailFNoInterrupt));
     }
 
     /// <summary>
@@ -127,10 +290,44 @@ public sealed unsafe class SplitQueueDriver : SplitQueue
     /// </summary>
     public bool EnableInterrupts()
     {
-        throw new NotImplementedException();
+        EnsureRing();
+        interruptsDisabled = false;
+        if (EventIdx) Volatile.Write(ref ring.UsedEvent(), lastUsed);
+        else Volatile.Write(ref ring.AvailFlags(), (ushort)(ring.AvailFlags() & ~VirtqConst.AvailFNoInterrupt));
+        Interlocked.MemoryBarrier();
+        usedEventStored = false;
+        return Volatile.Read(ref ring.UsedIdx()) != lastUsed;
     }
 
-    public override IRenderable ChainsInFlight() => throw new NotImplementedException();
+    public override IRenderable ChainsInFlight()
+    {
+        var t = new Table { Title = new TableTitle(Markup.Escape($"{Name}: chains the driver has in flight")) };
+        t.AddColumn("head").AddColumn("descriptors").AddColumn("token");
+        for (int h = 0; h < Size; h++)
+            if (inUse[h])
+            {
+                var ind = IndirectDesc && descCount[h] == 1 && Peek16(Ring.DescAddress + (ulong)h * 16 + 12) is { } f && (f & VirtqConst.DescFIndirect) != 0;
+                t.AddRow(h.ToString(), ind ? "1 (indirect table)" : descCount[h].ToString(), tokens[h].ToString());
+            }
+        return t;
+    }
 
-    public override IRenderable ToRenderable() => throw new NotImplementedException();
+    public override IRenderable ToRenderable()
+    {
+        var t = NewTable("driver");
+        t.AddRow("driver avail idx (published)", $"{availShadow} ({Show(Peek16(Ring.AvailAddress + 2))})");
+        t.AddRow("driver last used idx", lastUsed.ToString());
+        if (EventIdx)
+        {
+            t.AddRow("avail_event (device last seen)", Show(Peek16(Ring.UsedAddress + 4 + 8UL * (ulong)Size)));
+            t.AddRow("used_event", Show(Peek16(Ring.AvailAddress + 4 + 2UL * (ulong)Size)));
+        }
+        t.AddRow("free descriptors", $"{numFree} of {Size}");
+        t.AddRow("in flight", inFlight.ToString());
+        t.AddRow("kicks sent / suppressed", $"{NotificationsSent:N0} / {NotificationsSuppressed:N0}");
+        t.AddRow("interrupts", interruptsDisabled ? "disabled" : "enabled");
+        return t;
+    }
+
+    public override string ToString() => $"{Name}: driver side, size {Size}, avail {availShadow}, last used {lastUsed}, in flight {inFlight}";
 }
