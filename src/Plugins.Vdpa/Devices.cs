@@ -64,6 +64,8 @@ public sealed partial class VdpaBlockDevice : VdpaDevice
             throw new ArgumentOutOfRangeException(nameof(capacityBytes), capacityBytes,
                 $"the RAM disk must be a positive multiple of 512 bytes, at most {Array.MaxLength} bytes");
         disk = new byte[capacityBytes];
+        // vdpa_sim allocates its buffer up front: touch every page now, not on the first request.
+        for (long off = 0; off < disk.LongLength; off += 4096) disk[off] = 0;
         ResetConfig();
     }
 

@@ -23,12 +23,16 @@ public sealed record LoopbackResult(int FrameBytes, int Batch, bool EventIdx, lo
     public double PacketsPerSecond => Packets / Elapsed.TotalSeconds;
     public double NotificationsPerPacket => (double)(Kicks + Interrupts) / Math.Max(1, Packets);
 
-    public IRenderable ToRenderable()
+    public IRenderable ToRenderable() => Table([this]);
+
+    /// <summary>Several results as one table.</summary>
+    public static IRenderable Table(IEnumerable<LoopbackResult> results)
     {
         var t = new Table().AddColumn("frame").AddColumn("batch").AddColumn("EVENT_IDX").AddColumn("packets").AddColumn("Mpps")
-            .AddColumn("kicks").AddColumn("interrupts").AddColumn("notif./packet");
-        t.AddRow($"{FrameBytes} B", Batch.ToString(), EventIdx ? "on" : "off", Packets.ToString("N0"), (PacketsPerSecond / 1e6).ToString("F3"),
-            Kicks.ToString("N0"), Interrupts.ToString("N0"), NotificationsPerPacket.ToString("F4"));
+            .AddColumn("kicks/pkt").AddColumn("interrupts/pkt").AddColumn("notif./pkt");
+        foreach (var r in results)
+            t.AddRow($"{r.FrameBytes} B", r.Batch.ToString(), r.EventIdx ? "on" : "off", r.Packets.ToString("N0"), (r.PacketsPerSecond / 1e6).ToString("F3"),
+                ((double)r.Kicks / r.Packets).ToString("F4"), ((double)r.Interrupts / r.Packets).ToString("F4"), r.NotificationsPerPacket.ToString("F4"));
         return t;
     }
 }
