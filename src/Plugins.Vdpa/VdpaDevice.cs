@@ -97,6 +97,7 @@ public abstract class VdpaDevice : IDisposable
                 return;
             }
             iommu = new IovaSpace(vm.PhysicalSpace, $"{Name} IOMMU", VhostVdpa.IovaFirst, VhostVdpa.IovaLast);
+            if (ManualWorker) return;
             worker = new Thread(WorkerLoop) { IsBackground = true, Name = $"vhost-{Name}" };
             worker.Start();
         }
@@ -351,6 +352,12 @@ public abstract class VdpaDevice : IDisposable
             RunQueues();
         }
     }
+
+    /// <summary>Tests: no worker thread; they call <see cref="RunOnce"/> to process synchronously.</summary>
+    internal bool ManualWorker { get; set; }
+
+    /// <summary>Tests: one worker pass on the calling thread.</summary>
+    internal void RunOnce() => RunQueues();
 
     /// <summary>One pass over the queues, as long as they have work (the worker calls it after each wake-up).</summary>
     void RunQueues()
