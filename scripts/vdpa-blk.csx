@@ -12,8 +12,8 @@ using System.Diagnostics;
 using VirtLab.Sdk.Virtio;
 
 var capacity = Arg("capacity", 128.MiB(), test: 8.MiB());
-var pattern = Arg("pattern", 16.MiB(), test: 1.MiB());
-var total = Arg("total", 256.MiB(), test: 8.MiB());
+var pattern = Arg("pattern", 16.MiB(), test: 512.KiB());
+var total = Arg("total", 256.MiB(), test: 2.MiB());
 var depth = Arg("depth", 16);
 var backend = Arg("backend", Backend.Auto);
 

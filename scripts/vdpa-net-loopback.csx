@@ -14,10 +14,10 @@ using System.Diagnostics;
 using VirtLab.Sdk.Virtio;
 using VirtLab.Plugins.Vdpa.Uapi;
 
-var packets = Arg("packets", 1_000_000L, test: 20_000L);
+var packets = Arg("packets", 1_000_000L, test: 5_000L);
 var batches = Arg("batches", "1,8,32,128", test: "1,32");
 var sizes = Arg("sizes", "64,1500");
-var iotlbUpdates = Arg("iotlb-updates", 2000, test: 200);
+var iotlbUpdates = Arg("iotlb-updates", 2000, test: 100);
 var backend = Arg("backend", Backend.Auto);
 
 var vm = Vm.Create(64.MiB(), backend: backend);
