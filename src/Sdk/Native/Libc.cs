@@ -158,6 +158,8 @@ public static class Errno
         EAGAIN = 11, ENOMEM = 12, EACCES = 13, EFAULT = 14, EBUSY = 16, EEXIST = 17, ENODEV = 19, EINVAL = 22,
         ENFILE = 23, EMFILE = 24, ENOTTY = 25, EFBIG = 27, ENOSPC = 28, ERANGE = 34, ENOSYS = 38,
         EOPNOTSUPP = 95, ETIMEDOUT = 110;
+    /// <summary>ENOBUFS (vhost: vring index out of range); ENOTSUPP is kernel-internal (524) but reaches userspace from some drivers.</summary>
+    public const int ENOBUFS = 105, ENOTSUPP = 524;
 
     public static string Name(int errno) => errno switch
     {
@@ -166,6 +168,7 @@ public static class Errno
         EFAULT => "EFAULT", EBUSY => "EBUSY", EEXIST => "EEXIST", ENODEV => "ENODEV", EINVAL => "EINVAL",
         ENFILE => "ENFILE", EMFILE => "EMFILE", ENOTTY => "ENOTTY", EFBIG => "EFBIG", ENOSPC => "ENOSPC",
         ERANGE => "ERANGE", ENOSYS => "ENOSYS", EOPNOTSUPP => "EOPNOTSUPP", ETIMEDOUT => "ETIMEDOUT",
+        ENOBUFS => "ENOBUFS", ENOTSUPP => "ENOTSUPP",
         _ => "errno " + errno,
     };
 }

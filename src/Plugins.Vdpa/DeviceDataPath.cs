@@ -1,0 +1,170 @@
+using System.Buffers.Binary;
+using VirtLab.Plugins.Vdpa.Uapi;
+using VirtLab.Sdk.Virtio;
+
+namespace VirtLab.Plugins.Vdpa;
+
+public sealed partial class VdpaNetDevice
+{
+    VirtqChain? pendingTx;       // popped, waiting for a receive buffer (nothing is dropped)
+    long packets, bytes;
+
+    public long LoopedPackets => Interlocked.Read(ref packets);
+    public long LoopedBytes => Interlocked.Read(ref bytes);
+
+    protected override void OnReset() => pendingTx = null;
+
+    /// <summary>
+    /// vdpasim_net_work: every TX chain is copied into the next RX chain; both are completed and the driver is notified
+    /// per packet (subject to its suppression: EVENT_IDX or the NO_INTERRUPT flag). With no receive buffer the TX chain
+    /// is held until the driver adds one (counted as RxNoBuffer) instead of being dropped.
+    /// </summary>
+    protected override void Process(SplitQueueDevice?[] queues)
+    {
+        var rx = queues[RxQueue];
+        var tx = queues[TxQueue];
+        if (rx is null || tx is null) return;
+        if (pendingTx is { } p && p.Queue != tx) pendingTx = null;   // the queue was restarted
+        int n = 0;
+        while ((++n & 63) != 0 || ShouldRun)
+        {
+            if (pendingTx is null)
+            {
+                if (!tx.TryPop(out var c)) break;
+                if (c.WritableBytes != 0)
+                {
+                    NeedsReset("net tx: device-writable buffer in a transmit chain");
+                    return;
+                }
+                pendingTx = c;
+            }
+            if (!rx.TryPop(out var r))
+            {
+                Interlocked.Increment(ref Counters.RxNoBuffer);
+                break;
+            }
+            if (r.ReadableCount != 0)
+            {
+                NeedsReset("net rx: device-readable buffer in a receive chain");
+                return;
+            }
+            var t = pendingTx;
+            long len = CopyChain(t, r);
+            if (len < t.ReadableBytes) Counters.Error("net rx: buffer shorter than the frame (truncated)");
+            pendingTx = null;
+            tx.Push(t, 0);
+            rx.Push(r, (uint)len);
+            tx.Flush();
+            rx.Flush();
+            Interlocked.Increment(ref packets);
+            Interlocked.Add(ref bytes, len);
+            Interlocked.Increment(ref Counters.Requests);
+        }
+    }
+
+    /// <summary>Copies the readable bytes of <paramref name="from"/> into the writable bytes of <paramref name="to"/>, segment to segment.</summary>
+    static long CopyChain(VirtqChain from, VirtqChain to)
+    {
+        var src = from.Readable;
+        var dst = to.Writable;
+        int si = 0, di = 0, so = 0, dOff = 0;
+        long total = 0;
+        while (si < src.Length && di < dst.Length)
+        {
+            var s = src[si].Span[so..];
+            var d = dst[di].Span[dOff..];
+            int n = Math.Min(s.Length, d.Length);
+            s[..n].CopyTo(d);
+            total += n;
+            so += n;
+            dOff += n;
+            if (so == src[si].Length) { si++; so = 0; }
+            if (dOff == dst[di].Length) { di++; dOff = 0; }
+        }
+        return total;
+    }
+}
+
+public sealed partial class VdpaBlockDevice
+{
+    long reads, writes, flushes, getIds, ioErrors, unsupported;
+
+    public long Reads => Interlocked.Read(ref reads);
+    public long Writes => Interlocked.Read(ref writes);
+    public long Flushes => Interlocked.Read(ref flushes);
+    public long IoErrors => Interlocked.Read(ref ioErrors);
+
+    /// <summary>
+    /// vdpasim_blk_handle_req: a 16-byte virtio_blk_outhdr in the readable part, data, and the status byte as the last
+    /// writable byte, written after the data. IN and OUT must address whole sectors inside the disk (else IOERR);
+    /// FLUSH needs VIRTIO_BLK_F_FLUSH (else UNSUPP); GET_ID returns up to 20 bytes. A request without a readable
+    /// header or a writable status byte cannot be completed: NEEDS_RESET.
+    /// </summary>
+    protected override void Process(SplitQueueDevice?[] queues)
+    {
+        var q = queues[0];
+        if (q is null) return;
+        int n = 0;
+        while ((++n & 15) != 0 || ShouldRun)
+        {
+            if (!q.TryPop(out var c)) break;
+            if (c.ReadableBytes < VirtioBlk.OutHdrSize || c.WritableBytes < 1)
+            {
+                NeedsReset(c.ReadableBytes < VirtioBlk.OutHdrSize
+                    ? "blk: request header not in a device-readable buffer"
+                    : "blk: no device-writable status byte");
+                return;
+            }
+            Span<byte> hdr = stackalloc byte[VirtioBlk.OutHdrSize];
+            c.ReadReadable(0, hdr);
+            uint type = BinaryPrimitives.ReadUInt32LittleEndian(hdr);
+            ulong sector = BinaryPrimitives.ReadUInt64LittleEndian(hdr[8..]);
+            long outData = c.ReadableBytes - VirtioBlk.OutHdrSize, inData = c.WritableBytes - 1;
+            byte status = VirtioBlk.S_OK;
+            int written = 0;
+            switch (type)
+            {
+                case VirtioBlk.T_IN:
+                    if (!InRange(sector, inData)) { status = VirtioBlk.S_IOERR; break; }
+                    written = c.WriteWritable(0, disk.AsSpan((int)(sector << VirtioBlk.SectorShift), (int)inData));
+                    Interlocked.Increment(ref reads);
+                    break;
+                case VirtioBlk.T_OUT:
+                    if (!InRange(sector, outData)) { status = VirtioBlk.S_IOERR; break; }
+                    c.ReadReadable(VirtioBlk.OutHdrSize, disk.AsSpan((int)(sector << VirtioBlk.SectorShift), (int)outData));
+                    Interlocked.Increment(ref writes);
+                    break;
+                case VirtioBlk.T_FLUSH:
+                    if (!Negotiated(VirtioBlk.F_FLUSH)) { status = VirtioBlk.S_UNSUPP; Interlocked.Increment(ref unsupported); break; }
+                    Interlocked.Increment(ref flushes);   // a RAM disk has nothing volatile to write back
+                    break;
+                case VirtioBlk.T_GET_ID:
+                    Span<byte> id = stackalloc byte[VirtioBlk.IdBytes];
+                    id.Clear();
+                    DefaultId.CopyTo(id);
+                    written = c.WriteWritable(0, id[..(int)Math.Min(inData, VirtioBlk.IdBytes)]);
+                    Interlocked.Increment(ref getIds);
+                    break;
+                default:
+                    status = VirtioBlk.S_UNSUPP;
+                    Interlocked.Increment(ref unsupported);
+                    break;
+            }
+            if (status == VirtioBlk.S_IOERR) Interlocked.Increment(ref ioErrors);
+            // The status byte goes last, in the last writable byte, after the data.
+            Thread.MemoryBarrier();
+            c.WriteWritable(inData, [status]);
+            q.Push(c, (uint)written + 1);
+            q.Flush();
+            Interlocked.Increment(ref Counters.Requests);
+            Interlocked.Add(ref Counters.Bytes, written + (type == VirtioBlk.T_OUT && status == 0 ? outData : 0));
+        }
+    }
+
+    bool InRange(ulong sector, long length)
+    {
+        if (length % VirtioBlk.SectorSize != 0 || length > (long)SizeMax * SegMax) return false;
+        ulong sectors = (ulong)length >> VirtioBlk.SectorShift;
+        return sector <= CapacitySectors && sectors <= CapacitySectors - sector;
+    }
+}
