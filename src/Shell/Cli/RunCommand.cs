@@ -9,7 +9,7 @@ using VirtLab.Shell.Scripting;
 namespace VirtLab.Shell.Cli;
 
 public sealed record RunOptions(string File, string? JsonPath, IReadOnlyList<string> PluginDirectories, bool TestMode,
-    IReadOnlyList<string> Arguments, bool NoCache = false);
+    IReadOnlyList<string> Arguments, bool NoCache = false, string? PlotsDirectory = null, string PlotFormat = "png");
 
 /// <summary>
 /// <c>virtlab run</c>: load plugins, take the compiled recipe from the cache or compile it, run it in-process,
@@ -26,6 +26,9 @@ public static class RunCommand
             return ExitCodes.Usage;
         }
         var verbose = Environment.GetEnvironmentVariable("VIRTLAB_VERBOSE") is "1" or "true";
+        // A live progress bar on a terminal only; installed before Consoles binds to Console.Out (it wraps it).
+        using var progress = o.JsonPath == "-" ? null : TerminalProgress.InstallIfTerminal();
+        err = Console.Error;
         // Recipes and plugins may write through Spectre's static AnsiConsole, whose own detection emits ANSI into a
         // pipe (it looks at TERM, not at the redirection): give it the console that knows.
         AnsiConsole.Console = Consoles.Out;
@@ -88,7 +91,8 @@ public static class RunCommand
 
             var exit = context.ExitCodeFor(error);
             PrintOutcome(context, error, exit, scripts);
-            WriteRecord(o, context, plugins, error, exit, err);
+            var plotFiles = RunPlots.Write(o, context, err);
+            WriteRecord(o, context, plugins, error, exit, err, plotFiles);
             if (verbose)
                 err.WriteLine($"virtlab: roslyn loaded: {(AppDomain.CurrentDomain.GetAssemblies().Any(a => a.GetName().Name!.StartsWith("Microsoft.CodeAnalysis", StringComparison.Ordinal)) ? "yes" : "no")}");
             return exit;
@@ -141,13 +145,14 @@ public static class RunCommand
             err.WriteLine($"virtlab run: warning: '{string.Join(' ', positional)}' given after -- but the recipe never read Args.Positional; options are --name value or --name=value");
     }
 
-    private static void WriteRecord(RunOptions o, RecipeContext context, PluginSet plugins, Exception? error, int exit, TextWriter err)
+    private static void WriteRecord(RunOptions o, RecipeContext context, PluginSet plugins, Exception? error, int exit, TextWriter err,
+        IReadOnlyList<PlotFile>? plots = null)
     {
         if (o.JsonPath is null) return;
         try
         {
             var env = EnvironmentInfo.Capture(VirtlabVersion, plugins.Loaded.ToDictionary(p => p.Name, p => p.Version ?? "?"), o.File, VirtlabCommit);
-            RunRecord.Create(context, RecipeInfo.FromFile(o.File), env, error, exit).Write(o.JsonPath);
+            (RunRecord.Create(context, RecipeInfo.FromFile(o.File), env, error, exit) with { Plots = plots }).Write(o.JsonPath);
         }
         catch (Exception e) when (e is IOException or UnauthorizedAccessException)
         {
