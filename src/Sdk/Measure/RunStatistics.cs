@@ -107,8 +107,8 @@ public static class RunMetrics
         if (node is not JsonValue v) return null;
         switch (v.GetValueKind())
         {
-            case JsonValueKind.Number:
-                return v.GetValue<double>();
+            case JsonValueKind.Number: // an int, long, double… node in memory, a JsonElement when parsed: the text reads as all
+                return double.Parse(v.ToJsonString(), NumberStyles.Float, CultureInfo.InvariantCulture);
             case JsonValueKind.String when v.TryGetValue<string>(out var s) && s is "NaN" or "Infinity" or "-Infinity":
                 return double.Parse(s!, CultureInfo.InvariantCulture);
             default:

@@ -70,7 +70,8 @@ public sealed class TerminalProgress : IProgressListener, IDisposable
             if (shown is null) { Erase(); return; }
             if (!_atLineStart) return; // the script left a partial line: do not write over it
             int width;
-            try { width = Console.WindowWidth; } catch (IOException) { width = 80; }
+            try { width = Console.WindowWidth; } catch (IOException) { width = 0; }
+            if (width <= 0) width = 80; // a pseudo-terminal without a window size
             var line = Format(shown, _active.Count - 1, Math.Max(20, width - 1));
             _terminal.Write("\r\x1b[2K" + line);
             _terminal.Flush();
