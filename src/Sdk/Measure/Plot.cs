@@ -69,6 +69,8 @@ public sealed record PlotRequest : IDisplayable
     public IReadOnlyList<string>? Categories { get; init; }
     /// <summary>Heatmap values, one row per list, each row the same length.</summary>
     public IReadOnlyList<IReadOnlyList<double>>? Cells { get; init; }
+    /// <summary>x units per heatmap column (pages per bin), so the x axis reads in pages; null = 1.</summary>
+    public double? ColumnWidth { get; init; }
     /// <summary>Row labels of a heatmap (e.g. "iteration 3", "slot 1").</summary>
     public IReadOnlyList<string>? RowLabels { get; init; }
 
@@ -142,8 +144,8 @@ public sealed record PlotRequest : IDisplayable
         var labels = rowLabels?.ToArray() ?? Enumerable.Range(0, rows.Length).Select(i => i.ToString(CultureInfo.InvariantCulture)).ToArray();
         return new PlotRequest
         {
-            Title = title, Kind = PlotKind.Heatmap, Cells = cells, RowLabels = labels,
-            XLabel = cols == pages ? "page" : $"page (bins of {Math.Ceiling(pages / (double)cols):0} pages)", YLabel = "row",
+            Title = title, Kind = PlotKind.Heatmap, Cells = cells, RowLabels = labels, ColumnWidth = pages / (double)cols,
+            XLabel = cols == pages ? "page" : $"page (bins of {pages / (double)cols:0.#} pages)", YLabel = "row",
         }.Validate();
     }
 

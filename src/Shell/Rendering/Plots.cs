@@ -145,10 +145,11 @@ public static class PlotRenderer
         var all = cells.SelectMany(r => r).Where(double.IsFinite).ToArray();
         if (all.Length > 0 && all.Min() >= 0 && all.Max() <= 1) hm.ManualRange = new ScottPlot.Range(0, 1);
         plot.Add.ColorBar(hm);
+        // x in pages (columns × pages per bin); y from 0 to rows, row 0 on top.
+        hm.Rectangle = new CoordinateRect(left: 0, right: cells[0].Count * (request.ColumnWidth ?? 1), bottom: 0, top: cells.Count);
         if (request.RowLabels is { } labels && labels.Count <= 40)
         {
-            // ScottPlot puts row 0 at the top: row r's centre is at y = rows - 1 - r.
-            var ticks = labels.Select((l, r) => new Tick(cells.Count - 1 - r, l)).ToArray();
+            var ticks = labels.Select((l, r) => new Tick(cells.Count - r - 0.5, l)).ToArray();
             plot.Axes.Left.TickGenerator = new ScottPlot.TickGenerators.NumericManual(ticks);
         }
         height = Math.Clamp(160 + 18 * cells.Count, 260, 2000);

@@ -60,6 +60,7 @@ public sealed class PlotTests
         Assert.Equal([0.0, 1 / 64.0, 0, 0], hm.Cells[1]);
         Assert.Equal(["iteration 0", "iteration 1"], hm.RowLabels);
         Assert.Contains("bins of 64 pages", hm.XLabel);
+        Assert.Equal(64, hm.ColumnWidth);
 
         // Fewer pages than columns: one column per page, exact bits.
         var small = PlotRequest.Heatmap("small", [DirtyBitmap.FromPages(5, [1, 4])]);
