@@ -43,7 +43,7 @@ public sealed class ResultsCommandTests
     public void Repeat_runs_fresh_processes_and_records_every_repetition_with_statistics()
     {
         using var tmp = new TempDir();
-        // Each process appends its pid to a file: the n-th run sees n lines, so the values are known: warm-up 1, then 2, 3, 4.
+        // Each process appends its pid to a file: the n-th run sees n lines, so the values are known: warm-up 1, then 2, 3.
         var counter = Path.Combine(tmp.Path, "count.txt");
         var recipe = tmp.File("rep.csx", $$"""
             File.AppendAllText(@"{{counter}}", Environment.ProcessId + "\n");
@@ -53,25 +53,25 @@ public sealed class ResultsCommandTests
             Result("label", "text is not a measure");
             """);
         var json = Path.Combine(tmp.Path, "rep.json");
-        var r = Virtlab.Run(null, tmp.Path, "run", recipe, "--repeat", "3", "--warmup", "1", "--json", json);
+        var r = Virtlab.Run(null, tmp.Path, "run", recipe, "--repeat", "2", "--warmup", "1", "--json", json);
         Assert.True(r.ExitCode == 0, r.ToString());
         Assert.Contains("warm-up 1/1: exit 0", r.Stderr);
-        Assert.Contains("repetition 3/3: exit 0", r.Stderr);
-        Assert.Contains("3 repetitions after 1 warm-up", r.Stdout);
+        Assert.Contains("repetition 2/2: exit 0", r.Stderr);
+        Assert.Contains("2 repetitions after 1 warm-up", r.Stdout);
         var pids = File.ReadAllLines(counter);
-        Assert.Equal(4, pids.Distinct().Count()); // four different processes
+        Assert.Equal(3, pids.Distinct().Count()); // three different processes
         Assert.DoesNotContain(Environment.ProcessId.ToString(), pids);
 
         var record = RunRecord.Parse(File.ReadAllText(json));
         var rep = record.Repeat!;
-        Assert.Equal((3, 1), (rep.Repetitions, rep.Warmup));
-        Assert.Equal([20.0, 30, 40], rep.Runs.Select(x => x.Results["n"]!.GetValue<double>()));
-        Assert.Equal(new Spread(3, 30, 20, 40), rep.Results["n"]);
+        Assert.Equal((2, 1), (rep.Repetitions, rep.Warmup));
+        Assert.Equal([20.0, 30], rep.Runs.Select(x => x.Results["n"]!.GetValue<double>()));
+        Assert.Equal(new Spread(2, 25, 20, 30), rep.Results["n"]);
         Assert.False(rep.Results.ContainsKey("label"));
         var work = rep.Runs.Select(x => x.Stages.Single(s => s.Name == "work").Seconds).Order().ToArray();
-        Assert.Equal(new Spread(3, work[1], work[0], work[2]), rep.Stages["work"]);
-        Assert.Equal(work[1], record.Stages.Single(s => s.Name == "work").Seconds); // top level holds the medians
-        Assert.Equal(30, record.Results["n"]!.GetValue<double>());
+        Assert.Equal(new Spread(2, (work[0] + work[1]) / 2, work[0], work[1]), rep.Stages["work"]);
+        Assert.Equal((work[0] + work[1]) / 2, record.Stages.Single(s => s.Name == "work").Seconds); // top level holds the medians
+        Assert.Equal(25, record.Results["n"]!.GetValue<double>());
 
         var zero = Virtlab.Run(null, tmp.Path, "run", recipe, "--repeat", "0");
         Assert.True(zero.ExitCode == 3, zero.ToString());

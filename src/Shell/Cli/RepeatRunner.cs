@@ -29,16 +29,26 @@ public static class RepeatRunner
         var started = DateTimeOffset.UtcNow;
         var clock = Stopwatch.StartNew();
         var work = Directory.CreateTempSubdirectory("virtlab-repeat-").FullName;
+        // Ctrl+C reaches the running child too (same process group): it cancels and exits 1, which ends the series
+        // here. This process only has to stay alive for that and clean up.
+        bool interrupted = false;
+        ConsoleCancelEventHandler onCancel = (_, e) => { e.Cancel = true; interrupted = true; };
+        Console.CancelKeyPress += onCancel;
+        using var terminal = TerminalProgress.InstallIfTerminal();
+        err = Console.Error;
+        using var series = VirtLab.Sdk.Measure.Progress.Start("repetitions", warmup + repeat, "runs");
         try
         {
             var runs = new List<RunRecord>();
             for (int i = 0; i < warmup + repeat; i++)
             {
+                if (interrupted) { err.WriteLine("virtlab run: cancelled (Ctrl+C)"); return ExitCodes.Failure; }
                 bool isWarmup = i < warmup;
                 var label = isWarmup ? $"warm-up {i + 1}/{warmup}" : $"repetition {i - warmup + 1}/{repeat}";
                 var json = Path.Combine(work, $"run-{i}.json");
                 var plots = !isWarmup && o.PlotsDirectory is not null ? Path.Combine(o.PlotsDirectory, $"rep-{i - warmup + 1:00}") : null;
                 var (code, seconds, stderr) = RunChild(o, json, plots);
+                series.Advance();
                 err.WriteLine($"{label}: exit {code} in {seconds.ToString("0.00", CultureInfo.InvariantCulture)} s");
                 if (code != ExitCodes.Success)
                 {
@@ -55,6 +65,7 @@ public static class RepeatRunner
                 }
             }
 
+            series.Dispose();
             var summary = RepeatSummary.Create(runs, warmup);
             Print(summary);
             var record = Combine(runs[0], summary, started, clock.Elapsed.TotalSeconds);
@@ -82,6 +93,7 @@ public static class RepeatRunner
         }
         finally
         {
+            Console.CancelKeyPress -= onCancel;
             try { Directory.Delete(work, recursive: true); } catch (IOException) { }
         }
     }
@@ -157,7 +169,8 @@ public static class RepeatRunner
         !double.IsFinite(v) ? v.ToString(CultureInfo.InvariantCulture) :
         Math.Abs(v) >= 1e6 ? v.ToString("#,0", CultureInfo.InvariantCulture) :
         Math.Abs(v) >= 100 ? v.ToString("#,0.#", CultureInfo.InvariantCulture) :
-        v.ToString("0.####", CultureInfo.InvariantCulture);
+        Math.Abs(v) >= 1 ? v.ToString("0.###", CultureInfo.InvariantCulture) :
+        v.ToString("0.######", CultureInfo.InvariantCulture);
 
     public static string Percent(double relative) => "±" + (relative * 50).ToString("0.0", CultureInfo.InvariantCulture) + " %";
 
