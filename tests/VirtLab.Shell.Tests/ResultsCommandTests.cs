@@ -193,17 +193,10 @@ public sealed class ResultsCommandTests
         Assert.DoesNotContain("\x1b", redirected.Stdout + redirected.Stderr);
         Assert.Contains("midway line\n", redirected.Stdout);
 
-        // A real pseudo-terminal through script(1) (util-linux/bsdutils, part of every Debian install).
-        if (!File.Exists("/usr/bin/script")) Assert.Fail("script(1) is needed to give virtlab a pseudo-terminal; install bsdutils");
-        var psi = new ProcessStartInfo("/usr/bin/script") { RedirectStandardOutput = true, RedirectStandardError = true, RedirectStandardInput = true, WorkingDirectory = tmp.Path };
-        foreach (var a in new[] { "-qefc", $"dotnet '{Virtlab.Dll}' run '{recipe}'", "/dev/null" }) psi.ArgumentList.Add(a);
-        psi.Environment["VIRTLAB_CACHE"] = Path.Combine(tmp.Path, ".cache");
-        psi.Environment["NO_COLOR"] = "1";
-        psi.Environment["TERM"] = "xterm";
-        using var p = Process.Start(psi)!;
+        using var p = OnTerminal(tmp.Path, recipe);
         p.StandardInput.Close();
         var output = p.StandardOutput.ReadToEndAsync();
-        Assert.True(p.WaitForExit(TimeSpan.FromSeconds(60)), "virtlab on a pty did not finish");
+        Assert.True(p.WaitForExit(TimeSpan.FromSeconds(90)), "virtlab on a pty did not finish");
         p.WaitForExit();
         var screen = output.Result;
         Assert.True(p.ExitCode == 0, screen);
@@ -214,5 +207,53 @@ public sealed class ResultsCommandTests
         Assert.DoesNotMatch(@"\]\s+\d+%[^\r]*midway line", screen);
         var last = screen.LastIndexOf("slow operation", StringComparison.Ordinal);
         Assert.StartsWith("\r\x1b[2K", screen[screen.IndexOf('\r', last)..]);
+    }
+
+    /// <summary>`virtlab run RECIPE` on a real pseudo-terminal through script(1) (bsdutils, part of every Debian install);
+    /// what is written to the process's stdin reaches the terminal as typed keys.</summary>
+    private static Process OnTerminal(string dir, string recipe)
+    {
+        if (!File.Exists("/usr/bin/script")) Assert.Fail("script(1) is needed to give virtlab a pseudo-terminal; install bsdutils");
+        var psi = new ProcessStartInfo("/usr/bin/script") { RedirectStandardOutput = true, RedirectStandardError = true, RedirectStandardInput = true, WorkingDirectory = dir };
+        foreach (var a in new[] { "-qefc", $"dotnet '{Virtlab.Dll}' run '{recipe}'", "/dev/null" }) psi.ArgumentList.Add(a);
+        psi.Environment["VIRTLAB_CACHE"] = Path.Combine(dir, ".cache");
+        psi.Environment["NO_COLOR"] = "1";
+        psi.Environment["TERM"] = "xterm";
+        psi.Environment.Remove("VIRTLAB_PLUGINS");
+        return Process.Start(psi)!;
+    }
+
+    [Fact]
+    public void Ctrl_c_during_a_progress_bar_cancels_the_run()
+    {
+        using var tmp = new TempDir();
+        var recipe = tmp.File("long.csx", """
+            using (var p = VirtLab.Sdk.Measure.Progress.Start("long operation", 100_000, "steps"))
+                for (int i = 0; i < 100_000; i++) { Thread.Sleep(10); Cancellation.ThrowIfCancellationRequested(); p.Advance(); }
+            Result("finished", true);
+            """);
+        using var p = OnTerminal(tmp.Path, recipe);
+        var screen = new System.Text.StringBuilder();
+        var reader = Task.Run(() =>
+        {
+            var buffer = new char[4096];
+            int n;
+            while ((n = p.StandardOutput.Read(buffer, 0, buffer.Length)) > 0) lock (screen) screen.Append(buffer, 0, n);
+        });
+        string Screen() { lock (screen) return screen.ToString(); }
+        var deadline = DateTime.UtcNow + TimeSpan.FromSeconds(90);
+        while (!Screen().Contains("long operation  [") && DateTime.UtcNow < deadline) Thread.Sleep(50);
+        Assert.True(Screen().Contains("long operation  ["), "no progress bar appeared:\n" + Screen());
+        p.StandardInput.Write('\x03'); // Ctrl+C, typed on the terminal
+        p.StandardInput.Flush();
+        Assert.True(p.WaitForExit(TimeSpan.FromSeconds(60)), "Ctrl+C did not end the run:\n" + Screen());
+        p.WaitForExit();
+        reader.Wait(TimeSpan.FromSeconds(10));
+        var text = Screen();
+        Assert.True(p.ExitCode == 1, text);
+        Assert.Contains("virtlab run: cancelled (Ctrl+C)", text);
+        Assert.DoesNotContain("finished", text);
+        // The bar was erased before the message: the message starts its line.
+        Assert.Matches(@"\r\x1b\[2K(\r\x1b\[2K)*virtlab run: cancelled", text);
     }
 }
