@@ -141,10 +141,15 @@ public sealed unsafe partial class GuestMemory
     {
         using var a = Resolve(gpa, length, write: false); // faulting pages in does not change their contents
         CheckAligned(a.Slot, gpa, length, "populate");
-        for (long off = 0; off < length; off += Chunk)
+        // 64 MiB pieces (whole huge pages) so cancellation is observed and a progress bar can move.
+        var chunk = Math.Max(Chunk, a.Slot.PageSize);
+        using var progress = length > chunk ? Progress.Start("populate", length, "B") : ProgressReporter.None;
+        for (long off = 0; off < length; off += chunk)
         {
             RunCancellation.ThrowIfCancellationRequested();
-            a.Slot.Mapping.Populate((long)(gpa - a.Slot.Gpa) + off, Math.Min(Chunk, length - off), write);
+            var len = Math.Min(chunk, length - off);
+            a.Slot.Mapping.Populate((long)(gpa - a.Slot.Gpa) + off, len, write);
+            progress.Advance(len);
         }
     }
 

@@ -546,6 +546,7 @@ public abstract class Vm : IDisposable, IDisplayable
     public WorkloadResult Run(Workload workload, Action<int>? afterPass = null, CancellationToken cancellation = default)
     {
         var plan = Plan(workload);
+        using var progress = plan.Progress = Measure.Progress.Start(workload.Name ?? "workload", (long)plan.Workload.Passes * plan.Vcpus, "vCPU passes");
         return Exclusive(cancellation, token => RunCore(plan, afterPass, token));
     }
 

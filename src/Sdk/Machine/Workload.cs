@@ -228,6 +228,9 @@ public readonly record struct VcpuSlice(int Vcpu, long FirstStride, long Strides
 /// </summary>
 public sealed class WorkloadPlan
 {
+    /// <summary>Advanced once per vCPU per pass (see <see cref="VirtLab.Sdk.Measure.Progress"/>).</summary>
+    internal VirtLab.Sdk.Measure.ProgressReporter Progress { get; set; } = VirtLab.Sdk.Measure.ProgressReporter.None;
+
     internal WorkloadPlan(Workload workload, int vcpus, ulong gpa, long length, IReadOnlyList<MemSlot> slots)
     {
         Workload = workload;
@@ -476,6 +479,7 @@ internal sealed class WorkloadRecorder
     public void VcpuPass(int vcpu, int pass, TimeSpan elapsed, long passReads, long passWrites)
     {
         vcpuPass[vcpu][pass] = elapsed;
+        plan.Progress.Advance();
         reads[vcpu] += passReads;
         writes[vcpu] += passWrites;
     }

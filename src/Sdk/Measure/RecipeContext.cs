@@ -43,6 +43,9 @@ public sealed class RecipeContext
 
     public StageSet Stages { get; } = new();
 
+    /// <summary>The charts the recipe asked for with <c>Plot(...)</c>; the shell renders them.</summary>
+    public PlotSet Plots { get; } = new();
+
     /// <summary>Wall-clock start, for the run record.</summary>
     public DateTimeOffset StartedAt { get; } = DateTimeOffset.UtcNow;
 

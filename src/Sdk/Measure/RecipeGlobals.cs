@@ -7,7 +7,7 @@ namespace VirtLab.Sdk.Measure;
 /// (<c>var mem = Arg("memory", 8.GiB(), test: 64.MiB());</c>, <c>Stage("populate", () => ...)</c>, <c>Expect(ok, "...")</c>).
 /// All state lives in <see cref="Context"/>, which the shell reads after the run (and the REPL keeps across submissions).
 /// </summary>
-public class RecipeGlobals
+public partial class RecipeGlobals
 {
     public RecipeGlobals(RecipeContext context, IReadOnlyDictionary<string, object>? plugins = null)
     {

@@ -40,6 +40,10 @@ public sealed record RunRecord
     public string? Error { get; init; }
     public DateTimeOffset StartedAt { get; init; }
     public double DurationSeconds { get; init; }
+    /// <summary>The charts <c>--plots DIR</c> wrote (stage times, per-iteration series, the recipe's own Plot calls).</summary>
+    public IReadOnlyList<PlotFile>? Plots { get; init; }
+    /// <summary>With <c>--repeat N</c>: the spread of every stage and numeric result, and each repetition's record.</summary>
+    public RepeatSummary? Repeat { get; init; }
 
     public static JsonSerializerOptions JsonOptions { get; } = new(JsonSerializerDefaults.Web)
     {

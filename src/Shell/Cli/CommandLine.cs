@@ -71,10 +71,36 @@ public static class CommandLine
         var json = new Option<string?>("--json") { Description = "Write the run record (JSON) to PATH.", HelpName = "PATH" };
         var test = new Option<bool>("--test") { Description = "Test mode: the recipe uses its small test sizes." };
         var noCache = new Option<bool>("--no-cache") { Description = "Compile even when a cached build of the recipe exists (and do not store it)." };
-        var run = new Command("run", "Run a recipe headless.\n\n" + ExitCodes.Help) { file, recipeArgs, json, test, noCache };
-        run.SetAction(p => RunCommand.Execute(new RunOptions(
-            p.GetValue(file)!, p.GetValue(json), p.GetValue(plugins) ?? [], p.GetValue(test), p.GetValue(recipeArgs) ?? [], p.GetValue(noCache))));
+        var plotsDir = new Option<string?>("--plots") { Description = "Write charts to DIR: stage times, each per-iteration series in the results, every Plot(...) the recipe made; the run record lists them.", HelpName = "DIR" };
+        var plotFormat = new Option<string>("--plot-format") { Description = "Chart file format for --plots.", DefaultValueFactory = _ => "png", HelpName = "png|svg" };
+        plotFormat.AcceptOnlyFromAmong(RunPlots.Formats);
+        var repeat = new Option<int>("--repeat") { Description = "Run the recipe N times, each in a fresh process; report median, min, max and spread of every stage and numeric result.", HelpName = "N" };
+        var warmup = new Option<int>("--warmup") { Description = "With --repeat: first run K discarded warm-ups.", HelpName = "K" };
+        var run = new Command("run", "Run a recipe headless.\n\n" + ExitCodes.Help) { file, recipeArgs, json, test, noCache, plotsDir, plotFormat, repeat, warmup };
+        run.SetAction(p =>
+        {
+            var options = new RunOptions(p.GetValue(file)!, p.GetValue(json), p.GetValue(plugins) ?? [], p.GetValue(test), p.GetValue(recipeArgs) ?? [],
+                p.GetValue(noCache), p.GetValue(plotsDir), p.GetValue(plotFormat) ?? "png");
+            if (p.GetResult(repeat) is not null || p.GetResult(warmup) is not null)
+            {
+                if (p.GetResult(repeat) is null) { Console.Error.WriteLine("virtlab run: --warmup needs --repeat N"); return ExitCodes.Usage; }
+                return RepeatRunner.Execute(options, p.GetValue(repeat), p.GetValue(warmup));
+            }
+            return RunCommand.Execute(options);
+        });
         root.Add(run);
+
+        // ---- compare ----
+        var records = new Argument<string[]>("RECORD") { Description = "Run records (virtlab run --json PATH); the first is the baseline.", Arity = ArgumentArity.OneOrMore };
+        var force = new Option<bool>("--force") { Description = "Compare records of different recipes too." };
+        var comparePlot = new Option<string?>("--plot") { Description = "Write the comparison as a chart (ratio to the first record) to FILE (.png or .svg).", HelpName = "FILE" };
+        var compare = new Command("compare", "Compare run records side by side: environment differences, then each stage and numeric result with its ratio to the first, " +
+            "marked * when beyond the spread of repeated runs and ? for single runs. Exit 0; 3 for a file that is not a run record or records of different recipes (unless --force).")
+        {
+            records, force, comparePlot,
+        };
+        compare.SetAction(p => CompareCommand.Execute(p.GetValue(records) ?? [], p.GetValue(force), p.GetValue(comparePlot)));
+        root.Add(compare);
 
         // ---- test ----
         var paths = new Argument<string[]>("PATH")

@@ -10,7 +10,7 @@ using VirtLab.Shell.Scripting;
 namespace VirtLab.Shell.Cli;
 
 public sealed record RunOptions(string File, string? JsonPath, IReadOnlyList<string> PluginDirectories, bool TestMode,
-    IReadOnlyList<string> Arguments, bool NoCache = false);
+    IReadOnlyList<string> Arguments, bool NoCache = false, string? PlotsDirectory = null, string PlotFormat = "png");
 
 /// <summary>
 /// <c>virtlab run</c>: load plugins, take the compiled recipe from the cache or compile it, run it in-process,
@@ -27,6 +27,9 @@ public static class RunCommand
             return ExitCodes.Usage;
         }
         var verbose = Environment.GetEnvironmentVariable("VIRTLAB_VERBOSE") is "1" or "true";
+        // A live progress bar on a terminal only; installed before Consoles binds to Console.Out (it wraps it).
+        using var progress = o.JsonPath == "-" ? null : TerminalProgress.InstallIfTerminal();
+        err = Console.Error;
         // Recipes and plugins may write through Spectre's static AnsiConsole, whose own detection emits ANSI into a
         // pipe (it looks at TERM, not at the redirection): give it the console that knows.
         AnsiConsole.Console = Consoles.Out;
@@ -160,14 +163,15 @@ public static class RunCommand
     }
 
     /// <returns>Whether the record was written (or none was asked for).</returns>
-    private static bool WriteRecord(RunOptions o, RecipeContext context, PluginSet plugins, Exception? error, int exit, TextWriter err, Preparation? preparation = null)
+    private static bool WriteRecord(RunOptions o, RecipeContext context, PluginSet plugins, Exception? error, int exit, TextWriter err,
+        Preparation? preparation = null, IReadOnlyList<PlotFile>? plots = null)
     {
         if (o.JsonPath is null) return true;
         try
         {
             var env = EnvironmentInfo.Capture(VirtlabVersion, plugins.Loaded.ToDictionary(p => p.Name, p => p.Version ?? "?"), o.File, VirtlabCommit)
                 with { Preparation = preparation };
-            RunRecord.Create(context, RecipeInfo.FromFile(o.File), env, error, exit).Write(o.JsonPath);
+            (RunRecord.Create(context, RecipeInfo.FromFile(o.File), env, error, exit) with { Plots = plots }).Write(o.JsonPath);
             return true;
         }
         catch (Exception e) when (e is IOException or UnauthorizedAccessException)
@@ -255,7 +259,8 @@ public static class RunCommand
                 _ended = true;
                 var exit = context.ExitCodeFor(error);
                 PrintOutcome(context, error, exit, scripts);
-                if (!WriteRecord(o, context, plugins, error, exit, Console.Error, preparation) && exit == ExitCodes.Success) exit = ExitCodes.Failure;
+                var plotFiles = RunPlots.Write(o, context, Console.Error);
+                if (!WriteRecord(o, context, plugins, error, exit, Console.Error, preparation, plotFiles) && exit == ExitCodes.Success) exit = ExitCodes.Failure;
                 return exit;
             }
         }

@@ -25,7 +25,8 @@ public static class ValueRenderer
     /// <c>Markup</c> without a final newline would otherwise run into whatever is printed next).</summary>
     public static void Write(IAnsiConsole console, object? value)
     {
-        var renderable = ToRenderable(value);
+        // On a terminal, stage tables get an inline bar column.
+        var renderable = value is VirtLab.Sdk.Measure.StageSet stages && console.Profile.Out.IsTerminal ? StageTable.WithBars(stages) : ToRenderable(value);
         console.Write(renderable);
         if (!EndsWithLineBreak(console, renderable)) console.WriteLine();
     }

@@ -37,6 +37,8 @@ public static class EvaluationHost
         }
         // Bind the shell's consoles to the real stdout/stderr now: a quiet replay swaps Console.Out for a null
         // writer, and they must not pick that one up if first used then.
+        // The live progress bar wraps Console.Out/Error, so it goes first; the evaluation thread inherits its listener.
+        using var progress = TerminalProgress.InstallIfTerminal();
         _ = Consoles.Out;
         _ = Consoles.Error;
         using var stream = new NetworkStream(socket, ownsSocket: true);
@@ -172,6 +174,7 @@ public static class EvaluationHost
                         try { p.Plugin!.WarmUp(); }
                         catch (Exception e) { Console.Error.WriteLine($"virtlab: warning: warm-up of plugin {p.Name}: {RecipeContext.Unwrap(e)!.Message}"); }
                     });
+            _session.Globals.Context.Plots.Added = ReplPlots.Write;
             foreach (var d in _session.PreambleDiagnostics) Console.Error.WriteLine($"plugin preamble: {d}");
             return _session;
         }
@@ -186,6 +189,10 @@ public static class EvaluationHost
             if (request.Width > 0)
                 foreach (var c in new[] { Consoles.Out, Consoles.Error, AnsiConsole.Console })
                     if (c.Profile.Out.IsTerminal) c.Profile.Width = request.Width;
+            // A quiet replay shows no progress and draws no plots.
+            using var silent = request.Quiet ? VirtLab.Sdk.Measure.Progress.Listen(SilentProgress.Instance) : null;
+            var plotsAdded = session.Globals.Context.Plots.Added;
+            if (request.Quiet) session.Globals.Context.Plots.Added = null;
             if (request.Quiet)
             {
                 Console.SetOut(TextWriter.Null);
@@ -222,6 +229,7 @@ public static class EvaluationHost
             finally
             {
                 _running = null;
+                session.Globals.Context.Plots.Added = plotsAdded;
                 session.Globals.Context.Cancellation = CancellationToken.None;
                 if (request.Quiet)
                 {
