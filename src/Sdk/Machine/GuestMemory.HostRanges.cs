@@ -105,7 +105,8 @@ public sealed unsafe partial class GuestMemory
     /// <summary>MADV_WILLNEED over [gpa, gpa+length), which must lie inside one slot.</summary>
     public void WillNeed(ulong gpa, long length)
     {
-        Resolve(gpa, length, out var slot);
+        MemSlot slot;
+        using (var a = Resolve(gpa, length, write: false)) slot = a.Slot;
         if (length > 0) WillNeed(new HostRange(slot, gpa, length));
     }
 

@@ -120,13 +120,14 @@ internal static class GuestHostAccess
         try
         {
             // GuestMemory.Resolve re-checks the VM's state and the slot bounds: its rules (and teardown guard) apply here.
-            host = vm.Memory.Resolve(gpa, n, out _);
+            using var a = vm.Memory.Resolve(gpa, n, write: false);
+            host = a.Address;
         }
         catch (ObjectDisposedException)
         {
             return MemoryFaultReason.Disposed;
         }
-        catch (ArgumentOutOfRangeException)
+        catch (Exception e) when (e is ArgumentOutOfRangeException or InvalidOperationException)
         {
             return MemoryFaultReason.Unmapped; // the slot went away between the lookup and the resolve
         }
