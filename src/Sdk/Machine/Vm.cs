@@ -30,7 +30,7 @@ public abstract class Vm : IDisposable, IDisplayable
         Vcpus = options.Vcpus;
         GuestPhysBits = options.GuestPhysBits ?? HostInfo.PhysAddressBits;
         Memory = new GuestMemory(this);
-        if (options.DirtyRingBytes > 0) DirtyRing = new DirtyRing(this, options.DirtyRingBytes);
+        if (options.DirtyRingBytes.Bytes > 0) DirtyRing = new DirtyRing(this, (int)options.DirtyRingBytes.Bytes);
     }
 
     // ---- creation -------------------------------------------------------------------------------
@@ -41,7 +41,7 @@ public abstract class Vm : IDisposable, IDisplayable
         => Create(new VmOptions(memory)
         {
             Vcpus = vcpus, Backing = backing, Backend = backend, TestSlotGpa = testSlotGpa,
-            ManualProtect = manualProtect, InitiallySet = initiallySet, DirtyRingBytes = dirtyRingBytes,
+            ManualProtect = manualProtect, InitiallySet = initiallySet, DirtyRingBytes = new Size(dirtyRingBytes),
         });
 
     public static Vm Create(VmOptions options)
