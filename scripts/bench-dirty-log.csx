@@ -13,6 +13,7 @@
 
 using System.Diagnostics;
 using Iced.Intel;
+using VirtLab.Sdk.Machine.Kvm.Benchmarks; // KvmRawIoctls: not in the default script imports
 using static Iced.Intel.AssemblerRegisters;
 using VirtLab.Sdk.Machine.Kvm;
 

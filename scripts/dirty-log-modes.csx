@@ -55,7 +55,7 @@ DirtyBitmap Expected(Vm vm) => vm.Plan(work).ExpectedWrites()[vm.TestSlot.Id];
 
 // dirty ring: entries name (slot, page); harvesting them all gives the same set.
 {
-    using var vm = Vm.Create(new VmOptions(memory) { Vcpus = vcpus, Backend = backend, DirtyRingBytes = 64 * 1024, LogDirtyPages = true });
+    using var vm = Vm.Create(new VmOptions(memory) { Vcpus = vcpus, Backend = backend, DirtyRingBytes = 64.KiB(), LogDirtyPages = true });
     var run = Stage("ring: dirty memory", () => vm.Run(work));
     var harvested = Stage("ring: harvest", () => vm.DirtyRing!.HarvestBitmaps());
     var fromRing = harvested.TryGetValue(vm.TestSlot.Id, out var b) ? b : new DirtyBitmap(vm.TestSlot.Pages);

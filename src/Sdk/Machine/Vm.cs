@@ -1,8 +1,6 @@
 using System.Collections.Immutable;
 using Spectre.Console;
 using Spectre.Console.Rendering;
-using VirtLab.Sdk.Machine.Kvm;
-using VirtLab.Sdk.Machine.Sim;
 using VirtLab.Sdk.Measure;
 using Size = VirtLab.Sdk.Measure.Size;
 
@@ -14,7 +12,7 @@ namespace VirtLab.Sdk.Machine;
 /// class owns the slots, guest memory, bounds checks and argument validation, and calls the backend only with
 /// requests the kernel would accept.
 /// </summary>
-public abstract class Vm : IDisposable, IDisplayable
+public abstract partial class Vm : IDisposable, IDisplayable
 {
     readonly object slotLock = new();
     ImmutableArray<MemSlot> slots = []; // sorted by gpa; replaced, never mutated, so readers need no lock
@@ -32,7 +30,7 @@ public abstract class Vm : IDisposable, IDisplayable
         Vcpus = options.Vcpus;
         GuestPhysBits = options.GuestPhysBits ?? HostInfo.PhysAddressBits;
         Memory = new GuestMemory(this);
-        if (options.DirtyRingBytes > 0) DirtyRing = new DirtyRing(this, options.DirtyRingBytes);
+        if (options.DirtyRingBytes.Bytes > 0) DirtyRing = new DirtyRing(this, (int)options.DirtyRingBytes.Bytes);
     }
 
     // ---- creation -------------------------------------------------------------------------------
@@ -43,34 +41,15 @@ public abstract class Vm : IDisposable, IDisplayable
         => Create(new VmOptions(memory)
         {
             Vcpus = vcpus, Backing = backing, Backend = backend, TestSlotGpa = testSlotGpa,
-            ManualProtect = manualProtect, InitiallySet = initiallySet, DirtyRingBytes = dirtyRingBytes,
+            ManualProtect = manualProtect, InitiallySet = initiallySet, DirtyRingBytes = new Size(dirtyRingBytes),
         });
 
-    public static Vm Create(VmOptions options)
-    {
-        WarmUp.WaitForPending(); // a shell's warm-up still running: let it end before this VM's first timed call
-        ArgumentNullException.ThrowIfNull(options);
-        options.Validate();
-        switch (options.Backend)
-        {
-            case Backend.Sim:
-                return SimBackend.Create(options);
-            case Backend.Kvm:
-                if (!IsKvmUsable(out var reason))
-                    throw new BackendUnavailableException(Backend.Kvm, $"the KVM backend is not usable here: {reason}. Use Backend.Sim (or Backend.Auto to fall back to it).");
-                return CreateKvm(options);
-            case Backend.Auto:
-                return IsKvmUsable(out _) ? CreateKvm(options) : SimBackend.Create(options);
-            default:
-                throw new ArgumentOutOfRangeException(nameof(options), options.Backend, "backend must be Auto, Kvm or Sim");
-        }
-    }
+    /// <summary>Checks <paramref name="options"/> (<see cref="VmOptions.Validate"/>) and builds the VM on the backend they ask for.</summary>
+    public static Vm Create(VmOptions options) => VmBackends.Create(options);
 
     /// <summary>Whether <see cref="Backend.Kvm"/> works here, and if not why. Setting the environment variable
     /// <c>VIRTLAB_DISABLE_KVM=1</c> makes it unusable (Auto then picks the simulator; KVM tests skip).</summary>
-    public static bool IsKvmUsable(out string reason) => KvmBackend.IsUsable(out reason);
-
-    static Vm CreateKvm(VmOptions options) => KvmBackend.Create(options);
+    public static bool IsKvmUsable(out string reason) => VmBackends.IsKvmUsable(out reason);
 
     /// <summary>Slot 0's size when <see cref="VmOptions.SystemMemory"/> is not given: 4 MiB + 64 KiB per vCPU, in 2 MiB units.</summary>
     public static Size DefaultSystemMemory(int vcpus) => new(VmOptions.AlignUp((4L << 20) + vcpus * (64L << 10), 2L << 20));
@@ -115,15 +94,6 @@ public abstract class Vm : IDisposable, IDisplayable
     public Backing Backing => Options.Backing;
 
     public GuestMemory Memory { get; }
-
-    /// <summary>Guest-physical memory as a device without an IOMMU sees it (translate + bounds, faults instead of exceptions).</summary>
-    public GuestPhysicalSpace PhysicalSpace => physicalSpace ?? Interlocked.CompareExchange(ref physicalSpace, new(this), null) ?? physicalSpace;
-
-    /// <summary>Attached devices, in attach order.</summary>
-    public IReadOnlyList<VmDevice> Devices => devices.Snapshot;
-
-    /// <summary>Attaches a device model (it is disposed with the VM, before guest memory goes away) and returns it.</summary>
-    public T Attach<T>(T device) where T : VmDevice => devices.Attach(this, device);
 
     /// <summary>Guest physical address width; every slot ends at or below <see cref="MaxGpa"/>.</summary>
     public int GuestPhysBits { get; private set; }
@@ -187,407 +157,6 @@ public abstract class Vm : IDisposable, IDisplayable
         return null;
     }
 
-    // ---- memslots -------------------------------------------------------------------------------
-
-    /// <summary>
-    /// Adds a memslot of <paramref name="size"/> bytes. Without <paramref name="gpa"/> it goes right below the lowest
-    /// non-system slot (aligned to its backing's page size); without <paramref name="id"/> it takes the lowest free id ≥ 2.
-    /// </summary>
-    public MemSlot AddSlot(Size size, Backing? backing = null, ulong? gpa = null, int? id = null, bool logDirtyPages = false)
-    {
-        ThrowIfDisposed();
-        var b = backing ?? Options.Backing;
-        lock (slotLock)
-        {
-            var slotId = id ?? NextFreeId();
-            return AddSlotCore(slotId, size.Bytes, b, gpa ?? PlaceBelow(size.Bytes, b), logDirtyPages);
-        }
-    }
-
-    /// <summary>Changes a slot's size. KVM cannot resize a memslot in place: the slot is deleted and re-added at the same
-    /// gpa with fresh memory (contents are not kept) and the same flags.</summary>
-    public MemSlot ResizeSlot(int id, Size newSize)
-    {
-        ThrowIfDisposed();
-        lock (slotLock)
-        {
-            var old = Slot(id); // re-checks `disposed` under the lock
-            if (old.IsSystem) throw new InvalidOperationException("slot 0 is the system slot (code, stacks, page tables); it cannot be resized");
-            ThrowIfRunning("resize a memslot");
-            ValidateSlot(id, newSize.Bytes, old.Backing, old.Gpa, ignore: old);
-            CheckHostMemory(newSize.Bytes - old.Size.Bytes);
-            var mapping = HostMapping.Create(newSize.Bytes, old.Backing, $"slot {id}");
-            var log = old.LogDirtyPages;
-            // Retire first: a dirty-log call that saw the old slot finishes before the kernel memslot goes (no ENOENT).
-            Retire([old]);
-            try
-            {
-                DeleteMemoryRegion(old);
-            }
-            catch
-            {
-                mapping.Dispose();
-                orphans.Add(old.Mapping); // the kernel may still map it: unmapped only when the VM goes
-                throw;
-            }
-            old.Mapping.Dispose();
-            return Install(id, old.Gpa, mapping, log);
-        }
-    }
-
-    /// <summary>Deletes a memslot (memory_size 0) and unmaps its memory.</summary>
-    public void RemoveSlot(int id)
-    {
-        ThrowIfDisposed();
-        lock (slotLock)
-        {
-            var s = Slot(id); // re-checks `disposed` under the lock
-            if (s.IsSystem) throw new InvalidOperationException("slot 0 is the system slot (code, stacks, page tables); it cannot be removed");
-            ThrowIfRunning("remove a memslot");
-            Retire([s]); // see ResizeSlot
-            try { DeleteMemoryRegion(s); }
-            catch
-            {
-                orphans.Add(s.Mapping);
-                throw;
-            }
-            s.Mapping.Dispose();
-        }
-    }
-
-    MemSlot AddSlotCore(int id, long size, Backing backing, ulong gpa, bool logDirtyPages)
-    {
-        lock (slotLock)
-        {
-            ThrowIfDisposed(); // under the lock: Dispose retires the slots under it too
-            ValidateSlot(id, size, backing, gpa, ignore: null);
-            if (FindSlot(id) is { } existing) throw new ArgumentException($"memslot {id} already exists ({existing}); pick another id or remove it first", nameof(id));
-            CheckHostMemory(size);
-            var mapping = HostMapping.Create(size, backing, $"slot {id}");
-            return Install(id, gpa, mapping, logDirtyPages);
-        }
-    }
-
-    MemSlot Install(int id, ulong gpa, HostMapping mapping, bool logDirtyPages)
-    {
-        var slot = new MemSlot(this, id, gpa, mapping);
-        try
-        {
-            SetMemoryRegion(slot, logDirtyPages);
-        }
-        catch
-        {
-            mapping.Dispose();
-            throw;
-        }
-        slot.SetLogFlag(logDirtyPages);
-        Publish(SlotsSnapshot.Add(slot).Sort((a, b) => a.Gpa.CompareTo(b.Gpa)));
-        return slot;
-    }
-
-    void Publish(ImmutableArray<MemSlot> next) => ImmutableInterlocked.InterlockedExchange(ref slots, next);
-
-    /// <summary>Takes slots out of the VM (under the slot lock) and waits until no thread that still saw them as current
-    /// uses them (<see cref="SlotGuard"/>: a guest-memory access, a dirty-log ioctl): only then may their memory be
-    /// unmapped, their id be re-created with another size, or the VM fd be closed.</summary>
-    void Retire(IReadOnlyCollection<MemSlot> gone, bool vmToo = false)
-    {
-        foreach (var s in gone) s.MarkRemoved();
-        Publish(SlotsSnapshot.RemoveRange(gone));
-        var set = gone.Select(s => s.Serial).ToHashSet();
-        if (vmToo) set.Add(Serial);
-        SlotGuard.WaitUntilUnused(set);
-    }
-
-    void ValidateSlot(int id, long size, Backing backing, ulong gpa, MemSlot? ignore)
-    {
-        VmOptions.CheckDefined(backing, "backing");
-        if (id < 0 || id >= MaxMemslots)
-            throw new ArgumentOutOfRangeException(nameof(id), $"memslot ids are 0 … {MaxMemslots - 1} (KVM_CAP_NR_MEMSLOTS); got {id}");
-        var pageSize = backing.PageSize();
-        if (size <= 0)
-            throw new ArgumentOutOfRangeException(nameof(size), $"memslot size must be positive (got {new Size(size)})");
-        if (size % pageSize != 0)
-            throw new ArgumentException(
-                $"memslot size {new Size(size)} ({size} bytes) is not a multiple of the {backing.Name()} backing's page size {new Size(pageSize)}; " +
-                $"use {new Size(VmOptions.AlignUp(size, pageSize))}", nameof(size));
-        if (gpa % (ulong)pageSize != 0)
-            throw new ArgumentException($"memslot gpa 0x{gpa:x} is not aligned to the {backing.Name()} backing's page size {new Size(pageSize)}", nameof(gpa));
-        if (gpa >= MaxGpa || (ulong)size > MaxGpa - gpa)
-            throw new ArgumentOutOfRangeException(nameof(gpa),
-                $"memslot [0x{gpa:x}, 0x{gpa + (ulong)size:x}) ends past the {GuestPhysBits}-bit guest-physical space (0x{MaxGpa:x})");
-        foreach (var s in SlotsSnapshot)
-        {
-            if (ReferenceEquals(s, ignore)) continue;
-            if (gpa < s.EndGpa && s.Gpa < gpa + (ulong)size)
-                throw new ArgumentException(
-                    $"memslot {id} [0x{gpa:x}, 0x{gpa + (ulong)size:x}) overlaps slot {s.Id} [0x{s.Gpa:x}, 0x{s.EndGpa:x}); memslots may not overlap (the kernel would return EEXIST)", nameof(gpa));
-        }
-    }
-
-    void CheckHostMemory(long adding)
-    {
-        var ram = HostInfo.MemTotalBytes;
-        if (ram <= 0 || adding <= 0) return;
-        long total = adding;
-        foreach (var s in SlotsSnapshot) total += s.Mapping.Length;
-        if (total > ram)
-            throw new ArgumentOutOfRangeException(nameof(adding),
-                $"guest memory would be {new Size(total)}, more than this host has ({new Size(ram)} of RAM, MemTotal in /proc/meminfo)");
-    }
-
-    int NextFreeId()
-    {
-        for (int i = 2; i < MaxMemslots; i++) if (FindSlot(i) is null) return i;
-        throw new InvalidOperationException($"all {MaxMemslots} memslot ids are in use");
-    }
-
-    ulong PlaceBelow(long size, Backing backing)
-    {
-        var pageSize = (ulong)backing.PageSize();
-        var sys = FindSlot(0);
-        ulong floor = sys?.EndGpa ?? 0;
-        ulong top = MaxGpa;
-        foreach (var s in SlotsSnapshot) if (!s.IsSystem && s.Gpa < top) top = s.Gpa;
-        if (top < floor + (ulong)size)
-            throw new ArgumentException($"no room for {new Size(size)} below 0x{top:x}; pass gpa explicitly");
-        var gpa = (top - (ulong)size) / pageSize * pageSize;
-        if (gpa < floor)
-            throw new ArgumentException($"no room for {new Size(size)} aligned to {new Size((long)pageSize)} below 0x{top:x}; pass gpa explicitly");
-        return gpa;
-    }
-
-    // ---- dirty logging --------------------------------------------------------------------------
-
-    internal void SetLogDirtyPages(MemSlot slot, bool on)
-    {
-        ThrowIfDisposed();
-        lock (slotLock)
-        {
-            ThrowIfDisposed();
-            CheckOwned(slot);
-            if (slot.LogDirtyPages == on) return; // KVM treats an unchanged flags update as a no-op
-            SetMemoryRegion(slot, on);
-            slot.SetLogFlag(on);
-        }
-    }
-
-    internal void GetDirtyLog(MemSlot slot, DirtyBitmap into)
-    {
-        ArgumentNullException.ThrowIfNull(slot);
-        ArgumentNullException.ThrowIfNull(into);
-        // Announced before the checks: the kernel writes npages bits of whatever slot has this id at the time of the
-        // ioctl, so the slot must not be resized (nor the VM fd closed) between the size check and the call.
-        var call = SlotGuard.Enter(slot.Serial);
-        try
-        {
-            ThrowIfDisposed();
-            CheckOwned(slot);
-            CheckNoRing("KVM_GET_DIRTY_LOG");
-            CheckLogging(slot, "KVM_GET_DIRTY_LOG");
-            if (into.Pages != slot.Pages)
-                throw new ArgumentException($"the bitmap has {into.Pages} pages but slot {slot.Id} has {slot.Pages}", nameof(into));
-            GetDirtyLogCore(slot, into.Words);
-        }
-        finally
-        {
-            call.Dispose();
-        }
-    }
-
-    /// <summary>Checks in the kernel's order (kvm_clear_dirty_log_protect): ENXIO for a ring, EINVAL for first_page,
-    /// ENOENT for a slot that does not log, EINVAL for the range and for num_pages.</summary>
-    internal void ClearDirtyLog(MemSlot slot, long firstPage, long numPages, DirtyBitmap? mask)
-    {
-        ArgumentNullException.ThrowIfNull(slot);
-        var call = SlotGuard.Enter(slot.Serial); // see GetDirtyLog
-        try
-        {
-            ThrowIfDisposed();
-            CheckOwned(slot);
-            CheckNoRing("KVM_CLEAR_DIRTY_LOG");
-            var n = slot.Pages;
-            if (firstPage < 0 || numPages < 0)
-                throw new ArgumentOutOfRangeException(nameof(firstPage), $"KVM_CLEAR_DIRTY_LOG: first_page ({firstPage}) and num_pages ({numPages}) must not be negative (they are unsigned in the kernel)");
-            if (firstPage % 64 != 0)
-                throw new ArgumentException(
-                    $"KVM_CLEAR_DIRTY_LOG: first_page {firstPage} is not a multiple of 64 (the kernel would return EINVAL); use {firstPage / 64 * 64}", nameof(firstPage));
-            CheckLogging(slot, "KVM_CLEAR_DIRTY_LOG");
-            if (firstPage >= n || numPages > n - firstPage)
-                throw new ArgumentOutOfRangeException(nameof(numPages),
-                    $"KVM_CLEAR_DIRTY_LOG: pages [{firstPage}, {firstPage + numPages}) are outside slot {slot.Id}'s {n} pages " +
-                    "(first_page must be below npages and the range inside the slot; the kernel would return EINVAL)");
-            if (numPages % 64 != 0 && firstPage + numPages != n)
-                throw new ArgumentException(
-                    $"KVM_CLEAR_DIRTY_LOG: num_pages {numPages} is not a multiple of 64 and the range [{firstPage}, {firstPage + numPages}) does not end at the slot's end ({n}); " +
-                    "num_pages may only be unaligned for the last chunk of a slot (the kernel would return EINVAL)", nameof(numPages));
-            if (mask is not null && mask.Pages != n)
-                throw new ArgumentException($"the mask has {mask.Pages} pages but slot {slot.Id} has {n}; pass a bitmap of the whole slot", nameof(mask));
-            if (numPages == 0) return;
-            ClearDirtyLogChecked(slot, firstPage, numPages, mask);
-        }
-        finally
-        {
-            call.Dispose();
-        }
-    }
-
-    void ClearDirtyLogChecked(MemSlot slot, long firstPage, long numPages, DirtyBitmap? mask)
-    {
-        var words = DirtyBitmap.WordsFor(numPages);
-        ReadOnlySpan<ulong> m;
-        if (mask is not null) m = mask.Words.AsSpan((int)(firstPage >> 6), words);
-        else
-        {
-            var all = new ulong[words];
-            Array.Fill(all, ulong.MaxValue);
-            if ((numPages & 63) != 0) all[^1] = (1UL << (int)(numPages & 63)) - 1;
-            m = all;
-        }
-        ClearDirtyLogCore(slot, firstPage, numPages, m);
-    }
-
-    void CheckNoRing(string ioctl)
-    {
-        if (DirtyRing is not null)
-            throw new InvalidOperationException($"{ioctl}: this VM tracks dirty pages with the dirty ring (the kernel returns ENXIO); use vm.DirtyRing.Harvest() and Reset()");
-    }
-
-    static void CheckLogging(MemSlot slot, string ioctl)
-    {
-        if (!slot.LogDirtyPages)
-            throw new InvalidOperationException($"{ioctl}: slot {slot.Id} is not logging dirty pages (it has no dirty_bitmap; the kernel returns ENOENT); set LogDirtyPages = true first");
-    }
-
-    void CheckOwned(MemSlot slot)
-    {
-        ArgumentNullException.ThrowIfNull(slot);
-        if (slot.Vm != this) throw new ArgumentException($"{slot} belongs to another VM", nameof(slot));
-        if (slot.Removed) throw new InvalidOperationException($"memslot {slot.Id} was removed from this VM");
-    }
-
-    internal void HarvestDirtyRingInternal(int vcpu, List<DirtyGfn> into) => HarvestDirtyRingCore(vcpu, into);
-
-    internal long ResetDirtyRingsInternal() => ResetDirtyRingsCore();
-
-    /// <summary>A vCPU exited with KVM_EXIT_DIRTY_RING_FULL: harvest every ring into the backlog and reset, then the vCPU may resume.</summary>
-    private protected void OnDirtyRingFull(int vcpu)
-        => (DirtyRing ?? throw new InvalidOperationException($"vCPU {vcpu} reported a full dirty ring but the ring is not enabled")).OnFull();
-
-    // ---- workloads ------------------------------------------------------------------------------
-
-    /// <summary>Checks <paramref name="workload"/> against this VM and resolves its range and per-vCPU slices.</summary>
-    public WorkloadPlan Plan(Workload workload)
-    {
-        ThrowIfDisposed();
-        ArgumentNullException.ThrowIfNull(workload);
-        var w = workload;
-        VmOptions.CheckDefined(w.Order, nameof(Workload.Order));
-        VmOptions.CheckDefined(w.Sharing, nameof(Workload.Sharing));
-        VmOptions.CheckDefined(w.Roles, nameof(Workload.Roles));
-        if (w.Stride <= 0 || w.Stride % 8 != 0)
-            throw new ArgumentException($"stride must be a positive multiple of 8 bytes (accesses are 8 bytes); got {w.Stride}", nameof(workload));
-        if (w.Offset < 0 || w.Offset % 8 != 0)
-            throw new ArgumentException($"offset must be a non-negative multiple of 8; got {w.Offset}", nameof(workload));
-        if (w.WritePercent is < 0 or > 100)
-            throw new ArgumentException($"write percentage must be 0 … 100; got {w.WritePercent}", nameof(workload));
-        if (w.Passes is < 1 or > Workload.MaxPasses)
-            throw new ArgumentException($"passes must be 1 … {Workload.MaxPasses:N0} (each pass's time is recorded per vCPU); got {w.Passes:N0}. " +
-                "For an open-ended run, use many passes and cancel it", nameof(workload));
-        foreach (var a in w.EffectiveAccesses)
-        {
-            VmOptions.CheckDefined(a.Op, "StrideAccess.Op");
-            if (a.Offset < 0 || a.Offset % 8 != 0 || a.Step < 0 || a.Step % 8 != 0 || a.Count < 1)
-                throw new ArgumentException($"{a}: offset and step must be non-negative multiples of 8 and count at least 1", nameof(workload));
-            // Int128: huge offsets or steps must not wrap around into a small, "valid" end.
-            var end = (Int128)w.Offset + a.Offset + (Int128)(a.Count - 1) * a.Step + 8;
-            if (end > w.Stride)
-                throw new ArgumentException($"{a} with offset {w.Offset} reaches byte {end} of a {w.Stride}-byte stride; accesses must stay inside their stride", nameof(workload));
-        }
-
-        ulong gpa;
-        long length;
-        if (w.Gpa is { } g)
-        {
-            var first = FindSlotAt(g) ?? throw new ArgumentOutOfRangeException(nameof(workload),
-                $"workload range starts at 0x{g:x}, outside guest memory; memslots: {string.Join("; ", SlotsSnapshot)}");
-            gpa = g;
-            length = w.Length ?? (long)(first.EndGpa - g);
-        }
-        else
-        {
-            var s = Slot(w.Slot);
-            gpa = s.Gpa;
-            length = w.Length ?? s.Size.Bytes;
-        }
-        if (length < w.Stride)
-            throw new ArgumentException($"workload range length {length} must hold at least one stride of {w.Stride} bytes", nameof(workload));
-        if (FindSlotAt(gpa) is { IsSystem: true })
-            throw new ArgumentException(
-                $"workload range starts at 0x{gpa:x}, inside system slot 0, which holds the backend's code, stacks and page tables; use the test slot or another memslot", nameof(workload));
-        var covered = new List<MemSlot>();
-        for (ulong at = gpa; at < gpa + (ulong)length;)
-        {
-            var s = FindSlotAt(at) ?? throw new ArgumentOutOfRangeException(nameof(workload),
-                $"workload range [0x{gpa:x}, 0x{gpa + (ulong)length:x}) is not all guest memory: nothing at 0x{at:x}; memslots: {string.Join("; ", SlotsSnapshot)}");
-            covered.Add(s);
-            at = s.EndGpa;
-        }
-        return new WorkloadPlan(w, Vcpus, gpa, length, covered);
-    }
-
-    /// <summary>
-    /// Runs <paramref name="workload"/> on all vCPUs and waits for it. With <see cref="Workload.SyncEachPass"/>,
-    /// <paramref name="afterPass"/>(pass) runs on this thread after each pass while every vCPU waits at the sync point
-    /// (e.g. to get/clear the dirty log between dirty_log_perf_test iterations); without it there is no sync point
-    /// and <paramref name="afterPass"/> is not called (on either backend). Only one workload (or, on KVM, raw-assembly
-    /// program) runs on a VM at a time.
-    /// </summary>
-    public WorkloadResult Run(Workload workload, Action<int>? afterPass = null, CancellationToken cancellation = default)
-    {
-        var plan = Plan(workload);
-        using var progress = plan.Progress = Measure.Progress.Start(workload.Name ?? "workload", (long)plan.Workload.Passes * plan.Vcpus, "vCPU passes");
-        return Exclusive(cancellation, token => RunCore(plan, afterPass, token));
-    }
-
-    /// <summary>
-    /// Runs <paramref name="body"/> as the VM's one guest run: while it runs <see cref="IsRunning"/> is true, a second run
-    /// is refused, memslots cannot be removed or resized, and <see cref="Dispose"/> waits for it. The token passed to
-    /// <paramref name="body"/> fires on <paramref name="cancellation"/> or on dispose. Every way of running guest code
-    /// (workloads, the KVM backend's raw assembly) goes through here.
-    /// </summary>
-    private protected T Exclusive<T>(CancellationToken cancellation, Func<CancellationToken, T> body)
-    {
-        ThrowIfDisposed();
-        if (Interlocked.CompareExchange(ref running, 1, 0) != 0)
-            throw new InvalidOperationException("a workload is already running on this VM; wait for it (or cancel it) first");
-        try
-        {
-            // Dispose sets `disposed` before it looks at `running`; we set `running` before looking at `disposed`
-            // (both interlocked), so either Dispose waits for this run or this run sees the VM disposed.
-            ThrowIfDisposed();
-            runThread = Environment.CurrentManagedThreadId;
-            var ambient = RunCancellation.Current; // Ctrl+C of the recipe or REPL submission, even when no token was passed
-            using var linked = CancellationTokenSource.CreateLinkedTokenSource(cancellation, ambient, disposeCts.Token);
-            try
-            {
-                return body(linked.Token);
-            }
-            catch (OperationCanceledException) when (IsDisposed && !cancellation.IsCancellationRequested && !ambient.IsCancellationRequested)
-            {
-                throw new ObjectDisposedException(null, $"this {Backend} VM was disposed while a workload was running on it, which stopped the run");
-            }
-        }
-        finally
-        {
-            runThread = 0;
-            Volatile.Write(ref running, 0);
-        }
-    }
-
-    public Task<WorkloadResult> RunAsync(Workload workload, Action<int>? afterPass = null, CancellationToken cancellation = default)
-        => Task.Factory.StartNew(() => Run(workload, afterPass, cancellation), cancellation, TaskCreationOptions.LongRunning, TaskScheduler.Default);
-
     // ---- backend hooks --------------------------------------------------------------------------
 
     /// <summary>KVM_SET_USER_MEMORY_REGION: create the slot, or change its flags (<paramref name="logDirtyPages"/> = KVM_MEM_LOG_DIRTY_PAGES).</summary>
@@ -642,6 +211,15 @@ public abstract class Vm : IDisposable, IDisplayable
     {
         if (IsRunning) throw new InvalidOperationException($"cannot {what} while a workload is running on this VM");
     }
+
+    /// <summary>Guest-physical memory as a device without an IOMMU sees it (translate + bounds, faults instead of exceptions).</summary>
+    public GuestPhysicalSpace PhysicalSpace => physicalSpace ?? Interlocked.CompareExchange(ref physicalSpace, new(this), null) ?? physicalSpace;
+
+    /// <summary>Attached devices, in attach order.</summary>
+    public IReadOnlyList<VmDevice> Devices => devices.Snapshot;
+
+    /// <summary>Attaches a device model (it is disposed with the VM, before guest memory goes away) and returns it.</summary>
+    public T Attach<T>(T device) where T : VmDevice => devices.Attach(this, device);
 
     public void Dispose()
     {

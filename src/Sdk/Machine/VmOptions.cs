@@ -37,8 +37,8 @@ public sealed record VmOptions
     /// <summary><c>KVM_DIRTY_LOG_INITIALLY_SET</c> (needs <see cref="ManualProtect"/>): enabling logging sets every bit and protects nothing.</summary>
     public bool InitiallySet { get; init; }
 
-    /// <summary>Dirty ring size in bytes per vCPU (<c>KVM_CAP_DIRTY_LOG_RING</c>); 0 = no ring. A power of two, 4 KiB … 1 MiB (16-byte entries).</summary>
-    public int DirtyRingBytes { get; init; }
+    /// <summary>Dirty ring size per vCPU (<c>KVM_CAP_DIRTY_LOG_RING</c>), e.g. <c>64.KiB()</c>; 0 = no ring. A power of two, 4 KiB … 1 MiB (16-byte entries).</summary>
+    public Size DirtyRingBytes { get; init; }
 
     public const int MaxVcpusDefault = 1024;              // x86 KVM_MAX_VCPUS
     public const int DirtyRingEntryBytes = 16;            // sizeof(struct kvm_dirty_gfn)
@@ -70,13 +70,13 @@ public sealed record VmOptions
             throw new ArgumentException($"system memory {sys} must be a positive multiple of 4 KiB", nameof(SystemMemory));
         if (InitiallySet && !ManualProtect)
             throw new ArgumentException("InitiallySet (KVM_DIRTY_LOG_INITIALLY_SET) only exists with ManualProtect (KVM_DIRTY_LOG_MANUAL_PROTECT_ENABLE); set both", nameof(InitiallySet));
-        if (DirtyRingBytes != 0)
+        if (DirtyRingBytes.Bytes is not 0 and var ring)
         {
             const int min = 4096, max = DirtyRingMaxEntries * DirtyRingEntryBytes;
-            if (DirtyRingBytes < 0 || (DirtyRingBytes & (DirtyRingBytes - 1)) != 0 || DirtyRingBytes < min || DirtyRingBytes > max)
+            if (ring < 0 || (ring & (ring - 1)) != 0 || ring < min || ring > max)
                 throw new ArgumentOutOfRangeException(nameof(DirtyRingBytes),
                     $"dirty ring size must be a power of two from {min} to {max} bytes (4 KiB … 1 MiB: {min / DirtyRingEntryBytes} … {DirtyRingMaxEntries} entries of 16 bytes); " +
-                    $"got {DirtyRingBytes} bytes{(DirtyRingBytes >= 1024 ? $" ({new Size(DirtyRingBytes)})" : "")}");
+                    $"got {ring} bytes{(ring >= 1024 ? $" ({DirtyRingBytes})" : "")}");
         }
         if (TestSlotGpa is { } gpa && gpa % (ulong)pageSize != 0)
             throw new ArgumentException($"test slot gpa 0x{gpa:x} is not aligned to the {Backing.Name()} backing's page size {new Size(pageSize)}", nameof(TestSlotGpa));

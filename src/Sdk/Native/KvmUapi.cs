@@ -238,26 +238,72 @@ internal struct kvm_stats_desc
     public uint bucket_size;
 }
 
-/// <summary>Offsets into the mmap'ed struct kvm_run (x86, no s390 fields).</summary>
-internal static class KvmRunLayout
+/// <summary>
+/// <c>struct kvm_run</c>, the vCPU's shared page (mmap of the vCPU fd): the header, the exit union (256 bytes, one
+/// struct per exit reason, all at offset 32) and the sync-regs area. Only the members VirtLab reads are declared; the
+/// offsets and the size are those of &lt;linux/kvm.h&gt; on x86-64 (checked by a test).
+/// </summary>
+[StructLayout(LayoutKind.Explicit, Size = 2352)]
+internal struct kvm_run
 {
-    public const int RequestInterruptWindow = 0;
-    public const int ImmediateExit = 1;
-    public const int ExitReason = 8;
-    public const int Flags = 14;
-    public const int Cr8 = 16;
-    public const int ApicBase = 24;
-    public const int Union = 32;
-    // run->io
-    public const int IoDirection = Union + 0, IoSize = Union + 1, IoPort = Union + 2, IoCount = Union + 4, IoDataOffset = Union + 8;
-    // run->mmio
-    public const int MmioPhysAddr = Union + 0, MmioData = Union + 8, MmioLen = Union + 16, MmioIsWrite = Union + 20;
-    // run->fail_entry
-    public const int FailEntryReason = Union + 0, FailEntryCpu = Union + 8;
-    // run->internal
-    public const int InternalSuberror = Union + 0, InternalNdata = Union + 4, InternalData = Union + 8;
-    // run->hw
-    public const int HwExitReason = Union + 0;
-    // run->system_event
-    public const int SystemEventType = Union + 0;
+    [FieldOffset(0)] public byte request_interrupt_window;
+    [FieldOffset(1)] public byte immediate_exit;
+    [FieldOffset(8)] public uint exit_reason;
+    [FieldOffset(12)] public byte ready_for_interrupt_injection;
+    [FieldOffset(13)] public byte if_flag;
+    [FieldOffset(14)] public ushort flags;
+    [FieldOffset(16)] public ulong cr8;
+    [FieldOffset(24)] public ulong apic_base;
+    [FieldOffset(32)] public kvm_run_io io;
+    [FieldOffset(32)] public kvm_run_mmio mmio;
+    [FieldOffset(32)] public kvm_run_fail_entry fail_entry;
+    [FieldOffset(32)] public kvm_run_internal @internal;
+    [FieldOffset(32)] public kvm_run_system_event system_event;
+    [FieldOffset(288)] public ulong kvm_valid_regs;
+    [FieldOffset(296)] public ulong kvm_dirty_regs;
+}
+
+/// <summary>run-&gt;io (KVM_EXIT_IO): the data is at <c>(byte*)run + data_offset</c>.</summary>
+[StructLayout(LayoutKind.Sequential)]
+internal struct kvm_run_io
+{
+    public byte direction, size;
+    public ushort port;
+    public uint count;
+    public ulong data_offset;
+}
+
+/// <summary>run-&gt;mmio (KVM_EXIT_MMIO).</summary>
+[StructLayout(LayoutKind.Sequential)]
+internal unsafe struct kvm_run_mmio
+{
+    public ulong phys_addr;
+    public fixed byte data[8];
+    public uint len;
+    public byte is_write;
+}
+
+/// <summary>run-&gt;fail_entry (KVM_EXIT_FAIL_ENTRY).</summary>
+[StructLayout(LayoutKind.Sequential)]
+internal struct kvm_run_fail_entry
+{
+    public ulong hardware_entry_failure_reason;
+    public uint cpu;
+}
+
+/// <summary>run-&gt;internal (KVM_EXIT_INTERNAL_ERROR).</summary>
+[StructLayout(LayoutKind.Sequential)]
+internal unsafe struct kvm_run_internal
+{
+    public uint suberror;
+    public uint ndata;
+    public fixed ulong data[16];
+}
+
+/// <summary>run-&gt;system_event (KVM_EXIT_SYSTEM_EVENT).</summary>
+[StructLayout(LayoutKind.Sequential)]
+internal struct kvm_run_system_event
+{
+    public uint type;
+    public uint ndata;
 }

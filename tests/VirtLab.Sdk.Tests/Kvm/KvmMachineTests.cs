@@ -1,4 +1,5 @@
 using System.Diagnostics;
+using System.Runtime.InteropServices;
 using Iced.Intel;
 using VirtLab.Sdk.Machine.Kvm;
 using VirtLab.Sdk.Native;
@@ -34,6 +35,20 @@ public unsafe class KvmMachineTests(ITestOutputHelper output)
         Assert.Equal(16, sizeof(kvm_dirty_gfn));
         Assert.Equal(24, sizeof(kvm_stats_header));
         Assert.Equal(16, sizeof(kvm_stats_desc));
+        // struct kvm_run: header, the exit union at 32 (256 bytes), kvm_valid_regs at 288, the 2 KiB sync-regs area.
+        Assert.Equal(2352, sizeof(kvm_run));
+        Assert.Equal(1, (int)Marshal.OffsetOf<kvm_run>(nameof(kvm_run.immediate_exit)));
+        Assert.Equal(8, (int)Marshal.OffsetOf<kvm_run>(nameof(kvm_run.exit_reason)));
+        Assert.Equal(14, (int)Marshal.OffsetOf<kvm_run>(nameof(kvm_run.flags)));
+        Assert.Equal(32, (int)Marshal.OffsetOf<kvm_run>(nameof(kvm_run.io)));
+        Assert.Equal(288, (int)Marshal.OffsetOf<kvm_run>(nameof(kvm_run.kvm_valid_regs)));
+        Assert.Equal(16, sizeof(kvm_run_io));
+        Assert.Equal(2, (int)Marshal.OffsetOf<kvm_run_io>(nameof(kvm_run_io.port)));
+        Assert.Equal(8, (int)Marshal.OffsetOf<kvm_run_io>(nameof(kvm_run_io.data_offset)));
+        Assert.Equal(16, (int)Marshal.OffsetOf<kvm_run_mmio>(nameof(kvm_run_mmio.len)));
+        Assert.Equal(20, (int)Marshal.OffsetOf<kvm_run_mmio>(nameof(kvm_run_mmio.is_write)));
+        Assert.Equal(8, (int)Marshal.OffsetOf<kvm_run_fail_entry>(nameof(kvm_run_fail_entry.cpu)));
+        Assert.Equal(136, sizeof(kvm_run_internal));
         // Values from <linux/kvm.h> on x86-64.
         Assert.Equal((nuint)0xAE80, KvmIoctl.KVM_RUN);
         Assert.Equal((nuint)0x4020AE46, KvmIoctl.KVM_SET_USER_MEMORY_REGION);

@@ -18,7 +18,7 @@ public class KvmVmTests(ITestOutputHelper output)
         Vm.Create(new VmOptions(new Size(memory))
         {
             Vcpus = vcpus, Backing = backing, Backend = Backend.Kvm, ManualProtect = manual, InitiallySet = initiallySet,
-            DirtyRingBytes = ring, LogDirtyPages = log,
+            DirtyRingBytes = new Size(ring), LogDirtyPages = log,
         });
 
     private static long[] Pages(DirtyBitmap b) => b.SetPages.ToArray();

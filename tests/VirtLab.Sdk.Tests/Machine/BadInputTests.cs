@@ -46,10 +46,10 @@ public class BadInputTests
     {
         var init = Assert.Throws<ArgumentException>(() => Sim(new VmOptions(1.MiB()) { InitiallySet = true }));
         Assert.Contains("ManualProtect", init.Message);
-        var ring = Assert.Throws<ArgumentOutOfRangeException>(() => Sim(new VmOptions(1.MiB()) { DirtyRingBytes = 5000 }));
+        var ring = Assert.Throws<ArgumentOutOfRangeException>(() => Sim(new VmOptions(1.MiB()) { DirtyRingBytes = 5000.Bytes() }));
         Assert.Contains("power of two", ring.Message);
-        Assert.Throws<ArgumentOutOfRangeException>(() => Sim(new VmOptions(1.MiB()) { DirtyRingBytes = 2048 }));
-        Assert.Throws<ArgumentOutOfRangeException>(() => Sim(new VmOptions(1.MiB()) { DirtyRingBytes = 2 << 20 }));
+        Assert.Throws<ArgumentOutOfRangeException>(() => Sim(new VmOptions(1.MiB()) { DirtyRingBytes = 2048.Bytes() }));
+        Assert.Throws<ArgumentOutOfRangeException>(() => Sim(new VmOptions(1.MiB()) { DirtyRingBytes = 2.MiB() }));
     }
 
     [Fact]

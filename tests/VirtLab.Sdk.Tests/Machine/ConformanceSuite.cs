@@ -26,7 +26,7 @@ public abstract class ConformanceSuite(Backend backend)
     protected Vm NewVm(Size? memory = null, int vcpus = 2, bool log = true, bool manual = false, bool initiallySet = false, int ringBytes = 0)
         => Vm.Create(new VmOptions(memory ?? Mem)
         {
-            Backend = Backend, Vcpus = vcpus, LogDirtyPages = log, ManualProtect = manual, InitiallySet = initiallySet, DirtyRingBytes = ringBytes,
+            Backend = Backend, Vcpus = vcpus, LogDirtyPages = log, ManualProtect = manual, InitiallySet = initiallySet, DirtyRingBytes = new Size(ringBytes),
         });
 
     /// <summary>Pages 1, 4, 7, …: one 8-byte write at offset 4 KiB + 8 in every 12 KiB stride.</summary>

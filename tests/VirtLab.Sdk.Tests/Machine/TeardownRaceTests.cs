@@ -22,7 +22,7 @@ public abstract class TeardownRaceSuite(Backend backend)
 
     Vm NewVm(int ringBytes = 0, bool log = false) => Vm.Create(new VmOptions(1.MiB())
     {
-        Backend = backend, DirtyRingBytes = ringBytes, LogDirtyPages = log, ManualProtect = ringBytes == 0 && log,
+        Backend = backend, DirtyRingBytes = new Size(ringBytes), LogDirtyPages = log, ManualProtect = ringBytes == 0 && log,
     });
 
     /// <summary>Runs <paramref name="access"/> in a loop on another thread until it throws (as it must once the teardown

@@ -495,7 +495,7 @@ internal sealed unsafe class KvmMachine : IDisposable
         v.EnterRunThread();
         try
         {
-            byte* run = v.Run;
+            kvm_run* run = v.Run;
             while (true)
             {
                 if (token.IsCancellationRequested || v.StopRequested) throw new OperationCanceledException(token);
@@ -510,7 +510,7 @@ internal sealed unsafe class KvmMachine : IDisposable
                     }
                     throw new KvmException("KVM_RUN", errno, $"vCPU {v.Index}");
                 }
-                var reason = (KvmExitReason)(*(uint*)(run + KvmRunLayout.ExitReason));
+                var reason = (KvmExitReason)run->exit_reason;
                 switch (reason)
                 {
                     case KvmExitReason.KVM_EXIT_IO:
@@ -526,20 +526,21 @@ internal sealed unsafe class KvmMachine : IDisposable
                         break;
                     case KvmExitReason.KVM_EXIT_MMIO:
                     {
-                        ulong pa = *(ulong*)(run + KvmRunLayout.MmioPhysAddr);
-                        uint len = *(uint*)(run + KvmRunLayout.MmioLen);
-                        bool write = run[KvmRunLayout.MmioIsWrite] != 0;
+                        ulong pa = run->mmio.phys_addr;
+                        uint len = run->mmio.len;
+                        bool write = run->mmio.is_write != 0;
                         throw Guest(v, reason, $"guest {(write ? "wrote" : "read")} {len} bytes at gpa 0x{pa:x}, which no memslot backs");
                     }
                     case KvmExitReason.KVM_EXIT_SHUTDOWN:
                         throw Guest(v, reason, "triple fault (an exception with no usable IDT, e.g. a page fault on unmapped memory)");
                     case KvmExitReason.KVM_EXIT_FAIL_ENTRY:
-                        throw Guest(v, reason, $"VM entry failed: hardware_entry_failure_reason 0x{*(ulong*)(run + KvmRunLayout.FailEntryReason):x} on cpu {*(uint*)(run + KvmRunLayout.FailEntryCpu)}");
+                        throw Guest(v, reason, $"VM entry failed: hardware_entry_failure_reason 0x{run->fail_entry.hardware_entry_failure_reason:x} on cpu {run->fail_entry.cpu}");
                     case KvmExitReason.KVM_EXIT_INTERNAL_ERROR:
                     {
-                        uint sub = *(uint*)(run + KvmRunLayout.InternalSuberror);
-                        uint nd = Math.Min(*(uint*)(run + KvmRunLayout.InternalNdata), 16u);
-                        var data = string.Join(" ", Enumerable.Range(0, (int)nd).Select(k => $"0x{((ulong*)(run + KvmRunLayout.InternalData))[k]:x}"));
+                        uint sub = run->@internal.suberror;
+                        uint nd = Math.Min(run->@internal.ndata, 16u);
+                        ulong* words = run->@internal.data;
+                        var data = string.Join(" ", Enumerable.Range(0, (int)nd).Select(k => $"0x{words[k]:x}"));
                         string what = sub switch
                         {
                             1 => "KVM_INTERNAL_ERROR_EMULATION (instruction emulation failed)",
@@ -551,7 +552,7 @@ internal sealed unsafe class KvmMachine : IDisposable
                         throw Guest(v, reason, what + (nd > 0 ? $"; data: {data}" : ""));
                     }
                     case KvmExitReason.KVM_EXIT_SYSTEM_EVENT:
-                        throw Guest(v, reason, $"system event type {*(uint*)(run + KvmRunLayout.SystemEventType)}");
+                        throw Guest(v, reason, $"system event type {run->system_event.type}");
                     default:
                         throw Guest(v, reason, $"exit reason {(uint)reason} is not expected by the VirtLab guest ABI");
                 }
@@ -572,16 +573,16 @@ internal sealed unsafe class KvmMachine : IDisposable
     public Func<string?>? GuestFailureHint { get; set; }
 
     /// <summary>Returns true when the guest said done.</summary>
-    private bool HandleIo(KvmVcpu v, byte* run, GuestCallbacks cb, CancellationToken token)
+    private bool HandleIo(KvmVcpu v, kvm_run* run, GuestCallbacks cb, CancellationToken token)
     {
-        byte dir = run[KvmRunLayout.IoDirection], size = run[KvmRunLayout.IoSize];
-        ushort port = *(ushort*)(run + KvmRunLayout.IoPort);
-        uint count = *(uint*)(run + KvmRunLayout.IoCount);
-        ulong dataOffset = *(ulong*)(run + KvmRunLayout.IoDataOffset);
+        byte dir = run->io.direction, size = run->io.size;
+        ushort port = run->io.port;
+        uint count = run->io.count;
+        ulong dataOffset = run->io.data_offset;
         if (port != Ucall.Port || dir != KvmConst.KVM_EXIT_IO_OUT || size != 4 || count != 1)
             throw Guest(v, KvmExitReason.KVM_EXIT_IO,
                 $"port I/O {(dir == KvmConst.KVM_EXIT_IO_OUT ? "out" : "in")} size {size} count {count} on port 0x{port:x}; the guest ABI uses `out dx, eax` on port 0x{Ucall.Port:x}");
-        uint call = *(uint*)(run + (long)dataOffset);
+        uint call = *(uint*)((byte*)run + (long)dataOffset); // within the vCPU mmap, as KVM placed it
         switch (call)
         {
             case Ucall.Done:

@@ -1,7 +1,9 @@
 using System.Diagnostics;
+using VirtLab.Sdk.Machine;
 using VirtLab.Sdk.Native;
+using VirtLab.Sdk.Machine.Kvm;
 
-namespace VirtLab.Sdk.Machine.Kvm;
+namespace VirtLab.Sdk.Machine.Kvm.Benchmarks;
 
 /// <summary>
 /// Bare KVM ioctls in tight loops on a VM's fds, bypassing the Machine layer: the baseline against which the

@@ -7,9 +7,6 @@ namespace VirtLab.Sdk.Machine.Kvm;
 /// <summary>One KVM capability as KVM_CHECK_EXTENSION reports it (0 = absent; some return a size or count).</summary>
 public sealed record KvmCapability(string Name, int Number, int Value);
 
-/// <summary>Hugetlb pool state for one page size (/sys/kernel/mm/hugepages/hugepages-NkB).</summary>
-public sealed record HugePagePool(long PageSizeBytes, long Reserved, long Free);
-
 /// <summary>What this host's KVM can do: the data `virtlab doctor` prints. Obtain with <see cref="Probe"/>.</summary>
 public sealed class KvmSystem : IDisplayable
 {
@@ -33,7 +30,8 @@ public sealed class KvmSystem : IDisplayable
         new Dictionary<string, IReadOnlyDictionary<string, string>>();
     public string ThpEnabled { get; private init; } = "";
     public string ThpDefrag { get; private init; } = "";
-    public IReadOnlyList<HugePagePool> HugePages { get; private init; } = [];
+    /// <summary>Every hugetlb pool (<see cref="HostInfo.AllHugePools"/>: total, free, reserved = resv_hugepages, surplus).</summary>
+    public IReadOnlyList<HostInfo.HugePool> HugePages { get; private init; } = [];
     public string Kernel { get; private init; } = "";
     public string Cpu { get; private init; } = "";
     public int LogicalCpus { get; private init; }
@@ -76,8 +74,8 @@ public sealed class KvmSystem : IDisplayable
         }
         catch (KvmException e)
         {
-            reason = e.Errno == 2 ? "/dev/kvm does not exist (no KVM module loaded, or not exposed to this container)"
-                   : e.Errno == 13 ? "/dev/kvm: permission denied (add the user to the kvm group or run as root)"
+            reason = e.Errno == Errno.ENOENT ? "/dev/kvm does not exist (no KVM module loaded, or not exposed to this container)"
+                   : e.Errno == Errno.EACCES ? "/dev/kvm: permission denied (add the user to the kvm group or run as root)"
                    : e.Message;
         }
 
@@ -89,19 +87,15 @@ public sealed class KvmSystem : IDisplayable
             VcpuMmapSize = mmapSize,
             Capabilities = caps,
             ModuleParameters = ReadModuleParameters(),
-            ThpEnabled = Bracketed(ReadText("/sys/kernel/mm/transparent_hugepage/enabled")),
+            ThpEnabled = HostInfo.ThpMode,
             ThpDefrag = Bracketed(ReadText("/sys/kernel/mm/transparent_hugepage/defrag")),
-            HugePages = ReadHugePages(),
+            HugePages = HostInfo.AllHugePools(),
             Kernel = ReadText("/proc/sys/kernel/osrelease"),
             Cpu = CpuInfo("model name") ?? "unknown",
             LogicalCpus = Environment.ProcessorCount,
             HardwareVirtualization = CpuFlags() is var f && f.Contains("vmx") ? "vmx" : f.Contains("svm") ? "svm" : "none",
         };
     }
-
-    /// <summary>Free hugetlb pages of the given size (0 when the size is not supported).</summary>
-    public static HugePagePool HugePagePool(long pageSizeBytes) =>
-        ReadHugePages().FirstOrDefault(p => p.PageSizeBytes == pageSizeBytes) ?? new HugePagePool(pageSizeBytes, 0, 0);
 
     private static string ReadText(string path)
     {
@@ -134,25 +128,6 @@ public sealed class KvmSystem : IDisplayable
         return result;
     }
 
-    private static List<HugePagePool> ReadHugePages()
-    {
-        var list = new List<HugePagePool>();
-        try
-        {
-            foreach (var d in Directory.GetDirectories("/sys/kernel/mm/hugepages", "hugepages-*kB"))
-            {
-                var name = Path.GetFileName(d);
-                if (!long.TryParse(name["hugepages-".Length..^2], out var kb)) continue;
-                long.TryParse(ReadText(Path.Combine(d, "nr_hugepages")), out var nr);
-                long.TryParse(ReadText(Path.Combine(d, "free_hugepages")), out var free);
-                list.Add(new HugePagePool(kb * 1024, nr, free));
-            }
-        }
-        catch (IOException) { }
-        list.Sort((a, b) => a.PageSizeBytes.CompareTo(b.PageSizeBytes));
-        return list;
-    }
-
     private static string? CpuInfo(string key)
     {
         try
@@ -181,7 +156,7 @@ public sealed class KvmSystem : IDisplayable
             t.AddRow($"module {Markup.Escape(mod)}", Markup.Escape(string.Join("  ", ps.Select(p => $"{p.Key}={p.Value}"))));
         t.AddRow("THP", $"enabled={Markup.Escape(ThpEnabled)} defrag={Markup.Escape(ThpDefrag)}");
         foreach (var h in HugePages)
-            t.AddRow($"hugetlb {Size(h.PageSizeBytes)}", $"reserved {h.Reserved}, free {h.Free}");
+            t.AddRow($"hugetlb {Size(h.PageSize)}", $"total {h.Total}, free {h.Free}, reserved {h.Reserved}, surplus {h.Surplus}");
         t.AddRow("kernel", Markup.Escape(Kernel));
         t.AddRow("CPU", Markup.Escape($"{Cpu} × {LogicalCpus}, hardware virtualization: {HardwareVirtualization}"));
         return t;

@@ -31,7 +31,8 @@ internal sealed unsafe class KvmVcpu : IDisposable
         }
     }
 
-    public byte* Run => _run.Pointer;
+    /// <summary>The shared <c>struct kvm_run</c> (valid while the vCPU lives).</summary>
+    public kvm_run* Run => (kvm_run*)_run.Pointer;
 
     public kvm_regs GetRegs()
     {
@@ -92,13 +93,13 @@ internal sealed unsafe class KvmVcpu : IDisposable
     {
         _stopRequested = true;
         if (_disposed) return;
-        Volatile.Write(ref Run[KvmRunLayout.ImmediateExit], 1);
+        Volatile.Write(ref Run->immediate_exit, 1);
         KvmSignals.Kick(Volatile.Read(ref _tid));
     }
 
     public void ClearImmediateExit()
     {
-        if (!_disposed) Volatile.Write(ref Run[KvmRunLayout.ImmediateExit], 0);
+        if (!_disposed) Volatile.Write(ref Run->immediate_exit, 0);
     }
 
     private volatile bool _disposed;

@@ -30,7 +30,7 @@ internal sealed unsafe class KvmVm : Vm
             throw new BackendUnavailableException(Backend.Kvm, "this host's KVM has no dirty ring (KVM_CAP_DIRTY_LOG_RING is 0); leave DirtyRingBytes at 0 or use Backend.Sim");
         if (o.DirtyRingBytes > 0 && o.DirtyRingBytes > sys.DirtyRingMaxBytes)
             throw new ArgumentOutOfRangeException(nameof(o.DirtyRingBytes),
-                $"this host's KVM allows dirty rings of at most {sys.DirtyRingMaxBytes} bytes (KVM_CAP_DIRTY_LOG_RING); got {o.DirtyRingBytes}");
+                $"this host's KVM allows dirty rings of at most {sys.DirtyRingMaxBytes} bytes (KVM_CAP_DIRTY_LOG_RING); got {o.DirtyRingBytes.Bytes}");
         if (o.SystemMemory is { } sm && (ulong)sm.Bytes < SystemLayout.MinSize(o.Vcpus))
             throw new ArgumentException($"system memory {sm} is too small for the KVM backend with {o.Vcpus} vCPUs: it needs at least {SystemLayout.MinSize(o.Vcpus) >> 10} KiB", nameof(o.SystemMemory));
 
@@ -43,7 +43,7 @@ internal sealed unsafe class KvmVm : Vm
             if (o.GuestPhysBits is { } bits && bits > m.GuestPhysBits)
                 throw new ArgumentOutOfRangeException(nameof(o.GuestPhysBits),
                     $"guest physical address bits {bits} is more than this host's KVM offers its guests ({m.GuestPhysBits}, CPUID 0x80000008 from KVM_GET_SUPPORTED_CPUID); use at most {m.GuestPhysBits}, or leave GuestPhysBits unset");
-            if (o.DirtyRingBytes > 0) m.EnableDirtyRing(o.DirtyRingBytes);
+            if (o.DirtyRingBytes > 0) m.EnableDirtyRing((int)o.DirtyRingBytes.Bytes);
             if (o.ManualProtect) m.EnableManualProtect(true, o.InitiallySet);
             if (o.Backing == Backing.AnonymousHugetlb1G && KvmCpuid.Has1GPages(m.Cpuid)) m.Use1GPages = true;
             vm = new KvmVm(o, m);
