@@ -62,4 +62,17 @@ public class EventNotifierTests
         Assert.Throws<ObjectDisposedException>(() => n.Signal());
         Assert.Throws<ObjectDisposedException>(() => n.Fd);
     }
+
+    [Fact]
+    public void FromFd_wraps_a_copy_of_an_existing_eventfd()
+    {
+        using var original = new EventNotifier("qemu's");
+        using var model = EventNotifier.FromFd(original.Fd, "vq0 kick");
+        Assert.NotEqual(original.Fd, model.Fd);
+        original.Signal(5);
+        Assert.Equal(5UL, model.Read()); // one eventfd, two descriptors
+        Assert.Contains("not an open eventfd", Assert.Throws<ArgumentException>(() => EventNotifier.FromFd(-1)).Message);
+        using var file = File.OpenRead("/proc/self/status");
+        Assert.Contains("EINVAL", Assert.Throws<ArgumentException>(() => EventNotifier.FromFd((int)file.SafeFileHandle.DangerousGetHandle())).Message);
+    }
 }
