@@ -178,6 +178,7 @@ internal static class DirtyLogPerfRunner
         var plan = vm.Plan(work);
         var expect = new PassExpectation(plan);
         var iterations = new List<DirtyLogIteration>();
+        var union = slots.ToDictionary(s => s.Id, s => new DirtyBitmap(s.Pages)); // what the passes wrote, all together
         var bitmaps = slots.ToDictionary(s => s.Id, s => new DirtyBitmap(s.Pages));
         long chunkPages = o.ClearChunk is { } c ? c.Bytes / 4096 : long.MaxValue;
         long ringFullSeen = 0;
@@ -187,6 +188,7 @@ internal static class DirtyLogPerfRunner
         {
             // All vCPUs wait at the sync point: collect this iteration's dirty set and check it against the plan.
             var expected = expect.NextPass();
+            foreach (var (id, b) in expected) union[id].Or(b);
             if (pass == 0 && o.Mode == DirtyLogMode.ManualProtectInitiallySet)
                 foreach (var b in expected.Values) b.SetAll(); // INITIALLY_SET: the first GET reports every page
             double getS, clearS = 0;
@@ -250,6 +252,11 @@ internal static class DirtyLogPerfRunner
             }
             Say($"Iteration {it.Iteration} dirty pages: {it.DirtyPages} ({(it.Matches ? "exactly the planned pages" : $"MISMATCH: planned {it.ExpectedPages}")})");
         }
+
+        // The per-pass expectations together are exactly the plan's ExpectedWrites over all passes.
+        var planned = plan.ExpectedWrites();
+        bool planConsistent = slots.All(s => planned[s.Id].Equals(union[s.Id]));
+        if (!planConsistent) throw new InvalidOperationException("the per-pass expectations do not add up to WorkloadPlan.ExpectedWrites(): a harness bug");
 
         t0 = Stopwatch.GetTimestamp();
         foreach (var s in slots) s.LogDirtyPages = false;
