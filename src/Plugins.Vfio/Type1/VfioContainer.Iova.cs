@@ -1,3 +1,4 @@
+using System.Runtime.CompilerServices;
 using VirtLab.Sdk.Machine;
 
 namespace VirtLab.Plugins.Vfio.Type1;
@@ -24,6 +25,7 @@ public sealed unsafe partial class VfioContainer
     /// The IOTLB entry covering <paramref name="address"/> (a lookup in <see cref="Iova"/>): the mapping's range, or null
     /// on a miss. Without a VM the vfio_dma list stands in.
     /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     internal (ulong Iova, ulong Size)? TranslateIova(ulong address)
     {
         if (Iova is { } space) return space.Find(address) is { } m ? (m.Iova, m.Size) : null;
