@@ -783,14 +783,21 @@ public sealed unsafe partial class VfioContainer : IDisposable
         var inv = 64 - shift;
         user[0] = (map[0] << shift) | user[0];
         long k = 1;
-        var below = Math.Min(lim, fullWords);
+        // word k needs map[k] and map[k-1]; once computed, map[k-1] is never read again and can be cleared
         if (Vector256.IsHardwareAccelerated)
-            for (; k + 4 <= below; k += 4)
+            for (; k + 4 <= lim; k += 4)
+            {
                 ((Vector256.Load(map + k) << shift) | (Vector256.Load(map + k - 1) >> inv)).Store(user + k);
-        for (; k < lim; k++) user[k] = (map[k] << shift) | (map[k - 1] >> inv);
-        // bitmap_clear(map, 0, nbits) on the shifted words: below nbits zero, the rest keeps the shifted bits
-        Bits.ClearWords(map, below);
-        if (fullWords < lim) map[fullWords] = ClearShiftedTail ? 0 : user[fullWords] & boundaryMask;
+                Vector256<ulong>.Zero.Store(map + k - 1);
+            }
+        for (; k < lim; k++)
+        {
+            user[k] = (map[k] << shift) | (map[k - 1] >> inv);
+            map[k - 1] = 0;
+        }
+        // bitmap_clear(map, 0, nbits) on the shifted words: below nbits zero (done), the rest keeps the shifted bits
+        // (lim > fullWords whenever shift > 0, so map[lim - 1] is set here)
+        map[fullWords] = ClearShiftedTail ? 0 : user[fullWords] & boundaryMask;
         for (k = fullWords + 1; k < lim; k++) map[k] = ClearShiftedTail ? 0 : user[k];
         return KResult.Ok;
     }
