@@ -1,3 +1,4 @@
+using System.Runtime.CompilerServices;
 namespace VirtLab.Plugins.Vfio.Tracking;
 
 /// <summary>
@@ -31,6 +32,7 @@ internal sealed class RangeSet
     }
 
     /// <summary>First range with E ≥ x (<paramref name="touching"/>) or E &gt; x.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     (int Leaf, int Index) LowerBoundEnd(ulong x, bool touching)
     {
         int lo = 0, hi = leaves.Count;
@@ -103,6 +105,7 @@ internal sealed class RangeSet
     }
 
     /// <summary>Adds [s, e), merging with every range it overlaps or touches.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public void Add(ulong s, ulong e)
     {
         if (e <= s) return;
@@ -123,6 +126,7 @@ internal sealed class RangeSet
     }
 
     /// <summary>Removes [s, e) from the set (trimming and splitting ranges); whole ranges inside go in one move per leaf.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public void Remove(ulong s, ulong e)
     {
         if (e <= s) return;
@@ -157,6 +161,7 @@ internal sealed class RangeSet
     }
 
     /// <summary>Calls <paramref name="visit"/> with the part of every range inside [s, e).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public void Visit<TState>(ulong s, ulong e, ref TState state, VisitAction<TState> visit)
     {
         var (li, i) = LowerBoundEnd(s, touching: false);

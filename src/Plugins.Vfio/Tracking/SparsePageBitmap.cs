@@ -1,3 +1,4 @@
+using System.Runtime.CompilerServices;
 using System.Numerics;
 using VirtLab.Plugins.Vfio.Type1;
 
@@ -29,6 +30,7 @@ internal sealed unsafe class SparsePageBitmap : IDisposable
     }
 
     /// <summary>Sets pages [first, first+count).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public void Set(ulong first, ulong count)
     {
         while (count > 0)
@@ -64,6 +66,7 @@ internal sealed unsafe class SparsePageBitmap : IDisposable
     /// ORs the pages of [first, first+count) into <paramref name="bitmap"/> at one bit per 2^<paramref name="ratioShift"/>
     /// pages (a bit is set when any page of its group is), and clears them unless <paramref name="noClear"/>.
     /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public void Report(ulong first, ulong count, int ratioShift, Span<ulong> bitmap, bool noClear)
     {
         fixed (ulong* outp = bitmap)

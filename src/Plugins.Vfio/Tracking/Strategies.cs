@@ -1,3 +1,4 @@
+using System.Runtime.CompilerServices;
 using System.Numerics;
 using VirtLab.Plugins.Vfio.Type1;
 using VirtLab.Plugins.Vfio.Uapi;
@@ -93,6 +94,7 @@ public sealed class DirtyRangeTreeTracker(VfioContainer container) : IDirtyTrack
         dirty.Add(iova >> 12, (iova + length - 1 >> 12) + 1);
     }
 
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public unsafe int Query(ulong iova, ulong size, ulong pgsize, Span<ulong> bitmap, bool noClear = false)
     {
         if (pgsize != 4096 || (iova & 4095) != 0 || size == 0 || (size & 4095) != 0 || iova + size < iova) return -EINVAL;
@@ -153,6 +155,7 @@ public sealed class QemuIovaWalkTracker(VfioContainer container) : IDirtyTracker
     /// <summary>GET_BITMAP calls the last query made (one per mapping found).</summary>
     public long LastGets { get; private set; }
 
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public unsafe int Query(ulong iova, ulong size, ulong pgsize, Span<ulong> bitmap, bool noClear = false)
     {
         if (noClear || pgsize == 0 || (pgsize & (pgsize - 1)) != 0 || (iova & (pgsize - 1)) != 0 || size == 0 || (size & (pgsize - 1)) != 0) return -EINVAL;

@@ -1,3 +1,4 @@
+using System.Runtime.CompilerServices;
 using System.Numerics;
 using System.Runtime.InteropServices;
 using System.Runtime.Intrinsics;
@@ -48,6 +49,7 @@ internal static unsafe class Bits
     public static int Ffs(ulong x) => BitOperations.TrailingZeroCount(x);
 
     /// <summary>bitmap_set(map, start, count).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public static void Set(ulong* map, ulong start, ulong count)
     {
         if (count == 0) return;
@@ -63,6 +65,7 @@ internal static unsafe class Bits
 
     /// <summary>bitmap_clear(map, start, count); full words are only written when not already zero, so a clear over
     /// never-written (lazily committed) memory does not commit it.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public static void Clear(ulong* map, ulong start, ulong count)
     {
         if (count == 0) return;
@@ -76,6 +79,7 @@ internal static unsafe class Bits
     }
 
     /// <summary>Zeroes <paramref name="n"/> words, writing only the nonzero 32-byte blocks.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public static void ClearWords(ulong* p, long n)
     {
         long i = 0;
@@ -100,6 +104,7 @@ internal static unsafe class Bits
     /// words in the same pass (the report-and-clear of an aligned per-dma bitmap, fused so the 32 MiB of a 1 TiB
     /// mapping are walked once). Only nonzero source blocks are written back.
     /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public static void CopyAndClear(ulong* src, ulong* dst, long n)
     {
         long i = 0;
@@ -127,6 +132,7 @@ internal static unsafe class Bits
     }
 
     /// <summary>OR-merges <paramref name="n"/> bits of <paramref name="src"/> (from bit 0) into <paramref name="dst"/> at bit <paramref name="at"/>.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public static void OrInto(ulong* dst, ulong at, ulong* src, ulong n)
     {
         if (n == 0) return;

@@ -1,3 +1,4 @@
+using System.Runtime.CompilerServices;
 using VirtLab.Sdk.Machine;
 
 namespace VirtLab.Plugins.Vfio.Type1;
@@ -11,7 +12,7 @@ public sealed unsafe partial class VfioContainer
     /// vfio_dma whose vaddr is guest RAM, IOVA → gpa with the mapping's prot. Devices reach guest memory only through
     /// it; a miss or a permission error is a counted fault, never a stray access. Null for a container without a VM.
     /// </summary>
-    public IovaSpace? Iova => Vm is null ? null : iova ??= new IovaSpace(Vm.PhysicalSpace, "vfio type1 IOVA");
+    public IovaSpace? Iova => Vm is null ? null : LazyInitializer.EnsureInitialized(ref iova, () => new IovaSpace(Vm.PhysicalSpace, "vfio type1 IOVA"));
 
     /// <summary>iommu-&gt;lock, for trackers that read container state under it.</summary>
     internal object Gate => gate;
@@ -24,6 +25,7 @@ public sealed unsafe partial class VfioContainer
     /// The IOTLB entry covering <paramref name="address"/> (a lookup in <see cref="Iova"/>): the mapping's range, or null
     /// on a miss. Without a VM the vfio_dma list stands in.
     /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     internal (ulong Iova, ulong Size)? TranslateIova(ulong address)
     {
         if (Iova is { } space) return space.Find(address) is { } m ? (m.Iova, m.Size) : null;

@@ -1,3 +1,4 @@
+using System.Runtime.CompilerServices;
 using System.Runtime.Intrinsics;
 using VirtLab.Plugins.Vfio.Tracking;
 using VirtLab.Plugins.Vfio.Uapi;
@@ -346,6 +347,7 @@ public sealed unsafe partial class VfioContainer : IDisposable
     // ---- the vfio_dma list ----
 
     /// <summary>vfio_find_dma(start, size): a mapping overlapping [start, start+size); with size 0, one strictly containing start.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     internal VfioDma? FindDma(ulong start, ulong size)
     {
         var i = FirstEndingAfter(start);
@@ -354,6 +356,7 @@ public sealed unsafe partial class VfioContainer : IDisposable
     }
 
     /// <summary>Index of the first dma whose end lies above <paramref name="start"/> (vfio_find_dma_first_node's search).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     int FirstEndingAfter(ulong start)
     {
         int lo = 0, hi = dmas.Count;
@@ -681,6 +684,7 @@ public sealed unsafe partial class VfioContainer : IDisposable
     }
 
     /// <summary>The GET_BITMAP checks from the copy of vfio_iommu_type1_dirty_bitmap_get on (vfio_iommu_type1_dirty_pages).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     internal KResult DirtyGetCore(ulong iova, ulong size, VfioBitmap bitmap, BitmapTarget target, bool accessOk = true)
     {
         lock (gate)
@@ -716,6 +720,7 @@ public sealed unsafe partial class VfioContainer : IDisposable
     }
 
     /// <summary>vfio_iova_dirty_bitmap: checks the range cuts no mapping, then reports every mapping inside it.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     KResult IovaDirtyBitmap(BitmapTarget target, ulong iova, ulong size, ulong pgsize)
     {
         if (FindDma(iova, 1) is { } first && first.Iova != iova)
@@ -741,6 +746,7 @@ public sealed unsafe partial class VfioContainer : IDisposable
     /// DIRTY_BITMAP_BYTES(nbits + shift) bytes are copied; then only bits [0, nbits) are cleared, so the shifted tail
     /// past nbits stays in the dma's bitmap — the kernel's own state, reproduced bit for bit.
     /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     KResult UpdateUserBitmap(BitmapTarget target, VfioDma dma, ulong baseIova, ulong pgsize)
     {
         var pgshift = Bits.Ffs(pgsize);
@@ -777,14 +783,21 @@ public sealed unsafe partial class VfioContainer : IDisposable
         var inv = 64 - shift;
         user[0] = (map[0] << shift) | user[0];
         long k = 1;
-        var below = Math.Min(lim, fullWords);
+        // word k needs map[k] and map[k-1]; once computed, map[k-1] is never read again and can be cleared
         if (Vector256.IsHardwareAccelerated)
-            for (; k + 4 <= below; k += 4)
+            for (; k + 4 <= lim; k += 4)
+            {
                 ((Vector256.Load(map + k) << shift) | (Vector256.Load(map + k - 1) >> inv)).Store(user + k);
-        for (; k < lim; k++) user[k] = (map[k] << shift) | (map[k - 1] >> inv);
-        // bitmap_clear(map, 0, nbits) on the shifted words: below nbits zero, the rest keeps the shifted bits
-        Bits.ClearWords(map, below);
-        if (fullWords < lim) map[fullWords] = ClearShiftedTail ? 0 : user[fullWords] & boundaryMask;
+                Vector256<ulong>.Zero.Store(map + k - 1);
+            }
+        for (; k < lim; k++)
+        {
+            user[k] = (map[k] << shift) | (map[k - 1] >> inv);
+            map[k - 1] = 0;
+        }
+        // bitmap_clear(map, 0, nbits) on the shifted words: below nbits zero (done), the rest keeps the shifted bits
+        // (lim > fullWords whenever shift > 0, so map[lim - 1] is set here)
+        map[fullWords] = ClearShiftedTail ? 0 : user[fullWords] & boundaryMask;
         for (k = fullWords + 1; k < lim; k++) map[k] = ClearShiftedTail ? 0 : user[k];
         return KResult.Ok;
     }
@@ -927,6 +940,7 @@ public sealed unsafe partial class VfioContainer : IDisposable
     /// traffic and for benches that measure the tracking, not the copy. A CpuCopy write sets type1's bits as vfio_dma_rw
     /// does; every path is shown to the attached trackers.
     /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public void RecordDeviceWrite(ulong iova, ulong length, DmaPath path)
     {
         if (length == 0) return;
