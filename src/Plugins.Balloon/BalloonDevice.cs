@@ -312,6 +312,7 @@ public sealed class BalloonDevice : VmDevice
         t.AddRow("errors", errs.Count == 0 ? "none" : Markup.Escape(string.Join(", ", errs.Select(e => $"{e.Key} {e.Value}"))));
         if (LastError is { } le) t.AddRow("last refused", Markup.Escape(le));
         if (D.Stuck is { } s) t.AddRow("driver", Markup.Escape(s));
+        if (M.Failure is { } f) t.AddRow("device failure", Markup.Escape(f.Message));
         return LastOperation is { } op ? new Rows(t, op.ToRenderable()) : t;
     }
 

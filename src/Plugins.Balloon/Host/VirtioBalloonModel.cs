@@ -257,8 +257,22 @@ internal sealed class VirtioBalloonModel : IDisposable
 
     void Service()
     {
-        lock (serviceLock) ServiceLocked();
+        try
+        {
+            lock (serviceLock) ServiceLocked();
+        }
+        catch (Exception e) when (e is not OperationCanceledException and not ObjectDisposedException)
+        {
+            // A device bug must not take the process down: the device stops serving and asks for a reset, as a broken one would.
+            Failure = e;
+            lock (regLock) status |= (byte)VirtioDeviceStatus.NeedsReset;
+            Interlocked.Or(ref isr, 2);
+            Irq.Signal();
+        }
     }
+
+    /// <summary>An unexpected error on the device thread (the device then needs a reset), or null.</summary>
+    public Exception? Failure { get; private set; }
 
     void ServiceLocked()
     {
