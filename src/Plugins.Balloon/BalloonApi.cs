@@ -20,11 +20,13 @@ public sealed class BalloonApi
     /// <param name="held">Guest memory a workload holds and never gives to the balloon (default 1/16 of RAM).</param>
     public BalloonDevice Device(BalloonTransport? transport = null, DiscardMode discard = DiscardMode.Auto,
         DeflateHint deflate = DeflateHint.WillNeed, AllocationMode allocation = AllocationMode.Auto, Size? held = null,
-        bool wholeThpPages = true, bool deflateOnOom = true, bool stats = true, bool reporting = true, TimeSpan? statsInterval = null)
+        bool wholeThpPages = true, bool deflateOnOom = true, bool stats = true, bool reporting = true, TimeSpan? statsInterval = null,
+        TimeSpan? reportingInterval = null)
         => new(new BalloonOptions
         {
             Transport = transport, Discard = discard, Deflate = deflate, Allocation = allocation, GuestHeld = held,
             WholeThpPages = wholeThpPages, DeflateOnOom = deflateOnOom, StatsQueue = stats, Reporting = reporting, StatsInterval = statsInterval,
+            ReportingInterval = reportingInterval,
         });
 
     public BalloonDevice Device(BalloonOptions options) => new(options);

@@ -28,6 +28,8 @@ public sealed record BalloonOptions
     public bool Reporting { get; init; } = true;
     /// <summary>The device asks for stats this often (QEMU's guest-stats-polling-interval); null = only on <see cref="BalloonDevice.RequestStats"/>.</summary>
     public TimeSpan? StatsInterval { get; init; }
+    /// <summary>The guest reports free pages this often (Linux: 2 s after they pile up); null = only on <see cref="BalloonDevice.ReportFreePages"/>.</summary>
+    public TimeSpan? ReportingInterval { get; init; }
 }
 
 /// <summary>
@@ -98,6 +100,7 @@ public sealed class BalloonDevice : VmDevice
         var d = new BalloonDriver(vm, model!, allocator!, transport, allocation);
         d.Settled += () => { Interlocked.Increment(ref settledGeneration); settled.Set(); };
         d.Probe();
+        if (options.ReportingInterval is { } ri && options.Reporting) d.ReportEvery(ri);
         driver = d;
     }
 
@@ -309,6 +312,7 @@ public sealed class BalloonDevice : VmDevice
         t.AddRow("errors", errs.Count == 0 ? "none" : Markup.Escape(string.Join(", ", errs.Select(e => $"{e.Key} {e.Value}"))));
         if (LastError is { } le) t.AddRow("last refused", Markup.Escape(le));
         if (D.Stuck is { } s) t.AddRow("driver", Markup.Escape(s));
+        if (M.Failure is { } f) t.AddRow("device failure", Markup.Escape(f.Message));
         return LastOperation is { } op ? new Rows(t, op.ToRenderable()) : t;
     }
 

@@ -138,6 +138,19 @@ public class BalloonDeviceTests
     }
 
     [Fact]
+    public void Periodic_free_page_reporting_discards_free_memory_on_its_own()
+    {
+        using var vm = DiscardEngineTests.SimVm(32.MiB());
+        vm.Memory.Populate(vm.TestSlot.Gpa, vm.TestSlot.Size);
+        var b = vm.Attach(new BalloonDevice(new BalloonOptions { ReportingInterval = TimeSpan.FromMilliseconds(50) }));
+        var sw = System.Diagnostics.Stopwatch.StartNew();
+        while (b.Reported < 16.MiB() && sw.Elapsed < Timeout) Thread.Sleep(20);
+        Assert.True(b.Reported >= 16.MiB(), $"reported {b.Reported}");
+        Assert.True(b.Resident <= vm.Memory.Size - 16.MiB());
+        Assert.Equal(0, b.VerifyGuestHeld());
+    }
+
+    [Fact]
     public void Switching_transport_renegotiates_an_empty_balloon()
     {
         var (vm, b) = Attach(BalloonTransport.Pfn);

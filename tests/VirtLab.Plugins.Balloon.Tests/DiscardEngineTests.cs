@@ -90,6 +90,24 @@ public class DiscardEngineTests
         }
     }
 
+    [HugetlbFact]
+    public void Hugetlb_pages_are_discarded_only_when_every_4k_part_is_in()
+    {
+        using var vm = SimVm(4.MiB(), Backing.AnonymousHugetlb2M);
+        var slot = vm.TestSlot;
+        vm.Memory.Populate(slot.Gpa, slot.Size);
+        var e = new DiscardEngine(vm, wholeThpPages: false);
+        var t = new DeviceTicks();
+        long hp = (long)slot.BaseGfn;
+        var before = vm.Memory.Resident(slot.Gpa, slot.Size);
+        Assert.True(e.Inflate(Runs((hp, 511)), DiscardMode.PerPage, ref t, out _));
+        Assert.Equal(0, t.DiscardCalls); // a 4 KiB discard of a hugetlb page is impossible; nothing is tried
+        Assert.Equal(before, vm.Memory.Resident(slot.Gpa, slot.Size));
+        Assert.True(e.Inflate(Runs((hp + 511, 1)), DiscardMode.PerPage, ref t, out _));
+        Assert.Equal(before - 2.MiB(), vm.Memory.Resident(slot.Gpa, slot.Size));
+        Assert.Equal(0, t.DiscardErrors);
+    }
+
     [Fact]
     public void Free_page_reports_must_be_aligned_ram_outside_the_balloon()
     {
@@ -105,5 +123,15 @@ public class DiscardEngineTests
         var before = vm.Memory.Resident(slot.Gpa, slot.Size);
         Assert.True(e.Report([(slot.Gpa + (ulong)2.MiB(), 4.MiB())], ref t, out err), err.ToString());
         Assert.Equal(before - 4.MiB(), vm.Memory.Resident(slot.Gpa, slot.Size));
+    }
+}
+
+/// <summary>A fact that needs four free 2 MiB hugetlb pages; skipped with the reason where the pool has fewer.</summary>
+public sealed class HugetlbFactAttribute : FactAttribute
+{
+    public HugetlbFactAttribute()
+    {
+        var pool = HostInfo.HugePages(2L << 20);
+        if (pool.Available < 4) Skip = $"needs 4 free 2 MiB hugetlb pages; the pool has {pool.Available} (reserve them with: echo 4 > /proc/sys/vm/nr_hugepages)";
     }
 }

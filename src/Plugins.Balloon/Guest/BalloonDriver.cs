@@ -508,10 +508,21 @@ internal sealed class BalloonDriver : IDisposable
         return total;
     }
 
-    public void Kick() => work.Add(new ConfigChanged());
+    Timer? reportTimer;
+
+    /// <summary>Reports free pages every <paramref name="interval"/> (Linux's page_reporting runs 2 s after free pages pile up); null stops it.</summary>
+    public void ReportEvery(TimeSpan? interval)
+    {
+        if (reportQ is null && interval is not null) throw new InvalidOperationException("free page reporting was not negotiated (feature REPORTING, bit 5)");
+        reportTimer?.Dispose();
+        reportTimer = interval is { } i && i > TimeSpan.Zero
+            ? new Timer(_ => { try { work.Add(new Report(new TaskCompletionSource<long>())); } catch (InvalidOperationException) { } }, null, i, i)
+            : null;
+    }
 
     public void Dispose()
     {
+        reportTimer?.Dispose();
         stop.Cancel();
         work.CompleteAdding();
         foreach (var t in new[] { irqThread, worker })

@@ -20,6 +20,7 @@ internal sealed class VirtioBalloonModel : IDisposable
     readonly Vm vm;
     readonly DiscardEngine engine;
     readonly Lock regLock = new();
+    readonly Lock serviceLock = new(); // held while the device thread serves the queues; a reset waits for it (taken before regLock)
     readonly EventNotifier doorbell = new("balloon notify");
     readonly Thread thread;
     readonly CancellationTokenSource stop = new();
@@ -117,9 +118,14 @@ internal sealed class VirtioBalloonModel : IDisposable
 
     public void WriteStatus(byte value)
     {
+        if (value == 0)
+        {
+            // A reset waits until the device thread is out of the queues: after it, nothing writes the old rings.
+            lock (serviceLock) lock (regLock) ResetLocked();
+            return;
+        }
         lock (regLock)
         {
-            if (value == 0) { ResetLocked(); return; }
             var v = (VirtioDeviceStatus)value;
             if (v.HasFlag(VirtioDeviceStatus.FeaturesOk) && (status & (byte)VirtioDeviceStatus.FeaturesOk) == 0)
             {
@@ -250,6 +256,25 @@ internal sealed class VirtioBalloonModel : IDisposable
     }
 
     void Service()
+    {
+        try
+        {
+            lock (serviceLock) ServiceLocked();
+        }
+        catch (Exception e) when (e is not OperationCanceledException and not ObjectDisposedException)
+        {
+            // A device bug must not take the process down: the device stops serving and asks for a reset, as a broken one would.
+            Failure = e;
+            lock (regLock) status |= (byte)VirtioDeviceStatus.NeedsReset;
+            Interlocked.Or(ref isr, 2);
+            Irq.Signal();
+        }
+    }
+
+    /// <summary>An unexpected error on the device thread (the device then needs a reset), or null.</summary>
+    public Exception? Failure { get; private set; }
+
+    void ServiceLocked()
     {
         SplitQueueDevice? inf, def, st, rep;
         lock (regLock)
