@@ -167,8 +167,9 @@ public sealed class VdpaNet : VdpaDriver
 
     /// <summary>
     /// Loops <paramref name="packets"/> frames of <paramref name="frameBytes"/> through the device, <paramref name="batch"/>
-    /// at a time: add a batch to TX, kick once if needed, collect the batch from RX (sleeping on the RX call eventfd
-    /// when it has not arrived), re-post the RX buffers. With <paramref name="verify"/> every frame carries its sequence
+    /// at a time: add a batch to TX and kick once if needed, as long as the receive ring has room for it; collect what
+    /// came back on RX and re-post the buffers; sleep on the RX call eventfd only when the window is full and nothing
+    /// has come back. With <paramref name="verify"/> every frame carries its sequence
     /// number and a pattern, checked on receipt (order and content). Counts notifications over the run.
     /// </summary>
     public LoopbackResult Loopback(long packets, int frameBytes = 64, int batch = 32, bool verify = false, CancellationToken cancellation = default)
@@ -199,45 +200,48 @@ public sealed class VdpaNet : VdpaDriver
         while (nextRecv < packets)
         {
             cancellation.ThrowIfCancellationRequested();
-            // Transmit a batch.
+            // Transmit: a batch per kick decision, while the window (receive buffers) has room for a whole batch
+            // (or for the last frames).
             ReapTx();
-            int add = (int)Math.Min(batch, packets - nextSend);
-            for (int i = 0; i < add && freeTx.TryPop(out int slot); i++)
+            long room = Math.Min(Math.Min(QueueSize - (nextSend - nextRecv), freeTx.Count), packets - nextSend);
+            bool canSend = room >= batch || (room > 0 && nextSend + room == packets);
+            if (canSend)
             {
-                ulong gpa = txBase + (ulong)(slot * bufferBytes);
-                var buf = mem.Span(gpa, VirtioNet.HdrV1Size + frameBytes);
-                buf[..VirtioNet.HdrV1Size].Clear();
-                BinaryPrimitives.WriteInt64LittleEndian(frame[14..], nextSend);
-                frame.CopyTo(buf[VirtioNet.HdrV1Size..]);
-                tx.Add([new VirtqBuffer(gpa, (uint)(VirtioNet.HdrV1Size + frameBytes))], [], (ulong)slot);
-                nextSend++;
+                int add = (int)Math.Min(batch, room);
+                for (int i = 0; i < add && freeTx.TryPop(out int slot); i++)
+                {
+                    ulong gpa = txBase + (ulong)(slot * bufferBytes);
+                    var buf = mem.Span(gpa, VirtioNet.HdrV1Size + frameBytes);
+                    buf[..VirtioNet.HdrV1Size].Clear();
+                    BinaryPrimitives.WriteInt64LittleEndian(frame[14..], nextSend);
+                    frame.CopyTo(buf[VirtioNet.HdrV1Size..]);
+                    tx.Add([new VirtqBuffer(gpa, (uint)(VirtioNet.HdrV1Size + frameBytes))], [], (ulong)slot);
+                    nextSend++;
+                }
+                tx.KickIfNeeded();
             }
-            tx.KickIfNeeded();
-            // Receive until the batch is back.
-            long target = nextSend;
-            while (nextRecv < target)
+            // Receive what is back; sleep on the RX call eventfd only when nothing more can be sent.
+            int n = rx.GetUsed(used[..(int)Math.Min(used.Length, nextSend - nextRecv)]);
+            if (n == 0)
             {
-                int n = rx.GetUsed(used[..(int)Math.Min(used.Length, target - nextRecv)]);
-                if (n == 0)
-                {
-                    ThrowIfBroken();
-                    if (rx.EnableInterrupts()) { rx.DisableInterrupts(); continue; }
-                    if (!Calls[Rx].Wait(TimeSpan.FromSeconds(5), cancellation))
-                        throw new TimeoutException($"{Name}: packet {nextRecv} did not come back within 5 s (device status {VirtioConfig.StatusName(Device.GetStatus())})");
-                    Calls[Rx].Read();
-                    rx.DisableInterrupts();
-                    continue;
-                }
-                for (int i = 0; i < n; i++)
-                {
-                    int slot = (int)used[i].Token;
-                    ulong gpa = rxBase + (ulong)(slot * bufferBytes);
-                    if (verify) Verify(mem.Span(gpa, (int)used[i].Length), nextRecv, frameBytes);
-                    nextRecv++;
-                    PostRx(slot);
-                }
-                rx.KickIfNeeded();
+                if (canSend) continue;
+                ThrowIfBroken();
+                if (rx.EnableInterrupts()) { rx.DisableInterrupts(); continue; }
+                if (!Calls[Rx].Wait(TimeSpan.FromSeconds(5), cancellation))
+                    throw new TimeoutException($"{Name}: packet {nextRecv} did not come back within 5 s (device status {VirtioConfig.StatusName(Device.GetStatus())})");
+                Calls[Rx].Read();
+                rx.DisableInterrupts();
+                continue;
             }
+            for (int i = 0; i < n; i++)
+            {
+                int slot = (int)used[i].Token;
+                ulong gpa = rxBase + (ulong)(slot * bufferBytes);
+                if (verify) Verify(mem.Span(gpa, (int)used[i].Length), nextRecv, frameBytes);
+                nextRecv++;
+                PostRx(slot);
+            }
+            rx.KickIfNeeded();
         }
         sw.Stop();
         sent += packets;
