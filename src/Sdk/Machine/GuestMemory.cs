@@ -88,8 +88,8 @@ public sealed unsafe class GuestMemory
     {
         Resolve(gpa, length, out var slot);
         CheckAligned(slot, gpa, length, "populate");
-        // Watched (a progress bar), it goes in 64 MiB pieces; else one madvise.
-        Progress.Chunked("populate", length, Math.Max(64L << 20, slot.PageSize), (off, len) => slot.Mapping.Populate((long)(gpa - slot.Gpa) + off, len, write));
+        // Watched (a progress bar), it goes in 128 MiB pieces; else one madvise.
+        Progress.Chunked("populate", length, Math.Max(128L << 20, slot.PageSize), (off, len) => slot.Mapping.Populate((long)(gpa - slot.Gpa) + off, len, write));
     }
 
     /// <summary>Populates every slot.</summary>
