@@ -60,7 +60,7 @@ public sealed class ProgressTests
     public void Populate_and_workloads_report_progress()
     {
         var rec = new Recorder();
-        using var vm = Vm.Create(memory: 160.MiB(), vcpus: 2, backend: Backend.Sim);
+        using var vm = Vm.Create(memory: 160.MiB(), vcpus: 2, backend: Backend.Sim); // 128 MiB + 32 MiB pieces
         using (Progress.Listen(rec))
         {
             vm.Memory.Populate(vm.TestSlot.Gpa, 160L << 20);
