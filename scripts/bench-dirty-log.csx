@@ -34,7 +34,7 @@ var firstRows = new List<(string Path, double First, double Steady)>();
     double Ms(long t0) => (Stopwatch.GetTimestamp() - t0) * 1e3 / Stopwatch.Frequency;
     double Med(List<double> xs) { var o = xs.Order().ToArray(); return o[o.Length / 2]; }
     double Steady(Func<double> sample, int n = 51) { var w = Stopwatch.StartNew(); while (w.ElapsedMilliseconds < 200) sample(); var xs = new List<double>(); for (int i = 0; i < n; i++) xs.Add(sample()); return Med(xs); }
-    VmOptions Opts(int ring = 0) => new VmOptions(firstSlot) { ManualProtect = ring == 0, LogDirtyPages = true, DirtyRingBytes = ring };
+    VmOptions Opts(int ring = 0) => new VmOptions(firstSlot) { ManualProtect = ring == 0, LogDirtyPages = true, DirtyRingBytes = new Size(ring) };
     var populate = Workload.Write(stride: 4096);
 
     // Vm.Run of a small workload that populates a fresh slot (one write per 4 KiB page): first VM vs later fresh VMs.

@@ -142,13 +142,13 @@ internal static class DirtyLogPerfRunner
         void Say(string s) { lines.Add(s); log?.WriteLine(s); }
 
         long slotBytes = o.TotalMemory.Bytes / o.Memslots;
-        int ringBytes = o.Mode == DirtyLogMode.Ring ? checked((int)o.RingBytes) : 0; // a plain int: VmOptions takes it whatever its type
+        int ringBytes = o.Mode == DirtyLogMode.Ring ? checked((int)o.RingBytes) : 0; // bytes; VmOptions takes a Size
         var vmOptions = new VmOptions(new Size(slotBytes))
         {
             Vcpus = o.Vcpus, Backing = o.Backing, Backend = o.Backend,
             ManualProtect = o.Mode is DirtyLogMode.ManualProtect or DirtyLogMode.ManualProtectInitiallySet,
             InitiallySet = o.Mode == DirtyLogMode.ManualProtectInitiallySet,
-            DirtyRingBytes = ringBytes,
+            DirtyRingBytes = new Size(ringBytes),
         };
         using var vm = Vm.Create(vmOptions);
         var slots = new List<MemSlot> { vm.TestSlot };

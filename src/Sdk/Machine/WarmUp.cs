@@ -119,7 +119,7 @@ public static class WarmUp
         });
         Step("dirty ring (harvest, reset, ring-full exits)", () =>
         {
-            using var vm = Vm.Create(new VmOptions(2.MiB()) { Backend = used, LogDirtyPages = true, DirtyRingBytes = 4096 });
+            using var vm = Vm.Create(new VmOptions(2.MiB()) { Backend = used, LogDirtyPages = true, DirtyRingBytes = 4.KiB() });
             for (int i = 0; i < 2; i++)
             {
                 vm.Run(Workload.Write(stride: 4096));
