@@ -53,7 +53,7 @@ public sealed class ResultsCommandTests
             Result("label", "text is not a measure");
             """);
         var json = Path.Combine(tmp.Path, "rep.json");
-        var r = Virtlab.Run(null, tmp.Path, "run", recipe, "--repeat", "2", "--warmup", "1", "--json", json);
+        var r = RunSeries(tmp.Path, "run", recipe, "--repeat", "2", "--warmup", "1", "--json", json);
         Assert.True(r.ExitCode == 0, r.ToString());
         Assert.Contains("warm-up 1/1: exit 0", r.Stderr);
         Assert.Contains("repetition 2/2: exit 0", r.Stderr);
@@ -80,10 +80,28 @@ public sealed class ResultsCommandTests
         Assert.True(warmOnly.ExitCode == 3, warmOnly.ToString());
         Assert.Contains("--warmup needs --repeat N", warmOnly.Stderr);
 
-        var failing = Virtlab.Run(null, tmp.Path, "run", tmp.File("fail.csx", "Expect(false, \"never holds\");"), "--repeat", "3");
+        var failing = RunSeries(tmp.Path, "run", tmp.File("fail.csx", "Expect(false, \"never holds\");"), "--repeat", "3");
         Assert.True(failing.ExitCode == 1, failing.ToString());
         Assert.Contains("repetition 1/3 failed (exit 1)", failing.Stderr);
         Assert.Contains("expectation failed: never holds", failing.Stderr);
+    }
+
+    /// <summary>As <see cref="Virtlab.Run(string?, string, string[])"/>, with room for a series of processes on a loaded machine.</summary>
+    private static ProcessResult RunSeries(string dir, params string[] args)
+    {
+        var psi = new ProcessStartInfo("dotnet") { RedirectStandardOutput = true, RedirectStandardError = true, RedirectStandardInput = true, WorkingDirectory = dir };
+        psi.ArgumentList.Add(Virtlab.Dll);
+        foreach (var a in args) psi.ArgumentList.Add(a);
+        psi.Environment["VIRTLAB_CACHE"] = Path.Combine(dir, ".cache");
+        psi.Environment.Remove("VIRTLAB_PLUGINS");
+        psi.Environment["NO_COLOR"] = "1";
+        using var p = Process.Start(psi)!;
+        p.StandardInput.Close();
+        var stdout = p.StandardOutput.ReadToEndAsync();
+        var stderr = p.StandardError.ReadToEndAsync();
+        if (!p.WaitForExit(TimeSpan.FromMinutes(5))) { p.Kill(true); throw new TimeoutException("virtlab " + string.Join(' ', args)); }
+        p.WaitForExit();
+        return new ProcessResult(p.ExitCode, stdout.Result, stderr.Result);
     }
 
     private static RunRecord Record(string recipe, string kernel, string tdpMmu, double populate, double rate, RepeatSummary? repeat = null) => new()
