@@ -95,7 +95,7 @@ public class SimHarnessTests
     {
         foreach (var (manual, ring) in new[] { (false, 0), (true, 0), (false, 16384) })
         {
-            using var vm = Vm.Create(new VmOptions(new Size(2L << 20)) { Backend = Backend.Sim, ManualProtect = manual, DirtyRingBytes = ring });
+            using var vm = Vm.Create(new VmOptions(new Size(2L << 20)) { Backend = Backend.Sim, ManualProtect = manual, DirtyRingBytes = new Size(ring) });
             var t = Mmu.Track(vm);
             vm.Run(Workload.Write(stride: 8192));
             var first = t.Collect();
