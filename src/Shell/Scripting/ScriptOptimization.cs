@@ -14,13 +14,18 @@ namespace VirtLab.Shell.Scripting;
 /// <see cref="MethodImplAttributes.AggressiveOptimization"/> on every method of the emitted image makes the JIT compile
 /// each one straight at full optimization, for this code only: the shell, the SDK and Roslyn keep tiered compilation
 /// and their ReadyToRun images (a process-wide knob such as DOTNET_TC_QuickJitForLoops=0 would slow Roslyn down).
-/// The flag lives in the MethodDef table's ImplFlags column, so it is set in place in the image; nothing else changes.
+/// Script methods are also marked <see cref="MethodImplAttributes.NoInlining"/>: optimized code would otherwise inline
+/// one script method into another and a runtime error's stack trace would lose the recipe's file:line frames (the SDK's
+/// methods are still inlined into script code). The flags live in the MethodDef table's ImplFlags column, so they are
+/// set in place in the image; nothing else changes.
 /// </summary>
 public static class ScriptOptimization
 {
-    public const string Description = "Roslyn OptimizationLevel.Release; every method marked AggressiveOptimization (fully optimized JIT at its first call, no Tier 0, no OSR)";
+    public const string Description = "Roslyn OptimizationLevel.Release; every method marked AggressiveOptimization (fully optimized JIT at its first call, no Tier 0, no OSR) and NoInlining (script frames stay in stack traces)";
 
-    /// <summary>Sets AggressiveOptimization on every method with an IL body; returns the same array.</summary>
+    private const ushort Flags = (ushort)(MethodImplAttributes.AggressiveOptimization | MethodImplAttributes.NoInlining);
+
+    /// <summary>Sets AggressiveOptimization and NoInlining on every method with an IL body; returns the same array.</summary>
     public static byte[] MarkAggressiveOptimization(byte[] image)
     {
         int metadataStart, table, rowSize, rows;
@@ -45,7 +50,7 @@ public static class ScriptOptimization
         {
             // Row layout: RVA (4 bytes), ImplFlags (2 bytes), Flags, Name, Signature, ParamList.
             var at = image.AsSpan(metadataStart + table + (row - 1) * rowSize + 4, 2);
-            BinaryPrimitives.WriteUInt16LittleEndian(at, (ushort)(BinaryPrimitives.ReadUInt16LittleEndian(at) | (ushort)MethodImplAttributes.AggressiveOptimization));
+            BinaryPrimitives.WriteUInt16LittleEndian(at, (ushort)(BinaryPrimitives.ReadUInt16LittleEndian(at) | Flags));
         }
         return image;
     }
