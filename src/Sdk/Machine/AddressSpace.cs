@@ -122,11 +122,11 @@ public abstract unsafe class AddressSpace : IDisplayable
     public bool TryCheck(ulong address, long length, MemoryAccess access, out MemoryFault fault)
     {
         if (!CheckRange(address, length, access, out fault)) return false;
-        while (length > 0)
+        for (long done = 0; done < length;)
         {
-            if (!TryResolveHost(address, length, access, out _, out var n, out fault)) return false;
-            address += (ulong)n;
-            length -= n;
+            if (!TryResolveHost(address + (ulong)done, length - done, access, out _, out var n, out fault))
+                return Reframe(ref fault, address, length);
+            done += n;
         }
         return true;
     }
@@ -138,12 +138,12 @@ public abstract unsafe class AddressSpace : IDisplayable
     public bool TryRead(ulong address, Span<byte> destination, out MemoryFault fault)
     {
         if (!CheckRange(address, destination.Length, MemoryAccess.Read, out fault)) return false;
-        while (!destination.IsEmpty)
+        for (int done = 0; done < destination.Length;)
         {
-            if (!TryResolveHost(address, destination.Length, MemoryAccess.Read, out var host, out var n, out fault)) return false;
-            new ReadOnlySpan<byte>((void*)host, (int)n).CopyTo(destination);
-            destination = destination[(int)n..];
-            address += (ulong)n;
+            if (!TryResolveHost(address + (ulong)done, destination.Length - done, MemoryAccess.Read, out var host, out var n, out fault))
+                return Reframe(ref fault, address, destination.Length);
+            new ReadOnlySpan<byte>((void*)host, (int)n).CopyTo(destination[done..]);
+            done += (int)n;
         }
         return true;
     }
@@ -152,12 +152,12 @@ public abstract unsafe class AddressSpace : IDisplayable
     public bool TryWrite(ulong address, ReadOnlySpan<byte> source, out MemoryFault fault)
     {
         if (!TryCheck(address, source.Length, MemoryAccess.Write, out fault)) return false;
-        while (!source.IsEmpty)
+        for (int done = 0; done < source.Length;)
         {
-            if (!TryResolveHost(address, source.Length, MemoryAccess.Write, out var host, out var n, out fault)) return false;
-            source[..(int)n].CopyTo(new Span<byte>((void*)host, (int)n));
-            source = source[(int)n..];
-            address += (ulong)n;
+            if (!TryResolveHost(address + (ulong)done, source.Length - done, MemoryAccess.Write, out var host, out var n, out fault))
+                return Reframe(ref fault, address, source.Length); // the mapping changed since the check
+            source.Slice(done, (int)n).CopyTo(new Span<byte>((void*)host, (int)n));
+            done += (int)n;
         }
         return true;
     }
@@ -170,7 +170,7 @@ public abstract unsafe class AddressSpace : IDisplayable
             return true;
         }
         value = default;
-        if (fault.Space is not null) return false;
+        if (fault.Space is not null) return Reframe(ref fault, address, sizeof(T));
         T v = default; // spans two mappings
         var ok = TryRead(address, new Span<byte>(&v, sizeof(T)), out fault);
         value = v;
@@ -184,7 +184,7 @@ public abstract unsafe class AddressSpace : IDisplayable
             Unsafe.WriteUnaligned((void*)host, value);
             return true;
         }
-        if (fault.Space is not null) return false;
+        if (fault.Space is not null) return Reframe(ref fault, address, sizeof(T));
         return TryWrite(address, new ReadOnlySpan<byte>(&value, sizeof(T)), out fault);
     }
 
@@ -200,7 +200,7 @@ public abstract unsafe class AddressSpace : IDisplayable
         if (length < 0) throw new ArgumentOutOfRangeException(nameof(length), $"length must not be negative; got {length}");
         if (!CheckRange(address, length, access, out fault)) return false;
         if (length == 0) return true;
-        if (!TryResolveHost(address, length, access, out var host, out var n, out fault)) return false;
+        if (!TryResolveHost(address, length, access, out var host, out var n, out fault)) return Reframe(ref fault, address, length);
         if (n < length)
         {
             TryCheck(address, length, access, out fault);
@@ -246,6 +246,13 @@ public abstract unsafe class AddressSpace : IDisplayable
     // ---- for implementations ----
 
     [ThreadStatic] static bool peeking;
+
+    /// <summary>Makes a fault found on a piece of an access describe the whole access (its start and length); returns false.</summary>
+    internal static bool Reframe(ref MemoryFault fault, ulong address, long length)
+    {
+        fault = fault with { RequestAddress = address, Length = length };
+        return false;
+    }
 
     /// <summary>
     /// Reads a value for display (a REPL table): no permission needed, and a miss is not counted as a device fault.

@@ -1,3 +1,4 @@
+using System.Runtime.CompilerServices;
 using System.Collections.Immutable;
 using Spectre.Console;
 using Spectre.Console.Rendering;
@@ -49,6 +50,7 @@ public sealed class GuestPhysicalSpace : AddressSpace
         return Fault(out fault, address, address, length, access, Vm.IsDisposed ? MemoryFaultReason.Disposed : MemoryFaultReason.Unmapped);
     }
 
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)] // hot path: full optimisation at once, not after tiering
     internal override bool TryResolveHost(ulong address, long length, MemoryAccess access, out nint host, out long contiguous, out MemoryFault fault)
     {
         var r = GuestHostAccess.TryResolve(Vm, address, length, out host, out contiguous);
@@ -106,16 +108,18 @@ internal static class GuestHostAccess
     /// Host address of <paramref name="gpa"/> and how many bytes from it (≤ <paramref name="length"/>, ≥ 1) lie in the
     /// same memslot; <see cref="MemoryFaultReason.None"/> on success.
     /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)] // hot path: full optimisation at once, not after tiering
     public static MemoryFaultReason TryResolve(Vm vm, ulong gpa, long length, out nint host, out long contiguous)
     {
         host = 0;
         contiguous = 0;
+        // A miss is answered here, without an exception: a hostile driver's addresses must cost no more than good ones.
         var s = vm.FindSlotAt(gpa);
         if (s is null) return vm.IsDisposed ? MemoryFaultReason.Disposed : MemoryFaultReason.Unmapped;
         var n = (long)Math.Min((ulong)Math.Max(length, 1), s.EndGpa - gpa);
         try
         {
-            // GuestMemory.Resolve re-checks the VM's state and the slot bounds: its teardown rules apply here.
+            // GuestMemory.Resolve re-checks the VM's state and the slot bounds: its rules (and teardown guard) apply here.
             host = vm.Memory.Resolve(gpa, n, out _);
         }
         catch (ObjectDisposedException)

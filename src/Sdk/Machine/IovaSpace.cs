@@ -1,4 +1,5 @@
 using System.Runtime.CompilerServices;
+using System.Runtime.InteropServices;
 using Spectre.Console;
 using Spectre.Console.Rendering;
 
@@ -45,13 +46,30 @@ public readonly record struct IovaMapping(ulong Iova, ulong Size, ulong Target, 
 /// </summary>
 public sealed class IovaSpace : AddressSpace
 {
-    sealed class Snapshot(ulong[] starts, IovaMapping[] maps)
+    /// <summary>
+    /// An immutable sorted table. Lookups go through a two-level index so a random lookup touches few cache lines:
+    /// <see cref="Top"/> holds every 16th start (small enough to stay in L1), <see cref="Starts"/> all starts padded
+    /// to a multiple of 16 with <c>ulong.MaxValue</c>, so the last level is a fixed 16-wide branch-free count.
+    /// </summary>
+    sealed class Snapshot
     {
-        public readonly ulong[] Starts = starts;
-        public readonly IovaMapping[] Maps = maps;
+        public const int Fan = 16;
+        public readonly ulong[] Starts;
+        public readonly ulong[] Top;
+        public readonly IovaMapping[] Maps;
+
+        public Snapshot(IovaMapping[] maps)
+        {
+            Maps = maps;
+            Starts = new ulong[(maps.Length + Fan - 1) / Fan * Fan];
+            Array.Fill(Starts, ulong.MaxValue);
+            for (int i = 0; i < maps.Length; i++) Starts[i] = maps[i].Iova;
+            Top = new ulong[Starts.Length / Fan];
+            for (int b = 0; b < Top.Length; b++) Top[b] = Starts[b * Fan];
+        }
     }
 
-    static readonly Snapshot Empty = new([], []);
+    static readonly Snapshot Empty = new([]);
 
     readonly object writeLock = new();
     readonly List<IovaMapping> master = []; // sorted by Iova; writers only, under writeLock
@@ -214,10 +232,7 @@ public sealed class IovaSpace : AddressSpace
             return;
         }
         batchDirty = false;
-        var maps = master.ToArray();
-        var starts = new ulong[maps.Length];
-        for (int i = 0; i < maps.Length; i++) starts[i] = maps[i].Iova;
-        Volatile.Write(ref snapshot, new Snapshot(starts, maps));
+        Volatile.Write(ref snapshot, new Snapshot(master.ToArray()));
         Interlocked.Increment(ref generation);
     }
 
@@ -244,26 +259,32 @@ public sealed class IovaSpace : AddressSpace
         return lo;
     }
 
-    /// <summary>Index of the last mapping starting at or below <paramref name="address"/>, or −1 (branch-free binary search).</summary>
+    /// <summary>Index of the last mapping starting at or below <paramref name="address"/>, or −1 (branch-free).</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     static int Search(Snapshot s, ulong address)
     {
-        var starts = s.Starts;
-        int n = starts.Length;
-        if (n == 0 || starts[0] > address) return -1;
-        int lo = 0;
-        ref ulong first = ref System.Runtime.InteropServices.MemoryMarshal.GetArrayDataReference(starts);
+        var top = s.Top;
+        if (top.Length == 0 || top[0] > address) return -1;
+        // Level 1: binary search of the block whose first start is the last one ≤ address.
+        ref ulong t = ref MemoryMarshal.GetArrayDataReference(top);
+        int lo = 0, n = top.Length;
         while (n > 1)
         {
             int half = n >>> 1;
-            lo = Unsafe.Add(ref first, lo + half) <= address ? lo + half : lo;
+            lo = Unsafe.Add(ref t, lo + half) <= address ? lo + half : lo;
             n -= half;
         }
-        return lo;
+        // Level 2: count the starts ≤ address among the block's 16 (sorted, padded with MaxValue): no branches.
+        ref ulong b = ref Unsafe.Add(ref MemoryMarshal.GetArrayDataReference(s.Starts), lo * Snapshot.Fan);
+        int c = 0;
+        for (int k = 1; k < Snapshot.Fan; k++) c += Unsafe.Add(ref b, k) <= address ? 1 : 0;
+        var i = lo * Snapshot.Fan + c;
+        return i < s.Maps.Length ? i : s.Maps.Length - 1; // only when a mapping starts at 2^64 − 1, like the padding
     }
 
     // ---- translation ----------------------------------------------------------------------------------
 
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)] // hot path: full optimisation at once, not after tiering
     public override bool TryTranslate(ulong address, long length, MemoryAccess access, out ulong target, out long contiguous, out MemoryFault fault)
     {
         var s = Volatile.Read(ref snapshot);
@@ -295,6 +316,7 @@ public sealed class IovaSpace : AddressSpace
         return true;
     }
 
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)] // hot path: full optimisation at once, not after tiering
     internal override bool TryResolveHost(ulong address, long length, MemoryAccess access, out nint host, out long contiguous, out MemoryFault fault)
     {
         if (!TryTranslate(address, length, access, out var target, out var n, out fault))

@@ -663,8 +663,8 @@ public abstract class Vm : IDisposable, IDisplayable
 
     public void Dispose()
     {
+        var deviceError = devices.DisposeAll(); // first, while the VM still works: device threads stop before memory goes
         if (Interlocked.Exchange(ref disposed, 1) != 0) return;
-        var deviceError = devices.DisposeAll(); // first: device threads stop while guest memory is still mapped
         var slotsAtDispose = SlotsSnapshot;
         disposeCts.Cancel();
         // Wait for a running workload to notice — unless Dispose comes from inside the run (its afterPass callback, or a

@@ -43,7 +43,7 @@ public abstract class VmDevice : IDisposable, IDisplayable
     /// Called once by <see cref="Vm.Attach{T}"/>, before the device is listed. The device sets itself up against
     /// <paramref name="vm"/> here (address spaces, queues, threads). An exception leaves the device unattached.
     /// </summary>
-    protected internal abstract void OnAttach(Vm vm);
+    protected abstract void OnAttach(Vm vm);
 
     /// <summary>One line for the VM's device table (state, queue counts, …).</summary>
     public virtual string Summary => IsDisposed ? "disposed" : "";

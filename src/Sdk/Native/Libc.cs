@@ -86,6 +86,11 @@ public static unsafe partial class Libc
 
     internal const short POLLIN = 0x1, POLLERR = 0x8, POLLHUP = 0x10, POLLNVAL = 0x20;
 
+    [LibraryImport(LibName, EntryPoint = "fcntl", SetLastError = true)]
+    internal static partial int fcntl(int fd, int cmd, int arg);
+
+    internal const int F_DUPFD_CLOEXEC = 1030;
+
     [LibraryImport(LibName, EntryPoint = "poll", SetLastError = true)]
     internal static partial int poll(PollFd* fds, nuint nfds, int timeout);
 

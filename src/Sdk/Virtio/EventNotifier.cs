@@ -18,11 +18,13 @@ public sealed unsafe class EventNotifier : IDisposable, IDisplayable
     int active; // calls using the fds right now; Dispose closes them only when none is
     long sent, suppressed, reads, received;
 
-    public EventNotifier(string name = "eventfd")
+    public EventNotifier(string name = "eventfd") : this(name, -1) { }
+
+    EventNotifier(string name, int existing)
     {
         ArgumentException.ThrowIfNullOrWhiteSpace(name);
         Name = name;
-        fd = Libc.Check(Libc.eventfd(0, Libc.EFD_CLOEXEC | Libc.EFD_NONBLOCK), "eventfd", $"creating notifier {name}");
+        fd = existing >= 0 ? existing : Libc.Check(Libc.eventfd(0, Libc.EFD_CLOEXEC | Libc.EFD_NONBLOCK), "eventfd", $"creating notifier {name}");
         var d = Libc.eventfd(0, Libc.EFD_CLOEXEC | Libc.EFD_NONBLOCK);
         if (d < 0)
         {
@@ -31,6 +33,30 @@ public sealed unsafe class EventNotifier : IDisposable, IDisplayable
             throw LibcException.FromErrno(e, "eventfd", $"creating notifier {name}");
         }
         disposeFd = d;
+    }
+
+    /// <summary>
+    /// A notifier on a copy (dup) of an existing eventfd — e.g. the fd a recipe passes to a model of
+    /// VHOST_SET_VRING_KICK / _CALL, as QEMU passes its own. The caller keeps its fd; signals on either reach both.
+    /// Throws <see cref="ArgumentException"/> (EBADF/EINVAL in the kernel's terms) when <paramref name="fd"/> is not an
+    /// open eventfd. The copy is made non-blocking, which the original shares (one open file).
+    /// </summary>
+    public static EventNotifier FromFd(int fd, string name = "eventfd")
+    {
+        string? target = null;
+        try { target = fd >= 0 ? new FileInfo($"/proc/self/fd/{fd}").LinkTarget : null; } catch (IOException) { }
+        if (target != "anon_inode:[eventfd]")
+            throw new ArgumentException($"fd {fd} is not an open eventfd ({target ?? "not open"}); the kernel would answer {(target is null ? "EBADF" : "EINVAL")}", nameof(fd));
+        var copy = Libc.Check(Libc.fcntl(fd, Libc.F_DUPFD_CLOEXEC, 0), "fcntl(F_DUPFD_CLOEXEC)", $"copying eventfd {fd}");
+        const int F_GETFL = 3, F_SETFL = 4;
+        var flags = Libc.fcntl(copy, F_GETFL, 0);
+        if (flags < 0 || Libc.fcntl(copy, F_SETFL, flags | Libc.O_NONBLOCK) < 0)
+        {
+            var e = Libc.Errno;
+            Libc.close(copy);
+            throw LibcException.FromErrno(e, "fcntl(F_SETFL)", $"making eventfd {fd} non-blocking");
+        }
+        return new EventNotifier(name, copy);
     }
 
     public string Name { get; }

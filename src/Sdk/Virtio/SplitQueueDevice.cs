@@ -74,6 +74,7 @@ public sealed unsafe class SplitQueueDevice : SplitQueue
     /// Takes the next available chain, translated. False when the ring is empty — then, with kick notifications
     /// enabled, the driver has been asked to kick on its next buffer — or when the queue is broken (see <see cref="Error"/>).
     /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)] // hot path: full optimisation at once, not after tiering
     public bool TryPop(out VirtqChain chain)
     {
         chain = null!;
@@ -124,6 +125,7 @@ public sealed unsafe class SplitQueueDevice : SplitQueue
         return ReadAvailIdx() && lastAvail != shadowAvail;
     }
 
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)] // hot path: full optimisation at once, not after tiering
     bool PopOne(out VirtqChain chain)
     {
         chain = null!;
@@ -145,6 +147,7 @@ public sealed unsafe class SplitQueueDevice : SplitQueue
     }
 
     /// <summary>Walks and translates the chain at <paramref name="head"/>; every descriptor is copied once out of guest memory before use.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)] // hot path: full optimisation at once, not after tiering
     bool Walk(VirtqChain c, ushort head)
     {
         byte* table = ring.Desc;
@@ -201,14 +204,16 @@ public sealed unsafe class SplitQueueDevice : SplitQueue
     }
 
     /// <summary>Translates a buffer into host-contiguous segments (checking every byte's mapping and permission).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)] // hot path: full optimisation at once, not after tiering
     bool Translate(VirtqChain c, ulong addr, uint len, bool writable, out MemoryFault fault)
     {
         var access = writable ? MemoryAccess.Write : MemoryAccess.Read;
         if (!Space.CheckRange(addr, len, access, out fault)) return false;
         long left = len;
+        var start = addr;
         while (left > 0)
         {
-            if (!Space.TryResolveHost(addr, left, access, out var host, out var n, out fault)) return false;
+            if (!Space.TryResolveHost(addr, left, access, out var host, out var n, out fault)) return AddressSpace.Reframe(ref fault, start, len);
             n = Math.Min(n, 1L << 30); // a buffer is at most 4 GiB − 1 (u32 len): spans stay int-sized
             c.Add(addr, (int)n, writable, host);
             addr += (ulong)n;
@@ -249,6 +254,7 @@ public sealed unsafe class SplitQueueDevice : SplitQueue
     /// Returns <paramref name="chain"/> to the driver with <paramref name="written"/> bytes written to its writable part
     /// (a used ring entry). The driver sees it after <see cref="Flush"/>.
     /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)] // hot path: full optimisation at once, not after tiering
     public void Push(VirtqChain chain, uint written)
     {
         ArgumentNullException.ThrowIfNull(chain);
@@ -268,6 +274,7 @@ public sealed unsafe class SplitQueueDevice : SplitQueue
     /// (EVENT_IDX: the new index passed used_event; otherwise NO_INTERRUPT is clear). Returns whether it notified.
     /// Nothing pushed since the last flush: returns false and counts nothing.
     /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)] // hot path: full optimisation at once, not after tiering
     public bool Flush()
     {
         if (error is not null || usedShadow == usedPublished || !EnsureRing()) return false;

@@ -1,3 +1,4 @@
+using System.Runtime.CompilerServices;
 using Spectre.Console;
 using Spectre.Console.Rendering;
 using VirtLab.Sdk.Machine;
@@ -123,6 +124,7 @@ public sealed unsafe class SplitQueueDriver : SplitQueue
     /// chain has more than one buffer; true/false to force. The device sees it after <see cref="KickIfNeeded"/>/<see cref="Publish"/>.
     /// Returns false (adding nothing) when there are not enough free descriptors.
     /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)] // hot path: full optimisation at once, not after tiering
     public bool TryAdd(ReadOnlySpan<VirtqBuffer> readable, ReadOnlySpan<VirtqBuffer> writable, ulong token, out ushort head, bool? indirect = null)
     {
         int total = readable.Length + writable.Length;
@@ -214,6 +216,7 @@ public sealed unsafe class SplitQueueDriver : SplitQueue
     /// EVENT_IDX — the new avail idx passed avail_event; otherwise — NO_NOTIFY is clear. Returns whether it kicked.
     /// Nothing added since the last kick: returns false and counts nothing.
     /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)] // hot path: full optimisation at once, not after tiering
     public bool KickIfNeeded()
     {
         if (availShadow == lastKickAvail) return false;
@@ -228,6 +231,7 @@ public sealed unsafe class SplitQueueDriver : SplitQueue
     }
 
     /// <summary>Takes the next used buffer; false when there is none.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)] // hot path: full optimisation at once, not after tiering
     public bool TryGetUsed(out UsedBuffer used)
     {
         used = default;

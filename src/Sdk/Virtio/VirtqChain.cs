@@ -163,6 +163,7 @@ public sealed unsafe class VirtqChain
         }
     }
 
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)] // hot path: full optimisation at once, not after tiering
     static int Copy(ReadOnlySpan<VirtqSegment> segs, long offset, Span<byte> data, bool toGuest)
     {
         if (offset < 0) throw new ArgumentOutOfRangeException(nameof(offset), $"offset must not be negative; got {offset}");
