@@ -10,7 +10,7 @@ namespace VirtLab.Shell.Tests;
 public sealed class RunRobustnessTests
 {
     [Fact]
-    public void One_SIGINT_stops_an_untokened_long_vm_Run_with_exit_1_and_a_run_record()
+    public async Task One_SIGINT_stops_an_untokened_long_vm_Run_with_exit_1_and_a_run_record()
     {
         using var tmp = new TempDir();
         var recipe = tmp.File("long.csx", """
@@ -32,7 +32,7 @@ public sealed class RunRobustnessTests
         using (var kill = Process.Start("kill", ["-INT", p.Id.ToString()])) kill.WaitForExit();
         var stdout = p.StandardOutput.ReadToEndAsync();
         if (!p.WaitForExit(TimeSpan.FromSeconds(30))) { p.Kill(true); Assert.Fail("one SIGINT did not stop vm.Run"); }
-        var r = new ProcessResult(p.ExitCode, stdout.Result, stderr.Result);
+        var r = new ProcessResult(p.ExitCode, await stdout, await stderr);
         Assert.True(r.ExitCode == 1, r.ToString());
         Assert.Equal("virtlab run: cancelled (Ctrl+C)\n", r.Stderr);
         Assert.DoesNotContain("finished", r.Stdout);

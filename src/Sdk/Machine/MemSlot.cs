@@ -44,7 +44,9 @@ public sealed class MemSlot
     /// <summary>The backing's page size.</summary>
     public long PageSize => Mapping.PageSize;
 
-    /// <summary>userspace_addr: where the slot is mapped in this process.</summary>
+    /// <summary>userspace_addr: where the slot is mapped in this process. Raw: it is unmapped when the slot is removed
+    /// or resized or the VM disposed, and nothing guards a pointer made from it; access guest memory through
+    /// <see cref="Vm.Memory"/> (safe against teardown) unless the slot's lifetime is yours.</summary>
     public nint HostAddress => Mapping.Address;
 
     /// <summary>Slot 0 holds the backend's own code, stacks and page tables; it cannot be removed or resized.</summary>

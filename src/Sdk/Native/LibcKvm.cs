@@ -4,32 +4,32 @@ namespace VirtLab.Sdk.Native;
 
 /// <summary>libc calls the KVM backend needs beyond the shared <see cref="Libc"/> class: pread for the
 /// binary stats fd, mprotect, and the signal calls that kick a vCPU thread out of KVM_RUN.</summary>
-internal static unsafe class LibcKvm
+internal static unsafe partial class LibcKvm
 {
     private const string C = "libc";
 
     public const int SIGUSR1 = 10, SIGUSR2 = 12;
 
-    [DllImport(C, EntryPoint = "mprotect", SetLastError = true)]
-    public static extern int Mprotect(nint addr, nuint length, int prot);
+    [LibraryImport(C, EntryPoint = "mprotect", SetLastError = true)]
+    public static partial int Mprotect(nint addr, nuint length, int prot);
 
-    [DllImport(C, EntryPoint = "pread", SetLastError = true)]
-    public static extern nint Pread(int fd, void* buf, nuint count, long offset);
+    [LibraryImport(C, EntryPoint = "pread", SetLastError = true)]
+    public static partial nint Pread(int fd, void* buf, nuint count, long offset);
 
-    [DllImport(C, EntryPoint = "gettid")]
-    public static extern int GetTid();
+    [LibraryImport(C, EntryPoint = "gettid")]
+    public static partial int GetTid();
 
-    [DllImport(C, EntryPoint = "getpid")]
-    public static extern int GetPid();
+    [LibraryImport(C, EntryPoint = "getpid")]
+    public static partial int GetPid();
 
-    [DllImport(C, EntryPoint = "tgkill", SetLastError = true)]
-    public static extern int Tgkill(int tgid, int tid, int sig);
+    [LibraryImport(C, EntryPoint = "tgkill", SetLastError = true)]
+    public static partial int Tgkill(int tgid, int tid, int sig);
 
-    [DllImport(C, EntryPoint = "sigaction", SetLastError = true)]
-    public static extern int Sigaction(int sig, in SigAction act, out SigAction oldact);
+    [LibraryImport(C, EntryPoint = "sigaction", SetLastError = true)]
+    public static partial int Sigaction(int sig, in SigAction act, out SigAction oldact);
 
-    [DllImport(C, EntryPoint = "sigaction", SetLastError = true)]
-    public static extern int SigactionQuery(int sig, nint act, out SigAction oldact);
+    [LibraryImport(C, EntryPoint = "sigaction", SetLastError = true)]
+    public static partial int SigactionQuery(int sig, nint act, out SigAction oldact);
 
     public const int SA_ONSTACK = 0x08000000, SA_RESTART = 0x10000000;
 
