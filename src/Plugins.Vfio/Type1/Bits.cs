@@ -116,11 +116,8 @@ internal static unsafe class Bits
                 var b = Vector256.Load(src + i + 4);
                 a.Store(dst + i);
                 b.Store(dst + i + 4);
-                if ((a | b) != Vector256<ulong>.Zero)
-                {
-                    Vector256<ulong>.Zero.Store(src + i);
-                    Vector256<ulong>.Zero.Store(src + i + 4);
-                }
+                Vector256<ulong>.Zero.Store(src + i);
+                Vector256<ulong>.Zero.Store(src + i + 4);
             }
         }
         for (; i < n; i++)
