@@ -88,6 +88,8 @@ public sealed partial class VdpaNetDevice
 public sealed partial class VdpaBlockDevice
 {
     long reads, writes, flushes, getIds, ioErrors, unsupported;
+    // Scratch for the request header and GET_ID reply, reused by the one worker thread that runs Process.
+    readonly byte[] hdrBuf = new byte[VirtioBlk.OutHdrSize], idBuf = new byte[VirtioBlk.IdBytes];
 
     public long Reads => Interlocked.Read(ref reads);
     public long Writes => Interlocked.Read(ref writes);
@@ -115,7 +117,7 @@ public sealed partial class VdpaBlockDevice
                     : "blk: no device-writable status byte");
                 return;
             }
-            Span<byte> hdr = stackalloc byte[VirtioBlk.OutHdrSize];
+            var hdr = hdrBuf.AsSpan();
             c.ReadReadable(0, hdr);
             uint type = BinaryPrimitives.ReadUInt32LittleEndian(hdr);
             ulong sector = BinaryPrimitives.ReadUInt64LittleEndian(hdr[8..]);
@@ -139,7 +141,7 @@ public sealed partial class VdpaBlockDevice
                     Interlocked.Increment(ref flushes);   // a RAM disk has nothing volatile to write back
                     break;
                 case VirtioBlk.T_GET_ID:
-                    Span<byte> id = stackalloc byte[VirtioBlk.IdBytes];
+                    var id = idBuf.AsSpan();
                     id.Clear();
                     DefaultId.CopyTo(id);
                     written = c.WriteWritable(0, id[..(int)Math.Min(inData, VirtioBlk.IdBytes)]);

@@ -70,7 +70,7 @@ public class SimHarnessTests
             });
             Assert.Equal(3, r.Iterations.Count);
             Assert.All(r.Iterations, i => Assert.True(i.Matches, $"{mode} iteration {i.Iteration}: {i.DirtyPages} vs {i.ExpectedPages}"));
-            Assert.NotEqual(r.Iterations[1].ExpectedPages, 0);
+            Assert.NotEqual(0, r.Iterations[1].ExpectedPages);
             if (mode == DirtyLogMode.ManualProtectInitiallySet) Assert.Equal(512, r.Iterations[0].DirtyPages);
             Assert.Contains(r.Lines, l => l.StartsWith("Populate memory time: "));
             Assert.Contains(r.Lines, l => l.StartsWith("Iteration 3 dirty memory time: "));

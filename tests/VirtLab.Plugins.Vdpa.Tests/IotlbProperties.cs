@@ -140,7 +140,7 @@ public class IotlbProperties
                         Assert.Equal((MemoryAccess)m.Perm, hit.Perm);
                         Assert.Equal(gpa + (iova & 0xfff), hit.Target + (iova - hit.Iova));
                         Assert.NotNull(s.V.Iotlb.Find(iova + (size - 1)));
-                        Assert.False(before.Any(b => b.Overlaps(iova, size)));
+                        Assert.DoesNotContain(before, b => b.Overlaps(iova, size));
                         break;
                     case VHOST_IOTLB_UPDATE:
                         Assert.Equal(before, after);

@@ -92,6 +92,7 @@ public static class WarmUp
             var slot = vm.TestSlot;
             var bitmap = new DirtyBitmap(slot.Pages);
             long sink = 0;
+            Span<byte> scratch = stackalloc byte[16];
             for (int i = 0; i < 2; i++)
             {
                 vm.Run(Workload.Write(stride: 4096));
@@ -109,8 +110,8 @@ public static class WarmUp
                 var memory = vm.Memory;
                 memory.Write<ulong>(slot.Gpa, (ulong)sink);
                 sink += (long)memory.Read<ulong>(slot.Gpa);
-                memory.Write(slot.Gpa + 8, stackalloc byte[16]);
-                memory.Read(slot.Gpa + 8, stackalloc byte[16]);
+                memory.Write(slot.Gpa + 8, scratch);
+                memory.Read(slot.Gpa + 8, scratch);
                 sink += memory.Span(slot.Gpa, 64)[0];
                 memory.Fill(slot.Gpa, 4096, 0);
             }
