@@ -74,7 +74,7 @@ public sealed class HostileDriverProperties
             var sys = vm.SystemSlot;
             sentinel = new byte[sys.Size.Bytes];
             new Random(7).NextBytes(sentinel);
-            vm.Memory.Write(sys.Gpa, sentinel);
+            vm.Memory.WithSystemSlotWrites().Write(sys.Gpa, sentinel); // stamped deliberately: slot 0 refuses host writes otherwise
             rings[0] = SplitRing.Contiguous(slot.Gpa, Q);
             rings[1] = SplitRing.Contiguous(slot.Gpa + 8192, Q);
             buf = slot.Gpa + 65536;
