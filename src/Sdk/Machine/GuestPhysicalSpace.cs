@@ -117,20 +117,8 @@ internal static class GuestHostAccess
         var s = vm.FindSlotAt(gpa);
         if (s is null) return vm.IsDisposed ? MemoryFaultReason.Disposed : MemoryFaultReason.Unmapped;
         var n = (long)Math.Min((ulong)Math.Max(length, 1), s.EndGpa - gpa);
-        try
-        {
-            // GuestMemory.Resolve re-checks the VM's state and the slot bounds: its rules (and teardown guard) apply here.
-            using var a = vm.Memory.Resolve(gpa, n, write: false);
-            host = a.Address;
-        }
-        catch (ObjectDisposedException)
-        {
-            return MemoryFaultReason.Disposed;
-        }
-        catch (Exception e) when (e is ArgumentOutOfRangeException or InvalidOperationException)
-        {
-            return MemoryFaultReason.Unmapped; // the slot went away between the lookup and the resolve
-        }
+        // The slot found above, re-checked live under the teardown guard (GuestMemory's rule), without a second lookup.
+        if (!vm.Memory.TryHostAddress(s, gpa, out host)) return vm.IsDisposed ? MemoryFaultReason.Disposed : MemoryFaultReason.Unmapped;
         contiguous = n;
         return MemoryFaultReason.None;
     }
