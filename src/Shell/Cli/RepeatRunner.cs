@@ -135,18 +135,9 @@ public static class RepeatRunner
             psi.ArgumentList.Add("--");
             foreach (var a in o.Arguments) psi.ArgumentList.Add(a);
         }
-        psi.RedirectStandardOutput = true;
-        psi.RedirectStandardError = true;
-        psi.RedirectStandardInput = true;
-        var sw = Stopwatch.StartNew();
-        using var proc = Process.Start(psi)!;
-        proc.StandardInput.Close();
-        var stdout = proc.StandardOutput.ReadToEndAsync();
-        var stderr = proc.StandardError.ReadToEndAsync();
-        // Ctrl+C reaches the child too (same process group); it cancels and exits 1, which ends the series.
-        proc.WaitForExit();
-        _ = stdout.Result;
-        return (proc.ExitCode, sw.Elapsed.TotalSeconds, stderr.Result);
+        // No time limit: a repetition runs as long as the recipe does; Ctrl+C ends it (and the series) through the child.
+        var (code, seconds, stderr) = TestCommand.RunSelf(psi);
+        return (code!.Value, seconds, stderr);
     }
 
     private static void Print(RepeatSummary s)

@@ -72,6 +72,16 @@ public static class TestCommand
         psi.ArgumentList.Add("--test");
         foreach (var d in pluginDirs) { psi.ArgumentList.Add("--plugins"); psi.ArgumentList.Add(d); }
         psi.ArgumentList.Add(recipe);
+        return RunSelf(psi, TimeSpan.FromSeconds(timeoutSeconds));
+    }
+
+    /// <summary>
+    /// Runs a child shell started from <see cref="SelfStartInfo"/> with no input, stdout drained and discarded, stderr
+    /// captured; killed (code null) when it outlives <paramref name="timeout"/>. Ctrl+C reaches the child too (same
+    /// process group), so it cancels and exits on its own.
+    /// </summary>
+    public static (int? Code, double Seconds, string Stderr) RunSelf(ProcessStartInfo psi, TimeSpan? timeout = null)
+    {
         psi.RedirectStandardOutput = true;
         psi.RedirectStandardError = true;
         psi.RedirectStandardInput = true;
@@ -80,13 +90,14 @@ public static class TestCommand
         proc.StandardInput.Close();
         var stdout = proc.StandardOutput.ReadToEndAsync();
         var stderr = proc.StandardError.ReadToEndAsync();
-        if (!proc.WaitForExit(TimeSpan.FromSeconds(timeoutSeconds)))
+        if (timeout is { } t && !proc.WaitForExit(t))
         {
             try { proc.Kill(entireProcessTree: true); } catch (InvalidOperationException) { }
             proc.WaitForExit();
             return (null, sw.Elapsed.TotalSeconds, stderr.Result);
         }
         proc.WaitForExit();
+        _ = stdout.Result;
         return (proc.ExitCode, sw.Elapsed.TotalSeconds, stderr.Result);
     }
 
