@@ -1,17 +1,9 @@
 using VirtLab.Sdk.Machine;
 using VirtLab.Sdk.Measure;
+using VirtLab.Sdk.Tests.Kvm; // KvmFact, linked from the SDK tests
 using Xunit;
 
 namespace VirtLab.Plugins.Mmu.Tests;
-
-/// <summary>Runs only where KVM is usable (and not under VIRTLAB_DISABLE_KVM=1).</summary>
-public sealed class KvmFactAttribute : FactAttribute
-{
-    public KvmFactAttribute()
-    {
-        if (!Vm.IsKvmUsable(out var reason)) Skip = "KVM not usable here: " + reason;
-    }
-}
 
 [CollectionDefinition("Mmu KVM", DisableParallelization = true)]
 public sealed class MmuKvmCollection;

@@ -4,19 +4,6 @@ using Xunit;
 
 namespace VirtLab.Sdk.Tests.Kvm;
 
-/// <summary>
-/// A fact that runs only where KVM is usable; elsewhere it is skipped with the probe's reason. It asks
-/// <see cref="Vm.IsKvmUsable"/> (not <c>KvmBackend.IsUsable</c>) so that <c>VIRTLAB_DISABLE_KVM=1</c> skips these tests
-/// too, as documented, instead of letting the Vm-level ones fail with "KVM is not usable" while raw ones still run.
-/// </summary>
-public sealed class KvmFactAttribute : FactAttribute
-{
-    public KvmFactAttribute()
-    {
-        if (!Vm.IsKvmUsable(out var reason)) Skip = "KVM not usable here: " + reason;
-    }
-}
-
 /// <summary>KVM tests run alone: they count the process's fds, threads and resident memory.</summary>
 [CollectionDefinition("KVM", DisableParallelization = true)]
 public sealed class KvmCollection;
