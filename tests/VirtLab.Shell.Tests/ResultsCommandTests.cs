@@ -2,6 +2,7 @@ using System.Diagnostics;
 using System.Text.Json;
 using System.Text.Json.Nodes;
 using VirtLab.Sdk.Measure;
+using VirtLab.Shell.Tests.Terminal;
 using Xunit;
 
 namespace VirtLab.Shell.Tests;
@@ -212,11 +213,8 @@ public sealed class ResultsCommandTests
         Assert.Contains("midway line\n", redirected.Stdout);
 
         using var p = OnTerminal(tmp.Path, recipe);
-        p.StandardInput.Close();
-        var output = p.StandardOutput.ReadToEndAsync();
-        Assert.True(p.WaitForExit(TimeSpan.FromSeconds(90)), "virtlab on a pty did not finish");
-        p.WaitForExit();
-        var screen = output.Result;
+        Assert.True(p.WaitForExit(TimeSpan.FromSeconds(90)), "virtlab on a pty did not finish:\n" + p.Screen);
+        var screen = p.Screen;
         Assert.True(p.ExitCode == 0, screen);
         Assert.Matches(@"\r\x1b\[2Kslow operation  \[█+[ ▏▎▍▌▋▊▉]* *\]\s+\d+%  \d+ / 12 steps  [\d.]+ steps/s", screen);
         Assert.Contains("midway line", screen);
@@ -227,19 +225,14 @@ public sealed class ResultsCommandTests
         Assert.StartsWith("\r\x1b[2K", screen[screen.IndexOf('\r', last)..]);
     }
 
-    /// <summary>`virtlab run RECIPE` on a real pseudo-terminal through script(1) (bsdutils, part of every Debian install);
-    /// what is written to the process's stdin reaches the terminal as typed keys.</summary>
-    private static Process OnTerminal(string dir, string recipe)
-    {
-        if (!File.Exists("/usr/bin/script")) Assert.Fail("script(1) is needed to give virtlab a pseudo-terminal; install bsdutils");
-        var psi = new ProcessStartInfo("/usr/bin/script") { RedirectStandardOutput = true, RedirectStandardError = true, RedirectStandardInput = true, WorkingDirectory = dir };
-        foreach (var a in new[] { "-qefc", $"dotnet '{Virtlab.Dll}' run '{recipe}'", "/dev/null" }) psi.ArgumentList.Add(a);
-        psi.Environment["VIRTLAB_CACHE"] = Path.Combine(dir, ".cache");
-        psi.Environment["NO_COLOR"] = "1";
-        psi.Environment["TERM"] = "xterm";
-        psi.Environment.Remove("VIRTLAB_PLUGINS");
-        return Process.Start(psi)!;
-    }
+    /// <summary>`virtlab run RECIPE` on a real pseudo-terminal, 80 columns.</summary>
+    private static PtyProcess OnTerminal(string dir, string recipe) =>
+        new(dir, new Dictionary<string, string?>
+        {
+            ["VIRTLAB_CACHE"] = Path.Combine(dir, ".cache"),
+            ["NO_COLOR"] = "1",
+            ["VIRTLAB_PLUGINS"] = null,
+        }, 80, 24, "dotnet", Virtlab.Dll, "run", recipe);
 
     [Fact]
     public void Ctrl_c_during_a_progress_bar_cancels_the_run()
@@ -251,23 +244,10 @@ public sealed class ResultsCommandTests
             Result("finished", true);
             """);
         using var p = OnTerminal(tmp.Path, recipe);
-        var screen = new System.Text.StringBuilder();
-        var reader = Task.Run(() =>
-        {
-            var buffer = new char[4096];
-            int n;
-            while ((n = p.StandardOutput.Read(buffer, 0, buffer.Length)) > 0) lock (screen) screen.Append(buffer, 0, n);
-        });
-        string Screen() { lock (screen) return screen.ToString(); }
-        var deadline = DateTime.UtcNow + TimeSpan.FromSeconds(90);
-        while (!Screen().Contains("long operation  [") && DateTime.UtcNow < deadline) Thread.Sleep(50);
-        Assert.True(Screen().Contains("long operation  ["), "no progress bar appeared:\n" + Screen());
-        p.StandardInput.Write('\x03'); // Ctrl+C, typed on the terminal
-        p.StandardInput.Flush();
-        Assert.True(p.WaitForExit(TimeSpan.FromSeconds(60)), "Ctrl+C did not end the run:\n" + Screen());
-        p.WaitForExit();
-        reader.Wait(TimeSpan.FromSeconds(10));
-        var text = Screen();
+        Assert.True(p.WaitFor("long operation  [", TimeSpan.FromSeconds(90)), "no progress bar appeared:\n" + p.Screen);
+        p.Type("\x03"); // Ctrl+C, typed on the terminal
+        Assert.True(p.WaitForExit(TimeSpan.FromSeconds(60)), "Ctrl+C did not end the run:\n" + p.Screen);
+        var text = p.Screen;
         Assert.True(p.ExitCode == 1, text);
         Assert.Contains("virtlab run: cancelled (Ctrl+C)", text);
         Assert.DoesNotContain("finished", text);
