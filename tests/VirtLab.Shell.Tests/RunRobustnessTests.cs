@@ -70,8 +70,8 @@ public sealed class RunRobustnessTests
     {
         using var tmp = new TempDir();
         var recipe = tmp.File("task.csx", """
-            Task.Run(() => throw new InvalidOperationException("nobody awaited me"));
-            Thread.Sleep(300);
+            // Waits for the fault without observing it (ContinueWith never reads the exception); the task is garbage after.
+            Task.Run(() => throw new InvalidOperationException("nobody awaited me")).ContinueWith(_ => { }).Wait();
             """);
         var r = Virtlab.Run(null, tmp.Path, "run", recipe);
         Assert.True(r.ExitCode == 1, r.ToString());

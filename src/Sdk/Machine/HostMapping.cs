@@ -35,7 +35,17 @@ internal sealed unsafe class HostMapping : IDisposable
         switch (backing)
         {
             case Backing.Anonymous:
-                return new HostMapping(Libc.MmapChecked(0, length, prot, Libc.MAP_PRIVATE | Libc.MAP_ANONYMOUS, -1, 0, doing), length, backing, -1);
+            {
+                // 4 KiB pages whatever the host's THP setting ("always" would fault 2 MiB at a time), as the selftests do.
+                var p = Libc.MmapChecked(0, length, prot, Libc.MAP_PRIVATE | Libc.MAP_ANONYMOUS, -1, 0, doing);
+                try { Libc.MadviseChecked(p, length, Libc.MADV_NOHUGEPAGE, doing); }
+                catch
+                {
+                    Libc.munmap(p, (nuint)length);
+                    throw;
+                }
+                return new HostMapping(p, length, backing, -1);
+            }
 
             case Backing.AnonymousThp:
             {

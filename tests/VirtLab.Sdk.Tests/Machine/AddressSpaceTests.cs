@@ -206,11 +206,13 @@ public class AddressSpaceTests
         const int changes = 20_000;
         long bad = 0, hits = 0, misses = 0;
         var stop = 0;
+        using var reading = new ManualResetEventSlim();
         var reader = Task.Factory.StartNew(() =>
         {
             var rnd = new Random(1);
             while (Volatile.Read(ref stop) == 0)
             {
+                reading.Set(); // the writer starts once lookups run, so they overlap the changes
                 var i = rnd.Next(64);
                 if (!s.TryTranslate(((ulong)i << 16) + 8, 8, MemoryAccess.Read, out var t, out _, out _) || t != g + (ulong)i * 4096 + 8) bad++;
                 if (s.TryTranslate(0x100_0010, 8, MemoryAccess.Write, out t, out var n, out var f))
@@ -222,6 +224,7 @@ public class AddressSpaceTests
                 else misses++;
             }
         }, TaskCreationOptions.LongRunning);
+        Assert.True(reading.Wait(TimeSpan.FromSeconds(30)), "the reader thread never started");
         for (int k = 0; k < changes; k++)
         {
             s.Map(0x100_0000, 4096, k % 2 == 0 ? pageA : pageB);
