@@ -4,6 +4,7 @@ using FsCheck.Fluent;
 using VirtLab.Plugins.Balloon.Protocol;
 using VirtLab.Sdk.Machine;
 using Xunit;
+using VirtLab.Tests;
 
 namespace VirtLab.Plugins.Balloon.Tests;
 
@@ -76,7 +77,7 @@ public class FormatTests
         var small = ViaBitmap(t.basePfn, t.pages, 24).Order(); // a tiny data buffer: many requests, resumed mid-run
         var rng = ViaRanges(t.pages);
         return pfn.SequenceEqual(t.pages) && bmp.SequenceEqual(t.pages) && small.SequenceEqual(t.pages) && rng.SequenceEqual(t.pages);
-    }).QuickCheckThrowOnFailure();
+    }).Check(PropertyRuns.Quick);
 
     [Fact]
     public void Bitmap_encodes_whole_words_as_runs_and_is_far_smaller_than_pfns()

@@ -8,6 +8,7 @@ using VirtLab.Sdk.Machine;
 using VirtLab.Sdk.Measure;
 using VirtLab.Sdk.Virtio;
 using Xunit;
+using VirtLab.Tests;
 
 namespace VirtLab.Plugins.Balloon.Tests;
 
@@ -44,7 +45,7 @@ public sealed class HostileDriverProperties
         using var vm = DiscardEngineTests.SimVm(16.MiB());
         using var h = new Harness(vm, transport);
         Prop.ForAll(Arb.From(Requests), r => h.Run(r.Item1, r.Item2))
-            .Check(Config.QuickThrowOnFailure.WithMaxTest(RequestsPerTransport).WithQuietOnSuccess(true));
+            .Check(PropertyRuns.Quick.WithMaxTest(RequestsPerTransport).WithQuietOnSuccess(true));
         h.CheckSentinel();
         Assert.True(h.Served > RequestsPerTransport / 3, $"only {h.Served} good requests were served");
         Assert.True(h.RefusedCount > RequestsPerTransport / 4, $"only {h.RefusedCount} bad requests were generated");

@@ -9,6 +9,7 @@ using VirtLab.Sdk.Native;
 using VirtLab.Sdk.Virtio;
 using Xunit;
 using static VirtLab.Plugins.Vdpa.Uapi.VirtioConfig;
+using VirtLab.Tests;
 
 namespace VirtLab.Plugins.Vdpa.Tests;
 
@@ -379,7 +380,7 @@ public class HostileRingTests
                 return r.Dev.Counters.ErrorTotal > 0;
             }
             return true;
-        }).Check(Config.QuickThrowOnFailure.WithMaxTest(2000));
+        }).Check(PropertyRuns.Quick.WithMaxTest(2000));
         Assert.Equal(2000, ran);
         Assert.InRange(broken, 1, 1999);   // the generator produces both refused and accepted rings
     }

@@ -9,6 +9,7 @@ using VirtLab.Sdk.Native;
 using VirtLab.Sdk.Virtio;
 using Xunit;
 using static VirtLab.Plugins.Vdpa.Uapi.Vhost;
+using VirtLab.Tests;
 
 namespace VirtLab.Plugins.Vdpa.Tests;
 
@@ -177,7 +178,7 @@ public class IotlbProperties
                 else Assert.Equal(after, s.Dev.DeviceMap);
             }
             return true;
-        }).Check(Config.QuickThrowOnFailure.WithMaxTest(10_000));
+        }).Check(PropertyRuns.Quick.WithMaxTest(10_000));
         Assert.True(accepted > 1000 && refused > 1000, $"{accepted} accepted, {refused} refused: the generator covers both");
     }
 }

@@ -7,6 +7,7 @@ using VirtLab.Plugins.Vfio.Uapi;
 using Xunit;
 using static VirtLab.Sdk.Native.Errno;
 using U = VirtLab.Plugins.Vfio.Uapi.VfioUapi;
+using VirtLab.Tests;
 
 namespace VirtLab.Plugins.Vfio.Tests;
 
@@ -30,7 +31,7 @@ public class IoctlFuzzProperties
         calls = 0;
         outcomes.Clear();
         Prop.ForAll(Arb.From(Gen.Choose(0, int.MaxValue)), seed => { RunCase(seed); return true; })
-            .Check(Config.QuickThrowOnFailure.WithMaxTest(Cases));
+            .Check(PropertyRuns.Quick.WithMaxTest(Cases));
         Assert.True(calls >= 10_000, $"only {calls} ioctls were generated");
         // the generator reaches the success paths and the faults, not only the early EINVALs
         int N(uint req, long ret) => outcomes.GetValueOrDefault((req, ret));

@@ -5,6 +5,7 @@ using VirtLab.Plugins.Vfio.Tracking;
 using VirtLab.Plugins.Vfio.Type1;
 using VirtLab.Sdk.Machine;
 using Xunit;
+using VirtLab.Tests;
 
 namespace VirtLab.Plugins.Vfio.Tests;
 
@@ -95,7 +96,7 @@ public class StrategyTests
             }
             Assert.Equal(0, ((DeviceDmaLoggingTracker)s.All[4]).Unlogged);
             return true;
-        }).Check(Config.QuickThrowOnFailure.WithMaxTest(25));
+        }).Check(PropertyRuns.Quick.WithMaxTest(25));
     }
 
     [Fact]
@@ -114,7 +115,7 @@ public class StrategyTests
                 Assert.Empty(tree.Except(merged));                     // never loses a page
             }
             return true;
-        }).Check(Config.QuickThrowOnFailure.WithMaxTest(15));
+        }).Check(PropertyRuns.Quick.WithMaxTest(15));
     }
 
     [Fact]
@@ -160,7 +161,7 @@ public class StrategyTests
             var pages = all.SelectMany(x => Enumerable.Range(0, (int)(x.E - x.S)).Select(k => x.S + (ulong)k)).ToArray();
             var disjoint = all.Zip(all.Skip(1)).All(z => z.First.E < z.Second.S);
             return disjoint && pages.SequenceEqual(set.Order()) && rs.Count == all.Length;
-        }).QuickCheckThrowOnFailure();
+        }).Check(PropertyRuns.Quick);
     }
 
     [Fact]

@@ -2,6 +2,7 @@ using FsCheck;
 using FsCheck.Fluent;
 using VirtLab.Sdk.Machine;
 using Xunit;
+using VirtLab.Tests;
 
 namespace VirtLab.Sdk.Tests.Machine;
 
@@ -23,7 +24,7 @@ public class DirtyBitmapProperties
             && b.ToArray().SequenceEqual(expected)
             && fromRuns.SequenceEqual(expected)
             && b.NextSetPage(0) == (expected.Length > 0 ? expected[0] : -1);
-    }).QuickCheckThrowOnFailure();
+    }).Check(PropertyRuns.Quick);
 
     [Fact]
     public void Or_and_andnot_are_set_union_and_difference() => Prop.ForAll(PageSets, PageSets, (x, y) =>
@@ -34,5 +35,5 @@ public class DirtyBitmapProperties
         var union = x.set.Union(y.set).Order().Select(p => (long)p);
         var diff = x.set.Except(y.set).Order().Select(p => (long)p);
         return a.Clone().Or(b).ToArray().SequenceEqual(union) && a.Clone().AndNot(b).ToArray().SequenceEqual(diff);
-    }).QuickCheckThrowOnFailure();
+    }).Check(PropertyRuns.Quick);
 }

@@ -3,6 +3,7 @@ using FsCheck.Fluent;
 using VirtLab.Sdk.Machine;
 using VirtLab.Sdk.Measure;
 using Xunit;
+using VirtLab.Tests;
 
 namespace VirtLab.Sdk.Tests.Machine;
 
@@ -60,5 +61,5 @@ public sealed class IovaSpaceProperties : IDisposable
             if (!ok && f.Reason != (found is null ? MemoryFaultReason.Unmapped : MemoryFaultReason.Permission)) return false;
         }
         return true;
-    }).Check(Config.QuickThrowOnFailure.WithMaxTest(200));
+    }).Check(PropertyRuns.Quick.WithMaxTest(200));
 }

@@ -2,6 +2,7 @@ using FsCheck;
 using FsCheck.Fluent;
 using VirtLab.Sdk.Measure;
 using Xunit;
+using VirtLab.Tests;
 
 namespace VirtLab.Sdk.Tests.Measure;
 
@@ -37,12 +38,12 @@ public class SizeTests
     [Fact]
     public void Exact_form_round_trips() =>
         Prop.ForAll(Arb.From(Gen.Choose(0, 1 << 22)), Arb.From(Gen.Elements(1L, Size.KiBBytes, Size.MiBBytes, Size.GiBBytes, Size.TiBBytes)),
-            (int n, long unit) => Size.Parse(new Size(n * unit).ToExactString()).Bytes == n * unit).QuickCheckThrowOnFailure();
+            (int n, long unit) => Size.Parse(new Size(n * unit).ToExactString()).Bytes == n * unit).Check(PropertyRuns.Quick);
 
     [Fact]
     public void Unit_multiples_round_trip_through_display_form() =>
         Prop.ForAll(Arb.From(Gen.Choose(1, 1 << 20)), Arb.From(Gen.Elements(Size.MiBBytes, Size.GiBBytes, Size.TiBBytes)),
-            (int n, long unit) => Size.Parse(new Size(n * unit).ToString()).Bytes == n * unit).QuickCheckThrowOnFailure();
+            (int n, long unit) => Size.Parse(new Size(n * unit).ToString()).Bytes == n * unit).Check(PropertyRuns.Quick);
 
     [Fact]
     public void Serializes_as_byte_count()

@@ -4,6 +4,7 @@ using VirtLab.Sdk.Machine;
 using VirtLab.Sdk.Measure;
 using VirtLab.Sdk.Virtio;
 using Xunit;
+using VirtLab.Tests;
 
 namespace VirtLab.Sdk.Tests.Virtio;
 
@@ -155,7 +156,7 @@ public sealed class VirtqueueProperties : IDisposable
             if (drv.FreeDescriptors != free || drv.InFlight != inDriver.Count || dev.InFlight != held.Count || dev.IsBroken) return false;
         }
         return true;
-    }).Check(Config.QuickThrowOnFailure.WithMaxTest(300));
+    }).Check(PropertyRuns.Quick.WithMaxTest(300));
 
     // ---- 2. malformed rings -------------------------------------------------------------------------
 
@@ -262,7 +263,7 @@ public sealed class VirtqueueProperties : IDisposable
                 if (e.Kind is VirtqErrorKind.BufferFault && e.Fault is null) return false;
             }
             return true;
-        }).Check(Config.QuickThrowOnFailure.WithMaxTest(10_000));
+        }).Check(PropertyRuns.Quick.WithMaxTest(10_000));
 
         Assert.Equal(10_000, cases);
         Assert.Equal(0, outside);
