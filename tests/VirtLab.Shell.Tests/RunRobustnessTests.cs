@@ -31,7 +31,7 @@ public sealed class RunRobustnessTests
         Thread.Sleep(200); // inside vm.Run
         using (var kill = Process.Start("kill", ["-INT", p.Id.ToString()])) kill.WaitForExit();
         var stdout = p.StandardOutput.ReadToEndAsync();
-        if (!p.WaitForExit(TimeSpan.FromSeconds(30))) { p.Kill(true); Assert.Fail("one SIGINT did not stop vm.Run"); }
+        if (!p.WaitForExit(TimeSpan.FromSeconds(90))) { p.Kill(true); Assert.Fail("one SIGINT did not stop vm.Run"); }
         var r = new ProcessResult(p.ExitCode, await stdout, await stderr);
         Assert.True(r.ExitCode == 1, r.ToString());
         Assert.Equal("virtlab run: cancelled (Ctrl+C)\n", r.Stderr);

@@ -45,7 +45,7 @@ public static class Virtlab
         p.StandardInput.Close();
         var stdout = p.StandardOutput.ReadToEndAsync();
         var stderr = p.StandardError.ReadToEndAsync();
-        if (!p.WaitForExit(TimeSpan.FromSeconds(60))) { p.Kill(true); throw new TimeoutException("virtlab " + string.Join(' ', args)); }
+        if (!p.WaitForExit(TimeSpan.FromSeconds(180))) { p.Kill(true); throw new TimeoutException("virtlab " + string.Join(' ', args)); }
         p.WaitForExit();
         return new ProcessResult(p.ExitCode, stdout.Result, stderr.Result);
     }

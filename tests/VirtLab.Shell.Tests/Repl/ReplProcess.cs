@@ -11,7 +11,7 @@ namespace VirtLab.Shell.Tests.Repl;
 /// </summary>
 internal sealed class ReplProcess : IDisposable
 {
-    public static readonly TimeSpan Timeout = TimeSpan.FromSeconds(30);
+    public static readonly TimeSpan Timeout = TimeSpan.FromSeconds(90); // generous: a loaded 2-core host starts Roslyn slowly
 
     private readonly Process _process;
     private readonly StringBuilder _out = new();
