@@ -57,18 +57,14 @@ public sealed class KvmSystem : IDisplayable
         var caps = new List<KvmCapability>();
         try
         {
-            using var kvm = KvmFd.OpenDevKvm();
-            api = kvm.Ioctl(KvmIoctl.KVM_GET_API_VERSION);
+            using var kvm = KvmDevice.Open();
+            api = kvm.ApiVersion();
             if (api != KvmConst.KVM_API_VERSION)
                 reason = $"KVM_GET_API_VERSION returned {api}, expected {KvmConst.KVM_API_VERSION}";
             else
             {
-                foreach (var c in InterestingCaps)
-                {
-                    int v = Libc.ioctl(kvm.Fd, KvmIoctl.KVM_CHECK_EXTENSION, (ulong)c);
-                    caps.Add(new KvmCapability(KvmCap.Name(c), c, Math.Max(v, 0)));
-                }
-                mmapSize = kvm.Ioctl(KvmIoctl.KVM_GET_VCPU_MMAP_SIZE);
+                foreach (var c in InterestingCaps) caps.Add(new KvmCapability(KvmCap.Name(c), c, kvm.CheckExtension(c)));
+                mmapSize = kvm.VcpuMmapSize();
                 usable = true;
             }
         }

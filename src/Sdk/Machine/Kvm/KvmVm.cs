@@ -22,19 +22,30 @@ internal sealed unsafe class KvmVm : Vm
 
     public static KvmVm Build(VmOptions o)
     {
+        // The host's limits, checked once here (VmOptions.Validate has checked what does not depend on the host;
+        // below this, KvmMachine only asserts them).
         var sys = KvmSystem.Probe();
-        if (!sys.Usable) throw new BackendUnavailableException(Backend.Kvm, "KVM is not usable: " + sys.Reason);
+        Debug.Assert(sys.Usable, "VmBackends checks KvmBackend.IsUsable before building");
         if (o.Vcpus > sys.MaxVcpus)
             throw new ArgumentOutOfRangeException(nameof(o.Vcpus), $"this host's KVM allows at most {sys.MaxVcpus} vCPUs per VM (KVM_CAP_MAX_VCPUS); got {o.Vcpus}");
+        if (o.Vcpus > SystemLayout.MaxRecords)
+            throw new ArgumentOutOfRangeException(nameof(o.Vcpus), $"the KVM backend supports at most {SystemLayout.MaxRecords} vCPUs (per-vCPU records in system slot 0); got {o.Vcpus}");
         if (o.DirtyRingBytes > 0 && sys.DirtyRingMaxBytes == 0)
             throw new BackendUnavailableException(Backend.Kvm, "this host's KVM has no dirty ring (KVM_CAP_DIRTY_LOG_RING is 0); leave DirtyRingBytes at 0 or use Backend.Sim");
         if (o.DirtyRingBytes > 0 && o.DirtyRingBytes > sys.DirtyRingMaxBytes)
             throw new ArgumentOutOfRangeException(nameof(o.DirtyRingBytes),
                 $"this host's KVM allows dirty rings of at most {sys.DirtyRingMaxBytes} bytes (KVM_CAP_DIRTY_LOG_RING); got {o.DirtyRingBytes.Bytes}");
+        if (o.ManualProtect)
+        {
+            ulong flags = KvmConst.KVM_DIRTY_LOG_MANUAL_PROTECT_ENABLE | (o.InitiallySet ? KvmConst.KVM_DIRTY_LOG_INITIALLY_SET : 0);
+            int supported = sys.Cap(KvmCap.MANUAL_DIRTY_LOG_PROTECT2);
+            if (((ulong)supported & flags) != flags)
+                throw new BackendUnavailableException(Backend.Kvm, $"this host's KVM does not support manual dirty-log protection with flags 0x{flags:x} (KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2 reports 0x{supported:x}); use Backend.Sim or leave ManualProtect/InitiallySet off");
+        }
         if (o.SystemMemory is { } sm && (ulong)sm.Bytes < SystemLayout.MinSize(o.Vcpus))
             throw new ArgumentException($"system memory {sm} is too small for the KVM backend with {o.Vcpus} vCPUs: it needs at least {SystemLayout.MinSize(o.Vcpus) >> 10} KiB", nameof(o.SystemMemory));
 
-        var m = new KvmMachine(o.Vcpus, ownSystemSlot: false);
+        var m = new KvmMachine(o.Vcpus);
         KvmVm? vm = null;
         try
         {
@@ -44,7 +55,7 @@ internal sealed unsafe class KvmVm : Vm
                 throw new ArgumentOutOfRangeException(nameof(o.GuestPhysBits),
                     $"guest physical address bits {bits} is more than this host's KVM offers its guests ({m.GuestPhysBits}, CPUID 0x80000008 from KVM_GET_SUPPORTED_CPUID); use at most {m.GuestPhysBits}, or leave GuestPhysBits unset");
             if (o.DirtyRingBytes > 0) m.EnableDirtyRing((int)o.DirtyRingBytes.Bytes);
-            if (o.ManualProtect) m.EnableManualProtect(true, o.InitiallySet);
+            if (o.ManualProtect) m.EnableManualProtect(o.InitiallySet);
             if (o.Backing == Backing.AnonymousHugetlb1G && KvmCpuid.Has1GPages(m.Cpuid)) m.Use1GPages = true;
             vm = new KvmVm(o, m);
             var self = vm;
@@ -284,8 +295,8 @@ public static class KvmVmExtensions
 
     /// <summary>
     /// Run hand-written x86-64 on every vCPU (KVM only). The program starts in 64-bit mode at the code area of slot 0
-    /// with rdi = vCPU index and a 16 KiB stack (a ucall done is appended); it talks to the host with `out dx, eax` on port 0x1000
-    /// (eax 0 done, 1 sync with rsi = pass, 2 assert with rsi = gpa of a NUL-terminated message, 3 print).
+    /// with rdi = vCPU index and a 16 KiB stack (a ucall done is appended); it talks to the host through the guest ABI,
+    /// <see cref="Kvm.Ucall"/> (emitted with <see cref="UcallAssembler"/>: <c>a.UcallSync()</c>, <c>a.UcallPrint("…")</c>, …).
     /// <see cref="GuestVirtualAddress"/> gives the gva of a guest-physical address for loads and stores.
     /// </summary>
     public static void RunAssembly(this Vm vm, Action<Assembler> program, Action<int, ulong>? onSync = null,
@@ -323,37 +334,5 @@ public static class KvmVmExtensions
         var k = Kvm(vm, "guest virtual addresses");
         k.Machine.PrepareLayout();
         return k.Machine.GvaOf(gpa);
-    }
-
-    /// <summary>Emit a ucall (`mov eax, call; mov edx, 0x1000; out dx, eax`).</summary>
-    public static void Ucall(this Assembler a, uint call)
-    {
-        a.mov(AssemblerRegisters.eax, call);
-        a.mov(AssemblerRegisters.edx, (uint)VirtLab.Sdk.Machine.Kvm.Ucall.Port);
-        a.@out(AssemblerRegisters.dx, AssemblerRegisters.eax);
-    }
-
-    /// <summary>GUEST_SYNC(rsi) — set rsi first.</summary>
-    public static void UcallSync(this Assembler a) => a.Ucall(VirtLab.Sdk.Machine.Kvm.Ucall.Sync);
-
-    public static void UcallDone(this Assembler a) => a.Ucall(VirtLab.Sdk.Machine.Kvm.Ucall.Done);
-
-    /// <summary>GUEST_ASSERT failure with <paramref name="message"/> embedded after the call (rsi = its address).</summary>
-    public static void UcallAssert(this Assembler a, string message) => EmitWithString(a, VirtLab.Sdk.Machine.Kvm.Ucall.Assert, message);
-
-    /// <summary>Print <paramref name="message"/> on the host (rsi = its address).</summary>
-    public static void UcallPrint(this Assembler a, string message) => EmitWithString(a, VirtLab.Sdk.Machine.Kvm.Ucall.Print, message);
-
-    private static void EmitWithString(Assembler a, uint call, string message)
-    {
-        var text = a.CreateLabel();
-        var after = a.CreateLabel();
-        a.lea(AssemblerRegisters.rsi, AssemblerRegisters.__qword_ptr[text]); // code is identity-mapped: gva == gpa
-        a.Ucall(call);
-        a.jmp(after);
-        a.Label(ref text);
-        a.db(System.Text.Encoding.UTF8.GetBytes(message + "\0"));
-        a.Label(ref after);
-        a.nop(); // a label needs an instruction to bind to
     }
 }
