@@ -7,7 +7,7 @@ namespace VirtLab.Sdk.Machine.Kvm;
 /// <summary>One KVM capability as KVM_CHECK_EXTENSION reports it (0 = absent; some return a size or count).</summary>
 public sealed record KvmCapability(string Name, int Number, int Value);
 
-/// <summary>What this host's KVM can do: the data `virtlab doctor` prints. Obtain with <see cref="Probe"/>.</summary>
+/// <summary>What this host's KVM can do: the data `virtlab doctor` prints (the host facts come from <see cref="HostInfo"/>). Obtain with <see cref="Probe"/>.</summary>
 public sealed class KvmSystem : IDisplayable
 {
     /// <summary>The capabilities the project depends on, queried on /dev/kvm.</summary>
@@ -82,61 +82,16 @@ public sealed class KvmSystem : IDisplayable
             ApiVersion = api,
             VcpuMmapSize = mmapSize,
             Capabilities = caps,
-            ModuleParameters = ReadModuleParameters(),
+            ModuleParameters = HostInfo.KvmModuleParameters,
             ThpEnabled = HostInfo.ThpMode,
-            ThpDefrag = Bracketed(ReadText("/sys/kernel/mm/transparent_hugepage/defrag")),
+            ThpDefrag = HostInfo.ThpDefrag,
             HugePages = HostInfo.AllHugePools(),
-            Kernel = ReadText("/proc/sys/kernel/osrelease"),
-            Cpu = CpuInfo("model name") ?? "unknown",
+            Kernel = HostInfo.KernelRelease ?? "",
+            Cpu = HostInfo.CpuModel ?? "unknown",
             LogicalCpus = Environment.ProcessorCount,
-            HardwareVirtualization = CpuFlags() is var f && f.Contains("vmx") ? "vmx" : f.Contains("svm") ? "svm" : "none",
+            HardwareVirtualization = HostInfo.HardwareVirtualization,
         };
     }
-
-    private static string ReadText(string path)
-    {
-        try { return File.ReadAllText(path).Trim(); } catch { return ""; }
-    }
-
-    // "always [madvise] never" → "madvise"
-    private static string Bracketed(string s)
-    {
-        int a = s.IndexOf('['), b = s.IndexOf(']');
-        return a >= 0 && b > a ? s[(a + 1)..b] : s;
-    }
-
-    private static IReadOnlyDictionary<string, IReadOnlyDictionary<string, string>> ReadModuleParameters()
-    {
-        var result = new SortedDictionary<string, IReadOnlyDictionary<string, string>>();
-        try
-        {
-            foreach (var mod in Directory.GetDirectories("/sys/module", "kvm*"))
-            {
-                var dir = Path.Combine(mod, "parameters");
-                if (!Directory.Exists(dir)) continue;
-                var ps = new SortedDictionary<string, string>();
-                foreach (var p in Directory.GetFiles(dir)) ps[Path.GetFileName(p)] = ReadText(p);
-                result[Path.GetFileName(mod)] = ps;
-            }
-        }
-        catch (IOException) { }
-        catch (UnauthorizedAccessException) { }
-        return result;
-    }
-
-    private static string? CpuInfo(string key)
-    {
-        try
-        {
-            foreach (var line in File.ReadLines("/proc/cpuinfo"))
-                if (line.StartsWith(key, StringComparison.Ordinal) && line.IndexOf(':') is var i and > 0)
-                    return line[(i + 1)..].Trim();
-        }
-        catch (IOException) { }
-        return null;
-    }
-
-    private static HashSet<string> CpuFlags() => new((CpuInfo("flags") ?? "").Split(' ', StringSplitOptions.RemoveEmptyEntries));
 
     public IRenderable ToRenderable()
     {
