@@ -1,5 +1,4 @@
 using System.Runtime.CompilerServices;
-using Spectre.Console.Rendering;
 using VirtLab.Sdk.Native;
 
 namespace VirtLab.Sdk.Machine;
@@ -73,7 +72,7 @@ public sealed class MemoryFaultException(MemoryFault fault) : Exception(fault.To
 /// <see cref="IovaSpace"/> (IOVA → address in a parent space, changed at run time: the vhost IOTLB, a VFIO type1 container).
 /// Translation is safe while the mappings change on another thread: it uses an immutable snapshot.
 /// </summary>
-public abstract unsafe class AddressSpace : IDisplayable
+public abstract unsafe class AddressSpace
 {
     long faults;
 
@@ -289,6 +288,4 @@ public abstract unsafe class AddressSpace : IDisplayable
         fault = default;
         return true;
     }
-
-    public abstract Spectre.Console.Rendering.IRenderable ToRenderable();
 }

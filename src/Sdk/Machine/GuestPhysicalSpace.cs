@@ -1,7 +1,5 @@
 using System.Runtime.CompilerServices;
 using System.Collections.Immutable;
-using Spectre.Console;
-using Spectre.Console.Rendering;
 
 namespace VirtLab.Sdk.Machine;
 
@@ -78,16 +76,6 @@ public sealed class GuestPhysicalSpace : AddressSpace
     }
 
     public override string ToString() => $"guest-physical space of {Vm}";
-
-    public override IRenderable ToRenderable()
-    {
-        var t = new Table { Title = new TableTitle("guest-physical address space (memslots)") };
-        t.AddColumn("gpa").AddColumn("size").AddColumn("slot").AddColumn("perm");
-        foreach (var s in Vm.SlotsSnapshot)
-            t.AddRow(Markup.Escape($"[0x{s.Gpa:x}, 0x{s.EndGpa:x})"), s.Size.ToString(), s.Id.ToString(), "RW");
-        t.Caption = new TableTitle($"generation {Generation}, faults {Faults}");
-        return t;
-    }
 }
 
 /// <summary>

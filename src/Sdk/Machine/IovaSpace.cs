@@ -1,7 +1,5 @@
 using System.Runtime.CompilerServices;
 using System.Runtime.InteropServices;
-using Spectre.Console;
-using Spectre.Console.Rendering;
 
 namespace VirtLab.Sdk.Machine;
 
@@ -329,17 +327,4 @@ public sealed class IovaSpace : AddressSpace
     }
 
     public override string ToString() => $"{Name}: {Count} IOVA mapping(s) over {Parent.Name}";
-
-    public override IRenderable ToRenderable()
-    {
-        var maps = Mappings;
-        var t = new Table { Title = new TableTitle(Markup.Escape($"{Name}: IOVA space over {Parent.Name}")) };
-        t.AddColumn("iova").AddColumn("last").AddColumn("size").AddColumn(Markup.Escape($"→ {Parent.Name}")).AddColumn("perm");
-        const int shown = 32;
-        foreach (var m in maps.Take(shown))
-            t.AddRow($"0x{m.Iova:x}", $"0x{m.Last:x}", new Measure.Size((long)Math.Min(m.Size, long.MaxValue)).ToString(), $"0x{m.Target:x}", IovaMapping.PermName(m.Perm));
-        if (maps.Count > shown) t.AddRow($"… {maps.Count - shown} more", "", "", "", "");
-        t.Caption = new TableTitle(Markup.Escape($"{maps.Count} mapping(s), range [0x{First:x}, 0x{Last:x}], generation {Generation}, faults {Faults}"));
-        return t;
-    }
 }

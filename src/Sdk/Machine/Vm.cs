@@ -1,6 +1,4 @@
 using System.Collections.Immutable;
-using Spectre.Console;
-using Spectre.Console.Rendering;
 using VirtLab.Sdk.Measure;
 using Size = VirtLab.Sdk.Measure.Size;
 
@@ -12,7 +10,7 @@ namespace VirtLab.Sdk.Machine;
 /// class owns the slots, guest memory, bounds checks and argument validation, and calls the backend only with
 /// requests the kernel would accept.
 /// </summary>
-public abstract partial class Vm : IDisposable, IDisplayable
+public abstract partial class Vm : IDisposable
 {
     readonly object slotLock = new();
     ImmutableArray<MemSlot> slots = []; // sorted by gpa; replaced, never mutated, so readers need no lock
@@ -258,18 +256,4 @@ public abstract partial class Vm : IDisposable, IDisplayable
 
     public override string ToString()
         => IsDisposed ? $"{Backend} VM: {Vcpus} vCPU(s), disposed" : $"{Backend} VM: {Vcpus} vCPU(s), {Memory.Size} in {SlotsSnapshot.Length} memslot(s), test slot {Options.Memory} {Options.Backing.Name()}";
-
-    public virtual IRenderable ToRenderable()
-    {
-        if (IsDisposed) return new Text($"{Backend} VM, {Vcpus} vCPU(s): disposed (its memslots and memory are gone)");
-        var t = new Table { Title = new TableTitle(Markup.Escape($"{Backend} VM, {Vcpus} vCPU(s)")) };
-        t.AddColumn("slot").AddColumn("gpa").AddColumn("size").AddColumn("backing").AddColumn("flags");
-        foreach (var s in Slots)
-            t.AddRow(s.Id.ToString(), Markup.Escape($"[0x{s.Gpa:x}, 0x{s.EndGpa:x})"), s.Size.ToString(), s.Backing.Name(),
-                s.LogDirtyPages ? "LOG_DIRTY_PAGES" : "");
-        var dirty = ManualProtect ? (InitiallySet ? "manual protect, initially set" : "manual protect") : "legacy get";
-        if (DirtyRing is { } r) dirty = $"ring {r.Entries} entries/vCPU";
-        t.Caption = new TableTitle(Markup.Escape($"dirty log: {dirty}; guest phys bits {GuestPhysBits}"));
-        return devices.Render(t);
-    }
 }

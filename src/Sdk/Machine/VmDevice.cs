@@ -1,6 +1,3 @@
-using Spectre.Console;
-using Spectre.Console.Rendering;
-
 namespace VirtLab.Sdk.Machine;
 
 /// <summary>
@@ -8,7 +5,7 @@ namespace VirtLab.Sdk.Machine;
 /// <see cref="OnAttach"/> once, lists the device in <see cref="Vm.Devices"/> and its table, and disposes it first when
 /// the VM is disposed — before guest memory is unmapped — so a device stops its threads while memory is still there.
 /// </summary>
-public abstract class VmDevice : IDisposable, IDisplayable
+public abstract class VmDevice : IDisposable
 {
     Vm? vm;
     int disposed;
@@ -57,8 +54,6 @@ public abstract class VmDevice : IDisposable, IDisplayable
         Dispose(true);
         GC.SuppressFinalize(this);
     }
-
-    public virtual IRenderable ToRenderable() => new Text($"{Name}: {(IsAttached ? "attached" : "not attached")}{(Summary.Length > 0 ? ", " + Summary : "")}");
 
     public override string ToString() => Summary.Length > 0 ? $"{Name} ({Summary})" : Name;
 
@@ -119,16 +114,5 @@ internal sealed class VmDeviceList
             catch (Exception e) { (errors ??= []).Add(e); }
         }
         return errors is null ? null : new AggregateException("disposing the VM's devices failed", errors);
-    }
-
-    /// <summary>The VM's table, with a device table under it when devices are attached.</summary>
-    public IRenderable Render(IRenderable vmTable)
-    {
-        var all = Snapshot;
-        if (all.Count == 0) return vmTable;
-        var t = new Table { Title = new TableTitle("devices") };
-        t.AddColumn("device").AddColumn("type").AddColumn("state");
-        foreach (var d in all) t.AddRow(Markup.Escape(d.Name), Markup.Escape(d.GetType().Name), Markup.Escape(d.Summary));
-        return new Rows(vmTable, t);
     }
 }

@@ -1,4 +1,3 @@
-using Spectre.Console;
 using System.Collections.Immutable;
 
 namespace VirtLab.Sdk.Machine;
@@ -18,26 +17,12 @@ public sealed record WorkloadResult(
     TimeSpan Elapsed,
     IReadOnlyList<TimeSpan> PassTimes,
     IReadOnlyList<VcpuResult> PerVcpu,
-    long DirtyRingFullExits) : IDisplayable
+    long DirtyRingFullExits)
 {
     public long Reads => PerVcpu.Sum(v => v.Reads);
     public long Writes => PerVcpu.Sum(v => v.Writes);
     /// <summary>Accesses made (each touches one page).</summary>
     public long Accesses => Reads + Writes;
-
-    public Spectre.Console.Rendering.IRenderable ToRenderable()
-    {
-        var t = new Spectre.Console.Table { Title = new Spectre.Console.TableTitle(Spectre.Console.Markup.Escape($"{Workload.Name ?? "workload"} on {Backend}: {Elapsed.TotalMilliseconds:0.###} ms")) };
-        t.AddColumn("vCPU").AddColumn("role").AddColumn("reads").AddColumn("writes");
-        for (int p = 0; p < PassTimes.Count; p++) t.AddColumn($"pass {p} ms");
-        foreach (var v in PerVcpu)
-        {
-            var cells = new List<string> { v.Vcpu.ToString(), v.Role.ToString(), v.Reads.ToString(), v.Writes.ToString() };
-            cells.AddRange(v.PassTimes.Select(x => x.TotalMilliseconds.ToString("0.###")));
-            t.AddRow(cells.ToArray());
-        }
-        return t;
-    }
 
     public override string ToString()
         => $"{Workload.Name ?? "workload"} on {Backend}: {Vcpus} vCPUs, {Accesses} accesses ({Writes} writes) in {Elapsed.TotalMilliseconds:0.###} ms";

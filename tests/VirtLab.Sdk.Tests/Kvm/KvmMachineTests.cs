@@ -3,6 +3,7 @@ using System.Runtime.InteropServices;
 using Iced.Intel;
 using VirtLab.Sdk.Machine.Kvm;
 using VirtLab.Sdk.Native;
+using VirtLab.Sdk.Rendering;
 using Xunit;
 using Xunit.Abstractions;
 using static Iced.Intel.AssemblerRegisters;

@@ -3,6 +3,7 @@ using VirtLab.Sdk.Machine;
 using VirtLab.Sdk.Machine.Kvm;
 using VirtLab.Sdk.Measure;
 using VirtLab.Sdk.Native;
+using VirtLab.Sdk.Rendering;
 using Xunit;
 using Xunit.Abstractions;
 using static Iced.Intel.AssemblerRegisters;

@@ -1,6 +1,4 @@
 using System.Text;
-using Spectre.Console;
-using Spectre.Console.Rendering;
 using VirtLab.Sdk.Native;
 
 namespace VirtLab.Sdk.Machine.Kvm;
@@ -18,7 +16,7 @@ public sealed record KvmStatDescriptor(string Name, KvmStatType Type, KvmStatUni
 /// A binary statistics fd (KVM_GET_STATS_FD on a VM or vCPU fd): the header and descriptors are read once,
 /// values are re-read with pread at each snapshot.
 /// </summary>
-public sealed unsafe class KvmStats : IDisposable, IDisplayable
+public sealed unsafe class KvmStats : IDisposable
 {
     private readonly KvmFd _fd;
     private readonly uint _dataOffset;
@@ -105,16 +103,14 @@ public sealed unsafe class KvmStats : IDisposable, IDisplayable
 
     public void Dispose() => _fd.Dispose();
 
-    /// <summary>Displayed as its values now (a <see cref="Snapshot"/>).</summary>
-    public IRenderable ToRenderable() => _fd.IsClosed
-        ? new Text($"KVM stats {Id}: closed (its VM or vCPU was disposed)")
-        : Snapshot().ToRenderable();
+    /// <summary>Whether the fd is closed (its VM or vCPU was disposed).</summary>
+    internal bool IsClosed => _fd.IsClosed;
 
     public override string ToString() => $"KVM stats {Id}: {Descriptors.Count} statistics (Read(name), Snapshot())";
 }
 
 /// <summary>All values of one stats fd at one moment.</summary>
-public sealed class KvmStatsSnapshot : IDisplayable
+public sealed class KvmStatsSnapshot
 {
     public string Id { get; }
     public DateTime TakenUtc { get; }
@@ -133,15 +129,6 @@ public sealed class KvmStatsSnapshot : IDisplayable
 
     /// <summary>What changed from <paramref name="before"/> to this snapshot.</summary>
     public KvmStatsDelta Since(KvmStatsSnapshot before) => KvmStatsDelta.Between(before, this);
-
-    public IRenderable ToRenderable()
-    {
-        var t = new Table().Border(TableBorder.Rounded).Title($"[bold]{Markup.Escape(Id)}[/]").AddColumn("statistic").AddColumn(new TableColumn("value").RightAligned());
-        foreach (var d in Descriptors) t.AddRow(Markup.Escape(d.Name), Format(Values[d.Name]));
-        return t;
-    }
-
-    private static string Format(ulong[] v) => v.Length == 1 ? v[0].ToString("N0") : "[" + string.Join(" ", v) + "]";
 }
 
 /// <summary>One counter that changed between two snapshots.</summary>
@@ -152,7 +139,7 @@ public sealed record KvmStatChange(string Name, KvmStatType Type, ulong Before, 
 }
 
 /// <summary>Counters that changed between two snapshots of the same stats fd (a table when displayed).</summary>
-public sealed class KvmStatsDelta : IDisplayable
+public sealed class KvmStatsDelta
 {
     public string Id { get; }
     public TimeSpan Elapsed { get; }
@@ -177,16 +164,6 @@ public sealed class KvmStatsDelta : IDisplayable
 
     /// <summary>Change of one counter (0 when it did not change).</summary>
     public long this[string name] => Changes.FirstOrDefault(c => c.Name == name)?.Delta ?? 0;
-
-    public IRenderable ToRenderable()
-    {
-        var t = new Table().Border(TableBorder.Rounded).Title($"[bold]{Markup.Escape(Id)}[/] Δ over {Elapsed.TotalMilliseconds:F1} ms")
-            .AddColumn("statistic").AddColumn(new TableColumn("before").RightAligned()).AddColumn(new TableColumn("after").RightAligned())
-            .AddColumn(new TableColumn("Δ").RightAligned());
-        if (Changes.Count == 0) t.AddRow("[grey](no change)[/]", "", "", "");
-        foreach (var c in Changes) t.AddRow(Markup.Escape(c.Name), c.Before.ToString("N0"), c.After.ToString("N0"), (c.Delta >= 0 ? "+" : "") + c.Delta.ToString("N0"));
-        return t;
-    }
 
     public override string ToString() => string.Join(", ", Changes.Select(c => $"{c.Name} {(c.Delta >= 0 ? "+" : "")}{c.Delta}"));
 }

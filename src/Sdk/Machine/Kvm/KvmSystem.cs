@@ -1,5 +1,3 @@
-using Spectre.Console;
-using Spectre.Console.Rendering;
 using VirtLab.Sdk.Native;
 
 namespace VirtLab.Sdk.Machine.Kvm;
@@ -8,7 +6,7 @@ namespace VirtLab.Sdk.Machine.Kvm;
 public sealed record KvmCapability(string Name, int Number, int Value);
 
 /// <summary>What this host's KVM can do: the data `virtlab doctor` prints (the host facts come from <see cref="HostInfo"/>). Obtain with <see cref="Probe"/>.</summary>
-public sealed class KvmSystem : IDisplayable
+public sealed class KvmSystem
 {
     /// <summary>The capabilities the project depends on, queried on /dev/kvm.</summary>
     public static readonly int[] InterestingCaps =
@@ -92,28 +90,6 @@ public sealed class KvmSystem : IDisplayable
             HardwareVirtualization = HostInfo.HardwareVirtualization,
         };
     }
-
-    public IRenderable ToRenderable()
-    {
-        var t = new Table().Border(TableBorder.Rounded).Title("[bold]KVM[/]").AddColumn("item").AddColumn("value");
-        t.AddRow("usable", Usable ? "[green]yes[/]" : $"[red]no[/]: {Markup.Escape(Reason)}");
-        if (Usable)
-        {
-            t.AddRow("API version", ApiVersion.ToString());
-            t.AddRow("vCPU mmap size", $"{VcpuMmapSize} bytes");
-            foreach (var c in Capabilities) t.AddRow(Markup.Escape(c.Name) + $" ({c.Number})", c.Value.ToString());
-        }
-        foreach (var (mod, ps) in ModuleParameters)
-            t.AddRow($"module {Markup.Escape(mod)}", Markup.Escape(string.Join("  ", ps.Select(p => $"{p.Key}={p.Value}"))));
-        t.AddRow("THP", $"enabled={Markup.Escape(ThpEnabled)} defrag={Markup.Escape(ThpDefrag)}");
-        foreach (var h in HugePages)
-            t.AddRow($"hugetlb {Size(h.PageSize)}", $"total {h.Total}, free {h.Free}, reserved {h.Reserved}, surplus {h.Surplus}");
-        t.AddRow("kernel", Markup.Escape(Kernel));
-        t.AddRow("CPU", Markup.Escape($"{Cpu} × {LogicalCpus}, hardware virtualization: {HardwareVirtualization}"));
-        return t;
-    }
-
-    private static string Size(long b) => b >= 1 << 30 ? $"{b >> 30} GiB" : b >= 1 << 20 ? $"{b >> 20} MiB" : $"{b >> 10} KiB";
 
     public override string ToString() =>
         Usable ? $"KVM API {ApiVersion}, max vCPUs {MaxVcpus}, memslots {NrMemslots}, kernel {Kernel}" : $"KVM unusable: {Reason}";

@@ -1,7 +1,5 @@
 using System.Diagnostics;
 using Iced.Intel;
-using Spectre.Console;
-using Spectre.Console.Rendering;
 using VirtLab.Sdk.Native;
 
 namespace VirtLab.Sdk.Machine.Kvm;
@@ -189,25 +187,6 @@ internal sealed unsafe class KvmVm : Vm
     private protected override bool IsGuestThread => Machine.IsVcpuThread;
 
     private protected override void DisposeCore() => Machine.Dispose();
-
-    public override IRenderable ToRenderable()
-    {
-        if (IsDisposed) return base.ToRenderable();
-        var grid = new Grid().AddColumn();
-        grid.AddRow(base.ToRenderable());
-        grid.AddRow(new Text(
-            $"KVM: VM fd {Machine.VmFd}, {Machine.VcpuCount} vCPU thread(s) per run, guest phys bits {Machine.GuestPhysBits}, " +
-            $"{(Machine.Use1GPages ? "1 GiB" : "2 MiB")} guest pages"));
-        // One window per line: a long line would wrap inside "[0x…, 0x…)".
-        var windows = Machine.GuestMappings.Select(m => $"  gpa [0x{m.Gpa:x}, 0x{m.End:x}) at gva 0x{m.Gva:x}").ToList();
-        if (windows.Count == 0) grid.AddRow(new Text("guest-virtual windows: (laid out at the first run)"));
-        else
-        {
-            grid.AddRow(new Text("guest-virtual windows" + (Machine.GuestMappingsCurrent ? ":" : " (memslots changed since; laid out again at the next run):")));
-            foreach (var w in windows) grid.AddRow(new Text(w));
-        }
-        return grid;
-    }
 }
 
 /// <summary>All vCPUs meet at the sync point of pass p; the host thread waits for them, runs its after-pass work, releases.</summary>
