@@ -172,7 +172,7 @@ internal sealed unsafe partial class KvmMachine
             case Ucall.Print:
                 var text = ReadGuestString(v.GetRegs().rsi);
                 if (cb.OnPrint != null) cb.OnPrint(v.Index, text);
-                else Console.Out.WriteLine($"[vcpu{v.Index}] {text}");
+                else RunLog.WriteLine($"[vcpu{v.Index}] {text}"); // the SDK reports, the host decides where it goes
                 return false;
             default: // Ucall.Yield: the exit itself was the point
                 return false;

@@ -11,7 +11,7 @@ internal sealed class GuestCallbacks
 {
     /// <summary>GUEST_SYNC(pass) on a vCPU; may block (e.g. a barrier across vCPUs) and honour the token.</summary>
     public Action<int, ulong, CancellationToken>? OnSync;
-    /// <summary>The print ucall; without a handler the text goes to the VM's log (<see cref="KvmMachine.Log"/>).</summary>
+    /// <summary>The print ucall; without a handler the text goes to <see cref="RunLog"/>.</summary>
     public Action<int, string>? OnPrint;
     /// <summary>The vCPU signalled done (or halted).</summary>
     public Action<int>? OnDone;

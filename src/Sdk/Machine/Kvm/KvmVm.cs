@@ -276,7 +276,8 @@ public static class KvmVmExtensions
     /// Run hand-written x86-64 on every vCPU (KVM only). The program starts in 64-bit mode at the code area of slot 0
     /// with rdi = vCPU index and a 16 KiB stack (a ucall done is appended); it talks to the host through the guest ABI,
     /// <see cref="Kvm.Ucall"/> (emitted with <see cref="UcallAssembler"/>: <c>a.UcallSync()</c>, <c>a.UcallPrint("…")</c>, …).
-    /// <see cref="GuestVirtualAddress"/> gives the gva of a guest-physical address for loads and stores.
+    /// <see cref="GuestVirtualAddress"/> gives the gva of a guest-physical address for loads and stores. A print without
+    /// <paramref name="onPrint"/> is reported through <see cref="RunLog"/> (in the shell: standard output).
     /// </summary>
     public static void RunAssembly(this Vm vm, Action<Assembler> program, Action<int, ulong>? onSync = null,
         Action<int, string>? onPrint = null, CancellationToken cancellation = default)
