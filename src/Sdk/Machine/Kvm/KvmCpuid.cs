@@ -1,3 +1,5 @@
+using System.Runtime.CompilerServices;
+using System.Runtime.InteropServices;
 using VirtLab.Sdk.Native;
 
 namespace VirtLab.Sdk.Machine.Kvm;
@@ -6,7 +8,7 @@ namespace VirtLab.Sdk.Machine.Kvm;
 /// KVM_GET_SUPPORTED_CPUID, given to every vCPU with KVM_SET_CPUID2: without a CPUID that reports long
 /// mode (0x80000001.EDX.LM), KVM rejects EFER.LME in KVM_SET_SREGS.
 /// </summary>
-internal static unsafe class KvmCpuid
+internal static class KvmCpuid
 {
     private static byte[]? _cached;
     private static readonly object Gate = new();
@@ -19,12 +21,10 @@ internal static unsafe class KvmCpuid
 
     public static kvm_cpuid_entry2? Find(byte[] cpuid, uint function, uint index = 0)
     {
-        fixed (byte* p = cpuid)
-        {
-            var e = (kvm_cpuid_entry2*)(p + sizeof(kvm_cpuid2));
-            for (int i = 0; i < ((kvm_cpuid2*)p)->nent; i++)
-                if (e[i].function == function && e[i].index == index) return e[i];
-        }
+        var header = MemoryMarshal.Read<kvm_cpuid2>(cpuid);
+        var entries = MemoryMarshal.Cast<byte, kvm_cpuid_entry2>(cpuid.AsSpan(Unsafe.SizeOf<kvm_cpuid2>()));
+        foreach (var e in entries[..(int)Math.Min(header.nent, (uint)entries.Length)])
+            if (e.function == function && e.index == index) return e;
         return null;
     }
 

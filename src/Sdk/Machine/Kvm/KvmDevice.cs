@@ -1,3 +1,5 @@
+using System.Runtime.CompilerServices;
+using System.Runtime.InteropServices;
 using VirtLab.Sdk.Native;
 
 namespace VirtLab.Sdk.Machine.Kvm;
@@ -6,7 +8,7 @@ namespace VirtLab.Sdk.Machine.Kvm;
 /// /dev/kvm: one typed method per system ioctl (rust-vmm's <c>Kvm</c>). <see cref="KvmSystem"/> probes through it,
 /// <see cref="KvmMachine"/> creates its VM through it.
 /// </summary>
-internal sealed unsafe class KvmDevice : IDisposable
+internal sealed class KvmDevice : IDisposable
 {
     private readonly KvmFd _fd;
 
@@ -28,16 +30,15 @@ internal sealed unsafe class KvmDevice : IDisposable
     {
         for (int n = 64; ; n *= 2)
         {
-            var buf = new byte[sizeof(kvm_cpuid2) + n * sizeof(kvm_cpuid_entry2)];
-            fixed (byte* p = buf)
-            {
-                ((kvm_cpuid2*)p)->nent = (uint)n;
-                int r = Libc.ioctl(_fd.Fd, KvmIoctl.KVM_GET_SUPPORTED_CPUID, p);
-                if (r < 0 && Libc.Errno == Errno.E2BIG && n < 4096) continue; // table larger than our guess
-                if (r < 0) throw KvmException.Last("KVM_GET_SUPPORTED_CPUID");
-                int used = sizeof(kvm_cpuid2) + (int)((kvm_cpuid2*)p)->nent * sizeof(kvm_cpuid_entry2);
-                return buf[..used];
-            }
+            var buf = new byte[Unsafe.SizeOf<kvm_cpuid2>() + n * Unsafe.SizeOf<kvm_cpuid_entry2>()];
+            MemoryMarshal.Write(buf, new kvm_cpuid2 { nent = (uint)n });
+            int r;
+            // Safe because the kernel writes at most nent entries after the header, and nent is what buf holds.
+            unsafe { fixed (byte* p = buf) r = Libc.ioctl(_fd.Fd, KvmIoctl.KVM_GET_SUPPORTED_CPUID, p); }
+            if (r < 0 && Libc.Errno == Errno.E2BIG && n < 4096) continue; // table larger than our guess
+            if (r < 0) throw KvmException.Last("KVM_GET_SUPPORTED_CPUID");
+            int used = Unsafe.SizeOf<kvm_cpuid2>() + (int)MemoryMarshal.Read<kvm_cpuid2>(buf).nent * Unsafe.SizeOf<kvm_cpuid_entry2>();
+            return buf[..used];
         }
     }
 

@@ -6,7 +6,7 @@ using VirtLab.Sdk.Native;
 namespace VirtLab.Sdk.Machine.Kvm;
 
 /// <summary>The run: one thread per vCPU in KVM_RUN, each exit decoded (<see cref="KvmExit"/>) and dispatched here.</summary>
-internal sealed unsafe partial class KvmMachine
+internal sealed partial class KvmMachine
 {
     /// <summary>
     /// Run one guest program on every vCPU (rdi = vCPU index, rsp = its stack, long mode) until each signals
@@ -27,7 +27,8 @@ internal sealed unsafe partial class KvmMachine
             _ = Layout;
             var vcpus = EnsureVcpus();
             bool newCr3 = PreparePageTables();
-            code.CopyTo(new Span<byte>((byte*)_sysHost + SystemLayout.CodeGpa, code.Length));
+            // Safe because the code area [CodeGpa, CodeGpa + CodeSize) lies in the registered system slot and the length is checked above.
+            unsafe { code.CopyTo(new Span<byte>((byte*)_sysHost + SystemLayout.CodeGpa, code.Length)); }
             foreach (var v in vcpus)
             {
                 var s = v.GetSregs();
@@ -185,10 +186,16 @@ internal sealed unsafe partial class KvmMachine
         var bytes = new List<byte>();
         for (ulong i = 0; i < 4096; i++)
         {
-            var p = HostPointer(gpa + i, 1);
-            if (p == null) return bytes.Count == 0 ? $"<message at gpa 0x{gpa:x} is outside guest memory>" : Encoding.UTF8.GetString(bytes.ToArray());
-            if (*p == 0) break;
-            bytes.Add(*p);
+            byte b;
+            // Safe because HostPointer only answers for a byte inside a registered slot; slots cannot go away during a run.
+            unsafe
+            {
+                var p = HostPointer(gpa + i, 1);
+                if (p == null) return bytes.Count == 0 ? $"<message at gpa 0x{gpa:x} is outside guest memory>" : Encoding.UTF8.GetString(bytes.ToArray());
+                b = *p;
+            }
+            if (b == 0) break;
+            bytes.Add(b);
         }
         return Encoding.UTF8.GetString(bytes.ToArray());
     }

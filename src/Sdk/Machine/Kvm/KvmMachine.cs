@@ -23,7 +23,7 @@ internal sealed class GuestCallbacks
 /// Backend-neutral policy (slot bookkeeping, validation, bitmaps) lives in the Vm layer above; the host limits
 /// (vCPUs, ring size, system slot size) are checked once, in <see cref="KvmVm.Build"/>, and only asserted here.
 /// </summary>
-internal sealed unsafe partial class KvmMachine : IDisposable
+internal sealed partial class KvmMachine : IDisposable
 {
     private readonly record struct Region(uint Slot, uint Flags, ulong Gpa, ulong Size, nint Hva);
 
@@ -84,7 +84,8 @@ internal sealed unsafe partial class KvmMachine : IDisposable
         var layout = new SystemLayout(size, VcpuCount);
         _sysHost = host;
         _layout = layout;
-        _tables = new KvmPageTables((byte*)host, layout) { Use1GPages = _use1G };
+        // Safe because host maps the whole slot (size bytes) for the VM's lifetime, and the tables stay inside layout.
+        unsafe { _tables = new KvmPageTables((byte*)host, layout) { Use1GPages = _use1G }; }
         _tables.WriteGdt();
         _vm.SetUserMemoryRegion(SystemSlot, flags, 0, size, host);
         _layoutGeneration++;
@@ -157,14 +158,14 @@ internal sealed unsafe partial class KvmMachine : IDisposable
     // ---------------------------------------------------------------- dirty logging
 
     /// <summary>KVM_GET_DIRTY_LOG into a caller bitmap of ceil(pages/64) words.</summary>
-    public void GetDirtyLog(uint slot, ulong* bitmap)
+    public unsafe void GetDirtyLog(uint slot, ulong* bitmap)
     {
         ThrowIfDisposed();
         _vm.GetDirtyLog(slot, bitmap);
     }
 
     /// <summary>KVM_CLEAR_DIRTY_LOG for [firstPage, firstPage+numPages) with bits taken from bitmap (bit 0 = firstPage).</summary>
-    public void ClearDirtyLog(uint slot, ulong firstPage, uint numPages, ulong* bitmap)
+    public unsafe void ClearDirtyLog(uint slot, ulong firstPage, uint numPages, ulong* bitmap)
     {
         ThrowIfDisposed();
         _vm.ClearDirtyLog(slot, firstPage, numPages, bitmap);
@@ -293,8 +294,8 @@ internal sealed unsafe partial class KvmMachine : IDisposable
         finally { Monitor.Exit(_runLock); }
     }
 
-    /// <summary>Host pointer for [gpa, gpa+len) if one memslot (system or user) holds all of it.</summary>
-    public byte* HostPointer(ulong gpa, ulong len)
+    /// <summary>Host pointer for [gpa, gpa+len) if one memslot (system or user) holds all of it (valid while that slot is).</summary>
+    public unsafe byte* HostPointer(ulong gpa, ulong len)
     {
         // Written so nothing wraps: gpa comes from guest registers and may be anything.
         if (_layout != null && len <= _layout.Size && gpa <= _layout.Size - len) return (byte*)_sysHost + gpa;
@@ -304,8 +305,8 @@ internal sealed unsafe partial class KvmMachine : IDisposable
         return null;
     }
 
-    /// <summary>Host pointer into the system slot.</summary>
-    public byte* SystemHost(ulong gpa) => (byte*)_sysHost + gpa;
+    /// <summary>Host pointer into the system slot (valid while the VM is).</summary>
+    public unsafe byte* SystemHost(ulong gpa) => (byte*)_sysHost + gpa;
 
     // ---------------------------------------------------------------- binary stats
 

@@ -59,6 +59,8 @@ internal readonly record struct GuestMapping(ulong Gpa, ulong Gva, ulong Size);
 /// so host-side edits of a live table would leave stale shadow pages. Each build takes new pages; when
 /// the pool runs out, the caller re-creates the system memslot (which zaps its shadow pages) and resets it.
 /// </summary>
+// Unsafe as a whole: every member writes page-table entries through raw pointers into the system slot, all of them
+// inside the slot's pool (indices are bounded by the layout; the pool's exhaustion is checked before a page is taken).
 internal sealed unsafe class KvmPageTables
 {
     private const ulong Present = 1, Writable = 2, PageSizeBit = 1 << 7;

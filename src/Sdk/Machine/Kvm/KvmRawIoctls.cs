@@ -11,7 +11,7 @@ namespace VirtLab.Sdk.Machine.Kvm.Benchmarks;
 /// is the harness around them. Buffers are pinned and reused across calls, like a C program's static arrays. Each method returns the loop's
 /// elapsed time in seconds at Stopwatch resolution (a TimeSpan would round single calls to 100 ns).
 /// </summary>
-public static unsafe class KvmRawIoctls
+public static class KvmRawIoctls
 {
     [ThreadStatic] private static ulong[]? _getBuffer, _clearMask;
 
@@ -39,7 +39,8 @@ public static unsafe class KvmRawIoctls
     public static double GetDirtyLog(Vm vm, MemSlot slot, int iterations)
     {
         var fd = Fd(vm, slot);
-        fixed (ulong* p = Pinned(ref _getBuffer, slot.Pages, ones: false)) return GetLoop(fd, slot, p, iterations);
+        // Safe because the buffer is pinned for the loop and holds the slot's whole bitmap (sized by Pinned).
+        unsafe { fixed (ulong* p = Pinned(ref _getBuffer, slot.Pages, ones: false)) return GetLoop(fd, slot, p, iterations); }
     }
 
     /// <summary>
@@ -50,7 +51,8 @@ public static unsafe class KvmRawIoctls
     {
         var fd = Fd(vm, slot);
         CheckWholeSlot(slot, into, "bitmap");
-        fixed (ulong* p = into.Words) return GetLoop(fd, slot, p, iterations);
+        // Safe because the bitmap's words are pinned for the loop and cover the whole slot (checked above).
+        unsafe { fixed (ulong* p = into.Words) return GetLoop(fd, slot, p, iterations); }
     }
 
     /// <summary><paramref name="iterations"/> × KVM_CLEAR_DIRTY_LOG of the whole slot with <paramref name="mask"/>'s words.</summary>
@@ -58,14 +60,16 @@ public static unsafe class KvmRawIoctls
     {
         var fd = Fd(vm, slot);
         CheckWholeSlot(slot, mask, "mask");
-        fixed (ulong* p = mask.Words) return ClearLoop(fd, slot, p, iterations);
+        // Safe because the mask's words are pinned for the loop and cover the whole slot (checked above).
+        unsafe { fixed (ulong* p = mask.Words) return ClearLoop(fd, slot, p, iterations); }
     }
 
     /// <summary><paramref name="iterations"/> × KVM_CLEAR_DIRTY_LOG of the whole slot with an all-ones mask; elapsed seconds.</summary>
     public static double ClearDirtyLog(Vm vm, MemSlot slot, int iterations)
     {
         var fd = Fd(vm, slot);
-        fixed (ulong* p = Pinned(ref _clearMask, slot.Pages, ones: true)) return ClearLoop(fd, slot, p, iterations);
+        // Safe because the buffer is pinned for the loop and holds the slot's whole bitmap (sized by Pinned).
+        unsafe { fixed (ulong* p = Pinned(ref _clearMask, slot.Pages, ones: true)) return ClearLoop(fd, slot, p, iterations); }
     }
 
     /// <summary>The VM fd, once <paramref name="slot"/> is known to be one of this VM's current slots (the kernel writes
@@ -84,7 +88,8 @@ public static unsafe class KvmRawIoctls
         if (bitmap.Pages != slot.Pages) throw new ArgumentException($"the {what} has {bitmap.Pages} pages but slot {slot.Id} has {slot.Pages}", what == "bitmap" ? "into" : "mask");
     }
 
-    private static double GetLoop(KvmVmFd fd, MemSlot slot, ulong* bitmap, int iterations)
+    // Unsafe: the bitmap is a raw pointer, pinned by the caller for the whole loop (as a C program's static array).
+    private static unsafe double GetLoop(KvmVmFd fd, MemSlot slot, ulong* bitmap, int iterations)
     {
         uint id = (uint)slot.Id;
         long t0 = Stopwatch.GetTimestamp();
@@ -92,7 +97,7 @@ public static unsafe class KvmRawIoctls
         return (Stopwatch.GetTimestamp() - t0) / (double)Stopwatch.Frequency;
     }
 
-    private static double ClearLoop(KvmVmFd fd, MemSlot slot, ulong* mask, int iterations)
+    private static unsafe double ClearLoop(KvmVmFd fd, MemSlot slot, ulong* mask, int iterations)
     {
         uint id = (uint)slot.Id, pages = checked((uint)slot.Pages);
         long t0 = Stopwatch.GetTimestamp();

@@ -1,3 +1,4 @@
+using System.Runtime.InteropServices;
 using System.Text;
 using VirtLab.Sdk.Native;
 
@@ -16,7 +17,7 @@ public sealed record KvmStatDescriptor(string Name, KvmStatType Type, KvmStatUni
 /// A binary statistics fd (KVM_GET_STATS_FD on a VM or vCPU fd): the header and descriptors are read once,
 /// values are re-read with pread at each snapshot.
 /// </summary>
-public sealed unsafe class KvmStats : IDisposable
+public sealed class KvmStats : IDisposable
 {
     private readonly KvmFd _fd;
     private readonly uint _dataOffset;
@@ -32,29 +33,28 @@ public sealed unsafe class KvmStats : IDisposable
         _fd = owner.IoctlFd(KvmIoctl.KVM_GET_STATS_FD, 0, $"stats of {what}");
         try
         {
-            kvm_stats_header h;
-            ReadExact(&h, (nuint)sizeof(kvm_stats_header), 0, "header");
+            var header = new byte[Marshal.SizeOf<kvm_stats_header>()];
+            ReadExact(header, 0, "header");
+            var h = MemoryMarshal.Read<kvm_stats_header>(header);
             var id = new byte[h.name_size];
-            fixed (byte* p = id) ReadExact(p, h.name_size, h.id_offset, "id");
+            ReadExact(id, h.id_offset, "id");
             Id = Encoding.ASCII.GetString(id).TrimEnd('\0');
 
-            int descSize = sizeof(kvm_stats_desc) + (int)h.name_size;
+            int fixedSize = Marshal.SizeOf<kvm_stats_desc>(), descSize = fixedSize + (int)h.name_size;
             var all = new byte[descSize * h.num_desc];
-            fixed (byte* p = all) ReadExact(p, (nuint)all.Length, h.desc_offset, "descriptors");
+            ReadExact(all, h.desc_offset, "descriptors");
             var list = new List<KvmStatDescriptor>();
             int end = 0;
             for (int i = 0; i < h.num_desc; i++)
             {
-                fixed (byte* p = &all[i * descSize])
-                {
-                    var d = (kvm_stats_desc*)p;
-                    var name = Encoding.ASCII.GetString(new ReadOnlySpan<byte>(p + sizeof(kvm_stats_desc), (int)h.name_size)).Split('\0')[0];
-                    var desc = new KvmStatDescriptor(name, (KvmStatType)(d->flags & 0xF), (KvmStatUnit)((d->flags >> 4) & 0xF),
-                        ((d->flags >> 8) & 0xF) == 1, d->exponent, d->size, d->offset, d->bucket_size);
-                    list.Add(desc);
-                    _byName[name] = desc;
-                    end = Math.Max(end, (int)d->offset + d->size * 8);
-                }
+                var entry = all.AsSpan(i * descSize, descSize);
+                var d = MemoryMarshal.Read<kvm_stats_desc>(entry);
+                var name = Encoding.ASCII.GetString(entry.Slice(fixedSize, (int)h.name_size)).Split('\0')[0];
+                var desc = new KvmStatDescriptor(name, (KvmStatType)(d.flags & 0xF), (KvmStatUnit)((d.flags >> 4) & 0xF),
+                    ((d.flags >> 8) & 0xF) == 1, d.exponent, d.size, d.offset, d.bucket_size);
+                list.Add(desc);
+                _byName[name] = desc;
+                end = Math.Max(end, (int)d.offset + d.size * 8);
             }
             Descriptors = list;
             _dataOffset = h.data_offset;
@@ -67,11 +67,13 @@ public sealed unsafe class KvmStats : IDisposable
         }
     }
 
-    private void ReadExact(void* buf, nuint len, long offset, string what)
+    private void ReadExact(Span<byte> buf, long offset, string what)
     {
-        nint n = LibcKvm.Pread(_fd.Fd, buf, len, offset);
+        nint n;
+        // Safe because pread writes at most buf.Length bytes into the pinned span.
+        unsafe { fixed (byte* p = buf) n = LibcKvm.Pread(_fd.Fd, p, (nuint)buf.Length, offset); }
         if (n < 0) throw KvmException.Last("pread(stats fd)", what);
-        if ((nuint)n != len) throw new IOException($"short read of KVM stats {what}: {n} of {len} bytes");
+        if (n != buf.Length) throw new IOException($"short read of KVM stats {what}: {n} of {buf.Length} bytes");
     }
 
     public bool Has(string name) => _byName.ContainsKey(name);
@@ -81,8 +83,8 @@ public sealed unsafe class KvmStats : IDisposable
     {
         if (!_byName.TryGetValue(name, out var d))
             throw new KeyNotFoundException($"no KVM statistic '{name}' in {Id}; available: {string.Join(", ", _byName.Keys)}");
-        ulong v;
-        ReadExact(&v, 8, _dataOffset + d.Offset, name);
+        ulong v = 0;
+        ReadExact(MemoryMarshal.AsBytes(new Span<ulong>(ref v)), _dataOffset + d.Offset, name);
         return v;
     }
 
@@ -90,7 +92,7 @@ public sealed unsafe class KvmStats : IDisposable
     public KvmStatsSnapshot Snapshot()
     {
         var data = new byte[_dataSize];
-        fixed (byte* p = data) ReadExact(p, (nuint)data.Length, _dataOffset, "data");
+        ReadExact(data, _dataOffset, "data");
         var values = new Dictionary<string, ulong[]>(Descriptors.Count);
         foreach (var d in Descriptors)
         {

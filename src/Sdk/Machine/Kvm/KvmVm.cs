@@ -8,7 +8,7 @@ namespace VirtLab.Sdk.Machine.Kvm;
 /// The real KVM backend: the Machine layer's slots become KVM memslots, workloads are compiled to x86-64 and
 /// run by one thread per vCPU in KVM_RUN, dirty logging is the kernel's own.
 /// </summary>
-internal sealed unsafe class KvmVm : Vm
+internal sealed class KvmVm : Vm
 {
     internal KvmMachine Machine { get; }
 
@@ -82,13 +82,15 @@ internal sealed unsafe class KvmVm : Vm
 
     private protected override void GetDirtyLogCore(MemSlot slot, ulong[] bitmap)
     {
-        fixed (ulong* p = bitmap) Machine.GetDirtyLog((uint)slot.Id, p);
+        // Safe because the Vm layer sizes the bitmap for the whole slot (the kernel writes npages bits) and it is pinned for the call.
+        unsafe { fixed (ulong* p = bitmap) Machine.GetDirtyLog((uint)slot.Id, p); }
     }
 
     private protected override void ClearDirtyLogCore(MemSlot slot, long firstPage, long numPages, ReadOnlySpan<ulong> mask)
     {
         if (numPages > uint.MaxValue) throw new ArgumentOutOfRangeException(nameof(numPages), "KVM_CLEAR_DIRTY_LOG takes at most 2^32-1 pages per call");
-        fixed (ulong* p = mask) Machine.ClearDirtyLog((uint)slot.Id, (ulong)firstPage, (uint)numPages, p);
+        // Safe because the Vm layer checks the mask covers numPages bits and it is pinned for the call.
+        unsafe { fixed (ulong* p = mask) Machine.ClearDirtyLog((uint)slot.Id, (ulong)firstPage, (uint)numPages, p); }
     }
 
     private protected override void HarvestDirtyRingCore(int vcpu, List<DirtyGfn> into) =>
