@@ -43,6 +43,17 @@ public unsafe class KvmMachineTests(ITestOutputHelper output)
         Assert.Equal(20, (int)Marshal.OffsetOf<kvm_run_mmio>(nameof(kvm_run_mmio.is_write)));
         Assert.Equal(8, (int)Marshal.OffsetOf<kvm_run_fail_entry>(nameof(kvm_run_fail_entry.cpu)));
         Assert.Equal(136, sizeof(kvm_run_internal));
+        Assert.Equal(8, (int)Marshal.OffsetOf<kvm_run_internal>("data"));
+        Assert.Equal(4, (int)Marshal.OffsetOf<kvm_run_system_event>(nameof(kvm_run_system_event.ndata)));
+        // The memslot and dirty-log argument structs, member by member (<linux/kvm.h>).
+        Assert.Equal(8, (int)Marshal.OffsetOf<kvm_userspace_memory_region>(nameof(kvm_userspace_memory_region.guest_phys_addr)));
+        Assert.Equal(24, (int)Marshal.OffsetOf<kvm_userspace_memory_region>(nameof(kvm_userspace_memory_region.userspace_addr)));
+        Assert.Equal(8, (int)Marshal.OffsetOf<kvm_dirty_log>(nameof(kvm_dirty_log.dirty_bitmap)));
+        Assert.Equal(4, (int)Marshal.OffsetOf<kvm_clear_dirty_log>(nameof(kvm_clear_dirty_log.num_pages)));
+        Assert.Equal(8, (int)Marshal.OffsetOf<kvm_clear_dirty_log>(nameof(kvm_clear_dirty_log.first_page)));
+        Assert.Equal(16, (int)Marshal.OffsetOf<kvm_clear_dirty_log>(nameof(kvm_clear_dirty_log.dirty_bitmap)));
+        Assert.Equal(8, (int)Marshal.OffsetOf<kvm_dirty_gfn>(nameof(kvm_dirty_gfn.offset)));
+        Assert.Equal(8, (int)Marshal.OffsetOf<kvm_enable_cap>("args"));
         // Values from <linux/kvm.h> on x86-64.
         Assert.Equal((nuint)0xAE80, KvmIoctl.KVM_RUN);
         Assert.Equal((nuint)0x4020AE46, KvmIoctl.KVM_SET_USER_MEMORY_REGION);

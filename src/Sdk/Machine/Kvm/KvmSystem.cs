@@ -17,24 +17,24 @@ public sealed class KvmSystem
         KvmCap.BINARY_STATS_FD, KvmCap.HALT_POLL, KvmCap.X86_DISABLE_EXITS, KvmCap.EXT_CPUID,
     };
 
-    public bool Usable { get; private init; }
+    public bool Usable { get; internal init; }
     /// <summary>Why KVM is not usable (empty when it is).</summary>
-    public string Reason { get; private init; } = "";
-    public int ApiVersion { get; private init; }
-    public int VcpuMmapSize { get; private init; }
-    public IReadOnlyList<KvmCapability> Capabilities { get; private init; } = [];
+    public string Reason { get; internal init; } = "";
+    public int ApiVersion { get; internal init; }
+    public int VcpuMmapSize { get; internal init; }
+    public IReadOnlyList<KvmCapability> Capabilities { get; internal init; } = [];
     /// <summary>Module → parameter → value, from /sys/module/kvm*/parameters/.</summary>
-    public IReadOnlyDictionary<string, IReadOnlyDictionary<string, string>> ModuleParameters { get; private init; } =
+    public IReadOnlyDictionary<string, IReadOnlyDictionary<string, string>> ModuleParameters { get; internal init; } =
         new Dictionary<string, IReadOnlyDictionary<string, string>>();
-    public string ThpEnabled { get; private init; } = "";
-    public string ThpDefrag { get; private init; } = "";
+    public string ThpEnabled { get; internal init; } = "";
+    public string ThpDefrag { get; internal init; } = "";
     /// <summary>Every hugetlb pool (<see cref="HostInfo.AllHugePools"/>: total, free, reserved = resv_hugepages, surplus).</summary>
-    public IReadOnlyList<HostInfo.HugePool> HugePages { get; private init; } = [];
-    public string Kernel { get; private init; } = "";
-    public string Cpu { get; private init; } = "";
-    public int LogicalCpus { get; private init; }
+    public IReadOnlyList<HostInfo.HugePool> HugePages { get; internal init; } = [];
+    public string Kernel { get; internal init; } = "";
+    public string Cpu { get; internal init; } = "";
+    public int LogicalCpus { get; internal init; }
     /// <summary>Hardware virtualization the host CPU advertises ("vmx", "svm" or "none": e.g. PVM's emulated guests).</summary>
-    public string HardwareVirtualization { get; private init; } = "";
+    public string HardwareVirtualization { get; internal init; } = "";
 
     public int Cap(int cap) => Capabilities.FirstOrDefault(c => c.Number == cap)?.Value ?? 0;
     public int MaxVcpus => Cap(KvmCap.MAX_VCPUS) > 0 ? Cap(KvmCap.MAX_VCPUS) : Math.Max(Cap(KvmCap.NR_VCPUS), 4);
