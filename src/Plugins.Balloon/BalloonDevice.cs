@@ -38,7 +38,7 @@ public sealed record BalloonOptions
 /// on one thread, the guest driver runs on two others (interrupt handler, worker); they meet only at the virtqueues in
 /// guest memory, the transport registers and the notifiers. Memory is the VM's real guest memory on either backend.
 /// </summary>
-public sealed class BalloonDevice : VmDevice
+public sealed class BalloonDevice : VmDevice, Sdk.IDisplayable
 {
     readonly BalloonOptions options;
     readonly ManualResetEventSlim settled = new(false);
@@ -297,7 +297,7 @@ public sealed class BalloonDevice : VmDevice
     public override string Summary => model is null ? "not attached" :
         $"{D.Transport.Name()}: target {Target}, actual {Actual}, {M.Requests:N0} requests, {RefusedTotal} refused";
 
-    public override IRenderable ToRenderable()
+    public IRenderable ToRenderable()
     {
         if (model is null || driver is null) return new Text($"{Name}: not attached");
         var t = new Table { Title = new TableTitle(Markup.Escape($"virtio-balloon ({D.Transport.Name()})")) };

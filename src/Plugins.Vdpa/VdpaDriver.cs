@@ -29,7 +29,7 @@ public record VdpaOptions
 /// (reset, ACKNOWLEDGE, DRIVER, features, FEATURES_OK, rings, IOTLB or SET_MEM_TABLE, DRIVER_OK), and keeps the
 /// driver sides of the queues. IOVA = gpa for the driver's memory (what QEMU does without a vIOMMU).
 /// </summary>
-public abstract class VdpaDriver : VmDevice
+public abstract class VdpaDriver : VmDevice, Sdk.IDisplayable
 {
     protected readonly VdpaOptions Options;
     readonly EventFdTable fds = new();
@@ -207,7 +207,7 @@ public abstract class VdpaDriver : VmDevice
     public override string Summary =>
         IsDisposed ? "disposed" : $"{StatusName(Device.GetStatus())}, {Device.Nvqs} queues of {QueueSize}, {Device.Counters.Requests:N0} requests, {Device.Counters.ErrorTotal} errors";
 
-    public override IRenderable ToRenderable()
+    public virtual IRenderable ToRenderable()
     {
         var grid = new Grid().AddColumn();
         var head = new Table { Title = new TableTitle(Markup.Escape($"{Name}: vhost-vdpa over {Device.Name}")) }.AddColumn("").AddColumn("");

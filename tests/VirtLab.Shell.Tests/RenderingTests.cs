@@ -59,4 +59,19 @@ public sealed class RenderingTests
         stages.Record("populate", TimeSpan.FromMilliseconds(12));
         Assert.Contains("populate", Render(stages));
     }
+
+    [Fact]
+    public void Machine_model_values_are_shown_through_the_sdk_adapter()
+    {
+        // The model (VirtLab.Sdk.Machine) has no UI dependency; the shell shows it through VirtLab.Sdk.Rendering.
+        using var vm = VirtLab.Sdk.Machine.Vm.Create(new VirtLab.Sdk.Machine.VmOptions(1.MiB()) { Backend = VirtLab.Sdk.Machine.Backend.Sim, Vcpus = 2 });
+        var shown = Render(vm);
+        Assert.Contains("Sim VM, 2 vCPU(s)", shown);
+        foreach (var slot in vm.Slots) Assert.Contains($"[0x{slot.Gpa:x}, 0x{slot.EndGpa:x})", shown);
+        Assert.Contains("dirty log: legacy get", shown);
+        var result = Render(vm.Run(VirtLab.Sdk.Machine.Workload.Write(passes: 1)));
+        Assert.Contains("on Sim:", result);
+        Assert.Contains("pass 0 ms", result);
+        Assert.DoesNotContain("Property", result); // not the generic property table
+    }
 }

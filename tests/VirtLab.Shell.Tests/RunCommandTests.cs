@@ -195,10 +195,10 @@ public sealed class NoKvmTests
     }
 
     [Fact]
-    public void KvmBackend_IsUsable_honours_VIRTLAB_DISABLE_KVM_too()
+    public void Vm_IsKvmUsable_honours_VIRTLAB_DISABLE_KVM()
     {
         using var tmp = new TempDir();
-        var recipe = tmp.File("usable.csx", "Result(\"usable\", VirtLab.Sdk.Machine.Kvm.KvmBackend.IsUsable(out var why));\nResult(\"why\", why);\n");
+        var recipe = tmp.File("usable.csx", "Result(\"usable\", Vm.IsKvmUsable(out var why));\nResult(\"why\", why);\n");
         var r = Virtlab.Run(null, tmp.Path, NoKvm, "run", recipe);
         Assert.True(r.ExitCode == 0, r.ToString());
         Assert.Equal("usable = false\nwhy = \"disabled by VIRTLAB_DISABLE_KVM\"\n", r.Stdout);

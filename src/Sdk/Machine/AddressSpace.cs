@@ -1,5 +1,4 @@
 using System.Runtime.CompilerServices;
-using Spectre.Console.Rendering;
 using VirtLab.Sdk.Native;
 
 namespace VirtLab.Sdk.Machine;
@@ -73,9 +72,9 @@ public sealed class MemoryFaultException(MemoryFault fault) : Exception(fault.To
 /// <see cref="IovaSpace"/> (IOVA → address in a parent space, changed at run time: the vhost IOTLB, a VFIO type1 container).
 /// Translation is safe while the mappings change on another thread: it uses an immutable snapshot.
 /// </summary>
-public abstract unsafe class AddressSpace : IDisplayable
+public abstract unsafe class AddressSpace
 {
-    long faults;
+    long _faults;
 
     private protected AddressSpace(Vm vm, string name)
     {
@@ -98,7 +97,7 @@ public abstract unsafe class AddressSpace : IDisplayable
     public abstract long Generation { get; }
 
     /// <summary>Faults this space (not one below it) has reported since it was created.</summary>
-    public long Faults => Volatile.Read(ref faults);
+    public long Faults => Volatile.Read(ref _faults);
 
     /// <summary>
     /// Translates the start of [<paramref name="address"/>, +<paramref name="length"/>) one level down (IOVA → parent
@@ -245,7 +244,7 @@ public abstract unsafe class AddressSpace : IDisplayable
 
     // ---- for implementations ----
 
-    [ThreadStatic] static bool peeking;
+    [ThreadStatic] static bool _peeking;
 
     /// <summary>Makes a fault found on a piece of an access describe the whole access (its start and length); returns false.</summary>
     internal static bool Reframe(ref MemoryFault fault, ulong address, long length)
@@ -260,7 +259,7 @@ public abstract unsafe class AddressSpace : IDisplayable
     /// </summary>
     internal T? Peek<T>(ulong address) where T : unmanaged
     {
-        peeking = true;
+        _peeking = true;
         try
         {
             return TryResolveHost(address, sizeof(T), MemoryAccess.None, out var host, out var n, out _) && n == sizeof(T)
@@ -268,14 +267,14 @@ public abstract unsafe class AddressSpace : IDisplayable
         }
         finally
         {
-            peeking = false;
+            _peeking = false;
         }
     }
 
     /// <summary>Counts and returns a fault of this space.</summary>
     private protected bool Fault(out MemoryFault fault, ulong at, ulong request, long length, MemoryAccess access, MemoryFaultReason reason)
     {
-        if (!peeking) Interlocked.Increment(ref faults);
+        if (!_peeking) Interlocked.Increment(ref _faults);
         fault = new MemoryFault(this, at, request, length, access, reason);
         return false;
     }
@@ -289,6 +288,4 @@ public abstract unsafe class AddressSpace : IDisplayable
         fault = default;
         return true;
     }
-
-    public abstract Spectre.Console.Rendering.IRenderable ToRenderable();
 }

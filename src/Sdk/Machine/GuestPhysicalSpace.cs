@@ -1,7 +1,5 @@
 using System.Runtime.CompilerServices;
 using System.Collections.Immutable;
-using Spectre.Console;
-using Spectre.Console.Rendering;
 
 namespace VirtLab.Sdk.Machine;
 
@@ -13,26 +11,26 @@ namespace VirtLab.Sdk.Machine;
 public sealed class GuestPhysicalSpace : AddressSpace
 {
     // Generation: bumped when the VM's memslot snapshot (an immutable array, replaced on every change) is a new one.
-    ImmutableArray<MemSlot> seenSlots;
-    long generation;
-    readonly object genLock = new();
+    ImmutableArray<MemSlot> _seenSlots;
+    long _generation;
+    readonly object _genLock = new();
 
-    internal GuestPhysicalSpace(Vm vm) : base(vm, "gpa") => seenSlots = vm.SlotsSnapshot;
+    internal GuestPhysicalSpace(Vm vm) : base(vm, "gpa") => _seenSlots = vm.SlotsSnapshot;
 
     public override long Generation
     {
         get
         {
             var now = Vm.SlotsSnapshot;
-            if (now == seenSlots) return Volatile.Read(ref generation);
-            lock (genLock)
+            if (now == _seenSlots) return Volatile.Read(ref _generation);
+            lock (_genLock)
             {
-                if (now != seenSlots)
+                if (now != _seenSlots)
                 {
-                    seenSlots = now;
-                    generation++;
+                    _seenSlots = now;
+                    _generation++;
                 }
-                return generation;
+                return _generation;
             }
         }
     }
@@ -78,16 +76,6 @@ public sealed class GuestPhysicalSpace : AddressSpace
     }
 
     public override string ToString() => $"guest-physical space of {Vm}";
-
-    public override IRenderable ToRenderable()
-    {
-        var t = new Table { Title = new TableTitle("guest-physical address space (memslots)") };
-        t.AddColumn("gpa").AddColumn("size").AddColumn("slot").AddColumn("perm");
-        foreach (var s in Vm.SlotsSnapshot)
-            t.AddRow(Markup.Escape($"[0x{s.Gpa:x}, 0x{s.EndGpa:x})"), s.Size.ToString(), s.Id.ToString(), "RW");
-        t.Caption = new TableTitle($"generation {Generation}, faults {Faults}");
-        return t;
-    }
 }
 
 /// <summary>

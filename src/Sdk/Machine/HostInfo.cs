@@ -2,7 +2,11 @@ using System.Globalization;
 
 namespace VirtLab.Sdk.Machine;
 
-/// <summary>Facts about the host that sizing and placement depend on (read from /proc and /sys).</summary>
+/// <summary>
+/// Facts about the host (read from /proc and /sys): what sizing and placement depend on, and what `virtlab doctor`
+/// (<see cref="Kvm.KvmSystem"/>) and the run record (<see cref="Measure.EnvironmentInfo"/>) show. The one place
+/// that probes the host; the KVM device itself is probed by <see cref="Kvm.KvmSystem"/>.
+/// </summary>
 public static class HostInfo
 {
     /// <summary>Physical RAM (MemTotal of /proc/meminfo) in bytes; 0 when unknown.</summary>
@@ -18,15 +22,72 @@ public static class HostInfo
     public static long ThpPageSize { get; } = ReadLong("/sys/kernel/mm/transparent_hugepage/hpage_pmd_size") is > 0 and var v ? v : 2L << 20;
 
     /// <summary>THP mode: always, madvise or never (the bracketed word of transparent_hugepage/enabled).</summary>
-    public static string ThpMode
+    public static string ThpMode => Bracketed(ReadText("/sys/kernel/mm/transparent_hugepage/enabled"));
+
+    /// <summary>THP defrag mode (the bracketed word of transparent_hugepage/defrag), "unavailable" without THP.</summary>
+    public static string ThpDefrag => Bracketed(ReadText("/sys/kernel/mm/transparent_hugepage/defrag"));
+
+    /// <summary>Kernel release (/proc/sys/kernel/osrelease); null when unreadable.</summary>
+    public static string? KernelRelease => ReadText("/proc/sys/kernel/osrelease")?.Trim() is { Length: > 0 } k ? k.Split('\n')[0] : null;
+
+    /// <summary>CPU model (/proc/cpuinfo: "model name" on x86; "Model" or "Hardware" on some arm64 kernels); null when unknown.</summary>
+    public static string? CpuModel
     {
         get
         {
-            var t = ReadText("/sys/kernel/mm/transparent_hugepage/enabled");
-            if (t is null) return "unavailable";
-            int a = t.IndexOf('['), b = t.IndexOf(']');
-            return a >= 0 && b > a ? t[(a + 1)..b] : t.Trim();
+            foreach (var key in new[] { "model name", "Model", "Hardware" })
+                if (CpuInfoField(key) is { } v) return v;
+            return null;
         }
+    }
+
+    /// <summary>The first CPU's flags (/proc/cpuinfo).</summary>
+    public static IReadOnlySet<string> CpuFlags => new HashSet<string>((CpuInfoField("flags") ?? "").Split(' ', StringSplitOptions.RemoveEmptyEntries));
+
+    /// <summary>Hardware virtualization the host CPU advertises: "vmx", "svm" or "none" (e.g. PVM's emulated guests).</summary>
+    public static string HardwareVirtualization => CpuFlags is var f && f.Contains("vmx") ? "vmx" : f.Contains("svm") ? "svm" : "none";
+
+    /// <summary>Module → parameter → value, from /sys/module/kvm*/parameters/.</summary>
+    public static IReadOnlyDictionary<string, IReadOnlyDictionary<string, string>> KvmModuleParameters
+    {
+        get
+        {
+            var result = new SortedDictionary<string, IReadOnlyDictionary<string, string>>(StringComparer.Ordinal);
+            try
+            {
+                foreach (var mod in Directory.GetDirectories("/sys/module", "kvm*"))
+                {
+                    var dir = Path.Combine(mod, "parameters");
+                    if (!Directory.Exists(dir)) continue;
+                    var ps = new SortedDictionary<string, string>(StringComparer.Ordinal);
+                    foreach (var p in Directory.GetFiles(dir)) ps[Path.GetFileName(p)] = ReadText(p)?.Trim() ?? "";
+                    result[Path.GetFileName(mod)] = ps;
+                }
+            }
+            catch (IOException) { }
+            catch (UnauthorizedAccessException) { }
+            return result;
+        }
+    }
+
+    // "always [madvise] never" → "madvise"
+    static string Bracketed(string? t)
+    {
+        if (t is null) return "unavailable";
+        int a = t.IndexOf('['), b = t.IndexOf(']');
+        return a >= 0 && b > a ? t[(a + 1)..b] : t.Trim();
+    }
+
+    static string? CpuInfoField(string key)
+    {
+        var t = ReadText("/proc/cpuinfo");
+        if (t is null) return null;
+        foreach (var line in t.Split('\n'))
+        {
+            int colon = line.IndexOf(':');
+            if (colon > 0 && line[..colon].Trim() == key) return line[(colon + 1)..].Trim();
+        }
+        return null;
     }
 
     /// <summary>Huge page pool of one size (bytes): total (nr_hugepages), free and reserved-but-unfaulted.</summary>

@@ -1,6 +1,4 @@
 using System.Collections.Immutable;
-using Spectre.Console;
-using Spectre.Console.Rendering;
 using VirtLab.Sdk.Measure;
 using Size = VirtLab.Sdk.Measure.Size;
 
@@ -12,17 +10,17 @@ namespace VirtLab.Sdk.Machine;
 /// class owns the slots, guest memory, bounds checks and argument validation, and calls the backend only with
 /// requests the kernel would accept.
 /// </summary>
-public abstract partial class Vm : IDisposable, IDisplayable
+public abstract partial class Vm : IDisposable
 {
-    readonly object slotLock = new();
-    ImmutableArray<MemSlot> slots = []; // sorted by gpa; replaced, never mutated, so readers need no lock
-    readonly CancellationTokenSource disposeCts = new();
-    readonly List<HostMapping> orphans = []; // retired slots whose kernel memslot could not be deleted
-    int disposed;
-    int running;
-    int runThread; // managed thread id of the caller of Run, while it runs
-    readonly VmDeviceList devices = new();
-    GuestPhysicalSpace? physicalSpace;
+    readonly object _slotLock = new();
+    ImmutableArray<MemSlot> _slots = []; // sorted by gpa; replaced, never mutated, so readers need no lock
+    readonly CancellationTokenSource _disposeCts = new();
+    readonly List<HostMapping> _orphans = []; // retired slots whose kernel memslot could not be deleted
+    int _disposed;
+    int _running;
+    int _runThread; // managed thread id of the caller of Run, while it runs
+    readonly VmDeviceList _devices = new();
+    GuestPhysicalSpace? _physicalSpace;
 
     private protected Vm(VmOptions options)
     {
@@ -122,12 +120,12 @@ public abstract partial class Vm : IDisposable, IDisplayable
     /// <summary>Slot 1, the memory <see cref="VmOptions.Memory"/> asked for.</summary>
     public MemSlot TestSlot => Slot(1);
 
-    public bool IsDisposed => Volatile.Read(ref disposed) != 0;
+    public bool IsDisposed => Volatile.Read(ref _disposed) != 0;
 
     /// <summary>Whether a workload is running now.</summary>
-    public bool IsRunning => Volatile.Read(ref running) != 0;
+    public bool IsRunning => Volatile.Read(ref _running) != 0;
 
-    internal ImmutableArray<MemSlot> SlotsSnapshot => slots; // one reference inside: reads are atomic
+    internal ImmutableArray<MemSlot> SlotsSnapshot => _slots; // one reference inside: reads are atomic
 
     public MemSlot Slot(int id)
     {
@@ -193,17 +191,17 @@ public abstract partial class Vm : IDisposable, IDisplayable
     /// <summary>Names this VM in <see cref="SlotGuard"/> announcements (its fds and dirty-ring mappings).</summary>
     internal long Serial { get; } = SlotGuard.NewSerial();
 
-    volatile bool systemSlotWritten;
+    volatile bool _systemSlotWritten;
 
     /// <summary>Whether the host wrote into system slot 0 (through <see cref="GuestMemory.WithSystemSlotWrites"/>); a
     /// failing KVM run then names it as the likely cause.</summary>
-    internal bool SystemSlotWritten => systemSlotWritten;
+    internal bool SystemSlotWritten => _systemSlotWritten;
 
-    internal void OnSystemSlotWritten() => systemSlotWritten = true;
+    internal void OnSystemSlotWritten() => _systemSlotWritten = true;
 
     internal void ThrowIfDisposed()
     {
-        if (Volatile.Read(ref disposed) != 0)
+        if (Volatile.Read(ref _disposed) != 0)
             throw new ObjectDisposedException(null, $"this {Backend} VM has been disposed; create a new one with Vm.Create(...)");
     }
 
@@ -213,44 +211,44 @@ public abstract partial class Vm : IDisposable, IDisplayable
     }
 
     /// <summary>Guest-physical memory as a device without an IOMMU sees it (translate + bounds, faults instead of exceptions).</summary>
-    public GuestPhysicalSpace PhysicalSpace => physicalSpace ?? Interlocked.CompareExchange(ref physicalSpace, new(this), null) ?? physicalSpace;
+    public GuestPhysicalSpace PhysicalSpace => _physicalSpace ?? Interlocked.CompareExchange(ref _physicalSpace, new(this), null) ?? _physicalSpace;
 
     /// <summary>Attached devices, in attach order.</summary>
-    public IReadOnlyList<VmDevice> Devices => devices.Snapshot;
+    public IReadOnlyList<VmDevice> Devices => _devices.Snapshot;
 
     /// <summary>Attaches a device model (it is disposed with the VM, before guest memory goes away) and returns it.</summary>
-    public T Attach<T>(T device) where T : VmDevice => devices.Attach(this, device);
+    public T Attach<T>(T device) where T : VmDevice => _devices.Attach(this, device);
 
     public void Dispose()
     {
-        var deviceError = devices.DisposeAll(); // first, while the VM still works: device threads stop before memory goes
-        if (Interlocked.Exchange(ref disposed, 1) != 0) return;
+        var deviceError = _devices.DisposeAll(); // first, while the VM still works: device threads stop before memory goes
+        if (Interlocked.Exchange(ref _disposed, 1) != 0) return;
         var slotsAtDispose = SlotsSnapshot;
-        disposeCts.Cancel();
+        _disposeCts.Cancel();
         // Wait for a running workload to notice — unless Dispose comes from inside the run (its afterPass callback, or a
         // guest callback on a vCPU thread), where the run cannot end before we return; DisposeCore stops it then.
         var spin = new SpinWait();
         var deadline = Environment.TickCount64 + 10_000;
-        while (Volatile.Read(ref running) != 0 && runThread != Environment.CurrentManagedThreadId && !IsGuestThread &&
+        while (Volatile.Read(ref _running) != 0 && _runThread != Environment.CurrentManagedThreadId && !IsGuestThread &&
                Environment.TickCount64 < deadline)
             spin.SpinOnce();
         try
         {
             // No dirty-log ioctl may still be on its way to the fds DisposeCore closes.
             // Nor any guest-memory access or dirty-ring read (they announce the VM itself) still be using them.
-            lock (slotLock) Retire(SlotsSnapshot, vmToo: true);
+            lock (_slotLock) Retire(SlotsSnapshot, vmToo: true);
             DisposeCore();
         }
         finally
         {
-            lock (slotLock)
+            lock (_slotLock)
             {
                 foreach (var s in slotsAtDispose) s.Mapping.Dispose();
                 foreach (var s in SlotsSnapshot) s.Mapping.Dispose(); // none: slot changes re-check `disposed` under the lock
-                foreach (var m in orphans) m.Dispose();
+                foreach (var m in _orphans) m.Dispose();
                 Publish([]);
             }
-            disposeCts.Dispose();
+            _disposeCts.Dispose();
             GC.SuppressFinalize(this);
         }
         if (deviceError is not null) throw deviceError;
@@ -258,18 +256,4 @@ public abstract partial class Vm : IDisposable, IDisplayable
 
     public override string ToString()
         => IsDisposed ? $"{Backend} VM: {Vcpus} vCPU(s), disposed" : $"{Backend} VM: {Vcpus} vCPU(s), {Memory.Size} in {SlotsSnapshot.Length} memslot(s), test slot {Options.Memory} {Options.Backing.Name()}";
-
-    public virtual IRenderable ToRenderable()
-    {
-        if (IsDisposed) return new Text($"{Backend} VM, {Vcpus} vCPU(s): disposed (its memslots and memory are gone)");
-        var t = new Table { Title = new TableTitle(Markup.Escape($"{Backend} VM, {Vcpus} vCPU(s)")) };
-        t.AddColumn("slot").AddColumn("gpa").AddColumn("size").AddColumn("backing").AddColumn("flags");
-        foreach (var s in Slots)
-            t.AddRow(s.Id.ToString(), Markup.Escape($"[0x{s.Gpa:x}, 0x{s.EndGpa:x})"), s.Size.ToString(), s.Backing.Name(),
-                s.LogDirtyPages ? "LOG_DIRTY_PAGES" : "");
-        var dirty = ManualProtect ? (InitiallySet ? "manual protect, initially set" : "manual protect") : "legacy get";
-        if (DirtyRing is { } r) dirty = $"ring {r.Entries} entries/vCPU";
-        t.Caption = new TableTitle(Markup.Escape($"dirty log: {dirty}; guest phys bits {GuestPhysBits}"));
-        return devices.Render(t);
-    }
 }

@@ -1,6 +1,3 @@
-using Spectre.Console;
-using Spectre.Console.Rendering;
-
 namespace VirtLab.Sdk.Machine;
 
 /// <summary>
@@ -8,10 +5,10 @@ namespace VirtLab.Sdk.Machine;
 /// <see cref="OnAttach"/> once, lists the device in <see cref="Vm.Devices"/> and its table, and disposes it first when
 /// the VM is disposed — before guest memory is unmapped — so a device stops its threads while memory is still there.
 /// </summary>
-public abstract class VmDevice : IDisposable, IDisplayable
+public abstract class VmDevice : IDisposable
 {
-    Vm? vm;
-    int disposed;
+    Vm? _vm;
+    int _disposed;
 
     protected VmDevice(string name)
     {
@@ -23,11 +20,11 @@ public abstract class VmDevice : IDisposable, IDisplayable
     public string Name { get; }
 
     /// <summary>The VM this device is attached to, or null before <see cref="Vm.Attach{T}"/>.</summary>
-    public Vm? Vm => vm;
+    public Vm? Vm => _vm;
 
-    public bool IsAttached => vm is not null;
+    public bool IsAttached => _vm is not null;
 
-    public bool IsDisposed => Volatile.Read(ref disposed) != 0;
+    public bool IsDisposed => Volatile.Read(ref _disposed) != 0;
 
     /// <summary>The attached VM; throws a clear error when the device is not attached or was disposed.</summary>
     protected Vm AttachedVm
@@ -35,7 +32,7 @@ public abstract class VmDevice : IDisposable, IDisplayable
         get
         {
             ObjectDisposedException.ThrowIf(IsDisposed, this);
-            return vm ?? throw new InvalidOperationException($"device {Name} is not attached to a VM; use vm.Attach(device) first");
+            return _vm ?? throw new InvalidOperationException($"device {Name} is not attached to a VM; use vm.Attach(device) first");
         }
     }
 
@@ -53,19 +50,17 @@ public abstract class VmDevice : IDisposable, IDisplayable
 
     public void Dispose()
     {
-        if (Interlocked.Exchange(ref disposed, 1) != 0) return;
+        if (Interlocked.Exchange(ref _disposed, 1) != 0) return;
         Dispose(true);
         GC.SuppressFinalize(this);
     }
-
-    public virtual IRenderable ToRenderable() => new Text($"{Name}: {(IsAttached ? "attached" : "not attached")}{(Summary.Length > 0 ? ", " + Summary : "")}");
 
     public override string ToString() => Summary.Length > 0 ? $"{Name} ({Summary})" : Name;
 
     internal void Bind(Vm target)
     {
         if (IsDisposed) throw new ObjectDisposedException(Name, $"device {Name} was disposed; create a new one");
-        if (Interlocked.CompareExchange(ref vm, target, null) is { } other)
+        if (Interlocked.CompareExchange(ref _vm, target, null) is { } other)
             throw new InvalidOperationException(ReferenceEquals(other, target)
                 ? $"device {Name} is already attached to this VM"
                 : $"device {Name} is already attached to another VM; a device belongs to one VM");
@@ -75,7 +70,7 @@ public abstract class VmDevice : IDisposable, IDisplayable
         }
         catch
         {
-            Volatile.Write(ref vm, null);
+            Volatile.Write(ref _vm, null);
             throw;
         }
     }
@@ -84,21 +79,21 @@ public abstract class VmDevice : IDisposable, IDisplayable
 /// <summary>The devices attached to one VM, in attach order (Vm's part of <see cref="VmDevice"/>).</summary>
 internal sealed class VmDeviceList
 {
-    readonly object gate = new();
-    VmDevice[] devices = [];
-    bool closed;
+    readonly object _gate = new();
+    VmDevice[] _devices = [];
+    bool _closed;
 
-    public IReadOnlyList<VmDevice> Snapshot => Volatile.Read(ref devices);
+    public IReadOnlyList<VmDevice> Snapshot => Volatile.Read(ref _devices);
 
     public T Attach<T>(Vm vm, T device) where T : VmDevice
     {
         ArgumentNullException.ThrowIfNull(device);
-        lock (gate)
+        lock (_gate)
         {
             vm.ThrowIfDisposed();
-            if (closed) throw new ObjectDisposedException(null, "this VM is being disposed; it takes no new devices");
+            if (_closed) throw new ObjectDisposedException(null, "this VM is being disposed; it takes no new devices");
             device.Bind(vm);
-            Volatile.Write(ref devices, [.. devices, device]);
+            Volatile.Write(ref _devices, [.. _devices, device]);
         }
         return device;
     }
@@ -107,10 +102,10 @@ internal sealed class VmDeviceList
     public Exception? DisposeAll()
     {
         VmDevice[] all;
-        lock (gate)
+        lock (_gate)
         {
-            closed = true;
-            all = devices;
+            _closed = true;
+            all = _devices;
         }
         List<Exception>? errors = null;
         for (int i = all.Length - 1; i >= 0; i--)
@@ -119,16 +114,5 @@ internal sealed class VmDeviceList
             catch (Exception e) { (errors ??= []).Add(e); }
         }
         return errors is null ? null : new AggregateException("disposing the VM's devices failed", errors);
-    }
-
-    /// <summary>The VM's table, with a device table under it when devices are attached.</summary>
-    public IRenderable Render(IRenderable vmTable)
-    {
-        var all = Snapshot;
-        if (all.Count == 0) return vmTable;
-        var t = new Table { Title = new TableTitle("devices") };
-        t.AddColumn("device").AddColumn("type").AddColumn("state");
-        foreach (var d in all) t.AddRow(Markup.Escape(d.Name), Markup.Escape(d.GetType().Name), Markup.Escape(d.Summary));
-        return new Rows(vmTable, t);
     }
 }

@@ -54,10 +54,16 @@ public sealed record VmOptions
         if (Memory.Bytes <= 0)
             throw new ArgumentOutOfRangeException(nameof(Memory),
                 $"memory must be positive (got {Memory}); it is the size of the test slot, e.g. 1.GiB()");
+        // Host RAM, checked once for the whole guest (test slot plus system slot) and before the page-size check,
+        // so an absurd size is named as such rather than as misaligned.
         var ram = HostInfo.MemTotalBytes;
-        if (ram > 0 && Memory.Bytes > ram)
-            throw new ArgumentOutOfRangeException(nameof(Memory),
-                $"guest memory {Memory} is more than this host has ({new Size(ram)} of RAM, MemTotal in /proc/meminfo)");
+        var total = (Int128)Memory.Bytes + (SystemMemory?.Bytes ?? 0); // no wrap-around for sizes near long.MaxValue
+        if (ram > 0 && total > ram)
+            throw new ArgumentOutOfRangeException(SystemMemory is null || Memory.Bytes > ram ? nameof(Memory) : nameof(SystemMemory),
+                SystemMemory is null
+                    ? $"guest memory {Memory} is more than this host has ({new Size(ram)} of RAM, MemTotal in /proc/meminfo)"
+                    : $"guest memory {Memory} plus system memory {SystemMemory} is {(total > long.MaxValue ? $"{total} bytes" : new Size((long)total).ToString())}, " +
+                      $"more than this host has ({new Size(ram)} of RAM, MemTotal in /proc/meminfo)");
         if (Memory.Bytes % pageSize != 0)
             throw new ArgumentException(
                 $"memory {Memory} ({Memory.Bytes} bytes) is not a multiple of the {Backing.Name()} backing's page size {new Size(pageSize)}; " +
@@ -80,11 +86,6 @@ public sealed record VmOptions
         }
         if (TestSlotGpa is { } gpa && gpa % (ulong)pageSize != 0)
             throw new ArgumentException($"test slot gpa 0x{gpa:x} is not aligned to the {Backing.Name()} backing's page size {new Size(pageSize)}", nameof(TestSlotGpa));
-        var total = (Int128)Memory.Bytes + (SystemMemory?.Bytes ?? 0); // no wrap-around for sizes near long.MaxValue
-        if (ram > 0 && total > ram)
-            throw new ArgumentOutOfRangeException(SystemMemory is null ? nameof(Memory) : nameof(SystemMemory),
-                $"guest memory {Memory} plus system memory {SystemMemory} is {(total > long.MaxValue ? $"{total} bytes" : new Size((long)total).ToString())}, " +
-                $"more than this host has ({new Size(ram)} of RAM, MemTotal in /proc/meminfo)");
     }
 
     /// <summary>Refuses a value outside the enum (e.g. <c>(Backing)9</c>), naming the values allowed.</summary>

@@ -1,4 +1,3 @@
-using Spectre.Console;
 using System.Collections.Immutable;
 
 namespace VirtLab.Sdk.Machine;
@@ -72,7 +71,7 @@ public enum PageTableStage
 /// Randomness (order, write mix) comes from one Park–Miller generator per vCPU seeded with <c>Seed + vcpu</c>
 /// (the selftests' <c>guest_random_u32</c>), kept across passes; see <see cref="WorkloadCursor"/> for the exact rules.
 /// </summary>
-public sealed record Workload : IDisplayable
+public sealed record Workload
 {
     /// <summary>Slot whose memory is the range, when <see cref="Gpa"/> is null. Default: the test slot (1).</summary>
     public int Slot { get; init; } = 1;
@@ -186,7 +185,7 @@ public sealed record Workload : IDisplayable
         _ => VcpuRole.Mixed,
     };
 
-    string RangeText => (Gpa is { } g ? $"gpa 0x{g:x}" : $"slot {Slot}") +
+    internal string RangeText => (Gpa is { } g ? $"gpa 0x{g:x}" : $"slot {Slot}") +
         (Length is { } l ? $", {new Measure.Size(l)}" : Gpa is null ? " (all of it)" : " to the end of its slot");
 
     public override string ToString()
@@ -194,24 +193,5 @@ public sealed record Workload : IDisplayable
         var what = Name ?? "workload";
         return $"{what}: {RangeText}, stride {new Measure.Size(Stride)}+{Offset}, {EffectiveAccesses.Length} access kind(s), " +
                $"{(Roles == VcpuRoles.EvenWriteOddRead ? "even write/odd read" : $"{WritePercent}% writes")}, {Order}, {Sharing}, {Passes} pass(es)";
-    }
-
-    /// <summary>A table in human units (sizes as "2 MiB", the write value in hex).</summary>
-    public Spectre.Console.Rendering.IRenderable ToRenderable()
-    {
-        static string Bytes(long b) => b is > 0 and < 1024 ? $"{b} B" : new Measure.Size(b).ToString();
-        var t = new Table().Border(TableBorder.Rounded).Title(Markup.Escape($"Workload {Name ?? ""}".TrimEnd()))
-            .AddColumn("[bold]field[/]").AddColumn("[bold]value[/]");
-        void Row(string k, string v) => t.AddRow(new Text(k), new Text(v));
-        Row("range", RangeText);
-        Row("stride", Bytes(Stride) + (Offset != 0 ? $", accesses at +{Offset} bytes" : ""));
-        Row("accesses per stride", string.Join("; ", EffectiveAccesses.Select(a =>
-            $"{a.Count} × {a.Op.ToString().ToLowerInvariant()} at +{(a.Offset == 0 ? "0" : Bytes(a.Offset))}" + (a.Count > 1 ? $" every {Bytes(a.Step)}" : ""))));
-        Row("writes", !EffectiveAccesses.Any(a => a.Op == AccessOp.Auto) ? "as listed per access"
-            : Roles == VcpuRoles.EvenWriteOddRead ? "even vCPUs write, odd vCPUs read" : $"{WritePercent}% of auto accesses (seed {Seed})");
-        Row("order", $"{Order}; {(Sharing == VcpuSharing.Partition ? "each vCPU its own share" : "every vCPU the whole range")}");
-        Row("passes", $"{Passes}{(SyncEachPass ? ", sync point after each" : ", back to back")}");
-        Row("write value", $"0x{WriteValue:x16}");
-        return t;
     }
 }

@@ -1,4 +1,3 @@
-using Spectre.Console;
 using System.Collections.Immutable;
 
 namespace VirtLab.Sdk.Machine;

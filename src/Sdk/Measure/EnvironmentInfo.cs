@@ -1,5 +1,6 @@
 using System.Reflection;
 using System.Runtime.InteropServices;
+using VirtLab.Sdk.Machine;
 
 namespace VirtLab.Sdk.Measure;
 
@@ -48,11 +49,11 @@ public sealed record EnvironmentInfo
         GitCommit = recipePath is null ? null : Git.FindCommit(recipePath),
         VirtlabCommit = virtlabCommit,
         Os = OsReleaseName() ?? RuntimeInformation.OSDescription,
-        Kernel = ReadFirstLine("/proc/sys/kernel/osrelease"),
+        Kernel = HostInfo.KernelRelease,
         Architecture = RuntimeInformation.OSArchitecture.ToString().ToLowerInvariant(),
-        Cpu = CpuModel(),
+        Cpu = HostInfo.CpuModel,
         Cores = Environment.ProcessorCount,
-        Memory = MemTotal(),
+        Memory = HostInfo.MemTotalBytes is > 0 and var ram ? ram.Bytes() : null,
         Runtime = RuntimeInformation.FrameworkDescription,
         Hostname = TryGet(() => Environment.MachineName),
     };
@@ -69,29 +70,6 @@ public sealed record EnvironmentInfo
         foreach (var line in ReadLines("/etc/os-release"))
             if (line.StartsWith("PRETTY_NAME=", StringComparison.Ordinal))
                 return line["PRETTY_NAME=".Length..].Trim().Trim('"');
-        return null;
-    }
-
-    private static string? CpuModel()
-    {
-        // x86: "model name"; some arm64 kernels: "Model" or "Hardware".
-        foreach (var key in new[] { "model name", "Model", "Hardware" })
-            foreach (var line in ReadLines("/proc/cpuinfo"))
-            {
-                int colon = line.IndexOf(':');
-                if (colon > 0 && line[..colon].Trim() == key) return line[(colon + 1)..].Trim();
-            }
-        return null;
-    }
-
-    private static Size? MemTotal()
-    {
-        foreach (var line in ReadLines("/proc/meminfo"))
-            if (line.StartsWith("MemTotal:", StringComparison.Ordinal))
-            {
-                var parts = line.Split(' ', StringSplitOptions.RemoveEmptyEntries); // "MemTotal:  65843000 kB"
-                if (parts.Length >= 2 && long.TryParse(parts[1], out var kb)) return (kb * 1024).Bytes();
-            }
         return null;
     }
 

@@ -7,7 +7,7 @@ namespace VirtLab.Sdk.Native;
 /// Raw entry points return what libc returns (-1 + errno on failure); the <c>Checked</c> helpers turn
 /// failures into <see cref="LibcException"/> carrying the errno, the call and what was being done.
 /// </summary>
-public static unsafe partial class Libc
+internal static unsafe partial class Libc
 {
     const string LibName = "libc";
 

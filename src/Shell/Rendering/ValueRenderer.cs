@@ -6,6 +6,7 @@ using System.Text;
 using Spectre.Console;
 using Spectre.Console.Rendering;
 using VirtLab.Sdk;
+using VirtLab.Sdk.Rendering;
 using Size = VirtLab.Sdk.Measure.Size;
 
 namespace VirtLab.Shell.Rendering;
@@ -44,6 +45,13 @@ public static class ValueRenderer
 
     public static IRenderable ToRenderable(object? value) => Render(value, 0);
 
+    /// <summary>The SDK machine model has no UI dependency: its views come from the SDK's adapter (<see cref="MachineDisplay"/>).</summary>
+    private static IRenderable? MachineView(object value)
+    {
+        try { return MachineDisplay.TryRender(value, out var shown) ? shown : null; }
+        catch (Exception e) { return new Markup($"[red]{Markup.Escape($"showing a {value.GetType().Name} threw {e.GetType().Name}: {e.Message}")}[/]\n"); }
+    }
+
     private static IRenderable Render(object? value, int depth)
     {
         switch (value)
@@ -53,6 +61,7 @@ public static class ValueRenderer
                 try { return d.ToRenderable(); }
                 catch (Exception e) { return new Markup($"[red]{Markup.Escape($"{d.GetType().Name}.ToRenderable() threw {e.GetType().Name}: {e.Message}")}[/]\n"); }
             case IRenderable r: return r;
+            case var model when MachineView(model) is { } view: return view;
             case Exception e: return new Markup($"[red]{Markup.Escape(e.GetType().FullName + ": " + e.Message)}[/]\n");
         }
         if (IsScalar(value)) return new Text(Inline(value) + "\n");

@@ -12,7 +12,7 @@ public static class ScriptPreamble
     public static readonly IReadOnlyList<string> DefaultImports =
     [
         "System", "System.IO", "System.Linq", "System.Collections.Generic", "System.Threading", "System.Threading.Tasks",
-        "VirtLab.Sdk", "VirtLab.Sdk.Measure", "VirtLab.Sdk.Machine", "VirtLab.Sdk.Machine.Kvm", "VirtLab.Sdk.Virtio",
+        "VirtLab.Sdk", "VirtLab.Sdk.Measure", "VirtLab.Sdk.Machine", "VirtLab.Sdk.Machine.Kvm", "VirtLab.Sdk.Rendering", "VirtLab.Sdk.Virtio",
     ];
 
     public static IEnumerable<string> Imports(PluginSet plugins) =>

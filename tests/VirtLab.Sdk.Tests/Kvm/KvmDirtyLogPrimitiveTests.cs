@@ -17,34 +17,29 @@ public unsafe class KvmDirtyLogPrimitiveTests
 
     private sealed class Rig : IDisposable
     {
-        public readonly KvmMachine M;
-        public readonly nint Host;
-        private readonly int _pages;
+        private readonly KvmRig _rig;
+        public KvmMachine M => _rig.M;
+
         public Rig(int vcpus = 1, int ringBytes = 0, bool manual = false, bool initiallySet = false, int pages = Pages)
         {
-            _pages = pages;
-            M = new KvmMachine(vcpus);
-            if (ringBytes > 0) M.EnableDirtyRing(ringBytes);
-            if (manual) M.EnableManualProtect(true, initiallySet);
-            Host = Libc.MmapChecked(0, pages * 4096, Libc.PROT_READ | Libc.PROT_WRITE, Libc.MAP_PRIVATE | Libc.MAP_ANONYMOUS, -1, 0);
-            M.SetUserMemoryRegion(Slot, KvmConst.KVM_MEM_LOG_DIRTY_PAGES, Gpa, (ulong)pages * 4096, Host);
+            _rig = new KvmRig(vcpus, ringBytes, manual, initiallySet);
+            _rig.AddSlot(Slot, Gpa, (ulong)pages * 4096, KvmConst.KVM_MEM_LOG_DIRTY_PAGES);
             M.PrepareLayout();
         }
 
         public void Touch(IEnumerable<int> pages, bool write, bool syncAfter = false)
         {
             var gvas = pages.Select(p => M.GvaOf(Gpa + (ulong)p * 4096)).ToArray();
-            var code = KvmMachineTests.Assemble(a =>
+            _rig.Run(a =>
             {
                 foreach (var g in gvas)
                 {
                     a.mov(rax, g);
                     if (write) a.mov(__qword_ptr[rax], rdi); else a.mov(rbx, __qword_ptr[rax]);
                 }
-                if (syncAfter) { a.mov(eax, Ucall.Sync); a.mov(dx, Ucall.Port); a.@out(dx, eax); }
-                a.mov(eax, Ucall.Done); a.mov(dx, Ucall.Port); a.@out(dx, eax);
+                if (syncAfter) a.UcallSync();
+                a.UcallDone();
             });
-            M.Run(code, 0, new GuestCallbacks(), CancellationToken.None);
         }
 
         public int[] GetLog()
@@ -59,11 +54,9 @@ public unsafe class KvmDirtyLogPrimitiveTests
             fixed (ulong* p = bits) M.ClearDirtyLog(Slot, (ulong)first, (uint)count, p);
         }
 
-        public void Dispose()
-        {
-            M.Dispose();
-            Libc.munmap(Host, (nuint)_pages * 4096);
-        }
+        public List<(uint Slot, ulong Offset)> HarvestAllRings() => _rig.HarvestAllRings();
+
+        public void Dispose() => _rig.Dispose();
     }
 
     private static int[] SetBits(ulong[] bm) =>
@@ -116,17 +109,13 @@ public unsafe class KvmDirtyLogPrimitiveTests
     {
         // 4 KiB ring = 256 entries; KVM exits with DIRTY_RING_FULL at its soft limit (256 - 64 reserved).
         using var r = new Rig(ringBytes: 4096);
-        var got = new List<(uint, ulong)>();
         r.Touch(Enumerable.Range(0, Pages), write: true);
-        r.M.DrainRingSpill((s, o) => got.Add((s, o)));
-        r.M.HarvestDirtyRings((s, o) => got.Add((s, o)));
-        Assert.Equal(Enumerable.Range(0, Pages).Select(i => (Slot, (ulong)i)), got.Distinct().OrderBy(x => x.Item2));
+        var got = r.HarvestAllRings();
+        Assert.Equal(Enumerable.Range(0, Pages).Select(i => (Slot, (ulong)i)), got.Distinct().OrderBy(x => x.Offset));
 
-        got.Clear();
         int[] pages = { 7, 8, 99 };
         r.Touch(pages, write: true);
-        r.M.HarvestDirtyRings((s, o) => got.Add((s, o)));
-        Assert.Equal(pages.Select(i => (Slot, (ulong)i)), got.OrderBy(x => x.Item2));
+        Assert.Equal(pages.Select(i => (Slot, (ulong)i)), r.HarvestAllRings().OrderBy(x => x.Offset));
     }
 
     [KvmFact]
@@ -136,12 +125,10 @@ public unsafe class KvmDirtyLogPrimitiveTests
         // Not more: under PVM the instruction emulator keeps pushing entries without re-checking the soft-full
         // request, so more than 64 pushes past the soft limit overflow the ring (kernel WARN, entries lost).
         using var r = new Rig(ringBytes: 4096, pages: BigPages);
-        r.M.HarvestDirtyRings((_, _) => { });
-        var set = new HashSet<(uint, ulong)>();
+        r.HarvestAllRings();
         r.Touch(Enumerable.Range(0, BigPages), write: true, syncAfter: true); // re-entry after the sync sees the soft-full request
         Assert.True(r.M.DirtyRingFullExits >= 1, $"{r.M.DirtyRingFullExits} ring-full exits");
-        r.M.DrainRingSpill((s, o) => set.Add((s, o)));
-        r.M.HarvestDirtyRings((s, o) => set.Add((s, o)));
-        Assert.Equal(Enumerable.Range(0, BigPages).Select(i => (Slot, (ulong)i)), set.OrderBy(x => x.Item2)); // exactly the written pages
+        var set = r.HarvestAllRings().ToHashSet();
+        Assert.Equal(Enumerable.Range(0, BigPages).Select(i => (Slot, (ulong)i)), set.OrderBy(x => x.Offset)); // exactly the written pages
     }
 }

@@ -6,8 +6,7 @@ namespace VirtLab.Sdk.Tests.Kvm;
 // Also compiled into the plugin test projects (linked in their .csproj): one definition of "KVM is usable here".
 /// <summary>
 /// A fact that runs only where KVM is usable; elsewhere it is skipped with the probe's reason. It asks
-/// <see cref="Vm.IsKvmUsable"/> (not <c>KvmBackend.IsUsable</c>) so that <c>VIRTLAB_DISABLE_KVM=1</c> skips these tests
-/// too, as documented, instead of letting the Vm-level ones fail with "KVM is not usable" while raw ones still run.
+/// <see cref="Vm.IsKvmUsable"/>, the one entry point, so that <c>VIRTLAB_DISABLE_KVM=1</c> skips these tests too.
 /// </summary>
 public sealed class KvmFactAttribute : FactAttribute
 {

@@ -14,7 +14,7 @@ public sealed class Kvm1GPagesFactAttribute : FactAttribute
     public Kvm1GPagesFactAttribute()
     {
         if (!Vm.IsKvmUsable(out var reason)) { Skip = "KVM not usable here: " + reason; return; }
-        using var kvm = KvmFd.OpenDevKvm();
+        using var kvm = KvmDevice.Open();
         if (!KvmCpuid.Has1GPages(KvmCpuid.Supported(kvm))) Skip = "this host's KVM does not offer PDPE1GB (1 GiB guest pages)";
     }
 }

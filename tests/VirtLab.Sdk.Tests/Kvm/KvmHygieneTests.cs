@@ -39,19 +39,19 @@ public class KvmHygieneTests(ITestOutputHelper output)
     [KvmFact]
     public void Machine_create_run_dispose_200_times_leaves_no_fds_threads_or_memory()
     {
-        var code = KvmMachineTests.Assemble(a => { a.mov(eax, Ucall.Done); a.mov(dx, Ucall.Port); a.@out(dx, eax); });
+        var code = KvmRig.Assemble(a => a.UcallDone());
         void Cycle()
         {
-            using var m = new KvmMachine(2);
-            _ = m.VmStats.Read("pages_4k");
-            _ = m.VcpuStats(1);
-            m.Run(code, 0, new GuestCallbacks(), CancellationToken.None);
+            using var r = new KvmRig(vcpus: 2);
+            _ = r.M.VmStats.Read("pages_4k");
+            _ = r.M.VcpuStats(1);
+            r.M.Run(code, 0, new GuestCallbacks(), CancellationToken.None);
         }
         for (int i = 0; i < 5; i++) Cycle(); // warm up JIT, thread pool, caches
         GC.Collect(); GC.WaitForPendingFinalizers();
         int fds = OpenFds(), threads = Threads();
         long rss = RssBytes();
-        using (var probe = new KvmMachine(2))
+        using (var probe = new KvmRig(vcpus: 2))
             Assert.True(OpenFds() > fds, $"the fd count sees a live VM's fds (vCPUs come lazily, at the first run): {fds} → {OpenFds()}");
         var sw = System.Diagnostics.Stopwatch.StartNew();
         for (int i = 0; i < 200; i++) Cycle();

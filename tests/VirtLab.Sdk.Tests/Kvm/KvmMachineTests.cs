@@ -3,6 +3,7 @@ using System.Runtime.InteropServices;
 using Iced.Intel;
 using VirtLab.Sdk.Machine.Kvm;
 using VirtLab.Sdk.Native;
+using VirtLab.Sdk.Rendering;
 using Xunit;
 using Xunit.Abstractions;
 using static Iced.Intel.AssemblerRegisters;
@@ -12,14 +13,7 @@ namespace VirtLab.Sdk.Tests.Kvm;
 [Collection("KVM")]
 public unsafe class KvmMachineTests(ITestOutputHelper output)
 {
-    internal static byte[] Assemble(Action<Assembler> body, ulong rip = SystemLayout.CodeGpa)
-    {
-        var a = new Assembler(64);
-        body(a);
-        using var ms = new MemoryStream();
-        a.Assemble(new StreamCodeWriter(ms), rip);
-        return ms.ToArray();
-    }
+    internal static byte[] Assemble(Action<Assembler> body, ulong rip = SystemLayout.CodeGpa) => KvmRig.Assemble(body, rip);
 
     [Fact]
     public void Uapi_sizes_and_ioctl_numbers_match_the_header()
@@ -49,6 +43,17 @@ public unsafe class KvmMachineTests(ITestOutputHelper output)
         Assert.Equal(20, (int)Marshal.OffsetOf<kvm_run_mmio>(nameof(kvm_run_mmio.is_write)));
         Assert.Equal(8, (int)Marshal.OffsetOf<kvm_run_fail_entry>(nameof(kvm_run_fail_entry.cpu)));
         Assert.Equal(136, sizeof(kvm_run_internal));
+        Assert.Equal(8, (int)Marshal.OffsetOf<kvm_run_internal>("data"));
+        Assert.Equal(4, (int)Marshal.OffsetOf<kvm_run_system_event>(nameof(kvm_run_system_event.ndata)));
+        // The memslot and dirty-log argument structs, member by member (<linux/kvm.h>).
+        Assert.Equal(8, (int)Marshal.OffsetOf<kvm_userspace_memory_region>(nameof(kvm_userspace_memory_region.guest_phys_addr)));
+        Assert.Equal(24, (int)Marshal.OffsetOf<kvm_userspace_memory_region>(nameof(kvm_userspace_memory_region.userspace_addr)));
+        Assert.Equal(8, (int)Marshal.OffsetOf<kvm_dirty_log>(nameof(kvm_dirty_log.dirty_bitmap)));
+        Assert.Equal(4, (int)Marshal.OffsetOf<kvm_clear_dirty_log>(nameof(kvm_clear_dirty_log.num_pages)));
+        Assert.Equal(8, (int)Marshal.OffsetOf<kvm_clear_dirty_log>(nameof(kvm_clear_dirty_log.first_page)));
+        Assert.Equal(16, (int)Marshal.OffsetOf<kvm_clear_dirty_log>(nameof(kvm_clear_dirty_log.dirty_bitmap)));
+        Assert.Equal(8, (int)Marshal.OffsetOf<kvm_dirty_gfn>(nameof(kvm_dirty_gfn.offset)));
+        Assert.Equal(8, (int)Marshal.OffsetOf<kvm_enable_cap>("args"));
         // Values from <linux/kvm.h> on x86-64.
         Assert.Equal((nuint)0xAE80, KvmIoctl.KVM_RUN);
         Assert.Equal((nuint)0x4020AE46, KvmIoctl.KVM_SET_USER_MEMORY_REGION);
@@ -64,29 +69,25 @@ public unsafe class KvmMachineTests(ITestOutputHelper output)
     [KvmFact]
     public void Done_ucall_ends_the_run()
     {
-        using var m = new KvmMachine(1);
-        var code = Assemble(a =>
+        using var r = new KvmRig();
+        r.Run(a =>
         {
-            a.mov(eax, 0);
-            a.mov(dx, Ucall.Port);
-            a.@out(dx, eax);
+            a.UcallDone();
             a.hlt();
         });
-        m.Run(code, 0, new GuestCallbacks(), CancellationToken.None);
     }
 
     [KvmFact]
     public void Triple_fault_gives_a_clear_exception_with_registers()
     {
-        using var m = new KvmMachine(1);
+        using var r = new KvmRig();
         // Load from an unmapped guest-virtual address: #PF with no IDT → #DF → triple fault.
-        var code = Assemble(a =>
+        var e = Assert.Throws<KvmGuestException>(() => r.Run(a =>
         {
             a.mov(rax, 0x7fff_0000_0000ul);
             a.mov(rbx, __qword_ptr[rax]);
             a.hlt();
-        });
-        var e = Assert.Throws<KvmGuestException>(() => m.Run(code, 0, new GuestCallbacks(), CancellationToken.None));
+        }));
         Assert.Equal(KvmExitReason.KVM_EXIT_SHUTDOWN, e.ExitReason);
         Assert.NotNull(e.Registers);
         Assert.Contains("triple fault", e.Message);
@@ -96,41 +97,32 @@ public unsafe class KvmMachineTests(ITestOutputHelper output)
     [KvmFact]
     public void Guest_assert_carries_the_guest_message()
     {
-        using var m = new KvmMachine(1);
-        ulong cursor = 0;
-        ulong msg = m.PutString(ref cursor, "x != 42");
-        var code = Assemble(a =>
+        using var r = new KvmRig();
+        ulong msg = r.PutString("x != 42");
+        var e = Assert.Throws<GuestAssertException>(() => r.Run(a =>
         {
-            a.mov(rsi, msg);
-            a.mov(eax, Ucall.Assert);
-            a.mov(dx, Ucall.Port);
-            a.@out(dx, eax);
+            a.UcallAssert(msg);
             a.hlt();
-        });
-        var e = Assert.Throws<GuestAssertException>(() => m.Run(code, 0, new GuestCallbacks(), CancellationToken.None));
+        }));
         Assert.Equal("x != 42", e.GuestMessage);
     }
 
     [KvmFact]
     public void Sync_passes_rsi_and_runs_on_every_vcpu()
     {
-        using var m = new KvmMachine(2);
+        using var r = new KvmRig(vcpus: 2);
         var seen = new System.Collections.Concurrent.ConcurrentBag<(int, ulong)>();
-        var code = Assemble(a =>
+        r.Run(a =>
         {
             var loop = a.CreateLabel();
             a.xor(esi, esi);
             a.Label(ref loop);
-            a.mov(eax, Ucall.Sync);
-            a.mov(dx, Ucall.Port);
-            a.@out(dx, eax);
+            a.UcallSync();
             a.inc(rsi);
             a.cmp(rsi, 3);
             a.jb(loop);
-            a.mov(eax, Ucall.Done);
-            a.@out(dx, eax);
-        });
-        m.Run(code, 0, new GuestCallbacks { OnSync = (v, pass, _) => seen.Add((v, pass)) }, CancellationToken.None);
+            a.UcallDone();
+        }, new GuestCallbacks { OnSync = (v, pass, _) => seen.Add((v, pass)) });
         Assert.Equal(6, seen.Count);
         Assert.Equal(new ulong[] { 0, 1, 2 }, seen.Where(x => x.Item1 == 1).Select(x => x.Item2).OrderBy(x => x));
     }
@@ -143,18 +135,17 @@ public unsafe class KvmMachineTests(ITestOutputHelper output)
     [KvmFact]
     public void Cancellation_stops_a_spinning_vcpu()
     {
-        using var m = new KvmMachine(1);
-        var code = Assemble(a =>
+        using var r = new KvmRig();
+        using var cts = new CancellationTokenSource();
+        using var synced = new ManualResetEventSlim();
+        var task = Task.Run(() => r.Run(a =>
         {
             var loop = a.CreateLabel();
-            a.mov(eax, Ucall.Sync); a.mov(dx, Ucall.Port); a.@out(dx, eax);
+            a.UcallSync();
             a.Label(ref loop);
             a.inc(rax);
             a.jmp(loop);
-        });
-        using var cts = new CancellationTokenSource();
-        using var synced = new ManualResetEventSlim();
-        var task = Task.Run(() => m.Run(code, 0, new GuestCallbacks { OnSync = (_, _, _) => synced.Set() }, cts.Token));
+        }, new GuestCallbacks { OnSync = (_, _, _) => synced.Set() }, cts.Token));
         Assert.True(synced.Wait(HangGuard), "the guest never reached its sync point");
         Thread.Sleep(50); // most likely back in the guest's loop by now; cancelling before re-entry must work as well
         var sw = Stopwatch.StartNew();
@@ -163,7 +154,7 @@ public unsafe class KvmMachineTests(ITestOutputHelper output)
         Assert.ThrowsAny<OperationCanceledException>(() => task.GetAwaiter().GetResult());
         output.WriteLine($"cancellation took {sw.Elapsed.TotalMilliseconds:F1} ms");
         // The VM is reusable after a cancelled run.
-        m.Run(Assemble(a => { a.mov(eax, 0); a.mov(dx, Ucall.Port); a.@out(dx, eax); }), 0, new GuestCallbacks(), CancellationToken.None);
+        r.Run(a => a.UcallDone());
     }
 
     /// <summary>How long a liveness wait may take before the test fails instead of hanging (not a speed bound).</summary>
@@ -172,42 +163,36 @@ public unsafe class KvmMachineTests(ITestOutputHelper output)
     [KvmFact]
     public void Memslot_at_the_top_of_guest_physical_space_is_reachable()
     {
-        using var m = new KvmMachine(1);
+        using var r = new KvmRig();
         const ulong size = 4ul << 20;
-        ulong gpa = (1ul << m.GuestPhysBits) - size;
-        nint host = Libc.MmapChecked(0, (long)size, Libc.PROT_READ | Libc.PROT_WRITE, Libc.MAP_PRIVATE | Libc.MAP_ANONYMOUS, -1, 0);
-        try
+        ulong gpa = (1ul << r.M.GuestPhysBits) - size;
+        nint host = r.AddSlot(1, gpa, size);
+        r.M.PrepareLayout();
+        ulong gva = r.M.GvaOf(gpa + 8192);
+        r.Run(a =>
         {
-            m.SetUserMemoryRegion(1, 0, gpa, size, host);
-            m.PrepareLayout();
-            ulong gva = m.GvaOf(gpa + 8192);
-            var code = Assemble(a =>
-            {
-                a.mov(rax, gva);
-                a.mov(__qword_ptr[rax], rdi);
-                a.add(__qword_ptr[rax], 0x1234);
-                a.mov(eax, 0); a.mov(dx, Ucall.Port); a.@out(dx, eax);
-            });
-            m.Run(code, 0, new GuestCallbacks(), CancellationToken.None);
-            Assert.Equal(0x1234ul, *(ulong*)(host + 8192));
-        }
-        finally
-        {
-            m.DeleteUserMemoryRegion(1);
-            Libc.munmap(host, (nuint)size);
-        }
+            a.mov(rax, gva);
+            a.mov(__qword_ptr[rax], rdi);
+            a.add(__qword_ptr[rax], 0x1234);
+            a.UcallDone();
+        });
+        Assert.Equal(0x1234ul, *(ulong*)(host + 8192));
     }
 
     [KvmFact]
     public void Vm_stats_are_readable_by_name_and_as_a_delta()
     {
-        using var m = new KvmMachine(1);
-        var before = m.VmStats.Snapshot();
-        Assert.True(m.VmStats.Has("pages_4k"));
-        m.Run(Assemble(a => { a.mov(eax, 0); a.mov(dx, Ucall.Port); a.@out(dx, eax); }), 0, new GuestCallbacks(), CancellationToken.None);
-        var delta = m.VmStats.Snapshot().Since(before);
-        Assert.NotNull(delta.ToRenderable());
-        var v = m.VcpuStats(0).Snapshot();
+        using var r = new KvmRig();
+        var before = r.M.VmStats.Snapshot();
+        Assert.True(r.M.VmStats.Has("pages_4k"));
+        r.Run(a => a.UcallDone());
+        var delta = r.M.VmStats.Snapshot().Since(before);
+        // The delta shows what it holds: a row per changed counter with its signed change, or "(no change)".
+        var text = Render.Text(delta.ToRenderable());
+        Assert.Contains($"{delta.Id} Δ over", text);
+        foreach (var c in delta.Changes) Assert.Matches($@"{c.Name}\s.*{(c.Delta >= 0 ? @"\+" : "-")}{Math.Abs(c.Delta):N0}", text);
+        if (delta.Changes.Count == 0) Assert.Contains("(no change)", text);
+        var v = r.M.VcpuStats(0).Snapshot();
         Assert.True(v["exits"] > 0, $"vCPU 0 ran a guest that exits through port I/O, yet exits = {v["exits"]}");
         // (not io_exits: under kvm_pvm's emulated execution the ucall's port I/O does not bump it)
     }
@@ -215,58 +200,38 @@ public unsafe class KvmMachineTests(ITestOutputHelper output)
     [Kvm1GPagesFact]
     public void One_GiB_guest_pages_map_a_GiB_aligned_slot()
     {
-        using var m = new KvmMachine(1);
-        m.Use1GPages = true;
+        using var r = new KvmRig();
+        r.M.Use1GPages = true;
         const ulong size = 1ul << 30, gpa = 1ul << 32;
-        nint host = Libc.MmapChecked(0, (long)size, Libc.PROT_READ | Libc.PROT_WRITE, Libc.MAP_PRIVATE | Libc.MAP_ANONYMOUS | Libc.MAP_NORESERVE, -1, 0);
-        try
+        nint host = r.AddSlot(1, gpa, size, noReserve: true);
+        r.M.PrepareLayout();
+        ulong last = r.M.GvaOf(gpa + size - 8);
+        r.Run(a =>
         {
-            m.SetUserMemoryRegion(1, 0, gpa, size, host);
-            m.PrepareLayout();
-            ulong last = m.GvaOf(gpa + size - 8);
-            var code = Assemble(a =>
-            {
-                a.mov(rax, last);
-                a.mov(__qword_ptr[rax], 0x77);
-                a.mov(eax, 0); a.mov(dx, Ucall.Port); a.@out(dx, eax);
-            });
-            m.Run(code, 0, new GuestCallbacks(), CancellationToken.None);
-            Assert.Equal(0x77ul, *(ulong*)(host + (nint)size - 8));
-        }
-        finally
-        {
-            m.DeleteUserMemoryRegion(1);
-            Libc.munmap(host, (nuint)size);
-        }
+            a.mov(rax, last);
+            a.mov(__qword_ptr[rax], 0x77);
+            a.UcallDone();
+        });
+        Assert.Equal(0x77ul, *(ulong*)(host + (nint)size - 8));
     }
 
     [KvmFact]
     public void Access_to_a_gpa_without_memslot_is_an_mmio_exit_with_the_address()
     {
-        using var m = new KvmMachine(1);
+        using var r = new KvmRig();
         const ulong size = 2ul << 20, gpa = 1ul << 32;
-        nint host = Libc.MmapChecked(0, (long)size, Libc.PROT_READ | Libc.PROT_WRITE, Libc.MAP_PRIVATE | Libc.MAP_ANONYMOUS, -1, 0);
-        try
+        r.AddSlot(1, gpa, size);
+        r.M.PrepareLayout();
+        ulong gva = r.M.GvaOf(gpa + 0x40);
+        // Delete the memslot behind the harness's back (the VM fd's own ioctl): the guest page tables still map it.
+        r.M.VmFdHandle.SetUserMemoryRegion(1, 0, gpa, 0, 0);
+        var e = Assert.Throws<KvmGuestException>(() => r.Run(a =>
         {
-            m.SetUserMemoryRegion(1, 0, gpa, size, host);
-            m.PrepareLayout();
-            ulong gva = m.GvaOf(gpa + 0x40);
-            // Delete the memslot behind the harness's back: the guest page tables still map it.
-            var r = new kvm_userspace_memory_region { slot = 1, guest_phys_addr = gpa, memory_size = 0 };
-            Assert.Equal(0, Libc.ioctl(m.VmFd, KvmIoctl.KVM_SET_USER_MEMORY_REGION, &r));
-            var code = Assemble(a =>
-            {
-                a.mov(rax, gva);
-                a.mov(__dword_ptr[rax], 0x1234);
-                a.mov(eax, 0); a.mov(dx, Ucall.Port); a.@out(dx, eax);
-            });
-            var e = Assert.Throws<KvmGuestException>(() => m.Run(code, 0, new GuestCallbacks(), CancellationToken.None));
-            Assert.Equal(KvmExitReason.KVM_EXIT_MMIO, e.ExitReason);
-            Assert.Contains($"gpa 0x{gpa + 0x40:x}", e.Message);
-        }
-        finally
-        {
-            Libc.munmap(host, (nuint)size);
-        }
+            a.mov(rax, gva);
+            a.mov(__dword_ptr[rax], 0x1234);
+            a.UcallDone();
+        }));
+        Assert.Equal(KvmExitReason.KVM_EXIT_MMIO, e.ExitReason);
+        Assert.Contains($"gpa 0x{gpa + 0x40:x}", e.Message);
     }
 }

@@ -3,6 +3,7 @@ using VirtLab.Sdk.Machine;
 using VirtLab.Sdk.Machine.Kvm;
 using VirtLab.Sdk.Measure;
 using VirtLab.Sdk.Native;
+using VirtLab.Sdk.Rendering;
 using Xunit;
 using Xunit.Abstractions;
 using static Iced.Intel.AssemblerRegisters;
@@ -113,7 +114,10 @@ public class KvmVmTests(ITestOutputHelper output)
             else
                 Assert.True(delta["pages_2m"] >= 1 || delta["pages_4k"] >= pages, delta.ToString());
             var again = vm.KvmVmStatsDelta(() => vm.Run(Workload.Read()));
-            Assert.NotNull(again.ToRenderable()); // may be empty where a read pass maps nothing new
+            // May be empty where a read pass maps nothing new; either way the table says what changed.
+            var shown = Render.Text(again.ToRenderable());
+            if (again.Changes.Count == 0) Assert.Contains("(no change)", shown);
+            foreach (var c in again.Changes) Assert.Contains(c.Name, shown);
         }
     }
 

@@ -28,6 +28,11 @@ public class BadInputTests
     {
         var e = Assert.Throws<ArgumentOutOfRangeException>(() => Sim(new VmOptions(64.TiB())));
         Assert.Contains("more than this host has", e.Message);
+        Assert.Equal("Memory", e.ParamName);
+        // One check for the whole guest: with a system slot the message adds it up, and still blames what is too big.
+        var both = Assert.Throws<ArgumentOutOfRangeException>(() => Sim(new VmOptions(64.TiB()) { SystemMemory = 4.MiB() }));
+        Assert.Equal("Memory", both.ParamName);
+        Assert.StartsWith("guest memory 64 TiB plus system memory 4 MiB is ", both.Message);
         using var vm = Sim(new VmOptions(1.MiB()));
         var add = Assert.Throws<ArgumentOutOfRangeException>(() => vm.AddSlot(64.TiB(), gpa: 1UL << 46));
         Assert.Contains("more than this host has", add.Message);

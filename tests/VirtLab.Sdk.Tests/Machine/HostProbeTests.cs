@@ -1,6 +1,7 @@
 using System.Globalization;
 using VirtLab.Sdk.Machine;
 using VirtLab.Sdk.Machine.Kvm;
+using VirtLab.Sdk.Rendering;
 using Xunit;
 
 namespace VirtLab.Sdk.Tests.Machine;
@@ -35,21 +36,8 @@ public class HostProbeTests
                 Assert.Equal(Meminfo("HugePages_Free"), p.Free);
             }
         }
-        var shown = Render(KvmSystem.ProbeNow());
+        var shown = VirtLab.Sdk.Tests.Render.Text(KvmSystem.ProbeNow().ToRenderable());
         foreach (var p in pools)
             Assert.Contains($"total {p.Total}, free {p.Free}, reserved {p.Reserved}, surplus {p.Surplus}", shown);
-    }
-
-    static string Render(IDisplayable d)
-    {
-        var w = new StringWriter();
-        var console = Spectre.Console.AnsiConsole.Create(new Spectre.Console.AnsiConsoleSettings
-        {
-            Out = new Spectre.Console.AnsiConsoleOutput(w), ColorSystem = Spectre.Console.ColorSystemSupport.NoColors,
-            Ansi = Spectre.Console.AnsiSupport.No,
-        });
-        console.Profile.Width = 200;
-        console.Write(d.ToRenderable());
-        return w.ToString();
     }
 }

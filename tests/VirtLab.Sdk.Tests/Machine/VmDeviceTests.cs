@@ -1,5 +1,6 @@
 using VirtLab.Sdk.Machine;
 using VirtLab.Sdk.Measure;
+using VirtLab.Sdk.Rendering;
 using Xunit;
 
 namespace VirtLab.Sdk.Tests.Machine;

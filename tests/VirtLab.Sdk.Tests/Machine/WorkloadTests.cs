@@ -1,5 +1,6 @@
 using VirtLab.Sdk.Machine;
 using VirtLab.Sdk.Measure;
+using VirtLab.Sdk.Rendering;
 using Xunit;
 
 namespace VirtLab.Sdk.Tests.Machine;
@@ -85,7 +86,14 @@ public class WorkloadTests
         Assert.Equal(3 * 256, r.Writes);
         Assert.Equal(3, r.PassTimes.Count);
         Assert.Contains("768 accesses (768 writes)", r.ToString());
-        Assert.NotNull(r.ToRenderable());
-        Assert.NotNull(vm.ToRenderable());
+        // The table shows each vCPU's row with its counts and one column per pass; the VM shows its slots.
+        var table = Render.Text(r.ToRenderable());
+        Assert.Contains("on Sim:", table);
+        Assert.Contains("pass 2 ms", table);
+        Assert.Matches(@"│ 0 +│ \w+ +│ 0 +│ 384 +│", table);
+        Assert.Matches(@"│ 1 +│ \w+ +│ 0 +│ 384 +│", table);
+        var shown = Render.Text(vm.ToRenderable());
+        Assert.Contains("Sim VM, 2 vCPU(s)", shown);
+        foreach (var s in vm.Slots) Assert.Contains($"[0x{s.Gpa:x}, 0x{s.EndGpa:x})", shown);
     }
 }

@@ -1,3 +1,5 @@
+using System.Runtime.CompilerServices;
+using System.Runtime.InteropServices;
 using VirtLab.Sdk.Native;
 
 namespace VirtLab.Sdk.Machine.Kvm;
@@ -6,41 +8,23 @@ namespace VirtLab.Sdk.Machine.Kvm;
 /// KVM_GET_SUPPORTED_CPUID, given to every vCPU with KVM_SET_CPUID2: without a CPUID that reports long
 /// mode (0x80000001.EDX.LM), KVM rejects EFER.LME in KVM_SET_SREGS.
 /// </summary>
-internal static unsafe class KvmCpuid
+internal static class KvmCpuid
 {
     private static byte[]? _cached;
     private static readonly object Gate = new();
 
-    /// <summary>The raw struct kvm_cpuid2 + entries, as KVM returned it.</summary>
-    public static byte[] Supported(KvmFd kvm)
+    /// <summary>KVM_GET_SUPPORTED_CPUID, asked once per process (it does not change while the module is loaded).</summary>
+    public static byte[] Supported(KvmDevice kvm)
     {
-        lock (Gate)
-        {
-            if (_cached != null) return _cached;
-            for (int n = 64; ; n *= 2)
-            {
-                var buf = new byte[sizeof(kvm_cpuid2) + n * sizeof(kvm_cpuid_entry2)];
-                fixed (byte* p = buf)
-                {
-                    ((kvm_cpuid2*)p)->nent = (uint)n;
-                    int r = Libc.ioctl(kvm.Fd, KvmIoctl.KVM_GET_SUPPORTED_CPUID, p);
-                    if (r < 0 && Libc.Errno == Errno.E2BIG && n < 4096) continue; // table larger than our guess
-                    if (r < 0) throw KvmException.Last("KVM_GET_SUPPORTED_CPUID");
-                    int used = sizeof(kvm_cpuid2) + (int)((kvm_cpuid2*)p)->nent * sizeof(kvm_cpuid_entry2);
-                    return _cached = buf[..used];
-                }
-            }
-        }
+        lock (Gate) return _cached ??= kvm.GetSupportedCpuid();
     }
 
     public static kvm_cpuid_entry2? Find(byte[] cpuid, uint function, uint index = 0)
     {
-        fixed (byte* p = cpuid)
-        {
-            var e = (kvm_cpuid_entry2*)(p + sizeof(kvm_cpuid2));
-            for (int i = 0; i < ((kvm_cpuid2*)p)->nent; i++)
-                if (e[i].function == function && e[i].index == index) return e[i];
-        }
+        var header = MemoryMarshal.Read<kvm_cpuid2>(cpuid);
+        var entries = MemoryMarshal.Cast<byte, kvm_cpuid_entry2>(cpuid.AsSpan(Unsafe.SizeOf<kvm_cpuid2>()));
+        foreach (var e in entries[..(int)Math.Min(header.nent, (uint)entries.Length)])
+            if (e.function == function && e.index == index) return e;
         return null;
     }
 
@@ -49,9 +33,4 @@ internal static unsafe class KvmCpuid
 
     /// <summary>Whether the guest may use 1 GiB pages (CPUID 0x80000001 EDX bit 26, PDPE1GB).</summary>
     public static bool Has1GPages(byte[] cpuid) => Find(cpuid, 0x8000_0001) is { } e && (e.edx & (1u << 26)) != 0;
-
-    public static void SetOn(KvmVcpu vcpu, byte[] cpuid)
-    {
-        fixed (byte* p = cpuid) vcpu.Fd.Ioctl(KvmIoctl.KVM_SET_CPUID2, p);
-    }
 }

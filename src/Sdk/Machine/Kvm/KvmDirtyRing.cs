@@ -8,7 +8,7 @@ namespace VirtLab.Sdk.Machine.Kvm;
 /// we read flags with acquire, copy slot/offset, then hand the entry back by setting RESET (release).
 /// KVM_RESET_DIRTY_RINGS on the VM fd then re-protects those pages and recycles the entries.
 /// </summary>
-internal sealed unsafe class KvmDirtyRing : IDisposable
+internal sealed class KvmDirtyRing : IDisposable
 {
     private readonly KvmMapping _map;
     private readonly uint _mask;
@@ -19,7 +19,7 @@ internal sealed unsafe class KvmDirtyRing : IDisposable
 
     public KvmDirtyRing(KvmVcpu vcpu, int bytes)
     {
-        Entries = bytes / sizeof(kvm_dirty_gfn);
+        Entries = bytes / System.Runtime.CompilerServices.Unsafe.SizeOf<kvm_dirty_gfn>();
         _mask = (uint)Entries - 1;
         _map = new KvmMapping(vcpu.Fd, (nuint)bytes, Libc.PROT_READ | Libc.PROT_WRITE,
             KvmConst.KVM_DIRTY_LOG_PAGE_OFFSET * Environment.SystemPageSize, $"dirty ring of vCPU {vcpu.Index}");
@@ -28,7 +28,9 @@ internal sealed unsafe class KvmDirtyRing : IDisposable
     /// <summary>Collect every published entry, in order; returns how many were collected.</summary>
     public int Harvest(Action<uint, ulong> sink)
     {
-        lock (_lock)
+        // Safe because the ring mapping is Entries entries long (a power of two) and every index is masked into it;
+        // Pointer throws once the vCPU is disposed.
+        lock (_lock) unsafe
         {
             var ring = (kvm_dirty_gfn*)_map.Pointer;
             int n = 0;

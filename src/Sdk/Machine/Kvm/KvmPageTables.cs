@@ -1,3 +1,4 @@
+using System.Diagnostics;
 using VirtLab.Sdk.Native;
 
 namespace VirtLab.Sdk.Machine.Kvm;
@@ -30,9 +31,9 @@ internal sealed class SystemLayout
 
     public SystemLayout(ulong size, int vcpus)
     {
-        if (size < MinSize(vcpus))
-            throw new ArgumentException($"system slot 0 of {size >> 10} KiB is too small for the KVM backend with {vcpus} vCPUs: needs at least {MinSize(vcpus) >> 10} KiB (GDT, code, data, 16 KiB stack per vCPU, page tables)");
-        if (vcpus > MaxRecords) throw new ArgumentOutOfRangeException(nameof(vcpus), $"at most {MaxRecords} vCPUs fit the system slot's record area; got {vcpus}");
+        // KvmVm.Build checks both (SystemMemory against MinSize, the vCPU count against MaxRecords).
+        Debug.Assert(size >= MinSize(vcpus), $"system slot 0 of {size >> 10} KiB is smaller than {MinSize(vcpus) >> 10} KiB");
+        Debug.Assert(vcpus <= MaxRecords, $"{vcpus} vCPUs do not fit the record area");
         Size = size;
         Vcpus = vcpus;
         PoolGpa = StackGpa + (ulong)vcpus * StackSize;
@@ -58,6 +59,8 @@ internal readonly record struct GuestMapping(ulong Gpa, ulong Gva, ulong Size);
 /// so host-side edits of a live table would leave stale shadow pages. Each build takes new pages; when
 /// the pool runs out, the caller re-creates the system memslot (which zaps its shadow pages) and resets it.
 /// </summary>
+// Unsafe as a whole: every member writes page-table entries through raw pointers into the system slot, all of them
+// inside the slot's pool (indices are bounded by the layout; the pool's exhaustion is checked before a page is taken).
 internal sealed unsafe class KvmPageTables
 {
     private const ulong Present = 1, Writable = 2, PageSizeBit = 1 << 7;

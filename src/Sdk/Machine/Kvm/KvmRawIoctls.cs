@@ -1,6 +1,5 @@
 using System.Diagnostics;
 using VirtLab.Sdk.Machine;
-using VirtLab.Sdk.Native;
 using VirtLab.Sdk.Machine.Kvm;
 
 namespace VirtLab.Sdk.Machine.Kvm.Benchmarks;
@@ -8,10 +7,11 @@ namespace VirtLab.Sdk.Machine.Kvm.Benchmarks;
 /// <summary>
 /// Bare KVM ioctls in tight loops on a VM's fds, bypassing the Machine layer: the baseline against which the
 /// harness (<see cref="MemSlot.GetDirtyLog(DirtyBitmap)"/>, ClearDirtyLog) is measured by scripts/bench-dirty-log.csx.
-/// Buffers are pinned and reused across calls, like a C program's static arrays. Each method returns the loop's
+/// The loops call the same typed VM-fd methods as the backend (<see cref="KvmVmFd"/>), so the difference measured
+/// is the harness around them. Buffers are pinned and reused across calls, like a C program's static arrays. Each method returns the loop's
 /// elapsed time in seconds at Stopwatch resolution (a TimeSpan would round single calls to 100 ns).
 /// </summary>
-public static unsafe class KvmRawIoctls
+public static class KvmRawIoctls
 {
     [ThreadStatic] private static ulong[]? _getBuffer, _clearMask;
 
@@ -38,8 +38,9 @@ public static unsafe class KvmRawIoctls
     /// <summary><paramref name="iterations"/> × KVM_GET_DIRTY_LOG on <paramref name="slot"/> into one pinned buffer; elapsed seconds.</summary>
     public static double GetDirtyLog(Vm vm, MemSlot slot, int iterations)
     {
-        int fd = Fd(vm, slot);
-        fixed (ulong* p = Pinned(ref _getBuffer, slot.Pages, ones: false)) return GetLoop(fd, slot, p, iterations);
+        var fd = Fd(vm, slot);
+        // Safe because the buffer is pinned for the loop and holds the slot's whole bitmap (sized by Pinned).
+        unsafe { fixed (ulong* p = Pinned(ref _getBuffer, slot.Pages, ones: false)) return GetLoop(fd, slot, p, iterations); }
     }
 
     /// <summary>
@@ -48,34 +49,37 @@ public static unsafe class KvmRawIoctls
     /// </summary>
     public static double GetDirtyLog(Vm vm, MemSlot slot, DirtyBitmap into, int iterations)
     {
-        int fd = Fd(vm, slot);
+        var fd = Fd(vm, slot);
         CheckWholeSlot(slot, into, "bitmap");
-        fixed (ulong* p = into.Words) return GetLoop(fd, slot, p, iterations);
+        // Safe because the bitmap's words are pinned for the loop and cover the whole slot (checked above).
+        unsafe { fixed (ulong* p = into.Words) return GetLoop(fd, slot, p, iterations); }
     }
 
     /// <summary><paramref name="iterations"/> × KVM_CLEAR_DIRTY_LOG of the whole slot with <paramref name="mask"/>'s words.</summary>
     public static double ClearDirtyLog(Vm vm, MemSlot slot, DirtyBitmap mask, int iterations)
     {
-        int fd = Fd(vm, slot);
+        var fd = Fd(vm, slot);
         CheckWholeSlot(slot, mask, "mask");
-        fixed (ulong* p = mask.Words) return ClearLoop(fd, slot, p, iterations);
+        // Safe because the mask's words are pinned for the loop and cover the whole slot (checked above).
+        unsafe { fixed (ulong* p = mask.Words) return ClearLoop(fd, slot, p, iterations); }
     }
 
     /// <summary><paramref name="iterations"/> × KVM_CLEAR_DIRTY_LOG of the whole slot with an all-ones mask; elapsed seconds.</summary>
     public static double ClearDirtyLog(Vm vm, MemSlot slot, int iterations)
     {
-        int fd = Fd(vm, slot);
-        fixed (ulong* p = Pinned(ref _clearMask, slot.Pages, ones: true)) return ClearLoop(fd, slot, p, iterations);
+        var fd = Fd(vm, slot);
+        // Safe because the buffer is pinned for the loop and holds the slot's whole bitmap (sized by Pinned).
+        unsafe { fixed (ulong* p = Pinned(ref _clearMask, slot.Pages, ones: true)) return ClearLoop(fd, slot, p, iterations); }
     }
 
     /// <summary>The VM fd, once <paramref name="slot"/> is known to be one of this VM's current slots (the kernel writes
     /// npages bits of whatever slot has that id, so a stale slot object must not size the buffer).</summary>
-    private static int Fd(Vm vm, MemSlot slot)
+    private static KvmVmFd Fd(Vm vm, MemSlot slot)
     {
         var m = Machine(vm);
         ArgumentNullException.ThrowIfNull(slot);
         if (slot.Vm != vm || vm.FindSlot(slot.Id) != slot) throw new ArgumentException($"{slot} is not a current memslot of this VM", nameof(slot));
-        return m.VmFd;
+        return m.VmFdHandle;
     }
 
     private static void CheckWholeSlot(MemSlot slot, DirtyBitmap bitmap, string what)
@@ -84,23 +88,20 @@ public static unsafe class KvmRawIoctls
         if (bitmap.Pages != slot.Pages) throw new ArgumentException($"the {what} has {bitmap.Pages} pages but slot {slot.Id} has {slot.Pages}", what == "bitmap" ? "into" : "mask");
     }
 
-    private static double GetLoop(int fd, MemSlot slot, ulong* bitmap, int iterations)
+    // Unsafe: the bitmap is a raw pointer, pinned by the caller for the whole loop (as a C program's static array).
+    private static unsafe double GetLoop(KvmVmFd fd, MemSlot slot, ulong* bitmap, int iterations)
     {
-        var log = new kvm_dirty_log { slot = (uint)slot.Id, dirty_bitmap = (ulong)bitmap };
-        nuint req = KvmIoctl.KVM_GET_DIRTY_LOG;
+        uint id = (uint)slot.Id;
         long t0 = Stopwatch.GetTimestamp();
-        for (int i = 0; i < iterations; i++)
-            if (Libc.ioctl(fd, req, &log) < 0) throw KvmException.Last("KVM_GET_DIRTY_LOG", $"slot {slot.Id}");
+        for (int i = 0; i < iterations; i++) fd.GetDirtyLog(id, bitmap);
         return (Stopwatch.GetTimestamp() - t0) / (double)Stopwatch.Frequency;
     }
 
-    private static double ClearLoop(int fd, MemSlot slot, ulong* mask, int iterations)
+    private static unsafe double ClearLoop(KvmVmFd fd, MemSlot slot, ulong* mask, int iterations)
     {
-        var c = new kvm_clear_dirty_log { slot = (uint)slot.Id, first_page = 0, num_pages = checked((uint)slot.Pages), dirty_bitmap = (ulong)mask };
-        nuint req = KvmIoctl.KVM_CLEAR_DIRTY_LOG;
+        uint id = (uint)slot.Id, pages = checked((uint)slot.Pages);
         long t0 = Stopwatch.GetTimestamp();
-        for (int i = 0; i < iterations; i++)
-            if (Libc.ioctl(fd, req, &c) < 0) throw KvmException.Last("KVM_CLEAR_DIRTY_LOG", $"slot {slot.Id}");
+        for (int i = 0; i < iterations; i++) fd.ClearDirtyLog(id, 0, pages, mask);
         return (Stopwatch.GetTimestamp() - t0) / (double)Stopwatch.Frequency;
     }
 }

@@ -8,7 +8,7 @@ namespace VirtLab.Sdk.Machine.Kvm;
 /// The handler is a single <c>ret</c> in an executable page: it runs in signal context, so it must not be
 /// managed code. glibc's sigaction supplies the SA_RESTORER trampoline.
 /// </summary>
-internal static unsafe class KvmSignals
+internal static class KvmSignals
 {
     private static readonly object Gate = new();
     private static int _signal;
@@ -31,7 +31,8 @@ internal static unsafe class KvmSignals
     {
         nint page = Libc.mmap(0, 4096, Libc.PROT_READ | Libc.PROT_WRITE, Libc.MAP_PRIVATE | Libc.MAP_ANONYMOUS, -1, 0);
         if (page == Libc.MAP_FAILED) throw LibcException.FromErrno(Libc.Errno, "mmap", "allocating the vCPU kick-signal handler page");
-        *(byte*)page = 0xC3; // ret
+        // Safe because page is a fresh, writable 4 KiB mapping.
+        unsafe { *(byte*)page = 0xC3; } // ret
         if (LibcKvm.Mprotect(page, 4096, Libc.PROT_READ | Libc.PROT_EXEC) != 0) throw LibcException.FromErrno(Libc.Errno, "mprotect", "making the vCPU kick-signal handler executable");
         _handlerPage = page;
 

@@ -1,6 +1,5 @@
+using System.Runtime.InteropServices;
 using System.Text;
-using Spectre.Console;
-using Spectre.Console.Rendering;
 using VirtLab.Sdk.Native;
 
 namespace VirtLab.Sdk.Machine.Kvm;
@@ -18,7 +17,7 @@ public sealed record KvmStatDescriptor(string Name, KvmStatType Type, KvmStatUni
 /// A binary statistics fd (KVM_GET_STATS_FD on a VM or vCPU fd): the header and descriptors are read once,
 /// values are re-read with pread at each snapshot.
 /// </summary>
-public sealed unsafe class KvmStats : IDisposable, IDisplayable
+public sealed class KvmStats : IDisposable
 {
     private readonly KvmFd _fd;
     private readonly uint _dataOffset;
@@ -34,29 +33,28 @@ public sealed unsafe class KvmStats : IDisposable, IDisplayable
         _fd = owner.IoctlFd(KvmIoctl.KVM_GET_STATS_FD, 0, $"stats of {what}");
         try
         {
-            kvm_stats_header h;
-            ReadExact(&h, (nuint)sizeof(kvm_stats_header), 0, "header");
+            var header = new byte[Marshal.SizeOf<kvm_stats_header>()];
+            ReadExact(header, 0, "header");
+            var h = MemoryMarshal.Read<kvm_stats_header>(header);
             var id = new byte[h.name_size];
-            fixed (byte* p = id) ReadExact(p, h.name_size, h.id_offset, "id");
+            ReadExact(id, h.id_offset, "id");
             Id = Encoding.ASCII.GetString(id).TrimEnd('\0');
 
-            int descSize = sizeof(kvm_stats_desc) + (int)h.name_size;
+            int fixedSize = Marshal.SizeOf<kvm_stats_desc>(), descSize = fixedSize + (int)h.name_size;
             var all = new byte[descSize * h.num_desc];
-            fixed (byte* p = all) ReadExact(p, (nuint)all.Length, h.desc_offset, "descriptors");
+            ReadExact(all, h.desc_offset, "descriptors");
             var list = new List<KvmStatDescriptor>();
             int end = 0;
             for (int i = 0; i < h.num_desc; i++)
             {
-                fixed (byte* p = &all[i * descSize])
-                {
-                    var d = (kvm_stats_desc*)p;
-                    var name = Encoding.ASCII.GetString(new ReadOnlySpan<byte>(p + sizeof(kvm_stats_desc), (int)h.name_size)).Split('\0')[0];
-                    var desc = new KvmStatDescriptor(name, (KvmStatType)(d->flags & 0xF), (KvmStatUnit)((d->flags >> 4) & 0xF),
-                        ((d->flags >> 8) & 0xF) == 1, d->exponent, d->size, d->offset, d->bucket_size);
-                    list.Add(desc);
-                    _byName[name] = desc;
-                    end = Math.Max(end, (int)d->offset + d->size * 8);
-                }
+                var entry = all.AsSpan(i * descSize, descSize);
+                var d = MemoryMarshal.Read<kvm_stats_desc>(entry);
+                var name = Encoding.ASCII.GetString(entry.Slice(fixedSize, (int)h.name_size)).Split('\0')[0];
+                var desc = new KvmStatDescriptor(name, (KvmStatType)(d.flags & 0xF), (KvmStatUnit)((d.flags >> 4) & 0xF),
+                    ((d.flags >> 8) & 0xF) == 1, d.exponent, d.size, d.offset, d.bucket_size);
+                list.Add(desc);
+                _byName[name] = desc;
+                end = Math.Max(end, (int)d.offset + d.size * 8);
             }
             Descriptors = list;
             _dataOffset = h.data_offset;
@@ -69,11 +67,13 @@ public sealed unsafe class KvmStats : IDisposable, IDisplayable
         }
     }
 
-    private void ReadExact(void* buf, nuint len, long offset, string what)
+    private void ReadExact(Span<byte> buf, long offset, string what)
     {
-        nint n = LibcKvm.Pread(_fd.Fd, buf, len, offset);
+        nint n;
+        // Safe because pread writes at most buf.Length bytes into the pinned span.
+        unsafe { fixed (byte* p = buf) n = LibcKvm.Pread(_fd.Fd, p, (nuint)buf.Length, offset); }
         if (n < 0) throw KvmException.Last("pread(stats fd)", what);
-        if ((nuint)n != len) throw new IOException($"short read of KVM stats {what}: {n} of {len} bytes");
+        if (n != buf.Length) throw new IOException($"short read of KVM stats {what}: {n} of {buf.Length} bytes");
     }
 
     public bool Has(string name) => _byName.ContainsKey(name);
@@ -83,8 +83,8 @@ public sealed unsafe class KvmStats : IDisposable, IDisplayable
     {
         if (!_byName.TryGetValue(name, out var d))
             throw new KeyNotFoundException($"no KVM statistic '{name}' in {Id}; available: {string.Join(", ", _byName.Keys)}");
-        ulong v;
-        ReadExact(&v, 8, _dataOffset + d.Offset, name);
+        ulong v = 0;
+        ReadExact(MemoryMarshal.AsBytes(new Span<ulong>(ref v)), _dataOffset + d.Offset, name);
         return v;
     }
 
@@ -92,7 +92,7 @@ public sealed unsafe class KvmStats : IDisposable, IDisplayable
     public KvmStatsSnapshot Snapshot()
     {
         var data = new byte[_dataSize];
-        fixed (byte* p = data) ReadExact(p, (nuint)data.Length, _dataOffset, "data");
+        ReadExact(data, _dataOffset, "data");
         var values = new Dictionary<string, ulong[]>(Descriptors.Count);
         foreach (var d in Descriptors)
         {
@@ -105,16 +105,14 @@ public sealed unsafe class KvmStats : IDisposable, IDisplayable
 
     public void Dispose() => _fd.Dispose();
 
-    /// <summary>Displayed as its values now (a <see cref="Snapshot"/>).</summary>
-    public IRenderable ToRenderable() => _fd.IsClosed
-        ? new Text($"KVM stats {Id}: closed (its VM or vCPU was disposed)")
-        : Snapshot().ToRenderable();
+    /// <summary>Whether the fd is closed (its VM or vCPU was disposed).</summary>
+    internal bool IsClosed => _fd.IsClosed;
 
     public override string ToString() => $"KVM stats {Id}: {Descriptors.Count} statistics (Read(name), Snapshot())";
 }
 
 /// <summary>All values of one stats fd at one moment.</summary>
-public sealed class KvmStatsSnapshot : IDisplayable
+public sealed class KvmStatsSnapshot
 {
     public string Id { get; }
     public DateTime TakenUtc { get; }
@@ -133,15 +131,6 @@ public sealed class KvmStatsSnapshot : IDisplayable
 
     /// <summary>What changed from <paramref name="before"/> to this snapshot.</summary>
     public KvmStatsDelta Since(KvmStatsSnapshot before) => KvmStatsDelta.Between(before, this);
-
-    public IRenderable ToRenderable()
-    {
-        var t = new Table().Border(TableBorder.Rounded).Title($"[bold]{Markup.Escape(Id)}[/]").AddColumn("statistic").AddColumn(new TableColumn("value").RightAligned());
-        foreach (var d in Descriptors) t.AddRow(Markup.Escape(d.Name), Format(Values[d.Name]));
-        return t;
-    }
-
-    private static string Format(ulong[] v) => v.Length == 1 ? v[0].ToString("N0") : "[" + string.Join(" ", v) + "]";
 }
 
 /// <summary>One counter that changed between two snapshots.</summary>
@@ -152,7 +141,7 @@ public sealed record KvmStatChange(string Name, KvmStatType Type, ulong Before, 
 }
 
 /// <summary>Counters that changed between two snapshots of the same stats fd (a table when displayed).</summary>
-public sealed class KvmStatsDelta : IDisplayable
+public sealed class KvmStatsDelta
 {
     public string Id { get; }
     public TimeSpan Elapsed { get; }
@@ -177,16 +166,6 @@ public sealed class KvmStatsDelta : IDisplayable
 
     /// <summary>Change of one counter (0 when it did not change).</summary>
     public long this[string name] => Changes.FirstOrDefault(c => c.Name == name)?.Delta ?? 0;
-
-    public IRenderable ToRenderable()
-    {
-        var t = new Table().Border(TableBorder.Rounded).Title($"[bold]{Markup.Escape(Id)}[/] Δ over {Elapsed.TotalMilliseconds:F1} ms")
-            .AddColumn("statistic").AddColumn(new TableColumn("before").RightAligned()).AddColumn(new TableColumn("after").RightAligned())
-            .AddColumn(new TableColumn("Δ").RightAligned());
-        if (Changes.Count == 0) t.AddRow("[grey](no change)[/]", "", "", "");
-        foreach (var c in Changes) t.AddRow(Markup.Escape(c.Name), c.Before.ToString("N0"), c.After.ToString("N0"), (c.Delta >= 0 ? "+" : "") + c.Delta.ToString("N0"));
-        return t;
-    }
 
     public override string ToString() => string.Join(", ", Changes.Select(c => $"{c.Name} {(c.Delta >= 0 ? "+" : "")}{c.Delta}"));
 }

@@ -1,5 +1,3 @@
-using Spectre.Console;
-using Spectre.Console.Rendering;
 using VirtLab.Sdk.Native;
 
 namespace VirtLab.Sdk.Machine.Kvm;
@@ -7,8 +5,8 @@ namespace VirtLab.Sdk.Machine.Kvm;
 /// <summary>One KVM capability as KVM_CHECK_EXTENSION reports it (0 = absent; some return a size or count).</summary>
 public sealed record KvmCapability(string Name, int Number, int Value);
 
-/// <summary>What this host's KVM can do: the data `virtlab doctor` prints. Obtain with <see cref="Probe"/>.</summary>
-public sealed class KvmSystem : IDisplayable
+/// <summary>What this host's KVM can do: the data `virtlab doctor` prints (the host facts come from <see cref="HostInfo"/>). Obtain with <see cref="Probe"/>.</summary>
+public sealed class KvmSystem
 {
     /// <summary>The capabilities the project depends on, queried on /dev/kvm.</summary>
     public static readonly int[] InterestingCaps =
@@ -19,24 +17,24 @@ public sealed class KvmSystem : IDisplayable
         KvmCap.BINARY_STATS_FD, KvmCap.HALT_POLL, KvmCap.X86_DISABLE_EXITS, KvmCap.EXT_CPUID,
     };
 
-    public bool Usable { get; private init; }
+    public bool Usable { get; internal init; }
     /// <summary>Why KVM is not usable (empty when it is).</summary>
-    public string Reason { get; private init; } = "";
-    public int ApiVersion { get; private init; }
-    public int VcpuMmapSize { get; private init; }
-    public IReadOnlyList<KvmCapability> Capabilities { get; private init; } = [];
+    public string Reason { get; internal init; } = "";
+    public int ApiVersion { get; internal init; }
+    public int VcpuMmapSize { get; internal init; }
+    public IReadOnlyList<KvmCapability> Capabilities { get; internal init; } = [];
     /// <summary>Module → parameter → value, from /sys/module/kvm*/parameters/.</summary>
-    public IReadOnlyDictionary<string, IReadOnlyDictionary<string, string>> ModuleParameters { get; private init; } =
+    public IReadOnlyDictionary<string, IReadOnlyDictionary<string, string>> ModuleParameters { get; internal init; } =
         new Dictionary<string, IReadOnlyDictionary<string, string>>();
-    public string ThpEnabled { get; private init; } = "";
-    public string ThpDefrag { get; private init; } = "";
+    public string ThpEnabled { get; internal init; } = "";
+    public string ThpDefrag { get; internal init; } = "";
     /// <summary>Every hugetlb pool (<see cref="HostInfo.AllHugePools"/>: total, free, reserved = resv_hugepages, surplus).</summary>
-    public IReadOnlyList<HostInfo.HugePool> HugePages { get; private init; } = [];
-    public string Kernel { get; private init; } = "";
-    public string Cpu { get; private init; } = "";
-    public int LogicalCpus { get; private init; }
+    public IReadOnlyList<HostInfo.HugePool> HugePages { get; internal init; } = [];
+    public string Kernel { get; internal init; } = "";
+    public string Cpu { get; internal init; } = "";
+    public int LogicalCpus { get; internal init; }
     /// <summary>Hardware virtualization the host CPU advertises ("vmx", "svm" or "none": e.g. PVM's emulated guests).</summary>
-    public string HardwareVirtualization { get; private init; } = "";
+    public string HardwareVirtualization { get; internal init; } = "";
 
     public int Cap(int cap) => Capabilities.FirstOrDefault(c => c.Number == cap)?.Value ?? 0;
     public int MaxVcpus => Cap(KvmCap.MAX_VCPUS) > 0 ? Cap(KvmCap.MAX_VCPUS) : Math.Max(Cap(KvmCap.NR_VCPUS), 4);
@@ -57,18 +55,14 @@ public sealed class KvmSystem : IDisplayable
         var caps = new List<KvmCapability>();
         try
         {
-            using var kvm = KvmFd.OpenDevKvm();
-            api = kvm.Ioctl(KvmIoctl.KVM_GET_API_VERSION);
+            using var kvm = KvmDevice.Open();
+            api = kvm.ApiVersion();
             if (api != KvmConst.KVM_API_VERSION)
                 reason = $"KVM_GET_API_VERSION returned {api}, expected {KvmConst.KVM_API_VERSION}";
             else
             {
-                foreach (var c in InterestingCaps)
-                {
-                    int v = Libc.ioctl(kvm.Fd, KvmIoctl.KVM_CHECK_EXTENSION, (ulong)c);
-                    caps.Add(new KvmCapability(KvmCap.Name(c), c, Math.Max(v, 0)));
-                }
-                mmapSize = kvm.Ioctl(KvmIoctl.KVM_GET_VCPU_MMAP_SIZE);
+                foreach (var c in InterestingCaps) caps.Add(new KvmCapability(KvmCap.Name(c), c, kvm.CheckExtension(c)));
+                mmapSize = kvm.VcpuMmapSize();
                 usable = true;
             }
         }
@@ -86,83 +80,16 @@ public sealed class KvmSystem : IDisplayable
             ApiVersion = api,
             VcpuMmapSize = mmapSize,
             Capabilities = caps,
-            ModuleParameters = ReadModuleParameters(),
+            ModuleParameters = HostInfo.KvmModuleParameters,
             ThpEnabled = HostInfo.ThpMode,
-            ThpDefrag = Bracketed(ReadText("/sys/kernel/mm/transparent_hugepage/defrag")),
+            ThpDefrag = HostInfo.ThpDefrag,
             HugePages = HostInfo.AllHugePools(),
-            Kernel = ReadText("/proc/sys/kernel/osrelease"),
-            Cpu = CpuInfo("model name") ?? "unknown",
+            Kernel = HostInfo.KernelRelease ?? "",
+            Cpu = HostInfo.CpuModel ?? "unknown",
             LogicalCpus = Environment.ProcessorCount,
-            HardwareVirtualization = CpuFlags() is var f && f.Contains("vmx") ? "vmx" : f.Contains("svm") ? "svm" : "none",
+            HardwareVirtualization = HostInfo.HardwareVirtualization,
         };
     }
-
-    private static string ReadText(string path)
-    {
-        try { return File.ReadAllText(path).Trim(); } catch { return ""; }
-    }
-
-    // "always [madvise] never" → "madvise"
-    private static string Bracketed(string s)
-    {
-        int a = s.IndexOf('['), b = s.IndexOf(']');
-        return a >= 0 && b > a ? s[(a + 1)..b] : s;
-    }
-
-    private static IReadOnlyDictionary<string, IReadOnlyDictionary<string, string>> ReadModuleParameters()
-    {
-        var result = new SortedDictionary<string, IReadOnlyDictionary<string, string>>();
-        try
-        {
-            foreach (var mod in Directory.GetDirectories("/sys/module", "kvm*"))
-            {
-                var dir = Path.Combine(mod, "parameters");
-                if (!Directory.Exists(dir)) continue;
-                var ps = new SortedDictionary<string, string>();
-                foreach (var p in Directory.GetFiles(dir)) ps[Path.GetFileName(p)] = ReadText(p);
-                result[Path.GetFileName(mod)] = ps;
-            }
-        }
-        catch (IOException) { }
-        catch (UnauthorizedAccessException) { }
-        return result;
-    }
-
-    private static string? CpuInfo(string key)
-    {
-        try
-        {
-            foreach (var line in File.ReadLines("/proc/cpuinfo"))
-                if (line.StartsWith(key, StringComparison.Ordinal) && line.IndexOf(':') is var i and > 0)
-                    return line[(i + 1)..].Trim();
-        }
-        catch (IOException) { }
-        return null;
-    }
-
-    private static HashSet<string> CpuFlags() => new((CpuInfo("flags") ?? "").Split(' ', StringSplitOptions.RemoveEmptyEntries));
-
-    public IRenderable ToRenderable()
-    {
-        var t = new Table().Border(TableBorder.Rounded).Title("[bold]KVM[/]").AddColumn("item").AddColumn("value");
-        t.AddRow("usable", Usable ? "[green]yes[/]" : $"[red]no[/]: {Markup.Escape(Reason)}");
-        if (Usable)
-        {
-            t.AddRow("API version", ApiVersion.ToString());
-            t.AddRow("vCPU mmap size", $"{VcpuMmapSize} bytes");
-            foreach (var c in Capabilities) t.AddRow(Markup.Escape(c.Name) + $" ({c.Number})", c.Value.ToString());
-        }
-        foreach (var (mod, ps) in ModuleParameters)
-            t.AddRow($"module {Markup.Escape(mod)}", Markup.Escape(string.Join("  ", ps.Select(p => $"{p.Key}={p.Value}"))));
-        t.AddRow("THP", $"enabled={Markup.Escape(ThpEnabled)} defrag={Markup.Escape(ThpDefrag)}");
-        foreach (var h in HugePages)
-            t.AddRow($"hugetlb {Size(h.PageSize)}", $"total {h.Total}, free {h.Free}, reserved {h.Reserved}, surplus {h.Surplus}");
-        t.AddRow("kernel", Markup.Escape(Kernel));
-        t.AddRow("CPU", Markup.Escape($"{Cpu} × {LogicalCpus}, hardware virtualization: {HardwareVirtualization}"));
-        return t;
-    }
-
-    private static string Size(long b) => b >= 1 << 30 ? $"{b >> 30} GiB" : b >= 1 << 20 ? $"{b >> 20} MiB" : $"{b >> 10} KiB";
 
     public override string ToString() =>
         Usable ? $"KVM API {ApiVersion}, max vCPUs {MaxVcpus}, memslots {NrMemslots}, kernel {Kernel}" : $"KVM unusable: {Reason}";

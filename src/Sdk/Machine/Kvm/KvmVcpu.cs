@@ -2,8 +2,11 @@ using VirtLab.Sdk.Native;
 
 namespace VirtLab.Sdk.Machine.Kvm;
 
-/// <summary>One vCPU: its fd, the mmap'ed struct kvm_run, and (when enabled) its dirty ring.</summary>
-internal sealed unsafe class KvmVcpu : IDisposable
+/// <summary>
+/// One vCPU fd (rust-vmm's <c>VcpuFd</c>): one typed method per vCPU ioctl, the mmap'ed struct kvm_run, and (when
+/// enabled) its dirty ring. <see cref="Run"/> is KVM_RUN and returns the decoded exit.
+/// </summary>
+internal sealed class KvmVcpu : IDisposable
 {
     public int Index { get; }
     public KvmFd Fd { get; }
@@ -13,10 +16,14 @@ internal sealed unsafe class KvmVcpu : IDisposable
     private int _tid;
     private volatile bool _stopRequested;
 
-    public KvmVcpu(KvmFd vm, int index, int mmapSize, int ringBytes)
+    private readonly int _mmapSize;
+    private static readonly nuint RunRequest = KvmIoctl.KVM_RUN;
+
+    public KvmVcpu(KvmVmFd vm, int index, int mmapSize, int ringBytes)
     {
         Index = index;
-        Fd = vm.IoctlFd(KvmIoctl.KVM_CREATE_VCPU, (ulong)index, $"vcpu{index}");
+        _mmapSize = mmapSize;
+        Fd = vm.CreateVcpu(index);
         try
         {
             _run = new KvmMapping(Fd, (nuint)mmapSize, Libc.PROT_READ | Libc.PROT_WRITE, 0, $"kvm_run of vCPU {index}");
@@ -31,31 +38,58 @@ internal sealed unsafe class KvmVcpu : IDisposable
         }
     }
 
-    /// <summary>The shared <c>struct kvm_run</c> (valid while the vCPU lives).</summary>
-    public kvm_run* Run => (kvm_run*)_run.Pointer;
+    /// <summary>The shared <c>struct kvm_run</c> (valid while the vCPU lives: <see cref="KvmMapping.Pointer"/> throws after).</summary>
+    private unsafe kvm_run* RunArea => (kvm_run*)_run.Pointer;
+
+    /// <summary>
+    /// KVM_RUN once: the exit KVM reports, decoded from kvm_run (<see cref="KvmExit.Kicked"/> when KVM_RUN returned
+    /// -EINTR or -EAGAIN: a kick or immediate_exit). Other errors throw with the errno.
+    /// </summary>
+    public KvmExit Run()
+    {
+        if (Libc.ioctl(Fd.Fd, RunRequest, 0ul) < 0)
+        {
+            int errno = Libc.Errno;
+            if (errno == Errno.EINTR || errno == Errno.EAGAIN) return KvmExit.Kicked;
+            throw new KvmException("KVM_RUN", errno, $"vCPU {Index}");
+        }
+        // Safe because the mapping is live (Pointer throws otherwise) and is _mmapSize bytes, what Decode bounds its reads by.
+        unsafe { return KvmExit.Decode(RunArea, _mmapSize); }
+    }
 
     public kvm_regs GetRegs()
     {
         kvm_regs r;
-        Fd.Ioctl(KvmIoctl.KVM_GET_REGS, &r);
+        // Safe because the kernel writes sizeof(kvm_regs) bytes (the size in the request) into the local.
+        unsafe { Fd.Ioctl(KvmIoctl.KVM_GET_REGS, &r); }
         return r;
     }
 
     public void SetRegs(in kvm_regs regs)
     {
-        fixed (kvm_regs* p = &regs) Fd.Ioctl(KvmIoctl.KVM_SET_REGS, p);
+        // Safe because the kernel only reads sizeof(kvm_regs) bytes from the pinned argument.
+        unsafe { fixed (kvm_regs* p = &regs) Fd.Ioctl(KvmIoctl.KVM_SET_REGS, p); }
     }
 
     public kvm_sregs GetSregs()
     {
         kvm_sregs s;
-        Fd.Ioctl(KvmIoctl.KVM_GET_SREGS, &s);
+        // Safe because the kernel writes sizeof(kvm_sregs) bytes (the size in the request) into the local.
+        unsafe { Fd.Ioctl(KvmIoctl.KVM_GET_SREGS, &s); }
         return s;
     }
 
     public void SetSregs(in kvm_sregs sregs)
     {
-        fixed (kvm_sregs* p = &sregs) Fd.Ioctl(KvmIoctl.KVM_SET_SREGS, p, "long-mode control registers/segments rejected");
+        // Safe because the kernel only reads sizeof(kvm_sregs) bytes from the pinned argument.
+        unsafe { fixed (kvm_sregs* p = &sregs) Fd.Ioctl(KvmIoctl.KVM_SET_SREGS, p, "long-mode control registers/segments rejected"); }
+    }
+
+    /// <summary>KVM_SET_CPUID2 with a raw struct kvm_cpuid2 + entries (as KVM_GET_SUPPORTED_CPUID returned it).</summary>
+    public void SetCpuid2(byte[] cpuid)
+    {
+        // Safe because the buffer is KVM_GET_SUPPORTED_CPUID's own answer: nent entries follow the header, as the kernel reads them.
+        unsafe { fixed (byte* p = cpuid) Fd.Ioctl(KvmIoctl.KVM_SET_CPUID2, p); }
     }
 
     /// <summary>Registers for error reports; never throws (returns null if the vCPU cannot be read).</summary>
@@ -93,13 +127,15 @@ internal sealed unsafe class KvmVcpu : IDisposable
     {
         _stopRequested = true;
         if (_disposed) return;
-        Volatile.Write(ref Run->immediate_exit, 1);
+        // Safe because kvm_run stays mapped until Dispose, which sets _disposed first (RunArea throws once unmapped).
+        unsafe { Volatile.Write(ref RunArea->immediate_exit, 1); }
         KvmSignals.Kick(Volatile.Read(ref _tid));
     }
 
     public void ClearImmediateExit()
     {
-        if (!_disposed) Volatile.Write(ref Run->immediate_exit, 0);
+        // Safe because kvm_run stays mapped until Dispose, which sets _disposed first (RunArea throws once unmapped).
+        if (!_disposed) unsafe { Volatile.Write(ref RunArea->immediate_exit, 0); }
     }
 
     private volatile bool _disposed;

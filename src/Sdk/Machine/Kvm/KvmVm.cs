@@ -1,7 +1,5 @@
 using System.Diagnostics;
 using Iced.Intel;
-using Spectre.Console;
-using Spectre.Console.Rendering;
 using VirtLab.Sdk.Native;
 
 namespace VirtLab.Sdk.Machine.Kvm;
@@ -10,7 +8,7 @@ namespace VirtLab.Sdk.Machine.Kvm;
 /// The real KVM backend: the Machine layer's slots become KVM memslots, workloads are compiled to x86-64 and
 /// run by one thread per vCPU in KVM_RUN, dirty logging is the kernel's own.
 /// </summary>
-internal sealed unsafe class KvmVm : Vm
+internal sealed class KvmVm : Vm
 {
     internal KvmMachine Machine { get; }
 
@@ -20,21 +18,36 @@ internal sealed unsafe class KvmVm : Vm
     public override int MaxVcpus => Machine.System.MaxVcpus;
     public override int MaxMemslots => Machine.System.NrMemslots > 0 ? Machine.System.NrMemslots : base.MaxMemslots;
 
-    public static KvmVm Build(VmOptions o)
+    /// <summary>
+    /// The host's limits, checked once, here (VmOptions.Validate has checked what does not depend on the host; below
+    /// this, KvmMachine only asserts them). Static over a probe result, so it is tested with a synthesized host.
+    /// </summary>
+    internal static void CheckHostLimits(VmOptions o, KvmSystem sys)
     {
-        var sys = KvmSystem.Probe();
-        if (!sys.Usable) throw new BackendUnavailableException(Backend.Kvm, "KVM is not usable: " + sys.Reason);
+        Debug.Assert(sys.Usable, "VmBackends checks KvmBackend.IsUsable before building");
         if (o.Vcpus > sys.MaxVcpus)
             throw new ArgumentOutOfRangeException(nameof(o.Vcpus), $"this host's KVM allows at most {sys.MaxVcpus} vCPUs per VM (KVM_CAP_MAX_VCPUS); got {o.Vcpus}");
+        // (The system slot has a record for each of VmOptions' 1024 vCPUs: nothing to check again; a test pins it.)
         if (o.DirtyRingBytes > 0 && sys.DirtyRingMaxBytes == 0)
             throw new BackendUnavailableException(Backend.Kvm, "this host's KVM has no dirty ring (KVM_CAP_DIRTY_LOG_RING is 0); leave DirtyRingBytes at 0 or use Backend.Sim");
         if (o.DirtyRingBytes > 0 && o.DirtyRingBytes > sys.DirtyRingMaxBytes)
             throw new ArgumentOutOfRangeException(nameof(o.DirtyRingBytes),
                 $"this host's KVM allows dirty rings of at most {sys.DirtyRingMaxBytes} bytes (KVM_CAP_DIRTY_LOG_RING); got {o.DirtyRingBytes.Bytes}");
+        if (o.ManualProtect)
+        {
+            ulong flags = KvmConst.KVM_DIRTY_LOG_MANUAL_PROTECT_ENABLE | (o.InitiallySet ? KvmConst.KVM_DIRTY_LOG_INITIALLY_SET : 0);
+            int supported = sys.Cap(KvmCap.MANUAL_DIRTY_LOG_PROTECT2);
+            if (((ulong)supported & flags) != flags)
+                throw new BackendUnavailableException(Backend.Kvm, $"this host's KVM does not support manual dirty-log protection with flags 0x{flags:x} (KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2 reports 0x{supported:x}); use Backend.Sim or leave ManualProtect/InitiallySet off");
+        }
         if (o.SystemMemory is { } sm && (ulong)sm.Bytes < SystemLayout.MinSize(o.Vcpus))
             throw new ArgumentException($"system memory {sm} is too small for the KVM backend with {o.Vcpus} vCPUs: it needs at least {SystemLayout.MinSize(o.Vcpus) >> 10} KiB", nameof(o.SystemMemory));
+    }
 
-        var m = new KvmMachine(o.Vcpus, ownSystemSlot: false);
+    public static KvmVm Build(VmOptions o)
+    {
+        CheckHostLimits(o, KvmSystem.Probe());
+        var m = new KvmMachine(o.Vcpus);
         KvmVm? vm = null;
         try
         {
@@ -44,7 +57,7 @@ internal sealed unsafe class KvmVm : Vm
                 throw new ArgumentOutOfRangeException(nameof(o.GuestPhysBits),
                     $"guest physical address bits {bits} is more than this host's KVM offers its guests ({m.GuestPhysBits}, CPUID 0x80000008 from KVM_GET_SUPPORTED_CPUID); use at most {m.GuestPhysBits}, or leave GuestPhysBits unset");
             if (o.DirtyRingBytes > 0) m.EnableDirtyRing((int)o.DirtyRingBytes.Bytes);
-            if (o.ManualProtect) m.EnableManualProtect(true, o.InitiallySet);
+            if (o.ManualProtect) m.EnableManualProtect(o.InitiallySet);
             if (o.Backing == Backing.AnonymousHugetlb1G && KvmCpuid.Has1GPages(m.Cpuid)) m.Use1GPages = true;
             vm = new KvmVm(o, m);
             var self = vm;
@@ -73,13 +86,15 @@ internal sealed unsafe class KvmVm : Vm
 
     private protected override void GetDirtyLogCore(MemSlot slot, ulong[] bitmap)
     {
-        fixed (ulong* p = bitmap) Machine.GetDirtyLog((uint)slot.Id, p);
+        // Safe because the Vm layer sizes the bitmap for the whole slot (the kernel writes npages bits) and it is pinned for the call.
+        unsafe { fixed (ulong* p = bitmap) Machine.GetDirtyLog((uint)slot.Id, p); }
     }
 
     private protected override void ClearDirtyLogCore(MemSlot slot, long firstPage, long numPages, ReadOnlySpan<ulong> mask)
     {
         if (numPages > uint.MaxValue) throw new ArgumentOutOfRangeException(nameof(numPages), "KVM_CLEAR_DIRTY_LOG takes at most 2^32-1 pages per call");
-        fixed (ulong* p = mask) Machine.ClearDirtyLog((uint)slot.Id, (ulong)firstPage, (uint)numPages, p);
+        // Safe because the Vm layer checks the mask covers numPages bits and it is pinned for the call.
+        unsafe { fixed (ulong* p = mask) Machine.ClearDirtyLog((uint)slot.Id, (ulong)firstPage, (uint)numPages, p); }
     }
 
     private protected override void HarvestDirtyRingCore(int vcpu, List<DirtyGfn> into) =>
@@ -178,25 +193,6 @@ internal sealed unsafe class KvmVm : Vm
     private protected override bool IsGuestThread => Machine.IsVcpuThread;
 
     private protected override void DisposeCore() => Machine.Dispose();
-
-    public override IRenderable ToRenderable()
-    {
-        if (IsDisposed) return base.ToRenderable();
-        var grid = new Grid().AddColumn();
-        grid.AddRow(base.ToRenderable());
-        grid.AddRow(new Text(
-            $"KVM: VM fd {Machine.VmFd}, {Machine.VcpuCount} vCPU thread(s) per run, guest phys bits {Machine.GuestPhysBits}, " +
-            $"{(Machine.Use1GPages ? "1 GiB" : "2 MiB")} guest pages"));
-        // One window per line: a long line would wrap inside "[0x…, 0x…)".
-        var windows = Machine.GuestMappings.Select(m => $"  gpa [0x{m.Gpa:x}, 0x{m.End:x}) at gva 0x{m.Gva:x}").ToList();
-        if (windows.Count == 0) grid.AddRow(new Text("guest-virtual windows: (laid out at the first run)"));
-        else
-        {
-            grid.AddRow(new Text("guest-virtual windows" + (Machine.GuestMappingsCurrent ? ":" : " (memslots changed since; laid out again at the next run):")));
-            foreach (var w in windows) grid.AddRow(new Text(w));
-        }
-        return grid;
-    }
 }
 
 /// <summary>All vCPUs meet at the sync point of pass p; the host thread waits for them, runs its after-pass work, releases.</summary>
@@ -284,9 +280,10 @@ public static class KvmVmExtensions
 
     /// <summary>
     /// Run hand-written x86-64 on every vCPU (KVM only). The program starts in 64-bit mode at the code area of slot 0
-    /// with rdi = vCPU index and a 16 KiB stack (a ucall done is appended); it talks to the host with `out dx, eax` on port 0x1000
-    /// (eax 0 done, 1 sync with rsi = pass, 2 assert with rsi = gpa of a NUL-terminated message, 3 print).
-    /// <see cref="GuestVirtualAddress"/> gives the gva of a guest-physical address for loads and stores.
+    /// with rdi = vCPU index and a 16 KiB stack (a ucall done is appended); it talks to the host through the guest ABI,
+    /// <see cref="Kvm.Ucall"/> (emitted with <see cref="UcallAssembler"/>: <c>a.UcallSync()</c>, <c>a.UcallPrint("…")</c>, …).
+    /// <see cref="GuestVirtualAddress"/> gives the gva of a guest-physical address for loads and stores. A print without
+    /// <paramref name="onPrint"/> is reported through <see cref="RunLog"/> (in the shell: standard output).
     /// </summary>
     public static void RunAssembly(this Vm vm, Action<Assembler> program, Action<int, ulong>? onSync = null,
         Action<int, string>? onPrint = null, CancellationToken cancellation = default)
@@ -323,37 +320,5 @@ public static class KvmVmExtensions
         var k = Kvm(vm, "guest virtual addresses");
         k.Machine.PrepareLayout();
         return k.Machine.GvaOf(gpa);
-    }
-
-    /// <summary>Emit a ucall (`mov eax, call; mov edx, 0x1000; out dx, eax`).</summary>
-    public static void Ucall(this Assembler a, uint call)
-    {
-        a.mov(AssemblerRegisters.eax, call);
-        a.mov(AssemblerRegisters.edx, (uint)VirtLab.Sdk.Machine.Kvm.Ucall.Port);
-        a.@out(AssemblerRegisters.dx, AssemblerRegisters.eax);
-    }
-
-    /// <summary>GUEST_SYNC(rsi) — set rsi first.</summary>
-    public static void UcallSync(this Assembler a) => a.Ucall(VirtLab.Sdk.Machine.Kvm.Ucall.Sync);
-
-    public static void UcallDone(this Assembler a) => a.Ucall(VirtLab.Sdk.Machine.Kvm.Ucall.Done);
-
-    /// <summary>GUEST_ASSERT failure with <paramref name="message"/> embedded after the call (rsi = its address).</summary>
-    public static void UcallAssert(this Assembler a, string message) => EmitWithString(a, VirtLab.Sdk.Machine.Kvm.Ucall.Assert, message);
-
-    /// <summary>Print <paramref name="message"/> on the host (rsi = its address).</summary>
-    public static void UcallPrint(this Assembler a, string message) => EmitWithString(a, VirtLab.Sdk.Machine.Kvm.Ucall.Print, message);
-
-    private static void EmitWithString(Assembler a, uint call, string message)
-    {
-        var text = a.CreateLabel();
-        var after = a.CreateLabel();
-        a.lea(AssemblerRegisters.rsi, AssemblerRegisters.__qword_ptr[text]); // code is identity-mapped: gva == gpa
-        a.Ucall(call);
-        a.jmp(after);
-        a.Label(ref text);
-        a.db(System.Text.Encoding.UTF8.GetBytes(message + "\0"));
-        a.Label(ref after);
-        a.nop(); // a label needs an instruction to bind to
     }
 }

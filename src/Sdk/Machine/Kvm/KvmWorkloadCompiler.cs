@@ -245,16 +245,12 @@ internal static class KvmWorkloadCompiler
         if (w.SyncEachPass)
         {
             a.mov(rsi, r12);
-            a.mov(eax, Ucall.Sync);
-            a.mov(edx, (uint)Ucall.Port);
-            a.@out(dx, eax);
+            a.UcallSync();
         }
         a.inc(r12);
         a.cmp(r12, w.Passes);
         a.jb(passLoop);
-        a.mov(eax, Ucall.Done);
-        a.mov(edx, (uint)Ucall.Port);
-        a.@out(dx, eax);
+        a.UcallDone();
         a.hlt();
     }
 
@@ -269,9 +265,7 @@ internal static class KvmWorkloadCompiler
         a.dec(__qword_ptr[rbp + RecYieldCountdown]);
         a.jnz(skip);
         a.mov(__qword_ptr[rbp + RecYieldCountdown], YieldEveryWrites);
-        a.mov(eax, Ucall.Yield);
-        a.mov(edx, (uint)Ucall.Port);
-        a.@out(dx, eax);
+        a.UcallYield();
         a.Label(ref skip);
         a.nop();
     }
