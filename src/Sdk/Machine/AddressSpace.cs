@@ -74,7 +74,7 @@ public sealed class MemoryFaultException(MemoryFault fault) : Exception(fault.To
 /// </summary>
 public abstract unsafe class AddressSpace
 {
-    long _faults;
+    long faults;
 
     private protected AddressSpace(Vm vm, string name)
     {
@@ -97,7 +97,7 @@ public abstract unsafe class AddressSpace
     public abstract long Generation { get; }
 
     /// <summary>Faults this space (not one below it) has reported since it was created.</summary>
-    public long Faults => Volatile.Read(ref _faults);
+    public long Faults => Volatile.Read(ref faults);
 
     /// <summary>
     /// Translates the start of [<paramref name="address"/>, +<paramref name="length"/>) one level down (IOVA → parent
@@ -244,7 +244,7 @@ public abstract unsafe class AddressSpace
 
     // ---- for implementations ----
 
-    [ThreadStatic] static bool _peeking;
+    [ThreadStatic] static bool peeking;
 
     /// <summary>Makes a fault found on a piece of an access describe the whole access (its start and length); returns false.</summary>
     internal static bool Reframe(ref MemoryFault fault, ulong address, long length)
@@ -259,7 +259,7 @@ public abstract unsafe class AddressSpace
     /// </summary>
     internal T? Peek<T>(ulong address) where T : unmanaged
     {
-        _peeking = true;
+        peeking = true;
         try
         {
             return TryResolveHost(address, sizeof(T), MemoryAccess.None, out var host, out var n, out _) && n == sizeof(T)
@@ -267,14 +267,14 @@ public abstract unsafe class AddressSpace
         }
         finally
         {
-            _peeking = false;
+            peeking = false;
         }
     }
 
     /// <summary>Counts and returns a fault of this space.</summary>
     private protected bool Fault(out MemoryFault fault, ulong at, ulong request, long length, MemoryAccess access, MemoryFaultReason reason)
     {
-        if (!_peeking) Interlocked.Increment(ref _faults);
+        if (!peeking) Interlocked.Increment(ref faults);
         fault = new MemoryFault(this, at, request, length, access, reason);
         return false;
     }

@@ -21,13 +21,13 @@ public readonly record struct PageRun(long First, long Count)
 /// </summary>
 public sealed class DirtyBitmap : IEquatable<DirtyBitmap>
 {
-    readonly ulong[] _words;
+    readonly ulong[] words;
 
     public DirtyBitmap(long pages)
     {
         ArgumentOutOfRangeException.ThrowIfNegative(pages);
         Pages = pages;
-        _words = new ulong[WordsFor(pages)];
+        words = new ulong[WordsFor(pages)];
     }
 
     /// <summary>Wraps <paramref name="words"/> (not copied). Its length must be <c>ceil(pages / 64)</c> and bits past <paramref name="pages"/> zero.</summary>
@@ -38,7 +38,7 @@ public sealed class DirtyBitmap : IEquatable<DirtyBitmap>
         if (words.Length != WordsFor(pages))
             throw new ArgumentException($"a bitmap of {pages} pages has {WordsFor(pages)} words; got {words.Length}", nameof(words));
         Pages = pages;
-        this._words = words;
+        this.words = words;
         if (TailMask != ulong.MaxValue && (words[^1] & ~TailMask) != 0)
             throw new ArgumentException($"bits past page {pages - 1} are set in the last word", nameof(words));
     }
@@ -49,11 +49,11 @@ public sealed class DirtyBitmap : IEquatable<DirtyBitmap>
     public long Pages { get; }
 
     /// <summary>The words themselves (shared, not a copy) — what KVM_GET_DIRTY_LOG fills.</summary>
-    public ulong[] Words => _words;
+    public ulong[] Words => words;
 
-    public Span<ulong> AsSpan() => _words;
+    public Span<ulong> AsSpan() => words;
 
-    public long SizeInBytes => (long)_words.Length * 8;
+    public long SizeInBytes => (long)words.Length * 8;
 
     ulong TailMask => (Pages & 63) == 0 ? ulong.MaxValue : (1UL << (int)(Pages & 63)) - 1;
 
@@ -66,19 +66,19 @@ public sealed class DirtyBitmap : IEquatable<DirtyBitmap>
     public bool Get(long page)
     {
         CheckPage(page);
-        return (_words[page >> 6] & (1UL << (int)(page & 63))) != 0;
+        return (words[page >> 6] & (1UL << (int)(page & 63))) != 0;
     }
 
     public void Set(long page)
     {
         CheckPage(page);
-        _words[page >> 6] |= 1UL << (int)(page & 63);
+        words[page >> 6] |= 1UL << (int)(page & 63);
     }
 
     public void Clear(long page)
     {
         CheckPage(page);
-        _words[page >> 6] &= ~(1UL << (int)(page & 63));
+        words[page >> 6] &= ~(1UL << (int)(page & 63));
     }
 
     public void SetRange(long first, long count) => ApplyRange(first, count, set: true);
@@ -87,15 +87,15 @@ public sealed class DirtyBitmap : IEquatable<DirtyBitmap>
 
     public void SetAll()
     {
-        if (_words.Length == 0) return;
-        Array.Fill(_words, ulong.MaxValue);
-        _words[^1] = TailMask;
+        if (words.Length == 0) return;
+        Array.Fill(words, ulong.MaxValue);
+        words[^1] = TailMask;
     }
 
-    public void ClearAll() => Array.Clear(_words);
+    public void ClearAll() => Array.Clear(words);
 
     /// <summary>Set pages (hardware popcount, 4 words per iteration).</summary>
-    public long Count => _words.Length == 0 ? 0 : PopCount(_words.AsSpan(0, _words.Length - 1)) + BitOperations.PopCount(_words[^1] & TailMask);
+    public long Count => words.Length == 0 ? 0 : PopCount(words.AsSpan(0, words.Length - 1)) + BitOperations.PopCount(words[^1] & TailMask);
 
     /// <summary>Set pages in [first, first+count).</summary>
     public long CountRange(long first, long count)
@@ -106,12 +106,12 @@ public sealed class DirtyBitmap : IEquatable<DirtyBitmap>
         int w0 = (int)(first >> 6), w1 = (int)((end - 1) >> 6);
         ulong m0 = ulong.MaxValue << (int)(first & 63);
         ulong m1 = ulong.MaxValue >> (int)(63 - ((end - 1) & 63));
-        if (w0 == w1) return BitOperations.PopCount(_words[w0] & m0 & m1);
-        long n = BitOperations.PopCount(_words[w0] & m0) + BitOperations.PopCount(_words[w1] & m1);
-        return n + PopCount(_words.AsSpan(w0 + 1, w1 - w0 - 1));
+        if (w0 == w1) return BitOperations.PopCount(words[w0] & m0 & m1);
+        long n = BitOperations.PopCount(words[w0] & m0) + BitOperations.PopCount(words[w1] & m1);
+        return n + PopCount(words.AsSpan(w0 + 1, w1 - w0 - 1));
     }
 
-    public bool IsEmpty => NextNonZeroWord(0) is var i && (i < 0 || (i == _words.Length - 1 && WordForScan(i) == 0));
+    public bool IsEmpty => NextNonZeroWord(0) is var i && (i < 0 || (i == words.Length - 1 && WordForScan(i) == 0));
 
     public bool Any => !IsEmpty;
 
@@ -121,13 +121,13 @@ public sealed class DirtyBitmap : IEquatable<DirtyBitmap>
         if (from < 0) from = 0;
         if (from >= Pages) return -1;
         int w = (int)(from >> 6);
-        ulong cur = _words[w] & (ulong.MaxValue << (int)(from & 63));
+        ulong cur = words[w] & (ulong.MaxValue << (int)(from & 63));
         long r;
         if (cur != 0) r = ((long)w << 6) + BitOperations.TrailingZeroCount(cur);
         else
         {
-            w = IndexOfWordNot(_words, w + 1, 0);
-            r = w < 0 ? -1 : ((long)w << 6) + BitOperations.TrailingZeroCount(_words[w]);
+            w = IndexOfWordNot(words, w + 1, 0);
+            r = w < 0 ? -1 : ((long)w << 6) + BitOperations.TrailingZeroCount(words[w]);
         }
         return r < Pages ? r : -1;
     }
@@ -138,13 +138,13 @@ public sealed class DirtyBitmap : IEquatable<DirtyBitmap>
         if (from < 0) from = 0;
         if (from >= Pages) return Pages;
         int w = (int)(from >> 6);
-        ulong cur = ~_words[w] & (ulong.MaxValue << (int)(from & 63));
+        ulong cur = ~words[w] & (ulong.MaxValue << (int)(from & 63));
         long r;
         if (cur != 0) r = ((long)w << 6) + BitOperations.TrailingZeroCount(cur);
         else
         {
-            w = IndexOfWordNot(_words, w + 1, ulong.MaxValue);
-            r = w < 0 ? Pages : ((long)w << 6) + BitOperations.TrailingZeroCount(~_words[w]);
+            w = IndexOfWordNot(words, w + 1, ulong.MaxValue);
+            r = w < 0 ? Pages : ((long)w << 6) + BitOperations.TrailingZeroCount(~words[w]);
         }
         return Math.Min(r, Pages);
     }
@@ -193,7 +193,7 @@ public sealed class DirtyBitmap : IEquatable<DirtyBitmap>
 
     /// <summary>Index of the first non-zero word ≥ <paramref name="from"/>, or -1: the next word is checked directly
     /// (dense bitmaps), a zero stretch goes to the vectorised scan.</summary>
-    int NextNonZeroWord(int from) => NextNonZeroWord(_words, from);
+    int NextNonZeroWord(int from) => NextNonZeroWord(words, from);
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     static int NextNonZeroWord(ulong[] words, int from)
@@ -204,7 +204,7 @@ public sealed class DirtyBitmap : IEquatable<DirtyBitmap>
 
     /// <summary>Word <paramref name="i"/> with bits past <see cref="Pages"/> masked off (they are zero unless <see cref="Words"/> was written there).</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    ulong WordForScan(int i) => i == _words.Length - 1 ? _words[i] & TailMask : _words[i];
+    ulong WordForScan(int i) => i == words.Length - 1 ? words[i] & TailMask : words[i];
 
     public DirtyBitmap Or(DirtyBitmap other) { Combine(other, Op.Or); return this; }
     public DirtyBitmap And(DirtyBitmap other) { Combine(other, Op.And); return this; }
@@ -214,10 +214,10 @@ public sealed class DirtyBitmap : IEquatable<DirtyBitmap>
     public void CopyFrom(DirtyBitmap other)
     {
         CheckSameSize(other);
-        other._words.AsSpan().CopyTo(_words);
+        other.words.AsSpan().CopyTo(words);
     }
 
-    public DirtyBitmap Clone() => new(Pages, (ulong[])_words.Clone());
+    public DirtyBitmap Clone() => new(Pages, (ulong[])words.Clone());
 
     public static DirtyBitmap FromPages(long pages, IEnumerable<long> setPages)
     {
@@ -227,7 +227,7 @@ public sealed class DirtyBitmap : IEquatable<DirtyBitmap>
     }
 
     public bool Equals(DirtyBitmap? other)
-        => other is not null && other.Pages == Pages && other._words.AsSpan().SequenceEqual(_words);
+        => other is not null && other.Pages == Pages && other.words.AsSpan().SequenceEqual(words);
 
     public override bool Equals(object? obj) => Equals(obj as DirtyBitmap);
 
@@ -235,7 +235,7 @@ public sealed class DirtyBitmap : IEquatable<DirtyBitmap>
     {
         var h = new HashCode();
         h.Add(Pages);
-        h.AddBytes(MemoryMarshal.AsBytes(_words.AsSpan()));
+        h.AddBytes(MemoryMarshal.AsBytes(words.AsSpan()));
         return h.ToHashCode();
     }
 
@@ -258,46 +258,46 @@ public sealed class DirtyBitmap : IEquatable<DirtyBitmap>
     /// and long zero stretches are skipped 128 bytes at a time.</summary>
     public struct SetPageEnumerator : IEnumerator<long>
     {
-        readonly ulong[] _words;
-        readonly ulong _tailMask;
-        int _index;     // word being consumed
-        ulong _pending; // its bits not yet returned
-        long _current;
+        readonly ulong[] words;
+        readonly ulong tailMask;
+        int index;     // word being consumed
+        ulong pending; // its bits not yet returned
+        long current;
 
         internal SetPageEnumerator(DirtyBitmap b)
         {
-            _words = b._words;
-            _tailMask = b.TailMask;
-            _index = -1;
-            _pending = 0;
-            _current = -1;
+            words = b.words;
+            tailMask = b.TailMask;
+            index = -1;
+            pending = 0;
+            current = -1;
         }
 
         [MethodImpl(MethodImplOptions.AggressiveInlining)]
         public bool MoveNext()
         {
-            if (_pending == 0 && !NextWord()) return false;
-            _current = ((long)_index << 6) + BitOperations.TrailingZeroCount(_pending);
-            _pending &= _pending - 1;
+            if (pending == 0 && !NextWord()) return false;
+            current = ((long)index << 6) + BitOperations.TrailingZeroCount(pending);
+            pending &= pending - 1;
             return true;
         }
 
-        /// <summary>Loads the next non-zero word into <see cref="_pending"/>; false at the end.</summary>
+        /// <summary>Loads the next non-zero word into <see cref="pending"/>; false at the end.</summary>
         bool NextWord()
         {
-            var w = _words;
-            int i = NextNonZeroWord(w, _index + 1);
-            if (i < 0) { _index = w.Length; return false; }
+            var w = words;
+            int i = NextNonZeroWord(w, index + 1);
+            if (i < 0) { index = w.Length; return false; }
             ulong bits = w[i];
-            if (i == w.Length - 1) bits &= _tailMask; // never report pages past Pages, even if Words was written there
-            _index = i;
-            _pending = bits;
+            if (i == w.Length - 1) bits &= tailMask; // never report pages past Pages, even if Words was written there
+            index = i;
+            pending = bits;
             return bits != 0 || NextWord();
         }
 
-        public readonly long Current => _current;
-        readonly object System.Collections.IEnumerator.Current => _current;
-        public void Reset() { _index = -1; _pending = 0; _current = -1; }
+        public readonly long Current => current;
+        readonly object System.Collections.IEnumerator.Current => current;
+        public void Reset() { index = -1; pending = 0; current = -1; }
         public readonly void Dispose() { }
     }
 
@@ -312,71 +312,71 @@ public sealed class DirtyBitmap : IEquatable<DirtyBitmap>
     /// their complement; zero and all-ones stretches are skipped by vectorised compares.</summary>
     public struct RunEnumerator : IEnumerator<PageRun>
     {
-        readonly ulong[] _words;
-        readonly long _pages;
-        int _index;     // word being consumed
-        ulong _pending; // its bits not yet covered by a returned run
-        PageRun _current;
+        readonly ulong[] words;
+        readonly long pages;
+        int index;     // word being consumed
+        ulong pending; // its bits not yet covered by a returned run
+        PageRun current;
 
         internal RunEnumerator(DirtyBitmap b)
         {
-            _words = b._words;
-            _pages = b.Pages;
-            _index = -1;
-            _pending = 0;
-            _current = default;
+            words = b.words;
+            pages = b.Pages;
+            index = -1;
+            pending = 0;
+            current = default;
         }
 
         public bool MoveNext()
         {
-            var w = _words;
+            var w = words;
             ref ulong r = ref MemoryMarshal.GetArrayDataReference(w);
-            if (_pending == 0)
+            if (pending == 0)
             {
-                int i = NextNonZeroWord(w, _index + 1);
-                if (i < 0) { _index = w.Length; return false; }
-                _index = i;
-                _pending = Unsafe.Add(ref r, i);
+                int i = NextNonZeroWord(w, index + 1);
+                if (i < 0) { index = w.Length; return false; }
+                index = i;
+                pending = Unsafe.Add(ref r, i);
             }
-            int s = BitOperations.TrailingZeroCount(_pending);
-            long first = ((long)_index << 6) + s;
-            if (first >= _pages) { _index = w.Length; _pending = 0; return false; } // bits past Pages (written through Words)
+            int s = BitOperations.TrailingZeroCount(pending);
+            long first = ((long)index << 6) + s;
+            if (first >= pages) { index = w.Length; pending = 0; return false; } // bits past Pages (written through Words)
             // Bits below s are already clear in pending, so ~pending has them set: mask them off.
-            ulong zeros = ~_pending & (ulong.MaxValue << s);
+            ulong zeros = ~pending & (ulong.MaxValue << s);
             long end;
             if (zeros != 0)
             {
                 int e = BitOperations.TrailingZeroCount(zeros);
-                end = ((long)_index << 6) + e;
-                _pending &= ulong.MaxValue << e; // e < 64 here
+                end = ((long)index << 6) + e;
+                pending &= ulong.MaxValue << e; // e < 64 here
             }
             else
             {
                 // The run reaches the end of this word: skip all-ones words, then end at the first clear bit.
-                int i = _index + 1;
+                int i = index + 1;
                 if (i < w.Length && Unsafe.Add(ref r, i) == ulong.MaxValue) i = IndexOfWordNot(w, i + 1, ulong.MaxValue);
                 if ((uint)i >= (uint)w.Length)
                 {
                     end = (long)w.Length << 6;
-                    _index = w.Length;
-                    _pending = 0;
+                    index = w.Length;
+                    pending = 0;
                 }
                 else
                 {
                     ulong x = Unsafe.Add(ref r, i);
                     int e = BitOperations.TrailingZeroCount(~x); // x is not all ones
                     end = ((long)i << 6) + e;
-                    _index = i;
-                    _pending = x & (ulong.MaxValue << e);
+                    index = i;
+                    pending = x & (ulong.MaxValue << e);
                 }
             }
-            _current = new PageRun(first, Math.Min(end, _pages) - first);
+            current = new PageRun(first, Math.Min(end, pages) - first);
             return true;
         }
 
-        public readonly PageRun Current => _current;
-        readonly object System.Collections.IEnumerator.Current => _current;
-        public void Reset() { _index = -1; _pending = 0; _current = default; }
+        public readonly PageRun Current => current;
+        readonly object System.Collections.IEnumerator.Current => current;
+        public void Reset() { index = -1; pending = 0; current = default; }
         public readonly void Dispose() { }
     }
 
@@ -431,9 +431,9 @@ public sealed class DirtyBitmap : IEquatable<DirtyBitmap>
     void Combine(DirtyBitmap other, Op op)
     {
         CheckSameSize(other);
-        int n = _words.Length, i = 0;
-        ref ulong d = ref MemoryMarshal.GetArrayDataReference(_words);
-        ref ulong s = ref MemoryMarshal.GetArrayDataReference(other._words);
+        int n = words.Length, i = 0;
+        ref ulong d = ref MemoryMarshal.GetArrayDataReference(words);
+        ref ulong s = ref MemoryMarshal.GetArrayDataReference(other.words);
         if (Vector256.IsHardwareAccelerated)
         {
             for (; i + 4 <= n; i += 4)
@@ -460,10 +460,10 @@ public sealed class DirtyBitmap : IEquatable<DirtyBitmap>
         int w0 = (int)(first >> 6), w1 = (int)((end - 1) >> 6);
         ulong m0 = ulong.MaxValue << (int)(first & 63);
         ulong m1 = ulong.MaxValue >> (int)(63 - ((end - 1) & 63));
-        if (w0 == w1) { Apply(ref _words[w0], m0 & m1, set); return; }
-        Apply(ref _words[w0], m0, set);
-        _words.AsSpan(w0 + 1, w1 - w0 - 1).Fill(set ? ulong.MaxValue : 0);
-        Apply(ref _words[w1], m1, set);
+        if (w0 == w1) { Apply(ref words[w0], m0 & m1, set); return; }
+        Apply(ref words[w0], m0, set);
+        words.AsSpan(w0 + 1, w1 - w0 - 1).Fill(set ? ulong.MaxValue : 0);
+        Apply(ref words[w1], m1, set);
 
         static void Apply(ref ulong w, ulong m, bool set) => w = set ? w | m : w & ~m;
     }

@@ -22,14 +22,14 @@ public readonly record struct DirtyGfn(uint Slot, ulong Offset)
 /// </summary>
 public sealed class DirtyRing
 {
-    readonly Vm _vm;
-    readonly object _gate = new();
-    readonly List<DirtyGfn> _backlog = [];
-    long _fullExits;
+    readonly Vm vm;
+    readonly object gate = new();
+    readonly List<DirtyGfn> backlog = [];
+    long fullExits;
 
     internal DirtyRing(Vm vm, int bytes)
     {
-        this._vm = vm;
+        this.vm = vm;
         Bytes = bytes;
     }
 
@@ -43,7 +43,7 @@ public sealed class DirtyRing
     public int SoftLimit => Entries - VmOptions.DirtyRingReservedEntries;
 
     /// <summary><c>KVM_EXIT_DIRTY_RING_FULL</c> exits served so far.</summary>
-    public long FullExits => Interlocked.Read(ref _fullExits);
+    public long FullExits => Interlocked.Read(ref fullExits);
 
     /// <summary>
     /// Collects the dirty entries of every vCPU ring (vCPU 0 first, each in ring order), after any backlog from ring-full
@@ -53,13 +53,13 @@ public sealed class DirtyRing
     public IReadOnlyList<DirtyGfn> Harvest()
     {
         // The rings are mappings of the vCPU fds: announce the VM so Dispose waits before unmapping them (see SlotGuard).
-        using var use = SlotGuard.Enter(_vm.Serial);
-        _vm.ThrowIfDisposed();
-        lock (_gate)
+        using var use = SlotGuard.Enter(vm.Serial);
+        vm.ThrowIfDisposed();
+        lock (gate)
         {
-            var list = new List<DirtyGfn>(_backlog);
-            _backlog.Clear();
-            for (int v = 0; v < _vm.Vcpus; v++) _vm.HarvestDirtyRingInternal(v, list);
+            var list = new List<DirtyGfn>(backlog);
+            backlog.Clear();
+            for (int v = 0; v < vm.Vcpus; v++) vm.HarvestDirtyRingInternal(v, list);
             return list;
         }
     }
@@ -72,7 +72,7 @@ public sealed class DirtyRing
         {
             if (!result.TryGetValue(e.SlotId, out var b))
             {
-                var slot = _vm.FindSlot(e.SlotId);
+                var slot = vm.FindSlot(e.SlotId);
                 if (slot is null) continue; // the slot went away after the entry was pushed
                 result[e.SlotId] = b = new DirtyBitmap(slot.Pages);
             }
@@ -84,21 +84,21 @@ public sealed class DirtyRing
     /// <summary><c>KVM_RESET_DIRTY_RINGS</c>: re-protects the pages of harvested entries and frees their ring slots; returns how many.</summary>
     public long Reset()
     {
-        using var use = SlotGuard.Enter(_vm.Serial); // see Harvest: the VM fd stays open until the ioctl returns
-        _vm.ThrowIfDisposed();
-        lock (_gate) return _vm.ResetDirtyRingsInternal();
+        using var use = SlotGuard.Enter(vm.Serial); // see Harvest: the VM fd stays open until the ioctl returns
+        vm.ThrowIfDisposed();
+        lock (gate) return vm.ResetDirtyRingsInternal();
     }
 
     /// <summary>Serves a vCPU's ring-full exit: harvest everything into the backlog, reset. Thread-safe.</summary>
     internal void OnFull()
     {
-        lock (_gate)
+        lock (gate)
         {
-            Interlocked.Increment(ref _fullExits);
-            for (int v = 0; v < _vm.Vcpus; v++) _vm.HarvestDirtyRingInternal(v, _backlog);
-            _vm.ResetDirtyRingsInternal();
+            Interlocked.Increment(ref fullExits);
+            for (int v = 0; v < vm.Vcpus; v++) vm.HarvestDirtyRingInternal(v, backlog);
+            vm.ResetDirtyRingsInternal();
         }
     }
 
-    public override string ToString() => $"dirty ring: {Entries} entries × {_vm.Vcpus} vCPUs, soft limit {SoftLimit}, {FullExits} full exits";
+    public override string ToString() => $"dirty ring: {Entries} entries × {vm.Vcpus} vCPUs, soft limit {SoftLimit}, {FullExits} full exits";
 }

@@ -11,26 +11,26 @@ namespace VirtLab.Sdk.Machine;
 public sealed class GuestPhysicalSpace : AddressSpace
 {
     // Generation: bumped when the VM's memslot snapshot (an immutable array, replaced on every change) is a new one.
-    ImmutableArray<MemSlot> _seenSlots;
-    long _generation;
-    readonly object _genLock = new();
+    ImmutableArray<MemSlot> seenSlots;
+    long generation;
+    readonly object genLock = new();
 
-    internal GuestPhysicalSpace(Vm vm) : base(vm, "gpa") => _seenSlots = vm.SlotsSnapshot;
+    internal GuestPhysicalSpace(Vm vm) : base(vm, "gpa") => seenSlots = vm.SlotsSnapshot;
 
     public override long Generation
     {
         get
         {
             var now = Vm.SlotsSnapshot;
-            if (now == _seenSlots) return Volatile.Read(ref _generation);
-            lock (_genLock)
+            if (now == seenSlots) return Volatile.Read(ref generation);
+            lock (genLock)
             {
-                if (now != _seenSlots)
+                if (now != seenSlots)
                 {
-                    _seenSlots = now;
-                    _generation++;
+                    seenSlots = now;
+                    generation++;
                 }
-                return _generation;
+                return generation;
             }
         }
     }

@@ -69,13 +69,13 @@ public sealed class IovaSpace : AddressSpace
 
     static readonly Snapshot Empty = new([]);
 
-    readonly object _writeLock = new();
-    readonly List<IovaMapping> _master = []; // sorted by Iova; writers only, under writeLock
-    Snapshot _snapshot = Empty;
-    int _hint; // index of the last hit in the current snapshot (validated before use; races only cost a miss)
-    long _generation;
-    int _batchDepth;
-    bool _batchDirty;
+    readonly object writeLock = new();
+    readonly List<IovaMapping> master = []; // sorted by Iova; writers only, under writeLock
+    Snapshot snapshot = Empty;
+    int hint; // index of the last hit in the current snapshot (validated before use; races only cost a miss)
+    long generation;
+    int batchDepth;
+    bool batchDirty;
 
     /// <summary>An empty IOVA space over <paramref name="parent"/>, accepting mappings inside [<paramref name="first"/>, <paramref name="last"/>].</summary>
     public IovaSpace(AddressSpace parent, string name, ulong first = 0, ulong last = ulong.MaxValue) : base(parent?.Vm!, name)
@@ -96,12 +96,12 @@ public sealed class IovaSpace : AddressSpace
     /// <summary>The highest IOVA a mapping may use (inclusive).</summary>
     public ulong Last { get; }
 
-    public override long Generation => Volatile.Read(ref _generation) + Parent.Generation;
+    public override long Generation => Volatile.Read(ref generation) + Parent.Generation;
 
     /// <summary>The published mappings, sorted by IOVA.</summary>
-    public IReadOnlyList<IovaMapping> Mappings => Volatile.Read(ref _snapshot).Maps;
+    public IReadOnlyList<IovaMapping> Mappings => Volatile.Read(ref snapshot).Maps;
 
-    public int Count => Volatile.Read(ref _snapshot).Maps.Length;
+    public int Count => Volatile.Read(ref snapshot).Maps.Length;
 
     // ---- changes ------------------------------------------------------------------------------------
 
@@ -114,12 +114,12 @@ public sealed class IovaSpace : AddressSpace
         CheckRange(iova, size);
         if (target + (size - 1) < target)
             throw new ArgumentException($"target range 0x{target:x} + 0x{size:x} wraps past the end of the 64-bit space", nameof(target));
-        lock (_writeLock)
+        lock (writeLock)
         {
             int i = LowerBound(iova);
-            if (i > 0 && _master[i - 1].Overlaps(iova, size)) return false;
-            if (i < _master.Count && _master[i].Overlaps(iova, size)) return false;
-            _master.Insert(i, new IovaMapping(iova, size, target, perm));
+            if (i > 0 && master[i - 1].Overlaps(iova, size)) return false;
+            if (i < master.Count && master[i].Overlaps(iova, size)) return false;
+            master.Insert(i, new IovaMapping(iova, size, target, perm));
             PublishLocked();
             return true;
         }
@@ -138,7 +138,7 @@ public sealed class IovaSpace : AddressSpace
     public IReadOnlyList<IovaMapping> FindOverlapping(ulong iova, ulong size)
     {
         if (size == 0) return [];
-        var s = Volatile.Read(ref _snapshot);
+        var s = Volatile.Read(ref snapshot);
         var end = iova + (size - 1);
         if (end < iova) end = ulong.MaxValue;
         var list = new List<IovaMapping>();
@@ -153,7 +153,7 @@ public sealed class IovaSpace : AddressSpace
     /// <summary>The mapping containing <paramref name="iova"/>, if any.</summary>
     public IovaMapping? Find(ulong iova)
     {
-        var s = Volatile.Read(ref _snapshot);
+        var s = Volatile.Read(ref snapshot);
         int i = Search(s, iova);
         return i >= 0 && s.Maps[i].Contains(iova) ? s.Maps[i] : null;
     }
@@ -165,11 +165,11 @@ public sealed class IovaSpace : AddressSpace
     public IReadOnlyList<IovaMapping> RemoveOverlapping(ulong iova, ulong size)
     {
         if (size == 0) return [];
-        lock (_writeLock)
+        lock (writeLock)
         {
-            var removed = _master.Where(m => m.Overlaps(iova, size)).ToList();
+            var removed = master.Where(m => m.Overlaps(iova, size)).ToList();
             if (removed.Count == 0) return removed;
-            _master.RemoveAll(m => m.Overlaps(iova, size));
+            master.RemoveAll(m => m.Overlaps(iova, size));
             PublishLocked();
             return removed;
         }
@@ -178,11 +178,11 @@ public sealed class IovaSpace : AddressSpace
     /// <summary>Removes the mapping exactly equal to [iova, iova + size) (any target and perm); false when there is none.</summary>
     public bool Remove(ulong iova, ulong size)
     {
-        lock (_writeLock)
+        lock (writeLock)
         {
             int i = LowerBound(iova);
-            if (i >= _master.Count || _master[i].Iova != iova || _master[i].Size != size) return false;
-            _master.RemoveAt(i);
+            if (i >= master.Count || master[i].Iova != iova || master[i].Size != size) return false;
+            master.RemoveAt(i);
             PublishLocked();
             return true;
         }
@@ -191,9 +191,9 @@ public sealed class IovaSpace : AddressSpace
     /// <summary>Removes every mapping.</summary>
     public void Clear()
     {
-        lock (_writeLock)
+        lock (writeLock)
         {
-            _master.Clear();
+            master.Clear();
             PublishLocked();
         }
     }
@@ -204,34 +204,34 @@ public sealed class IovaSpace : AddressSpace
     /// </summary>
     public IDisposable BeginBatch()
     {
-        lock (_writeLock) _batchDepth++;
+        lock (writeLock) batchDepth++;
         return new BatchScope(this);
     }
 
     sealed class BatchScope(IovaSpace space) : IDisposable
     {
-        int _done;
+        int done;
 
         public void Dispose()
         {
-            if (Interlocked.Exchange(ref _done, 1) != 0) return;
-            lock (space._writeLock)
+            if (Interlocked.Exchange(ref done, 1) != 0) return;
+            lock (space.writeLock)
             {
-                if (--space._batchDepth == 0 && space._batchDirty) space.PublishLocked();
+                if (--space.batchDepth == 0 && space.batchDirty) space.PublishLocked();
             }
         }
     }
 
     void PublishLocked()
     {
-        if (_batchDepth > 0)
+        if (batchDepth > 0)
         {
-            _batchDirty = true;
+            batchDirty = true;
             return;
         }
-        _batchDirty = false;
-        Volatile.Write(ref _snapshot, new Snapshot(_master.ToArray()));
-        Interlocked.Increment(ref _generation);
+        batchDirty = false;
+        Volatile.Write(ref snapshot, new Snapshot(master.ToArray()));
+        Interlocked.Increment(ref generation);
     }
 
     void CheckRange(ulong iova, ulong size)
@@ -244,14 +244,14 @@ public sealed class IovaSpace : AddressSpace
                 $"IOVA range [0x{iova:x}, 0x{iova + (size - 1):x}] is outside {Name}'s range [0x{First:x}, 0x{Last:x}]");
     }
 
-    /// <summary>First index in <see cref="_master"/> whose Iova ≥ <paramref name="iova"/>.</summary>
+    /// <summary>First index in <see cref="master"/> whose Iova ≥ <paramref name="iova"/>.</summary>
     int LowerBound(ulong iova)
     {
-        int lo = 0, hi = _master.Count;
+        int lo = 0, hi = master.Count;
         while (lo < hi)
         {
             int mid = (lo + hi) >>> 1;
-            if (_master[mid].Iova < iova) lo = mid + 1;
+            if (master[mid].Iova < iova) lo = mid + 1;
             else hi = mid;
         }
         return lo;
@@ -285,9 +285,9 @@ public sealed class IovaSpace : AddressSpace
     [MethodImpl(MethodImplOptions.AggressiveOptimization)] // hot path: full optimisation at once, not after tiering
     public override bool TryTranslate(ulong address, long length, MemoryAccess access, out ulong target, out long contiguous, out MemoryFault fault)
     {
-        var s = Volatile.Read(ref _snapshot);
+        var s = Volatile.Read(ref snapshot);
         var maps = s.Maps;
-        int i = _hint;
+        int i = hint;
         if ((uint)i >= (uint)maps.Length || address - maps[i].Iova >= maps[i].Size)
         {
             i = Search(s, address);
@@ -297,7 +297,7 @@ public sealed class IovaSpace : AddressSpace
                 contiguous = 0;
                 return Fault(out fault, address, address, length, access, MemoryFaultReason.Unmapped);
             }
-            _hint = i;
+            hint = i;
         }
         ref readonly var m = ref maps[i];
         if ((access & ~m.Perm) != 0)

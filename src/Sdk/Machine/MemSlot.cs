@@ -8,14 +8,14 @@ namespace VirtLab.Sdk.Machine;
 /// </summary>
 public sealed class MemSlot
 {
-    readonly Vm _vm;
+    readonly Vm vm;
     internal readonly HostMapping Mapping;
-    volatile bool _logDirtyPages;
-    volatile bool _removed;
+    volatile bool logDirtyPages;
+    volatile bool removed;
 
     internal MemSlot(Vm vm, int id, ulong gpa, HostMapping mapping)
     {
-        this._vm = vm;
+        this.vm = vm;
         Id = id;
         Gpa = gpa;
         Mapping = mapping;
@@ -52,7 +52,7 @@ public sealed class MemSlot
     /// <summary>Slot 0 holds the backend's own code, stacks and page tables; it cannot be removed or resized.</summary>
     public bool IsSystem => Id == 0;
 
-    public Vm Vm => _vm;
+    public Vm Vm => vm;
 
     /// <summary>Backend-private state (e.g. the simulator's dirty bitmap).</summary>
     internal object? BackendState { get; set; }
@@ -63,32 +63,32 @@ public sealed class MemSlot
     /// </summary>
     public bool LogDirtyPages
     {
-        get => _logDirtyPages;
-        set => _vm.SetLogDirtyPages(this, value);
+        get => logDirtyPages;
+        set => vm.SetLogDirtyPages(this, value);
     }
 
-    internal void SetLogFlag(bool on) => _logDirtyPages = on;
+    internal void SetLogFlag(bool on) => logDirtyPages = on;
 
     /// <summary>The slot left its VM (removed, resized into a new slot object, or the VM disposed); never undone.</summary>
-    internal bool Removed => _removed;
+    internal bool Removed => removed;
 
-    internal void MarkRemoved() => _removed = true;
+    internal void MarkRemoved() => removed = true;
 
     /// <summary>KVM_MEM_* flags as the kernel sees them.</summary>
-    public uint Flags => _logDirtyPages ? 1u : 0u;
+    public uint Flags => logDirtyPages ? 1u : 0u;
 
     /// <summary><c>KVM_GET_DIRTY_LOG</c> into a new bitmap. Without manual protect this also clears the log and re-protects the pages it reports.</summary>
     public DirtyBitmap GetDirtyLog()
     {
         var b = new DirtyBitmap(Pages);
-        _vm.GetDirtyLog(this, b);
+        vm.GetDirtyLog(this, b);
         return b;
     }
 
     /// <summary><c>KVM_GET_DIRTY_LOG</c> into <paramref name="into"/> (a bitmap of <see cref="Pages"/> pages), without allocating.</summary>
     public DirtyBitmap GetDirtyLog(DirtyBitmap into)
     {
-        _vm.GetDirtyLog(this, into);
+        vm.GetDirtyLog(this, into);
         return into;
     }
 
@@ -98,13 +98,13 @@ public sealed class MemSlot
     /// <see cref="GetDirtyLog()"/> — or every page of the range when <paramref name="mask"/> is null.
     /// first_page must be a multiple of 64; num_pages too unless the range ends at the slot's end.
     /// </summary>
-    public void ClearDirtyLog(long firstPage, long numPages, DirtyBitmap? mask = null) => _vm.ClearDirtyLog(this, firstPage, numPages, mask);
+    public void ClearDirtyLog(long firstPage, long numPages, DirtyBitmap? mask = null) => vm.ClearDirtyLog(this, firstPage, numPages, mask);
 
     /// <summary>Clears exactly the pages set in <paramref name="mask"/>, over the whole slot.</summary>
-    public void ClearDirtyLog(DirtyBitmap mask) => _vm.ClearDirtyLog(this, 0, Pages, mask);
+    public void ClearDirtyLog(DirtyBitmap mask) => vm.ClearDirtyLog(this, 0, Pages, mask);
 
     public bool Contains(ulong gpa) => gpa >= Gpa && gpa < EndGpa;
 
     public override string ToString()
-        => $"slot {Id}: [0x{Gpa:x}, 0x{EndGpa:x}) {Size} {Backing.Name()}{(_logDirtyPages ? " log-dirty" : "")}";
+        => $"slot {Id}: [0x{Gpa:x}, 0x{EndGpa:x}) {Size} {Backing.Name()}{(logDirtyPages ? " log-dirty" : "")}";
 }

@@ -17,7 +17,7 @@ public abstract partial class Vm
     {
         ThrowIfDisposed();
         var b = backing ?? Options.Backing;
-        lock (_slotLock)
+        lock (slotLock)
         {
             var slotId = id ?? NextFreeId();
             return AddSlotCore(slotId, size.Bytes, b, gpa ?? PlaceBelow(size.Bytes, b), logDirtyPages);
@@ -29,7 +29,7 @@ public abstract partial class Vm
     public MemSlot ResizeSlot(int id, Size newSize)
     {
         ThrowIfDisposed();
-        lock (_slotLock)
+        lock (slotLock)
         {
             var old = Slot(id); // re-checks `disposed` under the lock
             if (old.IsSystem) throw new InvalidOperationException("slot 0 is the system slot (code, stacks, page tables); it cannot be resized");
@@ -47,7 +47,7 @@ public abstract partial class Vm
             catch
             {
                 mapping.Dispose();
-                _orphans.Add(old.Mapping); // the kernel may still map it: unmapped only when the VM goes
+                orphans.Add(old.Mapping); // the kernel may still map it: unmapped only when the VM goes
                 throw;
             }
             old.Mapping.Dispose();
@@ -59,7 +59,7 @@ public abstract partial class Vm
     public void RemoveSlot(int id)
     {
         ThrowIfDisposed();
-        lock (_slotLock)
+        lock (slotLock)
         {
             var s = Slot(id); // re-checks `disposed` under the lock
             if (s.IsSystem) throw new InvalidOperationException("slot 0 is the system slot (code, stacks, page tables); it cannot be removed");
@@ -68,7 +68,7 @@ public abstract partial class Vm
             try { DeleteMemoryRegion(s); }
             catch
             {
-                _orphans.Add(s.Mapping);
+                orphans.Add(s.Mapping);
                 throw;
             }
             s.Mapping.Dispose();
@@ -77,7 +77,7 @@ public abstract partial class Vm
 
     MemSlot AddSlotCore(int id, long size, Backing backing, ulong gpa, bool logDirtyPages)
     {
-        lock (_slotLock)
+        lock (slotLock)
         {
             ThrowIfDisposed(); // under the lock: Dispose retires the slots under it too
             ValidateSlot(id, size, backing, gpa, ignore: null);
@@ -105,7 +105,7 @@ public abstract partial class Vm
         return slot;
     }
 
-    void Publish(ImmutableArray<MemSlot> next) => ImmutableInterlocked.InterlockedExchange(ref _slots, next);
+    void Publish(ImmutableArray<MemSlot> next) => ImmutableInterlocked.InterlockedExchange(ref slots, next);
 
     /// <summary>Takes slots out of the VM (under the slot lock) and waits until no thread that still saw them as current
     /// uses them (<see cref="SlotGuard"/>: a guest-memory access, a dirty-log ioctl): only then may their memory be

@@ -7,8 +7,8 @@ namespace VirtLab.Sdk.Machine;
 /// </summary>
 public abstract class VmDevice : IDisposable
 {
-    Vm? _vm;
-    int _disposed;
+    Vm? vm;
+    int disposed;
 
     protected VmDevice(string name)
     {
@@ -20,11 +20,11 @@ public abstract class VmDevice : IDisposable
     public string Name { get; }
 
     /// <summary>The VM this device is attached to, or null before <see cref="Vm.Attach{T}"/>.</summary>
-    public Vm? Vm => _vm;
+    public Vm? Vm => vm;
 
-    public bool IsAttached => _vm is not null;
+    public bool IsAttached => vm is not null;
 
-    public bool IsDisposed => Volatile.Read(ref _disposed) != 0;
+    public bool IsDisposed => Volatile.Read(ref disposed) != 0;
 
     /// <summary>The attached VM; throws a clear error when the device is not attached or was disposed.</summary>
     protected Vm AttachedVm
@@ -32,7 +32,7 @@ public abstract class VmDevice : IDisposable
         get
         {
             ObjectDisposedException.ThrowIf(IsDisposed, this);
-            return _vm ?? throw new InvalidOperationException($"device {Name} is not attached to a VM; use vm.Attach(device) first");
+            return vm ?? throw new InvalidOperationException($"device {Name} is not attached to a VM; use vm.Attach(device) first");
         }
     }
 
@@ -50,7 +50,7 @@ public abstract class VmDevice : IDisposable
 
     public void Dispose()
     {
-        if (Interlocked.Exchange(ref _disposed, 1) != 0) return;
+        if (Interlocked.Exchange(ref disposed, 1) != 0) return;
         Dispose(true);
         GC.SuppressFinalize(this);
     }
@@ -60,7 +60,7 @@ public abstract class VmDevice : IDisposable
     internal void Bind(Vm target)
     {
         if (IsDisposed) throw new ObjectDisposedException(Name, $"device {Name} was disposed; create a new one");
-        if (Interlocked.CompareExchange(ref _vm, target, null) is { } other)
+        if (Interlocked.CompareExchange(ref vm, target, null) is { } other)
             throw new InvalidOperationException(ReferenceEquals(other, target)
                 ? $"device {Name} is already attached to this VM"
                 : $"device {Name} is already attached to another VM; a device belongs to one VM");
@@ -70,7 +70,7 @@ public abstract class VmDevice : IDisposable
         }
         catch
         {
-            Volatile.Write(ref _vm, null);
+            Volatile.Write(ref vm, null);
             throw;
         }
     }
@@ -79,21 +79,21 @@ public abstract class VmDevice : IDisposable
 /// <summary>The devices attached to one VM, in attach order (Vm's part of <see cref="VmDevice"/>).</summary>
 internal sealed class VmDeviceList
 {
-    readonly object _gate = new();
-    VmDevice[] _devices = [];
-    bool _closed;
+    readonly object gate = new();
+    VmDevice[] devices = [];
+    bool closed;
 
-    public IReadOnlyList<VmDevice> Snapshot => Volatile.Read(ref _devices);
+    public IReadOnlyList<VmDevice> Snapshot => Volatile.Read(ref devices);
 
     public T Attach<T>(Vm vm, T device) where T : VmDevice
     {
         ArgumentNullException.ThrowIfNull(device);
-        lock (_gate)
+        lock (gate)
         {
             vm.ThrowIfDisposed();
-            if (_closed) throw new ObjectDisposedException(null, "this VM is being disposed; it takes no new devices");
+            if (closed) throw new ObjectDisposedException(null, "this VM is being disposed; it takes no new devices");
             device.Bind(vm);
-            Volatile.Write(ref _devices, [.. _devices, device]);
+            Volatile.Write(ref devices, [.. devices, device]);
         }
         return device;
     }
@@ -102,10 +102,10 @@ internal sealed class VmDeviceList
     public Exception? DisposeAll()
     {
         VmDevice[] all;
-        lock (_gate)
+        lock (gate)
         {
-            _closed = true;
-            all = _devices;
+            closed = true;
+            all = devices;
         }
         List<Exception>? errors = null;
         for (int i = all.Length - 1; i >= 0; i--)

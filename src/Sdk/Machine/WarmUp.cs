@@ -18,15 +18,15 @@ public sealed record WarmUpReport(string Backend, IReadOnlyList<string> Paths, d
 /// </summary>
 public static class WarmUp
 {
-    static readonly object Gate = new();
-    static Task? _pending;
-    [ThreadStatic] static bool _onWarmUpThread;
+    static readonly object gate = new();
+    static Task? pending;
+    [ThreadStatic] static bool onWarmUpThread;
 
     /// <summary>Starts <see cref="Run"/> on a worker thread; <see cref="Then"/> appends more work (a plugin's warm-up).</summary>
     public static Task<WarmUpReport> Start(Backend backend = Backend.Auto)
     {
-        var task = new Task<WarmUpReport>(() => { _onWarmUpThread = true; return Run(backend); }, TaskCreationOptions.LongRunning);
-        lock (Gate) _pending = task;
+        var task = new Task<WarmUpReport>(() => { onWarmUpThread = true; return Run(backend); }, TaskCreationOptions.LongRunning);
+        lock (gate) pending = task;
         task.Start();
         return task;
     }
@@ -34,12 +34,12 @@ public static class WarmUp
     /// <summary>Runs <paramref name="work"/> on the warm-up thread after what is already queued (at once when nothing is).</summary>
     public static Task Then(Action work)
     {
-        lock (Gate)
+        lock (gate)
         {
-            var previous = _pending ?? Task.CompletedTask;
-            var next = previous.ContinueWith(_ => { _onWarmUpThread = true; try { work(); } finally { _onWarmUpThread = false; } },
+            var previous = pending ?? Task.CompletedTask;
+            var next = previous.ContinueWith(_ => { onWarmUpThread = true; try { work(); } finally { onWarmUpThread = false; } },
                 CancellationToken.None, TaskContinuationOptions.None, TaskScheduler.Default);
-            _pending = next;
+            pending = next;
             return next;
         }
     }
@@ -48,11 +48,11 @@ public static class WarmUp
     public static double WaitForPending()
     {
         Task? p;
-        lock (Gate) p = _pending;
-        if (p is null || p.IsCompleted || _onWarmUpThread) return 0;
+        lock (gate) p = pending;
+        if (p is null || p.IsCompleted || onWarmUpThread) return 0;
         var sw = Stopwatch.StartNew();
         try { p.Wait(); } catch (AggregateException) { } // each step reports its own errors
-        lock (Gate) WaitedSeconds += sw.Elapsed.TotalSeconds;
+        lock (gate) WaitedSeconds += sw.Elapsed.TotalSeconds;
         return sw.Elapsed.TotalSeconds;
     }
 

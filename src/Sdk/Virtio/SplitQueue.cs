@@ -14,7 +14,7 @@ public abstract unsafe class SplitQueue : IDisplayable
 {
     private protected readonly RingAccess ring;
     private protected readonly ushort mask;
-    long _notified, _suppressed;
+    long notified, suppressed;
 
     private protected SplitQueue(AddressSpace space, SplitRing layout, VirtioFeatures features, string name, bool device)
     {
@@ -48,10 +48,10 @@ public abstract unsafe class SplitQueue : IDisplayable
     public bool IndirectDesc => (Features & VirtioFeatures.IndirectDesc) != 0;
 
     /// <summary>Notifications this side sent (driver: kicks; device: interrupts/calls).</summary>
-    public long NotificationsSent => Volatile.Read(ref _notified);
+    public long NotificationsSent => Volatile.Read(ref notified);
 
     /// <summary>Notifications this side decided not to send (EVENT_IDX, or the other side's NO_NOTIFY / NO_INTERRUPT flag).</summary>
-    public long NotificationsSuppressed => Volatile.Read(ref _suppressed);
+    public long NotificationsSuppressed => Volatile.Read(ref suppressed);
 
     /// <summary>Buffers (chains) made available and not yet returned through the used ring, as this side sees it.</summary>
     public abstract int InFlight { get; }
@@ -63,12 +63,12 @@ public abstract unsafe class SplitQueue : IDisplayable
     {
         if (sent)
         {
-            _notified++;
+            notified++;
             notifier?.Signal();
         }
         else
         {
-            _suppressed++;
+            suppressed++;
             notifier?.Suppress();
         }
     }
@@ -113,13 +113,13 @@ public abstract unsafe class SplitQueue : IDisplayable
 /// </summary>
 internal sealed unsafe class RingAccess(AddressSpace space, SplitRing layout, bool device)
 {
-    long _generation = long.MinValue;
+    long generation = long.MinValue;
     public byte* Desc, Avail, Used;
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public bool Ensure(out string? problem, out MemoryFault fault)
     {
-        if (space.Generation == _generation)
+        if (space.Generation == generation)
         {
             problem = null;
             fault = default;
@@ -128,7 +128,7 @@ internal sealed unsafe class RingAccess(AddressSpace space, SplitRing layout, bo
         return Refresh(out problem, out fault);
     }
 
-    public void Invalidate() => _generation = long.MinValue;
+    public void Invalidate() => generation = long.MinValue;
 
     bool Refresh(out string? problem, out MemoryFault fault)
     {
@@ -139,13 +139,13 @@ internal sealed unsafe class RingAccess(AddressSpace space, SplitRing layout, bo
             !Part(layout.AvailAddress, SplitRing.AvailBytes(n), device ? MemoryAccess.Read : MemoryAccess.ReadWrite, "available ring", out var a, out problem, out fault) ||
             !Part(layout.UsedAddress, SplitRing.UsedBytes(n), device ? MemoryAccess.Write : MemoryAccess.ReadWrite, "used ring", out var u, out problem, out fault))
         {
-            _generation = long.MinValue;
+            generation = long.MinValue;
             return false;
         }
         Desc = d;
         Avail = a;
         Used = u;
-        _generation = gen;
+        generation = gen;
         return true;
     }
 

@@ -48,12 +48,12 @@ public sealed unsafe class SplitQueueDriver : SplitQueue
         Kick = kick;
         Indirect = indirect;
         var n = layout.Size;
-        _next = new ushort[n];
-        _descCount = new ushort[n];
-        _tokens = new ulong[n];
-        _inUse = new bool[n];
-        for (int i = 0; i < n; i++) _next[i] = (ushort)(i + 1);
-        _numFree = n;
+        next = new ushort[n];
+        descCount = new ushort[n];
+        tokens = new ulong[n];
+        inUse = new bool[n];
+        for (int i = 0; i < n; i++) next[i] = (ushort)(i + 1);
+        numFree = n;
         if (indirect is { } ia)
         {
             if (ia.EntriesPerChain is < 1 or > VirtqConst.MaxIndirectEntries)
@@ -67,15 +67,15 @@ public sealed unsafe class SplitQueueDriver : SplitQueue
         new Span<byte>(ring.Used, (int)SplitRing.UsedBytes(n)).Clear();
     }
 
-    readonly ushort[] _next;      // the driver's own copy of each free/chained descriptor's next (never read back from the ring)
-    readonly ushort[] _descCount; // ring descriptors used by the chain at each head
-    readonly ulong[] _tokens;
-    readonly bool[] _inUse;
-    int _freeHead, _numFree, _inFlight;
-    ushort _availShadow, _lastKickAvail, _lastUsed, _usedSeen;
-    bool _interruptsDisabled, _usedEventStored;
-    byte* _indirectHost;
-    long _indirectGeneration = long.MinValue;
+    readonly ushort[] next;      // the driver's own copy of each free/chained descriptor's next (never read back from the ring)
+    readonly ushort[] descCount; // ring descriptors used by the chain at each head
+    readonly ulong[] tokens;
+    readonly bool[] inUse;
+    int freeHead, numFree, inFlight;
+    ushort availShadow, lastKickAvail, lastUsed, usedSeen;
+    bool interruptsDisabled, usedEventStored;
+    byte* indirectHost;
+    long indirectGeneration = long.MinValue;
 
     void EnsureRing()
     {
@@ -87,7 +87,7 @@ public sealed unsafe class SplitQueueDriver : SplitQueue
     {
         var ia = Indirect!.Value;
         var gen = Space.Generation;
-        if (gen != _indirectGeneration)
+        if (gen != indirectGeneration)
         {
             var bytes = ia.Bytes(Size);
             if (bytes > int.MaxValue) throw new ArgumentException($"{Name}: the indirect area ({bytes} bytes) must be below 2 GiB");
@@ -95,10 +95,10 @@ public sealed unsafe class SplitQueueDriver : SplitQueue
                 throw f.Space is null
                     ? new InvalidOperationException($"{Name}: the indirect area [0x{ia.Address:x}, +{bytes}) spans two mappings; place it in one")
                     : new MemoryFaultException(f);
-            _indirectHost = (byte*)System.Runtime.CompilerServices.Unsafe.AsPointer(ref span[0]);
-            _indirectGeneration = gen;
+            indirectHost = (byte*)System.Runtime.CompilerServices.Unsafe.AsPointer(ref span[0]);
+            indirectGeneration = gen;
         }
-        return _indirectHost;
+        return indirectHost;
     }
 
     /// <summary>Signalled when the driver decides to notify the device (vhost's kickfd).</summary>
@@ -108,15 +108,15 @@ public sealed unsafe class SplitQueueDriver : SplitQueue
     public IndirectArea? Indirect { get; }
 
     /// <summary>Free descriptors in the ring.</summary>
-    public int FreeDescriptors => _numFree;
+    public int FreeDescriptors => numFree;
 
-    public override int InFlight => _inFlight;
+    public override int InFlight => inFlight;
 
     /// <summary>The driver's avail index (including chains added since the last kick).</summary>
-    public ushort AvailIdx => _availShadow;
+    public ushort AvailIdx => availShadow;
 
     /// <summary>The next used-ring index the driver will read.</summary>
-    public ushort LastUsedIdx => _lastUsed;
+    public ushort LastUsedIdx => lastUsed;
 
     /// <summary>
     /// Adds a chain: <paramref name="readable"/> buffers (device reads them), then <paramref name="writable"/> ones
@@ -140,13 +140,13 @@ public sealed unsafe class SplitQueueDriver : SplitQueue
         else if (total > Size)
             throw new ArgumentException($"{Name}: a chain of {total} buffers is longer than the queue size {Size} (use indirect descriptors)");
         int needed = useIndirect ? 1 : total;
-        if (_numFree < needed)
+        if (numFree < needed)
         {
             head = 0;
             return false;
         }
         EnsureRing();
-        head = (ushort)_freeHead;
+        head = (ushort)freeHead;
         var desc = (SplitQueueDevice.Desc*)ring.Desc;
         if (useIndirect)
         {
@@ -167,31 +167,31 @@ public sealed unsafe class SplitQueueDriver : SplitQueue
                 Addr = ia.Address + (ulong)head * (ulong)ia.EntriesPerChain * VirtqConst.DescSize,
                 Len = (uint)(total * VirtqConst.DescSize), Flags = VirtqConst.DescFIndirect,
             };
-            _freeHead = _next[head];
+            freeHead = next[head];
         }
         else
         {
-            int i = _freeHead;
+            int i = freeHead;
             for (int k = 0; k < total; k++)
             {
                 var w = k >= readable.Length;
                 var b = w ? writable[k - readable.Length] : readable[k];
                 desc[i] = new SplitQueueDevice.Desc
                 {
-                    Addr = b.Address, Len = b.Length, Next = k < total - 1 ? _next[i] : (ushort)0,
+                    Addr = b.Address, Len = b.Length, Next = k < total - 1 ? next[i] : (ushort)0,
                     Flags = (ushort)((k < total - 1 ? VirtqConst.DescFNext : 0) | (w ? VirtqConst.DescFWrite : 0)),
                 };
-                i = _next[i];
+                i = next[i];
             }
-            _freeHead = i;
+            freeHead = i;
         }
-        _numFree -= needed;
-        _descCount[head] = (ushort)needed;
-        _tokens[head] = token;
-        _inUse[head] = true;
-        _inFlight++;
-        ring.AvailRing(_availShadow & mask) = head;
-        _availShadow++;
+        numFree -= needed;
+        descCount[head] = (ushort)needed;
+        tokens[head] = token;
+        inUse[head] = true;
+        inFlight++;
+        ring.AvailRing(availShadow & mask) = head;
+        availShadow++;
         return true;
     }
 
@@ -208,7 +208,7 @@ public sealed unsafe class SplitQueueDriver : SplitQueue
     public void Publish()
     {
         EnsureRing();
-        Volatile.Write(ref ring.AvailIdx(), _availShadow); // release: descriptors and ring entries before the index
+        Volatile.Write(ref ring.AvailIdx(), availShadow); // release: descriptors and ring entries before the index
     }
 
     /// <summary>
@@ -219,13 +219,13 @@ public sealed unsafe class SplitQueueDriver : SplitQueue
     [MethodImpl(MethodImplOptions.AggressiveOptimization)] // hot path: full optimisation at once, not after tiering
     public bool KickIfNeeded()
     {
-        if (_availShadow == _lastKickAvail) return false;
+        if (availShadow == lastKickAvail) return false;
         Publish();
         Interlocked.MemoryBarrier(); // the index store before the avail_event / flags load (the device does the mirror image)
         var need = EventIdx
-            ? VirtqConst.NeedEvent(Volatile.Read(ref ring.AvailEvent()), _availShadow, _lastKickAvail)
+            ? VirtqConst.NeedEvent(Volatile.Read(ref ring.AvailEvent()), availShadow, lastKickAvail)
             : (Volatile.Read(ref ring.UsedFlags()) & VirtqConst.UsedFNoNotify) == 0;
-        _lastKickAvail = _availShadow;
+        lastKickAvail = availShadow;
         CountNotification(need, Kick);
         return need;
     }
@@ -236,38 +236,38 @@ public sealed unsafe class SplitQueueDriver : SplitQueue
     {
         used = default;
         EnsureRing();
-        if (_lastUsed == _usedSeen)
+        if (lastUsed == usedSeen)
         {
-            if (_usedEventStored)
+            if (usedEventStored)
             {
                 Interlocked.MemoryBarrier(); // our used_event store before the used idx load
-                _usedEventStored = false;
+                usedEventStored = false;
             }
             var idx = Volatile.Read(ref ring.UsedIdx()); // acquire: the elements before the index
-            if ((ushort)(idx - _lastUsed) > _inFlight)
-                throw new InvalidDataException($"{Name}: the device moved used idx from {_lastUsed} to {idx}, more than the {_inFlight} chain(s) in flight");
-            _usedSeen = idx;
-            if (_lastUsed == _usedSeen) return false;
+            if ((ushort)(idx - lastUsed) > inFlight)
+                throw new InvalidDataException($"{Name}: the device moved used idx from {lastUsed} to {idx}, more than the {inFlight} chain(s) in flight");
+            usedSeen = idx;
+            if (lastUsed == usedSeen) return false;
         }
-        var e = ring.UsedElem(_lastUsed & mask);
+        var e = ring.UsedElem(lastUsed & mask);
         uint id = (uint)e, len = (uint)(e >> 32);
-        if (id >= (uint)Size || !_inUse[id])
-            throw new InvalidDataException($"{Name}: used ring entry {_lastUsed & mask} returns head {id}, which is not in flight");
+        if (id >= (uint)Size || !inUse[id])
+            throw new InvalidDataException($"{Name}: used ring entry {lastUsed & mask} returns head {id}, which is not in flight");
         // Free the chain's descriptors, following the driver's own next links.
         int last = (int)id;
-        for (int k = 1; k < _descCount[id]; k++) last = _next[last];
-        _next[last] = (ushort)_freeHead;
-        _freeHead = (int)id;
-        _numFree += _descCount[id];
-        _inUse[id] = false;
-        _inFlight--;
-        _lastUsed++;
-        if (EventIdx && !_interruptsDisabled)
+        for (int k = 1; k < descCount[id]; k++) last = next[last];
+        next[last] = (ushort)freeHead;
+        freeHead = (int)id;
+        numFree += descCount[id];
+        inUse[id] = false;
+        inFlight--;
+        lastUsed++;
+        if (EventIdx && !interruptsDisabled)
         {
-            Volatile.Write(ref ring.UsedEvent(), _lastUsed); // interrupt me on the next used buffer
-            _usedEventStored = true;
+            Volatile.Write(ref ring.UsedEvent(), lastUsed); // interrupt me on the next used buffer
+            usedEventStored = true;
         }
-        used = new UsedBuffer((ushort)id, len, _tokens[id]);
+        used = new UsedBuffer((ushort)id, len, tokens[id]);
         return true;
     }
 
@@ -283,8 +283,8 @@ public sealed unsafe class SplitQueueDriver : SplitQueue
     public void DisableInterrupts()
     {
         EnsureRing();
-        _interruptsDisabled = true;
-        if (EventIdx) Volatile.Write(ref ring.UsedEvent(), (ushort)(_lastUsed - 1)); // already passed: never crossed while ≤ Size chains are in flight
+        interruptsDisabled = true;
+        if (EventIdx) Volatile.Write(ref ring.UsedEvent(), (ushort)(lastUsed - 1)); // already passed: never crossed while ≤ Size chains are in flight
         else Volatile.Write(ref ring.AvailFlags(), (ushort)(ring.AvailFlags() | VirtqConst.AvailFNoInterrupt));
     }
 
@@ -295,12 +295,12 @@ public sealed unsafe class SplitQueueDriver : SplitQueue
     public bool EnableInterrupts()
     {
         EnsureRing();
-        _interruptsDisabled = false;
-        if (EventIdx) Volatile.Write(ref ring.UsedEvent(), _lastUsed);
+        interruptsDisabled = false;
+        if (EventIdx) Volatile.Write(ref ring.UsedEvent(), lastUsed);
         else Volatile.Write(ref ring.AvailFlags(), (ushort)(ring.AvailFlags() & ~VirtqConst.AvailFNoInterrupt));
         Interlocked.MemoryBarrier();
-        _usedEventStored = false;
-        return Volatile.Read(ref ring.UsedIdx()) != _lastUsed;
+        usedEventStored = false;
+        return Volatile.Read(ref ring.UsedIdx()) != lastUsed;
     }
 
     public override IRenderable ChainsInFlight()
@@ -308,10 +308,10 @@ public sealed unsafe class SplitQueueDriver : SplitQueue
         var t = new Table { Title = new TableTitle(Markup.Escape($"{Name}: chains the driver has in flight")) };
         t.AddColumn("head").AddColumn("descriptors").AddColumn("token");
         for (int h = 0; h < Size; h++)
-            if (_inUse[h])
+            if (inUse[h])
             {
-                var ind = IndirectDesc && _descCount[h] == 1 && Peek16(Ring.DescAddress + (ulong)h * 16 + 12) is { } f && (f & VirtqConst.DescFIndirect) != 0;
-                t.AddRow(h.ToString(), ind ? "1 (indirect table)" : _descCount[h].ToString(), _tokens[h].ToString());
+                var ind = IndirectDesc && descCount[h] == 1 && Peek16(Ring.DescAddress + (ulong)h * 16 + 12) is { } f && (f & VirtqConst.DescFIndirect) != 0;
+                t.AddRow(h.ToString(), ind ? "1 (indirect table)" : descCount[h].ToString(), tokens[h].ToString());
             }
         return t;
     }
@@ -319,19 +319,19 @@ public sealed unsafe class SplitQueueDriver : SplitQueue
     public override IRenderable ToRenderable()
     {
         var t = NewTable("driver");
-        t.AddRow("driver avail idx (published)", $"{_availShadow} ({Show(Peek16(Ring.AvailAddress + 2))})");
-        t.AddRow("driver last used idx", _lastUsed.ToString());
+        t.AddRow("driver avail idx (published)", $"{availShadow} ({Show(Peek16(Ring.AvailAddress + 2))})");
+        t.AddRow("driver last used idx", lastUsed.ToString());
         if (EventIdx)
         {
             t.AddRow("avail_event (device last seen)", Show(Peek16(Ring.UsedAddress + 4 + 8UL * (ulong)Size)));
             t.AddRow("used_event", Show(Peek16(Ring.AvailAddress + 4 + 2UL * (ulong)Size)));
         }
-        t.AddRow("free descriptors", $"{_numFree} of {Size}");
-        t.AddRow("in flight", _inFlight.ToString());
+        t.AddRow("free descriptors", $"{numFree} of {Size}");
+        t.AddRow("in flight", inFlight.ToString());
         t.AddRow("kicks sent / suppressed", $"{NotificationsSent:N0} / {NotificationsSuppressed:N0}");
-        t.AddRow("interrupts", _interruptsDisabled ? "disabled" : "enabled");
+        t.AddRow("interrupts", interruptsDisabled ? "disabled" : "enabled");
         return t;
     }
 
-    public override string ToString() => $"{Name}: driver side, size {Size}, avail {_availShadow}, last used {_lastUsed}, in flight {_inFlight}";
+    public override string ToString() => $"{Name}: driver side, size {Size}, avail {availShadow}, last used {lastUsed}, in flight {inFlight}";
 }

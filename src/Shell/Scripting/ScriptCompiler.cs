@@ -30,8 +30,8 @@ public sealed class ScriptCompiler
         new(LanguageVersion.Latest, DocumentationMode.None, SourceCodeKind.Script);
 
     private static readonly EmitOptions EmitOpts = new(debugInformationFormat: DebugInformationFormat.Embedded);
-    private static ImmutableArray<MetadataReference>? _baseReferences;
-    private static readonly object Gate = new();
+    private static ImmutableArray<MetadataReference>? s_baseReferences;
+    private static readonly object s_lock = new();
 
     public ScriptCompiler(PluginSet plugins, Type globalsType, string baseDirectory)
     {
@@ -109,9 +109,9 @@ public sealed class ScriptCompiler
     /// process so Roslyn reads each one's metadata once.</summary>
     private static ImmutableArray<MetadataReference> BaseReferences(Type globalsType)
     {
-        lock (Gate)
+        lock (s_lock)
         {
-            if (_baseReferences is { } cached) return cached;
+            if (s_baseReferences is { } cached) return cached;
             var frameworkDir = Path.GetDirectoryName(typeof(object).Assembly.Location)!;
             var tpa = ((AppContext.GetData("TRUSTED_PLATFORM_ASSEMBLIES") as string) ?? "").Split(Path.PathSeparator, StringSplitOptions.RemoveEmptyEntries);
             var paths = tpa.Where(p => string.Equals(Path.GetDirectoryName(p), frameworkDir, StringComparison.Ordinal) && IsFrameworkName(Path.GetFileNameWithoutExtension(p)))
@@ -119,7 +119,7 @@ public sealed class ScriptCompiler
             foreach (var t in new[] { globalsType, typeof(VirtLab.Sdk.IDisplayable), typeof(Spectre.Console.AnsiConsole), typeof(Iced.Intel.Instruction) })
                 if (!paths.Contains(t.Assembly.Location)) paths.Add(t.Assembly.Location);
             var refs = paths.Select(p => (MetadataReference)MetadataReference.CreateFromFile(p)).ToImmutableArray();
-            _baseReferences = refs;
+            s_baseReferences = refs;
             return refs;
         }
     }

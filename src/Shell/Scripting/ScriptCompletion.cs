@@ -31,7 +31,7 @@ internal sealed class ScriptCompletion(ScriptCompiler compiler)
     private static readonly string[] s_typeKeywords =
         ["bool", "byte", "char", "decimal", "double", "float", "int", "long", "object", "sbyte", "short", "string", "uint", "ulong", "ushort"];
 
-    private static readonly SymbolDisplayFormat DetailFormat = SymbolDisplayFormat.MinimallyQualifiedFormat
+    private static readonly SymbolDisplayFormat s_detailFormat = SymbolDisplayFormat.MinimallyQualifiedFormat
         .WithMemberOptions(SymbolDisplayMemberOptions.IncludeParameters | SymbolDisplayMemberOptions.IncludeType | SymbolDisplayMemberOptions.IncludeContainingType)
         .WithParameterOptions(SymbolDisplayParameterOptions.IncludeType | SymbolDisplayParameterOptions.IncludeName | SymbolDisplayParameterOptions.IncludeDefaultValue);
 
@@ -159,6 +159,6 @@ internal sealed class ScriptCompletion(ScriptCompiler compiler)
         IPropertySymbol p => p.Type.ToDisplayString(SymbolDisplayFormat.MinimallyQualifiedFormat),
         ILocalSymbol l => l.Type.ToDisplayString(SymbolDisplayFormat.MinimallyQualifiedFormat),
         IParameterSymbol p => p.Type.ToDisplayString(SymbolDisplayFormat.MinimallyQualifiedFormat),
-        _ => s.ToDisplayString(DetailFormat),
+        _ => s.ToDisplayString(s_detailFormat),
     };
 }
