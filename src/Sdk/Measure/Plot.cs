@@ -54,7 +54,7 @@ public sealed record PlotSeries
 }
 
 /// <summary>
-/// A chart a recipe asked for (<see cref="RecipeGlobals.Plot(string, IEnumerable{double}, string?, string?)"/>) or the
+/// A chart a recipe asked for (<see cref="RecipeGlobals.Plot{T}(string, IEnumerable{T}, string?, string?)"/>) or the
 /// shell derived from a run: data only. The shell renders it (PNG/SVG); the SDK never draws pixels. In the REPL it shows
 /// as a sparkline per series, or a compact heatmap.
 /// </summary>

@@ -55,7 +55,11 @@ public sealed record RunRecord
     };
 
     /// <summary>Builds the record of a finished run; duration is measured on the monotonic clock from the context's start.</summary>
+    /// <param name="context">The run's state: stages, expectations, results, arguments.</param>
+    /// <param name="recipe">The recipe file that ran.</param>
+    /// <param name="environment">Host, kernel, shell and plugin versions at the time of the run.</param>
     /// <param name="error">The exception that ended the script, if any; also decides <see cref="ExitCode"/> unless <paramref name="exitCode"/> is given.</param>
+    /// <param name="exitCode">The exit code to record, when the caller decided it.</param>
     public static RunRecord Create(RecipeContext context, RecipeInfo recipe, EnvironmentInfo environment, Exception? error = null, int? exitCode = null)
     {
         ArgumentNullException.ThrowIfNull(context);
@@ -81,7 +85,7 @@ public sealed record RunRecord
 
     public string ToJson() => JsonSerializer.Serialize(this, JsonOptions);
 
-    /// <summary>Reads a record written by <see cref="ToJson"/> (e.g. to compare runs).</summary>
+    /// <summary>Reads a record written by <see cref="ToJson()"/> (e.g. to compare runs).</summary>
     public static RunRecord Parse(string json) =>
         JsonSerializer.Deserialize<RunRecord>(json, JsonOptions) ?? throw new JsonException("the run record is null");
 

@@ -7,7 +7,7 @@ namespace VirtLab.Sdk.Virtio;
 /// <summary>
 /// A kick or call notification with eventfd semantics, backed by a real Linux eventfd (as vhost's kickfd/callfd,
 /// QEMU's EventNotifier): <see cref="Signal"/> adds to a 64-bit counter, <see cref="TryRead"/> returns it and resets it to
-/// 0, and a thread can block in <see cref="Wait"/> until it is non-zero (with a timeout and a cancellation token).
+/// 0, and a thread can block in <see cref="Wait(CancellationToken)"/> until it is non-zero (with a timeout and a cancellation token).
 /// The queue that owns it counts the notifications it sent and the ones it decided to suppress.
 /// </summary>
 public sealed unsafe class EventNotifier : IDisposable, IDisplayable

@@ -195,7 +195,7 @@ public sealed unsafe class SplitQueueDriver : SplitQueue
         return true;
     }
 
-    /// <summary>As <see cref="TryAdd"/>; throws <see cref="InvalidOperationException"/> when the ring is full.</summary>
+    /// <summary>As <see cref="TryAdd(ReadOnlySpan{VirtqBuffer}, ReadOnlySpan{VirtqBuffer}, ulong, out ushort, bool?)"/>; throws <see cref="InvalidOperationException"/> when the ring is full.</summary>
     public ushort Add(ReadOnlySpan<VirtqBuffer> readable, ReadOnlySpan<VirtqBuffer> writable, ulong token = 0, bool? indirect = null)
         => TryAdd(readable, writable, token, out var head, indirect) ? head
             : throw new InvalidOperationException($"{Name}: not enough free descriptors ({FreeDescriptors} free of {Size}); collect used buffers first");

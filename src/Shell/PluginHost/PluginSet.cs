@@ -218,6 +218,12 @@ public sealed class PluginSet
             Fail(info, $"SDK major mismatch: built against VirtLab.Sdk {info.SdkVersion.Major}.x ({SdkVersion.Format(info.SdkVersion)}), this shell provides {SdkVersion.Major}.x ({SdkVersion.Text}); rebuild the plugin against SDK {SdkVersion.Major}");
             return;
         }
+        // Minor versions only add to the contract: a plugin may use what its SDK minor added, which an older shell lacks.
+        if (info.SdkVersion.Minor > SdkVersion.Current.Minor)
+        {
+            Fail(info, $"built against a newer VirtLab.Sdk ({SdkVersion.Format(info.SdkVersion)}) than this shell provides ({SdkVersion.Text}); update the shell or build the plugin against SDK {SdkVersion.Text}");
+            return;
+        }
 
         try
         {
