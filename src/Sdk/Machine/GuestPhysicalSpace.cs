@@ -19,6 +19,7 @@ public sealed class GuestPhysicalSpace : AddressSpace
 
     internal GuestPhysicalSpace(Vm vm) : base(vm, "gpa") => seenSlots = vm.SlotsSnapshot;
 
+    /// <inheritdoc/>
     public override long Generation
     {
         get
@@ -37,6 +38,7 @@ public sealed class GuestPhysicalSpace : AddressSpace
         }
     }
 
+    /// <inheritdoc/>
     public override bool TryTranslate(ulong address, long length, MemoryAccess access, out ulong target, out long contiguous, out MemoryFault fault)
     {
         target = address;
@@ -77,8 +79,10 @@ public sealed class GuestPhysicalSpace : AddressSpace
         return false;
     }
 
+    /// <inheritdoc/>
     public override string ToString() => $"guest-physical space of {Vm}";
 
+    /// <inheritdoc/>
     public override IRenderable ToRenderable()
     {
         var t = new Table { Title = new TableTitle("guest-physical address space (memslots)") };

@@ -13,6 +13,7 @@ public abstract class VmDevice : IDisposable, IDisplayable
     Vm? vm;
     int disposed;
 
+    /// <summary>A device named <paramref name="name"/>, not yet attached.</summary>
     protected VmDevice(string name)
     {
         ArgumentException.ThrowIfNullOrWhiteSpace(name);
@@ -25,8 +26,10 @@ public abstract class VmDevice : IDisposable, IDisplayable
     /// <summary>The VM this device is attached to, or null before <see cref="Vm.Attach{T}"/>.</summary>
     public Vm? Vm => vm;
 
+    /// <summary>Whether the device is attached to a VM.</summary>
     public bool IsAttached => vm is not null;
 
+    /// <summary>Whether <see cref="Dispose()"/> ran.</summary>
     public bool IsDisposed => Volatile.Read(ref disposed) != 0;
 
     /// <summary>The attached VM; throws a clear error when the device is not attached or was disposed.</summary>
@@ -51,6 +54,7 @@ public abstract class VmDevice : IDisposable, IDisplayable
     /// <summary>Stops the device's threads and releases its resources. Called by <see cref="Dispose()"/> exactly once.</summary>
     protected virtual void Dispose(bool disposing) { }
 
+    /// <inheritdoc/>
     public void Dispose()
     {
         if (Interlocked.Exchange(ref disposed, 1) != 0) return;
@@ -58,8 +62,10 @@ public abstract class VmDevice : IDisposable, IDisplayable
         GC.SuppressFinalize(this);
     }
 
+    /// <inheritdoc/>
     public virtual IRenderable ToRenderable() => new Text($"{Name}: {(IsAttached ? "attached" : "not attached")}{(Summary.Length > 0 ? ", " + Summary : "")}");
 
+    /// <inheritdoc/>
     public override string ToString() => Summary.Length > 0 ? $"{Name} ({Summary})" : Name;
 
     internal void Bind(Vm target)

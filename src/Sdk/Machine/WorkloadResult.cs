@@ -6,7 +6,9 @@ namespace VirtLab.Sdk.Machine;
 /// <summary>One vCPU's part of a run.</summary>
 public sealed record VcpuResult(int Vcpu, VcpuRole Role, IReadOnlyList<TimeSpan> PassTimes, long Reads, long Writes)
 {
+    /// <summary>Time of all passes.</summary>
     public TimeSpan Total => PassTimes.Aggregate(TimeSpan.Zero, (a, b) => a + b);
+    /// <summary>Reads plus writes, all vCPUs.</summary>
     public long Accesses => Reads + Writes;
 }
 
@@ -20,11 +22,14 @@ public sealed record WorkloadResult(
     IReadOnlyList<VcpuResult> PerVcpu,
     long DirtyRingFullExits) : IDisplayable
 {
+    /// <summary>Reads of all vCPUs.</summary>
     public long Reads => PerVcpu.Sum(v => v.Reads);
+    /// <summary>Writes of all vCPUs.</summary>
     public long Writes => PerVcpu.Sum(v => v.Writes);
     /// <summary>Accesses made (each touches one page).</summary>
     public long Accesses => Reads + Writes;
 
+    /// <inheritdoc/>
     public Spectre.Console.Rendering.IRenderable ToRenderable()
     {
         var t = new Spectre.Console.Table { Title = new Spectre.Console.TableTitle(Spectre.Console.Markup.Escape($"{Workload.Name ?? "workload"} on {Backend}: {Elapsed.TotalMilliseconds:0.###} ms")) };
@@ -39,6 +44,7 @@ public sealed record WorkloadResult(
         return t;
     }
 
+    /// <inheritdoc/>
     public override string ToString()
         => $"{Workload.Name ?? "workload"} on {Backend}: {Vcpus} vCPUs, {Accesses} accesses ({Writes} writes) in {Elapsed.TotalMilliseconds:0.###} ms";
 }

@@ -15,7 +15,7 @@ public enum PluginStatus { Loaded, Error }
 public sealed class PluginInfo
 {
     /// <summary>The plugin's name: its project's Product (AssemblyProduct) when it names one other than the assembly, else
-    /// the assembly (folder) name. Plugins.Directory.Build.targets makes a project's Product its name without "Plugins.".</summary>
+    /// the assembly (folder) name. The SDK package's build targets make a project's Product its name without "Plugins.".</summary>
     public required string Name { get; set; }
     /// <summary>The plugin folder's name = the assembly name (what discovery and duplicates go by).</summary>
     public string AssemblyName => System.IO.Path.GetFileNameWithoutExtension(Path);

@@ -11,7 +11,9 @@ namespace VirtLab.Sdk.Machine.Kvm;
 /// <summary>Guest→host calls of the VirtLab guest ABI (`out dx, eax` on port 0x1000, like the selftests' ucall).</summary>
 public static class Ucall
 {
+    /// <summary>The I/O port guest code writes a ucall to (as the selftests' UCALL_PIO).</summary>
     public const ushort Port = 0x1000;
+    /// <summary>Ucall numbers: the guest finished, reached a sync point, failed an assertion, printed.</summary>
     public const uint Done = 0, Sync = 1, Assert = 2, Print = 3;
     /// <summary>No-op exit: gives KVM a guest entry to service pending requests (e.g. a soft-full dirty ring).</summary>
     public const uint Yield = 4;

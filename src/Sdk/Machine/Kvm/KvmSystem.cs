@@ -19,28 +19,41 @@ public sealed class KvmSystem : IDisplayable
         KvmCap.BINARY_STATS_FD, KvmCap.HALT_POLL, KvmCap.X86_DISABLE_EXITS, KvmCap.EXT_CPUID,
     };
 
+    /// <summary>Whether /dev/kvm opened and answered KVM_GET_API_VERSION with 12.</summary>
     public bool Usable { get; private init; }
     /// <summary>Why KVM is not usable (empty when it is).</summary>
     public string Reason { get; private init; } = "";
+    /// <summary>KVM_GET_API_VERSION's answer.</summary>
     public int ApiVersion { get; private init; }
+    /// <summary>KVM_GET_VCPU_MMAP_SIZE: bytes of a vCPU's kvm_run mapping.</summary>
     public int VcpuMmapSize { get; private init; }
+    /// <summary>KVM_CHECK_EXTENSION of every capability VirtLab asks about.</summary>
     public IReadOnlyList<KvmCapability> Capabilities { get; private init; } = [];
     /// <summary>Module → parameter → value, from /sys/module/kvm*/parameters/.</summary>
     public IReadOnlyDictionary<string, IReadOnlyDictionary<string, string>> ModuleParameters { get; private init; } =
         new Dictionary<string, IReadOnlyDictionary<string, string>>();
+    /// <summary>/sys/kernel/mm/transparent_hugepage/enabled.</summary>
     public string ThpEnabled { get; private init; } = "";
+    /// <summary>/sys/kernel/mm/transparent_hugepage/defrag.</summary>
     public string ThpDefrag { get; private init; } = "";
     /// <summary>Every hugetlb pool (<see cref="HostInfo.AllHugePools"/>: total, free, reserved = resv_hugepages, surplus).</summary>
     public IReadOnlyList<HostInfo.HugePool> HugePages { get; private init; } = [];
+    /// <summary>Kernel release (uname -r).</summary>
     public string Kernel { get; private init; } = "";
+    /// <summary>CPU model name.</summary>
     public string Cpu { get; private init; } = "";
+    /// <summary>Logical CPUs of the host.</summary>
     public int LogicalCpus { get; private init; }
     /// <summary>Hardware virtualization the host CPU advertises ("vmx", "svm" or "none": e.g. PVM's emulated guests).</summary>
     public string HardwareVirtualization { get; private init; } = "";
 
+    /// <summary>KVM_CHECK_EXTENSION's value for <paramref name="cap"/> (a <see cref="KvmCap"/> number), 0 when unknown.</summary>
     public int Cap(int cap) => Capabilities.FirstOrDefault(c => c.Number == cap)?.Value ?? 0;
+    /// <summary>Most vCPUs per VM (KVM_CAP_MAX_VCPUS, else KVM_CAP_NR_VCPUS).</summary>
     public int MaxVcpus => Cap(KvmCap.MAX_VCPUS) > 0 ? Cap(KvmCap.MAX_VCPUS) : Math.Max(Cap(KvmCap.NR_VCPUS), 4);
+    /// <summary>Memslots per address space (KVM_CAP_NR_MEMSLOTS).</summary>
     public int NrMemslots => Cap(KvmCap.NR_MEMSLOTS);
+    /// <summary>Largest dirty ring in bytes (KVM_CAP_DIRTY_LOG_RING_ACQ_REL or KVM_CAP_DIRTY_LOG_RING), 0 without one.</summary>
     public int DirtyRingMaxBytes => Cap(KvmCap.DIRTY_LOG_RING_ACQ_REL) > 0 ? Cap(KvmCap.DIRTY_LOG_RING_ACQ_REL) : Cap(KvmCap.DIRTY_LOG_RING);
 
     private static readonly Lazy<KvmSystem> Cached = new(ProbeNow);
@@ -142,6 +155,7 @@ public sealed class KvmSystem : IDisplayable
 
     private static HashSet<string> CpuFlags() => new((CpuInfo("flags") ?? "").Split(' ', StringSplitOptions.RemoveEmptyEntries));
 
+    /// <inheritdoc/>
     public IRenderable ToRenderable()
     {
         var t = new Table().Border(TableBorder.Rounded).Title("[bold]KVM[/]").AddColumn("item").AddColumn("value");
@@ -164,6 +178,7 @@ public sealed class KvmSystem : IDisplayable
 
     private static string Size(long b) => b >= 1 << 30 ? $"{b >> 30} GiB" : b >= 1 << 20 ? $"{b >> 20} MiB" : $"{b >> 10} KiB";
 
+    /// <inheritdoc/>
     public override string ToString() =>
         Usable ? $"KVM API {ApiVersion}, max vCPUs {MaxVcpus}, memslots {NrMemslots}, kernel {Kernel}" : $"KVM unusable: {Reason}";
 }

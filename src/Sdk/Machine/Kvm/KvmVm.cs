@@ -336,6 +336,7 @@ public static class KvmVmExtensions
     /// <summary>GUEST_SYNC(rsi) — set rsi first.</summary>
     public static void UcallSync(this Assembler a) => a.Ucall(VirtLab.Sdk.Machine.Kvm.Ucall.Sync);
 
+    /// <summary>Emits the guest's final ucall (<see cref="Ucall.Done"/>).</summary>
     public static void UcallDone(this Assembler a) => a.Ucall(VirtLab.Sdk.Machine.Kvm.Ucall.Done);
 
     /// <summary>GUEST_ASSERT failure with <paramref name="message"/> embedded after the call (rsi = its address).</summary>
