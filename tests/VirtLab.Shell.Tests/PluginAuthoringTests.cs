@@ -38,6 +38,7 @@ public sealed class ScaffoldFixture : IDisposable
     {
         var cache = Environment.GetEnvironmentVariable("NUGET_PACKAGES") is { Length: > 0 } p ? p
             : Path.Combine(Environment.GetFolderPath(Environment.SpecialFolder.UserProfile), ".nuget", "packages");
+        if (Directory.Exists("/opt/nuget/packages")) cache += ";/opt/nuget/packages"; // the machine's offline package store
         return Exec("dotnet", dir, BuildTimeout,
             ["build", "-c", "Release", "-m:1", "-nologo", "-clp:ErrorsOnly;NoSummary",
              $"-p:RestoreSources={feed}", $"-p:RestorePackagesPath={Path.Combine(scratch, "nuget")}", $"-p:RestoreFallbackFolders={cache}", .. more]);
