@@ -38,7 +38,7 @@ public sealed class ScaffoldFixture : IDisposable
     {
         var cache = Environment.GetEnvironmentVariable("NUGET_PACKAGES") is { Length: > 0 } p ? p
             : Path.Combine(Environment.GetFolderPath(Environment.SpecialFolder.UserProfile), ".nuget", "packages");
-        if (Directory.Exists("/opt/nuget/packages")) cache += ";/opt/nuget/packages"; // the machine's offline package store
+        if (Directory.Exists("/opt/nuget/packages")) cache += "%3B/opt/nuget/packages"; // the machine's offline package store (%3B: an escaped ;)
         return Exec("dotnet", dir, BuildTimeout,
             ["build", "-c", "Release", "-m:1", "-nologo", "-clp:ErrorsOnly;NoSummary",
              $"-p:RestoreSources={feed}", $"-p:RestorePackagesPath={Path.Combine(scratch, "nuget")}", $"-p:RestoreFallbackFolders={cache}", .. more]);
@@ -61,6 +61,12 @@ public sealed class ScaffoldFixture : IDisposable
     public void Dispose() => _tmp.Dispose();
 }
 
+/// <summary>The tests that run <c>dotnet build</c>: alone, after the others, so their load does not push the timed
+/// shell tests of other classes past their timeouts.</summary>
+[CollectionDefinition("dotnet build", DisableParallelization = true)]
+public sealed class DotnetBuildCollection;
+
+[Collection("dotnet build")]
 public class PluginAuthoringTests(ScaffoldFixture fx) : IClassFixture<ScaffoldFixture>
 {
     [Fact]
