@@ -68,13 +68,16 @@ public static class RunCancellation
     /// <summary>Restores the previous ambient cancellation when disposed.</summary>
     public readonly struct Scope(CancellationToken previous) : IDisposable
     {
+        /// <inheritdoc/>
         public void Dispose() => ambient.Value = previous;
     }
 
     /// <summary>A token linked with the ambient cancellation, and the source to dispose if one was needed.</summary>
     public readonly struct Linked(CancellationToken token, CancellationTokenSource? source) : IDisposable
     {
+        /// <summary>The token in effect.</summary>
         public CancellationToken Token { get; } = token;
+        /// <inheritdoc/>
         public void Dispose() => source?.Dispose();
     }
 }

@@ -70,6 +70,14 @@ public sealed class PluginHostTests
             namespace VirtLab.Sdk.Plugins { public abstract class VirtLabPlugin { } }
             """);
         PluginCompiler.Build(tmp.Path, "Future", "public sealed class P : VirtLab.Sdk.Plugins.VirtLabPlugin { }", sdkPath: fakeSdk);
+        // built against a later minor of this major (it may use members this shell lacks)
+        var nextMinor = Path.Combine(tmp.Path, "fake-minor", "VirtLab.Sdk.dll");
+        Directory.CreateDirectory(Path.GetDirectoryName(nextMinor)!);
+        PluginCompiler.Compile(nextMinor, "VirtLab.Sdk", $$"""
+            [assembly: System.Reflection.AssemblyVersion("{{VirtLab.Sdk.SdkVersion.Major}}.{{VirtLab.Sdk.SdkVersion.Current.Minor + 1}}.0.0")]
+            namespace VirtLab.Sdk.Plugins { public abstract class VirtLabPlugin { } }
+            """);
+        PluginCompiler.Build(tmp.Path, "NextMinor", "public sealed class P : VirtLab.Sdk.Plugins.VirtLabPlugin { }", sdkPath: nextMinor);
         // initialisation throws (in CreateGlobal, and in the constructor)
         PluginCompiler.Build(tmp.Path, "Throws", PluginCompiler.Simple("Throws", "Throws", create: "throw new System.InvalidOperationException(\"no device\")"));
         PluginCompiler.Build(tmp.Path, "CtorThrows", PluginCompiler.Simple("CtorThrows", "CtorThrows").Replace(
@@ -93,6 +101,8 @@ public sealed class PluginHostTests
         Assert.Contains("no plugin type", Only(set, "NoPlugin").Error);
         Assert.Contains("does not reference VirtLab.Sdk", Only(set, "NoSdk").Error);
         Assert.Contains("SDK major mismatch: built against VirtLab.Sdk 2.x", Only(set, "Future").Error);
+        Assert.StartsWith($"built against a newer VirtLab.Sdk ({VirtLab.Sdk.SdkVersion.Major}.{VirtLab.Sdk.SdkVersion.Current.Minor + 1}) than this shell provides ({VirtLab.Sdk.SdkVersion.Text})",
+            Only(set, "NextMinor").Error);
         Assert.Equal("initialisation threw InvalidOperationException: no device", Only(set, "Throws").Error);
         Assert.Equal("initialisation threw IOException: ctor", Only(set, "CtorThrows").Error);
         Assert.True(Only(set, "A1").IsLoaded);

@@ -10,9 +10,13 @@ namespace VirtLab.Sdk.Machine;
 [Flags]
 public enum MemoryAccess : byte
 {
+    /// <summary>No access.</summary>
     None = 0,
+    /// <summary>A read (DMA to the device, a load).</summary>
     Read = 1,
+    /// <summary>A write (DMA from the device, a store).</summary>
     Write = 2,
+    /// <summary>Both (an access that reads and writes).</summary>
     ReadWrite = Read | Write,
 }
 
@@ -43,6 +47,7 @@ public readonly record struct MemoryFault(
     /// <summary>The errno the kernel reports for such a fault: EFAULT (vhost's <c>-EFAULT</c> on a translation failure), or EPERM for a permission fault.</summary>
     public int Errno => Reason == MemoryFaultReason.Permission ? Native.Errno.EPERM : Native.Errno.EFAULT;
 
+    /// <inheritdoc/>
     public override string ToString()
     {
         var what = Access switch { MemoryAccess.Read => "read", MemoryAccess.Write => "write", MemoryAccess.ReadWrite => "read/write", _ => "access" };
@@ -61,6 +66,7 @@ public readonly record struct MemoryFault(
 /// <summary>The exception form of a <see cref="MemoryFault"/>, thrown by the convenience (non-Try) accessors.</summary>
 public sealed class MemoryFaultException(MemoryFault fault) : Exception(fault.ToString())
 {
+    /// <summary>Where and why the translation failed.</summary>
     public MemoryFault Fault { get; } = fault;
 }
 
@@ -161,6 +167,7 @@ public abstract unsafe class AddressSpace
         return true;
     }
 
+    /// <summary>Reads a <typeparamref name="T"/> at <paramref name="address"/>; false and the fault when it does not translate.</summary>
     public bool TryRead<T>(ulong address, out T value, out MemoryFault fault) where T : unmanaged
     {
         if (TryResolveHost(address, sizeof(T), MemoryAccess.Read, out var host, out var n, out fault) && n == sizeof(T))
@@ -176,6 +183,7 @@ public abstract unsafe class AddressSpace
         return ok;
     }
 
+    /// <summary>Writes <paramref name="value"/> at <paramref name="address"/>; false and the fault when it does not translate.</summary>
     public bool TryWrite<T>(ulong address, T value, out MemoryFault fault) where T : unmanaged
     {
         if (TryResolveHost(address, sizeof(T), MemoryAccess.Write, out var host, out var n, out fault) && n == sizeof(T))
@@ -211,24 +219,29 @@ public abstract unsafe class AddressSpace
 
     // ---- throwing conveniences (REPL, tests) ----
 
+    /// <summary>Fills <paramref name="destination"/> from <paramref name="address"/>; throws <see cref="MemoryFaultException"/> on a fault.</summary>
     public void Read(ulong address, Span<byte> destination)
     {
         if (!TryRead(address, destination, out var f)) throw new MemoryFaultException(f);
     }
 
+    /// <summary>Copies <paramref name="source"/> to <paramref name="address"/>; throws <see cref="MemoryFaultException"/> on a fault.</summary>
     public void Write(ulong address, ReadOnlySpan<byte> source)
     {
         if (!TryWrite(address, source, out var f)) throw new MemoryFaultException(f);
     }
 
+    /// <summary>Reads a <typeparamref name="T"/> at <paramref name="address"/>; throws <see cref="MemoryFaultException"/> on a fault.</summary>
     public T Read<T>(ulong address) where T : unmanaged
         => TryRead<T>(address, out var v, out var f) ? v : throw new MemoryFaultException(f);
 
+    /// <summary>Writes <paramref name="value"/> at <paramref name="address"/>; throws <see cref="MemoryFaultException"/> on a fault.</summary>
     public void Write<T>(ulong address, T value) where T : unmanaged
     {
         if (!TryWrite(address, value, out var f)) throw new MemoryFaultException(f);
     }
 
+    /// <summary>Reads <paramref name="length"/> bytes at <paramref name="address"/> into a new array.</summary>
     public byte[] ReadBytes(ulong address, int length)
     {
         var b = new byte[length];

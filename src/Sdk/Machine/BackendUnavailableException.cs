@@ -8,5 +8,6 @@ namespace VirtLab.Sdk.Machine;
 /// </summary>
 public sealed class BackendUnavailableException(Backend backend, string reason) : RequirementMissingException(reason)
 {
+    /// <summary>The backend that was asked for.</summary>
     public Backend Backend { get; } = backend;
 }

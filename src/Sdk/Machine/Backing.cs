@@ -30,8 +30,10 @@ public enum Backing
     SharedHugetlb,
 }
 
+/// <summary>Page sizes, names and parsing of <see cref="Backing"/> values.</summary>
 public static class BackingInfo
 {
+    /// <summary>Page sizes in bytes: 4 KiB, 2 MiB, 1 GiB.</summary>
     public const long Page4K = 4096, Page2M = 2L << 20, Page1G = 1L << 30;
 
     /// <summary>The selftests' name (<c>-s</c> option of kvm_page_table_test / dirty_log_perf_test).</summary>
@@ -46,6 +48,7 @@ public static class BackingInfo
         _ => throw new ArgumentOutOfRangeException(nameof(b), b, null),
     };
 
+    /// <summary>The names <see cref="TryParse"/> accepts (the selftests' -s names, e.g. anonymous_thp).</summary>
     public static IReadOnlyList<string> Names { get; } =
         ["anonymous", "anonymous_thp", "anonymous_hugetlb", "anonymous_hugetlb_2mb", "anonymous_hugetlb_1gb", "shmem", "shared_hugetlb"];
 
@@ -56,6 +59,7 @@ public static class BackingInfo
         throw new FormatException($"unknown backing '{name}'; expected one of: {string.Join(", ", Names)}");
     }
 
+    /// <summary>Parses a selftests-style name (anonymous, anonymous_thp, shmem, …) or the enum name, case-insensitively.</summary>
     public static bool TryParse(string? name, out Backing backing)
     {
         var n = (name ?? "").Trim().ToLowerInvariant().Replace('-', '_');
@@ -84,10 +88,12 @@ public static class BackingInfo
         _ => throw new ArgumentOutOfRangeException(nameof(b), b, null),
     };
 
+    /// <summary>Whether the backing is hugetlbfs memory (needs reserved huge pages).</summary>
     public static bool IsHugetlb(this Backing b) => b is Backing.AnonymousHugetlb2M or Backing.AnonymousHugetlb1G or Backing.SharedHugetlb;
 
     /// <summary>Backed by a memfd mapped MAP_SHARED (discard = hole punch, not MADV_DONTNEED).</summary>
     public static bool IsShared(this Backing b) => b is Backing.Shmem or Backing.SharedHugetlb;
 
+    /// <summary>The backing's page size as a <see cref="Size"/>.</summary>
     public static Size PageSizeAsSize(this Backing b) => new(b.PageSize());
 }

@@ -8,7 +8,9 @@ namespace VirtLab.Sdk.Machine;
 /// <summary>A page run: <see cref="Count"/> consecutive pages starting at <see cref="First"/> (page indexes within a slot).</summary>
 public readonly record struct PageRun(long First, long Count)
 {
+    /// <summary>The first page after the run.</summary>
     public long End => First + Count;
+    /// <inheritdoc/>
     public override string ToString() => Count == 1 ? $"[{First}]" : $"[{First}..{End})";
 }
 
@@ -23,6 +25,7 @@ public sealed class DirtyBitmap : IEquatable<DirtyBitmap>
 {
     readonly ulong[] words;
 
+    /// <summary>An all-clear bitmap of <paramref name="pages"/> pages.</summary>
     public DirtyBitmap(long pages)
     {
         ArgumentOutOfRangeException.ThrowIfNegative(pages);
@@ -46,45 +49,55 @@ public sealed class DirtyBitmap : IEquatable<DirtyBitmap>
     /// <summary>Words needed for <paramref name="pages"/> bits (KVM: <c>kvm_dirty_bitmap_bytes / 8</c>).</summary>
     public static int WordsFor(long pages) => checked((int)((pages + 63) >> 6));
 
+    /// <summary>Number of pages (bits) the bitmap covers.</summary>
     public long Pages { get; }
 
     /// <summary>The words themselves (shared, not a copy) — what KVM_GET_DIRTY_LOG fills.</summary>
     public ulong[] Words => words;
 
+    /// <summary>The words as a span (bit <c>i % 64</c> of word <c>i / 64</c> is page i, as in KVM's bitmap).</summary>
     public Span<ulong> AsSpan() => words;
 
+    /// <summary>Bytes of the bitmap (whole 64-bit words).</summary>
     public long SizeInBytes => (long)words.Length * 8;
 
     ulong TailMask => (Pages & 63) == 0 ? ulong.MaxValue : (1UL << (int)(Pages & 63)) - 1;
 
+    /// <summary>Whether <paramref name="page"/> is set.</summary>
     public bool this[long page]
     {
         get => Get(page);
         set { if (value) Set(page); else Clear(page); }
     }
 
+    /// <summary>Whether <paramref name="page"/> is set.</summary>
     public bool Get(long page)
     {
         CheckPage(page);
         return (words[page >> 6] & (1UL << (int)(page & 63))) != 0;
     }
 
+    /// <summary>Sets <paramref name="page"/>.</summary>
     public void Set(long page)
     {
         CheckPage(page);
         words[page >> 6] |= 1UL << (int)(page & 63);
     }
 
+    /// <summary>Clears <paramref name="page"/>.</summary>
     public void Clear(long page)
     {
         CheckPage(page);
         words[page >> 6] &= ~(1UL << (int)(page & 63));
     }
 
+    /// <summary>Sets <paramref name="count"/> pages from <paramref name="first"/>.</summary>
     public void SetRange(long first, long count) => ApplyRange(first, count, set: true);
 
+    /// <summary>Clears <paramref name="count"/> pages from <paramref name="first"/>.</summary>
     public void ClearRange(long first, long count) => ApplyRange(first, count, set: false);
 
+    /// <summary>Sets every page.</summary>
     public void SetAll()
     {
         if (words.Length == 0) return;
@@ -92,6 +105,7 @@ public sealed class DirtyBitmap : IEquatable<DirtyBitmap>
         words[^1] = TailMask;
     }
 
+    /// <summary>Clears every page.</summary>
     public void ClearAll() => Array.Clear(words);
 
     /// <summary>Set pages (hardware popcount, 4 words per iteration).</summary>
@@ -111,8 +125,10 @@ public sealed class DirtyBitmap : IEquatable<DirtyBitmap>
         return n + PopCount(words.AsSpan(w0 + 1, w1 - w0 - 1));
     }
 
+    /// <summary>No page is set.</summary>
     public bool IsEmpty => NextNonZeroWord(0) is var i && (i < 0 || (i == words.Length - 1 && WordForScan(i) == 0));
 
+    /// <summary>Some page is set.</summary>
     public bool Any => !IsEmpty;
 
     /// <summary>First set page ≥ <paramref name="from"/>, or -1.</summary>
@@ -155,6 +171,7 @@ public sealed class DirtyBitmap : IEquatable<DirtyBitmap>
     /// <summary>Maximal runs of consecutive set pages in increasing order (allocation-free <c>foreach</c>).</summary>
     public RunEnumerable Runs => new(this);
 
+    /// <summary>The set pages in ascending order.</summary>
     public long[] ToArray()
     {
         var result = new long[Count];
@@ -206,19 +223,26 @@ public sealed class DirtyBitmap : IEquatable<DirtyBitmap>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     ulong WordForScan(int i) => i == words.Length - 1 ? words[i] & TailMask : words[i];
 
+    /// <summary>Sets the pages set in <paramref name="other"/> (same size); returns this bitmap.</summary>
     public DirtyBitmap Or(DirtyBitmap other) { Combine(other, Op.Or); return this; }
+    /// <summary>Keeps only the pages also set in <paramref name="other"/> (same size); returns this bitmap.</summary>
     public DirtyBitmap And(DirtyBitmap other) { Combine(other, Op.And); return this; }
+    /// <summary>Clears the pages set in <paramref name="other"/> (same size); returns this bitmap.</summary>
     public DirtyBitmap AndNot(DirtyBitmap other) { Combine(other, Op.AndNot); return this; }
+    /// <summary>Flips the pages set in <paramref name="other"/> (same size); returns this bitmap.</summary>
     public DirtyBitmap Xor(DirtyBitmap other) { Combine(other, Op.Xor); return this; }
 
+    /// <summary>Copies <paramref name="other"/>'s bits (same size) into this bitmap.</summary>
     public void CopyFrom(DirtyBitmap other)
     {
         CheckSameSize(other);
         other.words.AsSpan().CopyTo(words);
     }
 
+    /// <summary>A copy with its own words.</summary>
     public DirtyBitmap Clone() => new(Pages, (ulong[])words.Clone());
 
+    /// <summary>A bitmap of <paramref name="pages"/> pages with <paramref name="setPages"/> set.</summary>
     public static DirtyBitmap FromPages(long pages, IEnumerable<long> setPages)
     {
         var b = new DirtyBitmap(pages);
@@ -226,11 +250,14 @@ public sealed class DirtyBitmap : IEquatable<DirtyBitmap>
         return b;
     }
 
+    /// <inheritdoc/>
     public bool Equals(DirtyBitmap? other)
         => other is not null && other.Pages == Pages && other.words.AsSpan().SequenceEqual(words);
 
+    /// <inheritdoc/>
     public override bool Equals(object? obj) => Equals(obj as DirtyBitmap);
 
+    /// <inheritdoc/>
     public override int GetHashCode()
     {
         var h = new HashCode();
@@ -239,6 +266,7 @@ public sealed class DirtyBitmap : IEquatable<DirtyBitmap>
         return h.ToHashCode();
     }
 
+    /// <inheritdoc/>
     public override string ToString()
     {
         var n = Count;
@@ -247,8 +275,10 @@ public sealed class DirtyBitmap : IEquatable<DirtyBitmap>
 
     // ---- enumerators ----------------------------------------------------------------------------
 
+    /// <summary>The set pages, enumerated without allocating (<c>foreach (var p in bitmap.SetPages)</c>).</summary>
     public readonly struct SetPageEnumerable(DirtyBitmap bitmap) : IEnumerable<long>
     {
+        /// <inheritdoc/>
         public SetPageEnumerator GetEnumerator() => new(bitmap);
         IEnumerator<long> IEnumerable<long>.GetEnumerator() => GetEnumerator();
         System.Collections.IEnumerator System.Collections.IEnumerable.GetEnumerator() => GetEnumerator();
@@ -273,6 +303,7 @@ public sealed class DirtyBitmap : IEquatable<DirtyBitmap>
             current = -1;
         }
 
+        /// <inheritdoc/>
         [MethodImpl(MethodImplOptions.AggressiveInlining)]
         public bool MoveNext()
         {
@@ -295,14 +326,19 @@ public sealed class DirtyBitmap : IEquatable<DirtyBitmap>
             return bits != 0 || NextWord();
         }
 
+        /// <inheritdoc/>
         public readonly long Current => current;
         readonly object System.Collections.IEnumerator.Current => current;
+        /// <inheritdoc/>
         public void Reset() { index = -1; pending = 0; current = -1; }
+        /// <inheritdoc/>
         public readonly void Dispose() { }
     }
 
+    /// <summary>The runs of consecutive set pages, enumerated without allocating.</summary>
     public readonly struct RunEnumerable(DirtyBitmap bitmap) : IEnumerable<PageRun>
     {
+        /// <inheritdoc/>
         public RunEnumerator GetEnumerator() => new(bitmap);
         IEnumerator<PageRun> IEnumerable<PageRun>.GetEnumerator() => GetEnumerator();
         System.Collections.IEnumerator System.Collections.IEnumerable.GetEnumerator() => GetEnumerator();
@@ -327,6 +363,7 @@ public sealed class DirtyBitmap : IEquatable<DirtyBitmap>
             current = default;
         }
 
+        /// <inheritdoc/>
         public bool MoveNext()
         {
             var w = words;
@@ -374,9 +411,12 @@ public sealed class DirtyBitmap : IEquatable<DirtyBitmap>
             return true;
         }
 
+        /// <inheritdoc/>
         public readonly PageRun Current => current;
         readonly object System.Collections.IEnumerator.Current => current;
+        /// <inheritdoc/>
         public void Reset() { index = -1; pending = 0; current = default; }
+        /// <inheritdoc/>
         public readonly void Dispose() { }
     }
 

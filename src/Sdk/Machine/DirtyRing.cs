@@ -6,10 +6,14 @@ namespace VirtLab.Sdk.Machine;
 /// </summary>
 public readonly record struct DirtyGfn(uint Slot, ulong Offset)
 {
+    /// <summary>kvm_dirty_gfn.flags: KVM_DIRTY_GFN_F_DIRTY (harvestable) and KVM_DIRTY_GFN_F_RESET (harvested, awaiting reset).</summary>
     public const uint FlagDirty = 1, FlagReset = 2; // KVM_DIRTY_GFN_F_DIRTY / _RESET
 
+    /// <summary>The memslot id (low 16 bits of kvm_dirty_gfn.slot).</summary>
     public int SlotId => (int)(Slot & 0xffff);
+    /// <summary>The address space id (high 16 bits of kvm_dirty_gfn.slot).</summary>
     public int AddressSpace => (int)(Slot >> 16);
+    /// <inheritdoc/>
     public override string ToString() => $"slot {SlotId} page {Offset}";
 }
 
@@ -100,5 +104,6 @@ public sealed class DirtyRing
         }
     }
 
+    /// <inheritdoc/>
     public override string ToString() => $"dirty ring: {Entries} entries × {vm.Vcpus} vCPUs, soft limit {SoftLimit}, {FullExits} full exits";
 }

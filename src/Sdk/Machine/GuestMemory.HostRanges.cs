@@ -17,9 +17,13 @@ public readonly struct HostRange
         Length = length;
     }
 
+    /// <summary>The memslot holding the range.</summary>
     public MemSlot Slot { get; }
+    /// <summary>Guest-physical start.</summary>
     public ulong Gpa { get; }
+    /// <summary>Length in bytes.</summary>
     public long Length { get; }
+    /// <summary>Guest-physical end (exclusive).</summary>
     public ulong EndGpa => Gpa + (ulong)Length;
 
     /// <summary>Offset of <see cref="Gpa"/> inside the slot's host mapping.</summary>
@@ -28,6 +32,7 @@ public readonly struct HostRange
     /// <summary>The host virtual address (hva) of <see cref="Gpa"/>.</summary>
     public nint HostAddress => Slot.HostAddress + (nint)SlotOffset;
 
+    /// <inheritdoc/>
     public override string ToString() => $"gpa [0x{Gpa:x}, 0x{EndGpa:x}) → slot {Slot.Id} hva 0x{HostAddress:x}";
 }
 

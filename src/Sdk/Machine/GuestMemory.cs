@@ -41,24 +41,28 @@ public sealed unsafe partial class GuestMemory
         }
     }
 
+    /// <summary>Reads a <typeparamref name="T"/> at guest-physical <paramref name="gpa"/> (host access: no dirty logging).</summary>
     public T Read<T>(ulong gpa) where T : unmanaged
     {
         using var a = Resolve(gpa, sizeof(T), write: false);
         return Unsafe.ReadUnaligned<T>((void*)a.Address);
     }
 
+    /// <summary>Writes <paramref name="value"/> at guest-physical <paramref name="gpa"/> (host access: the dirty log does not see it, as with KVM).</summary>
     public void Write<T>(ulong gpa, T value) where T : unmanaged
     {
         using var a = Resolve(gpa, sizeof(T), write: true);
         Unsafe.WriteUnaligned((void*)a.Address, value);
     }
 
+    /// <summary>Copies from guest-physical <paramref name="gpa"/> into <paramref name="destination"/>.</summary>
     public void Read(ulong gpa, Span<byte> destination)
     {
         using var a = Resolve(gpa, destination.Length, write: false);
         new ReadOnlySpan<byte>((void*)a.Address, destination.Length).CopyTo(destination);
     }
 
+    /// <summary>Copies <paramref name="source"/> to guest-physical <paramref name="gpa"/>.</summary>
     public void Write(ulong gpa, ReadOnlySpan<byte> source)
     {
         using var a = Resolve(gpa, source.Length, write: true);
@@ -113,6 +117,7 @@ public sealed unsafe partial class GuestMemory
         return a.Slot;
     }
 
+    /// <summary>Whether <paramref name="length"/> bytes at <paramref name="gpa"/> lie within one memslot.</summary>
     public bool Contains(ulong gpa, long length = 1)
     {
         vm.ThrowIfDisposed();

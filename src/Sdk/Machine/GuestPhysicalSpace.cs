@@ -17,6 +17,7 @@ public sealed class GuestPhysicalSpace : AddressSpace
 
     internal GuestPhysicalSpace(Vm vm) : base(vm, "gpa") => seenSlots = vm.SlotsSnapshot;
 
+    /// <inheritdoc/>
     public override long Generation
     {
         get
@@ -35,6 +36,7 @@ public sealed class GuestPhysicalSpace : AddressSpace
         }
     }
 
+    /// <inheritdoc/>
     public override bool TryTranslate(ulong address, long length, MemoryAccess access, out ulong target, out long contiguous, out MemoryFault fault)
     {
         target = address;
@@ -75,6 +77,7 @@ public sealed class GuestPhysicalSpace : AddressSpace
         return false;
     }
 
+    /// <inheritdoc/>
     public override string ToString() => $"guest-physical space of {Vm}";
 }
 

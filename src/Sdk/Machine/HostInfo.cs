@@ -95,12 +95,16 @@ public static class HostInfo
     {
         /// <summary>Pages a new mapping can still reserve.</summary>
         public long Available => Math.Max(0, Free - Reserved);
+        /// <summary>The pool's sysfs folder (/sys/kernel/mm/hugepages/hugepages-&lt;N&gt;kB).</summary>
         public string SysfsDir => HugetlbDir(PageSize);
+        /// <inheritdoc/>
         public override string ToString() => $"{PageSize >> 10} kB: total {Total}, free {Free}, reserved {Reserved}";
     }
 
+    /// <summary>The sysfs folder of the huge page pool of <paramref name="pageSize"/> bytes.</summary>
     public static string HugetlbDir(long pageSize) => $"/sys/kernel/mm/hugepages/hugepages-{pageSize >> 10}kB";
 
+    /// <summary>The huge page pool of <paramref name="pageSize"/> bytes as sysfs shows it now.</summary>
     public static HugePool HugePages(long pageSize)
     {
         var d = HugetlbDir(pageSize);
@@ -108,6 +112,7 @@ public static class HostInfo
             Math.Max(0, ReadLong(d + "/resv_hugepages")), Math.Max(0, ReadLong(d + "/surplus_hugepages")));
     }
 
+    /// <summary>Every huge page pool the kernel offers.</summary>
     public static IReadOnlyList<HugePool> AllHugePools()
     {
         var list = new List<HugePool>();

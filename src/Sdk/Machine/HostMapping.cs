@@ -193,6 +193,8 @@ internal sealed unsafe class HostMapping : IDisposable
 /// <summary>Too few huge pages are reserved for a hugetlb backing. The message says how many are needed and the command to reserve them.</summary>
 public sealed class InsufficientHugePagesException(string message, long needed, long available) : InvalidOperationException(message)
 {
+    /// <summary>Huge pages the mapping needs.</summary>
     public long Needed { get; } = needed;
+    /// <summary>Free huge pages in the pool.</summary>
     public long Available { get; } = available;
 }

@@ -12,6 +12,7 @@ public readonly record struct IovaMapping(ulong Iova, ulong Size, ulong Target, 
     /// <summary>The last IOVA of the mapping (inclusive, as vhost's <c>last</c>; the mapping may end at 2^64 − 1).</summary>
     public ulong Last => Iova + (Size - 1);
 
+    /// <summary>Whether <paramref name="iova"/> lies in the mapping.</summary>
     public bool Contains(ulong iova) => iova - Iova < Size;
 
     /// <summary>Whether [iova, iova + size) shares a byte with this mapping.</summary>
@@ -23,6 +24,7 @@ public readonly record struct IovaMapping(ulong Iova, ulong Size, ulong Target, 
         return iova <= Last && Iova <= end;
     }
 
+    /// <inheritdoc/>
     public override string ToString() => $"[0x{Iova:x}, 0x{Last:x}] → 0x{Target:x} {PermName(Perm)}";
 
     internal static string PermName(MemoryAccess p) => p switch
@@ -96,11 +98,13 @@ public sealed class IovaSpace : AddressSpace
     /// <summary>The highest IOVA a mapping may use (inclusive).</summary>
     public ulong Last { get; }
 
+    /// <inheritdoc/>
     public override long Generation => Volatile.Read(ref generation) + Parent.Generation;
 
     /// <summary>The published mappings, sorted by IOVA.</summary>
     public IReadOnlyList<IovaMapping> Mappings => Volatile.Read(ref snapshot).Maps;
 
+    /// <summary>Number of mappings.</summary>
     public int Count => Volatile.Read(ref snapshot).Maps.Length;
 
     // ---- changes ------------------------------------------------------------------------------------
@@ -282,6 +286,7 @@ public sealed class IovaSpace : AddressSpace
 
     // ---- translation ----------------------------------------------------------------------------------
 
+    /// <inheritdoc/>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)] // hot path: full optimisation at once, not after tiering
     public override bool TryTranslate(ulong address, long length, MemoryAccess access, out ulong target, out long contiguous, out MemoryFault fault)
     {
@@ -326,5 +331,6 @@ public sealed class IovaSpace : AddressSpace
         return Parent.TryResolveHost(target, n, access, out host, out contiguous, out fault);
     }
 
+    /// <inheritdoc/>
     public override string ToString() => $"{Name}: {Count} IOVA mapping(s) over {Parent.Name}";
 }

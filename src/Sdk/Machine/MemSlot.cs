@@ -21,6 +21,7 @@ public sealed class MemSlot
         Mapping = mapping;
     }
 
+    /// <summary>The slot number (KVM memslot id): 0 is the system slot, 1 the test slot.</summary>
     public int Id { get; }
 
     /// <summary>Names this slot object in <see cref="SlotGuard"/> announcements.</summary>
@@ -29,8 +30,10 @@ public sealed class MemSlot
     /// <summary>guest_phys_addr.</summary>
     public ulong Gpa { get; }
 
+    /// <summary>The slot's size.</summary>
     public Size Size => new(Mapping.Length);
 
+    /// <summary>Guest-physical end (exclusive).</summary>
     public ulong EndGpa => Gpa + (ulong)Mapping.Length;
 
     /// <summary>4 KiB pages (npages) — the bits of its dirty bitmap.</summary>
@@ -39,6 +42,7 @@ public sealed class MemSlot
     /// <summary>base_gfn.</summary>
     public ulong BaseGfn => Gpa >> 12;
 
+    /// <summary>What backs the slot's memory.</summary>
     public Backing Backing => Mapping.Backing;
 
     /// <summary>The backing's page size.</summary>
@@ -52,6 +56,7 @@ public sealed class MemSlot
     /// <summary>Slot 0 holds the backend's own code, stacks and page tables; it cannot be removed or resized.</summary>
     public bool IsSystem => Id == 0;
 
+    /// <summary>The VM the slot belongs to.</summary>
     public Vm Vm => vm;
 
     /// <summary>Backend-private state (e.g. the simulator's dirty bitmap).</summary>
@@ -103,8 +108,10 @@ public sealed class MemSlot
     /// <summary>Clears exactly the pages set in <paramref name="mask"/>, over the whole slot.</summary>
     public void ClearDirtyLog(DirtyBitmap mask) => vm.ClearDirtyLog(this, 0, Pages, mask);
 
+    /// <summary>Whether guest-physical <paramref name="gpa"/> lies in the slot.</summary>
     public bool Contains(ulong gpa) => gpa >= Gpa && gpa < EndGpa;
 
+    /// <inheritdoc/>
     public override string ToString()
         => $"slot {Id}: [0x{Gpa:x}, 0x{EndGpa:x}) {Size} {Backing.Name()}{(logDirtyPages ? " log-dirty" : "")}";
 }

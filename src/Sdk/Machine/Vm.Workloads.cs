@@ -118,6 +118,7 @@ public abstract partial class Vm
         }
     }
 
+    /// <summary><see cref="Run"/> on a worker thread.</summary>
     public Task<WorkloadResult> RunAsync(Workload workload, Action<int>? afterPass = null, CancellationToken cancellation = default)
         => Task.Factory.StartNew(() => Run(workload, afterPass, cancellation), cancellation, TaskCreationOptions.LongRunning, TaskScheduler.Default);
 }

@@ -82,15 +82,19 @@ public abstract partial class Vm : IDisposable
 
     // ---- properties -----------------------------------------------------------------------------
 
+    /// <summary>The options the VM was created with.</summary>
     public VmOptions Options { get; }
 
+    /// <summary>The backend the VM runs on (Kvm or Sim).</summary>
     public abstract Backend Backend { get; }
 
+    /// <summary>Number of vCPUs.</summary>
     public int Vcpus { get; }
 
     /// <summary>The test slot's backing.</summary>
     public Backing Backing => Options.Backing;
 
+    /// <summary>Guest memory, addressed by guest-physical address (host access).</summary>
     public GuestMemory Memory { get; }
 
     /// <summary>Guest physical address width; every slot ends at or below <see cref="MaxGpa"/>.</summary>
@@ -99,8 +103,10 @@ public abstract partial class Vm : IDisposable
     /// <summary>2^<see cref="GuestPhysBits"/>: the end of the guest-physical space.</summary>
     public ulong MaxGpa => 1UL << GuestPhysBits;
 
+    /// <summary>KVM_DIRTY_LOG_MANUAL_PROTECT_ENABLE: GET_DIRTY_LOG does not re-protect; CLEAR_DIRTY_LOG does.</summary>
     public bool ManualProtect => Options.ManualProtect;
 
+    /// <summary>KVM_DIRTY_LOG_INITIALLY_SET: a slot starts logging with every page dirty.</summary>
     public bool InitiallySet => Options.InitiallySet;
 
     /// <summary>The dirty rings, when <see cref="VmOptions.DirtyRingBytes"/> is set; else null.</summary>
@@ -115,11 +121,13 @@ public abstract partial class Vm : IDisposable
     /// <summary>Slots ordered by id.</summary>
     public IReadOnlyList<MemSlot> Slots => SlotsSnapshot.OrderBy(s => s.Id).ToArray();
 
+    /// <summary>Slot 0: page tables and guest code.</summary>
     public MemSlot SystemSlot => Slot(0);
 
     /// <summary>Slot 1, the memory <see cref="VmOptions.Memory"/> asked for.</summary>
     public MemSlot TestSlot => Slot(1);
 
+    /// <summary>Whether <see cref="Dispose"/> ran.</summary>
     public bool IsDisposed => Volatile.Read(ref disposed) != 0;
 
     /// <summary>Whether a workload is running now.</summary>
@@ -127,6 +135,7 @@ public abstract partial class Vm : IDisposable
 
     internal ImmutableArray<MemSlot> SlotsSnapshot => slots; // one reference inside: reads are atomic
 
+    /// <summary>The slot with this id; throws <see cref="ArgumentException"/> naming the existing ones when there is none.</summary>
     public MemSlot Slot(int id)
     {
         ThrowIfDisposed();
@@ -219,6 +228,7 @@ public abstract partial class Vm : IDisposable
     /// <summary>Attaches a device model (it is disposed with the VM, before guest memory goes away) and returns it.</summary>
     public T Attach<T>(T device) where T : VmDevice => devices.Attach(this, device);
 
+    /// <inheritdoc/>
     public void Dispose()
     {
         var deviceError = devices.DisposeAll(); // first, while the VM still works: device threads stop before memory goes
@@ -254,6 +264,7 @@ public abstract partial class Vm : IDisposable
         if (deviceError is not null) throw deviceError;
     }
 
+    /// <inheritdoc/>
     public override string ToString()
         => IsDisposed ? $"{Backend} VM: {Vcpus} vCPU(s), disposed" : $"{Backend} VM: {Vcpus} vCPU(s), {Memory.Size} in {SlotsSnapshot.Length} memslot(s), test slot {Options.Memory} {Options.Backing.Name()}";
 }

@@ -10,6 +10,7 @@ public abstract class VmDevice : IDisposable
     Vm? vm;
     int disposed;
 
+    /// <summary>A device named <paramref name="name"/>, not yet attached.</summary>
     protected VmDevice(string name)
     {
         ArgumentException.ThrowIfNullOrWhiteSpace(name);
@@ -22,8 +23,10 @@ public abstract class VmDevice : IDisposable
     /// <summary>The VM this device is attached to, or null before <see cref="Vm.Attach{T}"/>.</summary>
     public Vm? Vm => vm;
 
+    /// <summary>Whether the device is attached to a VM.</summary>
     public bool IsAttached => vm is not null;
 
+    /// <summary>Whether <see cref="Dispose()"/> ran.</summary>
     public bool IsDisposed => Volatile.Read(ref disposed) != 0;
 
     /// <summary>The attached VM; throws a clear error when the device is not attached or was disposed.</summary>
@@ -48,6 +51,7 @@ public abstract class VmDevice : IDisposable
     /// <summary>Stops the device's threads and releases its resources. Called by <see cref="Dispose()"/> exactly once.</summary>
     protected virtual void Dispose(bool disposing) { }
 
+    /// <inheritdoc/>
     public void Dispose()
     {
         if (Interlocked.Exchange(ref disposed, 1) != 0) return;

@@ -8,15 +8,19 @@ namespace VirtLab.Sdk.Machine;
 /// </summary>
 public sealed record VmOptions
 {
+    /// <summary>Options for a VM whose test slot has <paramref name="memory"/> bytes.</summary>
     public VmOptions(Size memory) => Memory = memory;
 
     /// <summary>Size of the test slot (memslot 1). A multiple of the backing's page size.</summary>
     public Size Memory { get; init; }
 
+    /// <summary>Number of vCPUs (1 to <see cref="MaxVcpusDefault"/>).</summary>
     public int Vcpus { get; init; } = 1;
 
+    /// <summary>What backs the test slot's memory.</summary>
     public Backing Backing { get; init; } = Backing.Anonymous;
 
+    /// <summary>Which backend to use; Auto picks KVM when usable, else the simulator.</summary>
     public Backend Backend { get; init; } = Backend.Auto;
 
     /// <summary>Guest-physical address of the test slot; null = where the selftests put it (top of the guest-physical space, aligned down to the backing's page size).</summary>
@@ -40,9 +44,13 @@ public sealed record VmOptions
     /// <summary>Dirty ring size per vCPU (<c>KVM_CAP_DIRTY_LOG_RING</c>), e.g. <c>64.KiB()</c>; 0 = no ring. A power of two, 4 KiB … 1 MiB (16-byte entries).</summary>
     public Size DirtyRingBytes { get; init; }
 
+    /// <summary>Most vCPUs a VM may have (x86 KVM_MAX_VCPUS).</summary>
     public const int MaxVcpusDefault = 1024;              // x86 KVM_MAX_VCPUS
+    /// <summary>sizeof(struct kvm_dirty_gfn).</summary>
     public const int DirtyRingEntryBytes = 16;            // sizeof(struct kvm_dirty_gfn)
+    /// <summary>KVM_DIRTY_RING_MAX_ENTRIES.</summary>
     public const int DirtyRingMaxEntries = 65536;         // KVM_DIRTY_RING_MAX_ENTRIES
+    /// <summary>KVM_DIRTY_RING_RSVD_ENTRIES: entries kept free for exits in flight.</summary>
     public const int DirtyRingReservedEntries = 64;       // KVM_DIRTY_RING_RSVD_ENTRIES
 
     /// <summary>Checks everything that does not depend on the backend; throws <see cref="ArgumentException"/> saying what is wrong and what is allowed.</summary>

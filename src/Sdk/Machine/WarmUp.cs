@@ -59,6 +59,7 @@ public static class WarmUp
     /// <summary>How long the process waited for the warm-up in total (the recipe's first Vm.Create, the shell).</summary>
     public static double WaitedSeconds { get; private set; }
 
+    /// <summary>Runs the SDK's hot paths once on scratch objects (what the shell does before a recipe); returns what ran.</summary>
     public static WarmUpReport Run(Backend backend = Backend.Auto)
     {
         var sw = Stopwatch.StartNew();

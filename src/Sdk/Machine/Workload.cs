@@ -32,14 +32,24 @@ public enum VcpuRoles
 }
 
 /// <summary>The role a given vCPU plays.</summary>
-public enum VcpuRole { Mixed, Writer, Reader }
+public enum VcpuRole
+{
+    /// <summary>Reads and writes by the workload's write percentage.</summary>
+    Mixed,
+    /// <summary>Only writes.</summary>
+    Writer,
+    /// <summary>Only reads.</summary>
+    Reader,
+}
 
 /// <summary>Access kind of one <see cref="StrideAccess"/>.</summary>
 public enum AccessOp
 {
     /// <summary>Decided by the vCPU's role / the write percentage.</summary>
     Auto,
+    /// <summary>A load.</summary>
     Read,
+    /// <summary>A store.</summary>
     Write,
 }
 
@@ -49,7 +59,9 @@ public enum AccessOp
 /// </summary>
 public readonly record struct StrideAccess(long Offset = 0, int Count = 1, long Step = 4096, AccessOp Op = AccessOp.Auto)
 {
+    /// <summary><paramref name="count"/> loads, <paramref name="step"/> bytes apart, from <paramref name="offset"/> within the stride.</summary>
     public static StrideAccess Read(long offset = 0, int count = 1, long step = 4096) => new(offset, count, step, AccessOp.Read);
+    /// <summary><paramref name="count"/> stores, <paramref name="step"/> bytes apart, from <paramref name="offset"/> within the stride.</summary>
     public static StrideAccess Write(long offset = 0, int count = 1, long step = 4096) => new(offset, count, step, AccessOp.Write);
 }
 
@@ -82,6 +94,7 @@ public sealed record Workload
     /// <summary>Bytes of the range; null = to the end of the slot containing the start.</summary>
     public long? Length { get; init; }
 
+    /// <summary>Bytes between two accesses of one vCPU (4096: each page).</summary>
     public long Stride { get; init; } = 4096;
 
     /// <summary>Offset added to every access inside a stride.</summary>
@@ -93,14 +106,19 @@ public sealed record Workload
     /// <summary>Percentage of <see cref="AccessOp.Auto"/> accesses that write, for <see cref="VcpuRoles.WritePercent"/>.</summary>
     public int WritePercent { get; init; } = 100;
 
+    /// <summary>Seed of the random order and roles (same seed, same accesses).</summary>
     public uint Seed { get; init; } = 1;
 
+    /// <summary>Sequential or random order of the strides.</summary>
     public AccessOrder Order { get; init; } = AccessOrder.Sequential;
 
+    /// <summary>How the vCPUs share the slot (each its own part, or all of it).</summary>
     public VcpuSharing Sharing { get; init; } = VcpuSharing.Partition;
 
+    /// <summary>How a vCPU decides between reading and writing.</summary>
     public VcpuRoles Roles { get; init; } = VcpuRoles.WritePercent;
 
+    /// <summary>Passes over the slot.</summary>
     public int Passes { get; init; } = 1;
 
     /// <summary>The most passes one run takes: per-vCPU pass times are kept for the result (8 MB per vCPU at the limit).</summary>
@@ -109,6 +127,7 @@ public sealed record Workload
     /// <summary>All vCPUs stop at a sync point after each pass (the host's after-pass callback runs there); false = passes run back to back.</summary>
     public bool SyncEachPass { get; init; } = true;
 
+    /// <summary>The 64-bit value each write stores.</summary>
     public ulong WriteValue { get; init; } = 0x0123456789ABCDEF;
 
     /// <summary>Label shown in results (e.g. KVM_CREATE_MAPPINGS).</summary>
@@ -188,6 +207,7 @@ public sealed record Workload
     internal string RangeText => (Gpa is { } g ? $"gpa 0x{g:x}" : $"slot {Slot}") +
         (Length is { } l ? $", {new Measure.Size(l)}" : Gpa is null ? " (all of it)" : " to the end of its slot");
 
+    /// <inheritdoc/>
     public override string ToString()
     {
         var what = Name ?? "workload";

@@ -46,6 +46,7 @@ public struct WorkloadCursor
         inStride = inPass = false;
     }
 
+    /// <summary>The vCPU's part of the plan.</summary>
     public readonly VcpuSlice Slice => slice;
 
     /// <summary>The generator's next value (Park–Miller minimal standard, as the selftests' guest_random_u32).</summary>

@@ -5,6 +5,7 @@ namespace VirtLab.Sdk.Machine;
 /// <summary>A vCPU's share of a planned workload: strides [<see cref="FirstStride"/>, +<see cref="Strides"/>) of the range.</summary>
 public readonly record struct VcpuSlice(int Vcpu, long FirstStride, long Strides, VcpuRole Role)
 {
+    /// <summary>Guest-physical address of the slice's first stride.</summary>
     public ulong Gpa(WorkloadPlan plan) => plan.Gpa + (ulong)(FirstStride * plan.Workload.Stride);
 }
 
@@ -41,18 +42,25 @@ public sealed class WorkloadPlan
         Slices = slices;
     }
 
+    /// <summary>The workload planned.</summary>
     public Workload Workload { get; }
+    /// <summary>vCPUs the work is split over.</summary>
     public int Vcpus { get; }
     /// <summary>Start of the range.</summary>
     public ulong Gpa { get; }
+    /// <summary>Bytes of the slot the workload covers.</summary>
     public long Length { get; }
+    /// <summary>Guest-physical end of the covered range (exclusive).</summary>
     public ulong EndGpa => Gpa + (ulong)Length;
     /// <summary>Strides in the whole range.</summary>
     public long Strides { get; }
+    /// <summary>The accesses made in every stride.</summary>
     public ImmutableArray<StrideAccess> Accesses { get; }
+    /// <summary>Number of accesses per stride.</summary>
     public long AccessesPerStride { get; }
     /// <summary>Slots the range covers, in gpa order.</summary>
     public IReadOnlyList<MemSlot> Slots { get; }
+    /// <summary>Each vCPU's part.</summary>
     public IReadOnlyList<VcpuSlice> Slices { get; }
 
     /// <summary>Accesses vCPU <paramref name="vcpu"/> makes per pass.</summary>

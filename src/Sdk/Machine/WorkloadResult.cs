@@ -5,7 +5,9 @@ namespace VirtLab.Sdk.Machine;
 /// <summary>One vCPU's part of a run.</summary>
 public sealed record VcpuResult(int Vcpu, VcpuRole Role, IReadOnlyList<TimeSpan> PassTimes, long Reads, long Writes)
 {
+    /// <summary>Time of all passes.</summary>
     public TimeSpan Total => PassTimes.Aggregate(TimeSpan.Zero, (a, b) => a + b);
+    /// <summary>Reads plus writes, all vCPUs.</summary>
     public long Accesses => Reads + Writes;
 }
 
@@ -19,7 +21,9 @@ public sealed record WorkloadResult(
     IReadOnlyList<VcpuResult> PerVcpu,
     long DirtyRingFullExits)
 {
+    /// <summary>Reads of all vCPUs.</summary>
     public long Reads => PerVcpu.Sum(v => v.Reads);
+    /// <summary>Writes of all vCPUs.</summary>
     public long Writes => PerVcpu.Sum(v => v.Writes);
     /// <summary>Accesses made (each touches one page).</summary>
     public long Accesses => Reads + Writes;

@@ -10,6 +10,7 @@ namespace VirtLab.Sdk.Measure;
 /// </summary>
 public sealed record EnvironmentInfo
 {
+    /// <summary>The shell's version.</summary>
     public required string Virtlab { get; init; }
     /// <summary>The SDK contract version, as every command shows it (<see cref="SdkVersion.Text"/>, e.g. "1.0").</summary>
     public required string Sdk { get; init; }
@@ -23,6 +24,7 @@ public sealed record EnvironmentInfo
     public required string Os { get; init; }
     /// <summary>Kernel release (/proc/sys/kernel/osrelease).</summary>
     public string? Kernel { get; init; }
+    /// <summary>Processor architecture (x64, arm64).</summary>
     public required string Architecture { get; init; }
     /// <summary>CPU model name (/proc/cpuinfo).</summary>
     public string? Cpu { get; init; }
@@ -32,6 +34,7 @@ public sealed record EnvironmentInfo
     public Size? Memory { get; init; }
     /// <summary>The .NET runtime, e.g. ".NET 10.0.0".</summary>
     public required string Runtime { get; init; }
+    /// <summary>The host's name.</summary>
     public string? Hostname { get; init; }
     /// <summary>How the process was prepared before the recipe ran (ReadyToRun images, tiering, warm-up); set by the shell.</summary>
     public Preparation? Preparation { get; init; }

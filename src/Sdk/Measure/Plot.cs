@@ -10,6 +10,7 @@ using VirtLab.Sdk.Machine;
 
 namespace VirtLab.Sdk.Measure;
 
+/// <summary>How a plot draws its series.</summary>
 public enum PlotKind
 {
     /// <summary>One line per series, y over x.</summary>
@@ -25,6 +26,7 @@ public enum PlotKind
 /// <summary>One named series of a chart; <see cref="X"/> and <see cref="Y"/> have the same length.</summary>
 public sealed record PlotSeries
 {
+    /// <summary>A series: <paramref name="y"/> over <paramref name="x"/> (same length), with optional error bars.</summary>
     public PlotSeries(string label, IReadOnlyList<double> x, IReadOnlyList<double> y, IReadOnlyList<double>? error = null)
     {
         ArgumentNullException.ThrowIfNull(label);
@@ -38,8 +40,11 @@ public sealed record PlotSeries
         Error = error;
     }
 
+    /// <summary>The legend label.</summary>
     public string Label { get; }
+    /// <summary>X values.</summary>
     public IReadOnlyList<double> X { get; }
+    /// <summary>Y values, one per X value.</summary>
     public IReadOnlyList<double> Y { get; }
     /// <summary>Half-height of an error bar per point (bar charts), e.g. the spread of repeated runs.</summary>
     [JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingNull)]
@@ -54,16 +59,21 @@ public sealed record PlotSeries
 }
 
 /// <summary>
-/// A chart a recipe asked for (<see cref="RecipeGlobals.Plot(string, IEnumerable{double}, string?, string?)"/>) or the
+/// A chart a recipe asked for (<see cref="RecipeGlobals.Plot{T}(string, IEnumerable{T}, string?, string?)"/>) or the
 /// shell derived from a run: data only. The shell renders it (PNG/SVG); the SDK never draws pixels. In the REPL it shows
 /// as a sparkline per series, or a compact heatmap.
 /// </summary>
 public sealed record PlotRequest : IDisplayable
 {
+    /// <summary>The chart's title (also names its file).</summary>
     public required string Title { get; init; }
+    /// <summary>Line, scatter, bars or heatmap.</summary>
     public PlotKind Kind { get; init; } = PlotKind.Line;
+    /// <summary>X axis label.</summary>
     public string? XLabel { get; init; }
+    /// <summary>Y axis label.</summary>
     public string? YLabel { get; init; }
+    /// <summary>The data.</summary>
     public IReadOnlyList<PlotSeries> Series { get; init; } = [];
     /// <summary>Bar labels (x positions 0, 1, …) for <see cref="PlotKind.Bar"/>.</summary>
     public IReadOnlyList<string>? Categories { get; init; }
@@ -77,6 +87,7 @@ public sealed record PlotRequest : IDisplayable
     /// <summary>A file-name stem from the title: lower case, [a-z0-9-] only.</summary>
     public string Slug => MakeSlug(Title);
 
+    /// <summary>A file name made of <paramref name="title"/>: lower case, letters and digits, dashes between.</summary>
     public static string MakeSlug(string title)
     {
         var sb = new StringBuilder();
@@ -283,6 +294,7 @@ public sealed record PlotRequest : IDisplayable
     private const string Spark = "▁▂▃▄▅▆▇█";
     private const string Shades = " ░▒▓█";
 
+    /// <inheritdoc/>
     public IRenderable ToRenderable()
     {
         var rows = new List<IRenderable> { new Markup($"[bold]{Markup.Escape(Title)}[/] [grey]({Kind.ToString().ToLowerInvariant()})[/]") };
@@ -305,6 +317,7 @@ public sealed record PlotRequest : IDisplayable
         return new Rows(rows);
     }
 
+    /// <inheritdoc/>
     public override string ToString() =>
         Kind == PlotKind.Heatmap ? $"{Title} (heatmap {Cells?.Count ?? 0}×{Cells?.FirstOrDefault()?.Count ?? 0})" : $"{Title} ({Kind.ToString().ToLowerInvariant()}, {Series.Count} series)";
 
@@ -362,8 +375,10 @@ public sealed class PlotSet
     /// <summary>Called (on the recipe's thread) after a plot is added; the REPL host writes the image and tells where.</summary>
     public Action<PlotRequest>? Added { get; set; }
 
+    /// <summary>The plots recorded so far.</summary>
     public IReadOnlyList<PlotRequest> All { get { lock (_lock) return _plots.ToArray(); } }
 
+    /// <summary>Records <paramref name="plot"/> and returns it.</summary>
     public PlotRequest Add(PlotRequest plot)
     {
         ArgumentNullException.ThrowIfNull(plot);

@@ -28,6 +28,7 @@ public sealed record Preparation
     /// <summary>Methods the JIT compiled before the recipe started, and while it ran (tier-1 recompiles of hot
     /// ReadyToRun code included; script code is JIT-compiled by nature).</summary>
     public long JitCompiledBeforeRecipe { get; init; }
+    /// <summary>Methods the JIT compiled while the recipe ran (what precompilation and warm-up did not cover).</summary>
     public long? JitCompiledDuringRecipe { get; init; }
 
     /// <summary>"ReadyToRun" when the file carries a ReadyToRun header, "IL (Debug build…)" when built without

@@ -85,7 +85,9 @@ public static class Progress
 /// <summary>Shows progress (the shell's terminal bar; a test's recorder). Calls come from the reporting thread: return quickly.</summary>
 public interface IProgressListener
 {
+    /// <summary>A reporter started.</summary>
     void Started(ProgressReporter reporter);
+    /// <summary>A reporter finished.</summary>
     void Finished(ProgressReporter reporter);
 }
 
@@ -107,13 +109,19 @@ public sealed class ProgressReporter : IDisposable
         Unit = unit;
     }
 
+    /// <summary>What is being counted.</summary>
     public string Name { get; }
     /// <summary>Units the operation has in all; 0 when unknown.</summary>
     public long Total { get; }
+    /// <summary>Unit of the count (pages, ops, …).</summary>
     public string Unit { get; }
+    /// <summary>When the reporter started (Stopwatch timestamp).</summary>
     public long StartTimestamp { get; } = Stopwatch.GetTimestamp();
+    /// <summary>Units done so far.</summary>
     public long Done => Volatile.Read(ref _done);
+    /// <summary>Whether the work finished.</summary>
     public bool IsFinished => Volatile.Read(ref _finished) != 0;
+    /// <summary>Time since the start.</summary>
     public TimeSpan Elapsed => Stopwatch.GetElapsedTime(StartTimestamp);
 
     /// <summary>Adds <paramref name="n"/> completed units.</summary>
@@ -130,11 +138,13 @@ public sealed class ProgressReporter : IDisposable
         Volatile.Write(ref _done, done);
     }
 
+    /// <inheritdoc/>
     public void Dispose()
     {
         if (_listener is null || Interlocked.Exchange(ref _finished, 1) != 0) return;
         _listener.Finished(this);
     }
 
+    /// <inheritdoc/>
     public override string ToString() => Total > 0 ? $"{Name}: {Done}/{Total} {Unit}".TrimEnd() : $"{Name}: {Done} {Unit}".TrimEnd();
 }

@@ -8,13 +8,17 @@ namespace VirtLab.Sdk.Measure;
 /// </summary>
 public readonly record struct Rate(double PerSecond, string Unit)
 {
+    /// <summary>The unit of a byte rate (shown as B/s, KiB/s, …).</summary>
     public const string BytesUnit = "B";
 
+    /// <summary><paramref name="count"/> <paramref name="unit"/> in <paramref name="elapsed"/>.</summary>
     public static Rate Of(double count, TimeSpan elapsed, string unit = "ops") =>
         new(elapsed > TimeSpan.Zero ? count / elapsed.TotalSeconds : double.NaN, unit);
 
+    /// <summary>Bytes per second.</summary>
     public static Rate Of(Size bytes, TimeSpan elapsed) => Of(bytes.Bytes, elapsed, BytesUnit);
 
+    /// <inheritdoc/>
     public override string ToString() => Format(PerSecond, Unit) + "/s";
 
     /// <summary>"1.5 GiB" for bytes, "2.4 M pages" otherwise; three significant digits.</summary>

@@ -18,6 +18,7 @@ public sealed class RecipeArgs : IReadOnlyDictionary<string, string?>
     private readonly Dictionary<string, string?> _named = new(StringComparer.OrdinalIgnoreCase);
     private readonly List<string> _order = [];
 
+    /// <summary>No arguments.</summary>
     public static RecipeArgs Empty { get; } = new([]);
 
     /// <exception cref="RecipeArgumentException">A single-dash option (<c>-m</c>) or an empty name (<c>--=x</c>).</exception>
@@ -86,13 +87,19 @@ public sealed class RecipeArgs : IReadOnlyDictionary<string, string?>
     /// <summary>The raw value of <c>--name</c>; null when absent or given as a bare flag.</summary>
     public string? this[string name] => _named.TryGetValue(Normalize(name), out var v) ? v : null;
 
+    /// <summary>The value of <c>--name</c>, if given (null for a bare flag).</summary>
     public bool TryGetValue(string name, out string? value) => _named.TryGetValue(Normalize(name), out value);
+    /// <summary>Whether <c>--name</c> was given.</summary>
     public bool ContainsKey(string name) => Has(name);
+    /// <summary>Number of named options given.</summary>
     public int Count => _order.Count;
+    /// <summary>The options' values in the order given.</summary>
     public IEnumerable<string?> Values => _order.Select(k => _named[k]);
+    /// <inheritdoc/>
     public IEnumerator<KeyValuePair<string, string?>> GetEnumerator() => _order.Select(k => KeyValuePair.Create(k, _named[k])).GetEnumerator();
     IEnumerator IEnumerable.GetEnumerator() => GetEnumerator();
 
+    /// <inheritdoc/>
     public override string ToString() => string.Join(' ', Raw);
 
     /// <summary>Accepts "memory" and "--memory" alike.</summary>

@@ -4,6 +4,7 @@ namespace VirtLab.Sdk.Measure;
 public class RequirementMissingException(string reason)
     : Exception(string.IsNullOrWhiteSpace(reason) ? "a requirement of the recipe is missing (Require was given no reason)" : reason)
 {
+    /// <summary>Why the recipe cannot run here.</summary>
     public string Reason => Message;
 }
 
@@ -26,6 +27,7 @@ public sealed class RecipeContext
     private readonly Dictionary<string, string?> _effectiveArgs = new(StringComparer.OrdinalIgnoreCase);
     private readonly List<string> _effectiveOrder = [];
 
+    /// <summary>A run's state for <paramref name="args"/>; <paramref name="testMode"/> selects the small test sizes.</summary>
     public RecipeContext(RecipeArgs? args = null, bool testMode = false, CancellationToken cancellation = default)
     {
         Args = args ?? RecipeArgs.Empty;
@@ -33,6 +35,7 @@ public sealed class RecipeContext
         Cancellation = cancellation;
     }
 
+    /// <summary>The recipe's arguments.</summary>
     public RecipeArgs Args { get; }
 
     /// <summary>Under <c>virtlab test</c>: recipes use their small test-mode defaults.</summary>
@@ -41,6 +44,7 @@ public sealed class RecipeContext
     /// <summary>Cancelled on Ctrl+C. Settable so the REPL host can hand each submission a fresh token.</summary>
     public CancellationToken Cancellation { get; set; }
 
+    /// <summary>The stage table.</summary>
     public StageSet Stages { get; } = new();
 
     /// <summary>The charts the recipe asked for with <c>Plot(...)</c>; the shell renders them.</summary>
@@ -58,11 +62,13 @@ public sealed class RecipeContext
     /// <summary>How <see cref="RecipeGlobals.Show{T}"/> displays a value; the shell installs its renderer.</summary>
     public Action<object?> Show { get; set; } = v => Console.WriteLine(v);
 
+    /// <summary>Expectations recorded so far, in order.</summary>
     public IReadOnlyList<Expectation> Expectations { get { lock (_lock) return _expectations.ToArray(); } }
 
     /// <summary>Results in the order first reported; reporting a name again replaces its value.</summary>
     public IReadOnlyList<RecipeResult> Results { get { lock (_lock) return _results.ToArray(); } }
 
+    /// <summary>Whether every expectation passed (true when there are none).</summary>
     public bool AllExpectationsPassed { get { lock (_lock) return _expectations.TrueForAll(e => e.Passed); } }
 
     /// <summary>
@@ -140,6 +146,7 @@ public sealed class RecipeContext
         return condition;
     }
 
+    /// <summary>Records a result (replacing one of the same name).</summary>
     public void Result(string name, object? value)
     {
         ArgumentException.ThrowIfNullOrWhiteSpace(name);

@@ -9,6 +9,7 @@ namespace VirtLab.Sdk.Measure;
 /// </summary>
 public partial class RecipeGlobals
 {
+    /// <summary>Globals over <paramref name="context"/>; <paramref name="plugins"/> are the plugin globals by name.</summary>
     public RecipeGlobals(RecipeContext context, IReadOnlyDictionary<string, object>? plugins = null)
     {
         Context = context ?? throw new ArgumentNullException(nameof(context));
@@ -51,10 +52,13 @@ public partial class RecipeGlobals
     /// <summary>Times <paramref name="body"/> as stage <paramref name="name"/>; stages started inside nest under it.</summary>
     public void Stage(string name, Action body) => Context.Stages.Time(name, body);
 
+    /// <summary>Times <paramref name="body"/> as stage <paramref name="name"/> and returns its value.</summary>
     public T Stage<T>(string name, Func<T> body) => Context.Stages.Time(name, body);
 
+    /// <summary>Times the task <paramref name="body"/> returns as stage <paramref name="name"/>.</summary>
     public Task StageAsync(string name, Func<Task> body) => Context.Stages.TimeAsync(name, body);
 
+    /// <summary>Times the task <paramref name="body"/> returns as stage <paramref name="name"/> and returns its value.</summary>
     public Task<T> StageAsync<T>(string name, Func<Task<T>> body) => Context.Stages.TimeAsync(name, body);
 
     /// <summary>Starts a stage that ends when disposed: <c>using var s = Stage("populate"); ... s.Count("pages", n);</c></summary>

@@ -24,27 +24,36 @@ public sealed record RecipeInfo(string Path, string Sha256)
 /// </summary>
 public sealed record RunRecord
 {
+    /// <summary>The recipe file that ran.</summary>
     public required RecipeInfo Recipe { get; init; }
     /// <summary>Options in effect, name → value text (given ones and the defaults the recipe read); parses back with the same recipe.</summary>
     public required IReadOnlyDictionary<string, string?> Args { get; init; }
     /// <summary>The argument tokens exactly as given.</summary>
     public required IReadOnlyList<string> Argv { get; init; }
+    /// <summary>Whether the run used the test sizes.</summary>
     public bool TestMode { get; init; }
+    /// <summary>Host, kernel, shell and plugin versions.</summary>
     public required EnvironmentInfo Environment { get; init; }
+    /// <summary>Stage times, in start order.</summary>
     public required IReadOnlyList<StageRecord> Stages { get; init; }
+    /// <summary>Expectations, in order.</summary>
     public required IReadOnlyList<Expectation> Expectations { get; init; }
     /// <summary>name → the value as JSON; a value System.Text.Json cannot write is stored as its ToString().</summary>
     public required IReadOnlyDictionary<string, JsonNode?> Results { get; init; }
+    /// <summary>The process exit code (see the shell's exit codes).</summary>
     public int ExitCode { get; init; }
     /// <summary>The exception that ended the run ("Type: message"), if one did.</summary>
     public string? Error { get; init; }
+    /// <summary>When the run started.</summary>
     public DateTimeOffset StartedAt { get; init; }
+    /// <summary>Duration of the run in seconds.</summary>
     public double DurationSeconds { get; init; }
     /// <summary>The charts <c>--plots DIR</c> wrote (stage times, per-iteration series, the recipe's own Plot calls).</summary>
     public IReadOnlyList<PlotFile>? Plots { get; init; }
     /// <summary>With <c>--repeat N</c>: the spread of every stage and numeric result, and each repetition's record.</summary>
     public RepeatSummary? Repeat { get; init; }
 
+    /// <summary>How run records are (de)serialised: camelCase, indented, enums as names.</summary>
     public static JsonSerializerOptions JsonOptions { get; } = new(JsonSerializerDefaults.Web)
     {
         WriteIndented = true,
@@ -55,7 +64,11 @@ public sealed record RunRecord
     };
 
     /// <summary>Builds the record of a finished run; duration is measured on the monotonic clock from the context's start.</summary>
+    /// <param name="context">The run's state: stages, expectations, results, arguments.</param>
+    /// <param name="recipe">The recipe file that ran.</param>
+    /// <param name="environment">Host, kernel, shell and plugin versions at the time of the run.</param>
     /// <param name="error">The exception that ended the script, if any; also decides <see cref="ExitCode"/> unless <paramref name="exitCode"/> is given.</param>
+    /// <param name="exitCode">The exit code to record, when the caller decided it.</param>
     public static RunRecord Create(RecipeContext context, RecipeInfo recipe, EnvironmentInfo environment, Exception? error = null, int? exitCode = null)
     {
         ArgumentNullException.ThrowIfNull(context);
@@ -79,9 +92,10 @@ public sealed record RunRecord
         };
     }
 
+    /// <summary>The record as JSON.</summary>
     public string ToJson() => JsonSerializer.Serialize(this, JsonOptions);
 
-    /// <summary>Reads a record written by <see cref="ToJson"/> (e.g. to compare runs).</summary>
+    /// <summary>Reads a record written by <see cref="ToJson()"/> (e.g. to compare runs).</summary>
     public static RunRecord Parse(string json) =>
         JsonSerializer.Deserialize<RunRecord>(json, JsonOptions) ?? throw new JsonException("the run record is null");
 

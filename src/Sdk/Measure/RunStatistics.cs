@@ -13,6 +13,7 @@ public sealed record PlotFile(string Title, PlotKind Kind, string Path);
 /// </summary>
 public sealed record Spread(int N, double Median, double Min, double Max)
 {
+    /// <summary>Max − Min.</summary>
     public double Range => Max - Min;
 
     /// <summary>Range relative to the median (0.05 = the runs spread over 5 % of the median); 0 when the median is 0.</summary>
@@ -32,6 +33,7 @@ public sealed record Spread(int N, double Median, double Min, double Max)
 /// the spread over the N measured repetitions, and every measured repetition's own record.</summary>
 public sealed record RepeatSummary
 {
+    /// <summary>Number of runs summarised.</summary>
     public required int Repetitions { get; init; }
     /// <summary>Runs made first and discarded (not in <see cref="Runs"/>).</summary>
     public int Warmup { get; init; }
@@ -39,6 +41,7 @@ public sealed record RepeatSummary
     public required IReadOnlyDictionary<string, Spread> Stages { get; init; }
     /// <summary>Numeric result (or "result.field") → value.</summary>
     public required IReadOnlyDictionary<string, Spread> Results { get; init; }
+    /// <summary>The run records.</summary>
     public required IReadOnlyList<RunRecord> Runs { get; init; }
 
     /// <summary>Summarizes measured repetitions; a stage or result missing from some runs is summarized over the runs that have it.</summary>
@@ -79,6 +82,7 @@ public static class RunMetrics
     /// <summary>"name" for a top-level stage, "parent / name" for a nested one.</summary>
     public static string StageKey(StageRecord s) => s.Parent is null ? s.Name : $"{s.Parent} / {s.Name}";
 
+    /// <summary>Seconds per stage path of one run.</summary>
     public static IReadOnlyDictionary<string, double> StageSeconds(RunRecord r)
     {
         ArgumentNullException.ThrowIfNull(r);

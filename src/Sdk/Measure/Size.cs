@@ -9,18 +9,30 @@ namespace VirtLab.Sdk.Measure;
 [JsonConverter(typeof(SizeJsonConverter))]
 public readonly record struct Size(long Bytes) : IComparable<Size>
 {
+    /// <summary>Bytes in a KiB, MiB, GiB, TiB.</summary>
     public const long KiBBytes = 1L << 10, MiBBytes = 1L << 20, GiBBytes = 1L << 30, TiBBytes = 1L << 40;
 
+    /// <summary>The byte count.</summary>
     public static implicit operator long(Size s) => s.Bytes;
+    /// <summary>The byte count (checked: a negative size throws).</summary>
     public static implicit operator ulong(Size s) => checked((ulong)s.Bytes);
+    /// <summary>Sum (checked).</summary>
     public static Size operator +(Size a, Size b) => new(checked(a.Bytes + b.Bytes));
+    /// <summary>Difference (checked).</summary>
     public static Size operator -(Size a, Size b) => new(checked(a.Bytes - b.Bytes));
+    /// <summary>Product (checked).</summary>
     public static Size operator *(Size a, long n) => new(checked(a.Bytes * n));
+    /// <summary>Quotient.</summary>
     public static Size operator /(Size a, long n) => new(a.Bytes / n);
+    /// <inheritdoc/>
     public int CompareTo(Size other) => Bytes.CompareTo(other.Bytes);
+    /// <summary>Compares byte counts.</summary>
     public static bool operator <(Size a, Size b) => a.Bytes < b.Bytes;
+    /// <summary>Compares byte counts.</summary>
     public static bool operator >(Size a, Size b) => a.Bytes > b.Bytes;
+    /// <summary>Compares byte counts.</summary>
     public static bool operator <=(Size a, Size b) => a.Bytes <= b.Bytes;
+    /// <summary>Compares byte counts.</summary>
     public static bool operator >=(Size a, Size b) => a.Bytes >= b.Bytes;
 
     /// <summary>Throughput: <c>7.GiB() / elapsed</c> → "3.2 GiB/s".</summary>
@@ -36,6 +48,7 @@ public readonly record struct Size(long Bytes) : IComparable<Size>
         throw new FormatException(error);
     }
 
+    /// <summary>Parses "512M", "4K", "1.5G", "4096" (binary units); false and why when it does not parse.</summary>
     public static bool TryParse(string? text, out Size size, out string error)
     {
         size = default;
@@ -64,6 +77,7 @@ public readonly record struct Size(long Bytes) : IComparable<Size>
         return true;
     }
 
+    /// <inheritdoc/>
     public override string ToString()
     {
         var b = Bytes;
@@ -93,23 +107,35 @@ public readonly record struct Size(long Bytes) : IComparable<Size>
 /// <summary>Writes a Size as its byte count; reads a byte count or a size string ("8G").</summary>
 public sealed class SizeJsonConverter : JsonConverter<Size>
 {
+    /// <inheritdoc/>
     public override Size Read(ref Utf8JsonReader reader, Type typeToConvert, JsonSerializerOptions options) =>
         reader.TokenType == JsonTokenType.String ? Size.Parse(reader.GetString()!) : new Size(reader.GetInt64());
 
+    /// <inheritdoc/>
     public override void Write(Utf8JsonWriter writer, Size value, JsonSerializerOptions options) => writer.WriteNumberValue(value.Bytes);
 }
 
 /// <summary><c>1.GiB()</c>, <c>512.MiB()</c>, <c>4.KiB()</c>.</summary>
 public static class SizeUnits
 {
+    /// <summary><paramref name="n"/> KiB.</summary>
     public static Size KiB(this int n) => new(checked(n * Size.KiBBytes));
+    /// <summary><paramref name="n"/> MiB.</summary>
     public static Size MiB(this int n) => new(checked(n * Size.MiBBytes));
+    /// <summary><paramref name="n"/> GiB.</summary>
     public static Size GiB(this int n) => new(checked(n * Size.GiBBytes));
+    /// <summary><paramref name="n"/> TiB.</summary>
     public static Size TiB(this int n) => new(checked(n * Size.TiBBytes));
+    /// <summary><paramref name="n"/> KiB.</summary>
     public static Size KiB(this long n) => new(checked(n * Size.KiBBytes));
+    /// <summary><paramref name="n"/> MiB.</summary>
     public static Size MiB(this long n) => new(checked(n * Size.MiBBytes));
+    /// <summary><paramref name="n"/> GiB.</summary>
     public static Size GiB(this long n) => new(checked(n * Size.GiBBytes));
+    /// <summary><paramref name="n"/> TiB.</summary>
     public static Size TiB(this long n) => new(checked(n * Size.TiBBytes));
+    /// <summary><paramref name="n"/> bytes.</summary>
     public static Size Bytes(this long n) => new(n);
+    /// <summary><paramref name="n"/> bytes.</summary>
     public static Size Bytes(this int n) => new(n);
 }

@@ -15,9 +15,11 @@ public sealed record StageRecord(string Name, double Seconds, IReadOnlyDictionar
     /// <summary>How many times the stage completed (a stage run in a loop accumulates into one record).</summary>
     public int Runs { get; init; } = 1;
 
+    /// <summary>The enclosing stage's name, for a nested one.</summary>
     [JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingNull)]
     public string? Parent { get; init; }
 
+    /// <summary>Nesting depth (0 for a top-level stage).</summary>
     [JsonIgnore] public int Depth { get; init; }
 }
 
@@ -35,6 +37,7 @@ public sealed class StageSet : IDisplayable
     private readonly List<StageEntry> _entries = [];
     private readonly AsyncLocal<StageTimer?> _current = new();
 
+    /// <summary>An empty stage table with an optional title.</summary>
     public StageSet(string? title = null) => Title = title;
 
     /// <summary>Shown above the table, e.g. "balloon inflate 768 MiB".</summary>
@@ -52,12 +55,14 @@ public sealed class StageSet : IDisplayable
         return timer;
     }
 
+    /// <summary>Times <paramref name="body"/> as stage <paramref name="name"/>.</summary>
     public void Time(string name, Action body)
     {
         ArgumentNullException.ThrowIfNull(body);
         using (Start(name)) body();
     }
 
+    /// <summary>Times <paramref name="body"/> as stage <paramref name="name"/> and returns its value.</summary>
     public T Time<T>(string name, Func<T> body)
     {
         ArgumentNullException.ThrowIfNull(body);
@@ -67,12 +72,14 @@ public sealed class StageSet : IDisplayable
         using (Start(name)) return body();
     }
 
+    /// <summary>Times the task <paramref name="body"/> returns as stage <paramref name="name"/>.</summary>
     public async Task TimeAsync(string name, Func<Task> body)
     {
         ArgumentNullException.ThrowIfNull(body);
         using (Start(name)) await body().ConfigureAwait(false);
     }
 
+    /// <summary>Times the task <paramref name="body"/> returns as stage <paramref name="name"/> and returns its value.</summary>
     public async Task<T> TimeAsync<T>(string name, Func<Task<T>> body)
     {
         ArgumentNullException.ThrowIfNull(body);
@@ -146,8 +153,10 @@ public sealed class StageSet : IDisplayable
     /// <summary>Sum of the top-level stages (nested ones are inside their parents' time).</summary>
     public double TotalSeconds => Records.Where(r => r.Parent is null).Sum(r => r.Seconds);
 
+    /// <summary>No stage has been timed.</summary>
     public bool IsEmpty { get { lock (_lock) return _entries.Count == 0; } }
 
+    /// <inheritdoc/>
     public IRenderable ToRenderable()
     {
         var records = Records;
@@ -269,6 +278,7 @@ public sealed class StageTimer : IDisposable
     internal StageTimer? Parent { get; }
     internal bool IsStopped => Interlocked.Read(ref _end) != 0;
 
+    /// <summary>The stage's name.</summary>
     public string Name => StageEntry.Name;
 
     /// <summary>Time since start, or the stage's duration once stopped.</summary>
@@ -288,6 +298,7 @@ public sealed class StageTimer : IDisposable
         return this;
     }
 
+    /// <inheritdoc/>
     public void Dispose()
     {
         var now = Stopwatch.GetTimestamp();

@@ -64,6 +64,7 @@ internal static unsafe class KvmIoctl
 /// <summary>KVM_CAP_* numbers this project asks about.</summary>
 public static class KvmCap
 {
+#pragma warning disable CS1591 // the kernel's names (<linux/kvm.h>, Documentation/virt/kvm/api.rst)
     public const int USER_MEMORY = 3;
     public const int SET_TSS_ADDR = 4;
     public const int EXT_CPUID = 7;
@@ -96,6 +97,7 @@ public static class KvmCap
         DIRTY_LOG_RING_WITH_BITMAP => "KVM_CAP_DIRTY_LOG_RING_WITH_BITMAP",
         _ => $"KVM_CAP_{cap}",
     };
+#pragma warning restore CS1591
 }
 
 internal static class KvmConst
@@ -115,6 +117,7 @@ internal static class KvmConst
 /// <summary>kvm_run.exit_reason values (KVM_EXIT_*).</summary>
 public enum KvmExitReason : uint
 {
+#pragma warning disable CS1591 // the kernel's names (<linux/kvm.h>, Documentation/virt/kvm/api.rst)
     KVM_EXIT_UNKNOWN = 0, KVM_EXIT_EXCEPTION = 1, KVM_EXIT_IO = 2, KVM_EXIT_HYPERCALL = 3, KVM_EXIT_DEBUG = 4,
     KVM_EXIT_HLT = 5, KVM_EXIT_MMIO = 6, KVM_EXIT_IRQ_WINDOW_OPEN = 7, KVM_EXIT_SHUTDOWN = 8,
     KVM_EXIT_FAIL_ENTRY = 9, KVM_EXIT_INTR = 10, KVM_EXIT_SET_TPR = 11, KVM_EXIT_TPR_ACCESS = 12,
@@ -125,6 +128,7 @@ public enum KvmExitReason : uint
     KVM_EXIT_X86_RDMSR = 29, KVM_EXIT_X86_WRMSR = 30, KVM_EXIT_DIRTY_RING_FULL = 31,
     KVM_EXIT_AP_RESET_HOLD = 32, KVM_EXIT_X86_BUS_LOCK = 33, KVM_EXIT_XEN = 34, KVM_EXIT_RISCV_SBI = 35,
     KVM_EXIT_RISCV_CSR = 36, KVM_EXIT_NOTIFY = 37, KVM_EXIT_LOONGARCH_IOCSR = 38, KVM_EXIT_MEMORY_FAULT = 39,
+#pragma warning restore CS1591
 }
 
 [StructLayout(LayoutKind.Sequential)]

@@ -1,3 +1,5 @@
+// Libc becomes internal (issue #6): its public members stay undocumented until then.
+#pragma warning disable CS1591
 using System.Runtime.InteropServices;
 
 namespace VirtLab.Sdk.Native;

@@ -34,14 +34,18 @@ public abstract class VirtLabPlugin
 /// <summary>Typed convenience base: <c>class MmuPlugin : VirtLabPlugin&lt;MmuApi&gt;</c>.</summary>
 public abstract class VirtLabPlugin<TGlobal> : VirtLabPlugin where TGlobal : class
 {
+    /// <inheritdoc/>
     public sealed override Type GlobalType => typeof(TGlobal);
+    /// <inheritdoc/>
     public sealed override object CreateGlobal(PluginContext context) => Create(context);
+    /// <summary>Creates the global scripts see (once per process); may throw, which the shell reports as a load error.</summary>
     protected abstract TGlobal Create(PluginContext context);
 }
 
 /// <summary>What the shell hands a plugin when it creates its global.</summary>
 public sealed class PluginContext
 {
+    /// <summary>What the shell passes: the plugin's folder and where to log.</summary>
     public PluginContext(string pluginDirectory, TextWriter log)
     {
         PluginDirectory = pluginDirectory;

@@ -7,7 +7,7 @@ namespace VirtLab.Sdk.Virtio;
 /// <summary>
 /// A kick or call notification with eventfd semantics, backed by a real Linux eventfd (as vhost's kickfd/callfd,
 /// QEMU's EventNotifier): <see cref="Signal"/> adds to a 64-bit counter, <see cref="TryRead"/> returns it and resets it to
-/// 0, and a thread can block in <see cref="Wait"/> until it is non-zero (with a timeout and a cancellation token).
+/// 0, and a thread can block in <see cref="Wait(CancellationToken)"/> until it is non-zero (with a timeout and a cancellation token).
 /// The queue that owns it counts the notifications it sent and the ones it decided to suppress.
 /// </summary>
 public sealed unsafe class EventNotifier : IDisposable, IDisplayable
@@ -18,6 +18,7 @@ public sealed unsafe class EventNotifier : IDisposable, IDisplayable
     int active; // calls using the fds right now; Dispose closes them only when none is
     long sent, suppressed, reads, received;
 
+    /// <summary>A new eventfd named <paramref name="name"/> (for display).</summary>
     public EventNotifier(string name = "eventfd") : this(name, -1) { }
 
     EventNotifier(string name, int existing)
@@ -59,6 +60,7 @@ public sealed unsafe class EventNotifier : IDisposable, IDisplayable
         return new EventNotifier(name, copy);
     }
 
+    /// <summary>The name shown in the REPL.</summary>
     public string Name { get; }
 
     /// <summary>The eventfd (e.g. to hand to a model of VHOST_SET_VRING_KICK). Owned by this object.</summary>
@@ -71,6 +73,7 @@ public sealed unsafe class EventNotifier : IDisposable, IDisplayable
         }
     }
 
+    /// <summary>Whether <see cref="Dispose"/> ran.</summary>
     public bool IsDisposed => Volatile.Read(ref disposed) != 0;
 
     /// <summary>Notifications signalled (eventfd writes).</summary>
@@ -209,6 +212,7 @@ public sealed unsafe class EventNotifier : IDisposable, IDisplayable
 
     void Exit() => Interlocked.Decrement(ref active);
 
+    /// <inheritdoc/>
     public void Dispose()
     {
         if (Interlocked.Exchange(ref disposed, 1) != 0) return;
@@ -220,8 +224,10 @@ public sealed unsafe class EventNotifier : IDisposable, IDisplayable
         Libc.close(disposeFd);
     }
 
+    /// <inheritdoc/>
     public override string ToString() => $"{Name}: eventfd, sent {Sent}, suppressed {Suppressed}, reads {Reads}";
 
+    /// <inheritdoc/>
     public IRenderable ToRenderable()
     {
         var t = new Table { Title = new TableTitle(Markup.Escape($"notifier {Name} (eventfd{(IsDisposed ? ", disposed" : $" {fd}")})")) };

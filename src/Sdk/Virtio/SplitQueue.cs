@@ -32,19 +32,25 @@ public abstract unsafe class SplitQueue : IDisplayable
         ring = new RingAccess(space, layout, device);
     }
 
+    /// <summary>The queue's name, for display and errors.</summary>
     public string Name { get; }
 
     /// <summary>The space the ring and the buffers' addresses are in (a device behind an IOMMU uses an IOVA space).</summary>
     public AddressSpace Space { get; }
 
+    /// <summary>Where the ring's three areas lie in guest memory.</summary>
     public SplitRing Ring { get; }
 
+    /// <summary>Queue size (descriptors).</summary>
     public int Size => Ring.Size;
 
+    /// <summary>Negotiated virtio features the ring uses.</summary>
     public VirtioFeatures Features { get; }
 
+    /// <summary>VIRTIO_F_EVENT_IDX negotiated: used_event/avail_event suppress notifications.</summary>
     public bool EventIdx => (Features & VirtioFeatures.EventIdx) != 0;
 
+    /// <summary>VIRTIO_F_INDIRECT_DESC negotiated: chains may use indirect tables.</summary>
     public bool IndirectDesc => (Features & VirtioFeatures.IndirectDesc) != 0;
 
     /// <summary>Notifications this side sent (driver: kicks; device: interrupts/calls).</summary>
@@ -103,6 +109,7 @@ public abstract unsafe class SplitQueue : IDisplayable
         return t;
     }
 
+    /// <summary>The queue's state, for the REPL.</summary>
     public abstract IRenderable ToRenderable();
 }
 

@@ -50,6 +50,7 @@ public sealed unsafe class SplitQueueDevice : SplitQueue
     /// <summary>The used index the device has written so far (published by <see cref="Flush"/>).</summary>
     public ushort UsedIdx => usedShadow;
 
+    /// <inheritdoc/>
     public override int InFlight => inFlight;
 
     /// <summary>True after a malformed chain: the queue pops nothing until <see cref="Reset"/>.</summary>
@@ -345,6 +346,7 @@ public sealed unsafe class SplitQueueDevice : SplitQueue
 
     // ---- display ------------------------------------------------------------------------------------
 
+    /// <inheritdoc/>
     public override IRenderable ChainsInFlight()
     {
         var t = new Table { Title = new TableTitle(Markup.Escape($"{Name}: chains held by the device")) };
@@ -356,6 +358,7 @@ public sealed unsafe class SplitQueueDevice : SplitQueue
         return t;
     }
 
+    /// <inheritdoc/>
     public override IRenderable ToRenderable()
     {
         var t = NewTable("device");
@@ -370,5 +373,6 @@ public sealed unsafe class SplitQueueDevice : SplitQueue
         return t;
     }
 
+    /// <inheritdoc/>
     public override string ToString() => $"{Name}: device side, size {Size}, last_avail {lastAvail}, used {usedShadow}, in flight {inFlight}{(error is null ? "" : ", broken")}";
 }

@@ -8,6 +8,7 @@ namespace VirtLab.Sdk.Virtio;
 /// <summary>A buffer a driver adds: <see cref="Length"/> bytes at <see cref="Address"/> in the device's address space.</summary>
 public readonly record struct VirtqBuffer(ulong Address, uint Length)
 {
+    /// <inheritdoc/>
     public override string ToString() => $"0x{Address:x}+{Length}";
 }
 
@@ -21,6 +22,7 @@ public readonly record struct UsedBuffer(ushort Head, uint Length, ulong Token);
 /// </summary>
 public readonly record struct IndirectArea(ulong Address, int EntriesPerChain)
 {
+    /// <summary>Bytes of indirect tables for a queue of <paramref name="queueSize"/>.</summary>
     public long Bytes(int queueSize) => (long)queueSize * EntriesPerChain * VirtqConst.DescSize;
 }
 
@@ -110,6 +112,7 @@ public sealed unsafe class SplitQueueDriver : SplitQueue
     /// <summary>Free descriptors in the ring.</summary>
     public int FreeDescriptors => numFree;
 
+    /// <inheritdoc/>
     public override int InFlight => inFlight;
 
     /// <summary>The driver's avail index (including chains added since the last kick).</summary>
@@ -195,7 +198,7 @@ public sealed unsafe class SplitQueueDriver : SplitQueue
         return true;
     }
 
-    /// <summary>As <see cref="TryAdd"/>; throws <see cref="InvalidOperationException"/> when the ring is full.</summary>
+    /// <summary>As <see cref="TryAdd(ReadOnlySpan{VirtqBuffer}, ReadOnlySpan{VirtqBuffer}, ulong, out ushort, bool?)"/>; throws <see cref="InvalidOperationException"/> when the ring is full.</summary>
     public ushort Add(ReadOnlySpan<VirtqBuffer> readable, ReadOnlySpan<VirtqBuffer> writable, ulong token = 0, bool? indirect = null)
         => TryAdd(readable, writable, token, out var head, indirect) ? head
             : throw new InvalidOperationException($"{Name}: not enough free descriptors ({FreeDescriptors} free of {Size}); collect used buffers first");
@@ -303,6 +306,7 @@ public sealed unsafe class SplitQueueDriver : SplitQueue
         return Volatile.Read(ref ring.UsedIdx()) != lastUsed;
     }
 
+    /// <inheritdoc/>
     public override IRenderable ChainsInFlight()
     {
         var t = new Table { Title = new TableTitle(Markup.Escape($"{Name}: chains the driver has in flight")) };
@@ -316,6 +320,7 @@ public sealed unsafe class SplitQueueDriver : SplitQueue
         return t;
     }
 
+    /// <inheritdoc/>
     public override IRenderable ToRenderable()
     {
         var t = NewTable("driver");
@@ -333,5 +338,6 @@ public sealed unsafe class SplitQueueDriver : SplitQueue
         return t;
     }
 
+    /// <inheritdoc/>
     public override string ToString() => $"{Name}: driver side, size {Size}, avail {availShadow}, last used {lastUsed}, in flight {inFlight}";
 }

@@ -12,10 +12,13 @@ namespace VirtLab.Sdk.Virtio;
 /// </summary>
 public readonly record struct SplitRing(int Size, ulong DescAddress, ulong AvailAddress, ulong UsedAddress)
 {
+    /// <summary>Bytes of the descriptor table of a ring of <paramref name="size"/>.</summary>
     public static long DescBytes(int size) => (long)VirtqConst.DescSize * size;
 
+    /// <summary>Bytes of the available ring of <paramref name="size"/> (flags, idx, ring[]).</summary>
     public static long AvailBytes(int size) => 6 + 2L * size;
 
+    /// <summary>Bytes of the used ring of <paramref name="size"/> (flags, idx, ring[]).</summary>
     public static long UsedBytes(int size) => 6 + (long)VirtqConst.UsedElemSize * size;
 
     /// <summary>Bytes of a ring laid out by <see cref="Contiguous"/> (the legacy <c>vring_size</c> with <paramref name="usedAlign"/> 4096).</summary>
@@ -53,8 +56,10 @@ public readonly record struct SplitRing(int Size, ulong DescAddress, ulong Avail
         Wraps(UsedAddress, UsedBytes(Size), "used ring");
     }
 
+    /// <summary>A power of two from 1 to 32768 (what a split ring may have).</summary>
     public static bool IsValidSize(int size) => size is >= 1 and <= VirtqConst.MaxQueueSize && (size & (size - 1)) == 0;
 
+    /// <inheritdoc/>
     public override string ToString() => $"split ring of {Size}: desc 0x{DescAddress:x}, avail 0x{AvailAddress:x}, used 0x{UsedAddress:x}";
 
     static void CheckSize(int size)

@@ -7,6 +7,7 @@ namespace VirtLab.Sdk.Virtio;
 [Flags]
 public enum VirtioFeatures : ulong
 {
+    /// <summary>No feature.</summary>
     None = 0,
     /// <summary>VIRTIO_F_NOTIFY_ON_EMPTY (legacy).</summary>
     NotifyOnEmpty = 1UL << 24,
@@ -38,13 +39,19 @@ public enum VirtioFeatures : ulong
 [Flags]
 public enum VirtioDeviceStatus : byte
 {
+    /// <summary>Written by the driver to reset the device.</summary>
     Reset = 0,
+    /// <summary>The driver noticed the device.</summary>
     Acknowledge = 1,
+    /// <summary>The driver knows how to drive the device.</summary>
     Driver = 2,
+    /// <summary>The driver is ready.</summary>
     DriverOk = 4,
+    /// <summary>Feature negotiation is complete.</summary>
     FeaturesOk = 8,
     /// <summary>The device hit an error it cannot recover from (e.g. a broken virtqueue); the driver must reset it.</summary>
     NeedsReset = 0x40,
+    /// <summary>The driver gave up on the device.</summary>
     Failed = 0x80,
 }
 

@@ -37,6 +37,7 @@ public sealed record VirtqError(VirtqErrorKind Kind, string Queue, int Head, int
     /// <summary>The errno vhost/QEMU report for such a ring: EFAULT for memory faults, EINVAL otherwise.</summary>
     public int Errno => Kind is VirtqErrorKind.BufferFault or VirtqErrorKind.RingFault ? Native.Errno.EFAULT : Native.Errno.EINVAL;
 
+    /// <inheritdoc/>
     public override string ToString() => $"{Queue}: {Kind}: {Message}";
 }
 
@@ -56,8 +57,10 @@ public readonly unsafe struct VirtqSegment
         Host = host;
     }
 
+    /// <summary>Guest-physical address of the segment.</summary>
     public ulong Address { get; }
 
+    /// <summary>Length in bytes.</summary>
     public int Length { get; }
 
     /// <summary>Device-writable (the driver's "in" buffer) rather than device-readable ("out").</summary>
@@ -66,6 +69,7 @@ public readonly unsafe struct VirtqSegment
     /// <summary>The bytes, valid until the chain is pushed (or the mapping changes).</summary>
     public Span<byte> Span => new((void*)Host, Length);
 
+    /// <inheritdoc/>
     public override string ToString() => $"0x{Address:x}+{Length} {(Writable ? "W" : "R")}";
 }
 
@@ -85,6 +89,7 @@ public sealed unsafe class VirtqChain
         Head = head;
     }
 
+    /// <summary>The queue the chain came from.</summary>
     public SplitQueueDevice Queue { get; }
 
     /// <summary>The head descriptor index (the id the device puts in the used ring).</summary>
@@ -96,16 +101,22 @@ public sealed unsafe class VirtqChain
     /// <summary>Whether the chain used an indirect table.</summary>
     public bool Indirect { get; internal set; }
 
+    /// <summary>Number of device-readable segments (they come first).</summary>
     public int ReadableCount { get; private set; }
 
+    /// <summary>Bytes the device may read.</summary>
     public long ReadableBytes { get; private set; }
 
+    /// <summary>Bytes the device may write.</summary>
     public long WritableBytes { get; private set; }
 
+    /// <summary>All segments, readable first.</summary>
     public ReadOnlySpan<VirtqSegment> Segments => segments.AsSpan(0, count);
 
+    /// <summary>The device-readable segments.</summary>
     public ReadOnlySpan<VirtqSegment> Readable => segments.AsSpan(0, ReadableCount);
 
+    /// <summary>The device-writable segments.</summary>
     public ReadOnlySpan<VirtqSegment> Writable => segments.AsSpan(ReadableCount, count - ReadableCount);
 
     /// <summary>Whether the device holds it (popped, not yet pushed).</summary>
@@ -135,6 +146,7 @@ public sealed unsafe class VirtqChain
             throw new ArgumentOutOfRangeException(nameof(offset), $"writing {sizeof(T)} bytes at {offset} runs past the chain's {WritableBytes} writable bytes");
     }
 
+    /// <inheritdoc/>
     public override string ToString()
         => $"head {Head}: {Descriptors} desc{(Indirect ? " (indirect)" : "")}, {ReadableBytes} B readable in {ReadableCount} seg, {WritableBytes} B writable in {count - ReadableCount} seg";
 

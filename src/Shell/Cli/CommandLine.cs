@@ -6,7 +6,7 @@ namespace VirtLab.Shell.Cli;
 
 /// <summary>
 /// The <c>virtlab</c> command line (System.CommandLine 3): the REPL (no command), <c>run</c>, <c>test</c>,
-/// <c>plugins</c>, <c>doctor</c>, and the hidden <c>--host SOCKET</c> that starts the REPL's evaluation host.
+/// <c>plugins</c>, <c>doctor</c>, <c>pack-sdk</c>, <c>new plugin</c>, <c>init</c>, and the hidden <c>--host SOCKET</c> that starts the REPL's evaluation host.
 /// Parse errors exit 3 (usage), not System.CommandLine's default 1, so scripts can tell them from failures.
 /// </summary>
 public static class CommandLine
@@ -76,11 +76,21 @@ public static class CommandLine
         plotFormat.AcceptOnlyFromAmong(RunPlots.Formats);
         var repeat = new Option<int>("--repeat") { Description = "Run the recipe N times, each in a fresh process; report median, min, max and spread of every stage and numeric result.", HelpName = "N" };
         var warmup = new Option<int>("--warmup") { Description = "With --repeat: first run K discarded warm-ups.", HelpName = "K" };
-        var run = new Command("run", "Run a recipe headless.\n\n" + ExitCodes.Help) { file, recipeArgs, json, test, noCache, plotsDir, plotFormat, repeat, warmup };
+        var watch = new Option<bool>("--watch")
+        {
+            Description = "Run again whenever the recipe, a file it #loads or a plugin's dll changes (each run a fresh process); " +
+                "one summary line per run: exit code, expectations, time. Ctrl+C ends the watch with the last run's exit code.",
+        };
+        var run = new Command("run", "Run a recipe headless.\n\n" + ExitCodes.Help) { file, recipeArgs, json, test, noCache, plotsDir, plotFormat, repeat, warmup, watch };
         run.SetAction(p =>
         {
             var options = new RunOptions(p.GetValue(file)!, p.GetValue(json), p.GetValue(plugins) ?? [], p.GetValue(test), p.GetValue(recipeArgs) ?? [],
                 p.GetValue(noCache), p.GetValue(plotsDir), p.GetValue(plotFormat) ?? "png");
+            if (p.GetValue(watch))
+            {
+                if (p.GetResult(repeat) is not null || p.GetResult(warmup) is not null) { Console.Error.WriteLine("virtlab run: --watch and --repeat do not go together"); return ExitCodes.Usage; }
+                return WatchRunner.Execute(options);
+            }
             if (p.GetResult(repeat) is not null || p.GetResult(warmup) is not null)
             {
                 if (p.GetResult(repeat) is null) { Console.Error.WriteLine("virtlab run: --warmup needs --repeat N"); return ExitCodes.Usage; }
@@ -115,6 +125,26 @@ public static class CommandLine
         };
         testCmd.SetAction(p => TestCommand.Execute(p.GetValue(paths) ?? [], p.GetValue(plugins) ?? [], p.GetValue(timeout)));
         root.Add(testCmd);
+
+        // ---- plugin and recipe authoring (docs/PLUGINS.md) ----
+        var packDir = new Argument<string>("DIR") { Description = "The local package folder (created) to write VirtLab.Sdk.<version>.nupkg to." };
+        var packSdk = new Command("pack-sdk", "Write the VirtLab.Sdk package this shell provides to a local package folder, for building plugins offline.") { packDir };
+        packSdk.SetAction(p => PluginAuthoring.PackSdk(p.GetValue(packDir)!));
+        root.Add(packSdk);
+
+        var pluginName = new Argument<string>("NAME") { Description = "The plugin's name: project, namespace and script global (letters and digits, e.g. Heatmap)." };
+        var output = new Option<string?>("--output", "-o") { Description = "Folder to create (default: ./NAME); must not exist or be empty.", HelpName = "DIR" };
+        var packages = new Option<string?>("--packages") { Description = "Local package folder for the SDK package (default: OUTPUT/packages); written, and named in nuget.config.", HelpName = "DIR" };
+        var newPlugin = new Command("plugin", "Scaffold a plugin outside the repository: project on the VirtLab.Sdk package (local folder), " +
+            "a sample experiment, an xunit project, a recipe.") { pluginName, output, packages };
+        newPlugin.SetAction(p => PluginAuthoring.NewPlugin(p.GetValue(pluginName)!, p.GetValue(output), p.GetValue(packages)));
+        root.Add(new Command("new", "Create something from a template.") { newPlugin });
+
+        var initDir = new Argument<string>("DIR") { Description = "The recipes folder (default: the current one).", Arity = ArgumentArity.ZeroOrOne, DefaultValueFactory = _ => "." };
+        var init = new Command("init", "Editor support for recipes in DIR: omnisharp.json and virtlab.rsp (the SDK, the plugins found and the " +
+            "shell's imports), as `dotnet script init` does. Run again after adding a plugin.") { initDir };
+        init.SetAction(p => PluginAuthoring.Init(p.GetValue(initDir)!, p.GetValue(plugins) ?? []));
+        root.Add(init);
 
         // ---- plugins / doctor ----
         var pluginsCmd = new Command("plugins", "List discovered plugins: name, version, SDK built against, global, path, load status or error.");

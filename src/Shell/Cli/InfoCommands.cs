@@ -19,7 +19,7 @@ public static class InfoCommands
         if (set.All.Count == 0)
         {
             console.WriteLine($"No plugins found. SDK {SdkVersion.Text}. Searched: " + string.Join(", ", paths.Roots().Select(r => Directory.Exists(r) ? r : r + " (missing)")));
-            console.WriteLine("A plugin folder is <root>/<AssemblyName>/<AssemblyName>.dll; a project importing src/Plugins.Directory.Build.targets copies itself there on every build (Debug or Release).");
+            console.WriteLine("A plugin folder is <root>/<AssemblyName>/<AssemblyName>.dll; a plugin project on the VirtLab.Sdk package copies itself to one on every build (docs/PLUGINS.md; virtlab new plugin NAME scaffolds one).");
             return ExitCodes.Success;
         }
         var table = new Table().Border(TableBorder.Rounded)

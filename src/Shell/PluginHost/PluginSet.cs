@@ -15,7 +15,7 @@ public enum PluginStatus { Loaded, Error }
 public sealed class PluginInfo
 {
     /// <summary>The plugin's name: its project's Product (AssemblyProduct) when it names one other than the assembly, else
-    /// the assembly (folder) name. Plugins.Directory.Build.targets makes a project's Product its name without "Plugins.".</summary>
+    /// the assembly (folder) name. The SDK package's build targets make a project's Product its name without "Plugins.".</summary>
     public required string Name { get; set; }
     /// <summary>The plugin folder's name = the assembly name (what discovery and duplicates go by).</summary>
     public string AssemblyName => System.IO.Path.GetFileNameWithoutExtension(Path);
@@ -216,6 +216,12 @@ public sealed class PluginSet
         if (info.SdkVersion.Major != SdkVersion.Major)
         {
             Fail(info, $"SDK major mismatch: built against VirtLab.Sdk {info.SdkVersion.Major}.x ({SdkVersion.Format(info.SdkVersion)}), this shell provides {SdkVersion.Major}.x ({SdkVersion.Text}); rebuild the plugin against SDK {SdkVersion.Major}");
+            return;
+        }
+        // Minor versions only add to the contract: a plugin may use what its SDK minor added, which an older shell lacks.
+        if (info.SdkVersion.Minor > SdkVersion.Current.Minor)
+        {
+            Fail(info, $"built against a newer VirtLab.Sdk ({SdkVersion.Format(info.SdkVersion)}) than this shell provides ({SdkVersion.Text}); update the shell or build the plugin against SDK {SdkVersion.Text}");
             return;
         }
 

@@ -5,10 +5,34 @@ using VirtLab.Sdk.Native;
 namespace VirtLab.Sdk.Machine.Kvm;
 
 /// <summary>How a KVM statistic behaves (KVM_STATS_TYPE_*).</summary>
-public enum KvmStatType { Cumulative = 0, Instant = 1, Peak = 2, LinearHistogram = 3, LogHistogram = 4 }
+public enum KvmStatType
+{
+    /// <summary>Only grows (KVM_STATS_TYPE_CUMULATIVE).</summary>
+    Cumulative = 0,
+    /// <summary>The current value (KVM_STATS_TYPE_INSTANT).</summary>
+    Instant = 1,
+    /// <summary>The highest value seen (KVM_STATS_TYPE_PEAK).</summary>
+    Peak = 2,
+    /// <summary>Buckets of equal width (KVM_STATS_TYPE_LINEAR_HIST).</summary>
+    LinearHistogram = 3,
+    /// <summary>Buckets of doubling width (KVM_STATS_TYPE_LOG_HIST).</summary>
+    LogHistogram = 4,
+}
 
 /// <summary>Unit of a KVM statistic (KVM_STATS_UNIT_*).</summary>
-public enum KvmStatUnit { None = 0, Bytes = 1, Seconds = 2, Cycles = 3, Boolean = 4 }
+public enum KvmStatUnit
+{
+    /// <summary>A count.</summary>
+    None = 0,
+    /// <summary>Bytes.</summary>
+    Bytes = 1,
+    /// <summary>Seconds (scaled by the descriptor's exponent).</summary>
+    Seconds = 2,
+    /// <summary>CPU cycles.</summary>
+    Cycles = 3,
+    /// <summary>0 or 1.</summary>
+    Boolean = 4,
+}
 
 /// <summary>One descriptor of a binary stats fd (struct kvm_stats_desc).</summary>
 public sealed record KvmStatDescriptor(string Name, KvmStatType Type, KvmStatUnit Unit, bool Pow2Base, short Exponent, int Size, uint Offset, uint BucketSize);
@@ -26,6 +50,7 @@ public sealed class KvmStats : IDisposable
 
     /// <summary>The stats id string from the header (e.g. "kvm-1234" or "kvm-1234/vcpu-0").</summary>
     public string Id { get; }
+    /// <summary>Every statistic the fd describes.</summary>
     public IReadOnlyList<KvmStatDescriptor> Descriptors { get; }
 
     internal KvmStats(KvmFd owner, string what)
@@ -76,6 +101,7 @@ public sealed class KvmStats : IDisposable
         if (n != buf.Length) throw new IOException($"short read of KVM stats {what}: {n} of {buf.Length} bytes");
     }
 
+    /// <summary>Whether a statistic of that name exists.</summary>
     public bool Has(string name) => _byName.ContainsKey(name);
 
     /// <summary>Current value of a scalar statistic (first bucket of a histogram).</summary>
@@ -103,20 +129,26 @@ public sealed class KvmStats : IDisposable
         return new KvmStatsSnapshot(Id, DateTime.UtcNow, Descriptors, values);
     }
 
+    /// <inheritdoc/>
     public void Dispose() => _fd.Dispose();
 
     /// <summary>Whether the fd is closed (its VM or vCPU was disposed).</summary>
     internal bool IsClosed => _fd.IsClosed;
 
+    /// <inheritdoc/>
     public override string ToString() => $"KVM stats {Id}: {Descriptors.Count} statistics (Read(name), Snapshot())";
 }
 
 /// <summary>All values of one stats fd at one moment.</summary>
 public sealed class KvmStatsSnapshot
 {
+    /// <summary>The stats fd's id string (e.g. kvm-1234).</summary>
     public string Id { get; }
+    /// <summary>When the snapshot was read.</summary>
     public DateTime TakenUtc { get; }
+    /// <summary>The statistics read.</summary>
     public IReadOnlyList<KvmStatDescriptor> Descriptors { get; }
+    /// <summary>Values by statistic name (one element, or a histogram's buckets).</summary>
     public IReadOnlyDictionary<string, ulong[]> Values { get; }
 
     internal KvmStatsSnapshot(string id, DateTime taken, IReadOnlyList<KvmStatDescriptor> descs, IReadOnlyDictionary<string, ulong[]> values)
@@ -143,8 +175,11 @@ public sealed record KvmStatChange(string Name, KvmStatType Type, ulong Before, 
 /// <summary>Counters that changed between two snapshots of the same stats fd (a table when displayed).</summary>
 public sealed class KvmStatsDelta
 {
+    /// <summary>The stats fd's id string.</summary>
     public string Id { get; }
+    /// <summary>Time between the two snapshots.</summary>
     public TimeSpan Elapsed { get; }
+    /// <summary>The statistics whose value changed.</summary>
     public IReadOnlyList<KvmStatChange> Changes { get; }
 
     private KvmStatsDelta(string id, TimeSpan elapsed, IReadOnlyList<KvmStatChange> changes)

@@ -17,28 +17,41 @@ public sealed class KvmSystem
         KvmCap.BINARY_STATS_FD, KvmCap.HALT_POLL, KvmCap.X86_DISABLE_EXITS, KvmCap.EXT_CPUID,
     };
 
+    /// <summary>Whether /dev/kvm opened and answered KVM_GET_API_VERSION with 12.</summary>
     public bool Usable { get; internal init; }
     /// <summary>Why KVM is not usable (empty when it is).</summary>
     public string Reason { get; internal init; } = "";
+    /// <summary>KVM_GET_API_VERSION's answer.</summary>
     public int ApiVersion { get; internal init; }
+    /// <summary>KVM_GET_VCPU_MMAP_SIZE: bytes of a vCPU's kvm_run mapping.</summary>
     public int VcpuMmapSize { get; internal init; }
+    /// <summary>KVM_CHECK_EXTENSION of every capability VirtLab asks about.</summary>
     public IReadOnlyList<KvmCapability> Capabilities { get; internal init; } = [];
     /// <summary>Module → parameter → value, from /sys/module/kvm*/parameters/.</summary>
     public IReadOnlyDictionary<string, IReadOnlyDictionary<string, string>> ModuleParameters { get; internal init; } =
         new Dictionary<string, IReadOnlyDictionary<string, string>>();
+    /// <summary>/sys/kernel/mm/transparent_hugepage/enabled.</summary>
     public string ThpEnabled { get; internal init; } = "";
+    /// <summary>/sys/kernel/mm/transparent_hugepage/defrag.</summary>
     public string ThpDefrag { get; internal init; } = "";
     /// <summary>Every hugetlb pool (<see cref="HostInfo.AllHugePools"/>: total, free, reserved = resv_hugepages, surplus).</summary>
     public IReadOnlyList<HostInfo.HugePool> HugePages { get; internal init; } = [];
+    /// <summary>Kernel release (uname -r).</summary>
     public string Kernel { get; internal init; } = "";
+    /// <summary>CPU model name.</summary>
     public string Cpu { get; internal init; } = "";
+    /// <summary>Logical CPUs of the host.</summary>
     public int LogicalCpus { get; internal init; }
     /// <summary>Hardware virtualization the host CPU advertises ("vmx", "svm" or "none": e.g. PVM's emulated guests).</summary>
     public string HardwareVirtualization { get; internal init; } = "";
 
+    /// <summary>KVM_CHECK_EXTENSION's value for <paramref name="cap"/> (a <see cref="KvmCap"/> number), 0 when unknown.</summary>
     public int Cap(int cap) => Capabilities.FirstOrDefault(c => c.Number == cap)?.Value ?? 0;
+    /// <summary>Most vCPUs per VM (KVM_CAP_MAX_VCPUS, else KVM_CAP_NR_VCPUS).</summary>
     public int MaxVcpus => Cap(KvmCap.MAX_VCPUS) > 0 ? Cap(KvmCap.MAX_VCPUS) : Math.Max(Cap(KvmCap.NR_VCPUS), 4);
+    /// <summary>Memslots per address space (KVM_CAP_NR_MEMSLOTS).</summary>
     public int NrMemslots => Cap(KvmCap.NR_MEMSLOTS);
+    /// <summary>Largest dirty ring in bytes (KVM_CAP_DIRTY_LOG_RING_ACQ_REL or KVM_CAP_DIRTY_LOG_RING), 0 without one.</summary>
     public int DirtyRingMaxBytes => Cap(KvmCap.DIRTY_LOG_RING_ACQ_REL) > 0 ? Cap(KvmCap.DIRTY_LOG_RING_ACQ_REL) : Cap(KvmCap.DIRTY_LOG_RING);
 
     private static readonly Lazy<KvmSystem> Cached = new(ProbeNow);
