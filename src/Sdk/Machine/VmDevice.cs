@@ -59,6 +59,8 @@ public abstract class VmDevice : IDisposable
         GC.SuppressFinalize(this);
     }
 
+    /// <inheritdoc/>
+
     public override string ToString() => Summary.Length > 0 ? $"{Name} ({Summary})" : Name;
 
     internal void Bind(Vm target)

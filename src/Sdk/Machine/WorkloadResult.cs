@@ -28,6 +28,8 @@ public sealed record WorkloadResult(
     /// <summary>Accesses made (each touches one page).</summary>
     public long Accesses => Reads + Writes;
 
+    /// <inheritdoc/>
+
     public override string ToString()
         => $"{Workload.Name ?? "workload"} on {Backend}: {Vcpus} vCPUs, {Accesses} accesses ({Writes} writes) in {Elapsed.TotalMilliseconds:0.###} ms";
 }

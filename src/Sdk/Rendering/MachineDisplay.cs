@@ -179,6 +179,7 @@ public static class MachineDisplay
         ? new Text($"KVM stats {s.Id}: closed (its VM or vCPU was disposed)")
         : s.Snapshot().ToRenderable();
 
+    /// <summary>Every statistic of the snapshot, one row each.</summary>
     public static IRenderable ToRenderable(this KvmStatsSnapshot s)
     {
         var t = new Table().Border(TableBorder.Rounded).Title($"[bold]{Markup.Escape(s.Id)}[/]").AddColumn("statistic").AddColumn(new TableColumn("value").RightAligned());

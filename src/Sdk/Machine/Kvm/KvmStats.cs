@@ -202,5 +202,7 @@ public sealed class KvmStatsDelta
     /// <summary>Change of one counter (0 when it did not change).</summary>
     public long this[string name] => Changes.FirstOrDefault(c => c.Name == name)?.Delta ?? 0;
 
+    /// <inheritdoc/>
+
     public override string ToString() => string.Join(", ", Changes.Select(c => $"{c.Name} {(c.Delta >= 0 ? "+" : "")}{c.Delta}"));
 }

@@ -104,6 +104,8 @@ public sealed class KvmSystem
         };
     }
 
+    /// <inheritdoc/>
+
     public override string ToString() =>
         Usable ? $"KVM API {ApiVersion}, max vCPUs {MaxVcpus}, memslots {NrMemslots}, kernel {Kernel}" : $"KVM unusable: {Reason}";
 }

@@ -11,6 +11,7 @@ namespace VirtLab.Sdk.Machine.Kvm;
 /// </summary>
 public static class Ucall
 {
+    /// <summary>The I/O port guest code writes a ucall to (as the selftests' UCALL_PIO).</summary>
     public const ushort Port = 0x1000;
 
     /// <summary>The vCPU's program is finished.</summary>
@@ -64,6 +65,7 @@ public static class UcallAssembler
     /// <summary>GUEST_SYNC(rsi): set rsi to the pass first.</summary>
     public static void UcallSync(this Assembler a) => a.Ucall(Kvm.Ucall.Sync);
 
+    /// <summary>The guest's final ucall (<see cref="Kvm.Ucall.Done"/>).</summary>
     public static void UcallDone(this Assembler a) => a.Ucall(Kvm.Ucall.Done);
 
     /// <summary>A no-op exit (see <see cref="Kvm.Ucall.Yield"/>).</summary>
