@@ -6,4 +6,8 @@ namespace VirtLab.Sdk;
 public interface IDisplayable
 {
     IRenderable ToRenderable();
+
+    /// <summary>With <paramref name="full"/>, everything, where <see cref="ToRenderable()"/> summarises (a workload's
+    /// every pass instead of per-vCPU statistics). <c>Show(value, full: true)</c> calls it.</summary>
+    IRenderable ToRenderable(bool full) => ToRenderable();
 }

@@ -1,5 +1,7 @@
 using Spectre.Console;
 using System.Collections.Immutable;
+using System.Globalization;
+using VirtLab.Sdk.Measure;
 
 namespace VirtLab.Sdk.Machine;
 
@@ -25,17 +27,49 @@ public sealed record WorkloadResult(
     /// <summary>Accesses made (each touches one page).</summary>
     public long Accesses => Reads + Writes;
 
-    public Spectre.Console.Rendering.IRenderable ToRenderable()
+    /// <summary>Up to this many passes the table has a column per pass; past it, per-vCPU statistics and a sparkline.</summary>
+    public const int PassColumns = 10;
+
+    public Spectre.Console.Rendering.IRenderable ToRenderable() => ToRenderable(full: PassTimes.Count <= PassColumns);
+
+    /// <summary><paramref name="full"/>: every pass (a column per pass up to <see cref="PassColumns"/>, else a row per pass);
+    /// otherwise per vCPU min / median / max / total pass time and a sparkline of the passes.</summary>
+    public Spectre.Console.Rendering.IRenderable ToRenderable(bool full)
     {
-        var t = new Spectre.Console.Table { Title = new Spectre.Console.TableTitle(Spectre.Console.Markup.Escape($"{Workload.Name ?? "workload"} on {Backend}: {Elapsed.TotalMilliseconds:0.###} ms")) };
-        t.AddColumn("vCPU").AddColumn("role").AddColumn("reads").AddColumn("writes");
-        for (int p = 0; p < PassTimes.Count; p++) t.AddColumn($"pass {p} ms");
+        var t = new Table { Title = new TableTitle(Markup.Escape($"{Workload.Name ?? "workload"} on {Backend}: {Elapsed.TotalMilliseconds:0.###} ms")) };
+        static string Ms(TimeSpan x) => x.TotalMilliseconds.ToString("0.###", CultureInfo.InvariantCulture);
+        if (PassTimes.Count <= PassColumns)
+        {
+            t.AddColumn("vCPU").AddColumn("role").AddColumn("reads").AddColumn("writes");
+            for (int p = 0; p < PassTimes.Count; p++) t.AddColumn($"pass {p} ms");
+            foreach (var v in PerVcpu)
+            {
+                var cells = new List<string> { v.Vcpu.ToString(), v.Role.ToString(), v.Reads.ToString(), v.Writes.ToString() };
+                cells.AddRange(v.PassTimes.Select(Ms));
+                t.AddRow(cells.ToArray());
+            }
+            return t;
+        }
+        if (full)
+        {
+            // A row per pass: 2000 passes scroll, they do not squeeze into 2000 columns.
+            t.AddColumn("pass").AddColumn("wall ms");
+            foreach (var v in PerVcpu) t.AddColumn($"vCPU {v.Vcpu} ms");
+            for (int p = 0; p < PassTimes.Count; p++)
+                t.AddRow([p.ToString(CultureInfo.InvariantCulture), Ms(PassTimes[p]), .. PerVcpu.Select(v => p < v.PassTimes.Count ? Ms(v.PassTimes[p]) : "")]);
+            return t;
+        }
+        t.AddColumn("vCPU").AddColumn("role").AddColumn("reads").AddColumn("writes").AddColumn("passes")
+            .AddColumn("min ms").AddColumn("median ms").AddColumn("max ms").AddColumn("total ms").AddColumn("passes over time");
         foreach (var v in PerVcpu)
         {
-            var cells = new List<string> { v.Vcpu.ToString(), v.Role.ToString(), v.Reads.ToString(), v.Writes.ToString() };
-            cells.AddRange(v.PassTimes.Select(x => x.TotalMilliseconds.ToString("0.###")));
-            t.AddRow(cells.ToArray());
+            var sorted = v.PassTimes.Order().ToArray();
+            var median = sorted.Length == 0 ? TimeSpan.Zero : sorted.Length % 2 == 1 ? sorted[sorted.Length / 2] : (sorted[sorted.Length / 2 - 1] + sorted[sorted.Length / 2]) / 2;
+            t.AddRow(v.Vcpu.ToString(), v.Role.ToString(), v.Reads.ToString(), v.Writes.ToString(), v.PassTimes.Count.ToString(),
+                sorted.Length == 0 ? "" : Ms(sorted[0]), Ms(median), sorted.Length == 0 ? "" : Ms(sorted[^1]), Ms(v.Total),
+                PlotRequest.Sparkline(v.PassTimes.Select(x => x.TotalMilliseconds).ToArray(), 32));
         }
+        t.Caption = new TableTitle($"{PassTimes.Count} passes: Show(result, full: true) or result.PassTimes for every one");
         return t;
     }
 

@@ -97,4 +97,12 @@ public partial class RecipeGlobals
         Context.Show(value);
         return value;
     }
+
+    /// <summary>As <see cref="Show{T}(T)"/>; with <paramref name="full"/> a value that summarises shows everything
+    /// (<see cref="IDisplayable.ToRenderable(bool)"/>: a workload result's every pass).</summary>
+    public T Show<T>(T value, bool full)
+    {
+        Context.Show(full && value is IDisplayable d ? d.ToRenderable(full: true) : value);
+        return value;
+    }
 }

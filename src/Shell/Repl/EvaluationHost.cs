@@ -121,7 +121,13 @@ public static class EvaluationHost
         {
             // A host the front end needs now asks for its plugins at once; a standby hears nothing until it is
             // taken, so it warms up in the meantime.
-            if (_work.TryTake(out var first, TimeSpan.FromMilliseconds(100))) _work.Add(first);
+            if (_work.TryTake(out var first, TimeSpan.FromMilliseconds(100)))
+            {
+                _work.Add(first);
+                // Put to use at once (the REPL's first host): warm up beside the work instead, so a first submission
+                // typed a moment later, the first Tab and the first Vm.Create find Roslyn and the SDK warm too.
+                new Thread(() => { WarmUp(); WarmSession(); }) { Name = "virtlab-warm", IsBackground = true, Priority = ThreadPriority.BelowNormal }.Start();
+            }
             else WarmUp();
             foreach (var request in _work.GetConsumingEnumerable())
             {
@@ -162,6 +168,14 @@ public static class EvaluationHost
             catch (Exception e) { Console.Error.WriteLine($"virtlab host: warm-up failed: {e.Message}"); }
         }
 
+        /// <summary>Binds a throwaway completion in the real session once it exists (it never waits for a running submit).</summary>
+        private void WarmSession()
+        {
+            for (var i = 0; i < 600 && Volatile.Read(ref _session) is null; i++) Thread.Sleep(50);
+            try { Volatile.Read(ref _session)?.WarmUp(); }
+            catch (Exception e) { Console.Error.WriteLine($"virtlab host: warm-up failed: {e.Message}"); }
+        }
+
         private InteractiveSession Session()
         {
             if (_session is not null) return _session;
@@ -191,6 +205,10 @@ public static class EvaluationHost
                     if (c.Profile.Out.IsTerminal) c.Profile.Width = request.Width;
             // A quiet replay shows no progress and draws no plots.
             using var silent = request.Quiet ? VirtLab.Sdk.Measure.Progress.Listen(SilentProgress.Instance) : null;
+            // Show(x) as the submission's value would print x twice: the echo skips a value Show has just printed.
+            var shown = new List<object>();
+            var show = session.Globals.Context.Show;
+            session.Globals.Context.Show = v => { if (v is not null) shown.Add(v); show(v); };
             var plotsAdded = session.Globals.Context.Plots.Added;
             if (request.Quiet) session.Globals.Context.Plots.Added = null;
             if (request.Quiet)
@@ -219,7 +237,7 @@ public static class EvaluationHost
                     if (e is OperationCanceledException && cts.IsCancellationRequested) return new Reply { Status = SubmitStatus.Cancelled };
                     return new Reply { Status = SubmitStatus.RuntimeError, Error = Describe(e, session) };
                 }
-                if (result.HasValue && !request.Quiet)
+                if (result.HasValue && !request.Quiet && !shown.Any(v => ReferenceEquals(v, result.Value) || v.Equals(result.Value)))
                 {
                     try { ValueRenderer.Write(Consoles.Out, result.Value); }
                     catch (Exception re) { Console.Error.WriteLine($"(cannot render the value: {RecipeContext.Unwrap(re)!.Message})"); }
@@ -229,6 +247,7 @@ public static class EvaluationHost
             finally
             {
                 _running = null;
+                session.Globals.Context.Show = show;
                 session.Globals.Context.Plots.Added = plotsAdded;
                 session.Globals.Context.Cancellation = CancellationToken.None;
                 if (request.Quiet)
