@@ -121,14 +121,9 @@ public static class EvaluationHost
         {
             // A host the front end needs now asks for its plugins at once; a standby hears nothing until it is
             // taken, so it warms up in the meantime.
-            if (_work.TryTake(out var first, TimeSpan.FromMilliseconds(100)))
-            {
-                _work.Add(first);
-                // Put to use at once (the REPL's first host): warm up beside the work instead, so a first submission
-                // typed a moment later, the first Tab and the first Vm.Create find Roslyn and the SDK warm too.
-                new Thread(() => { WarmUp(); WarmSession(); }) { Name = "virtlab-warm", IsBackground = true, Priority = ThreadPriority.BelowNormal }.Start();
-            }
-            else WarmUp();
+            var warmed = false;
+            if (_work.TryTake(out var first, TimeSpan.FromMilliseconds(100))) _work.Add(first);
+            else { WarmUp(); warmed = true; }
             foreach (var request in _work.GetConsumingEnumerable())
             {
                 Reply reply;
@@ -151,6 +146,16 @@ public static class EvaluationHost
                 Console.Error.Flush();
                 try { Send(reply).GetAwaiter().GetResult(); }
                 catch (Exception e) when (e is IOException or SocketException or ObjectDisposedException) { return; } // the reader sees the end too and exits
+                // Put to use at once (the REPL's first host): warm up as soon as the plugins are in and nothing waits (after this reply), so a
+                // first submission typed a moment later, the first Tab and the first Vm.Create find Roslyn and the SDK
+                // warm. On this thread: a warm-up compiling beside the session's first submission made Roslyn see the
+                // SDK twice (CS1503 Workload → Workload).
+                if (!warmed && _session is not null && !SpinWait.SpinUntil(() => _work.Count > 0, 150))
+                {
+                    warmed = true;
+                    WarmUp();
+                    WarmSession();
+                }
             }
         }
 
@@ -168,11 +173,10 @@ public static class EvaluationHost
             catch (Exception e) { Console.Error.WriteLine($"virtlab host: warm-up failed: {e.Message}"); }
         }
 
-        /// <summary>Binds a throwaway completion in the real session once it exists (it never waits for a running submit).</summary>
+        /// <summary>Binds a throwaway completion in the real session: the first Tab is warm.</summary>
         private void WarmSession()
         {
-            for (var i = 0; i < 600 && Volatile.Read(ref _session) is null; i++) Thread.Sleep(50);
-            try { Volatile.Read(ref _session)?.WarmUp(); }
+            try { _session?.WarmUp(); }
             catch (Exception e) { Console.Error.WriteLine($"virtlab host: warm-up failed: {e.Message}"); }
         }
 

@@ -24,6 +24,18 @@ internal sealed class NuGetMetadataResolver(MetadataReferenceResolver inner) : M
     private static readonly ConcurrentDictionary<string, string> s_errors = new(StringComparer.Ordinal);
     private static readonly ConcurrentDictionary<string, IReadOnlyList<string>> s_restored = new(StringComparer.Ordinal);
 
+    private static readonly ConcurrentDictionary<string, string> s_closure = new(StringComparer.OrdinalIgnoreCase); // assembly name → path
+    private static string Tfm => $"net{Environment.Version.Major}.{Environment.Version.Minor}";
+
+    public override bool ResolveMissingAssemblies => true;
+
+    public override PortableExecutableReference? ResolveMissingAssembly(MetadataReference definition, AssemblyIdentity referenceIdentity) =>
+        s_closure.TryGetValue(referenceIdentity.Name, out var path) ? MetadataReference.CreateFromFile(path)
+            : _inner.ResolveMissingAssemblies ? _inner.ResolveMissingAssembly(definition, referenceIdentity) : null;
+
+    /// <summary>Every assembly of the restored closures: the load context must find them all, the compiler saw only some.</summary>
+    public static IReadOnlyCollection<string> ClosurePaths => [.. s_closure.Values];
+
     public static bool IsNuGet(string reference) => reference.TrimStart().StartsWith(Prefix, StringComparison.OrdinalIgnoreCase);
 
     /// <summary>Why <paramref name="reference"/> could not be restored (for the CS0006 it leaves), or null.</summary>
@@ -38,7 +50,13 @@ internal sealed class NuGetMetadataResolver(MetadataReferenceResolver inner) : M
             var (id, version) = Parse(reference);
             var paths = s_restored.GetOrAdd($"{id}\n{version}\n{FindConfig(dir)}", _ => Restore(id, version, FindConfig(dir)));
             s_errors.TryRemove(reference, out _);
-            return [.. paths.Select(p => MetadataReference.CreateFromFile(p, properties))];
+            // Roslyn takes one reference per #r (more: NotSupportedException): the package's own assembly here, the rest of
+            // the closure when the compiler asks for it (ResolveMissingAssembly), and all of it in the load context.
+            foreach (var p in paths) s_closure[Path.GetFileNameWithoutExtension(p)] = p;
+            var main = paths.FirstOrDefault(p => Path.GetFileNameWithoutExtension(p).Equals(id, StringComparison.OrdinalIgnoreCase))
+                ?? paths.FirstOrDefault(p => p.Contains($"/{id.ToLowerInvariant()}/", StringComparison.Ordinal))
+                ?? throw new NuGetRestoreException($"package {id} {version} has no assembly for {Tfm} (nothing under lib/ that this runtime can use)");
+            return [MetadataReference.CreateFromFile(main, properties)];
         }
         catch (NuGetRestoreException e)
         {
@@ -76,7 +94,7 @@ internal sealed class NuGetMetadataResolver(MetadataReferenceResolver inner) : M
 
     private static IReadOnlyList<string> Restore(string id, string version, string? config)
     {
-        var tfm = $"net{Environment.Version.Major}.{Environment.Version.Minor}";
+        var tfm = Tfm;
         var key = Convert.ToHexStringLower(SHA256.HashData(Encoding.UTF8.GetBytes($"{id}\n{version}\n{config}\n{tfm}")))[..16];
         var dir = Path.Combine(Path.GetDirectoryName(RecipeCache.DefaultRoot())!, "nuget", $"{id.ToLowerInvariant()}-{key}");
         var assets = Path.Combine(dir, "obj", "project.assets.json");
