@@ -53,7 +53,8 @@ public sealed class ReplHostTests
         repl.Send("c");
         repl.WaitFor("CS0103: The name 'c' does not exist", stderr: true);
         repl.Send("#save " + Path.Combine(repl.Home, "kept.csx"));
-        repl.WaitFor("saved 1 submission to");
+        repl.WaitFor("saved 2 submissions to"); // var a = 1; and a * 10
+        Assert.DoesNotContain("var c", File.ReadAllText(Path.Combine(repl.Home, "kept.csx")));
     }
 
     [Fact]
