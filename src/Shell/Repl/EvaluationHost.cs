@@ -122,10 +122,23 @@ public static class EvaluationHost
             // A host the front end needs now asks for its plugins at once; a standby hears nothing until it is
             // taken, so it warms up in the meantime.
             var warmed = false;
+            var compiled = false;
             if (_work.TryTake(out var first, TimeSpan.FromMilliseconds(100))) _work.Add(first);
             else { WarmUp(); warmed = true; }
-            foreach (var request in _work.GetConsumingEnumerable())
+            while (true)
             {
+                // Put to use at once (the REPL's first host): warm up once the plugins are in and nothing came for a
+                // second (a user still typing; a replay sends its submissions at once), so the first submission, the
+                // first Tab and the first Vm.Create find Roslyn and the SDK warm. On this thread, never beside a compile:
+                // a warm-up compiling beside the session's first submission made Roslyn see the SDK twice (CS1503).
+                if (!_work.TryTake(out var request, warmed || _session is null ? Timeout.InfiniteTimeSpan : TimeSpan.FromSeconds(1)))
+                {
+                    warmed = true;
+                    WarmUp(compile: !compiled);
+                    WarmSession();
+                    continue;
+                }
+                compiled |= request.Kind == RequestKind.Submit;
                 Reply reply;
                 var sw = Stopwatch.StartNew();
                 try
@@ -146,27 +159,21 @@ public static class EvaluationHost
                 Console.Error.Flush();
                 try { Send(reply).GetAwaiter().GetResult(); }
                 catch (Exception e) when (e is IOException or SocketException or ObjectDisposedException) { return; } // the reader sees the end too and exits
-                // Put to use at once (the REPL's first host): warm up as soon as the plugins are in and nothing waits (after this reply), so a
-                // first submission typed a moment later, the first Tab and the first Vm.Create find Roslyn and the SDK
-                // warm. On this thread: a warm-up compiling beside the session's first submission made Roslyn see the
-                // SDK twice (CS1503 Workload → Workload).
-                if (!warmed && _session is not null && !SpinWait.SpinUntil(() => _work.Count > 0, 150))
-                {
-                    warmed = true;
-                    WarmUp();
-                    WarmSession();
-                }
             }
         }
 
         /// <summary>JITs Roslyn's compile/emit/run and completion paths with a plugin-free throwaway session.</summary>
-        private static void WarmUp()
+        /// <param name="compile">False once a submission compiled: Roslyn is warm, only the SDK is left.</param>
+        private static void WarmUp(bool compile = true)
         {
             try
             {
-                var warm = new InteractiveSession(PluginSet.Empty, new RecipeContext());
-                warm.Submit("var __warm = 1 + 1; __warm");
-                warm.WarmUp();
+                if (compile)
+                {
+                    var warm = new InteractiveSession(PluginSet.Empty, new RecipeContext());
+                    warm.Submit("var __warm = 1 + 1; __warm");
+                    warm.WarmUp();
+                }
                 // The SDK's hot paths too, as for `virtlab run` (Cli/ProcessPreparer); the session's first Vm.Create waits for it.
                 if (VirtLab.Shell.Cli.ProcessPreparer.Enabled) VirtLab.Sdk.Machine.WarmUp.Start();
             }
