@@ -440,7 +440,7 @@ internal sealed partial class Repl : IDisposable
                 if (arg.Length == 0) { Error("usage: #load FILE"); break; }
                 string code;
                 try { code = await File.ReadAllTextAsync(arg); }
-                catch (Exception e) when (e is IOException or UnauthorizedAccessException) { Error($"#load: {e.Message}"); break; }
+                catch (Exception e) when (e is IOException or UnauthorizedAccessException) { _anyFailed = true; Error($"#load: {e.Message}"); break; }
                 await Evaluate(code, arg);
                 break;
             case "save":
