@@ -101,4 +101,14 @@ public partial class RecipeGlobals
         Context.Show(value);
         return value;
     }
+
+    /// <summary>As <see cref="Show{T}(T)"/>; with <paramref name="full"/> a value that summarises shows everything
+    /// (<see cref="IDisplayable.ToRenderable(bool)"/>, a workload result's every pass).</summary>
+    public T Show<T>(T value, bool full)
+    {
+        object shown = !full ? value! : value is IDisplayable d ? d.ToRenderable(full: true)
+            : Rendering.MachineDisplay.TryRender(value, full: true, out var r) ? r : value!;
+        Context.Show(shown);
+        return value;
+    }
 }

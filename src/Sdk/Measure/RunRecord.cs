@@ -50,6 +50,9 @@ public sealed record RunRecord
     public double DurationSeconds { get; init; }
     /// <summary>The charts <c>--plots DIR</c> wrote (stage times, per-iteration series, the recipe's own Plot calls).</summary>
     public IReadOnlyList<PlotFile>? Plots { get; init; }
+    /// <summary>NuGet packages the recipe pulled in with <c>#r "nuget: Name, Version"</c>, with their resolved dependency
+    /// closure, each "Name/Version" (null: none).</summary>
+    public IReadOnlyList<string>? Packages { get; init; }
     /// <summary>With <c>--repeat N</c>: the spread of every stage and numeric result, and each repetition's record.</summary>
     public RepeatSummary? Repeat { get; init; }
 

@@ -1,7 +1,9 @@
+using System.Globalization;
 using Spectre.Console;
 using Spectre.Console.Rendering;
 using VirtLab.Sdk.Machine;
 using VirtLab.Sdk.Machine.Kvm;
+using VirtLab.Sdk.Measure;
 
 namespace VirtLab.Sdk.Rendering;
 
@@ -14,13 +16,17 @@ namespace VirtLab.Sdk.Rendering;
 public static class MachineDisplay
 {
     /// <summary>The view of a machine-model value, or false when <paramref name="value"/> is not one.</summary>
-    public static bool TryRender(object? value, out IRenderable renderable)
+    public static bool TryRender(object? value, out IRenderable renderable) => TryRender(value, full: false, out renderable);
+
+    /// <summary>As <see cref="TryRender(object?, out IRenderable)"/>; with <paramref name="full"/> a value that
+    /// summarises shows everything (a workload result's every pass).</summary>
+    public static bool TryRender(object? value, bool full, out IRenderable renderable)
     {
         IRenderable? r = value switch
         {
             Vm vm => vm.ToRenderable(),
             Workload w => w.ToRenderable(),
-            WorkloadResult w => w.ToRenderable(),
+            WorkloadResult w => w.ToRenderable(full),
             AddressSpace a => a.ToRenderable(),
             VmDevice d => d.ToRenderable(),
             KvmSystem s => s.ToRenderable(),
@@ -102,18 +108,48 @@ public static class MachineDisplay
         return t;
     }
 
-    /// <summary>A run's result: one row per vCPU with its counts and per-pass times.</summary>
-    public static IRenderable ToRenderable(this WorkloadResult r)
+    /// <summary>Up to this many passes a result's table has a column per pass; past it, per-vCPU statistics and a sparkline.</summary>
+    public const int PassColumns = 10;
+
+    /// <summary>A run's result: one row per vCPU with its counts and per-pass times (a column per pass up to
+    /// <see cref="PassColumns"/>; past it, unless <paramref name="full"/>, min / median / max / total and a sparkline;
+    /// with <paramref name="full"/>, a row per pass).</summary>
+    public static IRenderable ToRenderable(this WorkloadResult r, bool full = false)
     {
         var t = new Table { Title = new TableTitle(Markup.Escape($"{r.Workload.Name ?? "workload"} on {r.Backend}: {r.Elapsed.TotalMilliseconds:0.###} ms")) };
-        t.AddColumn("vCPU").AddColumn("role").AddColumn("reads").AddColumn("writes");
-        for (int p = 0; p < r.PassTimes.Count; p++) t.AddColumn($"pass {p} ms");
+        static string Ms(TimeSpan x) => x.TotalMilliseconds.ToString("0.###", CultureInfo.InvariantCulture);
+        if (r.PassTimes.Count <= PassColumns)
+        {
+            t.AddColumn("vCPU").AddColumn("role").AddColumn("reads").AddColumn("writes");
+            for (int p = 0; p < r.PassTimes.Count; p++) t.AddColumn($"pass {p} ms");
+            foreach (var v in r.PerVcpu)
+            {
+                var cells = new List<string> { v.Vcpu.ToString(), v.Role.ToString(), v.Reads.ToString(), v.Writes.ToString() };
+                cells.AddRange(v.PassTimes.Select(Ms));
+                t.AddRow(cells.ToArray());
+            }
+            return t;
+        }
+        if (full)
+        {
+            // A row per pass: 2000 passes scroll, they do not squeeze into 2000 columns.
+            t.AddColumn("pass").AddColumn("wall ms");
+            foreach (var v in r.PerVcpu) t.AddColumn($"vCPU {v.Vcpu} ms");
+            for (int p = 0; p < r.PassTimes.Count; p++)
+                t.AddRow([p.ToString(CultureInfo.InvariantCulture), Ms(r.PassTimes[p]), .. r.PerVcpu.Select(v => p < v.PassTimes.Count ? Ms(v.PassTimes[p]) : "")]);
+            return t;
+        }
+        t.AddColumn("vCPU").AddColumn("role").AddColumn("reads").AddColumn("writes").AddColumn("passes")
+            .AddColumn("min ms").AddColumn("median ms").AddColumn("max ms").AddColumn("total ms").AddColumn("passes over time");
         foreach (var v in r.PerVcpu)
         {
-            var cells = new List<string> { v.Vcpu.ToString(), v.Role.ToString(), v.Reads.ToString(), v.Writes.ToString() };
-            cells.AddRange(v.PassTimes.Select(x => x.TotalMilliseconds.ToString("0.###")));
-            t.AddRow(cells.ToArray());
+            var sorted = v.PassTimes.Order().ToArray();
+            var median = sorted.Length == 0 ? TimeSpan.Zero : sorted.Length % 2 == 1 ? sorted[sorted.Length / 2] : (sorted[sorted.Length / 2 - 1] + sorted[sorted.Length / 2]) / 2;
+            t.AddRow(v.Vcpu.ToString(), v.Role.ToString(), v.Reads.ToString(), v.Writes.ToString(), v.PassTimes.Count.ToString(),
+                sorted.Length == 0 ? "" : Ms(sorted[0]), Ms(median), sorted.Length == 0 ? "" : Ms(sorted[^1]), Ms(v.Total),
+                PlotRequest.Sparkline(v.PassTimes.Select(x => x.TotalMilliseconds).ToArray(), 32));
         }
+        t.Caption = new TableTitle($"{r.PassTimes.Count} passes: Show(result, full: true) or result.PassTimes for every one");
         return t;
     }
 

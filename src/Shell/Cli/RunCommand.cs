@@ -164,14 +164,16 @@ public static class RunCommand
 
     /// <returns>Whether the record was written (or none was asked for).</returns>
     private static bool WriteRecord(RunOptions o, RecipeContext context, PluginSet plugins, Exception? error, int exit, TextWriter err,
-        Preparation? preparation = null, IReadOnlyList<PlotFile>? plots = null)
+        Preparation? preparation = null, IReadOnlyList<PlotFile>? plots = null, IEnumerable<string>? references = null)
     {
         if (o.JsonPath is null) return true;
         try
         {
             var env = EnvironmentInfo.Capture(VirtlabVersion, plugins.Loaded.ToDictionary(p => p.Name, p => p.Version ?? "?"), o.File, VirtlabCommit)
                 with { Preparation = preparation };
-            (RunRecord.Create(context, RecipeInfo.FromFile(o.File), env, error, exit) with { Plots = plots }).Write(o.JsonPath);
+            // #r "nuget: …": every package of the restored closure, as Name/Version.
+            var packages = (references ?? []).Select(NuGetMetadataResolver.PackageOf).OfType<string>().Distinct().Order(StringComparer.Ordinal).ToList();
+            (RunRecord.Create(context, RecipeInfo.FromFile(o.File), env, error, exit) with { Plots = plots, Packages = packages.Count > 0 ? packages : null }).Write(o.JsonPath);
             return true;
         }
         catch (Exception e) when (e is IOException or UnauthorizedAccessException)
@@ -260,7 +262,7 @@ public static class RunCommand
                 var exit = context.ExitCodeFor(error);
                 PrintOutcome(context, error, exit, scripts);
                 var plotFiles = RunPlots.Write(o, context, Console.Error);
-                if (!WriteRecord(o, context, plugins, error, exit, Console.Error, preparation, plotFiles) && exit == ExitCodes.Success) exit = ExitCodes.Failure;
+                if (!WriteRecord(o, context, plugins, error, exit, Console.Error, preparation, plotFiles, scripts.ReferencePaths) && exit == ExitCodes.Success) exit = ExitCodes.Failure;
                 return exit;
             }
         }

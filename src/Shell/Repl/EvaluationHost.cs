@@ -121,10 +121,24 @@ public static class EvaluationHost
         {
             // A host the front end needs now asks for its plugins at once; a standby hears nothing until it is
             // taken, so it warms up in the meantime.
+            var warmed = false;
+            var compiled = false;
             if (_work.TryTake(out var first, TimeSpan.FromMilliseconds(100))) _work.Add(first);
-            else WarmUp();
-            foreach (var request in _work.GetConsumingEnumerable())
+            else { WarmUp(); warmed = true; }
+            while (true)
             {
+                // Put to use at once (the REPL's first host): warm up once the plugins are in and nothing came for a
+                // second (a user still typing; a replay sends its submissions at once), so the first submission, the
+                // first Tab and the first Vm.Create find Roslyn and the SDK warm. On this thread, never beside a compile:
+                // a warm-up compiling beside the session's first submission made Roslyn see the SDK twice (CS1503).
+                if (!_work.TryTake(out var request, warmed || _session is null ? Timeout.InfiniteTimeSpan : TimeSpan.FromSeconds(1)))
+                {
+                    warmed = true;
+                    WarmUp(compile: !compiled);
+                    WarmSession();
+                    continue;
+                }
+                compiled |= request.Kind == RequestKind.Submit;
                 Reply reply;
                 var sw = Stopwatch.StartNew();
                 try
@@ -149,16 +163,27 @@ public static class EvaluationHost
         }
 
         /// <summary>JITs Roslyn's compile/emit/run and completion paths with a plugin-free throwaway session.</summary>
-        private static void WarmUp()
+        /// <param name="compile">False once a submission compiled: Roslyn is warm, only the SDK is left.</param>
+        private static void WarmUp(bool compile = true)
         {
             try
             {
-                var warm = new InteractiveSession(PluginSet.Empty, new RecipeContext());
-                warm.Submit("var __warm = 1 + 1; __warm");
-                warm.WarmUp();
+                if (compile)
+                {
+                    var warm = new InteractiveSession(PluginSet.Empty, new RecipeContext());
+                    warm.Submit("var __warm = 1 + 1; __warm");
+                    warm.WarmUp();
+                }
                 // The SDK's hot paths too, as for `virtlab run` (Cli/ProcessPreparer); the session's first Vm.Create waits for it.
                 if (VirtLab.Shell.Cli.ProcessPreparer.Enabled) VirtLab.Sdk.Machine.WarmUp.Start();
             }
+            catch (Exception e) { Console.Error.WriteLine($"virtlab host: warm-up failed: {e.Message}"); }
+        }
+
+        /// <summary>Binds a throwaway completion in the real session: the first Tab is warm.</summary>
+        private void WarmSession()
+        {
+            try { _session?.WarmUp(); }
             catch (Exception e) { Console.Error.WriteLine($"virtlab host: warm-up failed: {e.Message}"); }
         }
 
@@ -191,6 +216,10 @@ public static class EvaluationHost
                     if (c.Profile.Out.IsTerminal) c.Profile.Width = request.Width;
             // A quiet replay shows no progress and draws no plots.
             using var silent = request.Quiet ? VirtLab.Sdk.Measure.Progress.Listen(SilentProgress.Instance) : null;
+            // Show(x) as the submission's value would print x twice: the echo skips a value Show has just printed.
+            var shown = new List<object>();
+            var show = session.Globals.Context.Show;
+            session.Globals.Context.Show = v => { if (v is not null) shown.Add(v); show(v); };
             var plotsAdded = session.Globals.Context.Plots.Added;
             if (request.Quiet) session.Globals.Context.Plots.Added = null;
             if (request.Quiet)
@@ -219,7 +248,7 @@ public static class EvaluationHost
                     if (e is OperationCanceledException && cts.IsCancellationRequested) return new Reply { Status = SubmitStatus.Cancelled };
                     return new Reply { Status = SubmitStatus.RuntimeError, Error = Describe(e, session) };
                 }
-                if (result.HasValue && !request.Quiet)
+                if (result.HasValue && !request.Quiet && !shown.Any(v => ReferenceEquals(v, result.Value) || v.Equals(result.Value)))
                 {
                     try { ValueRenderer.Write(Consoles.Out, result.Value); }
                     catch (Exception re) { Console.Error.WriteLine($"(cannot render the value: {RecipeContext.Unwrap(re)!.Message})"); }
@@ -229,6 +258,7 @@ public static class EvaluationHost
             finally
             {
                 _running = null;
+                session.Globals.Context.Show = show;
                 session.Globals.Context.Plots.Added = plotsAdded;
                 session.Globals.Context.Cancellation = CancellationToken.None;
                 if (request.Quiet)

@@ -15,7 +15,7 @@ namespace VirtLab.Shell.Repl;
 /// does not honour and a host crash all end the same way (<see cref="Restart"/>): a fresh host — the
 /// pre-warmed standby when there is one — with the successful submissions replayed, and one line saying so.
 /// </summary>
-internal sealed class Repl : IDisposable
+internal sealed partial class Repl : IDisposable
 {
     private static readonly TimeSpan CancelGrace = TimeSpan.FromSeconds(1);
     private const int MaxIdleRestarts = 3;
@@ -107,12 +107,14 @@ internal sealed class Repl : IDisposable
                 }
                 if (MetaCommands.UnknownMeta(text) is { } unknown)
                 {
+                    _anyFailed = true;
                     Error($"unknown meta-command #{unknown}; the meta-commands are {string.Join(", ", MetaCommands.All.Select(c => "#" + c.Name))} (#help explains them)");
                     continue;
                 }
                 await Evaluate(text);
             }
-            return 0;
+            // Piped, the exit code tells a script whether every submission went through.
+            return _anyFailed && !_lines.IsInteractive ? 1 : 0;
         }
         finally
         {
@@ -187,6 +189,7 @@ internal sealed class Repl : IDisposable
                     if (await Task.WhenAny(submit, Task.Delay(CancelGrace)) != submit)
                     {
                         _interrupt = null;
+                        _anyFailed = true;
                         await Restart($"evaluation did not stop within {CancelGrace.TotalSeconds:0} s of Ctrl+C: host killed");
                         return;
                     }
@@ -198,6 +201,7 @@ internal sealed class Repl : IDisposable
             try { reply = await submit; }
             catch (HostDiedException e)
             {
+                _anyFailed = true;
                 await Restart($"evaluation host died ({e.How}) during the evaluation");
                 return;
             }
@@ -218,6 +222,7 @@ internal sealed class Repl : IDisposable
 
     private void Report(Reply reply, string? origin = null)
     {
+        if (reply.Status != SubmitStatus.Ok) _anyFailed = true;
         switch (reply.Status)
         {
             case SubmitStatus.Ok:
@@ -334,41 +339,16 @@ internal sealed class Repl : IDisposable
         _host = host;
         WatchHost(host);
 
-        var replayed = 0;
-        var failed = new List<string>();
-        if (replay)
-        {
-            var kept = new List<string>(_submissions.Count);
-            for (var i = 0; i < _submissions.Count; i++)
-            {
-                var code = _submissions[i];
-                Reply r;
-                try { r = await host.SendAsync(new Request { Kind = RequestKind.Submit, Code = code, Quiet = true }); }
-                catch (HostDiedException e)
-                {
-                    // The rest stays for the next host (the next evaluation starts one).
-                    failed.Add($"host died during replay ({e.How})");
-                    kept.AddRange(_submissions.Skip(i));
-                    break;
-                }
-                if (r.Status == SubmitStatus.Ok)
-                {
-                    replayed++;
-                    kept.Add(code);
-                }
-                // A submission that no longer compiles or runs (e.g. the plugin's API changed) leaves the session.
-                else failed.Add(Shorten(code) + ": " + (r.Diagnostics?.FirstOrDefault()?.ToString() ?? r.Error ?? r.Status));
-            }
-            _submissions.Clear();
-            _submissions.AddRange(kept);
-        }
-        else _submissions.Clear();
+        var outcome = replay ? await Replay(host) : null;
+        if (!replay) _submissions.Clear();
 
         var what = describe?.Invoke(oldPlugins, _plugins) ?? reason;
-        var line = replay
-            ? $"{what}; replayed {replayed} submission{(replayed == 1 ? "" : "s")} in {sw.ElapsedMilliseconds} ms"
+        var line = outcome is { } o
+            ? $"{what}; replayed {o.Replayed} submission{(o.Replayed == 1 ? "" : "s")} in {sw.ElapsedMilliseconds} ms" +
+              (o.Replayed > 0 ? " (re-run: values recomputed, not kept)" : "")
             : $"{what} ({sw.ElapsedMilliseconds} ms)";
-        if (failed.Count > 0) line += $"; {failed.Count} dropped: {string.Join("; ", failed)}";
+        if (outcome is { Dropped.Count: > 0 } d)
+            line += $"; {(d.Interrupted ? "Ctrl+C stopped the replay, " : "")}{d.Dropped.Count} dropped: {string.Join("; ", d.Dropped)}";
         _lines.Notice(_color ? $"\u001b[36m↻ {line}\u001b[0m" : "↻ " + line);
         // The old host's buffers are garbage now and the REPL is about to idle: give the memory back, so the
         // front end's footprint stays what it really holds however many swaps happen.
@@ -460,7 +440,7 @@ internal sealed class Repl : IDisposable
                 if (arg.Length == 0) { Error("usage: #load FILE"); break; }
                 string code;
                 try { code = await File.ReadAllTextAsync(arg); }
-                catch (Exception e) when (e is IOException or UnauthorizedAccessException) { Error($"#load: {e.Message}"); break; }
+                catch (Exception e) when (e is IOException or UnauthorizedAccessException) { _anyFailed = true; Error($"#load: {e.Message}"); break; }
                 await Evaluate(code, arg);
                 break;
             case "save":

@@ -127,6 +127,7 @@ public sealed class InteractiveSession
             // Assemblies named by #r load on first use from where the compiler found them.
             foreach (var r in compilation.DirectiveReferences.OfType<PortableExecutableReference>())
                 if (r.FilePath is { } path) _executor.Context.AddReferencePath(path);
+            foreach (var path in NuGetMetadataResolver.ClosurePaths) _executor.Context.AddReferencePath(path); // #r "nuget: …" dependencies
             try
             {
                 if (sub.TypeName is not null)

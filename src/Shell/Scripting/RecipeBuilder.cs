@@ -32,7 +32,9 @@ public static class RecipeBuilder
 
         var sources = compilation.SyntaxTrees.Select(t => t.FilePath).Where(p => p.Length > 0).Distinct()
             .Select(p => new CompiledRecipe.FileHash(p, RecipeCache.Hash(p))).ToList();
-        var refs = compilation.DirectiveReferences.OfType<PortableExecutableReference>().Select(r => r.FilePath).OfType<string>().Distinct()
+        // #r "nuget: …" names one assembly to the compiler; its package's dependencies load at run time too.
+        var refs = compilation.DirectiveReferences.OfType<PortableExecutableReference>().Select(r => r.FilePath).OfType<string>()
+            .Concat(NuGetMetadataResolver.ClosurePaths).Distinct()
             .Select(p => new CompiledRecipe.FileHash(p, RecipeCache.Hash(p))).ToList();
         var warnings = diags.Where(d => !d.IsError).Select(d => d.Formatted).ToList();
         return (new CompiledRecipe(submissions, sources, refs, warnings), diags);

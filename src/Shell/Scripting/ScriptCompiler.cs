@@ -47,7 +47,7 @@ public sealed class ScriptCompiler
                 allowUnsafe: true,
                 concurrentBuild: false, // one submission: threads cost more than they save
                 sourceReferenceResolver: ScriptSourceResolver.Default.WithBaseDirectory(baseDirectory),
-                metadataReferenceResolver: ScriptMetadataResolver.Default.WithBaseDirectory(baseDirectory))
+                metadataReferenceResolver: new NuGetMetadataResolver(ScriptMetadataResolver.Default.WithBaseDirectory(baseDirectory)))
             .WithSpecificDiagnosticOptions([
                 new("CS1701", ReportDiagnostic.Suppress), new("CS1702", ReportDiagnostic.Suppress), new("CS1705", ReportDiagnostic.Suppress)]);
     }
@@ -101,6 +101,11 @@ public sealed class ScriptCompiler
         if (d.Id is "CS1503" or "CS0029" or "CS0266" && message.Contains("to 'VirtLab.Sdk.Measure.Size'", StringComparison.Ordinal)
             && (message.Contains("'int'", StringComparison.Ordinal) || message.Contains("'long'", StringComparison.Ordinal)))
             message += " (sizes take a unit: 64.MiB(), 4.KiB(), 4096.Bytes() or Size.Parse(\"512M\"))";
+        // #r "nuget: …" that could not be restored: say why instead of "metadata file could not be found".
+        // ("Metadata file 'nuget: X, 1.0' could not be found": the reference is between the first and last quote.)
+        if (d.Id == "CS0006" && message.IndexOf('\'') is var q0 && message.LastIndexOf('\'') is var q1 && q1 > q0 + 1
+            && message[(q0 + 1)..q1] is var r && NuGetMetadataResolver.IsNuGet(r))
+            message = $"#r \"{r}\": " + (NuGetMetadataResolver.ErrorFor(r) ?? "the package could not be restored");
         var formatted = d.Location.IsInSource ? $"{file}({line},{col}): {sev} {d.Id}: {message}" : $"{sev} {d.Id}: {message}";
         return new ScriptDiagnostic(d.Id, d.Severity == DiagnosticSeverity.Error, message, file, line, col, formatted);
     }

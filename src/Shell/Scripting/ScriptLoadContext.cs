@@ -34,6 +34,9 @@ public sealed class ScriptLoadContext : AssemblyLoadContext
         lock (_lock) _referencePaths[Path.GetFileNameWithoutExtension(path)] = path;
     }
 
+    /// <summary>The <c>#r</c> files added so far (a <c>#r "nuget: …"</c> adds its package's whole closure).</summary>
+    public IReadOnlyList<string> ReferencePaths { get { lock (_lock) return [.. _referencePaths.Values]; } }
+
     public bool Owns(Assembly assembly) => GetLoadContext(assembly) == this;
 
     protected override Assembly? Load(AssemblyName name)

@@ -24,11 +24,15 @@ internal sealed class ReplProcess : IDisposable
     /// <summary>virtlab.dll in the test output folder (the test project references the Shell project).</summary>
     public static string VirtlabDll => Path.Combine(AppContext.BaseDirectory, "virtlab.dll");
 
-    public ReplProcess(params string[] args)
+    public ReplProcess(params string[] args) : this(null, args) { }
+
+    /// <param name="workingDirectory">Where the REPL runs (its #r and nuget.config lookups start there); null: the test's.</param>
+    public ReplProcess(string? workingDirectory, string[] args)
     {
         Home = Directory.CreateTempSubdirectory("virtlab-repl-home-").FullName;
         var psi = new ProcessStartInfo("dotnet")
         {
+            WorkingDirectory = workingDirectory ?? "",
             RedirectStandardInput = true,
             RedirectStandardOutput = true,
             RedirectStandardError = true,

@@ -44,7 +44,7 @@ public sealed class ReplTests
         repl.Send("");
         repl.WaitFor("error CS1010", stderr: true);
         repl.CloseInput(); // end of input leaves like #exit
-        Assert.Equal(0, repl.WaitForExit());
+        Assert.Equal(1, repl.WaitForExit()); // piped: a failed submission makes the exit code 1
     }
 
     [Fact]
