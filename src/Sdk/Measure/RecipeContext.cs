@@ -59,7 +59,7 @@ public sealed class RecipeContext
     /// <summary>Where a failed expectation is reported the moment it fails. Defaults to stderr; null = silent.</summary>
     public TextWriter? Log { get; set; } = Console.Error;
 
-    /// <summary>How <see cref="RecipeGlobals.Show{T}"/> displays a value; the shell installs its renderer.</summary>
+    /// <summary>How <see cref="RecipeGlobals.Show{T}(T)"/> displays a value; the shell installs its renderer.</summary>
     public Action<object?> Show { get; set; } = v => Console.WriteLine(v);
 
     /// <summary>Expectations recorded so far, in order.</summary>

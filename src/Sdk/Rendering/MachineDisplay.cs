@@ -9,7 +9,7 @@ namespace VirtLab.Sdk.Rendering;
 
 /// <summary>
 /// How the machine model (<c>VirtLab.Sdk.Machine</c>) is shown: the adapter at the edge, so the model itself has no UI
-/// dependency. The shell renders any value through <see cref="TryRender"/> after <see cref="IDisplayable"/>; scripts
+/// dependency. The shell renders any value through <see cref="TryRender(object?, out IRenderable)"/> after <see cref="IDisplayable"/>; scripts
 /// and plugins can call the <c>ToRenderable()</c> extensions directly (this namespace is a default script import).
 /// A device that wants a richer view than its summary implements <see cref="IDisplayable"/> itself.
 /// </summary>
