@@ -227,7 +227,7 @@ vm.RunAssembly(a =>
     var loop = a.CreateLabel();
     a.mov(ecx, roundTrips);
     a.Label(ref loop);
-    a.Ucall(Ucall.Yield);
+    a.UcallYield();
     a.dec(ecx);
     a.jnz(loop);
 });
