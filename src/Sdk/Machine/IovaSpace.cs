@@ -234,6 +234,7 @@ public sealed class IovaSpace : AddressSpace
         batchDirty = false;
         Volatile.Write(ref snapshot, new Snapshot(master.ToArray()));
         Interlocked.Increment(ref generation);
+        Vm.OnMappingsChanged();
     }
 
     void CheckRange(ulong iova, ulong size)
@@ -287,6 +288,37 @@ public sealed class IovaSpace : AddressSpace
     [MethodImpl(MethodImplOptions.AggressiveOptimization)] // hot path: full optimisation at once, not after tiering
     public override bool TryTranslate(ulong address, long length, MemoryAccess access, out ulong target, out long contiguous, out MemoryFault fault)
     {
+        if (!Lookup(address, length, access, out var m, out fault))
+        {
+            target = 0;
+            contiguous = 0;
+            return false;
+        }
+        var offset = address - m.Iova;
+        target = m.Target + offset;
+        var left = m.Size - offset; // ≥ 1
+        contiguous = length <= 1 ? 1 : (ulong)length <= left ? length : (long)left;
+        return true;
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)] // hot path: full optimisation at once, not after tiering
+    internal override bool TryResolveExtent(ulong address, long length, MemoryAccess access, out HostExtent extent, out MemoryFault fault)
+    {
+        extent = default;
+        if (!Lookup(address, length, access, out var m, out fault)) return false;
+        var target = m.Target + (address - m.Iova);
+        if (!Parent.TryResolveExtent(target, length, access, out var p, out fault)) return false;
+        // The run is the IOVA mapping clipped to the parent's run around the target.
+        var below = Math.Min(address - m.Iova, target - p.First);
+        var above = Math.Min(m.Last - address, p.Last - target);
+        extent = new HostExtent(address - below, address + above, p.HostOf(target - below), p.Slot, m.Perm & p.Perm);
+        return true;
+    }
+
+    /// <summary>The mapping containing <paramref name="address"/> that allows <paramref name="access"/>, or a counted fault.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    bool Lookup(ulong address, long length, MemoryAccess access, out IovaMapping mapping, out MemoryFault fault)
+    {
         var s = Volatile.Read(ref snapshot);
         var maps = s.Maps;
         int i = hint;
@@ -295,37 +327,15 @@ public sealed class IovaSpace : AddressSpace
             i = Search(s, address);
             if (i < 0 || address - maps[i].Iova >= maps[i].Size)
             {
-                target = 0;
-                contiguous = 0;
+                mapping = default;
                 return Fault(out fault, address, address, length, access, MemoryFaultReason.Unmapped);
             }
             hint = i;
         }
-        ref readonly var m = ref maps[i];
-        if ((access & ~m.Perm) != 0)
-        {
-            target = 0;
-            contiguous = 0;
-            return Fault(out fault, address, address, length, access, MemoryFaultReason.Permission);
-        }
-        var offset = address - m.Iova;
-        target = m.Target + offset;
-        var left = m.Size - offset; // ≥ 1
-        contiguous = length <= 1 ? 1 : (ulong)length <= left ? length : (long)left;
+        mapping = maps[i];
+        if ((access & ~mapping.Perm) != 0) return Fault(out fault, address, address, length, access, MemoryFaultReason.Permission);
         fault = default;
         return true;
-    }
-
-    [MethodImpl(MethodImplOptions.AggressiveOptimization)] // hot path: full optimisation at once, not after tiering
-    internal override bool TryResolveHost(ulong address, long length, MemoryAccess access, out nint host, out long contiguous, out MemoryFault fault)
-    {
-        if (!TryTranslate(address, length, access, out var target, out var n, out fault))
-        {
-            host = 0;
-            contiguous = 0;
-            return false;
-        }
-        return Parent.TryResolveHost(target, n, access, out host, out contiguous, out fault);
     }
 
     public override string ToString() => $"{Name}: {Count} IOVA mapping(s) over {Parent.Name}";

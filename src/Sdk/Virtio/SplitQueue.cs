@@ -109,26 +109,47 @@ public abstract unsafe class SplitQueue : IDisplayable
 /// <summary>
 /// Host pointers to a ring's three parts, translated (with the access each side needs) and cached until the address
 /// space's generation changes — as vhost caches its ring translations (vq meta IOTLB) and drops them on invalidation.
-/// Each part must lie in one contiguous host range.
+/// The hot check is one load: the VM's mapping epoch, which every change of any of its spaces moves; only when it
+/// moved is the space's generation compared. Each part must lie in one contiguous host range.
 /// </summary>
 internal sealed unsafe class RingAccess(AddressSpace space, SplitRing layout, bool device)
 {
+    readonly Vm vm = space.Vm;
+    long epoch = -1; // the VM's mapping epoch when the pointers were last found current (epochs start at 0)
     long generation = long.MinValue;
     public byte* Desc, Avail, Used;
 
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    /// <summary>Whether nothing changed since the pointers were last validated (then they are used as they are).</summary>
+    public bool Current
+    {
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        get => vm.MappingEpoch == epoch;
+    }
+
+    /// <summary>The mapping epoch the pointers (and translations cached with them) were validated at.</summary>
+    public long Epoch => epoch;
+
+    /// <summary>Validates the pointers (re-translating the ring if the space's generation changed).</summary>
     public bool Ensure(out string? problem, out MemoryFault fault)
     {
+        var e = vm.MappingEpoch; // read first: a change after this moves it again
         if (space.Generation == generation)
         {
+            epoch = e;
             problem = null;
             fault = default;
             return true;
         }
-        return Refresh(out problem, out fault);
+        if (!Refresh(out problem, out fault)) return false;
+        epoch = e;
+        return true;
     }
 
-    public void Invalidate() => generation = long.MinValue;
+    public void Invalidate()
+    {
+        generation = long.MinValue;
+        epoch = -1;
+    }
 
     bool Refresh(out string? problem, out MemoryFault fault)
     {
@@ -139,7 +160,7 @@ internal sealed unsafe class RingAccess(AddressSpace space, SplitRing layout, bo
             !Part(layout.AvailAddress, SplitRing.AvailBytes(n), device ? MemoryAccess.Read : MemoryAccess.ReadWrite, "available ring", out var a, out problem, out fault) ||
             !Part(layout.UsedAddress, SplitRing.UsedBytes(n), device ? MemoryAccess.Write : MemoryAccess.ReadWrite, "used ring", out var u, out problem, out fault))
         {
-            generation = long.MinValue;
+            Invalidate();
             return false;
         }
         Desc = d;

@@ -47,6 +47,7 @@ public sealed unsafe class SplitQueueDriver : SplitQueue
     {
         Kick = kick;
         Indirect = indirect;
+        autoIndirectMax = IndirectDesc && indirect is { } a ? a.EntriesPerChain : 0;
         var n = layout.Size;
         next = new ushort[n];
         descCount = new ushort[n];
@@ -71,20 +72,30 @@ public sealed unsafe class SplitQueueDriver : SplitQueue
     readonly ushort[] descCount; // ring descriptors used by the chain at each head
     readonly ulong[] tokens;
     readonly bool[] inUse;
+    readonly int autoIndirectMax; // chains of 2 … this many buffers go indirect by default (0: never)
     int freeHead, numFree, inFlight;
     ushort availShadow, lastKickAvail, lastUsed, usedSeen;
     bool interruptsDisabled, usedEventStored;
     byte* indirectHost;
-    long indirectGeneration = long.MinValue;
+    long indirectGeneration = long.MinValue, indirectEpoch = -1;
 
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
     void EnsureRing()
+    {
+        if (!ring.Current) RevalidateRing();
+    }
+
+    [MethodImpl(MethodImplOptions.NoInlining)]
+    void RevalidateRing()
     {
         if (!ring.Ensure(out var problem, out var fault))
             throw fault.Space is null ? new InvalidOperationException($"{Name}: {problem}") : new MemoryFaultException(fault);
     }
 
+    /// <summary>The indirect area's host bytes; call after <see cref="EnsureRing"/> (its epoch validates them too).</summary>
     byte* IndirectTables()
     {
+        if (indirectEpoch == ring.Epoch) return indirectHost;
         var ia = Indirect!.Value;
         var gen = Space.Generation;
         if (gen != indirectGeneration)
@@ -98,6 +109,7 @@ public sealed unsafe class SplitQueueDriver : SplitQueue
             indirectHost = (byte*)System.Runtime.CompilerServices.Unsafe.AsPointer(ref span[0]);
             indirectGeneration = gen;
         }
+        indirectEpoch = ring.Epoch;
         return indirectHost;
     }
 
@@ -129,7 +141,7 @@ public sealed unsafe class SplitQueueDriver : SplitQueue
     {
         int total = readable.Length + writable.Length;
         if (total == 0) throw new ArgumentException($"{Name}: a chain needs at least one buffer");
-        bool useIndirect = indirect ?? (IndirectDesc && Indirect is not null && total > 1 && total <= Indirect.Value.EntriesPerChain);
+        bool useIndirect = indirect ?? (total > 1 && total <= autoIndirectMax);
         if (useIndirect)
         {
             if (!IndirectDesc) throw new InvalidOperationException($"{Name}: VIRTIO_RING_F_INDIRECT_DESC was not negotiated; the driver may not use indirect tables");
