@@ -14,6 +14,8 @@ public abstract unsafe class SplitQueue : IDisplayable
 {
     private protected readonly RingAccess ring;
     private protected readonly ushort mask;
+    readonly int size;       // plain fields for the hot paths (what Size and EventIdx return)
+    readonly bool eventIdx;
     long notified, suppressed;
 
     private protected SplitQueue(AddressSpace space, SplitRing layout, VirtioFeatures features, string name, bool device)
@@ -29,6 +31,8 @@ public abstract unsafe class SplitQueue : IDisplayable
         Features = features;
         Name = name;
         mask = (ushort)(layout.Size - 1);
+        size = layout.Size;
+        eventIdx = (features & VirtioFeatures.EventIdx) != 0;
         ring = new RingAccess(space, layout, device);
     }
 
@@ -39,11 +43,11 @@ public abstract unsafe class SplitQueue : IDisplayable
 
     public SplitRing Ring { get; }
 
-    public int Size => Ring.Size;
+    public int Size => size;
 
     public VirtioFeatures Features { get; }
 
-    public bool EventIdx => (Features & VirtioFeatures.EventIdx) != 0;
+    public bool EventIdx => eventIdx;
 
     public bool IndirectDesc => (Features & VirtioFeatures.IndirectDesc) != 0;
 

@@ -214,7 +214,7 @@ public sealed unsafe class SplitQueueDevice : SplitQueue
     /// translation is cached (one run of the space, valid while the ring's mapping epoch holds): consecutive buffers
     /// of a batch usually lie in the same mapping, so most descriptors cost a range compare instead of a lookup.
     /// </summary>
-    [MethodImpl(MethodImplOptions.AggressiveOptimization)] // hot path: full optimisation at once, not after tiering
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
     bool Translate(VirtqChain c, ulong addr, uint len, bool writable, out MemoryFault fault)
     {
         var access = writable ? MemoryAccess.Write : MemoryAccess.Read;

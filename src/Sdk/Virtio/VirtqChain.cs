@@ -145,6 +145,7 @@ public sealed unsafe class VirtqChain
 
     // ---- filled by the device queue ----
 
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
     internal void Reset()
     {
         count = 0;
