@@ -270,16 +270,16 @@ public abstract class VdpaDevice : IDisposable
     {
         Interlocked.Increment(ref Counters.SetMaps);
         var space = iommu ?? throw new InvalidOperationException($"{Name} is not bound to a VM");
-        using (space.BeginBatch())
+        // One publication of the whole table (vdpasim's set_map: reset, then add every entry).
+        if (maps.Count > MaxIotlbEntries)
         {
             space.Clear();
-            if (maps.Count > MaxIotlbEntries) return -Errno.ENOSPC;
-            foreach (var m in maps)
-                if (!space.TryMap(m.Iova, m.Size, m.Target, m.Perm))
-                {
-                    space.Clear();
-                    return -Errno.EEXIST;
-                }
+            return -Errno.ENOSPC;
+        }
+        if (!space.TryReplace(maps))
+        {
+            space.Clear();
+            return -Errno.EEXIST;
         }
         return 0;
     }
