@@ -315,6 +315,25 @@ public sealed unsafe class SplitQueueDriver : SplitQueue
         return Volatile.Read(ref ring.UsedIdx()) != lastUsed;
     }
 
+    /// <summary>
+    /// Asks the device to interrupt once <paramref name="count"/> more buffers are used (virtqueue_enable_cb_delayed with
+    /// a count the driver knows will complete): with EVENT_IDX used_event = last used idx + count − 1; without it this is
+    /// <see cref="EnableInterrupts"/> (the flag cannot delay). True when that many are already pending (collect them
+    /// before sleeping). <paramref name="count"/> must not exceed the buffers that will complete, or no interrupt comes.
+    /// </summary>
+    public bool EnableInterruptsAfter(int count)
+    {
+        if (count < 1 || count > inFlight)
+            throw new ArgumentOutOfRangeException(nameof(count), $"{Name}: interrupt after 1 … {inFlight} (the chains in flight) used buffers; got {count}");
+        if (!EventIdx || count == 1) return EnableInterrupts();
+        EnsureRing();
+        interruptsDisabled = false;
+        Volatile.Write(ref ring.UsedEvent(), (ushort)(lastUsed + count - 1));
+        Interlocked.MemoryBarrier(); // our used_event store before the used idx load (the device: its idx store before its event load)
+        usedEventStored = false;
+        return (ushort)(Volatile.Read(ref ring.UsedIdx()) - lastUsed) >= count;
+    }
+
     public override IRenderable ChainsInFlight()
     {
         var t = new Table { Title = new TableTitle(Markup.Escape($"{Name}: chains the driver has in flight")) };
