@@ -48,41 +48,27 @@ public readonly record struct IovaMapping(ulong Iova, ulong Size, ulong Target, 
 /// </summary>
 public sealed class IovaSpace : AddressSpace
 {
-    /// <summary>Up to <see cref="Snapshot.ChunkMax"/> consecutive mappings and their starts (for the search); immutable.</summary>
-    sealed class Chunk
-    {
-        public readonly IovaMapping[] Maps;
-        public readonly ulong[] Starts;
-
-        public Chunk(IovaMapping[] maps)
-        {
-            Maps = maps;
-            Starts = new ulong[maps.Length];
-            for (int i = 0; i < maps.Length; i++) Starts[i] = maps[i].Iova;
-        }
-    }
-
     /// <summary>
     /// An immutable sorted table cut into chunks (a two-level persistent B-tree): a change copies the chunk it touches
     /// and the chunk index, and shares every other chunk with the previous snapshot. A lookup binary-searches the
-    /// chunks' first starts (small enough to stay in cache), then the chunk's starts.
+    /// chunks' first starts (small enough to stay in cache), then the chunk.
     /// </summary>
     sealed class Snapshot
     {
         public const int ChunkMax = 64, BulkChunk = 48;
-        public readonly Chunk[] Chunks;
+        public readonly IovaMapping[][] Chunks; // each sorted, non-empty, at most ChunkMax
         public readonly ulong[] Firsts;
         public readonly int Count;
         IovaMapping[]? flat;
 
-        public Snapshot(Chunk[] chunks)
+        public Snapshot(IovaMapping[][] chunks)
         {
             Chunks = chunks;
             Firsts = new ulong[chunks.Length];
             for (int c = 0; c < chunks.Length; c++)
             {
-                Firsts[c] = chunks[c].Starts[0];
-                Count += chunks[c].Maps.Length;
+                Firsts[c] = chunks[c][0].Iova;
+                Count += chunks[c].Length;
             }
         }
 
@@ -96,8 +82,8 @@ public sealed class IovaSpace : AddressSpace
                 int n = 0;
                 foreach (var c in Chunks)
                 {
-                    c.Maps.CopyTo(all, n);
-                    n += c.Maps.Length;
+                    c.CopyTo(all, n);
+                    n += c.Length;
                 }
                 Volatile.Write(ref flat, all);
                 return all;
@@ -115,8 +101,23 @@ public sealed class IovaSpace : AddressSpace
                 return false;
             }
             chunk = LastAtOrBelow(firsts, address);
-            index = LastAtOrBelow(Chunks[chunk].Starts, address);
+            index = LastAtOrBelow(Chunks[chunk], address);
             return true;
+        }
+
+        /// <summary>The last mapping starting at or below <paramref name="x"/>, given maps[0].Iova ≤ x (branch-free).</summary>
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        static int LastAtOrBelow(IovaMapping[] maps, ulong x)
+        {
+            ref IovaMapping r = ref MemoryMarshal.GetArrayDataReference(maps);
+            int lo = 0, n = maps.Length;
+            while (n > 1)
+            {
+                int half = n >>> 1;
+                lo = Unsafe.Add(ref r, lo + half).Iova <= x ? lo + half : lo;
+                n -= half;
+            }
+            return lo;
         }
 
         /// <summary>The last index whose value is ≤ <paramref name="x"/>, given a[0] ≤ x (branch-free).</summary>
@@ -135,33 +136,33 @@ public sealed class IovaSpace : AddressSpace
         }
 
         /// <summary>Whether a mapping shares a byte with [iova, end]: only the last one starting at or below end can.</summary>
-        public bool Overlaps(ulong iova, ulong end) => Floor(end, out var c, out var i) && Chunks[c].Maps[i].Last >= iova;
+        public bool Overlaps(ulong iova, ulong end) => Floor(end, out var c, out var i) && Chunks[c][i].Last >= iova;
 
         /// <summary>A snapshot with <paramref name="m"/> added (it overlaps nothing); a chunk that grows past ChunkMax splits.</summary>
         public Snapshot Insert(IovaMapping m)
         {
-            if (Chunks.Length == 0) return new Snapshot([new Chunk([m])]);
+            if (Chunks.Length == 0) return new Snapshot([[m]]);
             int at;
             if (Floor(m.Iova, out var c, out var i)) at = i + 1;
             else (c, at) = (0, 0);
-            var old = Chunks[c].Maps;
+            var old = Chunks[c];
             var maps = new IovaMapping[old.Length + 1];
             Array.Copy(old, 0, maps, 0, at);
             maps[at] = m;
             Array.Copy(old, at, maps, at + 1, old.Length - at);
-            Chunk[] chunks;
+            IovaMapping[][] chunks;
             if (maps.Length <= ChunkMax)
             {
-                chunks = (Chunk[])Chunks.Clone();
-                chunks[c] = new Chunk(maps);
+                chunks = (IovaMapping[][])Chunks.Clone();
+                chunks[c] = maps;
             }
             else
             {
                 int half = maps.Length / 2;
-                chunks = new Chunk[Chunks.Length + 1];
+                chunks = new IovaMapping[Chunks.Length + 1][];
                 Array.Copy(Chunks, 0, chunks, 0, c);
-                chunks[c] = new Chunk(maps[..half]);
-                chunks[c + 1] = new Chunk(maps[half..]);
+                chunks[c] = maps[..half];
+                chunks[c + 1] = maps[half..];
                 Array.Copy(Chunks, c + 1, chunks, c + 2, Chunks.Length - c - 1);
             }
             return new Snapshot(chunks);
@@ -174,13 +175,13 @@ public sealed class IovaSpace : AddressSpace
         public Snapshot RemoveWhere(ulong iova, ulong end, Func<IovaMapping, bool> drop, List<IovaMapping> removed)
         {
             int first = Floor(iova, out var c0, out _) ? c0 : 0;
-            var kept = new List<Chunk>(Chunks.Length);
+            var kept = new List<IovaMapping[]>(Chunks.Length);
             for (int c = 0; c < first; c++) kept.Add(Chunks[c]);
             bool changed = false;
             int k = first;
             for (; k < Chunks.Length && Firsts[k] <= end; k++)
             {
-                var maps = Chunks[k].Maps;
+                var maps = Chunks[k];
                 var left = new List<IovaMapping>(maps.Length);
                 foreach (var m in maps)
                     if (m.Iova <= end && m.Last >= iova && drop(m)) removed.Add(m);
@@ -189,7 +190,7 @@ public sealed class IovaSpace : AddressSpace
                 else
                 {
                     changed = true;
-                    if (left.Count > 0) kept.Add(new Chunk(left.ToArray()));
+                    if (left.Count > 0) kept.Add(left.ToArray());
                 }
             }
             if (!changed) return this;
@@ -200,9 +201,9 @@ public sealed class IovaSpace : AddressSpace
         /// <summary>A snapshot of <paramref name="sorted"/> (sorted, non-overlapping), in chunks with room to grow.</summary>
         public static Snapshot Of(IovaMapping[] sorted)
         {
-            var chunks = new Chunk[(sorted.Length + BulkChunk - 1) / BulkChunk];
+            var chunks = new IovaMapping[(sorted.Length + BulkChunk - 1) / BulkChunk][];
             for (int c = 0; c < chunks.Length; c++)
-                chunks[c] = new Chunk(sorted[(c * BulkChunk)..Math.Min(sorted.Length, (c + 1) * BulkChunk)]);
+                chunks[c] = sorted[(c * BulkChunk)..Math.Min(sorted.Length, (c + 1) * BulkChunk)];
             return new Snapshot(chunks);
         }
     }
@@ -310,7 +311,7 @@ public sealed class IovaSpace : AddressSpace
         var list = new List<IovaMapping>();
         if (!s.Floor(iova, out var c, out var i)) (c, i) = (0, 0);
         for (; c < s.Chunks.Length; c++, i = 0)
-            for (var maps = s.Chunks[c].Maps; i < maps.Length; i++)
+            for (var maps = s.Chunks[c]; i < maps.Length; i++)
             {
                 if (maps[i].Iova > end) return list;
                 if (maps[i].Overlaps(iova, size)) list.Add(maps[i]);
@@ -330,7 +331,7 @@ public sealed class IovaSpace : AddressSpace
     public IovaMapping? Find(ulong iova)
     {
         var s = Volatile.Read(ref snapshot);
-        return s.Floor(iova, out var c, out var i) && s.Chunks[c].Maps[i].Contains(iova) ? s.Chunks[c].Maps[i] : null;
+        return s.Floor(iova, out var c, out var i) && s.Chunks[c][i].Contains(iova) ? s.Chunks[c][i] : null;
     }
 
     /// <summary>
@@ -460,16 +461,16 @@ public sealed class IovaSpace : AddressSpace
         var s = Volatile.Read(ref snapshot);
         var chunks = s.Chunks;
         int h = hint, c = h >> 8, i = h & 0xff;
-        if ((uint)c >= (uint)chunks.Length || (uint)i >= (uint)chunks[c].Maps.Length || address - chunks[c].Maps[i].Iova >= chunks[c].Maps[i].Size)
+        if ((uint)c >= (uint)chunks.Length || (uint)i >= (uint)chunks[c].Length || address - chunks[c][i].Iova >= chunks[c][i].Size)
         {
-            if (!s.Floor(address, out c, out i) || address - chunks[c].Maps[i].Iova >= chunks[c].Maps[i].Size)
+            if (!s.Floor(address, out c, out i) || address - chunks[c][i].Iova >= chunks[c][i].Size)
             {
                 mapping = default;
                 return Fault(out fault, address, address, length, access, MemoryFaultReason.Unmapped);
             }
             hint = c << 8 | i;
         }
-        mapping = chunks[c].Maps[i];
+        mapping = chunks[c][i];
         if ((access & ~mapping.Perm) != 0) return Fault(out fault, address, address, length, access, MemoryFaultReason.Permission);
         fault = default;
         return true;
