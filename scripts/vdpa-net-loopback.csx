@@ -132,6 +132,7 @@ var unbatchedRate = Stage("IOTLB updates, unbatched", () => IotlbRate(false, iot
 Console.WriteLine($"IOTLB: {batchedRate:N0} updates/s batched, {unbatchedRate:N0} unbatched ({iotlbUpdates} 4 KiB maps; unbatched re-installs the whole table per update, as set_map does)");
 Result("iotlb.updatesPerSecond.batched", Math.Round(batchedRate));
 Result("iotlb.updatesPerSecond.unbatched", Math.Round(unbatchedRate));
-Expect(batchedRate > unbatchedRate, "batched IOTLB updates are faster than unbatched ones");
+// A timing comparison: not in test mode, where 100 updates take well under a millisecond and one preemption decides.
+if (!TestMode) Expect(batchedRate > unbatchedRate, "batched IOTLB updates are faster than unbatched ones");
 
 vm.Dispose();
