@@ -142,6 +142,13 @@ foreach (var indirect in new[] { false, true })
     var name = indirect ? "one thread, indirect (16 B + 48 B)" : "one thread, 1 × 64 B descriptor";
     var rate = Stage(name, () => { var r = Rate(chains, n => sink += OneThread(drv, dev, buffers, size, n, local, indirect)); Count("chains", chains); return r; });
     Report(name, rate, baseline);
+    // Allocation per chain (must be zero): one untimed pass of 320,000 chains, counted on this thread.
+    var alloc0 = GC.GetAllocatedBytesForCurrentThread();
+    sink += OneThread(drv, dev, buffers, size, 320_000, local, indirect);
+    var perChain = (GC.GetAllocatedBytesForCurrentThread() - alloc0) / 320_000.0;
+    Console.WriteLine($"   allocated {perChain:F4} bytes per chain");
+    Result(indirect ? "indirect_alloc_bytes_per_chain" : "one_thread_alloc_bytes_per_chain", perChain);
+    Expect(perChain == 0, $"{name}: no allocation per chain (got {perChain:F4} B/chain)");
     Result(indirect ? "indirect_chains_per_s" : "one_thread_chains_per_s", rate);
     Expect(!dev.IsBroken && dev.InFlight == 0 && drv.InFlight == 0, $"{name}: every chain came back, no queue error");
     if (!indirect && !TestMode) Expect(rate >= 20e6, $"one thread moves ≥ 20 M chains/s (got {rate / 1e6:F1} M/s; the host is shared, see the load average)");

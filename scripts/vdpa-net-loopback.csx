@@ -45,6 +45,7 @@ foreach (var r in rows)
 {
     var key = $"loopback.{r.FrameBytes}B.batch{r.Batch}.eventidx{(r.EventIdx ? "On" : "Off")}";
     Result(key + ".mpps", Math.Round(r.PacketsPerSecond / 1e6, 4));
+    Result(key + ".mppsPerCpuSecond", Math.Round(r.PacketsPerCpuSecond / 1e6, 4));
     Result(key + ".notificationsPerPacket", Math.Round(r.NotificationsPerPacket, 5));
 }
 
@@ -61,7 +62,8 @@ foreach (var size in frameSizes)
 
 // Ceiling: the SDK virtqueue alone, one thread, 64 B buffers, same batch as the best loopback row.
 var ceilingSlot = vm.AddSlot(4.MiB());
-double Ceiling(int frameBytes, int batch, long count)
+// Rates per second of this process's CPU time (what other load on a shared host does not dilute) and of wall time.
+(double Cpu, double Wall) Ceiling(int frameBytes, int batch, long count)
 {
     int qs = 256;
     var slot = ceilingSlot;
@@ -71,6 +73,7 @@ double Ceiling(int frameBytes, int batch, long count)
         var features = VirtioFeatures.Version1 | VirtioFeatures.EventIdx;
         var drv = new SplitQueueDriver(vm.PhysicalSpace, ring, features);
         var dev = new SplitQueueDevice(vm.PhysicalSpace, ring, features);
+        var cpu0 = Environment.CpuUsage.TotalTime;
         var sw = Stopwatch.StartNew();
         long done = 0;
         Span<UsedBuffer> used = stackalloc UsedBuffer[256];
@@ -84,17 +87,20 @@ double Ceiling(int frameBytes, int batch, long count)
             dev.Flush();
             done += drv.GetUsed(used);
         }
-        return count / sw.Elapsed.TotalSeconds;
+        return (count / (Environment.CpuUsage.TotalTime - cpu0).TotalSeconds, count / sw.Elapsed.TotalSeconds);
     }
 }
 foreach (var size in frameSizes)
 {
     int batch = batchSizes.Max();
     Ceiling(size, batch, Math.Min(packets, 20_000));
-    var pps = Stage($"ceiling: SDK virtqueue alone, {size} B, batch {batch}", () => Ceiling(size, batch, packets));
+    var (cpu, pps) = Stage($"ceiling: SDK virtqueue alone, {size} B, batch {batch}", () => Ceiling(size, batch, packets));
     Result($"ceiling.virtqueue.{size}B.batch{batch}.mpps", Math.Round(pps / 1e6, 4));
+    Result($"ceiling.virtqueue.{size}B.batch{batch}.mppsPerCpuSecond", Math.Round(cpu / 1e6, 4));
     var best = rows.Where(r => r.FrameBytes == size).Max(r => r.PacketsPerSecond);
-    Console.WriteLine($"{size} B: best loopback {best / 1e6:F3} Mpps; the virtqueue alone (one pop+push per packet, no copy to RX, no thread hop) {pps / 1e6:F3} Mpps");
+    var bestCpu = rows.Where(r => r.FrameBytes == size).Max(r => r.PacketsPerCpuSecond);
+    Console.WriteLine($"{size} B: best loopback {best / 1e6:F3} Mpps wall, {bestCpu / 1e6:F3} Mpps per CPU-second; the virtqueue alone " +
+                      $"(one pop+push per packet, no copy to RX, no thread hop) {pps / 1e6:F3} Mpps wall, {cpu / 1e6:F3} per CPU-second");
 }
 
 // IOTLB updates per second: 4 KiB maps through write(), in one batch vs one set_map per update.
@@ -126,6 +132,7 @@ var unbatchedRate = Stage("IOTLB updates, unbatched", () => IotlbRate(false, iot
 Console.WriteLine($"IOTLB: {batchedRate:N0} updates/s batched, {unbatchedRate:N0} unbatched ({iotlbUpdates} 4 KiB maps; unbatched re-installs the whole table per update, as set_map does)");
 Result("iotlb.updatesPerSecond.batched", Math.Round(batchedRate));
 Result("iotlb.updatesPerSecond.unbatched", Math.Round(unbatchedRate));
-Expect(batchedRate > unbatchedRate, "batched IOTLB updates are faster than unbatched ones");
+// A timing comparison: not in test mode, where 100 updates take well under a millisecond and one preemption decides.
+if (!TestMode) Expect(batchedRate > unbatchedRate, "batched IOTLB updates are faster than unbatched ones");
 
 vm.Dispose();

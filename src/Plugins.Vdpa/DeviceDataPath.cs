@@ -14,10 +14,16 @@ public sealed partial class VdpaNetDevice
 
     protected override void OnReset() => pendingTx = null;
 
+    /// <summary>Packets between publications of the used rings (vhost-net's VHOST_NET_BATCH).</summary>
+    public const int UsedBatch = 64;
+
     /// <summary>
-    /// vdpasim_net_work: every TX chain is copied into the next RX chain; both are completed and the driver is notified
-    /// per packet (subject to its suppression: EVENT_IDX or the NO_INTERRUPT flag). With no receive buffer the TX chain
-    /// is held until the driver adds one (counted as RxNoBuffer) instead of being dropped.
+    /// vdpasim_net_work: every TX chain is copied into the next RX chain and both are completed. As vhost-net does
+    /// (handle_tx / handle_rx), the worker asks for no kicks while it is looking at the rings (NO_NOTIFY, or a stale
+    /// avail_event with EVENT_IDX) and re-arms them only when a ring is empty, and it publishes the used rings and
+    /// decides on interrupts once per <see cref="UsedBatch"/> packets and when it stops, not per packet — the driver's
+    /// suppression (EVENT_IDX or NO_INTERRUPT) then applies to batches. With no receive buffer the TX chain is held
+    /// until the driver adds one (counted as RxNoBuffer) instead of being dropped.
     /// </summary>
     protected override void Process(SplitQueueDevice?[] queues)
     {
@@ -25,63 +31,78 @@ public sealed partial class VdpaNetDevice
         var tx = queues[TxQueue];
         if (rx is null || tx is null) return;
         if (pendingTx is { } p && p.Queue != tx) pendingTx = null;   // the queue was restarted
-        int n = 0;
-        while ((++n & 63) != 0 || ShouldRun)
+        tx.DisableKicks();
+        rx.DisableKicks();
+        int n = 0, unflushed = 0;
+        long looped = 0, loopedBytes = 0;
+        try
         {
-            if (pendingTx is null)
+            while ((++n & 63) != 0 || ShouldRun)
             {
-                if (!tx.TryPop(out var c)) break;
-                if (c.WritableBytes != 0)
+                if (pendingTx is null)
                 {
-                    NeedsReset("net tx: device-writable buffer in a transmit chain");
+                    if (!tx.TryPop(out var c))
+                    {
+                        // Empty: re-arm the kick, then look once more (buffers added meanwhile were not kicked).
+                        if (tx.IsBroken || !tx.EnableKicks()) break;
+                        tx.DisableKicks();
+                        continue;
+                    }
+                    if (c.WritableBytes != 0)
+                    {
+                        NeedsReset("net tx: device-writable buffer in a transmit chain");
+                        return;
+                    }
+                    pendingTx = c;
+                }
+                if (!rx.TryPop(out var r))
+                {
+                    if (!rx.IsBroken && rx.EnableKicks())
+                    {
+                        rx.DisableKicks();
+                        continue;
+                    }
+                    Interlocked.Increment(ref Counters.RxNoBuffer);
+                    break;                                             // rx kicks stay armed: a new buffer wakes us
+                }
+                if (r.ReadableCount != 0)
+                {
+                    NeedsReset("net rx: device-readable buffer in a receive chain");
                     return;
                 }
-                pendingTx = c;
+                var t = pendingTx;
+                long len = t.CopyReadableTo(r);
+                if (len < t.ReadableBytes) Counters.Error("net rx: buffer shorter than the frame (truncated)");
+                pendingTx = null;
+                tx.Push(t, 0);
+                rx.Push(r, (uint)len);
+                looped++;
+                loopedBytes += len;
+                if (++unflushed == UsedBatch)
+                {
+                    Publish();
+                    unflushed = 0;
+                }
             }
-            if (!rx.TryPop(out var r))
+        }
+        finally
+        {
+            Publish();
+        }
+
+        // Counted before the driver can see the packets, so its view of the counters is never behind its used rings.
+        void Publish()
+        {
+            if (looped != 0)
             {
-                Interlocked.Increment(ref Counters.RxNoBuffer);
-                break;
+                Interlocked.Add(ref packets, looped);
+                Interlocked.Add(ref bytes, loopedBytes);
+                Interlocked.Add(ref Counters.Requests, looped);
+                looped = loopedBytes = 0;
             }
-            if (r.ReadableCount != 0)
-            {
-                NeedsReset("net rx: device-readable buffer in a receive chain");
-                return;
-            }
-            var t = pendingTx;
-            long len = CopyChain(t, r);
-            if (len < t.ReadableBytes) Counters.Error("net rx: buffer shorter than the frame (truncated)");
-            pendingTx = null;
-            tx.Push(t, 0);
-            rx.Push(r, (uint)len);
             tx.Flush();
             rx.Flush();
-            Interlocked.Increment(ref packets);
-            Interlocked.Add(ref bytes, len);
-            Interlocked.Increment(ref Counters.Requests);
         }
-    }
-
-    /// <summary>Copies the readable bytes of <paramref name="from"/> into the writable bytes of <paramref name="to"/>, segment to segment.</summary>
-    static long CopyChain(VirtqChain from, VirtqChain to)
-    {
-        var src = from.Readable;
-        var dst = to.Writable;
-        int si = 0, di = 0, so = 0, dOff = 0;
-        long total = 0;
-        while (si < src.Length && di < dst.Length)
-        {
-            var s = src[si].Span[so..];
-            var d = dst[di].Span[dOff..];
-            int n = Math.Min(s.Length, d.Length);
-            s[..n].CopyTo(d);
-            total += n;
-            so += n;
-            dOff += n;
-            if (so == src[si].Length) { si++; so = 0; }
-            if (dOff == dst[di].Length) { di++; dOff = 0; }
-        }
-        return total;
     }
 }
 

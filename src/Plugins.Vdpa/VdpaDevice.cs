@@ -52,6 +52,7 @@ public abstract class VdpaDevice : IDisposable
     protected readonly object Sync = new();
     protected readonly byte[] Config;
     readonly VdpaVqState[] vqs;
+    readonly SplitQueueDevice?[] liveQueues;
     readonly EventNotifier wake;
     byte status;
     ulong driverFeatures;
@@ -69,6 +70,7 @@ public abstract class VdpaDevice : IDisposable
         SupportedFeatures = supportedFeatures;
         Config = new byte[configSize];
         vqs = Enumerable.Range(0, nvqs).Select(_ => new VdpaVqState()).ToArray();
+        liveQueues = new SplitQueueDevice?[nvqs];
         wake = new EventNotifier($"{name} worker wake");
     }
 
@@ -268,16 +270,16 @@ public abstract class VdpaDevice : IDisposable
     {
         Interlocked.Increment(ref Counters.SetMaps);
         var space = iommu ?? throw new InvalidOperationException($"{Name} is not bound to a VM");
-        using (space.BeginBatch())
+        // One publication of the whole table (vdpasim's set_map: reset, then add every entry).
+        if (maps.Count > MaxIotlbEntries)
         {
             space.Clear();
-            if (maps.Count > MaxIotlbEntries) return -Errno.ENOSPC;
-            foreach (var m in maps)
-                if (!space.TryMap(m.Iova, m.Size, m.Target, m.Perm))
-                {
-                    space.Clear();
-                    return -Errno.EEXIST;
-                }
+            return -Errno.ENOSPC;
+        }
+        if (!space.TryReplace(maps))
+        {
+            space.Clear();
+            return -Errno.EEXIST;
         }
         return 0;
     }
@@ -341,7 +343,7 @@ public abstract class VdpaDevice : IDisposable
                     if (vq.Kick is { IsDisposed: false } k && !set.Contains(k)) set.Add(k);
             try
             {
-                NotifierPoll.WaitAny(set.ToArray(), TimeSpan.FromMilliseconds(200));
+                NotifierPoll.WaitAny(System.Runtime.InteropServices.CollectionsMarshal.AsSpan(set), TimeSpan.FromMilliseconds(200));
                 wake.TryRead(out _);
                 for (int i = 1; i < set.Count; i++)
                     if (!set[i].IsDisposed && set[i].TryRead(out _)) Interlocked.Increment(ref Counters.Kicks);
@@ -362,11 +364,11 @@ public abstract class VdpaDevice : IDisposable
     /// <summary>One pass over the queues, as long as they have work (the worker calls it after each wake-up).</summary>
     void RunQueues()
     {
-        SplitQueueDevice?[] live;
+        var live = liveQueues; // one pass at a time (the worker, or a test's RunOnce): reused, no allocation per wake-up
         lock (Sync)
         {
             if ((status & (DRIVER_OK | NEEDS_RESET)) != DRIVER_OK || suspended) return;
-            live = vqs.Select(v => v.Ready ? v.Queue : null).ToArray();
+            for (int i = 0; i < vqs.Length; i++) live[i] = vqs[i].Ready ? vqs[i].Queue : null;
         }
         try
         {

@@ -118,10 +118,27 @@ public abstract unsafe class AddressSpace
         => TryTranslate(address, 1, access, out var t, out _, out var f) ? t : throw new MemoryFaultException(f);
 
     /// <summary>
-    /// The host bytes of the start of a range: like <see cref="TryTranslate"/> but all the way down to host memory,
-    /// checking every level. Internal: host pointers leave the SDK only as spans of a checked range.
+    /// The largest run of this space around <paramref name="address"/> that lies in one host range of one memslot, with
+    /// the access every level allows: like <see cref="TryTranslate"/> but all the way down to host memory, checking
+    /// every level (<paramref name="length"/> only frames a fault). What a device may cache as one translation.
+    /// Internal: host pointers leave the SDK only as spans of a checked range.
     /// </summary>
-    internal abstract bool TryResolveHost(ulong address, long length, MemoryAccess access, out nint host, out long contiguous, out MemoryFault fault);
+    internal abstract bool TryResolveExtent(ulong address, long length, MemoryAccess access, out HostExtent extent, out MemoryFault fault);
+
+    /// <summary>The host bytes of the start of a range and how many bytes from it (≤ length, ≥ 1) are contiguous there.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    internal bool TryResolveHost(ulong address, long length, MemoryAccess access, out nint host, out long contiguous, out MemoryFault fault)
+    {
+        if (!TryResolveExtent(address, length, access, out var e, out fault))
+        {
+            host = 0;
+            contiguous = 0;
+            return false;
+        }
+        host = e.HostOf(address);
+        contiguous = e.Contiguous(address, length);
+        return true;
+    }
 
     /// <summary>Whether every byte of the range is mapped with <paramref name="access"/>, down to host memory; else the first fault.</summary>
     public bool TryCheck(ulong address, long length, MemoryAccess access, out MemoryFault fault)
@@ -145,10 +162,17 @@ public abstract unsafe class AddressSpace
         if (!CheckRange(address, destination.Length, MemoryAccess.Read, out fault)) return false;
         for (int done = 0; done < destination.Length;)
         {
-            if (!TryResolveHost(address + (ulong)done, destination.Length - done, MemoryAccess.Read, out var host, out var n, out fault))
+            var at = address + (ulong)done;
+            if (!TryResolveExtent(at, destination.Length - done, MemoryAccess.Read, out var e, out fault))
                 return Reframe(ref fault, address, destination.Length);
-            new ReadOnlySpan<byte>((void*)host, (int)n).CopyTo(destination[done..]);
-            done += (int)n;
+            var n = (int)e.Contiguous(at, destination.Length - done);
+            // The copy runs under the teardown guard: the slot cannot be unmapped until it is done.
+            using (SlotGuard.Enter(e.Slot.Serial))
+            {
+                if (e.Slot.Removed) return Fault(out fault, at, address, destination.Length, MemoryAccess.Read, MemoryFaultReason.Disposed);
+                new ReadOnlySpan<byte>((void*)e.HostOf(at), n).CopyTo(destination[done..]);
+            }
+            done += n;
         }
         return true;
     }
@@ -159,10 +183,16 @@ public abstract unsafe class AddressSpace
         if (!TryCheck(address, source.Length, MemoryAccess.Write, out fault)) return false;
         for (int done = 0; done < source.Length;)
         {
-            if (!TryResolveHost(address + (ulong)done, source.Length - done, MemoryAccess.Write, out var host, out var n, out fault))
+            var at = address + (ulong)done;
+            if (!TryResolveExtent(at, source.Length - done, MemoryAccess.Write, out var e, out fault))
                 return Reframe(ref fault, address, source.Length); // the mapping changed since the check
-            source.Slice(done, (int)n).CopyTo(new Span<byte>((void*)host, (int)n));
-            done += (int)n;
+            var n = (int)e.Contiguous(at, source.Length - done);
+            using (SlotGuard.Enter(e.Slot.Serial)) // see TryRead
+            {
+                if (e.Slot.Removed) return Fault(out fault, at, address, source.Length, MemoryAccess.Write, MemoryFaultReason.Disposed);
+                source.Slice(done, n).CopyTo(new Span<byte>((void*)e.HostOf(at), n));
+            }
+            done += n;
         }
         return true;
     }
@@ -170,10 +200,18 @@ public abstract unsafe class AddressSpace
     /// <summary>Reads a <typeparamref name="T"/> at <paramref name="address"/>; false and the fault when it does not translate.</summary>
     public bool TryRead<T>(ulong address, out T value, out MemoryFault fault) where T : unmanaged
     {
-        if (TryResolveHost(address, sizeof(T), MemoryAccess.Read, out var host, out var n, out fault) && n == sizeof(T))
+        if (TryResolveExtent(address, sizeof(T), MemoryAccess.Read, out var e, out fault) && e.Contiguous(address, sizeof(T)) == sizeof(T))
         {
-            value = Unsafe.ReadUnaligned<T>((void*)host);
-            return true;
+            using (SlotGuard.Enter(e.Slot.Serial)) // see TryRead
+            {
+                if (!e.Slot.Removed)
+                {
+                    value = Unsafe.ReadUnaligned<T>((void*)e.HostOf(address));
+                    return true;
+                }
+            }
+            value = default;
+            return Fault(out fault, address, address, sizeof(T), MemoryAccess.Read, MemoryFaultReason.Disposed);
         }
         value = default;
         if (fault.Space is not null) return Reframe(ref fault, address, sizeof(T));
@@ -186,10 +224,17 @@ public abstract unsafe class AddressSpace
     /// <summary>Writes <paramref name="value"/> at <paramref name="address"/>; false and the fault when it does not translate.</summary>
     public bool TryWrite<T>(ulong address, T value, out MemoryFault fault) where T : unmanaged
     {
-        if (TryResolveHost(address, sizeof(T), MemoryAccess.Write, out var host, out var n, out fault) && n == sizeof(T))
+        if (TryResolveExtent(address, sizeof(T), MemoryAccess.Write, out var e, out fault) && e.Contiguous(address, sizeof(T)) == sizeof(T))
         {
-            Unsafe.WriteUnaligned((void*)host, value);
-            return true;
+            using (SlotGuard.Enter(e.Slot.Serial)) // see TryRead
+            {
+                if (!e.Slot.Removed)
+                {
+                    Unsafe.WriteUnaligned((void*)e.HostOf(address), value);
+                    return true;
+                }
+            }
+            return Fault(out fault, address, address, sizeof(T), MemoryAccess.Write, MemoryFaultReason.Disposed);
         }
         if (fault.Space is not null) return Reframe(ref fault, address, sizeof(T));
         return TryWrite(address, new ReadOnlySpan<byte>(&value, sizeof(T)), out fault);
@@ -275,8 +320,9 @@ public abstract unsafe class AddressSpace
         peeking = true;
         try
         {
-            return TryResolveHost(address, sizeof(T), MemoryAccess.None, out var host, out var n, out _) && n == sizeof(T)
-                ? Unsafe.ReadUnaligned<T>((void*)host) : null;
+            if (!TryResolveExtent(address, sizeof(T), MemoryAccess.None, out var e, out _) || e.Contiguous(address, sizeof(T)) != sizeof(T)) return null;
+            using (SlotGuard.Enter(e.Slot.Serial))
+                return e.Slot.Removed ? null : Unsafe.ReadUnaligned<T>((void*)e.HostOf(address));
         }
         finally
         {
@@ -301,4 +347,34 @@ public abstract unsafe class AddressSpace
         fault = default;
         return true;
     }
+}
+
+/// <summary>
+/// A run [<see cref="First"/>, <see cref="Last"/>] of an address space that lies in one host range of one memslot
+/// (<see cref="Slot"/>), with the access every level allows (<see cref="Perm"/>): one cacheable translation.
+/// Touch its bytes only under <see cref="SlotGuard"/> on <see cref="Slot"/> with <see cref="MemSlot.Removed"/> checked.
+/// </summary>
+internal readonly struct HostExtent(ulong first, ulong last, nint host, MemSlot slot, MemoryAccess perm)
+{
+    public readonly ulong First = first, Last = last;
+    /// <summary>Host address of <see cref="First"/>.</summary>
+    public readonly nint Host = host;
+    public readonly MemSlot Slot = slot;
+    public readonly MemoryAccess Perm = perm;
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public nint HostOf(ulong address) => Host + (nint)(address - First);
+
+    /// <summary>Bytes from <paramref name="address"/> (inside the run) to its end, capped at <paramref name="length"/>; at least 1.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public long Contiguous(ulong address, long length)
+    {
+        var left = Last - address; // bytes after address
+        return length <= 1 ? 1 : (ulong)(length - 1) <= left ? length : (long)left + 1;
+    }
+
+    /// <summary>Whether [address, +length) (length ≥ 1) lies inside the run with <paramref name="access"/> allowed.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public bool Covers(ulong address, ulong length, MemoryAccess access)
+        => Slot is not null && address - First <= Last - First && length - 1 <= Last - address && (access & ~Perm) == 0;
 }

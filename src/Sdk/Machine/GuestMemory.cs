@@ -232,19 +232,6 @@ public sealed unsafe partial class GuestMemory
         return new Access(s.Mapping.Address + (nint)(gpa - s.Gpa), s, use);
     }
 
-    /// <summary>
-    /// Host address of <paramref name="gpa"/> in <paramref name="s"/>, a slot the caller already found: checked under the
-    /// teardown guard that the slot is still installed (false when it was removed or the VM disposed). For read paths
-    /// that must not throw (device models); the bytes are only guaranteed while the slot stays installed.
-    /// </summary>
-    internal bool TryHostAddress(MemSlot s, ulong gpa, out nint host)
-    {
-        using var use = SlotGuard.Enter(s.Serial);
-        if (s.Removed || vm.IsDisposed) { host = 0; return false; }
-        host = s.Mapping.Address + (nint)(gpa - s.Gpa);
-        return true;
-    }
-
     Exception Refused(MemSlot s, ulong gpa, long length)
     {
         vm.ThrowIfDisposed();

@@ -40,7 +40,7 @@ public sealed class GuestPhysicalSpace : AddressSpace
     public override bool TryTranslate(ulong address, long length, MemoryAccess access, out ulong target, out long contiguous, out MemoryFault fault)
     {
         target = address;
-        if (GuestHostAccess.TryFindSlot(Vm, address, out var slot))
+        if (Vm.FindSlotAt(address) is { } slot && !Vm.IsDisposed)
         {
             contiguous = (long)Math.Min((ulong)Math.Max(length, 1), slot.EndGpa - address);
             fault = default;
@@ -51,11 +51,19 @@ public sealed class GuestPhysicalSpace : AddressSpace
     }
 
     [MethodImpl(MethodImplOptions.AggressiveOptimization)] // hot path: full optimisation at once, not after tiering
-    internal override bool TryResolveHost(ulong address, long length, MemoryAccess access, out nint host, out long contiguous, out MemoryFault fault)
+    internal override bool TryResolveExtent(ulong address, long length, MemoryAccess access, out HostExtent extent, out MemoryFault fault)
     {
-        var r = GuestHostAccess.TryResolve(Vm, address, length, out host, out contiguous);
-        if (r == MemoryFaultReason.None) { fault = default; return true; }
-        return Fault(out fault, address, address, length, access, r);
+        // A miss is answered here, without an exception: a hostile driver's addresses must cost no more than good ones.
+        // No guard is needed to look: whoever touches the bytes holds SlotGuard on the slot and re-checks Removed.
+        var s = Vm.FindSlotAt(address);
+        if (s is null || s.Removed || Vm.IsDisposed)
+        {
+            extent = default;
+            return Fault(out fault, address, address, length, access, Vm.IsDisposed ? MemoryFaultReason.Disposed : MemoryFaultReason.Unmapped);
+        }
+        extent = new HostExtent(s.Gpa, s.EndGpa - 1, s.Mapping.Address, s, MemoryAccess.ReadWrite);
+        fault = default;
+        return true;
     }
 
     /// <summary>
@@ -79,38 +87,4 @@ public sealed class GuestPhysicalSpace : AddressSpace
 
     /// <inheritdoc/>
     public override string ToString() => $"guest-physical space of {Vm}";
-}
-
-/// <summary>
-/// The one place where the SDK's device-side code (address spaces, virtqueues) turns a gpa into host memory, under
-/// <see cref="GuestMemory"/>'s rules (its bounds checks and its teardown guard). Never throws for a bad gpa: it answers
-/// with a fault reason instead, so a hostile driver's address cannot raise an exception on a device thread.
-/// </summary>
-internal static class GuestHostAccess
-{
-    /// <summary>The memslot containing <paramref name="gpa"/>, without throwing.</summary>
-    public static bool TryFindSlot(Vm vm, ulong gpa, out MemSlot slot)
-    {
-        slot = vm.FindSlotAt(gpa)!;
-        return slot is not null && !vm.IsDisposed;
-    }
-
-    /// <summary>
-    /// Host address of <paramref name="gpa"/> and how many bytes from it (≤ <paramref name="length"/>, ≥ 1) lie in the
-    /// same memslot; <see cref="MemoryFaultReason.None"/> on success.
-    /// </summary>
-    [MethodImpl(MethodImplOptions.AggressiveOptimization)] // hot path: full optimisation at once, not after tiering
-    public static MemoryFaultReason TryResolve(Vm vm, ulong gpa, long length, out nint host, out long contiguous)
-    {
-        host = 0;
-        contiguous = 0;
-        // A miss is answered here, without an exception: a hostile driver's addresses must cost no more than good ones.
-        var s = vm.FindSlotAt(gpa);
-        if (s is null) return vm.IsDisposed ? MemoryFaultReason.Disposed : MemoryFaultReason.Unmapped;
-        var n = (long)Math.Min((ulong)Math.Max(length, 1), s.EndGpa - gpa);
-        // The slot found above, re-checked live under the teardown guard (GuestMemory's rule), without a second lookup.
-        if (!vm.Memory.TryHostAddress(s, gpa, out host)) return vm.IsDisposed ? MemoryFaultReason.Disposed : MemoryFaultReason.Unmapped;
-        contiguous = n;
-        return MemoryFaultReason.None;
-    }
 }

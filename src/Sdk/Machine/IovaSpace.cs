@@ -40,41 +40,180 @@ public readonly record struct IovaMapping(ulong Iova, ulong Size, ulong Target, 
 /// <para>
 /// Concurrency: changes are serialised by a lock and published as an immutable sorted snapshot; translation reads the
 /// snapshot once (no lock), so a lookup never sees a torn table, and once a change returns no new translation uses a
-/// removed mapping. Lookups first try the last hit (an index validated against the current snapshot), then a
-/// branch-free binary search. <see cref="BeginBatch"/> defers publication (vhost's IOTLB_BATCH_BEGIN … END).
+/// removed mapping. The snapshot is persistent (chunks shared between versions), so a change costs
+/// O(n / 64 + 64), not a copy of the whole table. Lookups first try the last hit (a position validated against the
+/// current snapshot), then two branch-free binary searches. <see cref="BeginBatch"/> defers publication (vhost's
+/// IOTLB_BATCH_BEGIN … END).
 /// </para>
 /// </summary>
 public sealed class IovaSpace : AddressSpace
 {
     /// <summary>
-    /// An immutable sorted table. Lookups go through a two-level index so a random lookup touches few cache lines:
-    /// <see cref="Top"/> holds every 16th start (small enough to stay in L1), <see cref="Starts"/> all starts padded
-    /// to a multiple of 16 with <c>ulong.MaxValue</c>, so the last level is a fixed 16-wide branch-free count.
+    /// An immutable sorted table cut into chunks (a two-level persistent B-tree): a change copies the chunk it touches
+    /// and the chunk index, and shares every other chunk with the previous snapshot. A lookup binary-searches the
+    /// chunks' first starts (small enough to stay in cache), then the chunk.
     /// </summary>
     sealed class Snapshot
     {
-        public const int Fan = 16;
-        public readonly ulong[] Starts;
-        public readonly ulong[] Top;
-        public readonly IovaMapping[] Maps;
+        public const int ChunkMax = 64, BulkChunk = 48;
+        public readonly IovaMapping[][] Chunks; // each sorted, non-empty, at most ChunkMax
+        public readonly ulong[] Firsts;
+        public readonly int Count;
+        IovaMapping[]? flat;
 
-        public Snapshot(IovaMapping[] maps)
+        public Snapshot(IovaMapping[][] chunks)
         {
-            Maps = maps;
-            Starts = new ulong[(maps.Length + Fan - 1) / Fan * Fan];
-            Array.Fill(Starts, ulong.MaxValue);
-            for (int i = 0; i < maps.Length; i++) Starts[i] = maps[i].Iova;
-            Top = new ulong[Starts.Length / Fan];
-            for (int b = 0; b < Top.Length; b++) Top[b] = Starts[b * Fan];
+            Chunks = chunks;
+            Firsts = new ulong[chunks.Length];
+            for (int c = 0; c < chunks.Length; c++)
+            {
+                Firsts[c] = chunks[c][0].Iova;
+                Count += chunks[c].Length;
+            }
+        }
+
+        /// <summary>All mappings in order (built once per snapshot, on first use; a race builds the same array twice).</summary>
+        public IovaMapping[] Flat
+        {
+            get
+            {
+                if (Volatile.Read(ref flat) is { } f) return f;
+                var all = new IovaMapping[Count];
+                int n = 0;
+                foreach (var c in Chunks)
+                {
+                    c.CopyTo(all, n);
+                    n += c.Length;
+                }
+                Volatile.Write(ref flat, all);
+                return all;
+            }
+        }
+
+        /// <summary>The position of the last mapping starting at or below <paramref name="address"/>; false when none does.</summary>
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public bool Floor(ulong address, out int chunk, out int index)
+        {
+            var firsts = Firsts;
+            if (firsts.Length == 0 || firsts[0] > address)
+            {
+                chunk = index = -1;
+                return false;
+            }
+            chunk = LastAtOrBelow(firsts, address);
+            index = LastAtOrBelow(Chunks[chunk], address);
+            return true;
+        }
+
+        /// <summary>The last mapping starting at or below <paramref name="x"/>, given maps[0].Iova ≤ x (branch-free).</summary>
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        static int LastAtOrBelow(IovaMapping[] maps, ulong x)
+        {
+            ref IovaMapping r = ref MemoryMarshal.GetArrayDataReference(maps);
+            int lo = 0, n = maps.Length;
+            while (n > 1)
+            {
+                int half = n >>> 1;
+                lo = Unsafe.Add(ref r, lo + half).Iova <= x ? lo + half : lo;
+                n -= half;
+            }
+            return lo;
+        }
+
+        /// <summary>The last index whose value is ≤ <paramref name="x"/>, given a[0] ≤ x (branch-free).</summary>
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        static int LastAtOrBelow(ulong[] a, ulong x)
+        {
+            ref ulong r = ref MemoryMarshal.GetArrayDataReference(a);
+            int lo = 0, n = a.Length;
+            while (n > 1)
+            {
+                int half = n >>> 1;
+                lo = Unsafe.Add(ref r, lo + half) <= x ? lo + half : lo;
+                n -= half;
+            }
+            return lo;
+        }
+
+        /// <summary>Whether a mapping shares a byte with [iova, end]: only the last one starting at or below end can.</summary>
+        public bool Overlaps(ulong iova, ulong end) => Floor(end, out var c, out var i) && Chunks[c][i].Last >= iova;
+
+        /// <summary>A snapshot with <paramref name="m"/> added (it overlaps nothing); a chunk that grows past ChunkMax splits.</summary>
+        public Snapshot Insert(IovaMapping m)
+        {
+            if (Chunks.Length == 0) return new Snapshot([[m]]);
+            int at;
+            if (Floor(m.Iova, out var c, out var i)) at = i + 1;
+            else (c, at) = (0, 0);
+            var old = Chunks[c];
+            var maps = new IovaMapping[old.Length + 1];
+            Array.Copy(old, 0, maps, 0, at);
+            maps[at] = m;
+            Array.Copy(old, at, maps, at + 1, old.Length - at);
+            IovaMapping[][] chunks;
+            if (maps.Length <= ChunkMax)
+            {
+                chunks = (IovaMapping[][])Chunks.Clone();
+                chunks[c] = maps;
+            }
+            else
+            {
+                int half = maps.Length / 2;
+                chunks = new IovaMapping[Chunks.Length + 1][];
+                Array.Copy(Chunks, 0, chunks, 0, c);
+                chunks[c] = maps[..half];
+                chunks[c + 1] = maps[half..];
+                Array.Copy(Chunks, c + 1, chunks, c + 2, Chunks.Length - c - 1);
+            }
+            return new Snapshot(chunks);
+        }
+
+        /// <summary>
+        /// A snapshot without the mappings in [iova, end] that <paramref name="drop"/> selects (added to
+        /// <paramref name="removed"/>); this snapshot itself when none is.
+        /// </summary>
+        public Snapshot RemoveWhere(ulong iova, ulong end, Func<IovaMapping, bool> drop, List<IovaMapping> removed)
+        {
+            int first = Floor(iova, out var c0, out _) ? c0 : 0;
+            var kept = new List<IovaMapping[]>(Chunks.Length);
+            for (int c = 0; c < first; c++) kept.Add(Chunks[c]);
+            bool changed = false;
+            int k = first;
+            for (; k < Chunks.Length && Firsts[k] <= end; k++)
+            {
+                var maps = Chunks[k];
+                var left = new List<IovaMapping>(maps.Length);
+                foreach (var m in maps)
+                    if (m.Iova <= end && m.Last >= iova && drop(m)) removed.Add(m);
+                    else left.Add(m);
+                if (left.Count == maps.Length) kept.Add(Chunks[k]);
+                else
+                {
+                    changed = true;
+                    if (left.Count > 0) kept.Add(left.ToArray());
+                }
+            }
+            if (!changed) return this;
+            for (; k < Chunks.Length; k++) kept.Add(Chunks[k]);
+            return new Snapshot(kept.ToArray());
+        }
+
+        /// <summary>A snapshot of <paramref name="sorted"/> (sorted, non-overlapping), in chunks with room to grow.</summary>
+        public static Snapshot Of(IovaMapping[] sorted)
+        {
+            var chunks = new IovaMapping[(sorted.Length + BulkChunk - 1) / BulkChunk][];
+            for (int c = 0; c < chunks.Length; c++)
+                chunks[c] = sorted[(c * BulkChunk)..Math.Min(sorted.Length, (c + 1) * BulkChunk)];
+            return new Snapshot(chunks);
         }
     }
 
     static readonly Snapshot Empty = new([]);
 
     readonly object writeLock = new();
-    readonly List<IovaMapping> master = []; // sorted by Iova; writers only, under writeLock
-    Snapshot snapshot = Empty;
-    int hint; // index of the last hit in the current snapshot (validated before use; races only cost a miss)
+    Snapshot pending = Empty;  // the writers' table (what the next publication shows); under writeLock
+    Snapshot snapshot = Empty; // the published table translations read
+    int hint; // chunk << 8 | index of the last hit in the current snapshot (validated before use; races only cost a miss)
     long generation;
     int batchDepth;
     bool batchDirty;
@@ -102,10 +241,10 @@ public sealed class IovaSpace : AddressSpace
     public override long Generation => Volatile.Read(ref generation) + Parent.Generation;
 
     /// <summary>The published mappings, sorted by IOVA.</summary>
-    public IReadOnlyList<IovaMapping> Mappings => Volatile.Read(ref snapshot).Maps;
+    public IReadOnlyList<IovaMapping> Mappings => Volatile.Read(ref snapshot).Flat;
 
     /// <summary>Number of mappings.</summary>
-    public int Count => Volatile.Read(ref snapshot).Maps.Length;
+    public int Count => Volatile.Read(ref snapshot).Count;
 
     // ---- changes ------------------------------------------------------------------------------------
 
@@ -120,10 +259,36 @@ public sealed class IovaSpace : AddressSpace
             throw new ArgumentException($"target range 0x{target:x} + 0x{size:x} wraps past the end of the 64-bit space", nameof(target));
         lock (writeLock)
         {
-            int i = LowerBound(iova);
-            if (i > 0 && master[i - 1].Overlaps(iova, size)) return false;
-            if (i < master.Count && master[i].Overlaps(iova, size)) return false;
-            master.Insert(i, new IovaMapping(iova, size, target, perm));
+            if (pending.Overlaps(iova, iova + (size - 1))) return false;
+            pending = pending.Insert(new IovaMapping(iova, size, target, perm));
+            PublishLocked();
+            return true;
+        }
+    }
+
+    /// <summary>
+    /// Replaces every mapping with <paramref name="maps"/> in one publication (a device's set_map installing a whole
+    /// table): O(n log n) instead of n inserts. False, changing nothing, when two of them overlap. Throws
+    /// <see cref="ArgumentException"/> as <see cref="TryMap"/> does for a bad range.
+    /// </summary>
+    public bool TryReplace(IReadOnlyList<IovaMapping> maps)
+    {
+        ArgumentNullException.ThrowIfNull(maps);
+        var sorted = new IovaMapping[maps.Count];
+        for (int i = 0; i < sorted.Length; i++)
+        {
+            var m = maps[i];
+            CheckRange(m.Iova, m.Size);
+            if (m.Target + (m.Size - 1) < m.Target)
+                throw new ArgumentException($"target range 0x{m.Target:x} + 0x{m.Size:x} wraps past the end of the 64-bit space", nameof(maps));
+            sorted[i] = m;
+        }
+        Array.Sort(sorted, static (a, b) => a.Iova.CompareTo(b.Iova));
+        for (int i = 1; i < sorted.Length; i++)
+            if (sorted[i].Iova <= sorted[i - 1].Last) return false;
+        lock (writeLock)
+        {
+            pending = Snapshot.Of(sorted);
             PublishLocked();
             return true;
         }
@@ -146,20 +311,29 @@ public sealed class IovaSpace : AddressSpace
         var end = iova + (size - 1);
         if (end < iova) end = ulong.MaxValue;
         var list = new List<IovaMapping>();
-        for (int i = Math.Max(0, Search(s, iova)); i < s.Maps.Length && s.Maps[i].Iova <= end; i++)
-            if (s.Maps[i].Overlaps(iova, size)) list.Add(s.Maps[i]);
+        if (!s.Floor(iova, out var c, out var i)) (c, i) = (0, 0);
+        for (; c < s.Chunks.Length; c++, i = 0)
+            for (var maps = s.Chunks[c]; i < maps.Length; i++)
+            {
+                if (maps[i].Iova > end) return list;
+                if (maps[i].Overlaps(iova, size)) list.Add(maps[i]);
+            }
         return list;
     }
 
     /// <summary>Whether any mapping shares a byte with [iova, iova + size).</summary>
-    public bool Overlaps(ulong iova, ulong size) => FindOverlapping(iova, size).Count > 0;
+    public bool Overlaps(ulong iova, ulong size)
+    {
+        if (size == 0) return false;
+        var end = iova + (size - 1);
+        return Volatile.Read(ref snapshot).Overlaps(iova, end < iova ? ulong.MaxValue : end);
+    }
 
     /// <summary>The mapping containing <paramref name="iova"/>, if any.</summary>
     public IovaMapping? Find(ulong iova)
     {
         var s = Volatile.Read(ref snapshot);
-        int i = Search(s, iova);
-        return i >= 0 && s.Maps[i].Contains(iova) ? s.Maps[i] : null;
+        return s.Floor(iova, out var c, out var i) && s.Chunks[c][i].Contains(iova) ? s.Chunks[c][i] : null;
     }
 
     /// <summary>
@@ -169,12 +343,13 @@ public sealed class IovaSpace : AddressSpace
     public IReadOnlyList<IovaMapping> RemoveOverlapping(ulong iova, ulong size)
     {
         if (size == 0) return [];
+        var end = iova + (size - 1);
+        if (end < iova) end = ulong.MaxValue;
         lock (writeLock)
         {
-            var removed = master.Where(m => m.Overlaps(iova, size)).ToList();
-            if (removed.Count == 0) return removed;
-            master.RemoveAll(m => m.Overlaps(iova, size));
-            PublishLocked();
+            var removed = new List<IovaMapping>();
+            pending = pending.RemoveWhere(iova, end, static _ => true, removed);
+            if (removed.Count > 0) PublishLocked();
             return removed;
         }
     }
@@ -184,9 +359,9 @@ public sealed class IovaSpace : AddressSpace
     {
         lock (writeLock)
         {
-            int i = LowerBound(iova);
-            if (i >= master.Count || master[i].Iova != iova || master[i].Size != size) return false;
-            master.RemoveAt(i);
+            var removed = new List<IovaMapping>(1);
+            pending = pending.RemoveWhere(iova, iova, m => m.Iova == iova && m.Size == size, removed);
+            if (removed.Count == 0) return false;
             PublishLocked();
             return true;
         }
@@ -197,7 +372,7 @@ public sealed class IovaSpace : AddressSpace
     {
         lock (writeLock)
         {
-            master.Clear();
+            pending = Empty;
             PublishLocked();
         }
     }
@@ -234,8 +409,9 @@ public sealed class IovaSpace : AddressSpace
             return;
         }
         batchDirty = false;
-        Volatile.Write(ref snapshot, new Snapshot(master.ToArray()));
+        Volatile.Write(ref snapshot, pending);
         Interlocked.Increment(ref generation);
+        Vm.OnMappingsChanged();
     }
 
     void CheckRange(ulong iova, ulong size)
@@ -248,87 +424,59 @@ public sealed class IovaSpace : AddressSpace
                 $"IOVA range [0x{iova:x}, 0x{iova + (size - 1):x}] is outside {Name}'s range [0x{First:x}, 0x{Last:x}]");
     }
 
-    /// <summary>First index in <see cref="master"/> whose Iova ≥ <paramref name="iova"/>.</summary>
-    int LowerBound(ulong iova)
-    {
-        int lo = 0, hi = master.Count;
-        while (lo < hi)
-        {
-            int mid = (lo + hi) >>> 1;
-            if (master[mid].Iova < iova) lo = mid + 1;
-            else hi = mid;
-        }
-        return lo;
-    }
-
-    /// <summary>Index of the last mapping starting at or below <paramref name="address"/>, or −1 (branch-free).</summary>
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    static int Search(Snapshot s, ulong address)
-    {
-        var top = s.Top;
-        if (top.Length == 0 || top[0] > address) return -1;
-        // Level 1: binary search of the block whose first start is the last one ≤ address.
-        ref ulong t = ref MemoryMarshal.GetArrayDataReference(top);
-        int lo = 0, n = top.Length;
-        while (n > 1)
-        {
-            int half = n >>> 1;
-            lo = Unsafe.Add(ref t, lo + half) <= address ? lo + half : lo;
-            n -= half;
-        }
-        // Level 2: count the starts ≤ address among the block's 16 (sorted, padded with MaxValue): no branches.
-        ref ulong b = ref Unsafe.Add(ref MemoryMarshal.GetArrayDataReference(s.Starts), lo * Snapshot.Fan);
-        int c = 0;
-        for (int k = 1; k < Snapshot.Fan; k++) c += Unsafe.Add(ref b, k) <= address ? 1 : 0;
-        var i = lo * Snapshot.Fan + c;
-        return i < s.Maps.Length ? i : s.Maps.Length - 1; // only when a mapping starts at 2^64 − 1, like the padding
-    }
-
     // ---- translation ----------------------------------------------------------------------------------
 
     /// <inheritdoc/>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)] // hot path: full optimisation at once, not after tiering
     public override bool TryTranslate(ulong address, long length, MemoryAccess access, out ulong target, out long contiguous, out MemoryFault fault)
     {
-        var s = Volatile.Read(ref snapshot);
-        var maps = s.Maps;
-        int i = hint;
-        if ((uint)i >= (uint)maps.Length || address - maps[i].Iova >= maps[i].Size)
-        {
-            i = Search(s, address);
-            if (i < 0 || address - maps[i].Iova >= maps[i].Size)
-            {
-                target = 0;
-                contiguous = 0;
-                return Fault(out fault, address, address, length, access, MemoryFaultReason.Unmapped);
-            }
-            hint = i;
-        }
-        ref readonly var m = ref maps[i];
-        if ((access & ~m.Perm) != 0)
+        if (!Lookup(address, length, access, out var m, out fault))
         {
             target = 0;
             contiguous = 0;
-            return Fault(out fault, address, address, length, access, MemoryFaultReason.Permission);
+            return false;
         }
         var offset = address - m.Iova;
         target = m.Target + offset;
         var left = m.Size - offset; // ≥ 1
         contiguous = length <= 1 ? 1 : (ulong)length <= left ? length : (long)left;
-        fault = default;
         return true;
     }
 
     [MethodImpl(MethodImplOptions.AggressiveOptimization)] // hot path: full optimisation at once, not after tiering
-    internal override bool TryResolveHost(ulong address, long length, MemoryAccess access, out nint host, out long contiguous, out MemoryFault fault)
+    internal override bool TryResolveExtent(ulong address, long length, MemoryAccess access, out HostExtent extent, out MemoryFault fault)
     {
-        if (!TryTranslate(address, length, access, out var target, out var n, out fault))
+        extent = default;
+        if (!Lookup(address, length, access, out var m, out fault)) return false;
+        var target = m.Target + (address - m.Iova);
+        if (!Parent.TryResolveExtent(target, length, access, out var p, out fault)) return false;
+        // The run is the IOVA mapping clipped to the parent's run around the target.
+        var below = Math.Min(address - m.Iova, target - p.First);
+        var above = Math.Min(m.Last - address, p.Last - target);
+        extent = new HostExtent(address - below, address + above, p.HostOf(target - below), p.Slot, m.Perm & p.Perm);
+        return true;
+    }
+
+    /// <summary>The mapping containing <paramref name="address"/> that allows <paramref name="access"/>, or a counted fault.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    bool Lookup(ulong address, long length, MemoryAccess access, out IovaMapping mapping, out MemoryFault fault)
+    {
+        var s = Volatile.Read(ref snapshot);
+        var chunks = s.Chunks;
+        int h = hint, c = h >> 8, i = h & 0xff;
+        if ((uint)c >= (uint)chunks.Length || (uint)i >= (uint)chunks[c].Length || address - chunks[c][i].Iova >= chunks[c][i].Size)
         {
-            host = 0;
-            contiguous = 0;
-            return false;
+            if (!s.Floor(address, out c, out i) || address - chunks[c][i].Iova >= chunks[c][i].Size)
+            {
+                mapping = default;
+                return Fault(out fault, address, address, length, access, MemoryFaultReason.Unmapped);
+            }
+            hint = c << 8 | i;
         }
-        return Parent.TryResolveHost(target, n, access, out host, out contiguous, out fault);
+        mapping = chunks[c][i];
+        if ((access & ~mapping.Perm) != 0) return Fault(out fault, address, address, length, access, MemoryFaultReason.Permission);
+        fault = default;
+        return true;
     }
 
     /// <inheritdoc/>

@@ -23,15 +23,19 @@ internal static class SlotGuard
 
     /// <summary>Announces that the calling thread uses the object with <paramref name="serial"/> until
     /// <see cref="Use.Dispose"/>. The caller must then check that the object is still current (slot not removed, VM not disposed).</summary>
+    [System.Runtime.CompilerServices.MethodImpl(System.Runtime.CompilerServices.MethodImplOptions.AggressiveInlining)]
     public static Use Enter(long serial)
     {
         var t = held ?? Register();
         int d = 0;
         while (t[d] != 0)
-            if (++d == MaxDepth) throw new InvalidOperationException($"more than {MaxDepth} nested guest-memory accesses on one thread; release one first");
+            if (++d == MaxDepth) TooDeep();
         t[d] = serial; // a plain store: the writer's process-wide barrier orders it before our check of the object
         return new Use(t, d);
     }
+
+    [System.Diagnostics.CodeAnalysis.DoesNotReturn]
+    static void TooDeep() => throw new InvalidOperationException($"more than {MaxDepth} nested guest-memory accesses on one thread; release one first");
 
     static long[] Register()
     {

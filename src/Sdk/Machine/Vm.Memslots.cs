@@ -105,7 +105,23 @@ public abstract partial class Vm
         return slot;
     }
 
-    void Publish(ImmutableArray<MemSlot> next) => ImmutableInterlocked.InterlockedExchange(ref slots, next);
+    void Publish(ImmutableArray<MemSlot> next)
+    {
+        ImmutableInterlocked.InterlockedExchange(ref slots, next);
+        OnMappingsChanged();
+    }
+
+    long mappingEpoch;
+
+    /// <summary>
+    /// Moves whenever a translation of any address space of this VM may have changed (a memslot published, an IOVA
+    /// space's table published): device-side caches (ring pointers, a queue's last translation) compare it with one
+    /// load and re-validate against <see cref="AddressSpace.Generation"/> only when it moved.
+    /// </summary>
+    internal long MappingEpoch => Volatile.Read(ref mappingEpoch);
+
+    /// <summary>Called after a change is published (so a reader that sees the new epoch sees the change).</summary>
+    internal void OnMappingsChanged() => Interlocked.Increment(ref mappingEpoch);
 
     /// <summary>Takes slots out of the VM (under the slot lock) and waits until no thread that still saw them as current
     /// uses them (<see cref="SlotGuard"/>: a guest-memory access, a dirty-log ioctl): only then may their memory be

@@ -14,6 +14,8 @@ public abstract unsafe class SplitQueue : IDisplayable
 {
     private protected readonly RingAccess ring;
     private protected readonly ushort mask;
+    readonly int size;       // plain fields for the hot paths (what Size and EventIdx return)
+    readonly bool eventIdx;
     long notified, suppressed;
 
     private protected SplitQueue(AddressSpace space, SplitRing layout, VirtioFeatures features, string name, bool device)
@@ -29,6 +31,8 @@ public abstract unsafe class SplitQueue : IDisplayable
         Features = features;
         Name = name;
         mask = (ushort)(layout.Size - 1);
+        size = layout.Size;
+        eventIdx = (features & VirtioFeatures.EventIdx) != 0;
         ring = new RingAccess(space, layout, device);
     }
 
@@ -42,13 +46,13 @@ public abstract unsafe class SplitQueue : IDisplayable
     public SplitRing Ring { get; }
 
     /// <summary>Queue size (descriptors).</summary>
-    public int Size => Ring.Size;
+    public int Size => size;
 
     /// <summary>Negotiated virtio features the ring uses.</summary>
     public VirtioFeatures Features { get; }
 
     /// <summary>VIRTIO_F_EVENT_IDX negotiated: used_event/avail_event suppress notifications.</summary>
-    public bool EventIdx => (Features & VirtioFeatures.EventIdx) != 0;
+    public bool EventIdx => eventIdx;
 
     /// <summary>VIRTIO_F_INDIRECT_DESC negotiated: chains may use indirect tables.</summary>
     public bool IndirectDesc => (Features & VirtioFeatures.IndirectDesc) != 0;
@@ -116,26 +120,47 @@ public abstract unsafe class SplitQueue : IDisplayable
 /// <summary>
 /// Host pointers to a ring's three parts, translated (with the access each side needs) and cached until the address
 /// space's generation changes — as vhost caches its ring translations (vq meta IOTLB) and drops them on invalidation.
-/// Each part must lie in one contiguous host range.
+/// The hot check is one load: the VM's mapping epoch, which every change of any of its spaces moves; only when it
+/// moved is the space's generation compared. Each part must lie in one contiguous host range.
 /// </summary>
 internal sealed unsafe class RingAccess(AddressSpace space, SplitRing layout, bool device)
 {
+    readonly Vm vm = space.Vm;
+    long epoch = -1; // the VM's mapping epoch when the pointers were last found current (epochs start at 0)
     long generation = long.MinValue;
     public byte* Desc, Avail, Used;
 
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    /// <summary>Whether nothing changed since the pointers were last validated (then they are used as they are).</summary>
+    public bool Current
+    {
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        get => vm.MappingEpoch == epoch;
+    }
+
+    /// <summary>The mapping epoch the pointers (and translations cached with them) were validated at.</summary>
+    public long Epoch => epoch;
+
+    /// <summary>Validates the pointers (re-translating the ring if the space's generation changed).</summary>
     public bool Ensure(out string? problem, out MemoryFault fault)
     {
+        var e = vm.MappingEpoch; // read first: a change after this moves it again
         if (space.Generation == generation)
         {
+            epoch = e;
             problem = null;
             fault = default;
             return true;
         }
-        return Refresh(out problem, out fault);
+        if (!Refresh(out problem, out fault)) return false;
+        epoch = e;
+        return true;
     }
 
-    public void Invalidate() => generation = long.MinValue;
+    public void Invalidate()
+    {
+        generation = long.MinValue;
+        epoch = -1;
+    }
 
     bool Refresh(out string? problem, out MemoryFault fault)
     {
@@ -146,7 +171,7 @@ internal sealed unsafe class RingAccess(AddressSpace space, SplitRing layout, bo
             !Part(layout.AvailAddress, SplitRing.AvailBytes(n), device ? MemoryAccess.Read : MemoryAccess.ReadWrite, "available ring", out var a, out problem, out fault) ||
             !Part(layout.UsedAddress, SplitRing.UsedBytes(n), device ? MemoryAccess.Write : MemoryAccess.ReadWrite, "used ring", out var u, out problem, out fault))
         {
-            generation = long.MinValue;
+            Invalidate();
             return false;
         }
         Desc = d;

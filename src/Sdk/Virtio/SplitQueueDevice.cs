@@ -26,6 +26,8 @@ public sealed unsafe class SplitQueueDevice : SplitQueue
     bool signalledValid, initialised, kicksEnabled = true;
     int inFlight;
     VirtqError? error;
+    HostExtent tlb;         // the last translation (see Translate)
+    long tlbEpoch = -1;
 
     /// <summary>
     /// A device queue on <paramref name="layout"/> in <paramref name="space"/>. <paramref name="lastAvailIdx"/> is where the
@@ -93,7 +95,11 @@ public sealed unsafe class SplitQueueDevice : SplitQueue
         return PopOne(out chain);
     }
 
-    bool EnsureRing()
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    bool EnsureRing() => ring.Current || RevalidateRing(); // current implies initialised: Reset invalidates the ring
+
+    [MethodImpl(MethodImplOptions.NoInlining)]
+    bool RevalidateRing()
     {
         if (!ring.Ensure(out var problem, out var fault))
             return Break(VirtqErrorKind.RingFault, -1, -1, fault.Space is null ? Ring.DescAddress : fault.Address, 0, fault.Space is null ? null : fault, problem!);
@@ -204,19 +210,36 @@ public sealed unsafe class SplitQueueDevice : SplitQueue
         }
     }
 
-    /// <summary>Translates a buffer into host-contiguous segments (checking every byte's mapping and permission).</summary>
-    [MethodImpl(MethodImplOptions.AggressiveOptimization)] // hot path: full optimisation at once, not after tiering
+    /// <summary>
+    /// Translates a buffer into host-contiguous segments (checking every byte's mapping and permission). The last
+    /// translation is cached (one run of the space, valid while the ring's mapping epoch holds): consecutive buffers
+    /// of a batch usually lie in the same mapping, so most descriptors cost a range compare instead of a lookup.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
     bool Translate(VirtqChain c, ulong addr, uint len, bool writable, out MemoryFault fault)
     {
         var access = writable ? MemoryAccess.Write : MemoryAccess.Read;
+        if (tlbEpoch == ring.Epoch && tlb.Covers(addr, len, access))
+        {
+            c.Add(addr, (int)len, writable, tlb.HostOf(addr), tlb.Slot);
+            fault = default;
+            return true;
+        }
+        return TranslateSlow(c, addr, len, writable, access, out fault);
+    }
+
+    bool TranslateSlow(VirtqChain c, ulong addr, uint len, bool writable, MemoryAccess access, out MemoryFault fault)
+    {
         if (!Space.CheckRange(addr, len, access, out fault)) return false;
         long left = len;
         var start = addr;
         while (left > 0)
         {
-            if (!Space.TryResolveHost(addr, left, access, out var host, out var n, out fault)) return AddressSpace.Reframe(ref fault, start, len);
-            n = Math.Min(n, 1L << 30); // a buffer is at most 4 GiB − 1 (u32 len): spans stay int-sized
-            c.Add(addr, (int)n, writable, host);
+            if (!Space.TryResolveExtent(addr, left, access, out var e, out fault)) return AddressSpace.Reframe(ref fault, start, len);
+            var n = Math.Min(e.Contiguous(addr, left), 1L << 30); // a buffer is at most 4 GiB − 1 (u32 len): spans stay int-sized
+            c.Add(addr, (int)n, writable, e.HostOf(addr), e.Slot);
+            tlb = e;
+            tlbEpoch = ring.Epoch; // validated before this translation: the extent is at least that new
             addr += (ulong)n;
             left -= n;
         }
@@ -342,6 +365,7 @@ public sealed unsafe class SplitQueueDevice : SplitQueue
         signalledValid = false;
         kicksEnabled = true;
         ring.Invalidate();
+        tlbEpoch = -1;
     }
 
     // ---- display ------------------------------------------------------------------------------------

@@ -49,6 +49,7 @@ public sealed unsafe class SplitQueueDriver : SplitQueue
     {
         Kick = kick;
         Indirect = indirect;
+        autoIndirectMax = IndirectDesc && indirect is { } a ? a.EntriesPerChain : 0;
         var n = layout.Size;
         next = new ushort[n];
         descCount = new ushort[n];
@@ -73,20 +74,30 @@ public sealed unsafe class SplitQueueDriver : SplitQueue
     readonly ushort[] descCount; // ring descriptors used by the chain at each head
     readonly ulong[] tokens;
     readonly bool[] inUse;
+    readonly int autoIndirectMax; // chains of 2 … this many buffers go indirect by default (0: never)
     int freeHead, numFree, inFlight;
     ushort availShadow, lastKickAvail, lastUsed, usedSeen;
     bool interruptsDisabled, usedEventStored;
     byte* indirectHost;
-    long indirectGeneration = long.MinValue;
+    long indirectGeneration = long.MinValue, indirectEpoch = -1;
 
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
     void EnsureRing()
+    {
+        if (!ring.Current) RevalidateRing();
+    }
+
+    [MethodImpl(MethodImplOptions.NoInlining)]
+    void RevalidateRing()
     {
         if (!ring.Ensure(out var problem, out var fault))
             throw fault.Space is null ? new InvalidOperationException($"{Name}: {problem}") : new MemoryFaultException(fault);
     }
 
+    /// <summary>The indirect area's host bytes; call after <see cref="EnsureRing"/> (its epoch validates them too).</summary>
     byte* IndirectTables()
     {
+        if (indirectEpoch == ring.Epoch) return indirectHost;
         var ia = Indirect!.Value;
         var gen = Space.Generation;
         if (gen != indirectGeneration)
@@ -100,6 +111,7 @@ public sealed unsafe class SplitQueueDriver : SplitQueue
             indirectHost = (byte*)System.Runtime.CompilerServices.Unsafe.AsPointer(ref span[0]);
             indirectGeneration = gen;
         }
+        indirectEpoch = ring.Epoch;
         return indirectHost;
     }
 
@@ -132,7 +144,7 @@ public sealed unsafe class SplitQueueDriver : SplitQueue
     {
         int total = readable.Length + writable.Length;
         if (total == 0) throw new ArgumentException($"{Name}: a chain needs at least one buffer");
-        bool useIndirect = indirect ?? (IndirectDesc && Indirect is not null && total > 1 && total <= Indirect.Value.EntriesPerChain);
+        bool useIndirect = indirect ?? (total > 1 && total <= autoIndirectMax);
         if (useIndirect)
         {
             if (!IndirectDesc) throw new InvalidOperationException($"{Name}: VIRTIO_RING_F_INDIRECT_DESC was not negotiated; the driver may not use indirect tables");
@@ -304,6 +316,25 @@ public sealed unsafe class SplitQueueDriver : SplitQueue
         Interlocked.MemoryBarrier();
         usedEventStored = false;
         return Volatile.Read(ref ring.UsedIdx()) != lastUsed;
+    }
+
+    /// <summary>
+    /// Asks the device to interrupt once <paramref name="count"/> more buffers are used (virtqueue_enable_cb_delayed with
+    /// a count the driver knows will complete): with EVENT_IDX used_event = last used idx + count − 1; without it this is
+    /// <see cref="EnableInterrupts"/> (the flag cannot delay). True when that many are already pending (collect them
+    /// before sleeping). <paramref name="count"/> must not exceed the buffers that will complete, or no interrupt comes.
+    /// </summary>
+    public bool EnableInterruptsAfter(int count)
+    {
+        if (count < 1 || count > inFlight)
+            throw new ArgumentOutOfRangeException(nameof(count), $"{Name}: interrupt after 1 … {inFlight} (the chains in flight) used buffers; got {count}");
+        if (!EventIdx || count == 1) return EnableInterrupts();
+        EnsureRing();
+        interruptsDisabled = false;
+        Volatile.Write(ref ring.UsedEvent(), (ushort)(lastUsed + count - 1));
+        Interlocked.MemoryBarrier(); // our used_event store before the used idx load (the device: its idx store before its event load)
+        usedEventStored = false;
+        return (ushort)(Volatile.Read(ref ring.UsedIdx()) - lastUsed) >= count;
     }
 
     /// <inheritdoc/>

@@ -48,13 +48,15 @@ public sealed record VirtqError(VirtqErrorKind Kind, string Queue, int Head, int
 public readonly unsafe struct VirtqSegment
 {
     internal readonly nint Host;
+    internal readonly MemSlot Slot; // whose teardown guard a copy holds
 
-    internal VirtqSegment(ulong address, int length, bool writable, nint host)
+    internal VirtqSegment(ulong address, int length, bool writable, nint host, MemSlot slot)
     {
         Address = address;
         Length = length;
         Writable = writable;
         Host = host;
+        Slot = slot;
     }
 
     /// <summary>Guest-physical address of the segment.</summary>
@@ -66,7 +68,10 @@ public readonly unsafe struct VirtqSegment
     /// <summary>Device-writable (the driver's "in" buffer) rather than device-readable ("out").</summary>
     public bool Writable { get; }
 
-    /// <summary>The bytes, valid until the chain is pushed (or the mapping changes).</summary>
+    /// <summary>
+    /// The bytes, valid until the chain is pushed (or the mapping changes). Raw: unlike the chain's copy methods it
+    /// does not hold the teardown guard, so the memslot must not be removed while it is in use.
+    /// </summary>
     public Span<byte> Span => new((void*)Host, Length);
 
     /// <inheritdoc/>
@@ -123,11 +128,11 @@ public sealed unsafe class VirtqChain
     public bool InFlight { get; internal set; }
 
     /// <summary>Copies readable bytes from <paramref name="offset"/> into <paramref name="destination"/>; returns the bytes copied (fewer at the end).</summary>
-    public int ReadReadable(long offset, Span<byte> destination) => Copy(segments.AsSpan(0, ReadableCount), offset, destination, toGuest: false);
+    public int ReadReadable(long offset, Span<byte> destination) => Copy(segments.AsSpan(0, ReadableCount), Queue.Space, offset, destination, toGuest: false);
 
     /// <summary>Copies <paramref name="source"/> into the writable bytes from <paramref name="offset"/> on; returns the bytes copied (fewer at the end).</summary>
     public int WriteWritable(long offset, ReadOnlySpan<byte> source)
-        => Copy(segments.AsSpan(ReadableCount, count - ReadableCount), offset, MemoryMarshalHelper.AsWritable(source), toGuest: true);
+        => Copy(segments.AsSpan(ReadableCount, count - ReadableCount), Queue.Space, offset, MemoryMarshalHelper.AsWritable(source), toGuest: true);
 
     /// <summary>Reads a <typeparamref name="T"/> from the readable bytes at <paramref name="offset"/> (it may span segments).</summary>
     public T Read<T>(long offset) where T : unmanaged
@@ -152,6 +157,7 @@ public sealed unsafe class VirtqChain
 
     // ---- filled by the device queue ----
 
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
     internal void Reset()
     {
         count = 0;
@@ -163,10 +169,10 @@ public sealed unsafe class VirtqChain
     }
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    internal void Add(ulong address, int length, bool writable, nint host)
+    internal void Add(ulong address, int length, bool writable, nint host, MemSlot slot)
     {
         if (count == segments.Length) Array.Resize(ref segments, count * 2);
-        segments[count++] = new VirtqSegment(address, length, writable, host);
+        segments[count++] = new VirtqSegment(address, length, writable, host, slot);
         if (writable) WritableBytes += length;
         else
         {
@@ -175,8 +181,38 @@ public sealed unsafe class VirtqChain
         }
     }
 
+    /// <summary>
+    /// Copies this chain's readable bytes into <paramref name="destination"/>'s writable bytes, segment to segment (a
+    /// device moving a request between queues, e.g. a loopback NIC); returns the bytes copied (the shorter of the two).
+    /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)] // hot path: full optimisation at once, not after tiering
-    static int Copy(ReadOnlySpan<VirtqSegment> segs, long offset, Span<byte> data, bool toGuest)
+    public long CopyReadableTo(VirtqChain destination)
+    {
+        ArgumentNullException.ThrowIfNull(destination);
+        var src = Readable;
+        var dst = destination.Writable;
+        int si = 0, di = 0, so = 0, dOff = 0;
+        long total = 0;
+        while (si < src.Length && di < dst.Length)
+        {
+            ref readonly var s = ref src[si];
+            ref readonly var d = ref dst[di];
+            int n = Math.Min(s.Length - so, d.Length - dOff);
+            // Both slots stay mapped for the copy (two announcements of the teardown guard).
+            using (Enter(s, Queue.Space))
+            using (Enter(d, destination.Queue.Space))
+                new ReadOnlySpan<byte>((void*)(s.Host + so), n).CopyTo(new Span<byte>((void*)(d.Host + dOff), n));
+            total += n;
+            so += n;
+            dOff += n;
+            if (so == s.Length) { si++; so = 0; }
+            if (dOff == d.Length) { di++; dOff = 0; }
+        }
+        return total;
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)] // hot path: full optimisation at once, not after tiering
+    static int Copy(ReadOnlySpan<VirtqSegment> segs, AddressSpace space, long offset, Span<byte> data, bool toGuest)
     {
         if (offset < 0) throw new ArgumentOutOfRangeException(nameof(offset), $"offset must not be negative; got {offset}");
         int done = 0;
@@ -190,13 +226,36 @@ public sealed unsafe class VirtqChain
             }
             var n = (int)Math.Min(s.Length - offset, data.Length - done);
             var guest = new Span<byte>((void*)(s.Host + (nint)offset), n);
-            if (toGuest) data.Slice(done, n).CopyTo(guest);
-            else guest.CopyTo(data.Slice(done, n));
+            using (Enter(s, space))
+            {
+                if (toGuest) data.Slice(done, n).CopyTo(guest);
+                else guest.CopyTo(data.Slice(done, n));
+            }
             done += n;
             offset = 0;
         }
         return done;
     }
+
+    /// <summary>
+    /// Announces the segment's memslot to the teardown guard for a copy (RemoveSlot / ResizeSlot / VM dispose wait for
+    /// it); throws <see cref="MemoryFaultException"/> (reason Disposed) when the slot went away since the pop.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    static SlotGuard.Use Enter(in VirtqSegment s, AddressSpace space)
+    {
+        var use = SlotGuard.Enter(s.Slot.Serial);
+        if (s.Slot.Removed)
+        {
+            use.Dispose();
+            Gone(s, space);
+        }
+        return use;
+    }
+
+    [MethodImpl(MethodImplOptions.NoInlining)]
+    static void Gone(in VirtqSegment s, AddressSpace space) => throw new MemoryFaultException(
+        new MemoryFault(space, s.Address, s.Address, s.Length, s.Writable ? MemoryAccess.Write : MemoryAccess.Read, MemoryFaultReason.Disposed));
 }
 
 static class MemoryMarshalHelper

@@ -62,4 +62,64 @@ public sealed class IovaSpaceProperties : IDisposable
         }
         return true;
     }).Check(PropertyRuns.Quick.WithMaxTest(200));
+
+    /// <summary>
+    /// Thousands of mappings (the table is then many chunks that split and empty out): inserts, exact and overlapping
+    /// removals and a whole-table replace agree with the linear model at every step's boundaries.
+    /// </summary>
+    [Fact]
+    public void Large_tables_agree_with_a_linear_model()
+    {
+        var rnd = new Random(20261124); // fixed: a deterministic sequence, no timing
+        var s = new IovaSpace(vm.PhysicalSpace, "large model check");
+        var model = new List<IovaMapping>();
+        const ulong Unit = 0x100;
+        void Check()
+        {
+            Assert.Equal(model.OrderBy(m => m.Iova), s.Mappings);
+            Assert.Equal(model.Count, s.Count);
+            foreach (var m in model)
+            {
+                Assert.Equal(m, s.Find(m.Iova));
+                Assert.Equal(m, s.Find(m.Last));
+                Assert.True(s.TryTranslate(m.Last, 1, MemoryAccess.None, out var t, out _, out _));
+                Assert.Equal(m.Target + (m.Size - 1), t);
+                if (!model.Any(x => x.Contains(m.Last + 1))) Assert.Null(s.Find(m.Last + 1));
+            }
+        }
+        for (int step = 0; step < 6000; step++)
+        {
+            ulong iova = (ulong)rnd.Next(0, 8000) * Unit, size = (ulong)rnd.Next(1, 4) * Unit;
+            bool overlaps = model.Any(m => m.Overlaps(iova, size));
+            Assert.Equal(overlaps, s.Overlaps(iova, size));
+            switch (rnd.Next(10))
+            {
+                case 0:
+                    var expect = model.Where(m => m.Overlaps(iova, size)).OrderBy(m => m.Iova).ToList();
+                    Assert.Equal(expect, s.RemoveOverlapping(iova, size));
+                    model.RemoveAll(m => m.Overlaps(iova, size));
+                    break;
+                case 1 when model.Count > 0:
+                    var victim = model[rnd.Next(model.Count)];
+                    Assert.True(s.Remove(victim.Iova, victim.Size));
+                    Assert.False(s.Remove(victim.Iova, victim.Size));
+                    model.Remove(victim);
+                    break;
+                default:
+                    Assert.Equal(!overlaps, s.TryMap(iova, size, iova * 3, MemoryAccess.ReadWrite));
+                    if (!overlaps) model.Add(new IovaMapping(iova, size, iova * 3, MemoryAccess.ReadWrite));
+                    break;
+            }
+            if (step % 1000 == 999) Check();
+        }
+        Assert.True(model.Count > 1000, $"the table should grow large ({model.Count} mappings)");
+        // A whole-table replace: refused (nothing changes) when two entries overlap, else installed at once.
+        var shuffled = model.OrderBy(_ => rnd.Next()).ToList();
+        Assert.False(s.TryReplace([.. shuffled, shuffled[0] with { Size = 1 }]));
+        Check();
+        var fresh = shuffled.Where((_, k) => k % 2 == 0).ToList();
+        Assert.True(s.TryReplace(fresh));
+        model = fresh;
+        Check();
+    }
 }

@@ -238,6 +238,39 @@ public class SplitQueueTests
         Assert.Equal((ulong)interrupts.Item1, q.Call.Read());
     }
 
+    /// <summary>
+    /// EnableInterruptsAfter(n) with EVENT_IDX: the device interrupts only when its used index passes n more buffers
+    /// (flushes before that are suppressed); without EVENT_IDX the flag cannot delay, so the first flush interrupts.
+    /// </summary>
+    [Theory]
+    [InlineData(false)]
+    [InlineData(true)]
+    public void Interrupts_after_n_used_buffers(bool eventIdx)
+    {
+        using var q = new QueuePair(8, eventIdx ? Ev : V1);
+        var d = q.Driver;
+        var dev = q.Device;
+        for (int i = 0; i < 6; i++) d.Add([new VirtqBuffer(q.Buffers, 16)], [], (ulong)i);
+        d.KickIfNeeded();
+        Assert.Throws<ArgumentOutOfRangeException>(() => d.EnableInterruptsAfter(7)); // only 6 in flight
+        // The device's first flush always notifies with EVENT_IDX (signalled_used_valid): get it out of the way.
+        Assert.True(dev.TryPop(out var c0));
+        dev.Push(c0, 0);
+        Assert.True(dev.Flush());
+        Assert.True(d.TryGetUsed(out _));
+        Assert.False(d.EnableInterruptsAfter(4));          // none pending
+        var flushes = new List<bool>();
+        for (int i = 0; i < 5; i++)
+        {
+            Assert.True(dev.TryPop(out var c));
+            dev.Push(c, 0);
+            flushes.Add(dev.Flush());
+        }
+        // EVENT_IDX: used_event = 1 + 4 − 1 = 4, crossed by the flush that publishes index 5 (the 4th buffer).
+        Assert.Equal(eventIdx ? [false, false, false, true, false] : new[] { true, true, true, true, true }, flushes);
+        Assert.True(d.EnableInterruptsAfter(2));          // 5 are pending already: collect them first
+    }
+
     [Fact]
     public void Queue_in_an_iova_space_translates_every_buffer()
     {
