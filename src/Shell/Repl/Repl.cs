@@ -45,11 +45,13 @@ internal sealed class Repl : IDisposable
     {
         _options = options;
         _history = new History(options.HistoryPath ?? History.DefaultPath());
-        var completion = new HostCompletion(Complete);
-        _lines = TerminalLineSource.IsSupported()
-            ? new TerminalLineSource(_highlighter, completion, _history.Entries)
+        var interactive = TerminalLineSource.IsSupported();
+        _color = interactive && ColorWanted();
+        // VIRTLAB_COLOR=never: the banner, tables and notices the front end prints go without colour too.
+        if (interactive && !_color) AnsiConsole.Console.Profile.Capabilities.ColorSystem = ColorSystem.NoColors;
+        _lines = interactive
+            ? new TerminalLineSource(_highlighter, new HostAssist(Ask), _history.Entries, _color)
             : new PipedLineSource();
-        _color = _lines.IsInteractive && AnsiConsole.Console.Profile.Capabilities.ColorSystem != ColorSystem.NoColors;
         _watcher = new PluginWatcher(() => new PluginSearchPaths(options.PluginDirectories).Roots(), dirs =>
         {
             _swapPending = true;
@@ -146,6 +148,7 @@ internal sealed class Repl : IDisposable
             finally { _promptCancel = null; cts.Dispose(); }
 
             if (status == LineStatus.Interrupted) return (status, sb.ToString() + line);
+            if (_lines.ReadsWholeSubmissions) return (status, status == LineStatus.Line ? line : "");
             if (status == LineStatus.EndOfInput)
                 return sb.Length > 0 ? (LineStatus.Line, sb.ToString().TrimEnd('\n')) : (status, "");
 
@@ -239,7 +242,14 @@ internal sealed class Repl : IDisposable
         }
     }
 
-    private Reply? Complete(string code, int position)
+    /// <summary>Colour on a terminal unless NO_COLOR or VIRTLAB_COLOR=never (Spectre's own detection first).</summary>
+    private static bool ColorWanted() =>
+        AnsiConsole.Console.Profile.Capabilities.ColorSystem != ColorSystem.NoColors
+        && Environment.GetEnvironmentVariable("NO_COLOR") is not { Length: > 0 }
+        && Environment.GetEnvironmentVariable("VIRTLAB_COLOR") != "never";
+
+    /// <summary>The editor's completion, signature help and quick info; null when the host cannot answer now.</summary>
+    private Reply? Ask(Request request)
     {
         // Never block the editor for long: no completion while a swap or restart holds the host.
         if (!_hostLock.Wait(TimeSpan.FromMilliseconds(200))) return null;
@@ -247,8 +257,7 @@ internal sealed class Repl : IDisposable
         {
             if (_host is not { IsAlive: true } host) return null;
             using var cts = new CancellationTokenSource(TimeSpan.FromSeconds(3));
-            return host.SendAsync(new Request { Kind = RequestKind.Complete, Code = code, Position = position }, cts.Token)
-                .GetAwaiter().GetResult();
+            return host.SendAsync(request, cts.Token).GetAwaiter().GetResult();
         }
         catch (Exception e) when (e is HostDiedException or OperationCanceledException or ObjectDisposedException or IOException) { return null; }
         finally { _hostLock.Release(); }
@@ -262,6 +271,7 @@ internal sealed class Repl : IDisposable
         var info = await host.SendAsync(new Request { Kind = RequestKind.PluginsInfo });
         _plugins = info.Plugins ?? [];
         _highlighter.SetGlobals(info.Globals ?? []);
+        _highlighter.SetTypes(info.Types ?? []);
         foreach (var p in _plugins.Where(p => p.Status != "Loaded" && p.Error is not null))
             Error($"plugin {p.Name}: {p.Error}");
         _watcher.Watch();
