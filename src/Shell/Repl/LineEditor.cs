@@ -8,6 +8,9 @@ internal interface IKeySource
 {
     /// <summary>The next key, waiting at most <paramref name="wait"/>; false if none came.</summary>
     bool TryRead(TimeSpan wait, out ConsoleKeyInfo key);
+
+    /// <summary>Keys are waiting (typed ahead or pasted): the editor asks the host and redraws once they are in.</summary>
+    bool KeyAvailable { get; }
 }
 
 /// <summary>
@@ -31,6 +34,7 @@ internal sealed class ConsoleKeys : IKeySource
     }
 
     public bool TryRead(TimeSpan wait, out ConsoleKeyInfo key) => _keys.TryTake(out key, wait);
+    public bool KeyAvailable => _keys.Count > 0;
 }
 
 /// <summary>What the editor asks the evaluation host; null answers mean the host cannot answer yet (starting, busy).</summary>
@@ -74,6 +78,7 @@ internal sealed class LineEditor
     private CompletionAnswer? _menu;
     private int _selected;
     private bool _completionPending;            // asked while the host was not ready: answer when it is
+    private bool _menuStale, _signatureStale;   // to ask again once no more keys are waiting
     private Reply? _signature;
     private string? _info;
     private string? _status;
@@ -154,7 +159,11 @@ internal sealed class LineEditor
                         Finish();
                         return (done, done == Outcome.Submit ? _text : "");
                     }
-                    Draw();
+                    if (!_keys.KeyAvailable)
+                    {
+                        Refresh();
+                        Draw();
+                    }
                 }
             }
         }
@@ -196,7 +205,10 @@ internal sealed class LineEditor
         // Enter: the terminal sends CR, or LF when it was typed before the terminal left line mode.
         if (key.Key == ConsoleKey.Enter || ch is '\r' or '\n')
         {
-            if (_menu is not null) { Accept(); return null; }
+            // With the menu up Enter takes the selected item, unless that is what is typed already: then it submits.
+            if (_menuStale) Complete(explicitly: false);
+            if (_menu is { Items.Count: > 0 } menu && !IsTyped(menu)) { Accept(); return null; }
+            CloseMenu();
             if (alt) { InsertNewLine(); return null; }
             if (_submission(_text) is { } submitted)
             {
@@ -239,9 +251,9 @@ internal sealed class LineEditor
         {
             case ConsoleKey.Tab:
                 // With the menu up, Tab takes the selected item (Up/Down choose); else it asks for completions.
-                if (_menu is not null && (key.Modifiers & ConsoleModifiers.Shift) != 0) Select(-1);
-                else if (_menu is not null) Accept();
-                else Complete(explicitly: true);
+                if (_menuStale || _menu is not { Items.Count: > 0 }) Complete(explicitly: true);
+                else if ((key.Modifiers & ConsoleModifiers.Shift) != 0) Select(-1);
+                else Accept();
                 return null;
             case ConsoleKey.Escape:
                 CloseMenu();
@@ -283,11 +295,10 @@ internal sealed class LineEditor
         Insert(ch.ToString());
         if (identifier)
         {
-            if (_menu is not null) Complete(explicitly: false);
+            if (_menu is not null) _menuStale = true;
         }
-        else if (ch == '.') Complete(explicitly: false);
-        if (ch is '(' or ',' or '[') Signature();
-        else if (ch is ')' or ']') { if (_signature is not null) Signature(); }
+        else if (ch == '.') { _menu = new CompletionAnswer(_caret, 0, []); _menuStale = true; }
+        if (ch is '(' or ',' or '[' || ch is ')' or ']' && _signature is not null) _signatureStale = true;
     }
 
     private void Backspace()
@@ -300,7 +311,7 @@ internal sealed class LineEditor
         if (_menu is not null)
         {
             if (_caret < _menu.Start) CloseMenu();
-            else Complete(explicitly: false);
+            else _menuStale = true;
         }
     }
 
@@ -432,8 +443,16 @@ internal sealed class LineEditor
 
     // ---- completion, signature help, quick info ----------------------------------------------------------
 
+    /// <summary>Asks what typing made stale (once the keys typed ahead are in: a paste asks once, not per character).</summary>
+    private void Refresh()
+    {
+        if (_menuStale) Complete(explicitly: false);
+        if (_signatureStale) Signature();
+    }
+
     private void Complete(bool explicitly)
     {
+        _menuStale = false;
         _completionPending = false;
         var answer = _assist.Complete(_text, _caret);
         if (answer is null)
@@ -444,6 +463,7 @@ internal sealed class LineEditor
                 _completionPending = true;
                 _status = "warming up: completion answers as soon as the evaluation host is ready (Esc: never mind)";
             }
+            else CloseMenu();
             return;
         }
         if (answer.Items.Count == 0)
@@ -462,14 +482,16 @@ internal sealed class LineEditor
 
     private void Select(int delta)
     {
-        if (_menu is null) return;
+        if (_menuStale) Complete(explicitly: false);
+        if (_menu is not { Items.Count: > 0 }) return;
         var n = _menu.Items.Count;
         _selected = ((_selected + delta) % n + n) % n;
     }
 
     private void Accept()
     {
-        if (_menu is not { } menu) return;
+        if (_menuStale) Complete(explicitly: false);
+        if (_menu is not { Items.Count: > 0 } menu) { _menu = null; return; }
         var item = menu.Items[_selected];
         var end = Math.Min(_text.Length, menu.Start + menu.Length);
         if (menu.Start <= _text.Length && menu.Start <= end)
@@ -481,10 +503,18 @@ internal sealed class LineEditor
         _menu = null;
     }
 
-    private void CloseMenu() => _menu = null;
+    private void CloseMenu()
+    {
+        _menu = null;
+        _menuStale = false;
+    }
+
+    private bool IsTyped(CompletionAnswer menu) =>
+        menu.Start + menu.Length <= _text.Length && _text.Substring(menu.Start, menu.Length) == menu.Items[_selected].Text;
 
     private void Signature()
     {
+        _signatureStale = false;
         var reply = _assist.Signature(_text, _caret);
         _signature = reply?.Signatures is { Count: > 0 } ? reply : null;
     }
@@ -596,7 +626,7 @@ internal sealed class LineEditor
         var fit = width - 1;
         if (_search is { } s)
             yield return Fit($"({(s.Failed ? "failing " : "")}reverse-i-search)`{s.Query}': Enter runs it, Esc gives the line back", fit, grey: true);
-        if (_menu is { } menu)
+        if (_menu is { Items.Count: > 0 } menu)
         {
             var first = Math.Clamp(_selected - MenuRows / 2, 0, Math.Max(0, menu.Items.Count - MenuRows));
             var shown = menu.Items.Skip(first).Take(MenuRows).ToList();
@@ -621,9 +651,10 @@ internal sealed class LineEditor
             var active = Math.Clamp(sig.ActiveSignature, 0, signatures.Count - 1);
             var text = signatures[active] + (signatures.Count > 1 ? $"  ({active + 1} of {signatures.Count} overloads)" : "");
             yield return Fit(text, fit, grey: false, emphasize: sig.Parameter);
-            if (!string.IsNullOrEmpty(sig.Parameter) && !string.IsNullOrEmpty(sig.ParameterDoc))
-                yield return Fit($"{sig.Parameter}: {sig.ParameterDoc}", fit, grey: true);
-            else if (!string.IsNullOrEmpty(sig.Doc)) yield return Fit(sig.Doc!, fit, grey: true);
+            // The argument being typed and its doc (the method's summary where the parameter has none).
+            var doc = !string.IsNullOrEmpty(sig.ParameterDoc) ? sig.ParameterDoc : sig.Doc ?? "";
+            if (!string.IsNullOrEmpty(sig.Parameter)) yield return Fit($"{sig.Parameter}: {doc}", fit, grey: true);
+            else if (doc.Length > 0) yield return Fit(doc, fit, grey: true);
         }
         if (_info is { } info)
             foreach (var line in info.Split('\n').Take(6)) yield return Fit(line, fit, grey: false);

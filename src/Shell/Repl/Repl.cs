@@ -248,17 +248,24 @@ internal sealed class Repl : IDisposable
         && Environment.GetEnvironmentVariable("NO_COLOR") is not { Length: > 0 }
         && Environment.GetEnvironmentVariable("VIRTLAB_COLOR") != "never";
 
-    /// <summary>The editor's completion, signature help and quick info; null when the host cannot answer now.</summary>
+    private Task<Reply>? _asking; // a question the host has not answered in time: no second one is queued behind it
+
+    /// <summary>The editor's completion, signature help and quick info; null when the host cannot answer now (starting,
+    /// swapping, or still on an earlier question: the editor says "warming up" and asks again).</summary>
     private Reply? Ask(Request request)
     {
-        // Never block the editor for long: no completion while a swap or restart holds the host.
+        // Never block the editor for long: no answer while a swap or restart holds the host.
         if (!_hostLock.Wait(TimeSpan.FromMilliseconds(200))) return null;
         try
         {
             if (_host is not { IsAlive: true } host) return null;
-            using var cts = new CancellationTokenSource(TimeSpan.FromSeconds(3));
-            return host.SendAsync(request, cts.Token).GetAwaiter().GetResult();
+            if (_asking is { IsCompleted: false } earlier && !earlier.Wait(TimeSpan.FromMilliseconds(300))) return null;
+            var answer = host.SendAsync(request);
+            if (!answer.Wait(TimeSpan.FromSeconds(2))) { _asking = answer; return null; }
+            _asking = null;
+            return answer.Result;
         }
+        catch (AggregateException e) when (e.InnerException is HostDiedException or OperationCanceledException or ObjectDisposedException or IOException) { return null; }
         catch (Exception e) when (e is HostDiedException or OperationCanceledException or ObjectDisposedException or IOException) { return null; }
         finally { _hostLock.Release(); }
     }

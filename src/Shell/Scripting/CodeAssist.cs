@@ -170,9 +170,30 @@ internal sealed class CodeAssist
         return string.Join("\n", info.Sections.Select(s => s.Text.Trim()).Where(t => t.Length > 0));
     }
 
+    private int _warming;
+    private readonly object _warmGate = new();
+    private bool _warmed;
+
+    /// <summary>
+    /// After the session's first successful submission, warms this session's workspace in the background: the host's
+    /// warm-up ran on a throwaway session, and the first completion here would otherwise bind the chain from scratch
+    /// (seconds on a loaded machine) while the user waits. Not earlier, so the first result is not slowed.
+    /// </summary>
+    public void WarmSoon()
+    {
+        if (Interlocked.Exchange(ref _warming, 1) != 0) return;
+        // A thread of its own, below the evaluation's priority: it blocks on Roslyn's tasks, which need the pool.
+        new Thread(() =>
+        {
+            try { lock (_warmGate) if (!_warmed) WarmUp(); }
+            catch (Exception e) { Console.Error.WriteLine($"virtlab host: completion warm-up failed: {e.Message}"); }
+        }) { IsBackground = true, Name = "virtlab-assist-warm", Priority = ThreadPriority.BelowNormal }.Start();
+    }
+
     /// <summary>Binds a throwaway completion, signature help and quick info so the first real ones are warm.</summary>
     public void WarmUp()
     {
+        lock (_warmGate) _warmed = true; // one warm-up per session: the background one stands down
         Complete("Args.", 5);
         Complete("Sys", 3);
         Signature("Math.Max(1, ", 12);
@@ -253,7 +274,7 @@ internal sealed class CodeAssist
             var list = new List<string>();
             var start = 0;
             for (var i = 1; i <= s.Length; i++)
-                if (i == s.Length || char.IsUpper(s[i]) && !char.IsUpper(s[i - 1])) { list.Add(s[start..i]); start = i; }
+                if (i == s.Length || char.IsUpper(s[i])) { list.Add(s[start..i]); start = i; }
             return list;
         }
     }

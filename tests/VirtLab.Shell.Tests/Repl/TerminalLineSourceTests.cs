@@ -13,6 +13,7 @@ public sealed class TerminalLineSourceTests
     {
         private readonly BlockingCollection<ConsoleKeyInfo> _keys = new();
         public bool TryRead(TimeSpan wait, out ConsoleKeyInfo key) => _keys.TryTake(out key, wait);
+        public bool KeyAvailable => _keys.Count > 0;
 
         public ScriptedKeys Type(string text)
         {
@@ -40,13 +41,35 @@ public sealed class TerminalLineSourceTests
         public Reply? QuickInfo(string text, int caret) => info?.Invoke(text, caret) ?? new Reply();
     }
 
-    private static (TerminalLineSource Source, ScriptedKeys Keys, StringWriter Screen) Create(IEnumerable<string> history, ICodeAssist? assist = null)
+    /// <summary>What the editor drew, readable while it draws.</summary>
+    private sealed class Screen
+    {
+        private readonly StringWriter _text = new();
+        public readonly TextWriter Writer;
+        public Screen() => Writer = TextWriter.Synchronized(_text);
+        public override string ToString() { lock (Writer) return _text.ToString(); }
+
+        /// <summary>Waits until the screen shows <paramref name="text"/> (the editor draws once no key is waiting).</summary>
+        public void WaitFor(string text)
+        {
+            var deadline = DateTime.UtcNow + Timeout;
+            while (!ToString().Contains(text, StringComparison.Ordinal))
+            {
+                if (DateTime.UtcNow > deadline) throw new Xunit.Sdk.XunitException($"the screen never showed \"{text}\":\n{this}");
+                Thread.Sleep(10);
+            }
+        }
+    }
+
+    private static (TerminalLineSource Source, ScriptedKeys Keys, Screen Screen) Create(IEnumerable<string> history, ICodeAssist? assist = null)
     {
         var keys = new ScriptedKeys();
-        var screen = new StringWriter();
-        var source = new TerminalLineSource(new CSharpHighlighter(), assist ?? new ScriptedAssist(), history, color: false, screen, keys, () => 60);
+        var screen = new Screen();
+        var source = new TerminalLineSource(new CSharpHighlighter(), assist ?? new ScriptedAssist(), history, color: false, screen.Writer, keys, () => 60);
         return (source, keys, screen);
     }
+
+    private static Task<(LineStatus, string)> Reading(TerminalLineSource source) => source.ReadLineAsync(false, "", CancellationToken.None);
 
     private static async Task<string> Read(TerminalLineSource source)
     {
@@ -130,10 +153,14 @@ public sealed class TerminalLineSourceTests
         Assert.Equal("Workload.Write(passes: 3)", await Read(source));
 
         // "." opens the menu by itself; typing narrows it (slot:, Slots, SlotCount); Down, Enter takes the second.
-        keys.Type("vm.sl").Press(ConsoleKey.DownArrow).Press(ConsoleKey.Enter).Type(";").Press(ConsoleKey.Enter);
-        Assert.Equal("vm.Slots;", await Read(source));
-        Assert.Contains("› p Slots", screen.ToString());  // the menu under the input, the selected row marked
-        Assert.Contains("  v slot:", screen.ToString());
+        var read = Reading(source);
+        keys.Type("vm.sl");
+        screen.WaitFor("› v slot:");                      // the menu under the input, the selected row marked
+        Assert.Contains("  p Slots", screen.ToString());
+        keys.Press(ConsoleKey.DownArrow);
+        screen.WaitFor("› p Slots");
+        keys.Press(ConsoleKey.Enter).Type(";").Press(ConsoleKey.Enter);
+        Assert.Equal((LineStatus.Line, "vm.Slots;"), await read);
 
         keys.Type("vm.Slot").Press(ConsoleKey.DownArrow).Type(".").Press(ConsoleKey.Escape).Press(ConsoleKey.Backspace).Type(";").Press(ConsoleKey.Enter);
         Assert.Equal("vm.Slots;", await Read(source)); // "." commits the selection (then opens a new menu: Esc)
@@ -150,14 +177,14 @@ public sealed class TerminalLineSourceTests
             },
             info: (_, _) => new Reply { Info = "class Vm\nA virtual machine." });
         var (source, keys, screen) = Create([], assist);
+        var read = Reading(source);
         keys.Type("Workload.Write(1, ");
+        screen.WaitFor("Workload Workload.Write(int slot = 1, long stride = 4096");
+        screen.WaitFor("stride: the parameter's doc");
         keys.Press(ConsoleKey.F1);
+        screen.WaitFor("A virtual machine.");
         keys.Type("2)").Press(ConsoleKey.Enter);
-        Assert.Equal("Workload.Write(1, 2)", await Read(source));
-        var shown = screen.ToString();
-        Assert.Contains("Workload Workload.Write(int slot = 1, long stride = 4096", shown);
-        Assert.Contains("stride: the parameter's doc", shown);
-        Assert.Contains("A virtual machine.", shown);
+        Assert.Equal((LineStatus.Line, "Workload.Write(1, 2)"), await read);
     }
 
     [Fact]
