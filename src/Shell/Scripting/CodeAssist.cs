@@ -56,15 +56,33 @@ internal sealed class CodeAssist
         if (preamble is not null) _last = AddSubmission(preamble, null);
     }
 
+    // The last list Roslyn made and where: typing more of the same name only filters it again (Roslyn's list for a
+    // position does not depend on the part of the name already typed).
+    private (string Key, CompletionList List, Document Document, CompletionService Service)? _last_;
+
     public IReadOnlyList<Completion> Complete(string code, int caret, CancellationToken ct = default)
     {
         caret = Math.Clamp(caret, 0, code.Length);
-        var document = Document(code);
-        var service = CompletionService.GetService(document)!;
-        var list = service.GetCompletionsAsync(document, caret, cancellationToken: ct).GetAwaiter().GetResult();
+        int start = caret, end = caret;
+        while (start > 0 && IsNamePart(code[start - 1])) start--;
+        while (end < code.Length && IsNamePart(code[end])) end++;
+        var key = $"{_chained}\0{code[..start]}\0{code[end..]}";
+
+        CompletionList list;
+        Document document;
+        CompletionService service;
+        if (_last_ is { } last && last.Key == key && SubmissionsUnchanged())
+            (list, document, service) = (last.List, last.Document, last.Service);
+        else
+        {
+            document = Document(code);
+            service = CompletionService.GetService(document)!;
+            list = service.GetCompletionsAsync(document, caret, cancellationToken: ct).GetAwaiter().GetResult();
+            _last_ = (key, list, document, service);
+        }
         if (list.ItemsList.Count == 0) return [];
-        var span = list.Span;
-        var filter = code[span.Start..Math.Max(span.Start, caret)];
+        var span = list.Span.Start == start ? TextSpan.FromBounds(start, end) : list.Span;
+        var filter = code[span.Start..Math.Clamp(caret, span.Start, code.Length)];
 
         // Roslyn hands the whole list for the context; an editor filters it by what is typed. Prefix first (exact
         // case first), then camel humps ("SB" → StringBuilder), keeping Roslyn's own order (SortText) within each.
@@ -77,27 +95,91 @@ internal sealed class CodeAssist
             .ThenBy(x => x.Item.SortText, StringComparer.OrdinalIgnoreCase)
             .ThenBy(x => x.Item.DisplayText, StringComparer.Ordinal)
             .Take(MaxItems).ToList();
+        if (items.Count == 0) return [];
 
-        var model = items.Any(i => i.Item.Tags.Contains(WellKnownTags.Field) || i.Item.Tags.Contains(WellKnownTags.Property))
-            ? document.GetSemanticModelAsync(ct).GetAwaiter().GetResult() : null;
+        var model = document.GetSemanticModelAsync(ct).GetAwaiter().GetResult()!;
+        var scope = Scope(model, list.Span.Start, ct);
         var result = new List<Completion>(items.Count);
         var seen = new HashSet<string>(StringComparer.Ordinal);
-        for (var i = 0; i < items.Count; i++)
+        var roslynDescriptions = 0;
+        foreach (var (item, _) in items)
         {
-            var item = items[i].Item;
             var text = InsertionText(item);
             if (!seen.Add(text + "\0" + item.DisplayTextSuffix)) continue;
             string detail = "", doc = "";
+            var symbols = result.Count < Described || IsFieldLike(item) ? Lookup(model, scope, list.Span.Start, item) : [];
             if (result.Count < Described)
             {
-                var description = service.GetDescriptionAsync(document, item, ct).GetAwaiter().GetResult();
-                (detail, doc) = SplitDescription(description?.Text ?? "");
+                if (symbols.Count > 0) (detail, doc) = Describe(symbols);
+                else if (item.Tags.Contains(WellKnownTags.Keyword)) detail = "keyword";
+                else if (roslynDescriptions++ < 4) // named arguments and the like: Roslyn's description (slower)
+                    (detail, doc) = SplitDescription(service.GetDescriptionAsync(document, item, ct).GetAwaiter().GetResult()?.Text ?? "");
             }
-            var itemSpan = item.Span.IsEmpty && item.Span.Start == 0 ? span : item.Span;
-            result.Add(new Completion(text, KindOf(item, model, span.Start), detail, itemSpan.Start, itemSpan.Length,
+            result.Add(new Completion(text, KindOf(item, symbols.FirstOrDefault()), detail, span.Start, span.Length,
                 item.DisplayTextPrefix + item.DisplayText + item.DisplayTextSuffix, doc));
         }
         return result;
+    }
+
+    private bool SubmissionsUnchanged() => _submissions().Count == _chained;
+
+    private static bool IsNamePart(char c) => char.IsLetterOrDigit(c) || c == '_';
+
+    private static bool IsFieldLike(CompletionItem item) =>
+        item.Tags.Contains(WellKnownTags.Field) || item.Tags.Contains(WellKnownTags.Property) || item.Tags.Contains(WellKnownTags.Constant);
+
+    /// <summary>What the names complete in: after <c>x.</c> the type or namespace <c>x</c> is (and whether it is an
+    /// instance); elsewhere nothing (names in scope).</summary>
+    private static (INamespaceOrTypeSymbol? Container, bool Instance) Scope(SemanticModel model, int position, CancellationToken ct)
+    {
+        var token = model.SyntaxTree.GetRoot(ct).FindToken(Math.Max(0, position - 1));
+        if (!token.IsKind(SyntaxKind.DotToken) || token.Span.End > position) return (null, false);
+        ExpressionSyntax? left = token.Parent switch
+        {
+            MemberAccessExpressionSyntax ma => ma.Expression,
+            QualifiedNameSyntax qn => qn.Left,
+            MemberBindingExpressionSyntax mb => mb.FirstAncestorOrSelf<ConditionalAccessExpressionSyntax>()?.Expression,
+            _ => null,
+        };
+        if (left is null) return (null, false);
+        var symbol = model.GetSymbolInfo(left, ct).Symbol;
+        if (symbol is INamespaceOrTypeSymbol container && left is not InvocationExpressionSyntax) return (container, false);
+        return (model.GetTypeInfo(left, ct).Type, true);
+    }
+
+    private static IReadOnlyList<ISymbol> Lookup(SemanticModel model, (INamespaceOrTypeSymbol? Container, bool Instance) scope, int position, CompletionItem item)
+    {
+        var name = item.FilterText;
+        if (item.DisplayTextSuffix == ":") return []; // a named argument: not a name in scope
+        var found = scope.Container is null
+            ? model.LookupSymbols(position, name: name)
+            : scope.Instance && scope.Container is ITypeSymbol type
+                ? model.LookupSymbols(position, type, name, includeReducedExtensionMethods: true)
+                : model.LookupSymbols(position, scope.Container, name);
+        return found;
+    }
+
+    private static readonly SymbolDisplayFormat s_typeFormat = SymbolDisplayFormat.MinimallyQualifiedFormat;
+
+    /// <summary>The item's signature or type, with the number of other overloads, and its doc summary.</summary>
+    private static (string Detail, string Doc) Describe(IReadOnlyList<ISymbol> symbols)
+    {
+        var s = symbols[0];
+        var detail = s switch
+        {
+            INamespaceSymbol ns => "namespace " + ns.ToDisplayString(),
+            ITypeSymbol t => (t.IsRecord ? "record " : "") + t.TypeKind.ToString().ToLowerInvariant() + " " + t.ToDisplayString(),
+            IFieldSymbol { ContainingType.IsScriptClass: true } f => f.Type.ToDisplayString(s_typeFormat) + " " + f.Name,
+            IFieldSymbol f => (f.IsConst ? "const " : "") + f.Type.ToDisplayString(s_typeFormat) + " " + f.ToDisplayString(s_typeFormat),
+            IPropertySymbol p => p.ToDisplayString(s_signatureFormat),
+            ILocalSymbol l => l.Type.ToDisplayString(s_typeFormat) + " " + l.Name,
+            IParameterSymbol p => p.Type.ToDisplayString(s_typeFormat) + " " + p.Name,
+            _ => s.ToDisplayString(s_signatureFormat),
+        };
+        var overloads = symbols.Count(x => x is IMethodSymbol) - 1;
+        if (overloads > 0) detail += $" (+ {overloads} overload{(overloads == 1 ? "" : "s")})";
+        var xml = DocXml(s is IMethodSymbol { ReducedFrom: { } from } ? from : s);
+        return (detail, Normalize(xml?.Element("summary")));
     }
 
     /// <summary>Signature help at <paramref name="caret"/>: the innermost call or <c>new</c> whose parentheses hold the caret.</summary>
@@ -286,7 +368,7 @@ internal sealed class CodeAssist
         return item.DisplayTextSuffix == ":" ? item.DisplayText + ":" : item.DisplayText;
     }
 
-    private CompletionKind KindOf(CompletionItem item, SemanticModel? model, int position)
+    private CompletionKind KindOf(CompletionItem item, ISymbol? symbol)
     {
         var tags = item.Tags;
         if (tags.Contains(WellKnownTags.Keyword)) return CompletionKind.Keyword;
@@ -300,10 +382,9 @@ internal sealed class CodeAssist
         if (tags.Contains(WellKnownTags.Class) || tags.Contains(WellKnownTags.Structure) || tags.Contains(WellKnownTags.Interface)
             || tags.Contains(WellKnownTags.Enum) || tags.Contains(WellKnownTags.Delegate) || tags.Contains(WellKnownTags.TypeParameter))
             return CompletionKind.Type;
-        if (tags.Contains(WellKnownTags.Field) || tags.Contains(WellKnownTags.Property) || tags.Contains(WellKnownTags.Constant))
+        if (IsFieldLike(item))
         {
             // A variable of an earlier submission is a field of its script class; a script global, a RecipeGlobals property.
-            var symbol = model?.LookupSymbols(position, name: item.DisplayText).FirstOrDefault();
             if (symbol is IFieldSymbol { ContainingType.IsScriptClass: true }) return CompletionKind.Variable;
             if (symbol is IPropertySymbol p && p.ContainingType?.Name == _compiler.GlobalsType.Name) return CompletionKind.Global;
             return tags.Contains(WellKnownTags.Property) ? CompletionKind.Property : CompletionKind.Field;
