@@ -79,6 +79,7 @@ internal sealed class LineEditor
     private int _selected;
     private bool _completionPending;            // asked while the host was not ready: answer when it is
     private bool _menuStale, _signatureStale;   // to ask again once no more keys are waiting
+    private bool _signaturePending, _infoPending; // asked while the host could not answer: ask again while idle
     private Reply? _signature;
     private string? _info;
     private string? _status;
@@ -136,7 +137,7 @@ internal sealed class LineEditor
             _info = null;
             _status = null;
             _search = null;
-            _completionPending = false;
+            _completionPending = _signaturePending = _infoPending = false;
             IsReading = true;
             Draw();
         }
@@ -148,7 +149,14 @@ internal sealed class LineEditor
                     lock (_screen) { Finish(); return (Outcome.Interrupted, _text); }
                 if (!_keys.TryRead(Idle, out var key))
                 {
-                    if (_completionPending) lock (_screen) { Complete(explicitly: true); Draw(); }
+                    if (_completionPending || _signaturePending || _infoPending)
+                        lock (_screen)
+                        {
+                            if (_completionPending) Complete(explicitly: true);
+                            if (_signaturePending) Signature();
+                            if (_infoPending) QuickInfo();
+                            Draw();
+                        }
                     continue;
                 }
                 lock (_screen)
@@ -198,6 +206,7 @@ internal sealed class LineEditor
         var alt = (key.Modifiers & ConsoleModifiers.Alt) != 0;
         var ch = key.KeyChar;
         _info = null;
+        _infoPending = false;
         _status = null;
 
         if (_search is not null && HandleSearch(key, ctrl)) return null;
@@ -258,7 +267,7 @@ internal sealed class LineEditor
             case ConsoleKey.Escape:
                 CloseMenu();
                 _signature = null;
-                _completionPending = false;
+                _completionPending = _signaturePending = false;
                 return null;
             case ConsoleKey.F1:
                 QuickInfo();
@@ -319,6 +328,7 @@ internal sealed class LineEditor
     {
         CloseMenu();
         _signature = null;
+        _signaturePending = false;
         var line = _text[LineStart(_caret).._caret];
         var indent = line[..(line.Length - line.TrimStart(' ').Length)];
         if (line.TrimEnd().EndsWith('{')) indent += "    ";
@@ -516,14 +526,16 @@ internal sealed class LineEditor
     {
         _signatureStale = false;
         var reply = _assist.Signature(_text, _caret);
-        _signature = reply?.Signatures is { Count: > 0 } ? reply : null;
+        _signaturePending = reply is null; // the host is busy or starting: ask again while idle
+        if (reply is not null) _signature = reply.Signatures is { Count: > 0 } ? reply : null;
     }
 
     private void QuickInfo()
     {
         CloseMenu();
         var reply = _assist.QuickInfo(_text, _caret);
-        _info = reply is null ? "warming up: quick info answers once the evaluation host is ready"
+        _infoPending = reply is null;
+        _info = reply is null ? "warming up: quick info answers as soon as the evaluation host is ready"
             : reply.Info ?? "nothing known at the caret";
     }
 

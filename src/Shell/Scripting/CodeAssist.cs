@@ -40,7 +40,7 @@ internal sealed class CodeAssist
     private readonly Func<IReadOnlyList<string>> _submissions;
     private readonly string? _preamble;
     private readonly object _gate = new();
-    private readonly AdhocWorkspace _workspace;
+    private AdhocWorkspace? _workspace; // made on first use: MEF composition costs, and must not delay the first result
     private ProjectId? _last;          // the newest submission's project
     private int _chained;              // user submissions in the chain
     private DocumentId? _current;      // the document being typed, chained on _last
@@ -52,8 +52,6 @@ internal sealed class CodeAssist
         _compiler = compiler;
         _preamble = preamble;
         _submissions = submissions;
-        _workspace = new AdhocWorkspace(s_host.Value);
-        if (preamble is not null) _last = AddSubmission(preamble, null);
     }
 
     // The last list Roslyn made and where: typing more of the same name only filters it again (Roslyn's list for a
@@ -289,15 +287,20 @@ internal sealed class CodeAssist
     {
         lock (_gate)
         {
+            if (_workspace is null)
+            {
+                _workspace = new AdhocWorkspace(s_host.Value);
+                if (_preamble is not null) _last = AddSubmission(_preamble, null);
+            }
             var submissions = _submissions();
             if (submissions.Count < _chained) throw new InvalidOperationException("submissions only grow"); // a reset makes a new session
             if (submissions.Count > _chained || _current is null)
             {
                 for (; _chained < submissions.Count; _chained++) _last = AddSubmission(submissions[_chained], _last);
-                if (_current is not null) _workspace.TryApplyChanges(_workspace.CurrentSolution.RemoveProject(_current.ProjectId));
+                if (_current is not null) _workspace!.TryApplyChanges(_workspace.CurrentSolution.RemoveProject(_current.ProjectId));
                 var project = AddProject("virtlab-assist", _last);
                 _current = DocumentId.CreateNewId(project);
-                _workspace.TryApplyChanges(_workspace.CurrentSolution.AddDocument(DocumentInfo.Create(_current, "input.csx",
+                _workspace!.TryApplyChanges(_workspace.CurrentSolution.AddDocument(DocumentInfo.Create(_current, "input.csx",
                     sourceCodeKind: SourceCodeKind.Script, loader: TextLoader.From(TextAndVersion.Create(SourceText.From(""), VersionStamp.Create())))));
             }
             // A fork of the solution per request: the earlier submissions' compilations are shared with it.
@@ -308,7 +311,7 @@ internal sealed class CodeAssist
     private ProjectId AddSubmission(string code, ProjectId? previous)
     {
         var project = AddProject("virtlab-submission", previous);
-        _workspace.TryApplyChanges(_workspace.CurrentSolution.AddDocument(DocumentInfo.Create(DocumentId.CreateNewId(project), "submission.csx",
+        _workspace!.TryApplyChanges(_workspace.CurrentSolution.AddDocument(DocumentInfo.Create(DocumentId.CreateNewId(project), "submission.csx",
             sourceCodeKind: SourceCodeKind.Script, loader: TextLoader.From(TextAndVersion.Create(SourceText.From(code, Encoding.UTF8), VersionStamp.Create())))));
         return project;
     }
@@ -321,7 +324,7 @@ internal sealed class CodeAssist
             metadataReferences: _compiler.References,
             projectReferences: previous is null ? [] : [new ProjectReference(previous)],
             isSubmission: true, hostObjectType: _compiler.GlobalsType);
-        _workspace.TryApplyChanges(_workspace.CurrentSolution.AddProject(info));
+        _workspace!.TryApplyChanges(_workspace.CurrentSolution.AddProject(info));
         return id;
     }
 
