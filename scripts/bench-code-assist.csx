@@ -24,7 +24,10 @@ var session = Stage("session and warm-up", () =>
         var result = sessionType.GetMethod("Submit")!.Invoke(s, [code, CancellationToken.None])!;
         Expect((bool)result.GetType().GetProperty("Succeeded")!.GetValue(result)!, $"submission compiles and runs: {code}");
     }
-    sessionType.GetMethod("WarmUp")!.Invoke(s, []);
+    sessionType.GetMethod("WarmUp")!.Invoke(s, []); // in the background: the first requests below wait for nothing
+    sessionType.GetMethod("Complete")!.Invoke(s, ["Args.", 5]);
+    sessionType.GetMethod("Signature")!.Invoke(s, ["Math.Max(1, ", 12]);
+    sessionType.GetMethod("QuickInfo")!.Invoke(s, ["Args", 2]);
     return s;
 });
 

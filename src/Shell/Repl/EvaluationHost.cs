@@ -135,6 +135,7 @@ public static class EvaluationHost
                         RequestKind.Complete => Complete(request),
                         RequestKind.Signature => Signature(request),
                         RequestKind.QuickInfo => new Reply { Info = Session().QuickInfo(request.Code ?? "", request.Position) },
+                        RequestKind.TypeNames => new Reply { Types = Session().TypeNamesInScope().ToList() },
                         RequestKind.PluginsInfo => PluginsInfo(),
                         _ => new Reply { Ok = false, Error = $"unknown request '{request.Kind}'" },
                     };
@@ -289,7 +290,6 @@ public static class EvaluationHost
                     Error = p.Error,
                 }).ToList(),
                 Globals = globals,
-                Types = session.TypeNamesInScope().ToList(),
             };
         }
 

@@ -16,6 +16,7 @@ public static class RequestKind
     public const string Complete = "complete";       // Code, Position → Completions, ReplaceStart, ReplaceLength
     public const string Signature = "signature";     // Code, Position → Signatures, ActiveSignature, Parameter, ParameterDoc, Doc (none: no call)
     public const string QuickInfo = "quick-info";    // Code, Position → Info (null: nothing there)
+    public const string TypeNames = "type-names";    // → Types (asked after a host's first evaluation: not on the start-up path)
     public const string Cancel = "cancel";           // cancels the running submit (RecipeGlobals.Cancellation)
     public const string PluginsInfo = "plugins-info"; // → Plugins, Globals (first one loads the plugins)
     public const string Shutdown = "shutdown";       // host replies, then exits

@@ -205,6 +205,7 @@ internal sealed class Repl : IDisposable
                 return;
             }
             Report(reply, origin);
+            if (!ReferenceEquals(_typesFrom, host)) FetchTypeNames(_typesFrom = host);
             if (reply.Status == SubmitStatus.Ok)
             {
                 _submissions.Add(code);
@@ -218,6 +219,16 @@ internal sealed class Repl : IDisposable
             _hostLock.Release();
         }
     }
+
+    private HostClient? _typesFrom;
+
+    /// <summary>The type names to highlight, asked once per host after its first evaluation (walking the imported
+    /// namespaces reads much metadata: not before the first result). Not awaited: the answer comes while the user types.</summary>
+    private void FetchTypeNames(HostClient host) => _ = Task.Run(async () =>
+    {
+        try { _highlighter.SetTypes((await host.SendAsync(new Request { Kind = RequestKind.TypeNames })).Types ?? []); }
+        catch (Exception e) when (e is HostDiedException or IOException or ObjectDisposedException or OperationCanceledException) { }
+    });
 
     private void Report(Reply reply, string? origin = null)
     {
@@ -278,7 +289,6 @@ internal sealed class Repl : IDisposable
         var info = await host.SendAsync(new Request { Kind = RequestKind.PluginsInfo });
         _plugins = info.Plugins ?? [];
         _highlighter.SetGlobals(info.Globals ?? []);
-        _highlighter.SetTypes(info.Types ?? []);
         foreach (var p in _plugins.Where(p => p.Status != "Loaded" && p.Error is not null))
             Error($"plugin {p.Name}: {p.Error}");
         _watcher.Watch();

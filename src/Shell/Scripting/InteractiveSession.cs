@@ -13,7 +13,7 @@
 //       public PluginSet Plugins { get; }
 //       public RecipeGlobals Globals { get; }
 //       public IReadOnlyList<ScriptDiagnostic> PreambleDiagnostics { get; }  // empty unless the plugin preamble failed
-//       public void WarmUp();                                  // binds a throwaway completion, signature help and quick info
+//       public void WarmUp();                                  // warms completion etc. in the background (CodeAssist.WarmSoon)
 //       public bool IsScriptAssembly(Assembly a);              // for trimming stack traces
 //   }
 //   Complete and Submissions do not wait for a running Submit (safe from another thread).
@@ -167,8 +167,9 @@ public sealed class InteractiveSession
         return names;
     }
 
-    /// <summary>Binds a throwaway completion, signature help and quick info so the first real ones are warm.</summary>
-    public void WarmUp() => Assist.WarmUp();
+    /// <summary>Warms completion, signature help and quick info on a thread of its own (MEF composition and Roslyn's
+    /// completion providers take seconds of CPU on a small machine: a standby host must stay ready to be taken).</summary>
+    public void WarmUp() => Assist.WarmSoon();
 
     // Roslyn's rule: a final expression without a semicolon, of a non-void type, is the submission's value.
     private static bool HasTrailingValue(CSharpCompilation compilation, SyntaxTree tree)
