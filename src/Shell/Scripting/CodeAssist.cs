@@ -254,17 +254,15 @@ internal sealed class CodeAssist
     private readonly object _warmGate = new();
     private bool _warmed;
 
-    /// <summary>
-    /// After the session's first successful submission, warms this session's workspace in the background: the host's
-    /// warm-up ran on a throwaway session, and the first completion here would otherwise bind the chain from scratch
-    /// (seconds on a loaded machine) while the user waits. Not earlier, so the first result is not slowed.
-    /// </summary>
-    public void WarmSoon()
+    /// <summary>Warms in the background after <paramref name="delay"/> (once): the host's standby does it for the process
+    /// (MEF composition, JIT of Roslyn's completion providers), so a session it later serves answers its first Tab quickly.</summary>
+    public void WarmSoon(TimeSpan delay)
     {
         if (Interlocked.Exchange(ref _warming, 1) != 0) return;
         // A thread of its own, below the evaluation's priority: it blocks on Roslyn's tasks, which need the pool.
         new Thread(() =>
         {
+            Thread.Sleep(delay);
             try { lock (_warmGate) if (!_warmed) WarmUp(); }
             catch (Exception e) { Console.Error.WriteLine($"virtlab host: completion warm-up failed: {e.Message}"); }
         }) { IsBackground = true, Name = "virtlab-assist-warm", Priority = ThreadPriority.BelowNormal }.Start();

@@ -140,7 +140,6 @@ public sealed class InteractiveSession
             }
             Volatile.Write(ref _previous, compilation);
             Volatile.Write(ref _submissions, [.. _submissions, code]);
-            Assist.WarmSoon();
             return new SubmissionResult(true, diags, hasValue, hasValue ? value : null, null, compileTime, sw.Elapsed);
         }
     }
@@ -167,9 +166,10 @@ public sealed class InteractiveSession
         return names;
     }
 
-    /// <summary>Warms completion, signature help and quick info on a thread of its own (MEF composition and Roslyn's
-    /// completion providers take seconds of CPU on a small machine: a standby host must stay ready to be taken).</summary>
-    public void WarmUp() => Assist.WarmSoon();
+    /// <summary>Warms completion, signature help and quick info on a thread of its own, a few seconds from now (MEF
+    /// composition and Roslyn's completion providers take seconds of CPU on a small machine: a standby host must stay
+    /// quick to take, and the user typing right after a result should not compete with it).</summary>
+    public void WarmUp() => Assist.WarmSoon(TimeSpan.FromSeconds(3));
 
     // Roslyn's rule: a final expression without a semicolon, of a non-void type, is the submission's value.
     private static bool HasTrailingValue(CSharpCompilation compilation, SyntaxTree tree)
