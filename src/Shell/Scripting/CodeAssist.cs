@@ -168,7 +168,7 @@ internal sealed class CodeAssist
             INamespaceSymbol ns => "namespace " + ns.ToDisplayString(),
             ITypeSymbol t => (t.IsRecord ? "record " : "") + t.TypeKind.ToString().ToLowerInvariant() + " " + t.ToDisplayString(),
             IFieldSymbol { ContainingType.IsScriptClass: true } f => f.Type.ToDisplayString(s_typeFormat) + " " + f.Name,
-            IFieldSymbol f => (f.IsConst ? "const " : "") + f.Type.ToDisplayString(s_typeFormat) + " " + f.ToDisplayString(s_typeFormat),
+            IFieldSymbol f => (f.IsConst ? "const " : "") + f.ToDisplayString(s_typeFormat), // "int Workload.MaxPasses"
             IPropertySymbol p => p.ToDisplayString(s_signatureFormat),
             ILocalSymbol l => l.Type.ToDisplayString(s_typeFormat) + " " + l.Name,
             IParameterSymbol p => p.Type.ToDisplayString(s_typeFormat) + " " + p.Name,
