@@ -1,101 +1,62 @@
 using System.Collections.Frozen;
-using System.Reflection;
 using Microsoft.CodeAnalysis;
 using Microsoft.CodeAnalysis.CSharp;
-using RadLine;
-using Spectre.Console;
 
 namespace VirtLab.Shell.Repl;
 
 /// <summary>
-/// Lexical C# highlighting with Roslyn's lexer. RadLine asks for a style word by word (its own split:
-/// runs of letters/digits and single other characters), which alone cannot tell a keyword inside a string
-/// from a real one. So <see cref="ReplPrompt"/> hands over the whole line (and the submission's earlier
-/// lines) just before RadLine renders it; the line is lexed once and each word RadLine asks about is looked
-/// up at its position in that line.
+/// Lexical C# highlighting with Roslyn's lexer over the whole submission being edited (so a keyword inside a string
+/// is a string), plus the names the evaluation host tells: globals, the session's variables and the types in scope
+/// (<c>Vm</c>, <c>Workload</c>). The editor asks for one colour per character (<see cref="Classify"/>) and turns a
+/// run of one colour into one SGR sequence (<see cref="Sgr"/>).
 /// </summary>
-internal sealed class CSharpHighlighter : IHighlighter
+internal sealed class CSharpHighlighter
 {
-    private enum Kind : byte { None, Keyword, Control, String, Number, Comment, Global, Local, Meta, Directive }
-
-    private static readonly Style KeywordStyle = new(Color.DodgerBlue1);
-    private static readonly Style ControlStyle = new(Color.Orchid);
-    private static readonly Style StringStyle = new(Color.DarkOrange);
-    private static readonly Style NumberStyle = new(Color.LightGreen);
-    private static readonly Style CommentStyle = new(Color.Grey50);
-    private static readonly Style GlobalStyle = new(Color.Aqua, decoration: Decoration.Bold);
-    private static readonly Style LocalStyle = new(Color.PaleTurquoise1);
-    private static readonly Style MetaStyle = new(Color.Yellow, decoration: Decoration.Bold);
-    private static readonly Style DirectiveStyle = new(Color.Grey70);
+    internal enum Kind : byte { None, Keyword, Control, String, Number, Comment, Global, Local, Meta, Directive, Type }
 
     private static readonly CSharpParseOptions ScriptOptions = new(LanguageVersion.Latest, kind: SourceCodeKind.Script);
 
     private volatile FrozenSet<string> _globals = FrozenSet<string>.Empty;
     private volatile FrozenSet<string> _locals = FrozenSet<string>.Empty;
-    private string _line = "";
-    private string _classifiedWith = "";
+    private volatile FrozenSet<string> _types = FrozenSet<string>.Empty;
+    private string _classified = "";
     private Kind[] _kinds = [];
-    private int _cursor;
-
-    /// <summary>Text of the submission's lines before the one being edited (continuation lines).</summary>
-    public string PrecedingText { get; set; } = "";
 
     public void SetGlobals(IEnumerable<string> names) => _globals = names.ToFrozenSet(StringComparer.Ordinal);
     public void SetLocals(IEnumerable<string> names) => _locals = names.ToFrozenSet(StringComparer.Ordinal);
+    public void SetTypes(IEnumerable<string> names) => _types = names.ToFrozenSet(StringComparer.Ordinal);
 
-    /// <summary>The line RadLine rendered last: what is being edited.</summary>
-    public string CurrentLine => _line;
-
-    /// <summary>Called right before RadLine renders <paramref name="line"/>.</summary>
-    public void BeginLine(string line)
+    /// <summary>One kind per character of <paramref name="text"/> (the last answer is kept: a redraw without an edit is free).</summary>
+    public Kind[] Classify(string text)
     {
-        if (line != _line || !ReferenceEquals(PrecedingText, _classifiedWith))
+        if (!ReferenceEquals(text, _classified) && text != _classified)
         {
-            _line = line;
-            _classifiedWith = PrecedingText;
-            _kinds = Classify(PrecedingText, line);
+            _kinds = Classify("", text);
+            _classified = text;
         }
-        _cursor = 0;
+        return _kinds;
     }
 
-    public Style? Highlight(string token)
+    /// <summary>The SGR parameters of a kind (xterm 256 colours); null: default colour.</summary>
+    public static string? Sgr(Kind kind) => kind switch
     {
-        var at = _line.IndexOf(token, _cursor, StringComparison.Ordinal);
-        Kind kind;
-        if (at >= 0)
-        {
-            _cursor = at + token.Length;
-            kind = _kinds[at];
-        }
-        else kind = ClassifyWord(token); // a horizontally scrolled line: fall back to the word alone
-        return kind switch
-        {
-            Kind.Keyword => KeywordStyle,
-            Kind.Control => ControlStyle,
-            Kind.String => StringStyle,
-            Kind.Number => NumberStyle,
-            Kind.Comment => CommentStyle,
-            Kind.Global => GlobalStyle,
-            Kind.Local => LocalStyle,
-            Kind.Meta => MetaStyle,
-            Kind.Directive => DirectiveStyle,
-            _ => null,
-        };
-    }
-
-    private Kind ClassifyWord(string word)
-    {
-        var kind = SyntaxFacts.GetKeywordKind(word);
-        if (kind != SyntaxKind.None) return IsControl(kind) ? Kind.Control : Kind.Keyword;
-        if (_globals.Contains(word)) return Kind.Global;
-        if (_locals.Contains(word)) return Kind.Local;
-        return word.Length > 0 && char.IsDigit(word[0]) ? Kind.Number : Kind.None;
-    }
+        Kind.Keyword => "38;5;33",
+        Kind.Control => "38;5;170",
+        Kind.String => "38;5;208",
+        Kind.Number => "38;5;120",
+        Kind.Comment => "38;5;244",
+        Kind.Global => "1;38;5;14",
+        Kind.Local => "38;5;159",
+        Kind.Meta => "1;38;5;11",
+        Kind.Directive => "38;5;249",
+        Kind.Type => "38;5;79",
+        _ => null,
+    };
 
     private Kind[] Classify(string preceding, string line)
     {
         var kinds = new Kind[line.Length];
-        if (preceding.Length == 0 && line.TrimStart().StartsWith('#') && MetaCommands.IsMeta(line))
+        if (preceding.Length == 0 && line.TrimStart().StartsWith('#') && !line.Contains('\n') && MetaCommands.IsMeta(line))
         {
             Array.Fill(kinds, Kind.Meta);
             return kinds;
@@ -147,6 +108,7 @@ internal sealed class CSharpHighlighter : IHighlighter
                     return Kind.Keyword;
                 if (_globals.Contains(text)) return Kind.Global;
                 if (_locals.Contains(text)) return Kind.Local;
+                if (_types.Contains(text)) return Kind.Type;
                 return Kind.None;
             default:
                 return Kind.None;
@@ -157,34 +119,4 @@ internal sealed class CSharpHighlighter : IHighlighter
         or SyntaxKind.ForEachKeyword or SyntaxKind.WhileKeyword or SyntaxKind.DoKeyword or SyntaxKind.ReturnKeyword or SyntaxKind.BreakKeyword
         or SyntaxKind.ContinueKeyword or SyntaxKind.SwitchKeyword or SyntaxKind.CaseKeyword or SyntaxKind.TryKeyword or SyntaxKind.CatchKeyword
         or SyntaxKind.FinallyKeyword or SyntaxKind.ThrowKeyword or SyntaxKind.GotoKeyword or SyntaxKind.YieldKeyword;
-}
-
-/// <summary>
-/// "> " for the first line of a submission, ". " for continuation lines. It also passes the line being
-/// rendered to the highlighter: RadLine's state object (internal in RadLine 0.6.0) is read by reflection,
-/// and highlighting degrades to word-by-word if that ever fails.
-/// </summary>
-internal sealed class ReplPrompt(CSharpHighlighter highlighter) : ILineEditorPrompt
-{
-    private static readonly Markup First = new("[yellow]>[/]");
-    private static readonly Markup Continuation = new("[grey].[/]");
-    private MethodInfo? _getBufferAt;
-    private bool _reflectionFailed;
-
-    public bool IsContinuation { get; set; }
-
-    public (Markup Markup, int Margin) GetPrompt(ILineEditorState state, int line)
-    {
-        if (!_reflectionFailed)
-        {
-            try
-            {
-                _getBufferAt ??= state.GetType().GetMethod("GetBufferAt", BindingFlags.Public | BindingFlags.NonPublic | BindingFlags.Instance);
-                if (_getBufferAt?.Invoke(state, [line]) is LineBuffer buffer) highlighter.BeginLine(buffer.Content);
-                else _reflectionFailed = true;
-            }
-            catch (Exception e) when (e is TargetInvocationException or ArgumentException or MemberAccessException) { _reflectionFailed = true; }
-        }
-        return (IsContinuation || line > 0 ? Continuation : First, 1);
-    }
 }

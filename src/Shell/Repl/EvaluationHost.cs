@@ -147,6 +147,9 @@ public static class EvaluationHost
                     {
                         RequestKind.Submit => Submit(request),
                         RequestKind.Complete => Complete(request),
+                        RequestKind.Signature => Signature(request),
+                        RequestKind.QuickInfo => new Reply { Info = Session().QuickInfo(request.Code ?? "", request.Position) },
+                        RequestKind.TypeNames => new Reply { Types = Session().TypeNamesInScope().ToList() },
                         RequestKind.PluginsInfo => PluginsInfo(),
                         _ => new Reply { Ok = false, Error = $"unknown request '{request.Kind}'" },
                     };
@@ -275,9 +278,23 @@ public static class EvaluationHost
             var items = Session().Complete(request.Code ?? "", request.Position);
             return new Reply
             {
-                Completions = items.Select(c => new CompletionEntry { Text = c.Text, Kind = c.Kind.ToString() }).ToList(),
+                Completions = items.Select(c => new CompletionEntry
+                {
+                    Text = c.Text, Kind = c.Kind.ToString(), Display = c.Display == c.Text ? null : c.Display,
+                    Detail = c.Detail.Length > 0 ? c.Detail : null, Doc = c.Doc.Length > 0 ? c.Doc : null,
+                }).ToList(),
                 ReplaceStart = items.Count > 0 ? items[0].ReplaceStart : request.Position,
                 ReplaceLength = items.Count > 0 ? items[0].ReplaceLength : 0,
+            };
+        }
+
+        private Reply Signature(Request request)
+        {
+            if (Session().Signature(request.Code ?? "", request.Position) is not { } help) return new Reply();
+            return new Reply
+            {
+                Signatures = help.Signatures.ToList(), ActiveSignature = help.Active, Parameter = help.Parameter,
+                ParameterDoc = help.ParameterDoc, Doc = help.Doc,
             };
         }
 

@@ -5,12 +5,14 @@ namespace VirtLab.Shell.Repl;
 /// <summary>
 /// Persistent submission history, <c>$HOME/.virtlab/history</c>. One entry per line; a multi-line
 /// submission is stored on one line with <c>\n</c> and <c>\\</c> escapes. Entries are appended as they
-/// are submitted, so two shells at once interleave rather than overwrite each other.
+/// are submitted, so two shells at once interleave rather than overwrite each other. An entry equal to the one before
+/// it is not kept twice (Up then Enter does not fill the history with one line).
 /// </summary>
 internal sealed class History
 {
     private const int Keep = 1000;
     private readonly string? _path;
+    private string? _last;
 
     public IReadOnlyList<string> Entries { get; }
 
@@ -18,6 +20,7 @@ internal sealed class History
     {
         _path = path;
         Entries = Load(path);
+        _last = Entries.Count > 0 ? Entries[^1] : null;
     }
 
     public static string? DefaultPath()
@@ -33,7 +36,9 @@ internal sealed class History
         try
         {
             var lines = File.ReadAllLines(path);
-            var entries = lines.Where(l => l.Length > 0).Select(Unescape).ToList();
+            var entries = new List<string>();
+            foreach (var entry in lines.Where(l => l.Length > 0).Select(Unescape))
+                if (entries.Count == 0 || entries[^1] != entry) entries.Add(entry);
             if (lines.Length > 2 * Keep) // compact now and then so the file stays small
             {
                 entries = entries.TakeLast(Keep).ToList();
@@ -47,7 +52,8 @@ internal sealed class History
 
     public void Append(string entry)
     {
-        if (_path is null || string.IsNullOrWhiteSpace(entry)) return;
+        if (_path is null || string.IsNullOrWhiteSpace(entry) || entry == _last) return;
+        _last = entry;
         try
         {
             Directory.CreateDirectory(Path.GetDirectoryName(_path)!);

@@ -124,6 +124,27 @@ internal static class MetaCommands
         }
     }
 
+    /// <summary>
+    /// A declaration or expression statement that is complete but for its final semicolon (<c>var y = 5</c>,
+    /// <c>vm.Run(w)</c> inside a block is not at the end): with it added the text parses without an error. Only those
+    /// two statement kinds: <c>for (;;)</c> with a semicolon added would be an empty loop, not what was meant.
+    /// </summary>
+    public static bool CompleteButForSemicolon(string text)
+    {
+        var root = CSharpSyntaxTree.ParseText(text, ScriptOptions).GetCompilationUnitRoot();
+        // A script's top-level "var y = 5" is a field declaration; inside a statement it is a local one.
+        var missing = root.Members.LastOrDefault() switch
+        {
+            FieldDeclarationSyntax f => f.SemicolonToken.IsMissing,
+            GlobalStatementSyntax { Statement: LocalDeclarationStatementSyntax l } => l.SemicolonToken.IsMissing,
+            GlobalStatementSyntax { Statement: ExpressionStatementSyntax e } => e.SemicolonToken.IsMissing,
+            _ => false,
+        };
+        if (!missing) return false;
+        var fixedRoot = CSharpSyntaxTree.ParseText(text.TrimEnd() + ";", ScriptOptions);
+        return !fixedRoot.GetDiagnostics().Any(d => d.Severity == DiagnosticSeverity.Error) && SyntaxFactory.IsCompleteSubmission(fixedRoot);
+    }
+
     public static bool IsCompleteSubmission(string text) =>
         SyntaxFactory.IsCompleteSubmission(CSharpSyntaxTree.ParseText(text, ScriptOptions));
 }

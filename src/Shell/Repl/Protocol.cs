@@ -14,6 +14,9 @@ public static class RequestKind
 {
     public const string Submit = "submit";           // Code, Quiet, Width → Status, Diagnostics, Error, Output
     public const string Complete = "complete";       // Code, Position → Completions, ReplaceStart, ReplaceLength
+    public const string Signature = "signature";     // Code, Position → Signatures, ActiveSignature, Parameter, ParameterDoc, Doc (none: no call)
+    public const string QuickInfo = "quick-info";    // Code, Position → Info (null: nothing there)
+    public const string TypeNames = "type-names";    // → Types (asked after a host's first evaluation: not on the start-up path)
     public const string Cancel = "cancel";           // cancels the running submit (RecipeGlobals.Cancellation)
     public const string PluginsInfo = "plugins-info"; // → Plugins, Globals (first one loads the plugins)
     public const string Shutdown = "shutdown";       // host replies, then exits
@@ -54,6 +57,12 @@ public sealed class CompletionEntry
 {
     public string Text { get; set; } = "";
     public string Kind { get; set; } = "";
+    /// <summary>What a menu shows (<c>passes:</c>, <c>List&lt;&gt;</c>); Text is what goes in.</summary>
+    public string? Display { get; set; }
+    /// <summary>Signature or type (first items only).</summary>
+    public string? Detail { get; set; }
+    /// <summary>Doc summary (first items only).</summary>
+    public string? Doc { get; set; }
 }
 
 public sealed class PluginEntry
@@ -83,6 +92,14 @@ public sealed class Reply
     public List<PluginEntry>? Plugins { get; set; }
     /// <summary>Names the highlighter shows as known globals (plugin globals, RecipeGlobals members).</summary>
     public List<string>? Globals { get; set; }
+    /// <summary>Type names in scope without qualification (the default imports and the plugins' namespaces): highlighted as types.</summary>
+    public List<string>? Types { get; set; }
+    public List<string>? Signatures { get; set; }
+    public int ActiveSignature { get; set; }
+    public string? Parameter { get; set; }
+    public string? ParameterDoc { get; set; }
+    public string? Doc { get; set; }
+    public string? Info { get; set; }
     public double Milliseconds { get; set; }
 }
 

@@ -45,11 +45,13 @@ internal sealed partial class Repl : IDisposable
     {
         _options = options;
         _history = new History(options.HistoryPath ?? History.DefaultPath());
-        var completion = new HostCompletion(Complete);
-        _lines = TerminalLineSource.IsSupported()
-            ? new TerminalLineSource(_highlighter, completion, _history.Entries)
+        var interactive = TerminalLineSource.IsSupported();
+        _color = interactive && ColorWanted();
+        // VIRTLAB_COLOR=never: the banner, tables and notices the front end prints go without colour too.
+        if (interactive && !_color) AnsiConsole.Console.Profile.Capabilities.ColorSystem = ColorSystem.NoColors;
+        _lines = interactive
+            ? new TerminalLineSource(_highlighter, new HostAssist(Ask), _history.Entries, _color)
             : new PipedLineSource();
-        _color = _lines.IsInteractive && AnsiConsole.Console.Profile.Capabilities.ColorSystem != ColorSystem.NoColors;
         _watcher = new PluginWatcher(() => new PluginSearchPaths(options.PluginDirectories).Roots(), dirs =>
         {
             _swapPending = true;
@@ -148,6 +150,7 @@ internal sealed partial class Repl : IDisposable
             finally { _promptCancel = null; cts.Dispose(); }
 
             if (status == LineStatus.Interrupted) return (status, sb.ToString() + line);
+            if (_lines.ReadsWholeSubmissions) return (status, status == LineStatus.Line ? line : "");
             if (status == LineStatus.EndOfInput)
                 return sb.Length > 0 ? (LineStatus.Line, sb.ToString().TrimEnd('\n')) : (status, "");
 
@@ -206,6 +209,7 @@ internal sealed partial class Repl : IDisposable
                 return;
             }
             Report(reply, origin);
+            if (!ReferenceEquals(_typesFrom, host)) FetchTypeNames(_typesFrom = host);
             if (reply.Status == SubmitStatus.Ok)
             {
                 _submissions.Add(code);
@@ -219,6 +223,16 @@ internal sealed partial class Repl : IDisposable
             _hostLock.Release();
         }
     }
+
+    private HostClient? _typesFrom;
+
+    /// <summary>The type names to highlight, asked once per host after its first evaluation (walking the imported
+    /// namespaces reads much metadata: not before the first result). Not awaited: the answer comes while the user types.</summary>
+    private void FetchTypeNames(HostClient host) => _ = Task.Run(async () =>
+    {
+        try { _highlighter.SetTypes((await host.SendAsync(new Request { Kind = RequestKind.TypeNames })).Types ?? []); }
+        catch (Exception e) when (e is HostDiedException or IOException or ObjectDisposedException or OperationCanceledException) { }
+    });
 
     private void Report(Reply reply, string? origin = null)
     {
@@ -244,17 +258,30 @@ internal sealed partial class Repl : IDisposable
         }
     }
 
-    private Reply? Complete(string code, int position)
+    /// <summary>Colour on a terminal unless NO_COLOR or VIRTLAB_COLOR=never (Spectre's own detection first).</summary>
+    private static bool ColorWanted() =>
+        AnsiConsole.Console.Profile.Capabilities.ColorSystem != ColorSystem.NoColors
+        && Environment.GetEnvironmentVariable("NO_COLOR") is not { Length: > 0 }
+        && Environment.GetEnvironmentVariable("VIRTLAB_COLOR") != "never";
+
+    private Task<Reply>? _asking; // a question the host has not answered in time: no second one is queued behind it
+
+    /// <summary>The editor's completion, signature help and quick info; null when the host cannot answer now (starting,
+    /// swapping, or still on an earlier question: the editor says "warming up" and asks again).</summary>
+    private Reply? Ask(Request request)
     {
-        // Never block the editor for long: no completion while a swap or restart holds the host.
+        // Never block the editor for long: no answer while a swap or restart holds the host.
         if (!_hostLock.Wait(TimeSpan.FromMilliseconds(200))) return null;
         try
         {
             if (_host is not { IsAlive: true } host) return null;
-            using var cts = new CancellationTokenSource(TimeSpan.FromSeconds(3));
-            return host.SendAsync(new Request { Kind = RequestKind.Complete, Code = code, Position = position }, cts.Token)
-                .GetAwaiter().GetResult();
+            if (_asking is { IsCompleted: false } earlier && !earlier.Wait(TimeSpan.FromMilliseconds(300))) return null;
+            var answer = host.SendAsync(request);
+            if (!answer.Wait(TimeSpan.FromSeconds(2))) { _asking = answer; return null; }
+            _asking = null;
+            return answer.Result;
         }
+        catch (AggregateException e) when (e.InnerException is HostDiedException or OperationCanceledException or ObjectDisposedException or IOException) { return null; }
         catch (Exception e) when (e is HostDiedException or OperationCanceledException or ObjectDisposedException or IOException) { return null; }
         finally { _hostLock.Release(); }
     }

@@ -25,7 +25,7 @@ public sealed record HostOptions
 
 public static class ReplCommand
 {
-    /// <summary>The interactive REPL (RadLine on a terminal, plain line mode on piped stdin). Returns the exit code.</summary>
+    /// <summary>The interactive REPL (the line editor on a terminal, plain line mode on piped stdin). Returns the exit code.</summary>
     public static int Run(ReplOptions options)
     {
         using var repl = new Repl(options);

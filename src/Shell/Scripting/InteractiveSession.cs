@@ -5,13 +5,15 @@
 //       public InteractiveSession(PluginSet plugins, RecipeContext context, string? baseDirectory = null);
 //           // builds the RecipeGlobals (with the plugin globals) and runs the plugin preamble
 //       public SubmissionResult Submit(string code, CancellationToken cancellationToken = default);
-//       public IReadOnlyList<Completion> Complete(string code, int caret);
+//       public IReadOnlyList<Completion> Complete(string code, int caret);   // Roslyn's CompletionService (CodeAssist)
+//       public SignatureHelp? Signature(string code, int caret);            // the call the caret is in
+//       public string? QuickInfo(string code, int caret);                   // the symbol at the caret
 //       public static bool IsCompleteSubmission(string code);
 //       public IReadOnlyList<string> Submissions { get; }   // successful ones, in order (for #save / replay)
 //       public PluginSet Plugins { get; }
 //       public RecipeGlobals Globals { get; }
 //       public IReadOnlyList<ScriptDiagnostic> PreambleDiagnostics { get; }  // empty unless the plugin preamble failed
-//       public void WarmUp();                                  // binds a throwaway completion: first Tab is warm
+//       public void WarmUp();                                  // warms completion etc. in the background (CodeAssist.WarmSoon)
 //       public bool IsScriptAssembly(Assembly a);              // for trimming stack traces
 //   }
 //   Complete and Submissions do not wait for a running Submit (safe from another thread).
@@ -72,7 +74,7 @@ public sealed class InteractiveSession
         Globals = globals;
         _compiler = new ScriptCompiler(plugins, typeof(RecipeGlobals), baseDirectory ?? Directory.GetCurrentDirectory());
         _executor = new SubmissionExecutor(globals, new ScriptLoadContext(plugins, "virtlab-session-" + _sessionId));
-        Completer = new ScriptCompletion(_compiler);
+        Assist = new CodeAssist(_compiler, ScriptPreamble.Source(plugins), () => Submissions);
 
         var preamble = _compiler.CreatePreamble(NextAssemblyName());
         if (preamble is not null)
@@ -90,7 +92,7 @@ public sealed class InteractiveSession
     public PluginSet Plugins { get; }
     public RecipeGlobals Globals { get; }
     public IReadOnlyList<ScriptDiagnostic> PreambleDiagnostics { get; } = [];
-    internal ScriptCompletion Completer { get; }
+    internal CodeAssist Assist { get; }
 
     /// <summary>The successful submissions in order (the plugin preamble excluded).</summary>
     public IReadOnlyList<string> Submissions => Volatile.Read(ref _submissions);
@@ -143,18 +145,32 @@ public sealed class InteractiveSession
         }
     }
 
-    public IReadOnlyList<Completion> Complete(string code, int caret)
+    // No lock: completion must answer while a submission runs (Submit holds _gate for the whole run); CodeAssist
+    // reads the successful submissions (and so the session's state) as they are now.
+    public IReadOnlyList<Completion> Complete(string code, int caret) => Assist.Complete(code, caret);
+    public SignatureHelp? Signature(string code, int caret) => Assist.Signature(code, caret);
+    public string? QuickInfo(string code, int caret) => Assist.QuickInfo(code, caret);
+
+    /// <summary>The public types reachable without qualification (the imported namespaces): what the REPL highlights as types.</summary>
+    public IEnumerable<string> TypeNamesInScope()
     {
-        // No lock: completion must answer while a submission runs (Submit holds _gate for the whole run).
-        return Completer.Complete(code, caret, Volatile.Read(ref _previous), NextCompletionName());
+        var compilation = _compiler.CreateSubmission("virtlab-types", null, null);
+        var names = new HashSet<string>(StringComparer.Ordinal);
+        foreach (var ns in ScriptPreamble.Imports(Plugins))
+        {
+            INamespaceSymbol? symbol = compilation.GlobalNamespace;
+            foreach (var part in ns.Split('.'))
+                symbol = symbol?.GetNamespaceMembers().FirstOrDefault(n => n.Name == part);
+            foreach (var type in symbol?.GetTypeMembers() ?? [])
+                if (type.DeclaredAccessibility == Accessibility.Public && SyntaxFacts.IsValidIdentifier(type.Name)) names.Add(type.Name);
+        }
+        return names;
     }
 
-    /// <summary>Binds a throwaway submission so the first real completion or submission is warm.</summary>
-    public void WarmUp()
-    {
-        Complete("Args.", 5);
-        Complete("Sys", 3);
-    }
+    /// <summary>Warms completion, signature help and quick info on a thread of its own, a few seconds from now (MEF
+    /// composition and Roslyn's completion providers take seconds of CPU on a small machine: a standby host must stay
+    /// quick to take, and the user typing right after a result should not compete with it).</summary>
+    public void WarmUp() => Assist.WarmSoon(TimeSpan.FromSeconds(3));
 
     // Roslyn's rule: a final expression without a semicolon, of a non-void type, is the submission's value.
     private static bool HasTrailingValue(CSharpCompilation compilation, SyntaxTree tree)
@@ -168,7 +184,6 @@ public sealed class InteractiveSession
     }
 
     private string NextAssemblyName() => $"virtlab-session-{_sessionId}-{Interlocked.Increment(ref _counter)}";
-    private string NextCompletionName() => $"virtlab-completion-{_sessionId}";
 
     /// <summary>Whether a stack frame's code belongs to a submission of this session (for trimming stack traces).</summary>
     public bool IsScriptAssembly(System.Reflection.Assembly assembly) => _executor.Context.Owns(assembly);

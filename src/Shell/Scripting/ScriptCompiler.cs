@@ -39,7 +39,7 @@ public sealed class ScriptCompiler
         GlobalsType = globalsType;
         BaseDirectory = baseDirectory;
         References = BaseReferences(globalsType).AddRange(
-            plugins.Loaded.Select(p => (MetadataReference)MetadataReference.CreateFromFile(p.Path)));
+            plugins.Loaded.Select(p => Reference(p.Path)));
         Options = new CSharpCompilationOptions(
                 OutputKind.DynamicallyLinkedLibrary,
                 usings: ScriptPreamble.Imports(plugins),
@@ -123,10 +123,32 @@ public sealed class ScriptCompiler
                 .ToList();
             foreach (var t in new[] { globalsType, typeof(VirtLab.Sdk.IDisplayable), typeof(Spectre.Console.AnsiConsole), typeof(Iced.Intel.Instruction) })
                 if (!paths.Contains(t.Assembly.Location)) paths.Add(t.Assembly.Location);
-            var refs = paths.Select(p => (MetadataReference)MetadataReference.CreateFromFile(p)).ToImmutableArray();
+            var refs = paths.Select(Reference).ToImmutableArray();
             s_baseReferences = refs;
             return refs;
         }
+    }
+
+    /// <summary>A reference with its XML docs when there are any (read only when completion or quick info asks): the
+    /// .xml beside the assembly (the SDK's, a plugin's), else the framework reference pack's.</summary>
+    private static MetadataReference Reference(string path)
+    {
+        var xml = Path.ChangeExtension(path, ".xml");
+        if (!File.Exists(xml)) xml = FrameworkDocs(path) ?? "";
+        return MetadataReference.CreateFromFile(path, documentation: File.Exists(xml) ? XmlDocumentationProvider.CreateFromFile(xml) : null);
+    }
+
+    /// <summary>dotnet/shared/Microsoft.NETCore.App/V/X.dll → dotnet/packs/Microsoft.NETCore.App.Ref/V/ref/netN/X.xml (CoreLib's
+    /// types are documented in System.Runtime.xml); null when the SDK's reference pack is not installed.</summary>
+    private static string? FrameworkDocs(string path)
+    {
+        var dir = Path.GetDirectoryName(path)!;
+        var version = Path.GetFileName(dir);
+        var root = Path.GetDirectoryName(Path.GetDirectoryName(Path.GetDirectoryName(dir)));
+        if (root is null || Path.GetFileName(Path.GetDirectoryName(dir)) != "Microsoft.NETCore.App") return null;
+        var refDir = Path.Combine(root, "packs", "Microsoft.NETCore.App.Ref", version, "ref", $"net{Environment.Version.Major}.{Environment.Version.Minor}");
+        var name = Path.GetFileNameWithoutExtension(path);
+        return Path.Combine(refDir, (name == "System.Private.CoreLib" ? "System.Runtime" : name) + ".xml");
     }
 
     private static bool IsFrameworkName(string name) =>

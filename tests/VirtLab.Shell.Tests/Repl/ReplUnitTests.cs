@@ -36,70 +36,56 @@ public sealed class ReplUnitTests
         Assert.Equal(expected, MetaCommands.AsStatement(submission));
 
     [Fact]
-    public void Completion_replaces_the_identifier_the_host_names_and_Tab_cycles_without_asking_again()
+    public void Meta_commands_complete_at_the_start_of_a_submission_without_asking_the_host()
     {
-        var asked = new List<(string Code, int Position)>();
-        var completion = new HostCompletion((code, pos) =>
-        {
-            asked.Add((code, pos));
-            // As the host answers "vm.sl": case-insensitive matches, replacing the two letters before the caret.
-            return new Reply { Completions = [new() { Text = "SlotCount" }, new() { Text = "Slots" }], ReplaceStart = pos - 2, ReplaceLength = 2 };
-        }) { PrecedingText = "var a = 1;\n" };
-
-        var first = completion.Next("x = vm.sl", 9);
-        Assert.Equal(new HostCompletion.Edit(7, 2, "SlotCount"), first);
-        Assert.Equal([("var a = 1;\nx = vm.sl", 20)], asked);
-
-        // Tab again on the line as the first Tab left it: the next candidate over the one just put in, then around.
-        Assert.Equal(new HostCompletion.Edit(7, 9, "Slots"), completion.Next("x = vm.SlotCount", 16));
-        Assert.Equal(new HostCompletion.Edit(7, 5, "SlotCount"), completion.Next("x = vm.Slots", 12));
-        Assert.Equal(new HostCompletion.Edit(7, 9, "Slots"), completion.Next("x = vm.SlotCount", 16, forward: false));
-        Assert.Single(asked);
-
-        // An edited line asks the host again.
-        completion.Next("x = vm.Slots + vm.sl", 20);
-        Assert.Equal(2, asked.Count);
+        var assist = new HostAssist(_ => throw new InvalidOperationException("the host is not asked about meta-commands"));
+        var re = assist.Complete("#re", 3)!;
+        Assert.Equal((0, 3), (re.Start, re.Length));
+        Assert.Equal(["#reload", "#reset"], re.Items.Select(i => i.Text));
+        Assert.Empty(assist.Complete("#load fi", 8)!.Items); // an argument: nothing to complete
+        Assert.Throws<InvalidOperationException>(() => assist.Complete("var s = 1;\n#re", 14)); // not the start of a submission
     }
 
     [Fact]
-    public void Completion_rejects_a_range_outside_the_line_being_edited()
+    public void A_host_range_outside_the_text_completes_nothing_and_no_answer_means_not_ready()
     {
-        var completion = new HostCompletion((_, pos) => new Reply { Completions = [new() { Text = "Value" }], ReplaceStart = pos - 20, ReplaceLength = 1 })
-            { PrecedingText = "var v = 1;\n" };
-        Assert.Null(completion.Next("v.Va", 4));
+        var outside = new HostAssist(r => new Reply { Completions = [new() { Text = "Value" }], ReplaceStart = r.Position, ReplaceLength = 5 });
+        Assert.Empty(outside.Complete("v.Va", 4)!.Items);
+        Assert.Null(new HostAssist(_ => null).Complete("v.Va", 4));
     }
 
     [Fact]
-    public void Meta_commands_complete_at_the_start_of_a_submission()
-    {
-        var completion = new HostCompletion((_, _) => throw new InvalidOperationException("the host is not asked about meta-commands"));
-        Assert.Equal(new HostCompletion.Edit(0, 3, "#reload"), completion.Next("#re", 3));
-        Assert.Equal(new HostCompletion.Edit(0, 7, "#reset"), completion.Next("#reload", 7));
-        Assert.Null(completion.Next("#load fi", 8)); // an argument: nothing to complete
-        completion.PrecedingText = "var s = \"\n";
-        Assert.Throws<InvalidOperationException>(() => completion.Next("#re", 3)); // not the start of a submission
-    }
-
-    [Fact]
-    public void Highlighting_is_lexical_a_keyword_in_a_string_is_a_string()
+    public void Highlighting_is_lexical_a_keyword_in_a_string_is_a_string_and_type_names_are_types()
     {
         var h = new CSharpHighlighter();
         h.SetGlobals(["Mmu"]);
-        h.BeginLine("var s = \"if\"; // while");
-        var var = h.Highlight("var");
-        var s = h.Highlight("s");
-        h.Highlight("="); h.Highlight("\"");
-        var ifInString = h.Highlight("if");
-        h.Highlight("\""); h.Highlight(";"); h.Highlight("/"); h.Highlight("/");
-        var whileInComment = h.Highlight("while");
-        Assert.NotNull(var);
-        Assert.Null(s);
-        Assert.NotEqual(var, ifInString);
-        Assert.NotEqual(var, whileInComment);
+        h.SetTypes(["Vm", "Workload"]);
+        var text = "var s = \"if\"; // while";
+        var kinds = h.Classify(text);
+        Assert.Equal(CSharpHighlighter.Kind.Keyword, kinds[0]);
+        Assert.Equal(CSharpHighlighter.Kind.None, kinds[text.IndexOf('s')]);
+        Assert.Equal(CSharpHighlighter.Kind.String, kinds[text.IndexOf("if", StringComparison.Ordinal)]);
+        Assert.Equal(CSharpHighlighter.Kind.Comment, kinds[text.IndexOf("while", StringComparison.Ordinal)]);
 
-        h.BeginLine("Mmu.Run()");
-        Assert.NotNull(h.Highlight("Mmu"));
+        var call = "Mmu.Run(Vm.Create(), Workload.Write())";
+        kinds = h.Classify(call);
+        Assert.Equal(CSharpHighlighter.Kind.Global, kinds[0]);
+        Assert.Equal(CSharpHighlighter.Kind.Type, kinds[call.IndexOf("Vm", StringComparison.Ordinal)]);
+        Assert.Equal(CSharpHighlighter.Kind.Type, kinds[call.IndexOf("Workload", StringComparison.Ordinal)]);
+        Assert.Equal(CSharpHighlighter.Kind.None, kinds[call.IndexOf("Create", StringComparison.Ordinal)]);
     }
+
+    [Theory]
+    [InlineData("var y = 5", "var y = 5;")]            // complete but for the semicolon: added
+    [InlineData("Console.WriteLine(1)", "Console.WriteLine(1)")] // complete as it is (a trailing expression)
+    [InlineData("x + 2", "x + 2")]                     // an expression: its value is shown
+    [InlineData("for (;;)", null)]                      // a semicolon would make an empty loop: a new line instead
+    [InlineData("int F(int a)", null)]
+    [InlineData("var s = new[] {", null)]
+    [InlineData("var s = \"open\n\n", "var s = \"open")] // two empty lines submit what never completes
+    [InlineData("#help", "#help")]
+    public void Enter_submits_complete_code_and_code_missing_only_its_semicolon(string text, string? submitted) =>
+        Assert.Equal(submitted, TerminalLineSource.Submission(text));
 
     [Theory]
     [InlineData("var x = 1;", true)]
