@@ -1,67 +1,49 @@
-using System.Diagnostics;
-using System.Text;
 using System.Text.RegularExpressions;
+using VirtLab.Shell.Tests.Terminal;
 
 namespace VirtLab.Shell.Tests.Repl;
 
-/// <summary>A test that needs a pseudo-terminal (util-linux <c>script</c>); skipped with the reason where there is none.</summary>
+/// <summary>A test that needs a pseudo-terminal (<see cref="PtyProcess"/>: setsid(1) from util-linux makes the slave
+/// the REPL's controlling terminal); skipped with the reason where there is none.</summary>
 public sealed class PtyFactAttribute : Xunit.FactAttribute
 {
     public PtyFactAttribute()
     {
-        if (!PtyReplProcess.IsAvailable) Skip = "util-linux script (makes the pseudo-terminal) is not installed";
+        if (!PtyReplProcess.IsAvailable) Skip = "setsid(1) (util-linux) is not installed: no controlling pseudo-terminal for the REPL";
     }
 }
 
 /// <summary>
-/// A real `virtlab` REPL on a pseudo-terminal (util-linux <c>script</c> makes the pty: no P/Invoke here), 100×30,
-/// TERM=xterm-256color, so the line editor runs as in a terminal. Keys go in as the bytes a terminal sends; the screen
-/// output comes back raw (<see cref="Raw"/>) and with the escape sequences taken out (<see cref="Text"/>).
+/// A real `virtlab` REPL on a pseudo-terminal the test owns (<see cref="PtyProcess"/>), 100×30, TERM=xterm-256color,
+/// so the line editor runs as in a terminal. Keys go in as the bytes a terminal sends; the screen output comes back
+/// raw (<see cref="Raw"/>) and with the escape sequences taken out (<see cref="Text"/>).
 /// </summary>
 internal sealed partial class PtyReplProcess : IDisposable
 {
-    public static readonly TimeSpan Timeout = TimeSpan.FromSeconds(60);
+    public static readonly TimeSpan Timeout = TimeSpan.FromSeconds(90); // generous: a loaded 2-core host starts Roslyn slowly
 
-    private readonly Process _process;
-    private readonly StringBuilder _out = new();
-    private readonly object _lock = new();
-    private readonly Thread _reader;
+    private readonly PtyProcess _pty;
 
     public string Home { get; }
 
-    public static bool IsAvailable => File.Exists("/usr/bin/script") || File.Exists("/bin/script");
+    public static bool IsAvailable => File.Exists("/usr/bin/setsid");
 
     public PtyReplProcess(Dictionary<string, string>? environment = null)
     {
         Home = Directory.CreateTempSubdirectory("virtlab-pty-home-").FullName;
-        var psi = new ProcessStartInfo("script")
+        var env = new Dictionary<string, string?>
         {
-            RedirectStandardInput = true,
-            RedirectStandardOutput = true,
-            RedirectStandardError = true,
-            UseShellExecute = false,
+            ["HOME"] = Home,
+            ["TERM"] = "xterm-256color",
+            ["NO_COLOR"] = null,
+            ["VIRTLAB_COLOR"] = null,
+            ["VIRTLAB_PLUGINS"] = null,
         };
-        foreach (var a in new[] { "-qfec", $"stty cols 100 rows 30; exec dotnet {ReplProcess.VirtlabDll}", "/dev/null" }) psi.ArgumentList.Add(a);
-        psi.Environment["HOME"] = Home;
-        psi.Environment["TERM"] = "xterm-256color";
-        psi.Environment.Remove("NO_COLOR");
-        psi.Environment.Remove("VIRTLAB_COLOR");
-        psi.Environment.Remove("VIRTLAB_PLUGINS");
-        foreach (var (k, v) in environment ?? []) psi.Environment[k] = v;
-        _process = Process.Start(psi)!;
-        _process.ErrorDataReceived += (_, e) => { if (e.Data is not null) lock (_lock) _out.Append(e.Data).Append('\n'); };
-        _process.BeginErrorReadLine();
-        _reader = new Thread(() =>
-        {
-            var buffer = new char[4096];
-            int n;
-            while ((n = _process.StandardOutput.Read(buffer, 0, buffer.Length)) > 0)
-                lock (_lock) _out.Append(buffer, 0, n);
-        }) { IsBackground = true };
-        _reader.Start();
+        foreach (var (k, v) in environment ?? []) env[k] = v;
+        _pty = new PtyProcess(Directory.GetCurrentDirectory(), env, 100, 30, "dotnet", ReplProcess.VirtlabDll);
     }
 
-    public string Raw { get { lock (_lock) return _out.ToString(); } }
+    public string Raw => _pty.Screen;
 
     /// <summary>The output without escape sequences (colours, cursor moves): what a reader sees, roughly.</summary>
     public string Text => Ansi().Replace(Raw, "");
@@ -70,11 +52,7 @@ internal sealed partial class PtyReplProcess : IDisposable
     private static partial Regex Ansi();
 
     /// <summary>Bytes as a terminal sends them: "\r" for Enter, "\t" Tab, "\u0012" Ctrl+R, <see cref="Up"/>…</summary>
-    public void Keys(string keys)
-    {
-        _process.StandardInput.Write(keys);
-        _process.StandardInput.Flush();
-    }
+    public void Keys(string keys) => _pty.Type(keys);
 
     public const string Up = "\u001b[A";
     public const string Down = "\u001b[B";
@@ -88,7 +66,7 @@ internal sealed partial class PtyReplProcess : IDisposable
         while (DateTime.UtcNow < deadline)
         {
             if (regex.Match(Text) is { Success: true } m) return m.Value;
-            if (_process.HasExited) { Thread.Sleep(100); if (regex.Match(Text) is { Success: true } last) return last.Value; break; }
+            if (_pty.HasExited) { Thread.Sleep(100); if (regex.Match(Text) is { Success: true } last) return last.Value; break; }
             Thread.Sleep(20);
         }
         throw new Xunit.Sdk.XunitException($"timed out waiting for /{pattern}/\n--- screen (escapes removed) ---\n{Text}");
@@ -108,15 +86,13 @@ internal sealed partial class PtyReplProcess : IDisposable
 
     public int WaitForExit()
     {
-        if (!_process.WaitForExit(Timeout)) throw new Xunit.Sdk.XunitException($"REPL did not exit\n--- screen ---\n{Text}");
-        _process.WaitForExit();
-        return _process.ExitCode;
+        if (!_pty.WaitForExit(Timeout)) throw new Xunit.Sdk.XunitException($"REPL did not exit\n--- screen ---\n{Text}");
+        return _pty.ExitCode;
     }
 
     public void Dispose()
     {
-        try { if (!_process.HasExited) _process.Kill(entireProcessTree: true); } catch (InvalidOperationException) { }
-        _process.Dispose();
+        _pty.Dispose();
         try { Directory.Delete(Home, recursive: true); } catch (IOException) { }
     }
 }

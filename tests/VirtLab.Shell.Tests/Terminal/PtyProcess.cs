@@ -51,6 +51,8 @@ public sealed partial class PtyProcess : IDisposable
 
     public int ExitCode => _process.ExitCode;
 
+    public bool HasExited => _process.HasExited;
+
     /// <summary>Types <paramref name="keys"/> on the terminal ("\x03" is Ctrl+C, "\r" is Enter).</summary>
     public void Type(string keys)
     {
