@@ -36,6 +36,26 @@ public sealed class ReplUnitTests
         Assert.Equal(expected, MetaCommands.AsStatement(submission));
 
     [Fact]
+    public void History_keeps_no_consecutive_duplicates_in_the_file_or_when_loading()
+    {
+        var dir = Directory.CreateTempSubdirectory("virtlab-history-").FullName;
+        try
+        {
+            var path = Path.Combine(dir, "history");
+            File.WriteAllText(path, "x\nx\ny\n");          // an older file may have repeats
+            var history = new History(path);
+            Assert.Equal(["x", "y"], history.Entries);
+            history.Append("y");                              // the last entry again: not written
+            history.Append("z");
+            history.Append("z");
+            history.Append("y");                              // not consecutive: kept
+            Assert.Equal(["x", "x", "y", "z", "y"], File.ReadAllLines(path));
+            Assert.Equal(["x", "y", "z", "y"], new History(path).Entries);
+        }
+        finally { Directory.Delete(dir, recursive: true); }
+    }
+
+    [Fact]
     public void Meta_commands_complete_at_the_start_of_a_submission_without_asking_the_host()
     {
         var assist = new HostAssist(_ => throw new InvalidOperationException("the host is not asked about meta-commands"));
