@@ -25,7 +25,8 @@ public static class WarmUp
     /// <summary>Starts <see cref="Run"/> on a worker thread; <see cref="Then"/> appends more work (a plugin's warm-up).</summary>
     public static Task<WarmUpReport> Start(Backend backend = Backend.Auto)
     {
-        var task = new Task<WarmUpReport>(() => { onWarmUpThread = true; return Run(backend); }, TaskCreationOptions.LongRunning);
+        // Silenced: the warm-up's scratch workloads would otherwise draw progress bars over what the user types.
+        var task = new Task<WarmUpReport>(() => { onWarmUpThread = true; using var quiet = Progress.Silence(); return Run(backend); }, TaskCreationOptions.LongRunning);
         lock (gate) pending = task;
         task.Start();
         return task;
@@ -37,7 +38,7 @@ public static class WarmUp
         lock (gate)
         {
             var previous = pending ?? Task.CompletedTask;
-            var next = previous.ContinueWith(_ => { onWarmUpThread = true; try { work(); } finally { onWarmUpThread = false; } },
+            var next = previous.ContinueWith(_ => { onWarmUpThread = true; using var quiet = Progress.Silence(); try { work(); } finally { onWarmUpThread = false; } },
                 CancellationToken.None, TaskContinuationOptions.None, TaskScheduler.Default);
             pending = next;
             return next;

@@ -32,6 +32,14 @@ public static class Progress
         return new Restore(previous);
     }
 
+    /// <summary>No listener for this async flow until disposed: work that is not the user's (the warm-up) shows no bar.</summary>
+    internal static IDisposable Silence()
+    {
+        var previous = Current.Value;
+        Current.Value = null;
+        return new Restore(previous);
+    }
+
     /// <summary>
     /// Starts reporting an operation of <paramref name="total"/> units (0 = unknown total); dispose the reporter when
     /// the operation ends, also on failure. <paramref name="unit"/> "B" shows sizes and byte rates; any other unit
