@@ -11,17 +11,17 @@ namespace VirtLab.Sdk;
 /// </summary>
 public static class RunCancellation
 {
-    static readonly AsyncLocal<CancellationToken> ambient = new();
+    static readonly AsyncLocal<CancellationToken> Ambient = new();
 
     /// <summary>The current run's token (None outside a run).</summary>
-    public static CancellationToken Current => ambient.Value;
+    public static CancellationToken Current => Ambient.Value;
 
     /// <summary>Makes <paramref name="token"/> the ambient cancellation of this flow until the returned scope is disposed
     /// (the shell calls this around a run; tests may too).</summary>
     public static Scope Enter(CancellationToken token)
     {
-        var previous = ambient.Value;
-        ambient.Value = token;
+        var previous = Ambient.Value;
+        Ambient.Value = token;
         return new Scope(previous);
     }
 
@@ -31,7 +31,7 @@ public static class RunCancellation
     /// thread started from it still waits.</summary>
     public static Linked Link(CancellationToken token)
     {
-        var a = ambient.Value;
+        var a = Ambient.Value;
         if (!a.CanBeCanceled) return new Linked(token, null);
         var cts = token.CanBeCanceled ? CancellationTokenSource.CreateLinkedTokenSource(token, a) : CancellationTokenSource.CreateLinkedTokenSource(a);
         return new Linked(cts.Token, cts);
@@ -41,7 +41,7 @@ public static class RunCancellation
     public static void ThrowIfCancellationRequested(CancellationToken token = default)
     {
         token.ThrowIfCancellationRequested();
-        ambient.Value.ThrowIfCancellationRequested();
+        Ambient.Value.ThrowIfCancellationRequested();
     }
 
     /// <summary>Waits for <paramref name="handle"/> up to <paramref name="timeout"/> (infinite by default); throws
@@ -69,7 +69,7 @@ public static class RunCancellation
     public readonly struct Scope(CancellationToken previous) : IDisposable
     {
         /// <inheritdoc/>
-        public void Dispose() => ambient.Value = previous;
+        public void Dispose() => Ambient.Value = previous;
     }
 
     /// <summary>A token linked with the ambient cancellation, and the source to dispose if one was needed.</summary>

@@ -8,21 +8,21 @@ namespace VirtLab.Sdk;
 /// </summary>
 public static class RunLog
 {
-    static readonly AsyncLocal<TextWriter?> ambient = new();
-    static readonly object gate = new();
+    static readonly AsyncLocal<TextWriter?> Ambient = new();
+    static readonly object Gate = new();
 
     /// <summary>The host's writer for flows that entered none; null (the default) drops the text.</summary>
     public static TextWriter? Default { get; set; }
 
     /// <summary>The writer this flow reports to: the one entered, else <see cref="Default"/>.</summary>
-    public static TextWriter? Current => ambient.Value ?? Default;
+    public static TextWriter? Current => Ambient.Value ?? Default;
 
     /// <summary>Report to <paramref name="writer"/> in this flow until the returned scope is disposed.</summary>
     public static IDisposable Enter(TextWriter writer)
     {
         ArgumentNullException.ThrowIfNull(writer);
-        var previous = ambient.Value;
-        ambient.Value = writer;
+        var previous = Ambient.Value;
+        Ambient.Value = writer;
         return new Scope(previous);
     }
 
@@ -30,11 +30,11 @@ public static class RunLog
     public static void WriteLine(string line)
     {
         if (Current is not { } w) return;
-        lock (gate) w.WriteLine(line);
+        lock (Gate) w.WriteLine(line);
     }
 
     sealed class Scope(TextWriter? previous) : IDisposable
     {
-        public void Dispose() => ambient.Value = previous;
+        public void Dispose() => Ambient.Value = previous;
     }
 }

@@ -80,7 +80,7 @@ public sealed class MemoryFaultException(MemoryFault fault) : Exception(fault.To
 /// </summary>
 public abstract unsafe class AddressSpace
 {
-    long faults;
+    long _faults;
 
     private protected AddressSpace(Vm vm, string name)
     {
@@ -103,7 +103,7 @@ public abstract unsafe class AddressSpace
     public abstract long Generation { get; }
 
     /// <summary>Faults this space (not one below it) has reported since it was created.</summary>
-    public long Faults => Volatile.Read(ref faults);
+    public long Faults => Volatile.Read(ref _faults);
 
     /// <summary>
     /// Translates the start of [<paramref name="address"/>, +<paramref name="length"/>) one level down (IOVA → parent
@@ -302,7 +302,7 @@ public abstract unsafe class AddressSpace
 
     // ---- for implementations ----
 
-    [ThreadStatic] static bool peeking;
+    [ThreadStatic] static bool _peeking;
 
     /// <summary>Makes a fault found on a piece of an access describe the whole access (its start and length); returns false.</summary>
     internal static bool Reframe(ref MemoryFault fault, ulong address, long length)
@@ -317,7 +317,7 @@ public abstract unsafe class AddressSpace
     /// </summary>
     internal T? Peek<T>(ulong address) where T : unmanaged
     {
-        peeking = true;
+        _peeking = true;
         try
         {
             if (!TryResolveExtent(address, sizeof(T), MemoryAccess.None, out var e, out _) || e.Contiguous(address, sizeof(T)) != sizeof(T)) return null;
@@ -326,14 +326,14 @@ public abstract unsafe class AddressSpace
         }
         finally
         {
-            peeking = false;
+            _peeking = false;
         }
     }
 
     /// <summary>Counts and returns a fault of this space.</summary>
     private protected bool Fault(out MemoryFault fault, ulong at, ulong request, long length, MemoryAccess access, MemoryFaultReason reason)
     {
-        if (!peeking) Interlocked.Increment(ref faults);
+        if (!_peeking) Interlocked.Increment(ref _faults);
         fault = new MemoryFault(this, at, request, length, access, reason);
         return false;
     }

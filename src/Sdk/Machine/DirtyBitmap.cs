@@ -23,14 +23,14 @@ public readonly record struct PageRun(long First, long Count)
 /// </summary>
 public sealed class DirtyBitmap : IEquatable<DirtyBitmap>
 {
-    readonly ulong[] words;
+    readonly ulong[] _words;
 
     /// <summary>An all-clear bitmap of <paramref name="pages"/> pages.</summary>
     public DirtyBitmap(long pages)
     {
         ArgumentOutOfRangeException.ThrowIfNegative(pages);
         Pages = pages;
-        words = new ulong[WordsFor(pages)];
+        _words = new ulong[WordsFor(pages)];
     }
 
     /// <summary>Wraps <paramref name="words"/> (not copied). Its length must be <c>ceil(pages / 64)</c> and bits past <paramref name="pages"/> zero.</summary>
@@ -41,7 +41,7 @@ public sealed class DirtyBitmap : IEquatable<DirtyBitmap>
         if (words.Length != WordsFor(pages))
             throw new ArgumentException($"a bitmap of {pages} pages has {WordsFor(pages)} words; got {words.Length}", nameof(words));
         Pages = pages;
-        this.words = words;
+        this._words = words;
         if (TailMask != ulong.MaxValue && (words[^1] & ~TailMask) != 0)
             throw new ArgumentException($"bits past page {pages - 1} are set in the last word", nameof(words));
     }
@@ -53,13 +53,13 @@ public sealed class DirtyBitmap : IEquatable<DirtyBitmap>
     public long Pages { get; }
 
     /// <summary>The words themselves (shared, not a copy) — what KVM_GET_DIRTY_LOG fills.</summary>
-    public ulong[] Words => words;
+    public ulong[] Words => _words;
 
     /// <summary>The words as a span (bit <c>i % 64</c> of word <c>i / 64</c> is page i, as in KVM's bitmap).</summary>
-    public Span<ulong> AsSpan() => words;
+    public Span<ulong> AsSpan() => _words;
 
     /// <summary>Bytes of the bitmap (whole 64-bit words).</summary>
-    public long SizeInBytes => (long)words.Length * 8;
+    public long SizeInBytes => (long)_words.Length * 8;
 
     ulong TailMask => (Pages & 63) == 0 ? ulong.MaxValue : (1UL << (int)(Pages & 63)) - 1;
 
@@ -74,21 +74,21 @@ public sealed class DirtyBitmap : IEquatable<DirtyBitmap>
     public bool Get(long page)
     {
         CheckPage(page);
-        return (words[page >> 6] & (1UL << (int)(page & 63))) != 0;
+        return (_words[page >> 6] & (1UL << (int)(page & 63))) != 0;
     }
 
     /// <summary>Sets <paramref name="page"/>.</summary>
     public void Set(long page)
     {
         CheckPage(page);
-        words[page >> 6] |= 1UL << (int)(page & 63);
+        _words[page >> 6] |= 1UL << (int)(page & 63);
     }
 
     /// <summary>Clears <paramref name="page"/>.</summary>
     public void Clear(long page)
     {
         CheckPage(page);
-        words[page >> 6] &= ~(1UL << (int)(page & 63));
+        _words[page >> 6] &= ~(1UL << (int)(page & 63));
     }
 
     /// <summary>Sets <paramref name="count"/> pages from <paramref name="first"/>.</summary>
@@ -100,16 +100,16 @@ public sealed class DirtyBitmap : IEquatable<DirtyBitmap>
     /// <summary>Sets every page.</summary>
     public void SetAll()
     {
-        if (words.Length == 0) return;
-        Array.Fill(words, ulong.MaxValue);
-        words[^1] = TailMask;
+        if (_words.Length == 0) return;
+        Array.Fill(_words, ulong.MaxValue);
+        _words[^1] = TailMask;
     }
 
     /// <summary>Clears every page.</summary>
-    public void ClearAll() => Array.Clear(words);
+    public void ClearAll() => Array.Clear(_words);
 
     /// <summary>Set pages (hardware popcount, 4 words per iteration).</summary>
-    public long Count => words.Length == 0 ? 0 : PopCount(words.AsSpan(0, words.Length - 1)) + BitOperations.PopCount(words[^1] & TailMask);
+    public long Count => _words.Length == 0 ? 0 : PopCount(_words.AsSpan(0, _words.Length - 1)) + BitOperations.PopCount(_words[^1] & TailMask);
 
     /// <summary>Set pages in [first, first+count).</summary>
     public long CountRange(long first, long count)
@@ -120,13 +120,13 @@ public sealed class DirtyBitmap : IEquatable<DirtyBitmap>
         int w0 = (int)(first >> 6), w1 = (int)((end - 1) >> 6);
         ulong m0 = ulong.MaxValue << (int)(first & 63);
         ulong m1 = ulong.MaxValue >> (int)(63 - ((end - 1) & 63));
-        if (w0 == w1) return BitOperations.PopCount(words[w0] & m0 & m1);
-        long n = BitOperations.PopCount(words[w0] & m0) + BitOperations.PopCount(words[w1] & m1);
-        return n + PopCount(words.AsSpan(w0 + 1, w1 - w0 - 1));
+        if (w0 == w1) return BitOperations.PopCount(_words[w0] & m0 & m1);
+        long n = BitOperations.PopCount(_words[w0] & m0) + BitOperations.PopCount(_words[w1] & m1);
+        return n + PopCount(_words.AsSpan(w0 + 1, w1 - w0 - 1));
     }
 
     /// <summary>No page is set.</summary>
-    public bool IsEmpty => NextNonZeroWord(0) is var i && (i < 0 || (i == words.Length - 1 && WordForScan(i) == 0));
+    public bool IsEmpty => NextNonZeroWord(0) is var i && (i < 0 || (i == _words.Length - 1 && WordForScan(i) == 0));
 
     /// <summary>Some page is set.</summary>
     public bool Any => !IsEmpty;
@@ -137,13 +137,13 @@ public sealed class DirtyBitmap : IEquatable<DirtyBitmap>
         if (from < 0) from = 0;
         if (from >= Pages) return -1;
         int w = (int)(from >> 6);
-        ulong cur = words[w] & (ulong.MaxValue << (int)(from & 63));
+        ulong cur = _words[w] & (ulong.MaxValue << (int)(from & 63));
         long r;
         if (cur != 0) r = ((long)w << 6) + BitOperations.TrailingZeroCount(cur);
         else
         {
-            w = IndexOfWordNot(words, w + 1, 0);
-            r = w < 0 ? -1 : ((long)w << 6) + BitOperations.TrailingZeroCount(words[w]);
+            w = IndexOfWordNot(_words, w + 1, 0);
+            r = w < 0 ? -1 : ((long)w << 6) + BitOperations.TrailingZeroCount(_words[w]);
         }
         return r < Pages ? r : -1;
     }
@@ -154,13 +154,13 @@ public sealed class DirtyBitmap : IEquatable<DirtyBitmap>
         if (from < 0) from = 0;
         if (from >= Pages) return Pages;
         int w = (int)(from >> 6);
-        ulong cur = ~words[w] & (ulong.MaxValue << (int)(from & 63));
+        ulong cur = ~_words[w] & (ulong.MaxValue << (int)(from & 63));
         long r;
         if (cur != 0) r = ((long)w << 6) + BitOperations.TrailingZeroCount(cur);
         else
         {
-            w = IndexOfWordNot(words, w + 1, ulong.MaxValue);
-            r = w < 0 ? Pages : ((long)w << 6) + BitOperations.TrailingZeroCount(~words[w]);
+            w = IndexOfWordNot(_words, w + 1, ulong.MaxValue);
+            r = w < 0 ? Pages : ((long)w << 6) + BitOperations.TrailingZeroCount(~_words[w]);
         }
         return Math.Min(r, Pages);
     }
@@ -210,7 +210,7 @@ public sealed class DirtyBitmap : IEquatable<DirtyBitmap>
 
     /// <summary>Index of the first non-zero word ≥ <paramref name="from"/>, or -1: the next word is checked directly
     /// (dense bitmaps), a zero stretch goes to the vectorised scan.</summary>
-    int NextNonZeroWord(int from) => NextNonZeroWord(words, from);
+    int NextNonZeroWord(int from) => NextNonZeroWord(_words, from);
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     static int NextNonZeroWord(ulong[] words, int from)
@@ -221,7 +221,7 @@ public sealed class DirtyBitmap : IEquatable<DirtyBitmap>
 
     /// <summary>Word <paramref name="i"/> with bits past <see cref="Pages"/> masked off (they are zero unless <see cref="Words"/> was written there).</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    ulong WordForScan(int i) => i == words.Length - 1 ? words[i] & TailMask : words[i];
+    ulong WordForScan(int i) => i == _words.Length - 1 ? _words[i] & TailMask : _words[i];
 
     /// <summary>Sets the pages set in <paramref name="other"/> (same size); returns this bitmap.</summary>
     public DirtyBitmap Or(DirtyBitmap other) { Combine(other, Op.Or); return this; }
@@ -236,11 +236,11 @@ public sealed class DirtyBitmap : IEquatable<DirtyBitmap>
     public void CopyFrom(DirtyBitmap other)
     {
         CheckSameSize(other);
-        other.words.AsSpan().CopyTo(words);
+        other._words.AsSpan().CopyTo(_words);
     }
 
     /// <summary>A copy with its own words.</summary>
-    public DirtyBitmap Clone() => new(Pages, (ulong[])words.Clone());
+    public DirtyBitmap Clone() => new(Pages, (ulong[])_words.Clone());
 
     /// <summary>A bitmap of <paramref name="pages"/> pages with <paramref name="setPages"/> set.</summary>
     public static DirtyBitmap FromPages(long pages, IEnumerable<long> setPages)
@@ -252,7 +252,7 @@ public sealed class DirtyBitmap : IEquatable<DirtyBitmap>
 
     /// <inheritdoc/>
     public bool Equals(DirtyBitmap? other)
-        => other is not null && other.Pages == Pages && other.words.AsSpan().SequenceEqual(words);
+        => other is not null && other.Pages == Pages && other._words.AsSpan().SequenceEqual(_words);
 
     /// <inheritdoc/>
     public override bool Equals(object? obj) => Equals(obj as DirtyBitmap);
@@ -262,7 +262,7 @@ public sealed class DirtyBitmap : IEquatable<DirtyBitmap>
     {
         var h = new HashCode();
         h.Add(Pages);
-        h.AddBytes(MemoryMarshal.AsBytes(words.AsSpan()));
+        h.AddBytes(MemoryMarshal.AsBytes(_words.AsSpan()));
         return h.ToHashCode();
     }
 
@@ -288,49 +288,49 @@ public sealed class DirtyBitmap : IEquatable<DirtyBitmap>
     /// and long zero stretches are skipped 128 bytes at a time.</summary>
     public struct SetPageEnumerator : IEnumerator<long>
     {
-        readonly ulong[] words;
-        readonly ulong tailMask;
-        int index;     // word being consumed
-        ulong pending; // its bits not yet returned
-        long current;
+        readonly ulong[] _words;
+        readonly ulong _tailMask;
+        int _index;     // word being consumed
+        ulong _pending; // its bits not yet returned
+        long _current;
 
         internal SetPageEnumerator(DirtyBitmap b)
         {
-            words = b.words;
-            tailMask = b.TailMask;
-            index = -1;
-            pending = 0;
-            current = -1;
+            _words = b._words;
+            _tailMask = b.TailMask;
+            _index = -1;
+            _pending = 0;
+            _current = -1;
         }
 
         /// <inheritdoc/>
         [MethodImpl(MethodImplOptions.AggressiveInlining)]
         public bool MoveNext()
         {
-            if (pending == 0 && !NextWord()) return false;
-            current = ((long)index << 6) + BitOperations.TrailingZeroCount(pending);
-            pending &= pending - 1;
+            if (_pending == 0 && !NextWord()) return false;
+            _current = ((long)_index << 6) + BitOperations.TrailingZeroCount(_pending);
+            _pending &= _pending - 1;
             return true;
         }
 
-        /// <summary>Loads the next non-zero word into <see cref="pending"/>; false at the end.</summary>
+        /// <summary>Loads the next non-zero word into <see cref="_pending"/>; false at the end.</summary>
         bool NextWord()
         {
-            var w = words;
-            int i = NextNonZeroWord(w, index + 1);
-            if (i < 0) { index = w.Length; return false; }
+            var w = _words;
+            int i = NextNonZeroWord(w, _index + 1);
+            if (i < 0) { _index = w.Length; return false; }
             ulong bits = w[i];
-            if (i == w.Length - 1) bits &= tailMask; // never report pages past Pages, even if Words was written there
-            index = i;
-            pending = bits;
+            if (i == w.Length - 1) bits &= _tailMask; // never report pages past Pages, even if Words was written there
+            _index = i;
+            _pending = bits;
             return bits != 0 || NextWord();
         }
 
         /// <inheritdoc/>
-        public readonly long Current => current;
-        readonly object System.Collections.IEnumerator.Current => current;
+        public readonly long Current => _current;
+        readonly object System.Collections.IEnumerator.Current => _current;
         /// <inheritdoc/>
-        public void Reset() { index = -1; pending = 0; current = -1; }
+        public void Reset() { _index = -1; _pending = 0; _current = -1; }
         /// <inheritdoc/>
         public readonly void Dispose() { }
     }
@@ -348,74 +348,74 @@ public sealed class DirtyBitmap : IEquatable<DirtyBitmap>
     /// their complement; zero and all-ones stretches are skipped by vectorised compares.</summary>
     public struct RunEnumerator : IEnumerator<PageRun>
     {
-        readonly ulong[] words;
-        readonly long pages;
-        int index;     // word being consumed
-        ulong pending; // its bits not yet covered by a returned run
-        PageRun current;
+        readonly ulong[] _words;
+        readonly long _pages;
+        int _index;     // word being consumed
+        ulong _pending; // its bits not yet covered by a returned run
+        PageRun _current;
 
         internal RunEnumerator(DirtyBitmap b)
         {
-            words = b.words;
-            pages = b.Pages;
-            index = -1;
-            pending = 0;
-            current = default;
+            _words = b._words;
+            _pages = b.Pages;
+            _index = -1;
+            _pending = 0;
+            _current = default;
         }
 
         /// <inheritdoc/>
         public bool MoveNext()
         {
-            var w = words;
+            var w = _words;
             ref ulong r = ref MemoryMarshal.GetArrayDataReference(w);
-            if (pending == 0)
+            if (_pending == 0)
             {
-                int i = NextNonZeroWord(w, index + 1);
-                if (i < 0) { index = w.Length; return false; }
-                index = i;
-                pending = Unsafe.Add(ref r, i);
+                int i = NextNonZeroWord(w, _index + 1);
+                if (i < 0) { _index = w.Length; return false; }
+                _index = i;
+                _pending = Unsafe.Add(ref r, i);
             }
-            int s = BitOperations.TrailingZeroCount(pending);
-            long first = ((long)index << 6) + s;
-            if (first >= pages) { index = w.Length; pending = 0; return false; } // bits past Pages (written through Words)
+            int s = BitOperations.TrailingZeroCount(_pending);
+            long first = ((long)_index << 6) + s;
+            if (first >= _pages) { _index = w.Length; _pending = 0; return false; } // bits past Pages (written through Words)
             // Bits below s are already clear in pending, so ~pending has them set: mask them off.
-            ulong zeros = ~pending & (ulong.MaxValue << s);
+            ulong zeros = ~_pending & (ulong.MaxValue << s);
             long end;
             if (zeros != 0)
             {
                 int e = BitOperations.TrailingZeroCount(zeros);
-                end = ((long)index << 6) + e;
-                pending &= ulong.MaxValue << e; // e < 64 here
+                end = ((long)_index << 6) + e;
+                _pending &= ulong.MaxValue << e; // e < 64 here
             }
             else
             {
                 // The run reaches the end of this word: skip all-ones words, then end at the first clear bit.
-                int i = index + 1;
+                int i = _index + 1;
                 if (i < w.Length && Unsafe.Add(ref r, i) == ulong.MaxValue) i = IndexOfWordNot(w, i + 1, ulong.MaxValue);
                 if ((uint)i >= (uint)w.Length)
                 {
                     end = (long)w.Length << 6;
-                    index = w.Length;
-                    pending = 0;
+                    _index = w.Length;
+                    _pending = 0;
                 }
                 else
                 {
                     ulong x = Unsafe.Add(ref r, i);
                     int e = BitOperations.TrailingZeroCount(~x); // x is not all ones
                     end = ((long)i << 6) + e;
-                    index = i;
-                    pending = x & (ulong.MaxValue << e);
+                    _index = i;
+                    _pending = x & (ulong.MaxValue << e);
                 }
             }
-            current = new PageRun(first, Math.Min(end, pages) - first);
+            _current = new PageRun(first, Math.Min(end, _pages) - first);
             return true;
         }
 
         /// <inheritdoc/>
-        public readonly PageRun Current => current;
-        readonly object System.Collections.IEnumerator.Current => current;
+        public readonly PageRun Current => _current;
+        readonly object System.Collections.IEnumerator.Current => _current;
         /// <inheritdoc/>
-        public void Reset() { index = -1; pending = 0; current = default; }
+        public void Reset() { _index = -1; _pending = 0; _current = default; }
         /// <inheritdoc/>
         public readonly void Dispose() { }
     }
@@ -471,9 +471,9 @@ public sealed class DirtyBitmap : IEquatable<DirtyBitmap>
     void Combine(DirtyBitmap other, Op op)
     {
         CheckSameSize(other);
-        int n = words.Length, i = 0;
-        ref ulong d = ref MemoryMarshal.GetArrayDataReference(words);
-        ref ulong s = ref MemoryMarshal.GetArrayDataReference(other.words);
+        int n = _words.Length, i = 0;
+        ref ulong d = ref MemoryMarshal.GetArrayDataReference(_words);
+        ref ulong s = ref MemoryMarshal.GetArrayDataReference(other._words);
         if (Vector256.IsHardwareAccelerated)
         {
             for (; i + 4 <= n; i += 4)
@@ -500,10 +500,10 @@ public sealed class DirtyBitmap : IEquatable<DirtyBitmap>
         int w0 = (int)(first >> 6), w1 = (int)((end - 1) >> 6);
         ulong m0 = ulong.MaxValue << (int)(first & 63);
         ulong m1 = ulong.MaxValue >> (int)(63 - ((end - 1) & 63));
-        if (w0 == w1) { Apply(ref words[w0], m0 & m1, set); return; }
-        Apply(ref words[w0], m0, set);
-        words.AsSpan(w0 + 1, w1 - w0 - 1).Fill(set ? ulong.MaxValue : 0);
-        Apply(ref words[w1], m1, set);
+        if (w0 == w1) { Apply(ref _words[w0], m0 & m1, set); return; }
+        Apply(ref _words[w0], m0, set);
+        _words.AsSpan(w0 + 1, w1 - w0 - 1).Fill(set ? ulong.MaxValue : 0);
+        Apply(ref _words[w1], m1, set);
 
         static void Apply(ref ulong w, ulong m, bool set) => w = set ? w | m : w & ~m;
     }

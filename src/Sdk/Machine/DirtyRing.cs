@@ -26,14 +26,14 @@ public readonly record struct DirtyGfn(uint Slot, ulong Offset)
 /// </summary>
 public sealed class DirtyRing
 {
-    readonly Vm vm;
-    readonly object gate = new();
-    readonly List<DirtyGfn> backlog = [];
-    long fullExits;
+    readonly Vm _vm;
+    readonly object _gate = new();
+    readonly List<DirtyGfn> _backlog = [];
+    long _fullExits;
 
     internal DirtyRing(Vm vm, int bytes)
     {
-        this.vm = vm;
+        this._vm = vm;
         Bytes = bytes;
     }
 
@@ -47,7 +47,7 @@ public sealed class DirtyRing
     public int SoftLimit => Entries - VmOptions.DirtyRingReservedEntries;
 
     /// <summary><c>KVM_EXIT_DIRTY_RING_FULL</c> exits served so far.</summary>
-    public long FullExits => Interlocked.Read(ref fullExits);
+    public long FullExits => Interlocked.Read(ref _fullExits);
 
     /// <summary>
     /// Collects the dirty entries of every vCPU ring (vCPU 0 first, each in ring order), after any backlog from ring-full
@@ -57,13 +57,13 @@ public sealed class DirtyRing
     public IReadOnlyList<DirtyGfn> Harvest()
     {
         // The rings are mappings of the vCPU fds: announce the VM so Dispose waits before unmapping them (see SlotGuard).
-        using var use = SlotGuard.Enter(vm.Serial);
-        vm.ThrowIfDisposed();
-        lock (gate)
+        using var use = SlotGuard.Enter(_vm.Serial);
+        _vm.ThrowIfDisposed();
+        lock (_gate)
         {
-            var list = new List<DirtyGfn>(backlog);
-            backlog.Clear();
-            for (int v = 0; v < vm.Vcpus; v++) vm.HarvestDirtyRingInternal(v, list);
+            var list = new List<DirtyGfn>(_backlog);
+            _backlog.Clear();
+            for (int v = 0; v < _vm.Vcpus; v++) _vm.HarvestDirtyRingInternal(v, list);
             return list;
         }
     }
@@ -76,7 +76,7 @@ public sealed class DirtyRing
         {
             if (!result.TryGetValue(e.SlotId, out var b))
             {
-                var slot = vm.FindSlot(e.SlotId);
+                var slot = _vm.FindSlot(e.SlotId);
                 if (slot is null) continue; // the slot went away after the entry was pushed
                 result[e.SlotId] = b = new DirtyBitmap(slot.Pages);
             }
@@ -88,22 +88,22 @@ public sealed class DirtyRing
     /// <summary><c>KVM_RESET_DIRTY_RINGS</c>: re-protects the pages of harvested entries and frees their ring slots; returns how many.</summary>
     public long Reset()
     {
-        using var use = SlotGuard.Enter(vm.Serial); // see Harvest: the VM fd stays open until the ioctl returns
-        vm.ThrowIfDisposed();
-        lock (gate) return vm.ResetDirtyRingsInternal();
+        using var use = SlotGuard.Enter(_vm.Serial); // see Harvest: the VM fd stays open until the ioctl returns
+        _vm.ThrowIfDisposed();
+        lock (_gate) return _vm.ResetDirtyRingsInternal();
     }
 
     /// <summary>Serves a vCPU's ring-full exit: harvest everything into the backlog, reset. Thread-safe.</summary>
     internal void OnFull()
     {
-        lock (gate)
+        lock (_gate)
         {
-            Interlocked.Increment(ref fullExits);
-            for (int v = 0; v < vm.Vcpus; v++) vm.HarvestDirtyRingInternal(v, backlog);
-            vm.ResetDirtyRingsInternal();
+            Interlocked.Increment(ref _fullExits);
+            for (int v = 0; v < _vm.Vcpus; v++) _vm.HarvestDirtyRingInternal(v, _backlog);
+            _vm.ResetDirtyRingsInternal();
         }
     }
 
     /// <inheritdoc/>
-    public override string ToString() => $"dirty ring: {Entries} entries × {vm.Vcpus} vCPUs, soft limit {SoftLimit}, {FullExits} full exits";
+    public override string ToString() => $"dirty ring: {Entries} entries × {_vm.Vcpus} vCPUs, soft limit {SoftLimit}, {FullExits} full exits";
 }

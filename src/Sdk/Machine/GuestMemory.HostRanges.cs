@@ -41,8 +41,8 @@ public sealed unsafe partial class GuestMemory
     /// <summary>Resolves [gpa, gpa+length) when it lies inside one memslot; false (no exception) otherwise — for device hot paths.</summary>
     public bool TryTranslate(ulong gpa, long length, out HostRange range)
     {
-        vm.ThrowIfDisposed();
-        var s = vm.FindSlotAt(gpa);
+        _vm.ThrowIfDisposed();
+        var s = _vm.FindSlotAt(gpa);
         if (s is null || length <= 0 || (ulong)length > s.EndGpa - gpa)
         {
             range = default;
@@ -56,8 +56,8 @@ public sealed unsafe partial class GuestMemory
     /// Walk a range that may span adjacent slots by calling again at <see cref="HostRange.EndGpa"/>.</summary>
     public bool TryTranslatePrefix(ulong gpa, long maxLength, out HostRange range)
     {
-        vm.ThrowIfDisposed();
-        var s = vm.FindSlotAt(gpa);
+        _vm.ThrowIfDisposed();
+        var s = _vm.FindSlotAt(gpa);
         if (s is null || maxLength <= 0)
         {
             range = default;
@@ -71,8 +71,8 @@ public sealed unsafe partial class GuestMemory
     public HostRange SlotRange(MemSlot slot, long offset, long length)
     {
         ArgumentNullException.ThrowIfNull(slot);
-        vm.ThrowIfDisposed();
-        if (slot.Vm != vm) throw new ArgumentException($"slot {slot.Id} belongs to another VM", nameof(slot));
+        _vm.ThrowIfDisposed();
+        if (slot.Vm != _vm) throw new ArgumentException($"slot {slot.Id} belongs to another VM", nameof(slot));
         if (offset < 0 || length <= 0 || offset > slot.Mapping.Length - length)
             throw new ArgumentOutOfRangeException(nameof(offset), $"[{offset}, {offset + length}) is not a non-empty range inside slot {slot.Id}'s {slot.Size}");
         return new HostRange(slot, slot.Gpa + (ulong)offset, length);
@@ -117,9 +117,9 @@ public sealed unsafe partial class GuestMemory
 
     MemSlot CheckLive(in HostRange range, string what)
     {
-        vm.ThrowIfDisposed();
+        _vm.ThrowIfDisposed();
         var slot = range.Slot ?? throw new ArgumentException($"cannot {what} a default HostRange; get one from TryTranslate", nameof(range));
-        if (slot.Vm != vm) throw new ArgumentException($"cannot {what} {range}: slot {slot.Id} belongs to another VM", nameof(range));
+        if (slot.Vm != _vm) throw new ArgumentException($"cannot {what} {range}: slot {slot.Id} belongs to another VM", nameof(range));
         if (slot.Removed) throw new InvalidOperationException($"cannot {what} {range}: memslot {slot.Id} was removed from the VM");
         return slot;
     }

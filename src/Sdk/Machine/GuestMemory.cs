@@ -13,14 +13,14 @@ namespace VirtLab.Sdk.Machine;
 /// </summary>
 public sealed unsafe partial class GuestMemory
 {
-    readonly Vm vm;
-    readonly bool systemWrites;
-    GuestMemory? systemWritable;
+    readonly Vm _vm;
+    readonly bool _systemWrites;
+    GuestMemory? _systemWritable;
 
     internal GuestMemory(Vm vm, bool systemWrites = false)
     {
-        this.vm = vm;
-        this.systemWrites = systemWrites;
+        this._vm = vm;
+        this._systemWrites = systemWrites;
     }
 
     /// <summary>
@@ -28,7 +28,7 @@ public sealed unsafe partial class GuestMemory
     /// code (on KVM: GDT, page tables, code, stacks); overwriting it can make the next run fail (a KVM triple fault,
     /// whose message then names this as the likely cause). Reads of slot 0 need no such view.
     /// </summary>
-    public GuestMemory WithSystemSlotWrites() => systemWrites ? this : systemWritable ??= new GuestMemory(vm, true);
+    public GuestMemory WithSystemSlotWrites() => _systemWrites ? this : _systemWritable ??= new GuestMemory(_vm, true);
 
     /// <summary>Total bytes of all slots.</summary>
     public Size Size
@@ -36,7 +36,7 @@ public sealed unsafe partial class GuestMemory
         get
         {
             long n = 0;
-            foreach (var s in vm.SlotsSnapshot) n += s.Mapping.Length;
+            foreach (var s in _vm.SlotsSnapshot) n += s.Mapping.Length;
             return new Size(n);
         }
     }
@@ -120,8 +120,8 @@ public sealed unsafe partial class GuestMemory
     /// <summary>Whether <paramref name="length"/> bytes at <paramref name="gpa"/> lie within one memslot.</summary>
     public bool Contains(ulong gpa, long length = 1)
     {
-        vm.ThrowIfDisposed();
-        var s = vm.FindSlotAt(gpa);
+        _vm.ThrowIfDisposed();
+        var s = _vm.FindSlotAt(gpa);
         return s is not null && length >= 0 && (ulong)length <= s.EndGpa - gpa;
     }
 
@@ -161,10 +161,10 @@ public sealed unsafe partial class GuestMemory
     /// <summary>Populates every slot (a slot removed meanwhile is skipped).</summary>
     public void PopulateAll(bool write = true)
     {
-        foreach (var s in vm.SlotsSnapshot)
+        foreach (var s in _vm.SlotsSnapshot)
         {
             using var use = SlotGuard.Enter(s.Serial);
-            if (s.Removed) { vm.ThrowIfDisposed(); continue; }
+            if (s.Removed) { _vm.ThrowIfDisposed(); continue; }
             for (long off = 0; off < s.Mapping.Length; off += Chunk)
             {
                 RunCancellation.ThrowIfCancellationRequested();
@@ -178,12 +178,12 @@ public sealed unsafe partial class GuestMemory
     {
         get
         {
-            vm.ThrowIfDisposed();
+            _vm.ThrowIfDisposed();
             long n = 0;
-            foreach (var s in vm.SlotsSnapshot)
+            foreach (var s in _vm.SlotsSnapshot)
             {
                 using var use = SlotGuard.Enter(s.Serial);
-                if (s.Removed) { vm.ThrowIfDisposed(); continue; }
+                if (s.Removed) { _vm.ThrowIfDisposed(); continue; }
                 n += s.Mapping.Resident(0, s.Mapping.Length);
             }
             return new Size(n);
@@ -216,30 +216,30 @@ public sealed unsafe partial class GuestMemory
     internal Access Resolve(ulong gpa, long length, bool write)
     {
         if (length < 0) throw new ArgumentOutOfRangeException(nameof(length), $"length must not be negative; got {length}");
-        var s = vm.FindSlotAt(gpa);
+        var s = _vm.FindSlotAt(gpa);
         if (s is null || (ulong)length > s.EndGpa - gpa)
         {
-            vm.ThrowIfDisposed(); // a disposed VM has no slots: say so rather than "outside guest memory"
+            _vm.ThrowIfDisposed(); // a disposed VM has no slots: say so rather than "outside guest memory"
             throw new ArgumentOutOfRangeException(nameof(gpa), OutsideMessage(gpa, length, s));
         }
         var use = SlotGuard.Enter(s.Serial);
-        if (s.Removed || (write && s.IsSystem && !systemWrites))
+        if (s.Removed || (write && s.IsSystem && !_systemWrites))
         {
             use.Dispose();
             throw Refused(s, gpa, length);
         }
-        if (write && s.IsSystem) vm.OnSystemSlotWritten();
+        if (write && s.IsSystem) _vm.OnSystemSlotWritten();
         return new Access(s.Mapping.Address + (nint)(gpa - s.Gpa), s, use);
     }
 
     Exception Refused(MemSlot s, ulong gpa, long length)
     {
-        vm.ThrowIfDisposed();
+        _vm.ThrowIfDisposed();
         var range = $"[0x{gpa:x}, 0x{gpa + (ulong)Math.Max(length, 1):x})";
         if (s.Removed)
             return new InvalidOperationException($"memslot {s.Id} was removed (or resized into new memory) while accessing gpa range {range}; nothing was read or written");
         return new InvalidOperationException(
-            $"gpa range {range} is in system slot 0, which holds what the {vm.Backend} backend needs to run guest code (code, stacks, page tables); " +
+            $"gpa range {range} is in system slot 0, which holds what the {_vm.Backend} backend needs to run guest code (code, stacks, page tables); " +
             "host writes there would break the next run. Reads are fine; to write it deliberately, use vm.Memory.WithSystemSlotWrites()");
     }
 
@@ -254,7 +254,7 @@ public sealed unsafe partial class GuestMemory
     string OutsideMessage(ulong gpa, long length, MemSlot? s)
     {
         var range = $"[0x{gpa:x}, 0x{gpa + (ulong)Math.Max(length, 1):x})";
-        var slots = string.Join("; ", vm.SlotsSnapshot.Select(x => $"slot {x.Id} [0x{x.Gpa:x}, 0x{x.EndGpa:x})"));
+        var slots = string.Join("; ", _vm.SlotsSnapshot.Select(x => $"slot {x.Id} [0x{x.Gpa:x}, 0x{x.EndGpa:x})"));
         return s is null
             ? $"gpa range {range} is outside guest memory; memslots: {slots}"
             : $"gpa range {range} runs past the end of slot {s.Id} [0x{s.Gpa:x}, 0x{s.EndGpa:x}); accesses may not cross a memslot; memslots: {slots}";

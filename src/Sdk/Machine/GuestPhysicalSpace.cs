@@ -11,11 +11,11 @@ namespace VirtLab.Sdk.Machine;
 public sealed class GuestPhysicalSpace : AddressSpace
 {
     // Generation: bumped when the VM's memslot snapshot (an immutable array, replaced on every change) is a new one.
-    ImmutableArray<MemSlot> seenSlots;
-    long generation;
-    readonly object genLock = new();
+    ImmutableArray<MemSlot> _seenSlots;
+    long _generation;
+    readonly object _genLock = new();
 
-    internal GuestPhysicalSpace(Vm vm) : base(vm, "gpa") => seenSlots = vm.SlotsSnapshot;
+    internal GuestPhysicalSpace(Vm vm) : base(vm, "gpa") => _seenSlots = vm.SlotsSnapshot;
 
     /// <inheritdoc/>
     public override long Generation
@@ -23,15 +23,15 @@ public sealed class GuestPhysicalSpace : AddressSpace
         get
         {
             var now = Vm.SlotsSnapshot;
-            if (now == seenSlots) return Volatile.Read(ref generation);
-            lock (genLock)
+            if (now == _seenSlots) return Volatile.Read(ref _generation);
+            lock (_genLock)
             {
-                if (now != seenSlots)
+                if (now != _seenSlots)
                 {
-                    seenSlots = now;
-                    generation++;
+                    _seenSlots = now;
+                    _generation++;
                 }
-                return generation;
+                return _generation;
             }
         }
     }

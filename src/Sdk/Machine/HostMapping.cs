@@ -15,7 +15,7 @@ internal sealed unsafe class HostMapping : IDisposable
     public long PageSize { get; }
     /// <summary>memfd for shared backings, else -1.</summary>
     public int Fd { get; private set; }
-    int disposed;
+    int _disposed;
 
     HostMapping(nint address, long length, Backing backing, int fd)
     {
@@ -184,7 +184,7 @@ internal sealed unsafe class HostMapping : IDisposable
 
     public void Dispose()
     {
-        if (Interlocked.Exchange(ref disposed, 1) != 0) return;
+        if (Interlocked.Exchange(ref _disposed, 1) != 0) return;
         Libc.munmap(Address, (nuint)Length);
         if (Fd >= 0) { Libc.close(Fd); Fd = -1; }
     }

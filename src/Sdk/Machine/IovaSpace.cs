@@ -59,7 +59,7 @@ public sealed class IovaSpace : AddressSpace
         public readonly IovaMapping[][] Chunks; // each sorted, non-empty, at most ChunkMax
         public readonly ulong[] Firsts;
         public readonly int Count;
-        IovaMapping[]? flat;
+        IovaMapping[]? _flat;
 
         public Snapshot(IovaMapping[][] chunks)
         {
@@ -77,7 +77,7 @@ public sealed class IovaSpace : AddressSpace
         {
             get
             {
-                if (Volatile.Read(ref flat) is { } f) return f;
+                if (Volatile.Read(ref _flat) is { } f) return f;
                 var all = new IovaMapping[Count];
                 int n = 0;
                 foreach (var c in Chunks)
@@ -85,7 +85,7 @@ public sealed class IovaSpace : AddressSpace
                     c.CopyTo(all, n);
                     n += c.Length;
                 }
-                Volatile.Write(ref flat, all);
+                Volatile.Write(ref _flat, all);
                 return all;
             }
         }
@@ -210,13 +210,13 @@ public sealed class IovaSpace : AddressSpace
 
     static readonly Snapshot Empty = new([]);
 
-    readonly object writeLock = new();
-    Snapshot pending = Empty;  // the writers' table (what the next publication shows); under writeLock
-    Snapshot snapshot = Empty; // the published table translations read
-    int hint; // chunk << 8 | index of the last hit in the current snapshot (validated before use; races only cost a miss)
-    long generation;
-    int batchDepth;
-    bool batchDirty;
+    readonly object _writeLock = new();
+    Snapshot _pending = Empty;  // the writers' table (what the next publication shows); under writeLock
+    Snapshot _snapshot = Empty; // the published table translations read
+    int _hint; // chunk << 8 | index of the last hit in the current snapshot (validated before use; races only cost a miss)
+    long _generation;
+    int _batchDepth;
+    bool _batchDirty;
 
     /// <summary>An empty IOVA space over <paramref name="parent"/>, accepting mappings inside [<paramref name="first"/>, <paramref name="last"/>].</summary>
     public IovaSpace(AddressSpace parent, string name, ulong first = 0, ulong last = ulong.MaxValue) : base(parent?.Vm!, name)
@@ -238,13 +238,13 @@ public sealed class IovaSpace : AddressSpace
     public ulong Last { get; }
 
     /// <inheritdoc/>
-    public override long Generation => Volatile.Read(ref generation) + Parent.Generation;
+    public override long Generation => Volatile.Read(ref _generation) + Parent.Generation;
 
     /// <summary>The published mappings, sorted by IOVA.</summary>
-    public IReadOnlyList<IovaMapping> Mappings => Volatile.Read(ref snapshot).Flat;
+    public IReadOnlyList<IovaMapping> Mappings => Volatile.Read(ref _snapshot).Flat;
 
     /// <summary>Number of mappings.</summary>
-    public int Count => Volatile.Read(ref snapshot).Count;
+    public int Count => Volatile.Read(ref _snapshot).Count;
 
     // ---- changes ------------------------------------------------------------------------------------
 
@@ -257,10 +257,10 @@ public sealed class IovaSpace : AddressSpace
         CheckRange(iova, size);
         if (target + (size - 1) < target)
             throw new ArgumentException($"target range 0x{target:x} + 0x{size:x} wraps past the end of the 64-bit space", nameof(target));
-        lock (writeLock)
+        lock (_writeLock)
         {
-            if (pending.Overlaps(iova, iova + (size - 1))) return false;
-            pending = pending.Insert(new IovaMapping(iova, size, target, perm));
+            if (_pending.Overlaps(iova, iova + (size - 1))) return false;
+            _pending = _pending.Insert(new IovaMapping(iova, size, target, perm));
             PublishLocked();
             return true;
         }
@@ -286,9 +286,9 @@ public sealed class IovaSpace : AddressSpace
         Array.Sort(sorted, static (a, b) => a.Iova.CompareTo(b.Iova));
         for (int i = 1; i < sorted.Length; i++)
             if (sorted[i].Iova <= sorted[i - 1].Last) return false;
-        lock (writeLock)
+        lock (_writeLock)
         {
-            pending = Snapshot.Of(sorted);
+            _pending = Snapshot.Of(sorted);
             PublishLocked();
             return true;
         }
@@ -307,7 +307,7 @@ public sealed class IovaSpace : AddressSpace
     public IReadOnlyList<IovaMapping> FindOverlapping(ulong iova, ulong size)
     {
         if (size == 0) return [];
-        var s = Volatile.Read(ref snapshot);
+        var s = Volatile.Read(ref _snapshot);
         var end = iova + (size - 1);
         if (end < iova) end = ulong.MaxValue;
         var list = new List<IovaMapping>();
@@ -326,13 +326,13 @@ public sealed class IovaSpace : AddressSpace
     {
         if (size == 0) return false;
         var end = iova + (size - 1);
-        return Volatile.Read(ref snapshot).Overlaps(iova, end < iova ? ulong.MaxValue : end);
+        return Volatile.Read(ref _snapshot).Overlaps(iova, end < iova ? ulong.MaxValue : end);
     }
 
     /// <summary>The mapping containing <paramref name="iova"/>, if any.</summary>
     public IovaMapping? Find(ulong iova)
     {
-        var s = Volatile.Read(ref snapshot);
+        var s = Volatile.Read(ref _snapshot);
         return s.Floor(iova, out var c, out var i) && s.Chunks[c][i].Contains(iova) ? s.Chunks[c][i] : null;
     }
 
@@ -345,10 +345,10 @@ public sealed class IovaSpace : AddressSpace
         if (size == 0) return [];
         var end = iova + (size - 1);
         if (end < iova) end = ulong.MaxValue;
-        lock (writeLock)
+        lock (_writeLock)
         {
             var removed = new List<IovaMapping>();
-            pending = pending.RemoveWhere(iova, end, static _ => true, removed);
+            _pending = _pending.RemoveWhere(iova, end, static _ => true, removed);
             if (removed.Count > 0) PublishLocked();
             return removed;
         }
@@ -357,10 +357,10 @@ public sealed class IovaSpace : AddressSpace
     /// <summary>Removes the mapping exactly equal to [iova, iova + size) (any target and perm); false when there is none.</summary>
     public bool Remove(ulong iova, ulong size)
     {
-        lock (writeLock)
+        lock (_writeLock)
         {
             var removed = new List<IovaMapping>(1);
-            pending = pending.RemoveWhere(iova, iova, m => m.Iova == iova && m.Size == size, removed);
+            _pending = _pending.RemoveWhere(iova, iova, m => m.Iova == iova && m.Size == size, removed);
             if (removed.Count == 0) return false;
             PublishLocked();
             return true;
@@ -370,9 +370,9 @@ public sealed class IovaSpace : AddressSpace
     /// <summary>Removes every mapping.</summary>
     public void Clear()
     {
-        lock (writeLock)
+        lock (_writeLock)
         {
-            pending = Empty;
+            _pending = Empty;
             PublishLocked();
         }
     }
@@ -383,34 +383,34 @@ public sealed class IovaSpace : AddressSpace
     /// </summary>
     public IDisposable BeginBatch()
     {
-        lock (writeLock) batchDepth++;
+        lock (_writeLock) _batchDepth++;
         return new BatchScope(this);
     }
 
     sealed class BatchScope(IovaSpace space) : IDisposable
     {
-        int done;
+        int _done;
 
         public void Dispose()
         {
-            if (Interlocked.Exchange(ref done, 1) != 0) return;
-            lock (space.writeLock)
+            if (Interlocked.Exchange(ref _done, 1) != 0) return;
+            lock (space._writeLock)
             {
-                if (--space.batchDepth == 0 && space.batchDirty) space.PublishLocked();
+                if (--space._batchDepth == 0 && space._batchDirty) space.PublishLocked();
             }
         }
     }
 
     void PublishLocked()
     {
-        if (batchDepth > 0)
+        if (_batchDepth > 0)
         {
-            batchDirty = true;
+            _batchDirty = true;
             return;
         }
-        batchDirty = false;
-        Volatile.Write(ref snapshot, pending);
-        Interlocked.Increment(ref generation);
+        _batchDirty = false;
+        Volatile.Write(ref _snapshot, _pending);
+        Interlocked.Increment(ref _generation);
         Vm.OnMappingsChanged();
     }
 
@@ -461,9 +461,9 @@ public sealed class IovaSpace : AddressSpace
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     bool Lookup(ulong address, long length, MemoryAccess access, out IovaMapping mapping, out MemoryFault fault)
     {
-        var s = Volatile.Read(ref snapshot);
+        var s = Volatile.Read(ref _snapshot);
         var chunks = s.Chunks;
-        int h = hint, c = h >> 8, i = h & 0xff;
+        int h = _hint, c = h >> 8, i = h & 0xff;
         if ((uint)c >= (uint)chunks.Length || (uint)i >= (uint)chunks[c].Length || address - chunks[c][i].Iova >= chunks[c][i].Size)
         {
             if (!s.Floor(address, out c, out i) || address - chunks[c][i].Iova >= chunks[c][i].Size)
@@ -471,7 +471,7 @@ public sealed class IovaSpace : AddressSpace
                 mapping = default;
                 return Fault(out fault, address, address, length, access, MemoryFaultReason.Unmapped);
             }
-            hint = c << 8 | i;
+            _hint = c << 8 | i;
         }
         mapping = chunks[c][i];
         if ((access & ~mapping.Perm) != 0) return Fault(out fault, address, address, length, access, MemoryFaultReason.Permission);

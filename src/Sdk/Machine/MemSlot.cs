@@ -8,14 +8,14 @@ namespace VirtLab.Sdk.Machine;
 /// </summary>
 public sealed class MemSlot
 {
-    readonly Vm vm;
+    readonly Vm _vm;
     internal readonly HostMapping Mapping;
-    volatile bool logDirtyPages;
-    volatile bool removed;
+    volatile bool _logDirtyPages;
+    volatile bool _removed;
 
     internal MemSlot(Vm vm, int id, ulong gpa, HostMapping mapping)
     {
-        this.vm = vm;
+        this._vm = vm;
         Id = id;
         Gpa = gpa;
         Mapping = mapping;
@@ -57,7 +57,7 @@ public sealed class MemSlot
     public bool IsSystem => Id == 0;
 
     /// <summary>The VM the slot belongs to.</summary>
-    public Vm Vm => vm;
+    public Vm Vm => _vm;
 
     /// <summary>Backend-private state (e.g. the simulator's dirty bitmap).</summary>
     internal object? BackendState { get; set; }
@@ -68,32 +68,32 @@ public sealed class MemSlot
     /// </summary>
     public bool LogDirtyPages
     {
-        get => logDirtyPages;
-        set => vm.SetLogDirtyPages(this, value);
+        get => _logDirtyPages;
+        set => _vm.SetLogDirtyPages(this, value);
     }
 
-    internal void SetLogFlag(bool on) => logDirtyPages = on;
+    internal void SetLogFlag(bool on) => _logDirtyPages = on;
 
     /// <summary>The slot left its VM (removed, resized into a new slot object, or the VM disposed); never undone.</summary>
-    internal bool Removed => removed;
+    internal bool Removed => _removed;
 
-    internal void MarkRemoved() => removed = true;
+    internal void MarkRemoved() => _removed = true;
 
     /// <summary>KVM_MEM_* flags as the kernel sees them.</summary>
-    public uint Flags => logDirtyPages ? 1u : 0u;
+    public uint Flags => _logDirtyPages ? 1u : 0u;
 
     /// <summary><c>KVM_GET_DIRTY_LOG</c> into a new bitmap. Without manual protect this also clears the log and re-protects the pages it reports.</summary>
     public DirtyBitmap GetDirtyLog()
     {
         var b = new DirtyBitmap(Pages);
-        vm.GetDirtyLog(this, b);
+        _vm.GetDirtyLog(this, b);
         return b;
     }
 
     /// <summary><c>KVM_GET_DIRTY_LOG</c> into <paramref name="into"/> (a bitmap of <see cref="Pages"/> pages), without allocating.</summary>
     public DirtyBitmap GetDirtyLog(DirtyBitmap into)
     {
-        vm.GetDirtyLog(this, into);
+        _vm.GetDirtyLog(this, into);
         return into;
     }
 
@@ -103,15 +103,15 @@ public sealed class MemSlot
     /// <see cref="GetDirtyLog()"/> — or every page of the range when <paramref name="mask"/> is null.
     /// first_page must be a multiple of 64; num_pages too unless the range ends at the slot's end.
     /// </summary>
-    public void ClearDirtyLog(long firstPage, long numPages, DirtyBitmap? mask = null) => vm.ClearDirtyLog(this, firstPage, numPages, mask);
+    public void ClearDirtyLog(long firstPage, long numPages, DirtyBitmap? mask = null) => _vm.ClearDirtyLog(this, firstPage, numPages, mask);
 
     /// <summary>Clears exactly the pages set in <paramref name="mask"/>, over the whole slot.</summary>
-    public void ClearDirtyLog(DirtyBitmap mask) => vm.ClearDirtyLog(this, 0, Pages, mask);
+    public void ClearDirtyLog(DirtyBitmap mask) => _vm.ClearDirtyLog(this, 0, Pages, mask);
 
     /// <summary>Whether guest-physical <paramref name="gpa"/> lies in the slot.</summary>
     public bool Contains(ulong gpa) => gpa >= Gpa && gpa < EndGpa;
 
     /// <inheritdoc/>
     public override string ToString()
-        => $"slot {Id}: [0x{Gpa:x}, 0x{EndGpa:x}) {Size} {Backing.Name()}{(logDirtyPages ? " log-dirty" : "")}";
+        => $"slot {Id}: [0x{Gpa:x}, 0x{EndGpa:x}) {Size} {Backing.Name()}{(_logDirtyPages ? " log-dirty" : "")}";
 }

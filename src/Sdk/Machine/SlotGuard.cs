@@ -14,19 +14,19 @@ internal static class SlotGuard
 {
     const int MaxDepth = 4; // nested uses per thread (a copy between two guest buffers holds two)
 
-    [ThreadStatic] static long[]? held; // this thread's announcements; 0 = free
-    static readonly List<WeakReference<long[]>> all = []; // one table per thread that ever announced; pruned as threads die
-    static long lastSerial;
+    [ThreadStatic] static long[]? _held; // this thread's announcements; 0 = free
+    static readonly List<WeakReference<long[]>> All = []; // one table per thread that ever announced; pruned as threads die
+    static long _lastSerial;
 
     /// <summary>A process-unique, non-zero serial for a memslot or VM.</summary>
-    public static long NewSerial() => Interlocked.Increment(ref lastSerial);
+    public static long NewSerial() => Interlocked.Increment(ref _lastSerial);
 
     /// <summary>Announces that the calling thread uses the object with <paramref name="serial"/> until
     /// <see cref="Use.Dispose"/>. The caller must then check that the object is still current (slot not removed, VM not disposed).</summary>
     [System.Runtime.CompilerServices.MethodImpl(System.Runtime.CompilerServices.MethodImplOptions.AggressiveInlining)]
     public static Use Enter(long serial)
     {
-        var t = held ?? Register();
+        var t = _held ?? Register();
         int d = 0;
         while (t[d] != 0)
             if (++d == MaxDepth) TooDeep();
@@ -40,12 +40,12 @@ internal static class SlotGuard
     static long[] Register()
     {
         var t = new long[MaxDepth];
-        lock (all)
+        lock (All)
         {
-            all.RemoveAll(w => !w.TryGetTarget(out _));
-            all.Add(new WeakReference<long[]>(t));
+            All.RemoveAll(w => !w.TryGetTarget(out _));
+            All.Add(new WeakReference<long[]>(t));
         }
-        return held = t;
+        return _held = t;
     }
 
     /// <summary>Waits until no thread announces any of <paramref name="gone"/>; the caller has already marked them gone,
@@ -55,8 +55,8 @@ internal static class SlotGuard
         if (gone.Count == 0) return;
         Interlocked.MemoryBarrierProcessWide();
         List<long[]> tables = [];
-        lock (all)
-            foreach (var w in all)
+        lock (All)
+            foreach (var w in All)
                 if (w.TryGetTarget(out var t)) tables.Add(t);
         var spin = new SpinWait();
         foreach (var t in tables)

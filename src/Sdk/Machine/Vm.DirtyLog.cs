@@ -12,7 +12,7 @@ public abstract partial class Vm
     internal void SetLogDirtyPages(MemSlot slot, bool on)
     {
         ThrowIfDisposed();
-        lock (slotLock)
+        lock (_slotLock)
         {
             ThrowIfDisposed();
             CheckOwned(slot);

@@ -17,7 +17,7 @@ public abstract partial class Vm
     {
         ThrowIfDisposed();
         var b = backing ?? Options.Backing;
-        lock (slotLock)
+        lock (_slotLock)
         {
             var slotId = id ?? NextFreeId();
             return AddSlotCore(slotId, size.Bytes, b, gpa ?? PlaceBelow(size.Bytes, b), logDirtyPages);
@@ -29,7 +29,7 @@ public abstract partial class Vm
     public MemSlot ResizeSlot(int id, Size newSize)
     {
         ThrowIfDisposed();
-        lock (slotLock)
+        lock (_slotLock)
         {
             var old = Slot(id); // re-checks `disposed` under the lock
             if (old.IsSystem) throw new InvalidOperationException("slot 0 is the system slot (code, stacks, page tables); it cannot be resized");
@@ -47,7 +47,7 @@ public abstract partial class Vm
             catch
             {
                 mapping.Dispose();
-                orphans.Add(old.Mapping); // the kernel may still map it: unmapped only when the VM goes
+                _orphans.Add(old.Mapping); // the kernel may still map it: unmapped only when the VM goes
                 throw;
             }
             old.Mapping.Dispose();
@@ -59,7 +59,7 @@ public abstract partial class Vm
     public void RemoveSlot(int id)
     {
         ThrowIfDisposed();
-        lock (slotLock)
+        lock (_slotLock)
         {
             var s = Slot(id); // re-checks `disposed` under the lock
             if (s.IsSystem) throw new InvalidOperationException("slot 0 is the system slot (code, stacks, page tables); it cannot be removed");
@@ -68,7 +68,7 @@ public abstract partial class Vm
             try { DeleteMemoryRegion(s); }
             catch
             {
-                orphans.Add(s.Mapping);
+                _orphans.Add(s.Mapping);
                 throw;
             }
             s.Mapping.Dispose();
@@ -77,7 +77,7 @@ public abstract partial class Vm
 
     MemSlot AddSlotCore(int id, long size, Backing backing, ulong gpa, bool logDirtyPages)
     {
-        lock (slotLock)
+        lock (_slotLock)
         {
             ThrowIfDisposed(); // under the lock: Dispose retires the slots under it too
             ValidateSlot(id, size, backing, gpa, ignore: null);
@@ -107,21 +107,21 @@ public abstract partial class Vm
 
     void Publish(ImmutableArray<MemSlot> next)
     {
-        ImmutableInterlocked.InterlockedExchange(ref slots, next);
+        ImmutableInterlocked.InterlockedExchange(ref _slots, next);
         OnMappingsChanged();
     }
 
-    long mappingEpoch;
+    long _mappingEpoch;
 
     /// <summary>
     /// Moves whenever a translation of any address space of this VM may have changed (a memslot published, an IOVA
     /// space's table published): device-side caches (ring pointers, a queue's last translation) compare it with one
     /// load and re-validate against <see cref="AddressSpace.Generation"/> only when it moved.
     /// </summary>
-    internal long MappingEpoch => Volatile.Read(ref mappingEpoch);
+    internal long MappingEpoch => Volatile.Read(ref _mappingEpoch);
 
     /// <summary>Called after a change is published (so a reader that sees the new epoch sees the change).</summary>
-    internal void OnMappingsChanged() => Interlocked.Increment(ref mappingEpoch);
+    internal void OnMappingsChanged() => Interlocked.Increment(ref _mappingEpoch);
 
     /// <summary>Takes slots out of the VM (under the slot lock) and waits until no thread that still saw them as current
     /// uses them (<see cref="SlotGuard"/>: a guest-memory access, a dirty-log ioctl): only then may their memory be

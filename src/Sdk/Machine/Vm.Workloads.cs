@@ -92,16 +92,16 @@ public abstract partial class Vm
     private protected T Exclusive<T>(CancellationToken cancellation, Func<CancellationToken, T> body)
     {
         ThrowIfDisposed();
-        if (Interlocked.CompareExchange(ref running, 1, 0) != 0)
+        if (Interlocked.CompareExchange(ref _running, 1, 0) != 0)
             throw new InvalidOperationException("a workload is already running on this VM; wait for it (or cancel it) first");
         try
         {
             // Dispose sets `disposed` before it looks at `running`; we set `running` before looking at `disposed`
             // (both interlocked), so either Dispose waits for this run or this run sees the VM disposed.
             ThrowIfDisposed();
-            runThread = Environment.CurrentManagedThreadId;
+            _runThread = Environment.CurrentManagedThreadId;
             var ambient = RunCancellation.Current; // Ctrl+C of the recipe or REPL submission, even when no token was passed
-            using var linked = CancellationTokenSource.CreateLinkedTokenSource(cancellation, ambient, disposeCts.Token);
+            using var linked = CancellationTokenSource.CreateLinkedTokenSource(cancellation, ambient, _disposeCts.Token);
             try
             {
                 return body(linked.Token);
@@ -113,8 +113,8 @@ public abstract partial class Vm
         }
         finally
         {
-            runThread = 0;
-            Volatile.Write(ref running, 0);
+            _runThread = 0;
+            Volatile.Write(ref _running, 0);
         }
     }
 

@@ -12,15 +12,15 @@ namespace VirtLab.Sdk.Machine;
 /// </summary>
 public abstract partial class Vm : IDisposable
 {
-    readonly object slotLock = new();
-    ImmutableArray<MemSlot> slots = []; // sorted by gpa; replaced, never mutated, so readers need no lock
-    readonly CancellationTokenSource disposeCts = new();
-    readonly List<HostMapping> orphans = []; // retired slots whose kernel memslot could not be deleted
-    int disposed;
-    int running;
-    int runThread; // managed thread id of the caller of Run, while it runs
-    readonly VmDeviceList devices = new();
-    GuestPhysicalSpace? physicalSpace;
+    readonly object _slotLock = new();
+    ImmutableArray<MemSlot> _slots = []; // sorted by gpa; replaced, never mutated, so readers need no lock
+    readonly CancellationTokenSource _disposeCts = new();
+    readonly List<HostMapping> _orphans = []; // retired slots whose kernel memslot could not be deleted
+    int _disposed;
+    int _running;
+    int _runThread; // managed thread id of the caller of Run, while it runs
+    readonly VmDeviceList _devices = new();
+    GuestPhysicalSpace? _physicalSpace;
 
     private protected Vm(VmOptions options)
     {
@@ -128,12 +128,12 @@ public abstract partial class Vm : IDisposable
     public MemSlot TestSlot => Slot(1);
 
     /// <summary>Whether <see cref="Dispose"/> ran.</summary>
-    public bool IsDisposed => Volatile.Read(ref disposed) != 0;
+    public bool IsDisposed => Volatile.Read(ref _disposed) != 0;
 
     /// <summary>Whether a workload is running now.</summary>
-    public bool IsRunning => Volatile.Read(ref running) != 0;
+    public bool IsRunning => Volatile.Read(ref _running) != 0;
 
-    internal ImmutableArray<MemSlot> SlotsSnapshot => slots; // one reference inside: reads are atomic
+    internal ImmutableArray<MemSlot> SlotsSnapshot => _slots; // one reference inside: reads are atomic
 
     /// <summary>The slot with this id; throws <see cref="ArgumentException"/> naming the existing ones when there is none.</summary>
     public MemSlot Slot(int id)
@@ -200,17 +200,17 @@ public abstract partial class Vm : IDisposable
     /// <summary>Names this VM in <see cref="SlotGuard"/> announcements (its fds and dirty-ring mappings).</summary>
     internal long Serial { get; } = SlotGuard.NewSerial();
 
-    volatile bool systemSlotWritten;
+    volatile bool _systemSlotWritten;
 
     /// <summary>Whether the host wrote into system slot 0 (through <see cref="GuestMemory.WithSystemSlotWrites"/>); a
     /// failing KVM run then names it as the likely cause.</summary>
-    internal bool SystemSlotWritten => systemSlotWritten;
+    internal bool SystemSlotWritten => _systemSlotWritten;
 
-    internal void OnSystemSlotWritten() => systemSlotWritten = true;
+    internal void OnSystemSlotWritten() => _systemSlotWritten = true;
 
     internal void ThrowIfDisposed()
     {
-        if (Volatile.Read(ref disposed) != 0)
+        if (Volatile.Read(ref _disposed) != 0)
             throw new ObjectDisposedException(null, $"this {Backend} VM has been disposed; create a new one with Vm.Create(...)");
     }
 
@@ -220,45 +220,45 @@ public abstract partial class Vm : IDisposable
     }
 
     /// <summary>Guest-physical memory as a device without an IOMMU sees it (translate + bounds, faults instead of exceptions).</summary>
-    public GuestPhysicalSpace PhysicalSpace => physicalSpace ?? Interlocked.CompareExchange(ref physicalSpace, new(this), null) ?? physicalSpace;
+    public GuestPhysicalSpace PhysicalSpace => _physicalSpace ?? Interlocked.CompareExchange(ref _physicalSpace, new(this), null) ?? _physicalSpace;
 
     /// <summary>Attached devices, in attach order.</summary>
-    public IReadOnlyList<VmDevice> Devices => devices.Snapshot;
+    public IReadOnlyList<VmDevice> Devices => _devices.Snapshot;
 
     /// <summary>Attaches a device model (it is disposed with the VM, before guest memory goes away) and returns it.</summary>
-    public T Attach<T>(T device) where T : VmDevice => devices.Attach(this, device);
+    public T Attach<T>(T device) where T : VmDevice => _devices.Attach(this, device);
 
     /// <inheritdoc/>
     public void Dispose()
     {
-        var deviceError = devices.DisposeAll(); // first, while the VM still works: device threads stop before memory goes
-        if (Interlocked.Exchange(ref disposed, 1) != 0) return;
+        var deviceError = _devices.DisposeAll(); // first, while the VM still works: device threads stop before memory goes
+        if (Interlocked.Exchange(ref _disposed, 1) != 0) return;
         var slotsAtDispose = SlotsSnapshot;
-        disposeCts.Cancel();
+        _disposeCts.Cancel();
         // Wait for a running workload to notice — unless Dispose comes from inside the run (its afterPass callback, or a
         // guest callback on a vCPU thread), where the run cannot end before we return; DisposeCore stops it then.
         var spin = new SpinWait();
         var deadline = Environment.TickCount64 + 10_000;
-        while (Volatile.Read(ref running) != 0 && runThread != Environment.CurrentManagedThreadId && !IsGuestThread &&
+        while (Volatile.Read(ref _running) != 0 && _runThread != Environment.CurrentManagedThreadId && !IsGuestThread &&
                Environment.TickCount64 < deadline)
             spin.SpinOnce();
         try
         {
             // No dirty-log ioctl may still be on its way to the fds DisposeCore closes.
             // Nor any guest-memory access or dirty-ring read (they announce the VM itself) still be using them.
-            lock (slotLock) Retire(SlotsSnapshot, vmToo: true);
+            lock (_slotLock) Retire(SlotsSnapshot, vmToo: true);
             DisposeCore();
         }
         finally
         {
-            lock (slotLock)
+            lock (_slotLock)
             {
                 foreach (var s in slotsAtDispose) s.Mapping.Dispose();
                 foreach (var s in SlotsSnapshot) s.Mapping.Dispose(); // none: slot changes re-check `disposed` under the lock
-                foreach (var m in orphans) m.Dispose();
+                foreach (var m in _orphans) m.Dispose();
                 Publish([]);
             }
-            disposeCts.Dispose();
+            _disposeCts.Dispose();
             GC.SuppressFinalize(this);
         }
         if (deviceError is not null) throw deviceError;

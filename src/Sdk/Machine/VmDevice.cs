@@ -7,8 +7,8 @@ namespace VirtLab.Sdk.Machine;
 /// </summary>
 public abstract class VmDevice : IDisposable
 {
-    Vm? vm;
-    int disposed;
+    Vm? _vm;
+    int _disposed;
 
     /// <summary>A device named <paramref name="name"/>, not yet attached.</summary>
     protected VmDevice(string name)
@@ -21,13 +21,13 @@ public abstract class VmDevice : IDisposable
     public string Name { get; }
 
     /// <summary>The VM this device is attached to, or null before <see cref="Vm.Attach{T}"/>.</summary>
-    public Vm? Vm => vm;
+    public Vm? Vm => _vm;
 
     /// <summary>Whether the device is attached to a VM.</summary>
-    public bool IsAttached => vm is not null;
+    public bool IsAttached => _vm is not null;
 
     /// <summary>Whether <see cref="Dispose()"/> ran.</summary>
-    public bool IsDisposed => Volatile.Read(ref disposed) != 0;
+    public bool IsDisposed => Volatile.Read(ref _disposed) != 0;
 
     /// <summary>The attached VM; throws a clear error when the device is not attached or was disposed.</summary>
     protected Vm AttachedVm
@@ -35,7 +35,7 @@ public abstract class VmDevice : IDisposable
         get
         {
             ObjectDisposedException.ThrowIf(IsDisposed, this);
-            return vm ?? throw new InvalidOperationException($"device {Name} is not attached to a VM; use vm.Attach(device) first");
+            return _vm ?? throw new InvalidOperationException($"device {Name} is not attached to a VM; use vm.Attach(device) first");
         }
     }
 
@@ -54,7 +54,7 @@ public abstract class VmDevice : IDisposable
     /// <inheritdoc/>
     public void Dispose()
     {
-        if (Interlocked.Exchange(ref disposed, 1) != 0) return;
+        if (Interlocked.Exchange(ref _disposed, 1) != 0) return;
         Dispose(true);
         GC.SuppressFinalize(this);
     }
@@ -66,7 +66,7 @@ public abstract class VmDevice : IDisposable
     internal void Bind(Vm target)
     {
         if (IsDisposed) throw new ObjectDisposedException(Name, $"device {Name} was disposed; create a new one");
-        if (Interlocked.CompareExchange(ref vm, target, null) is { } other)
+        if (Interlocked.CompareExchange(ref _vm, target, null) is { } other)
             throw new InvalidOperationException(ReferenceEquals(other, target)
                 ? $"device {Name} is already attached to this VM"
                 : $"device {Name} is already attached to another VM; a device belongs to one VM");
@@ -76,7 +76,7 @@ public abstract class VmDevice : IDisposable
         }
         catch
         {
-            Volatile.Write(ref vm, null);
+            Volatile.Write(ref _vm, null);
             throw;
         }
     }
@@ -85,21 +85,21 @@ public abstract class VmDevice : IDisposable
 /// <summary>The devices attached to one VM, in attach order (Vm's part of <see cref="VmDevice"/>).</summary>
 internal sealed class VmDeviceList
 {
-    readonly object gate = new();
-    VmDevice[] devices = [];
-    bool closed;
+    readonly object _gate = new();
+    VmDevice[] _devices = [];
+    bool _closed;
 
-    public IReadOnlyList<VmDevice> Snapshot => Volatile.Read(ref devices);
+    public IReadOnlyList<VmDevice> Snapshot => Volatile.Read(ref _devices);
 
     public T Attach<T>(Vm vm, T device) where T : VmDevice
     {
         ArgumentNullException.ThrowIfNull(device);
-        lock (gate)
+        lock (_gate)
         {
             vm.ThrowIfDisposed();
-            if (closed) throw new ObjectDisposedException(null, "this VM is being disposed; it takes no new devices");
+            if (_closed) throw new ObjectDisposedException(null, "this VM is being disposed; it takes no new devices");
             device.Bind(vm);
-            Volatile.Write(ref devices, [.. devices, device]);
+            Volatile.Write(ref _devices, [.. _devices, device]);
         }
         return device;
     }
@@ -108,10 +108,10 @@ internal sealed class VmDeviceList
     public Exception? DisposeAll()
     {
         VmDevice[] all;
-        lock (gate)
+        lock (_gate)
         {
-            closed = true;
-            all = devices;
+            _closed = true;
+            all = _devices;
         }
         List<Exception>? errors = null;
         for (int i = all.Length - 1; i >= 0; i--)

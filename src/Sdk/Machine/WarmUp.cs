@@ -18,16 +18,16 @@ public sealed record WarmUpReport(string Backend, IReadOnlyList<string> Paths, d
 /// </summary>
 public static class WarmUp
 {
-    static readonly object gate = new();
-    static Task? pending;
-    [ThreadStatic] static bool onWarmUpThread;
+    static readonly object Gate = new();
+    static Task? _pending;
+    [ThreadStatic] static bool _onWarmUpThread;
 
     /// <summary>Starts <see cref="Run"/> on a worker thread; <see cref="Then"/> appends more work (a plugin's warm-up).</summary>
     public static Task<WarmUpReport> Start(Backend backend = Backend.Auto)
     {
         // Silenced: the warm-up's scratch workloads would otherwise draw progress bars over what the user types.
-        var task = new Task<WarmUpReport>(() => { onWarmUpThread = true; using var quiet = Progress.Silence(); return Run(backend); }, TaskCreationOptions.LongRunning);
-        lock (gate) pending = task;
+        var task = new Task<WarmUpReport>(() => { _onWarmUpThread = true; using var quiet = Progress.Silence(); return Run(backend); }, TaskCreationOptions.LongRunning);
+        lock (Gate) _pending = task;
         task.Start();
         return task;
     }
@@ -35,12 +35,12 @@ public static class WarmUp
     /// <summary>Runs <paramref name="work"/> on the warm-up thread after what is already queued (at once when nothing is).</summary>
     public static Task Then(Action work)
     {
-        lock (gate)
+        lock (Gate)
         {
-            var previous = pending ?? Task.CompletedTask;
-            var next = previous.ContinueWith(_ => { onWarmUpThread = true; using var quiet = Progress.Silence(); try { work(); } finally { onWarmUpThread = false; } },
+            var previous = _pending ?? Task.CompletedTask;
+            var next = previous.ContinueWith(_ => { _onWarmUpThread = true; using var quiet = Progress.Silence(); try { work(); } finally { _onWarmUpThread = false; } },
                 CancellationToken.None, TaskContinuationOptions.None, TaskScheduler.Default);
-            pending = next;
+            _pending = next;
             return next;
         }
     }
@@ -49,11 +49,11 @@ public static class WarmUp
     public static double WaitForPending()
     {
         Task? p;
-        lock (gate) p = pending;
-        if (p is null || p.IsCompleted || onWarmUpThread) return 0;
+        lock (Gate) p = _pending;
+        if (p is null || p.IsCompleted || _onWarmUpThread) return 0;
         var sw = Stopwatch.StartNew();
         try { p.Wait(); } catch (AggregateException) { } // each step reports its own errors
-        lock (gate) WaitedSeconds += sw.Elapsed.TotalSeconds;
+        lock (Gate) WaitedSeconds += sw.Elapsed.TotalSeconds;
         return sw.Elapsed.TotalSeconds;
     }
 

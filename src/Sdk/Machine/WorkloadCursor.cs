@@ -13,100 +13,100 @@ namespace VirtLab.Sdk.Machine;
 public struct WorkloadCursor
 {
     const uint Modulus = 0x7fffffff;
-    readonly WorkloadPlan plan;
-    readonly VcpuSlice slice;
-    readonly ulong sliceGpa;
-    readonly long stride, offset;
-    readonly AccessOrder order;
-    readonly ImmutableArray<StrideAccess> accesses;
-    readonly int writePercent;
-    uint rng;
-    long k;            // strides done this pass
-    long strideIndex;  // current stride (within the slice)
-    int accessIndex, repeat;
-    ulong lcgX, lcgC, lcgMask;
-    bool inStride, inPass;
+    readonly WorkloadPlan _plan;
+    readonly VcpuSlice _slice;
+    readonly ulong _sliceGpa;
+    readonly long _stride, _offset;
+    readonly AccessOrder _order;
+    readonly ImmutableArray<StrideAccess> _accesses;
+    readonly int _writePercent;
+    uint _rng;
+    long _k;            // strides done this pass
+    long _strideIndex;  // current stride (within the slice)
+    int _accessIndex, _repeat;
+    ulong _lcgX, _lcgC, _lcgMask;
+    bool _inStride, _inPass;
 
     internal WorkloadCursor(WorkloadPlan plan, VcpuSlice slice)
     {
-        this.plan = plan;
-        this.slice = slice;
+        this._plan = plan;
+        this._slice = slice;
         var w = plan.Workload;
-        sliceGpa = slice.Gpa(plan);
-        stride = w.Stride;
-        offset = w.Offset;
-        order = w.Order;
-        accesses = plan.Accesses;
-        writePercent = w.WritePercent;
-        rng = (uint)(((ulong)w.Seed + (ulong)slice.Vcpu) % Modulus);
-        if (rng == 0) rng = 1;
-        k = strideIndex = 0;
-        accessIndex = repeat = 0;
-        lcgX = lcgC = lcgMask = 0;
-        inStride = inPass = false;
+        _sliceGpa = slice.Gpa(plan);
+        _stride = w.Stride;
+        _offset = w.Offset;
+        _order = w.Order;
+        _accesses = plan.Accesses;
+        _writePercent = w.WritePercent;
+        _rng = (uint)(((ulong)w.Seed + (ulong)slice.Vcpu) % Modulus);
+        if (_rng == 0) _rng = 1;
+        _k = _strideIndex = 0;
+        _accessIndex = _repeat = 0;
+        _lcgX = _lcgC = _lcgMask = 0;
+        _inStride = _inPass = false;
     }
 
     /// <summary>The vCPU's part of the plan.</summary>
-    public readonly VcpuSlice Slice => slice;
+    public readonly VcpuSlice Slice => _slice;
 
     /// <summary>The generator's next value (Park–Miller minimal standard, as the selftests' guest_random_u32).</summary>
     public uint NextRandom()
     {
-        rng = (uint)((ulong)rng * 48271 % Modulus);
-        return rng;
+        _rng = (uint)((ulong)_rng * 48271 % Modulus);
+        return _rng;
     }
 
     /// <summary>Starts a pass: the stride walk restarts; the random generator continues.</summary>
     public void BeginPass()
     {
-        k = 0;
-        inStride = false;
-        inPass = true;
-        if (order == AccessOrder.Shuffled && slice.Strides > 0)
+        _k = 0;
+        _inStride = false;
+        _inPass = true;
+        if (_order == AccessOrder.Shuffled && _slice.Strides > 0)
         {
             ulong m = 1;
-            while (m < (ulong)slice.Strides) m <<= 1;
-            lcgMask = m - 1;
-            lcgX = NextRandom() & lcgMask;
-            lcgC = ((ulong)NextRandom() * 2 + 1) & lcgMask;
+            while (m < (ulong)_slice.Strides) m <<= 1;
+            _lcgMask = m - 1;
+            _lcgX = NextRandom() & _lcgMask;
+            _lcgC = ((ulong)NextRandom() * 2 + 1) & _lcgMask;
         }
     }
 
     /// <summary>Next access of this pass; false when the pass is done.</summary>
     public bool Next(out ulong gpa, out bool write)
     {
-        if (!inPass) { gpa = 0; write = false; return false; }
-        if (!inStride)
+        if (!_inPass) { gpa = 0; write = false; return false; }
+        if (!_inStride)
         {
-            if (k >= slice.Strides) { inPass = false; gpa = 0; write = false; return false; }
-            strideIndex = order switch
+            if (_k >= _slice.Strides) { _inPass = false; gpa = 0; write = false; return false; }
+            _strideIndex = _order switch
             {
-                AccessOrder.Sequential => k,
-                AccessOrder.Random => NextRandom() % slice.Strides,
+                AccessOrder.Sequential => _k,
+                AccessOrder.Random => NextRandom() % _slice.Strides,
                 _ => NextShuffled(),
             };
-            k++;
-            accessIndex = 0;
-            repeat = 0;
-            inStride = true;
+            _k++;
+            _accessIndex = 0;
+            _repeat = 0;
+            _inStride = true;
         }
-        var a = accesses[accessIndex];
-        gpa = sliceGpa + (ulong)(strideIndex * stride + offset + a.Offset + repeat * a.Step);
+        var a = _accesses[_accessIndex];
+        gpa = _sliceGpa + (ulong)(_strideIndex * _stride + _offset + a.Offset + _repeat * a.Step);
         write = a.Op switch
         {
             AccessOp.Write => true,
             AccessOp.Read => false,
-            _ => slice.Role switch
+            _ => _slice.Role switch
             {
                 VcpuRole.Writer => true,
                 VcpuRole.Reader => false,
-                _ => NextRandom() % 100 < (uint)writePercent,
+                _ => NextRandom() % 100 < (uint)_writePercent,
             },
         };
-        if (++repeat >= a.Count)
+        if (++_repeat >= a.Count)
         {
-            repeat = 0;
-            if (++accessIndex >= accesses.Length) inStride = false;
+            _repeat = 0;
+            if (++_accessIndex >= _accesses.Length) _inStride = false;
         }
         return true;
     }
@@ -116,9 +116,9 @@ public struct WorkloadCursor
         // Full-period LCG mod 2^n (Hull–Dobell: c odd, a−1 divisible by 4); cycle-walk past the slice's end.
         while (true)
         {
-            var x = lcgX;
-            lcgX = (5 * lcgX + lcgC) & lcgMask;
-            if (x < (ulong)slice.Strides) return (long)x;
+            var x = _lcgX;
+            _lcgX = (5 * _lcgX + _lcgC) & _lcgMask;
+            if (x < (ulong)_slice.Strides) return (long)x;
         }
     }
 }

@@ -37,40 +37,40 @@ public sealed record WorkloadResult(
 /// <summary>Collects per-vCPU, per-pass timings and counts during a run (each vCPU writes only its own row).</summary>
 internal sealed class WorkloadRecorder
 {
-    readonly WorkloadPlan plan;
-    readonly TimeSpan[][] vcpuPass;
-    readonly long[] reads, writes;
-    readonly TimeSpan[] passWall;
+    readonly WorkloadPlan _plan;
+    readonly TimeSpan[][] _vcpuPass;
+    readonly long[] _reads, _writes;
+    readonly TimeSpan[] _passWall;
 
     public WorkloadRecorder(WorkloadPlan plan)
     {
-        this.plan = plan;
+        this._plan = plan;
         int passes = plan.Workload.Passes;
-        vcpuPass = Enumerable.Range(0, plan.Vcpus).Select(_ => new TimeSpan[passes]).ToArray();
-        reads = new long[plan.Vcpus];
-        writes = new long[plan.Vcpus];
-        passWall = new TimeSpan[passes];
+        _vcpuPass = Enumerable.Range(0, plan.Vcpus).Select(_ => new TimeSpan[passes]).ToArray();
+        _reads = new long[plan.Vcpus];
+        _writes = new long[plan.Vcpus];
+        _passWall = new TimeSpan[passes];
     }
 
     public void VcpuPass(int vcpu, int pass, TimeSpan elapsed, long passReads, long passWrites)
     {
-        vcpuPass[vcpu][pass] = elapsed;
-        plan.Progress.Advance();
-        reads[vcpu] += passReads;
-        writes[vcpu] += passWrites;
+        _vcpuPass[vcpu][pass] = elapsed;
+        _plan.Progress.Advance();
+        _reads[vcpu] += passReads;
+        _writes[vcpu] += passWrites;
     }
 
     /// <summary>Wall time of a synced pass: from releasing the vCPUs to the last one reaching the sync point.</summary>
-    public void Pass(int pass, TimeSpan wall) => passWall[pass] = wall;
+    public void Pass(int pass, TimeSpan wall) => _passWall[pass] = wall;
 
     public WorkloadResult Build(Backend backend, TimeSpan elapsed, long ringFullExits)
     {
-        var passes = plan.Workload.Passes;
+        var passes = _plan.Workload.Passes;
         var wall = new TimeSpan[passes];
         for (int p = 0; p < passes; p++)
-            wall[p] = passWall[p] != TimeSpan.Zero ? passWall[p] : vcpuPass.Select(v => v[p]).DefaultIfEmpty().Max();
-        var per = Enumerable.Range(0, plan.Vcpus)
-            .Select(v => new VcpuResult(v, plan.Slices[v].Role, vcpuPass[v], reads[v], writes[v])).ToArray();
-        return new WorkloadResult(plan.Workload, backend, plan.Vcpus, elapsed, wall, per, ringFullExits);
+            wall[p] = _passWall[p] != TimeSpan.Zero ? _passWall[p] : _vcpuPass.Select(v => v[p]).DefaultIfEmpty().Max();
+        var per = Enumerable.Range(0, _plan.Vcpus)
+            .Select(v => new VcpuResult(v, _plan.Slices[v].Role, _vcpuPass[v], _reads[v], _writes[v])).ToArray();
+        return new WorkloadResult(_plan.Workload, backend, _plan.Vcpus, elapsed, wall, per, ringFullExits);
     }
 }

@@ -12,11 +12,11 @@ namespace VirtLab.Sdk.Virtio;
 /// </summary>
 public sealed unsafe class EventNotifier : IDisposable, IDisplayable
 {
-    readonly int fd;
-    readonly int disposeFd; // becomes readable on Dispose, so blocked waiters return
-    int disposed;
-    int active; // calls using the fds right now; Dispose closes them only when none is
-    long sent, suppressed, reads, received;
+    readonly int _fd;
+    readonly int _disposeFd; // becomes readable on Dispose, so blocked waiters return
+    int _disposed;
+    int _active; // calls using the fds right now; Dispose closes them only when none is
+    long _sent, _suppressed, _reads, _received;
 
     /// <summary>A new eventfd named <paramref name="name"/> (for display).</summary>
     public EventNotifier(string name = "eventfd") : this(name, -1) { }
@@ -25,15 +25,15 @@ public sealed unsafe class EventNotifier : IDisposable, IDisplayable
     {
         ArgumentException.ThrowIfNullOrWhiteSpace(name);
         Name = name;
-        fd = existing >= 0 ? existing : Libc.Check(Libc.eventfd(0, Libc.EFD_CLOEXEC | Libc.EFD_NONBLOCK), "eventfd", $"creating notifier {name}");
+        _fd = existing >= 0 ? existing : Libc.Check(Libc.eventfd(0, Libc.EFD_CLOEXEC | Libc.EFD_NONBLOCK), "eventfd", $"creating notifier {name}");
         var d = Libc.eventfd(0, Libc.EFD_CLOEXEC | Libc.EFD_NONBLOCK);
         if (d < 0)
         {
             var e = Libc.Errno;
-            Libc.close(fd);
+            Libc.close(_fd);
             throw LibcException.FromErrno(e, "eventfd", $"creating notifier {name}");
         }
-        disposeFd = d;
+        _disposeFd = d;
     }
 
     /// <summary>
@@ -69,24 +69,24 @@ public sealed unsafe class EventNotifier : IDisposable, IDisplayable
         get
         {
             ObjectDisposedException.ThrowIf(IsDisposed, this);
-            return fd;
+            return _fd;
         }
     }
 
     /// <summary>Whether <see cref="Dispose"/> ran.</summary>
-    public bool IsDisposed => Volatile.Read(ref disposed) != 0;
+    public bool IsDisposed => Volatile.Read(ref _disposed) != 0;
 
     /// <summary>Notifications signalled (eventfd writes).</summary>
-    public long Sent => Volatile.Read(ref sent);
+    public long Sent => Volatile.Read(ref _sent);
 
     /// <summary>Notifications the queue decided not to send (EVENT_IDX, NO_NOTIFY / NO_INTERRUPT).</summary>
-    public long Suppressed => Volatile.Read(ref suppressed);
+    public long Suppressed => Volatile.Read(ref _suppressed);
 
     /// <summary>Successful reads (each returns and resets the counter).</summary>
-    public long Reads => Volatile.Read(ref reads);
+    public long Reads => Volatile.Read(ref _reads);
 
     /// <summary>Sum of the counter values read.</summary>
-    public long Received => Volatile.Read(ref received);
+    public long Received => Volatile.Read(ref _received);
 
     /// <summary>Adds <paramref name="count"/> to the counter (write(2) of a u64), waking a waiter.</summary>
     public void Signal(ulong count = 1)
@@ -95,12 +95,12 @@ public sealed unsafe class EventNotifier : IDisposable, IDisplayable
         Enter();
         try
         {
-            if (Libc.write(fd, &count, 8) != 8)
+            if (Libc.write(_fd, &count, 8) != 8)
             {
                 var e = Libc.Errno;
                 if (e != Errno.EAGAIN) throw LibcException.FromErrno(e, "write", $"signalling {Name}"); // EAGAIN: counter saturated, already signalled
             }
-            Interlocked.Increment(ref sent);
+            Interlocked.Increment(ref _sent);
         }
         finally
         {
@@ -109,7 +109,7 @@ public sealed unsafe class EventNotifier : IDisposable, IDisplayable
     }
 
     /// <summary>Records a notification that was decided against (the queue calls this; a device model may too).</summary>
-    public void Suppress() => Interlocked.Increment(ref suppressed);
+    public void Suppress() => Interlocked.Increment(ref _suppressed);
 
     /// <summary>Reads and resets the counter without blocking; false when it is 0.</summary>
     public bool TryRead(out ulong value)
@@ -118,15 +118,15 @@ public sealed unsafe class EventNotifier : IDisposable, IDisplayable
         try
         {
             ulong v = 0;
-            if (Libc.read(fd, &v, 8) != 8)
+            if (Libc.read(_fd, &v, 8) != 8)
             {
                 var e = Libc.Errno;
                 if (e != Errno.EAGAIN) throw LibcException.FromErrno(e, "read", $"reading {Name}");
                 value = 0;
                 return false;
             }
-            Interlocked.Increment(ref reads);
-            Interlocked.Add(ref received, (long)v);
+            Interlocked.Increment(ref _reads);
+            Interlocked.Add(ref _received, (long)v);
             value = v;
             return true;
         }
@@ -160,8 +160,8 @@ public sealed unsafe class EventNotifier : IDisposable, IDisplayable
             {
                 while (true)
                 {
-                    fds[0] = new Libc.PollFd { fd = fd, events = Libc.POLLIN };
-                    fds[1] = new Libc.PollFd { fd = disposeFd, events = Libc.POLLIN };
+                    fds[0] = new Libc.PollFd { fd = _fd, events = Libc.POLLIN };
+                    fds[1] = new Libc.PollFd { fd = _disposeFd, events = Libc.POLLIN };
                     fds[2] = new Libc.PollFd { fd = wake?.Fd ?? -1, events = Libc.POLLIN }; // fd −1 is ignored by poll
                     var left = deadline == long.MaxValue ? -1 : (int)Math.Clamp(deadline - Environment.TickCount64, 0, int.MaxValue);
                     var r = Libc.poll(fds, 3, left);
@@ -202,26 +202,26 @@ public sealed unsafe class EventNotifier : IDisposable, IDisplayable
 
     void Enter()
     {
-        Interlocked.Increment(ref active);
-        if (Volatile.Read(ref disposed) != 0)
+        Interlocked.Increment(ref _active);
+        if (Volatile.Read(ref _disposed) != 0)
         {
-            Interlocked.Decrement(ref active);
+            Interlocked.Decrement(ref _active);
             throw new ObjectDisposedException(Name, $"notifier {Name} has been disposed");
         }
     }
 
-    void Exit() => Interlocked.Decrement(ref active);
+    void Exit() => Interlocked.Decrement(ref _active);
 
     /// <inheritdoc/>
     public void Dispose()
     {
-        if (Interlocked.Exchange(ref disposed, 1) != 0) return;
+        if (Interlocked.Exchange(ref _disposed, 1) != 0) return;
         ulong one = 1;
-        Libc.write(disposeFd, &one, 8);
+        Libc.write(_disposeFd, &one, 8);
         var spin = new SpinWait();
-        while (Volatile.Read(ref active) != 0) spin.SpinOnce();
-        Libc.close(fd);
-        Libc.close(disposeFd);
+        while (Volatile.Read(ref _active) != 0) spin.SpinOnce();
+        Libc.close(_fd);
+        Libc.close(_disposeFd);
     }
 
     /// <inheritdoc/>
@@ -230,7 +230,7 @@ public sealed unsafe class EventNotifier : IDisposable, IDisplayable
     /// <inheritdoc/>
     public IRenderable ToRenderable()
     {
-        var t = new Table { Title = new TableTitle(Markup.Escape($"notifier {Name} (eventfd{(IsDisposed ? ", disposed" : $" {fd}")})")) };
+        var t = new Table { Title = new TableTitle(Markup.Escape($"notifier {Name} (eventfd{(IsDisposed ? ", disposed" : $" {_fd}")})")) };
         t.AddColumn("sent").AddColumn("suppressed").AddColumn("reads").AddColumn("received");
         t.AddRow(Sent.ToString("N0"), Suppressed.ToString("N0"), Reads.ToString("N0"), Received.ToString("N0"));
         return t;
@@ -239,10 +239,10 @@ public sealed unsafe class EventNotifier : IDisposable, IDisplayable
     /// <summary>A per-thread eventfd a cancellation callback writes to, so a blocked poll wakes up.</summary>
     sealed class CancelWake
     {
-        [ThreadStatic] static CancelWake? current;
+        [ThreadStatic] static CancelWake? _current;
         public readonly int Fd = Libc.Check(Libc.eventfd(0, Libc.EFD_CLOEXEC | Libc.EFD_NONBLOCK), "eventfd", "creating a cancellation wake-up");
 
-        public static CancelWake ForThisThread() => current ??= new CancelWake();
+        public static CancelWake ForThisThread() => _current ??= new CancelWake();
 
         public void Signal()
         {

@@ -14,9 +14,9 @@ public abstract unsafe class SplitQueue : IDisplayable
 {
     private protected readonly RingAccess ring;
     private protected readonly ushort mask;
-    readonly int size;       // plain fields for the hot paths (what Size and EventIdx return)
-    readonly bool eventIdx;
-    long notified, suppressed;
+    readonly int _size;       // plain fields for the hot paths (what Size and EventIdx return)
+    readonly bool _eventIdx;
+    long _notified, _suppressed;
 
     private protected SplitQueue(AddressSpace space, SplitRing layout, VirtioFeatures features, string name, bool device)
     {
@@ -31,8 +31,8 @@ public abstract unsafe class SplitQueue : IDisplayable
         Features = features;
         Name = name;
         mask = (ushort)(layout.Size - 1);
-        size = layout.Size;
-        eventIdx = (features & VirtioFeatures.EventIdx) != 0;
+        _size = layout.Size;
+        _eventIdx = (features & VirtioFeatures.EventIdx) != 0;
         ring = new RingAccess(space, layout, device);
     }
 
@@ -46,22 +46,22 @@ public abstract unsafe class SplitQueue : IDisplayable
     public SplitRing Ring { get; }
 
     /// <summary>Queue size (descriptors).</summary>
-    public int Size => size;
+    public int Size => _size;
 
     /// <summary>Negotiated virtio features the ring uses.</summary>
     public VirtioFeatures Features { get; }
 
     /// <summary>VIRTIO_F_EVENT_IDX negotiated: used_event/avail_event suppress notifications.</summary>
-    public bool EventIdx => eventIdx;
+    public bool EventIdx => _eventIdx;
 
     /// <summary>VIRTIO_F_INDIRECT_DESC negotiated: chains may use indirect tables.</summary>
     public bool IndirectDesc => (Features & VirtioFeatures.IndirectDesc) != 0;
 
     /// <summary>Notifications this side sent (driver: kicks; device: interrupts/calls).</summary>
-    public long NotificationsSent => Volatile.Read(ref notified);
+    public long NotificationsSent => Volatile.Read(ref _notified);
 
     /// <summary>Notifications this side decided not to send (EVENT_IDX, or the other side's NO_NOTIFY / NO_INTERRUPT flag).</summary>
-    public long NotificationsSuppressed => Volatile.Read(ref suppressed);
+    public long NotificationsSuppressed => Volatile.Read(ref _suppressed);
 
     /// <summary>Buffers (chains) made available and not yet returned through the used ring, as this side sees it.</summary>
     public abstract int InFlight { get; }
@@ -73,12 +73,12 @@ public abstract unsafe class SplitQueue : IDisplayable
     {
         if (sent)
         {
-            notified++;
+            _notified++;
             notifier?.Signal();
         }
         else
         {
-            suppressed++;
+            _suppressed++;
             notifier?.Suppress();
         }
     }
@@ -125,41 +125,41 @@ public abstract unsafe class SplitQueue : IDisplayable
 /// </summary>
 internal sealed unsafe class RingAccess(AddressSpace space, SplitRing layout, bool device)
 {
-    readonly Vm vm = space.Vm;
-    long epoch = -1; // the VM's mapping epoch when the pointers were last found current (epochs start at 0)
-    long generation = long.MinValue;
+    readonly Vm _vm = space.Vm;
+    long _epoch = -1; // the VM's mapping epoch when the pointers were last found current (epochs start at 0)
+    long _generation = long.MinValue;
     public byte* Desc, Avail, Used;
 
     /// <summary>Whether nothing changed since the pointers were last validated (then they are used as they are).</summary>
     public bool Current
     {
         [MethodImpl(MethodImplOptions.AggressiveInlining)]
-        get => vm.MappingEpoch == epoch;
+        get => _vm.MappingEpoch == _epoch;
     }
 
     /// <summary>The mapping epoch the pointers (and translations cached with them) were validated at.</summary>
-    public long Epoch => epoch;
+    public long Epoch => _epoch;
 
     /// <summary>Validates the pointers (re-translating the ring if the space's generation changed).</summary>
     public bool Ensure(out string? problem, out MemoryFault fault)
     {
-        var e = vm.MappingEpoch; // read first: a change after this moves it again
-        if (space.Generation == generation)
+        var e = _vm.MappingEpoch; // read first: a change after this moves it again
+        if (space.Generation == _generation)
         {
-            epoch = e;
+            _epoch = e;
             problem = null;
             fault = default;
             return true;
         }
         if (!Refresh(out problem, out fault)) return false;
-        epoch = e;
+        _epoch = e;
         return true;
     }
 
     public void Invalidate()
     {
-        generation = long.MinValue;
-        epoch = -1;
+        _generation = long.MinValue;
+        _epoch = -1;
     }
 
     bool Refresh(out string? problem, out MemoryFault fault)
@@ -177,7 +177,7 @@ internal sealed unsafe class RingAccess(AddressSpace space, SplitRing layout, bo
         Desc = d;
         Avail = a;
         Used = u;
-        generation = gen;
+        _generation = gen;
         return true;
     }
 

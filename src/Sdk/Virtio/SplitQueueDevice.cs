@@ -19,15 +19,15 @@ namespace VirtLab.Sdk.Virtio;
 /// </summary>
 public sealed unsafe class SplitQueueDevice : SplitQueue
 {
-    readonly VirtqChain?[] chains;
-    readonly long[] errorCounts = new long[Enum.GetValues<VirtqErrorKind>().Length];
-    byte[] indirectScratch = []; // pinned copy of the indirect table being walked (the driver cannot change it under us)
-    ushort lastAvail, shadowAvail, usedShadow, usedPublished, signalledUsed;
-    bool signalledValid, initialised, kicksEnabled = true;
-    int inFlight;
-    VirtqError? error;
-    HostExtent tlb;         // the last translation (see Translate)
-    long tlbEpoch = -1;
+    readonly VirtqChain?[] _chains;
+    readonly long[] _errorCounts = new long[Enum.GetValues<VirtqErrorKind>().Length];
+    byte[] _indirectScratch = []; // pinned copy of the indirect table being walked (the driver cannot change it under us)
+    ushort _lastAvail, _shadowAvail, _usedShadow, _usedPublished, _signalledUsed;
+    bool _signalledValid, _initialised, _kicksEnabled = true;
+    int _inFlight;
+    VirtqError? _error;
+    HostExtent _tlb;         // the last translation (see Translate)
+    long _tlbEpoch = -1;
 
     /// <summary>
     /// A device queue on <paramref name="layout"/> in <paramref name="space"/>. <paramref name="lastAvailIdx"/> is where the
@@ -39,33 +39,33 @@ public sealed unsafe class SplitQueueDevice : SplitQueue
         : base(space, layout, features, name, device: true)
     {
         Call = call;
-        chains = new VirtqChain?[layout.Size];
-        lastAvail = shadowAvail = lastAvailIdx;
+        _chains = new VirtqChain?[layout.Size];
+        _lastAvail = _shadowAvail = lastAvailIdx;
     }
 
     /// <summary>Signalled when the device decides to interrupt the driver (vhost's callfd).</summary>
     public EventNotifier? Call { get; set; }
 
     /// <summary>The next available-ring index the device will read (last_avail_idx; VHOST_GET_VRING_BASE).</summary>
-    public ushort LastAvailIdx => lastAvail;
+    public ushort LastAvailIdx => _lastAvail;
 
     /// <summary>The used index the device has written so far (published by <see cref="Flush"/>).</summary>
-    public ushort UsedIdx => usedShadow;
+    public ushort UsedIdx => _usedShadow;
 
     /// <inheritdoc/>
-    public override int InFlight => inFlight;
+    public override int InFlight => _inFlight;
 
     /// <summary>True after a malformed chain: the queue pops nothing until <see cref="Reset"/>.</summary>
-    public bool IsBroken => error is not null;
+    public bool IsBroken => _error is not null;
 
     /// <summary>The error that broke the queue, or null.</summary>
-    public VirtqError? Error => error;
+    public VirtqError? Error => _error;
 
     /// <summary>Raised (on the device thread) when the queue breaks, so the device model can set NEEDS_RESET.</summary>
     public event Action<SplitQueueDevice, VirtqError>? Broken;
 
     /// <summary>How many errors of <paramref name="kind"/> this queue has seen (kept across <see cref="Reset"/>).</summary>
-    public long ErrorCount(VirtqErrorKind kind) => Volatile.Read(ref errorCounts[(int)kind]);
+    public long ErrorCount(VirtqErrorKind kind) => Volatile.Read(ref _errorCounts[(int)kind]);
 
     /// <summary>Every error kind seen, with its count.</summary>
     public IReadOnlyDictionary<VirtqErrorKind, long> Errors
@@ -81,15 +81,15 @@ public sealed unsafe class SplitQueueDevice : SplitQueue
     public bool TryPop(out VirtqChain chain)
     {
         chain = null!;
-        if (error is not null || !EnsureRing()) return false;
-        if (lastAvail == shadowAvail)
+        if (_error is not null || !EnsureRing()) return false;
+        if (_lastAvail == _shadowAvail)
         {
             if (!ReadAvailIdx()) return false;
-            if (lastAvail == shadowAvail)
+            if (_lastAvail == _shadowAvail)
             {
                 // Empty: ask for a kick, then look once more — the driver may have added a buffer after our read
                 // without seeing the request (the store→load race the spec's barrier closes).
-                if (!kicksEnabled || !ArmKick()) return false;
+                if (!_kicksEnabled || !ArmKick()) return false;
             }
         }
         return PopOne(out chain);
@@ -103,11 +103,11 @@ public sealed unsafe class SplitQueueDevice : SplitQueue
     {
         if (!ring.Ensure(out var problem, out var fault))
             return Break(VirtqErrorKind.RingFault, -1, -1, fault.Space is null ? Ring.DescAddress : fault.Address, 0, fault.Space is null ? null : fault, problem!);
-        if (!initialised)
+        if (!_initialised)
         {
             // vhost_vq_init_access: the used index continues from what the ring holds.
-            usedShadow = usedPublished = Volatile.Read(ref ring.UsedIdx());
-            initialised = true;
+            _usedShadow = _usedPublished = Volatile.Read(ref ring.UsedIdx());
+            _initialised = true;
         }
         return true;
     }
@@ -116,39 +116,39 @@ public sealed unsafe class SplitQueueDevice : SplitQueue
     bool ReadAvailIdx()
     {
         var idx = Volatile.Read(ref ring.AvailIdx());
-        if ((ushort)(idx - lastAvail) > Size)
+        if ((ushort)(idx - _lastAvail) > Size)
             return Break(VirtqErrorKind.AvailIndexJump, -1, -1, Ring.AvailAddress + 2, 2, null,
-                $"the driver moved avail idx from {lastAvail} to {idx}: {(ushort)(idx - lastAvail)} new entries, more than the queue size {Size}");
-        shadowAvail = idx;
+                $"the driver moved avail idx from {_lastAvail} to {idx}: {(ushort)(idx - _lastAvail)} new entries, more than the queue size {Size}");
+        _shadowAvail = idx;
         return true;
     }
 
     /// <summary>Requests a kick for the next buffer and re-reads the available index; true when buffers are there now.</summary>
     bool ArmKick()
     {
-        if (EventIdx) Volatile.Write(ref ring.AvailEvent(), shadowAvail);
+        if (EventIdx) Volatile.Write(ref ring.AvailEvent(), _shadowAvail);
         else if ((ring.UsedFlags() & VirtqConst.UsedFNoNotify) != 0) Volatile.Write(ref ring.UsedFlags(), (ushort)(ring.UsedFlags() & ~VirtqConst.UsedFNoNotify));
         Interlocked.MemoryBarrier(); // our store before our re-read of avail idx (the driver: its idx store before its event read)
-        return ReadAvailIdx() && lastAvail != shadowAvail;
+        return ReadAvailIdx() && _lastAvail != _shadowAvail;
     }
 
     [MethodImpl(MethodImplOptions.AggressiveOptimization)] // hot path: full optimisation at once, not after tiering
     bool PopOne(out VirtqChain chain)
     {
         chain = null!;
-        var head = ring.AvailRing(lastAvail & mask);
+        var head = ring.AvailRing(_lastAvail & mask);
         if (head >= Size)
-            return Break(VirtqErrorKind.DescriptorIndex, head, head, Ring.AvailAddress + 4 + 2UL * (ulong)(lastAvail & mask), 2, null,
-                $"avail ring entry {lastAvail & mask} names head {head}; descriptor indexes must be below the queue size {Size}");
-        var c = chains[head] ??= new VirtqChain(this, head);
+            return Break(VirtqErrorKind.DescriptorIndex, head, head, Ring.AvailAddress + 4 + 2UL * (ulong)(_lastAvail & mask), 2, null,
+                $"avail ring entry {_lastAvail & mask} names head {head}; descriptor indexes must be below the queue size {Size}");
+        var c = _chains[head] ??= new VirtqChain(this, head);
         if (c.InFlight)
-            return Break(VirtqErrorKind.DuplicateHead, head, head, Ring.AvailAddress + 4 + 2UL * (ulong)(lastAvail & mask), 2, null,
+            return Break(VirtqErrorKind.DuplicateHead, head, head, Ring.AvailAddress + 4 + 2UL * (ulong)(_lastAvail & mask), 2, null,
                 $"head {head} was made available again while the device still holds it (it was never returned through the used ring)");
         c.Reset();
         if (!Walk(c, head)) return false;
-        lastAvail++;
+        _lastAvail++;
         c.InFlight = true;
-        inFlight++;
+        _inFlight++;
         chain = c;
         return true;
     }
@@ -182,10 +182,10 @@ public sealed unsafe class SplitQueueDevice : SplitQueue
                     return Break(VirtqErrorKind.IndirectLength, head, i, d.Addr, d.Len, null,
                         $"head {head}: descriptor {i} points at an indirect table of {d.Len} bytes; the length must be a non-zero multiple of 16, at most {VirtqConst.MaxIndirectEntries} entries");
                 var bytes = (int)d.Len;
-                if (indirectScratch.Length < bytes) indirectScratch = GC.AllocateUninitializedArray<byte>(Math.Max(bytes, 4096), pinned: true);
-                if (!Space.TryRead(d.Addr, indirectScratch.AsSpan(0, bytes), out var tf))
+                if (_indirectScratch.Length < bytes) _indirectScratch = GC.AllocateUninitializedArray<byte>(Math.Max(bytes, 4096), pinned: true);
+                if (!Space.TryRead(d.Addr, _indirectScratch.AsSpan(0, bytes), out var tf))
                     return Break(VirtqErrorKind.BufferFault, head, i, d.Addr, d.Len, tf, $"head {head}: the indirect table of descriptor {i}: {tf}");
-                table = (byte*)Unsafe.AsPointer(ref System.Runtime.InteropServices.MemoryMarshal.GetArrayDataReference(indirectScratch));
+                table = (byte*)Unsafe.AsPointer(ref System.Runtime.InteropServices.MemoryMarshal.GetArrayDataReference(_indirectScratch));
                 tableLen = bytes / VirtqConst.DescSize;
                 tableAddr = d.Addr;
                 inIndirect = true;
@@ -219,9 +219,9 @@ public sealed unsafe class SplitQueueDevice : SplitQueue
     bool Translate(VirtqChain c, ulong addr, uint len, bool writable, out MemoryFault fault)
     {
         var access = writable ? MemoryAccess.Write : MemoryAccess.Read;
-        if (tlbEpoch == ring.Epoch && tlb.Covers(addr, len, access))
+        if (_tlbEpoch == ring.Epoch && _tlb.Covers(addr, len, access))
         {
-            c.Add(addr, (int)len, writable, tlb.HostOf(addr), tlb.Slot);
+            c.Add(addr, (int)len, writable, _tlb.HostOf(addr), _tlb.Slot);
             fault = default;
             return true;
         }
@@ -238,8 +238,8 @@ public sealed unsafe class SplitQueueDevice : SplitQueue
             if (!Space.TryResolveExtent(addr, left, access, out var e, out fault)) return AddressSpace.Reframe(ref fault, start, len);
             var n = Math.Min(e.Contiguous(addr, left), 1L << 30); // a buffer is at most 4 GiB − 1 (u32 len): spans stay int-sized
             c.Add(addr, (int)n, writable, e.HostOf(addr), e.Slot);
-            tlb = e;
-            tlbEpoch = ring.Epoch; // validated before this translation: the extent is at least that new
+            _tlb = e;
+            _tlbEpoch = ring.Epoch; // validated before this translation: the extent is at least that new
             addr += (ulong)n;
             left -= n;
         }
@@ -257,9 +257,9 @@ public sealed unsafe class SplitQueueDevice : SplitQueue
 
     bool Break(VirtqErrorKind kind, int head, int descriptor, ulong address, long length, MemoryFault? fault, string message)
     {
-        Interlocked.Increment(ref errorCounts[(int)kind]);
+        Interlocked.Increment(ref _errorCounts[(int)kind]);
         var e = new VirtqError(kind, Name, head, descriptor, address, length, fault, message);
-        error = e;
+        _error = e;
         Broken?.Invoke(this, e);
         return false;
     }
@@ -287,10 +287,10 @@ public sealed unsafe class SplitQueueDevice : SplitQueue
         if (written > chain.WritableBytes)
             throw new ArgumentOutOfRangeException(nameof(written), $"{Name}: head {chain.Head} has {chain.WritableBytes} writable bytes; the device cannot have written {written}");
         chain.InFlight = false;
-        inFlight--;
-        if (error is not null || !EnsureRing()) return; // a broken queue writes nothing more to the ring
-        ring.UsedElem(usedShadow & mask) = chain.Head | (ulong)written << 32; // published by Flush's release store
-        usedShadow++;
+        _inFlight--;
+        if (_error is not null || !EnsureRing()) return; // a broken queue writes nothing more to the ring
+        ring.UsedElem(_usedShadow & mask) = chain.Head | (ulong)written << 32; // published by Flush's release store
+        _usedShadow++;
     }
 
     /// <summary>
@@ -301,18 +301,18 @@ public sealed unsafe class SplitQueueDevice : SplitQueue
     [MethodImpl(MethodImplOptions.AggressiveOptimization)] // hot path: full optimisation at once, not after tiering
     public bool Flush()
     {
-        if (error is not null || usedShadow == usedPublished || !EnsureRing()) return false;
-        Volatile.Write(ref ring.UsedIdx(), usedShadow); // release: the used elements before the index
-        usedPublished = usedShadow;
+        if (_error is not null || _usedShadow == _usedPublished || !EnsureRing()) return false;
+        Volatile.Write(ref ring.UsedIdx(), _usedShadow); // release: the used elements before the index
+        _usedPublished = _usedShadow;
         Interlocked.MemoryBarrier(); // the index store before the used_event / flags load (the driver does the mirror image)
         bool need;
         if (EventIdx)
         {
-            var old = signalledUsed;
-            var valid = signalledValid;
-            signalledUsed = usedShadow;
-            signalledValid = true;
-            need = !valid || VirtqConst.NeedEvent(Volatile.Read(ref ring.UsedEvent()), usedShadow, old);
+            var old = _signalledUsed;
+            var valid = _signalledValid;
+            _signalledUsed = _usedShadow;
+            _signalledValid = true;
+            need = !valid || VirtqConst.NeedEvent(Volatile.Read(ref ring.UsedEvent()), _usedShadow, old);
         }
         else need = (Volatile.Read(ref ring.AvailFlags()) & VirtqConst.AvailFNoInterrupt) == 0;
         CountNotification(need, Call);
@@ -334,8 +334,8 @@ public sealed unsafe class SplitQueueDevice : SplitQueue
     /// </summary>
     public void DisableKicks()
     {
-        kicksEnabled = false;
-        if (!EventIdx && error is null && EnsureRing())
+        _kicksEnabled = false;
+        if (!EventIdx && _error is null && EnsureRing())
             Volatile.Write(ref ring.UsedFlags(), (ushort)(ring.UsedFlags() | VirtqConst.UsedFNoNotify));
     }
 
@@ -345,9 +345,9 @@ public sealed unsafe class SplitQueueDevice : SplitQueue
     /// </summary>
     public bool EnableKicks()
     {
-        kicksEnabled = true;
-        if (error is not null || !EnsureRing()) return false;
-        return ArmKick() || lastAvail != shadowAvail;
+        _kicksEnabled = true;
+        if (_error is not null || !EnsureRing()) return false;
+        return ArmKick() || _lastAvail != _shadowAvail;
     }
 
     /// <summary>
@@ -356,16 +356,16 @@ public sealed unsafe class SplitQueueDevice : SplitQueue
     /// </summary>
     public void Reset(ushort lastAvailIdx = 0)
     {
-        foreach (var c in chains)
+        foreach (var c in _chains)
             if (c is not null) c.InFlight = false;
-        inFlight = 0;
-        error = null;
-        lastAvail = shadowAvail = lastAvailIdx;
-        initialised = false;
-        signalledValid = false;
-        kicksEnabled = true;
+        _inFlight = 0;
+        _error = null;
+        _lastAvail = _shadowAvail = lastAvailIdx;
+        _initialised = false;
+        _signalledValid = false;
+        _kicksEnabled = true;
         ring.Invalidate();
-        tlbEpoch = -1;
+        _tlbEpoch = -1;
     }
 
     // ---- display ------------------------------------------------------------------------------------
@@ -375,7 +375,7 @@ public sealed unsafe class SplitQueueDevice : SplitQueue
     {
         var t = new Table { Title = new TableTitle(Markup.Escape($"{Name}: chains held by the device")) };
         t.AddColumn("head").AddColumn("descriptors").AddColumn("readable").AddColumn("writable").AddColumn("segments");
-        foreach (var c in chains)
+        foreach (var c in _chains)
             if (c is { InFlight: true })
                 t.AddRow(c.Head.ToString(), c.Descriptors + (c.Indirect ? " (indirect)" : ""), $"{c.ReadableBytes} B", $"{c.WritableBytes} B",
                     Markup.Escape(string.Join(" ", c.Segments.ToArray().Take(8)) + (c.Segments.Length > 8 ? " …" : "")));
@@ -386,17 +386,17 @@ public sealed unsafe class SplitQueueDevice : SplitQueue
     public override IRenderable ToRenderable()
     {
         var t = NewTable("device");
-        t.AddRow("device last_avail_idx", lastAvail.ToString());
-        t.AddRow("device used idx (published)", $"{usedShadow} ({usedPublished})");
-        t.AddRow("in flight", inFlight.ToString());
+        t.AddRow("device last_avail_idx", _lastAvail.ToString());
+        t.AddRow("device used idx (published)", $"{_usedShadow} ({_usedPublished})");
+        t.AddRow("in flight", _inFlight.ToString());
         t.AddRow("interrupts sent / suppressed", $"{NotificationsSent:N0} / {NotificationsSuppressed:N0}");
-        t.AddRow("kicks", kicksEnabled ? "enabled" : "disabled");
+        t.AddRow("kicks", _kicksEnabled ? "enabled" : "disabled");
         var errs = Errors;
         t.AddRow("errors", errs.Count == 0 ? "none" : Markup.Escape(string.Join(", ", errs.Select(e => $"{e.Key} {e.Value}"))));
-        t.AddRow("state", error is null ? "ok" : Markup.Escape($"BROKEN (needs reset): {error.Message}"));
+        t.AddRow("state", _error is null ? "ok" : Markup.Escape($"BROKEN (needs reset): {_error.Message}"));
         return t;
     }
 
     /// <inheritdoc/>
-    public override string ToString() => $"{Name}: device side, size {Size}, last_avail {lastAvail}, used {usedShadow}, in flight {inFlight}{(error is null ? "" : ", broken")}";
+    public override string ToString() => $"{Name}: device side, size {Size}, last_avail {_lastAvail}, used {_usedShadow}, in flight {_inFlight}{(_error is null ? "" : ", broken")}";
 }

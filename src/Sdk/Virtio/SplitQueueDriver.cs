@@ -49,14 +49,14 @@ public sealed unsafe class SplitQueueDriver : SplitQueue
     {
         Kick = kick;
         Indirect = indirect;
-        autoIndirectMax = IndirectDesc && indirect is { } a ? a.EntriesPerChain : 0;
+        _autoIndirectMax = IndirectDesc && indirect is { } a ? a.EntriesPerChain : 0;
         var n = layout.Size;
-        next = new ushort[n];
-        descCount = new ushort[n];
-        tokens = new ulong[n];
-        inUse = new bool[n];
-        for (int i = 0; i < n; i++) next[i] = (ushort)(i + 1);
-        numFree = n;
+        _next = new ushort[n];
+        _descCount = new ushort[n];
+        _tokens = new ulong[n];
+        _inUse = new bool[n];
+        for (int i = 0; i < n; i++) _next[i] = (ushort)(i + 1);
+        _numFree = n;
         if (indirect is { } ia)
         {
             if (ia.EntriesPerChain is < 1 or > VirtqConst.MaxIndirectEntries)
@@ -70,16 +70,16 @@ public sealed unsafe class SplitQueueDriver : SplitQueue
         new Span<byte>(ring.Used, (int)SplitRing.UsedBytes(n)).Clear();
     }
 
-    readonly ushort[] next;      // the driver's own copy of each free/chained descriptor's next (never read back from the ring)
-    readonly ushort[] descCount; // ring descriptors used by the chain at each head
-    readonly ulong[] tokens;
-    readonly bool[] inUse;
-    readonly int autoIndirectMax; // chains of 2 … this many buffers go indirect by default (0: never)
-    int freeHead, numFree, inFlight;
-    ushort availShadow, lastKickAvail, lastUsed, usedSeen;
-    bool interruptsDisabled, usedEventStored;
-    byte* indirectHost;
-    long indirectGeneration = long.MinValue, indirectEpoch = -1;
+    readonly ushort[] _next;      // the driver's own copy of each free/chained descriptor's next (never read back from the ring)
+    readonly ushort[] _descCount; // ring descriptors used by the chain at each head
+    readonly ulong[] _tokens;
+    readonly bool[] _inUse;
+    readonly int _autoIndirectMax; // chains of 2 … this many buffers go indirect by default (0: never)
+    int _freeHead, _numFree, _inFlight;
+    ushort _availShadow, _lastKickAvail, _lastUsed, _usedSeen;
+    bool _interruptsDisabled, _usedEventStored;
+    byte* _indirectHost;
+    long _indirectGeneration = long.MinValue, _indirectEpoch = -1;
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     void EnsureRing()
@@ -97,10 +97,10 @@ public sealed unsafe class SplitQueueDriver : SplitQueue
     /// <summary>The indirect area's host bytes; call after <see cref="EnsureRing"/> (its epoch validates them too).</summary>
     byte* IndirectTables()
     {
-        if (indirectEpoch == ring.Epoch) return indirectHost;
+        if (_indirectEpoch == ring.Epoch) return _indirectHost;
         var ia = Indirect!.Value;
         var gen = Space.Generation;
-        if (gen != indirectGeneration)
+        if (gen != _indirectGeneration)
         {
             var bytes = ia.Bytes(Size);
             if (bytes > int.MaxValue) throw new ArgumentException($"{Name}: the indirect area ({bytes} bytes) must be below 2 GiB");
@@ -108,11 +108,11 @@ public sealed unsafe class SplitQueueDriver : SplitQueue
                 throw f.Space is null
                     ? new InvalidOperationException($"{Name}: the indirect area [0x{ia.Address:x}, +{bytes}) spans two mappings; place it in one")
                     : new MemoryFaultException(f);
-            indirectHost = (byte*)System.Runtime.CompilerServices.Unsafe.AsPointer(ref span[0]);
-            indirectGeneration = gen;
+            _indirectHost = (byte*)System.Runtime.CompilerServices.Unsafe.AsPointer(ref span[0]);
+            _indirectGeneration = gen;
         }
-        indirectEpoch = ring.Epoch;
-        return indirectHost;
+        _indirectEpoch = ring.Epoch;
+        return _indirectHost;
     }
 
     /// <summary>Signalled when the driver decides to notify the device (vhost's kickfd).</summary>
@@ -122,16 +122,16 @@ public sealed unsafe class SplitQueueDriver : SplitQueue
     public IndirectArea? Indirect { get; }
 
     /// <summary>Free descriptors in the ring.</summary>
-    public int FreeDescriptors => numFree;
+    public int FreeDescriptors => _numFree;
 
     /// <inheritdoc/>
-    public override int InFlight => inFlight;
+    public override int InFlight => _inFlight;
 
     /// <summary>The driver's avail index (including chains added since the last kick).</summary>
-    public ushort AvailIdx => availShadow;
+    public ushort AvailIdx => _availShadow;
 
     /// <summary>The next used-ring index the driver will read.</summary>
-    public ushort LastUsedIdx => lastUsed;
+    public ushort LastUsedIdx => _lastUsed;
 
     /// <summary>
     /// Adds a chain: <paramref name="readable"/> buffers (device reads them), then <paramref name="writable"/> ones
@@ -144,7 +144,7 @@ public sealed unsafe class SplitQueueDriver : SplitQueue
     {
         int total = readable.Length + writable.Length;
         if (total == 0) throw new ArgumentException($"{Name}: a chain needs at least one buffer");
-        bool useIndirect = indirect ?? (total > 1 && total <= autoIndirectMax);
+        bool useIndirect = indirect ?? (total > 1 && total <= _autoIndirectMax);
         if (useIndirect)
         {
             if (!IndirectDesc) throw new InvalidOperationException($"{Name}: VIRTIO_RING_F_INDIRECT_DESC was not negotiated; the driver may not use indirect tables");
@@ -155,13 +155,13 @@ public sealed unsafe class SplitQueueDriver : SplitQueue
         else if (total > Size)
             throw new ArgumentException($"{Name}: a chain of {total} buffers is longer than the queue size {Size} (use indirect descriptors)");
         int needed = useIndirect ? 1 : total;
-        if (numFree < needed)
+        if (_numFree < needed)
         {
             head = 0;
             return false;
         }
         EnsureRing();
-        head = (ushort)freeHead;
+        head = (ushort)_freeHead;
         var desc = (SplitQueueDevice.Desc*)ring.Desc;
         if (useIndirect)
         {
@@ -182,31 +182,31 @@ public sealed unsafe class SplitQueueDriver : SplitQueue
                 Addr = ia.Address + (ulong)head * (ulong)ia.EntriesPerChain * VirtqConst.DescSize,
                 Len = (uint)(total * VirtqConst.DescSize), Flags = VirtqConst.DescFIndirect,
             };
-            freeHead = next[head];
+            _freeHead = _next[head];
         }
         else
         {
-            int i = freeHead;
+            int i = _freeHead;
             for (int k = 0; k < total; k++)
             {
                 var w = k >= readable.Length;
                 var b = w ? writable[k - readable.Length] : readable[k];
                 desc[i] = new SplitQueueDevice.Desc
                 {
-                    Addr = b.Address, Len = b.Length, Next = k < total - 1 ? next[i] : (ushort)0,
+                    Addr = b.Address, Len = b.Length, Next = k < total - 1 ? _next[i] : (ushort)0,
                     Flags = (ushort)((k < total - 1 ? VirtqConst.DescFNext : 0) | (w ? VirtqConst.DescFWrite : 0)),
                 };
-                i = next[i];
+                i = _next[i];
             }
-            freeHead = i;
+            _freeHead = i;
         }
-        numFree -= needed;
-        descCount[head] = (ushort)needed;
-        tokens[head] = token;
-        inUse[head] = true;
-        inFlight++;
-        ring.AvailRing(availShadow & mask) = head;
-        availShadow++;
+        _numFree -= needed;
+        _descCount[head] = (ushort)needed;
+        _tokens[head] = token;
+        _inUse[head] = true;
+        _inFlight++;
+        ring.AvailRing(_availShadow & mask) = head;
+        _availShadow++;
         return true;
     }
 
@@ -223,7 +223,7 @@ public sealed unsafe class SplitQueueDriver : SplitQueue
     public void Publish()
     {
         EnsureRing();
-        Volatile.Write(ref ring.AvailIdx(), availShadow); // release: descriptors and ring entries before the index
+        Volatile.Write(ref ring.AvailIdx(), _availShadow); // release: descriptors and ring entries before the index
     }
 
     /// <summary>
@@ -234,13 +234,13 @@ public sealed unsafe class SplitQueueDriver : SplitQueue
     [MethodImpl(MethodImplOptions.AggressiveOptimization)] // hot path: full optimisation at once, not after tiering
     public bool KickIfNeeded()
     {
-        if (availShadow == lastKickAvail) return false;
+        if (_availShadow == _lastKickAvail) return false;
         Publish();
         Interlocked.MemoryBarrier(); // the index store before the avail_event / flags load (the device does the mirror image)
         var need = EventIdx
-            ? VirtqConst.NeedEvent(Volatile.Read(ref ring.AvailEvent()), availShadow, lastKickAvail)
+            ? VirtqConst.NeedEvent(Volatile.Read(ref ring.AvailEvent()), _availShadow, _lastKickAvail)
             : (Volatile.Read(ref ring.UsedFlags()) & VirtqConst.UsedFNoNotify) == 0;
-        lastKickAvail = availShadow;
+        _lastKickAvail = _availShadow;
         CountNotification(need, Kick);
         return need;
     }
@@ -251,38 +251,38 @@ public sealed unsafe class SplitQueueDriver : SplitQueue
     {
         used = default;
         EnsureRing();
-        if (lastUsed == usedSeen)
+        if (_lastUsed == _usedSeen)
         {
-            if (usedEventStored)
+            if (_usedEventStored)
             {
                 Interlocked.MemoryBarrier(); // our used_event store before the used idx load
-                usedEventStored = false;
+                _usedEventStored = false;
             }
             var idx = Volatile.Read(ref ring.UsedIdx()); // acquire: the elements before the index
-            if ((ushort)(idx - lastUsed) > inFlight)
-                throw new InvalidDataException($"{Name}: the device moved used idx from {lastUsed} to {idx}, more than the {inFlight} chain(s) in flight");
-            usedSeen = idx;
-            if (lastUsed == usedSeen) return false;
+            if ((ushort)(idx - _lastUsed) > _inFlight)
+                throw new InvalidDataException($"{Name}: the device moved used idx from {_lastUsed} to {idx}, more than the {_inFlight} chain(s) in flight");
+            _usedSeen = idx;
+            if (_lastUsed == _usedSeen) return false;
         }
-        var e = ring.UsedElem(lastUsed & mask);
+        var e = ring.UsedElem(_lastUsed & mask);
         uint id = (uint)e, len = (uint)(e >> 32);
-        if (id >= (uint)Size || !inUse[id])
-            throw new InvalidDataException($"{Name}: used ring entry {lastUsed & mask} returns head {id}, which is not in flight");
+        if (id >= (uint)Size || !_inUse[id])
+            throw new InvalidDataException($"{Name}: used ring entry {_lastUsed & mask} returns head {id}, which is not in flight");
         // Free the chain's descriptors, following the driver's own next links.
         int last = (int)id;
-        for (int k = 1; k < descCount[id]; k++) last = next[last];
-        next[last] = (ushort)freeHead;
-        freeHead = (int)id;
-        numFree += descCount[id];
-        inUse[id] = false;
-        inFlight--;
-        lastUsed++;
-        if (EventIdx && !interruptsDisabled)
+        for (int k = 1; k < _descCount[id]; k++) last = _next[last];
+        _next[last] = (ushort)_freeHead;
+        _freeHead = (int)id;
+        _numFree += _descCount[id];
+        _inUse[id] = false;
+        _inFlight--;
+        _lastUsed++;
+        if (EventIdx && !_interruptsDisabled)
         {
-            Volatile.Write(ref ring.UsedEvent(), lastUsed); // interrupt me on the next used buffer
-            usedEventStored = true;
+            Volatile.Write(ref ring.UsedEvent(), _lastUsed); // interrupt me on the next used buffer
+            _usedEventStored = true;
         }
-        used = new UsedBuffer((ushort)id, len, tokens[id]);
+        used = new UsedBuffer((ushort)id, len, _tokens[id]);
         return true;
     }
 
@@ -298,8 +298,8 @@ public sealed unsafe class SplitQueueDriver : SplitQueue
     public void DisableInterrupts()
     {
         EnsureRing();
-        interruptsDisabled = true;
-        if (EventIdx) Volatile.Write(ref ring.UsedEvent(), (ushort)(lastUsed - 1)); // already passed: never crossed while ≤ Size chains are in flight
+        _interruptsDisabled = true;
+        if (EventIdx) Volatile.Write(ref ring.UsedEvent(), (ushort)(_lastUsed - 1)); // already passed: never crossed while ≤ Size chains are in flight
         else Volatile.Write(ref ring.AvailFlags(), (ushort)(ring.AvailFlags() | VirtqConst.AvailFNoInterrupt));
     }
 
@@ -310,12 +310,12 @@ public sealed unsafe class SplitQueueDriver : SplitQueue
     public bool EnableInterrupts()
     {
         EnsureRing();
-        interruptsDisabled = false;
-        if (EventIdx) Volatile.Write(ref ring.UsedEvent(), lastUsed);
+        _interruptsDisabled = false;
+        if (EventIdx) Volatile.Write(ref ring.UsedEvent(), _lastUsed);
         else Volatile.Write(ref ring.AvailFlags(), (ushort)(ring.AvailFlags() & ~VirtqConst.AvailFNoInterrupt));
         Interlocked.MemoryBarrier();
-        usedEventStored = false;
-        return Volatile.Read(ref ring.UsedIdx()) != lastUsed;
+        _usedEventStored = false;
+        return Volatile.Read(ref ring.UsedIdx()) != _lastUsed;
     }
 
     /// <summary>
@@ -326,15 +326,15 @@ public sealed unsafe class SplitQueueDriver : SplitQueue
     /// </summary>
     public bool EnableInterruptsAfter(int count)
     {
-        if (count < 1 || count > inFlight)
-            throw new ArgumentOutOfRangeException(nameof(count), $"{Name}: interrupt after 1 … {inFlight} (the chains in flight) used buffers; got {count}");
+        if (count < 1 || count > _inFlight)
+            throw new ArgumentOutOfRangeException(nameof(count), $"{Name}: interrupt after 1 … {_inFlight} (the chains in flight) used buffers; got {count}");
         if (!EventIdx || count == 1) return EnableInterrupts();
         EnsureRing();
-        interruptsDisabled = false;
-        Volatile.Write(ref ring.UsedEvent(), (ushort)(lastUsed + count - 1));
+        _interruptsDisabled = false;
+        Volatile.Write(ref ring.UsedEvent(), (ushort)(_lastUsed + count - 1));
         Interlocked.MemoryBarrier(); // our used_event store before the used idx load (the device: its idx store before its event load)
-        usedEventStored = false;
-        return (ushort)(Volatile.Read(ref ring.UsedIdx()) - lastUsed) >= count;
+        _usedEventStored = false;
+        return (ushort)(Volatile.Read(ref ring.UsedIdx()) - _lastUsed) >= count;
     }
 
     /// <inheritdoc/>
@@ -343,10 +343,10 @@ public sealed unsafe class SplitQueueDriver : SplitQueue
         var t = new Table { Title = new TableTitle(Markup.Escape($"{Name}: chains the driver has in flight")) };
         t.AddColumn("head").AddColumn("descriptors").AddColumn("token");
         for (int h = 0; h < Size; h++)
-            if (inUse[h])
+            if (_inUse[h])
             {
-                var ind = IndirectDesc && descCount[h] == 1 && Peek16(Ring.DescAddress + (ulong)h * 16 + 12) is { } f && (f & VirtqConst.DescFIndirect) != 0;
-                t.AddRow(h.ToString(), ind ? "1 (indirect table)" : descCount[h].ToString(), tokens[h].ToString());
+                var ind = IndirectDesc && _descCount[h] == 1 && Peek16(Ring.DescAddress + (ulong)h * 16 + 12) is { } f && (f & VirtqConst.DescFIndirect) != 0;
+                t.AddRow(h.ToString(), ind ? "1 (indirect table)" : _descCount[h].ToString(), _tokens[h].ToString());
             }
         return t;
     }
@@ -355,20 +355,20 @@ public sealed unsafe class SplitQueueDriver : SplitQueue
     public override IRenderable ToRenderable()
     {
         var t = NewTable("driver");
-        t.AddRow("driver avail idx (published)", $"{availShadow} ({Show(Peek16(Ring.AvailAddress + 2))})");
-        t.AddRow("driver last used idx", lastUsed.ToString());
+        t.AddRow("driver avail idx (published)", $"{_availShadow} ({Show(Peek16(Ring.AvailAddress + 2))})");
+        t.AddRow("driver last used idx", _lastUsed.ToString());
         if (EventIdx)
         {
             t.AddRow("avail_event (device last seen)", Show(Peek16(Ring.UsedAddress + 4 + 8UL * (ulong)Size)));
             t.AddRow("used_event", Show(Peek16(Ring.AvailAddress + 4 + 2UL * (ulong)Size)));
         }
-        t.AddRow("free descriptors", $"{numFree} of {Size}");
-        t.AddRow("in flight", inFlight.ToString());
+        t.AddRow("free descriptors", $"{_numFree} of {Size}");
+        t.AddRow("in flight", _inFlight.ToString());
         t.AddRow("kicks sent / suppressed", $"{NotificationsSent:N0} / {NotificationsSuppressed:N0}");
-        t.AddRow("interrupts", interruptsDisabled ? "disabled" : "enabled");
+        t.AddRow("interrupts", _interruptsDisabled ? "disabled" : "enabled");
         return t;
     }
 
     /// <inheritdoc/>
-    public override string ToString() => $"{Name}: driver side, size {Size}, avail {availShadow}, last used {lastUsed}, in flight {inFlight}";
+    public override string ToString() => $"{Name}: driver side, size {Size}, avail {_availShadow}, last used {_lastUsed}, in flight {_inFlight}";
 }

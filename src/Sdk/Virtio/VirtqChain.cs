@@ -85,8 +85,8 @@ public readonly unsafe struct VirtqSegment
 /// </summary>
 public sealed unsafe class VirtqChain
 {
-    VirtqSegment[] segments = new VirtqSegment[4];
-    int count;
+    VirtqSegment[] _segments = new VirtqSegment[4];
+    int _count;
 
     internal VirtqChain(SplitQueueDevice queue, ushort head)
     {
@@ -116,23 +116,23 @@ public sealed unsafe class VirtqChain
     public long WritableBytes { get; private set; }
 
     /// <summary>All segments, readable first.</summary>
-    public ReadOnlySpan<VirtqSegment> Segments => segments.AsSpan(0, count);
+    public ReadOnlySpan<VirtqSegment> Segments => _segments.AsSpan(0, _count);
 
     /// <summary>The device-readable segments.</summary>
-    public ReadOnlySpan<VirtqSegment> Readable => segments.AsSpan(0, ReadableCount);
+    public ReadOnlySpan<VirtqSegment> Readable => _segments.AsSpan(0, ReadableCount);
 
     /// <summary>The device-writable segments.</summary>
-    public ReadOnlySpan<VirtqSegment> Writable => segments.AsSpan(ReadableCount, count - ReadableCount);
+    public ReadOnlySpan<VirtqSegment> Writable => _segments.AsSpan(ReadableCount, _count - ReadableCount);
 
     /// <summary>Whether the device holds it (popped, not yet pushed).</summary>
     public bool InFlight { get; internal set; }
 
     /// <summary>Copies readable bytes from <paramref name="offset"/> into <paramref name="destination"/>; returns the bytes copied (fewer at the end).</summary>
-    public int ReadReadable(long offset, Span<byte> destination) => Copy(segments.AsSpan(0, ReadableCount), Queue.Space, offset, destination, toGuest: false);
+    public int ReadReadable(long offset, Span<byte> destination) => Copy(_segments.AsSpan(0, ReadableCount), Queue.Space, offset, destination, toGuest: false);
 
     /// <summary>Copies <paramref name="source"/> into the writable bytes from <paramref name="offset"/> on; returns the bytes copied (fewer at the end).</summary>
     public int WriteWritable(long offset, ReadOnlySpan<byte> source)
-        => Copy(segments.AsSpan(ReadableCount, count - ReadableCount), Queue.Space, offset, MemoryMarshalHelper.AsWritable(source), toGuest: true);
+        => Copy(_segments.AsSpan(ReadableCount, _count - ReadableCount), Queue.Space, offset, MemoryMarshalHelper.AsWritable(source), toGuest: true);
 
     /// <summary>Reads a <typeparamref name="T"/> from the readable bytes at <paramref name="offset"/> (it may span segments).</summary>
     public T Read<T>(long offset) where T : unmanaged
@@ -153,14 +153,14 @@ public sealed unsafe class VirtqChain
 
     /// <inheritdoc/>
     public override string ToString()
-        => $"head {Head}: {Descriptors} desc{(Indirect ? " (indirect)" : "")}, {ReadableBytes} B readable in {ReadableCount} seg, {WritableBytes} B writable in {count - ReadableCount} seg";
+        => $"head {Head}: {Descriptors} desc{(Indirect ? " (indirect)" : "")}, {ReadableBytes} B readable in {ReadableCount} seg, {WritableBytes} B writable in {_count - ReadableCount} seg";
 
     // ---- filled by the device queue ----
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     internal void Reset()
     {
-        count = 0;
+        _count = 0;
         ReadableCount = 0;
         ReadableBytes = 0;
         WritableBytes = 0;
@@ -171,8 +171,8 @@ public sealed unsafe class VirtqChain
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     internal void Add(ulong address, int length, bool writable, nint host, MemSlot slot)
     {
-        if (count == segments.Length) Array.Resize(ref segments, count * 2);
-        segments[count++] = new VirtqSegment(address, length, writable, host, slot);
+        if (_count == _segments.Length) Array.Resize(ref _segments, _count * 2);
+        _segments[_count++] = new VirtqSegment(address, length, writable, host, slot);
         if (writable) WritableBytes += length;
         else
         {

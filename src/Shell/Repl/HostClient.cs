@@ -18,8 +18,8 @@ public sealed class HostDiedException(string how) : Exception($"evaluation host 
 /// </summary>
 public sealed class HostClient : IDisposable
 {
-    private static int s_counter;
-    private static int s_swept;
+    private static int _counter;
+    private static int _swept;
 
     private readonly Process _process;
     private readonly Socket _socket;
@@ -49,8 +49,8 @@ public sealed class HostClient : IDisposable
     public static async Task<HostClient> StartAsync(IReadOnlyList<string> pluginDirectories, string? program = null, CancellationToken ct = default)
     {
         var dir = Environment.GetEnvironmentVariable("XDG_RUNTIME_DIR") is { Length: > 0 } run && Directory.Exists(run) ? run : Path.GetTempPath();
-        if (Interlocked.Exchange(ref s_swept, 1) == 0) SweepStaleSockets(dir);
-        var socketPath = Path.Combine(dir, $"virtlab-{Environment.ProcessId}-{Interlocked.Increment(ref s_counter)}.sock");
+        if (Interlocked.Exchange(ref _swept, 1) == 0) SweepStaleSockets(dir);
+        var socketPath = Path.Combine(dir, $"virtlab-{Environment.ProcessId}-{Interlocked.Increment(ref _counter)}.sock");
         File.Delete(socketPath);
         using var listener = new Socket(AddressFamily.Unix, SocketType.Stream, ProtocolType.Unspecified);
         listener.Bind(new UnixDomainSocketEndPoint(socketPath));

@@ -45,7 +45,7 @@ internal sealed class CodeAssist
     private int _chained;              // user submissions in the chain
     private DocumentId? _current;      // the document being typed, chained on _last
 
-    private static readonly Lazy<MefHostServices> s_host = new(() => MefHostServices.Create(MefHostServices.DefaultAssemblies));
+    private static readonly Lazy<MefHostServices> Host = new(() => MefHostServices.Create(MefHostServices.DefaultAssemblies));
 
     public CodeAssist(ScriptCompiler compiler, string? preamble, Func<IReadOnlyList<string>> submissions)
     {
@@ -157,7 +157,7 @@ internal sealed class CodeAssist
         return found;
     }
 
-    private static readonly SymbolDisplayFormat s_typeFormat = SymbolDisplayFormat.MinimallyQualifiedFormat;
+    private static readonly SymbolDisplayFormat TypeFormat = SymbolDisplayFormat.MinimallyQualifiedFormat;
 
     /// <summary>The item's signature or type, with the number of other overloads, and its doc summary.</summary>
     private static (string Detail, string Doc) Describe(IReadOnlyList<ISymbol> symbols)
@@ -167,12 +167,12 @@ internal sealed class CodeAssist
         {
             INamespaceSymbol ns => "namespace " + ns.ToDisplayString(),
             ITypeSymbol t => (t.IsRecord ? "record " : "") + t.TypeKind.ToString().ToLowerInvariant() + " " + t.ToDisplayString(),
-            IFieldSymbol { ContainingType.IsScriptClass: true } f => f.Type.ToDisplayString(s_typeFormat) + " " + f.Name,
-            IFieldSymbol f => (f.IsConst ? "const " : "") + f.ToDisplayString(s_typeFormat), // "int Workload.MaxPasses"
-            IPropertySymbol p => p.ToDisplayString(s_signatureFormat),
-            ILocalSymbol l => l.Type.ToDisplayString(s_typeFormat) + " " + l.Name,
-            IParameterSymbol p => p.Type.ToDisplayString(s_typeFormat) + " " + p.Name,
-            _ => s.ToDisplayString(s_signatureFormat),
+            IFieldSymbol { ContainingType.IsScriptClass: true } f => f.Type.ToDisplayString(TypeFormat) + " " + f.Name,
+            IFieldSymbol f => (f.IsConst ? "const " : "") + f.ToDisplayString(TypeFormat), // "int Workload.MaxPasses"
+            IPropertySymbol p => p.ToDisplayString(SignatureFormat),
+            ILocalSymbol l => l.Type.ToDisplayString(TypeFormat) + " " + l.Name,
+            IParameterSymbol p => p.Type.ToDisplayString(TypeFormat) + " " + p.Name,
+            _ => s.ToDisplayString(SignatureFormat),
         };
         var overloads = symbols.Count(x => x is IMethodSymbol) - 1;
         if (overloads > 0) detail += $" (+ {overloads} overload{(overloads == 1 ? "" : "s")})";
@@ -231,7 +231,7 @@ internal sealed class CodeAssist
         var xml = DocXml(docSymbol);
         return new SignatureHelp(
             overloads.Select(m => m.MethodKind == MethodKind.PropertyGet && m.AssociatedSymbol is { } p
-                ? p.ToDisplayString(s_signatureFormat) : m.ToDisplayString(s_signatureFormat)).ToList(),
+                ? p.ToDisplayString(SignatureFormat) : m.ToDisplayString(SignatureFormat)).ToList(),
             active, parameter?.Name,
             parameter is null ? "" : Normalize(xml?.Elements("param").FirstOrDefault(e => (string?)e.Attribute("name") == parameter.Name)),
             Normalize(xml?.Element("summary")));
@@ -287,7 +287,7 @@ internal sealed class CodeAssist
         {
             if (_workspace is null)
             {
-                _workspace = new AdhocWorkspace(s_host.Value);
+                _workspace = new AdhocWorkspace(Host.Value);
                 if (_preamble is not null) _last = AddSubmission(_preamble, null);
             }
             var submissions = _submissions();
@@ -402,7 +402,7 @@ internal sealed class CodeAssist
 
     // ---- docs ------------------------------------------------------------------------------------------
 
-    private static readonly SymbolDisplayFormat s_signatureFormat = SymbolDisplayFormat.MinimallyQualifiedFormat
+    private static readonly SymbolDisplayFormat SignatureFormat = SymbolDisplayFormat.MinimallyQualifiedFormat
         .WithMemberOptions(SymbolDisplayMemberOptions.IncludeParameters | SymbolDisplayMemberOptions.IncludeType | SymbolDisplayMemberOptions.IncludeContainingType)
         .WithParameterOptions(SymbolDisplayParameterOptions.IncludeType | SymbolDisplayParameterOptions.IncludeName
                               | SymbolDisplayParameterOptions.IncludeDefaultValue | SymbolDisplayParameterOptions.IncludeParamsRefOut);

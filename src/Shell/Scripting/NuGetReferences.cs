@@ -21,25 +21,25 @@ internal sealed class NuGetMetadataResolver(MetadataReferenceResolver inner) : M
 {
     private readonly MetadataReferenceResolver _inner = inner;
     private const string Prefix = "nuget:";
-    private static readonly ConcurrentDictionary<string, string> s_errors = new(StringComparer.Ordinal);
-    private static readonly ConcurrentDictionary<string, IReadOnlyList<string>> s_restored = new(StringComparer.Ordinal);
+    private static readonly ConcurrentDictionary<string, string> Errors = new(StringComparer.Ordinal);
+    private static readonly ConcurrentDictionary<string, IReadOnlyList<string>> Restored = new(StringComparer.Ordinal);
 
-    private static readonly ConcurrentDictionary<string, string> s_closure = new(StringComparer.OrdinalIgnoreCase); // assembly name → path
+    private static readonly ConcurrentDictionary<string, string> Closure = new(StringComparer.OrdinalIgnoreCase); // assembly name → path
     private static string Tfm => $"net{Environment.Version.Major}.{Environment.Version.Minor}";
 
     public override bool ResolveMissingAssemblies => true;
 
     public override PortableExecutableReference? ResolveMissingAssembly(MetadataReference definition, AssemblyIdentity referenceIdentity) =>
-        s_closure.TryGetValue(referenceIdentity.Name, out var path) ? MetadataReference.CreateFromFile(path)
+        Closure.TryGetValue(referenceIdentity.Name, out var path) ? MetadataReference.CreateFromFile(path)
             : _inner.ResolveMissingAssemblies ? _inner.ResolveMissingAssembly(definition, referenceIdentity) : null;
 
     /// <summary>Every assembly of the restored closures: the load context must find them all, the compiler saw only some.</summary>
-    public static IReadOnlyCollection<string> ClosurePaths => [.. s_closure.Values];
+    public static IReadOnlyCollection<string> ClosurePaths => [.. Closure.Values];
 
     public static bool IsNuGet(string reference) => reference.TrimStart().StartsWith(Prefix, StringComparison.OrdinalIgnoreCase);
 
     /// <summary>Why <paramref name="reference"/> could not be restored (for the CS0006 it leaves), or null.</summary>
-    public static string? ErrorFor(string reference) => s_errors.TryGetValue(reference, out var e) ? e : null;
+    public static string? ErrorFor(string reference) => Errors.TryGetValue(reference, out var e) ? e : null;
 
     public override ImmutableArray<PortableExecutableReference> ResolveReference(string reference, string? baseFilePath, MetadataReferenceProperties properties)
     {
@@ -48,11 +48,11 @@ internal sealed class NuGetMetadataResolver(MetadataReferenceResolver inner) : M
         try
         {
             var (id, version) = Parse(reference);
-            var paths = s_restored.GetOrAdd($"{id}\n{version}\n{FindConfig(dir)}", _ => Restore(id, version, FindConfig(dir)));
-            s_errors.TryRemove(reference, out _);
+            var paths = Restored.GetOrAdd($"{id}\n{version}\n{FindConfig(dir)}", _ => Restore(id, version, FindConfig(dir)));
+            Errors.TryRemove(reference, out _);
             // Roslyn takes one reference per #r (more: NotSupportedException): the package's own assembly here, the rest of
             // the closure when the compiler asks for it (ResolveMissingAssembly), and all of it in the load context.
-            foreach (var p in paths) s_closure[Path.GetFileNameWithoutExtension(p)] = p;
+            foreach (var p in paths) Closure[Path.GetFileNameWithoutExtension(p)] = p;
             var main = paths.FirstOrDefault(p => Path.GetFileNameWithoutExtension(p).Equals(id, StringComparison.OrdinalIgnoreCase))
                 ?? paths.FirstOrDefault(p => p.Contains($"/{id.ToLowerInvariant()}/", StringComparison.Ordinal))
                 ?? throw new NuGetRestoreException($"package {id} {version} has no assembly for {Tfm} (nothing under lib/ that this runtime can use)");
@@ -60,7 +60,7 @@ internal sealed class NuGetMetadataResolver(MetadataReferenceResolver inner) : M
         }
         catch (NuGetRestoreException e)
         {
-            s_errors[reference] = e.Message;
+            Errors[reference] = e.Message;
             return [];
         }
     }

@@ -30,8 +30,8 @@ public sealed class ScriptCompiler
         new(LanguageVersion.Latest, DocumentationMode.None, SourceCodeKind.Script);
 
     private static readonly EmitOptions EmitOpts = new(debugInformationFormat: DebugInformationFormat.Embedded);
-    private static ImmutableArray<MetadataReference>? s_baseReferences;
-    private static readonly object s_lock = new();
+    private static ImmutableArray<MetadataReference>? _baseReferences;
+    private static readonly object Gate = new();
 
     public ScriptCompiler(PluginSet plugins, Type globalsType, string baseDirectory)
     {
@@ -114,9 +114,9 @@ public sealed class ScriptCompiler
     /// process so Roslyn reads each one's metadata once.</summary>
     private static ImmutableArray<MetadataReference> BaseReferences(Type globalsType)
     {
-        lock (s_lock)
+        lock (Gate)
         {
-            if (s_baseReferences is { } cached) return cached;
+            if (_baseReferences is { } cached) return cached;
             var frameworkDir = Path.GetDirectoryName(typeof(object).Assembly.Location)!;
             var tpa = ((AppContext.GetData("TRUSTED_PLATFORM_ASSEMBLIES") as string) ?? "").Split(Path.PathSeparator, StringSplitOptions.RemoveEmptyEntries);
             var paths = tpa.Where(p => string.Equals(Path.GetDirectoryName(p), frameworkDir, StringComparison.Ordinal) && IsFrameworkName(Path.GetFileNameWithoutExtension(p)))
@@ -124,7 +124,7 @@ public sealed class ScriptCompiler
             foreach (var t in new[] { globalsType, typeof(VirtLab.Sdk.IDisplayable), typeof(Spectre.Console.AnsiConsole), typeof(Iced.Intel.Instruction) })
                 if (!paths.Contains(t.Assembly.Location)) paths.Add(t.Assembly.Location);
             var refs = paths.Select(Reference).ToImmutableArray();
-            s_baseReferences = refs;
+            _baseReferences = refs;
             return refs;
         }
     }

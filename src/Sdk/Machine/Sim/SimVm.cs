@@ -78,16 +78,16 @@ internal sealed unsafe class SimVm : Vm
         public uint Used => Volatile.Read(ref DirtyIndex) - Volatile.Read(ref ResetIndex);
     }
 
-    readonly SimRing[]? rings;
-    readonly int ringSoftLimit;
+    readonly SimRing[]? _rings;
+    readonly int _ringSoftLimit;
 
     public SimVm(VmOptions options) : base(options)
     {
         if (DirtyRing is { } r)
         {
-            rings = new SimRing[options.Vcpus];
-            for (int i = 0; i < rings.Length; i++) rings[i] = new SimRing(r.Entries);
-            ringSoftLimit = r.SoftLimit;
+            _rings = new SimRing[options.Vcpus];
+            for (int i = 0; i < _rings.Length; i++) _rings[i] = new SimRing(r.Entries);
+            _ringSoftLimit = r.SoftLimit;
         }
     }
 
@@ -105,7 +105,7 @@ internal sealed unsafe class SimVm : Vm
         var words = DirtyBitmap.WordsFor(slot.Pages);
         if (logDirtyPages && st.Log is null && st.RingPushed is null)
         {
-            if (rings is not null) st.RingPushed = new ulong[words]; // every page write-protected
+            if (_rings is not null) st.RingPushed = new ulong[words]; // every page write-protected
             else
             {
                 var log = new ulong[words];
@@ -160,8 +160,8 @@ internal sealed unsafe class SimVm : Vm
 
     private protected override void HarvestDirtyRingCore(int vcpu, List<DirtyGfn> into)
     {
-        if (rings is null) return;
-        var r = rings[vcpu];
+        if (_rings is null) return;
+        var r = _rings[vcpu];
         while (true)
         {
             ref var e = ref r.Entries[r.FetchIndex & r.Mask];
@@ -174,9 +174,9 @@ internal sealed unsafe class SimVm : Vm
 
     private protected override long ResetDirtyRingsCore()
     {
-        if (rings is null) return 0;
+        if (_rings is null) return 0;
         long count = 0;
-        foreach (var r in rings)
+        foreach (var r in _rings)
         {
             while (r.ResetIndex != Volatile.Read(ref r.DirtyIndex))
             {
@@ -197,7 +197,7 @@ internal sealed unsafe class SimVm : Vm
     /// <summary>kvm_dirty_ring_push; then the soft-full check KVM makes before re-entering the guest.</summary>
     void PushDirtyGfn(int vcpu, int slotId, long page)
     {
-        var r = rings![vcpu];
+        var r = _rings![vcpu];
         if (r.Used >= (uint)r.Entries.Length)
             throw new InvalidOperationException($"vCPU {vcpu}'s dirty ring overflowed ({r.Entries.Length} entries); the soft limit should have stopped it");
         ref var e = ref r.Entries[r.DirtyIndex & r.Mask];
@@ -205,7 +205,7 @@ internal sealed unsafe class SimVm : Vm
         e.Offset = (ulong)page;
         Volatile.Write(ref e.Flags, DirtyGfn.FlagDirty);
         Volatile.Write(ref r.DirtyIndex, r.DirtyIndex + 1);
-        if (r.Used >= (uint)ringSoftLimit) OnDirtyRingFull(vcpu); // KVM_EXIT_DIRTY_RING_FULL, served, then resume
+        if (r.Used >= (uint)_ringSoftLimit) OnDirtyRingFull(vcpu); // KVM_EXIT_DIRTY_RING_FULL, served, then resume
     }
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
@@ -213,7 +213,7 @@ internal sealed unsafe class SimVm : Vm
     {
         int w = (int)(page >> 6);
         ulong bit = 1UL << (int)(page & 63);
-        if (rings is null)
+        if (_rings is null)
         {
             var log = st.Log;
             if (log is not null && (Volatile.Read(ref log[w]) & bit) == 0) Interlocked.Or(ref log[w], bit);
