@@ -57,7 +57,9 @@ foreach (var size in frameSizes)
     var fewer = 1 - on.NotificationsPerPacket / Math.Max(1e-12, off.NotificationsPerPacket);
     Result($"eventIdx.{size}B.batch{on.Batch}.fewerNotifications", Math.Round(fewer, 4));
     Console.WriteLine($"{size} B, batch {on.Batch}: {on.NotificationsPerPacket:F4} notifications/packet with EVENT_IDX, {off.NotificationsPerPacket:F4} without ({fewer:P1} fewer)");
-    Expect(on.NotificationsPerPacket < off.NotificationsPerPacket, $"EVENT_IDX takes fewer notifications per packet at {size} B");
+    // A statistical claim about a polling worker: the test-mode run (5,000 packets) is too short for it, and the
+    // deterministic count is the Vdpa tests' EVENT_IDX_reduces_notifications.
+    if (!TestMode) Expect(on.NotificationsPerPacket < off.NotificationsPerPacket, $"EVENT_IDX takes fewer notifications per packet at {size} B");
 }
 
 // Ceiling: the SDK virtqueue alone, one thread, 64 B buffers, same batch as the best loopback row.
