@@ -41,11 +41,12 @@ public interface IDirtyTracker
     /// <summary>Stops tracking and frees its state (STOP).</summary>
     void Stop();
 
-    void OnMap(ulong iova, ulong size);
-    void OnUnmap(ulong iova, ulong size);
-    void OnPin(ulong iova);
-    void OnUnpin(ulong iova);
-    void OnWrite(ulong iova, ulong length, DmaPath path);
+    // The container's events. Each strategy observes only some of them; the rest are no-ops by default.
+    void OnMap(ulong iova, ulong size) { }
+    void OnUnmap(ulong iova, ulong size) { }
+    void OnPin(ulong iova) { }
+    void OnUnpin(ulong iova) { }
+    void OnWrite(ulong iova, ulong length, DmaPath path) { }
 
     /// <summary>
     /// Reports the dirty pages of [<paramref name="iova"/>, +<paramref name="size"/>) into <paramref name="bitmap"/> (OR) and,

@@ -18,11 +18,6 @@ public sealed class PerDmaBitmapTracker(VfioContainer container) : IDirtyTracker
     public bool Running => container.DirtyTracking;
     public void Start() => container.StartDirtyTracking();
     public void Stop() => container.StopDirtyTracking();
-    public void OnMap(ulong iova, ulong size) { }
-    public void OnUnmap(ulong iova, ulong size) { }
-    public void OnPin(ulong iova) { }
-    public void OnUnpin(ulong iova) { }
-    public void OnWrite(ulong iova, ulong length, DmaPath path) { }
 
     public unsafe int Query(ulong iova, ulong size, ulong pgsize, Span<ulong> bitmap, bool noClear = false)
     {
@@ -68,7 +63,6 @@ public sealed class DirtyRangeTreeTracker(VfioContainer container) : IDirtyTrack
         lock (container.Gate) { running = false; dirty.Clear(); }
     }
 
-    public void OnMap(ulong iova, ulong size) { }
 
     public void OnUnmap(ulong iova, ulong size)
     {
@@ -143,11 +137,6 @@ public sealed class QemuIovaWalkTracker(VfioContainer container) : IDirtyTracker
     public bool Running => container.DirtyTracking;
     public void Start() => container.StartDirtyTracking();
     public void Stop() => container.StopDirtyTracking();
-    public void OnMap(ulong iova, ulong size) { }
-    public void OnUnmap(ulong iova, ulong size) { }
-    public void OnPin(ulong iova) { }
-    public void OnUnpin(ulong iova) { }
-    public void OnWrite(ulong iova, ulong length, DmaPath path) { }
 
     /// <summary>Translations the last query made.</summary>
     public long LastSteps { get; private set; }
@@ -222,10 +211,7 @@ public sealed class IommufdTracker(VfioContainer container) : IDirtyTracker
         lock (container.Gate) { running = false; iopte.Dispose(); }
     }
 
-    public void OnMap(ulong iova, ulong size) { }
     public void OnUnmap(ulong iova, ulong size) => iopte.Clear(iova >> 12, size >> 12, free: true);
-    public void OnPin(ulong iova) { }
-    public void OnUnpin(ulong iova) { }
 
     public void OnWrite(ulong iova, ulong length, DmaPath path)
     {
@@ -299,10 +285,6 @@ public sealed class DeviceDmaLoggingTracker(VfioContainer container) : IDirtyTra
         lock (container.Gate) { running = false; log.Dispose(); ranges.Clear(); }
     }
 
-    public void OnMap(ulong iova, ulong size) { }
-    public void OnUnmap(ulong iova, ulong size) { }
-    public void OnPin(ulong iova) { }
-    public void OnUnpin(ulong iova) { }
 
     public void OnWrite(ulong iova, ulong length, DmaPath path)
     {
