@@ -116,12 +116,14 @@ public sealed unsafe class SplitQueueDevice : SplitQueue
     bool ReadAvailIdx()
     {
         var idx = Volatile.Read(ref ring.AvailIdx());
-        if ((ushort)(idx - _lastAvail) > Size)
-            return Break(VirtqErrorKind.AvailIndexJump, -1, -1, Ring.AvailAddress + 2, 2, null,
-                $"the driver moved avail idx from {_lastAvail} to {idx}: {(ushort)(idx - _lastAvail)} new entries, more than the queue size {Size}");
+        if ((ushort)(idx - _lastAvail) > Size) return AvailJump(idx);
         _shadowAvail = idx;
         return true;
     }
+
+    [MethodImpl(MethodImplOptions.NoInlining)]
+    bool AvailJump(ushort idx) => Break(VirtqErrorKind.AvailIndexJump, -1, -1, Ring.AvailAddress + 2, 2, null,
+        $"the driver moved avail idx from {_lastAvail} to {idx}: {(ushort)(idx - _lastAvail)} new entries, more than the queue size {Size}");
 
     /// <summary>Requests a kick for the next buffer and re-reads the available index; true when buffers are there now.</summary>
     bool ArmKick()
@@ -136,16 +138,23 @@ public sealed unsafe class SplitQueueDevice : SplitQueue
     bool PopOne(out VirtqChain chain)
     {
         chain = null!;
-        var head = ring.AvailRing(_lastAvail & mask);
-        if (head >= Size)
-            return Break(VirtqErrorKind.DescriptorIndex, head, head, Ring.AvailAddress + 4 + 2UL * (ulong)(_lastAvail & mask), 2, null,
-                $"avail ring entry {_lastAvail & mask} names head {head}; descriptor indexes must be below the queue size {Size}");
-        var c = _chains[head] ??= new VirtqChain(this, head);
-        if (c.InFlight)
-            return Break(VirtqErrorKind.DuplicateHead, head, head, Ring.AvailAddress + 4 + 2UL * (ulong)(_lastAvail & mask), 2, null,
-                $"head {head} was made available again while the device still holds it (it was never returned through the used ring)");
-        c.Reset();
-        if (!Walk(c, head)) return false;
+        int slot = _lastAvail & mask;
+        var head = ring.AvailRing(slot);
+        if (head >= (uint)Size) return BadHead(slot, head, duplicate: false);
+        var c = _chains[head] ?? NewChain(head);
+        if (c.InFlight) return BadHead(slot, head, duplicate: true);
+        // The common chain (one direct descriptor whose buffer lies in the last translation) is taken from one copy of
+        // the descriptor without the general walk; anything else is walked from scratch (its own copy).
+        var d = Unsafe.ReadUnaligned<Desc>(ring.Desc + (long)head * VirtqConst.DescSize);
+        var writable = (d.Flags & VirtqConst.DescFWrite) != 0;
+        if ((d.Flags & (VirtqConst.DescFNext | VirtqConst.DescFIndirect)) == 0 && d.Len != 0 && _tlbEpoch == ring.Epoch
+            && _tlb.Covers(d.Addr, d.Len, writable ? MemoryAccess.Write : MemoryAccess.Read))
+            c.SetSingle(d.Addr, (int)d.Len, writable, _tlb.HostOf(d.Addr), _tlb.Slot);
+        else
+        {
+            c.Reset();
+            if (!Walk(c, head)) return false;
+        }
         _lastAvail++;
         c.InFlight = true;
         _inFlight++;
@@ -153,10 +162,21 @@ public sealed unsafe class SplitQueueDevice : SplitQueue
         return true;
     }
 
+    [MethodImpl(MethodImplOptions.NoInlining)]
+    VirtqChain NewChain(ushort head) => _chains[head] = new VirtqChain(this, head);
+
+    [MethodImpl(MethodImplOptions.NoInlining)]
+    bool BadHead(int slot, ushort head, bool duplicate) => duplicate
+        ? Break(VirtqErrorKind.DuplicateHead, head, head, Ring.AvailAddress + 4 + 2UL * (ulong)slot, 2, null,
+            $"head {head} was made available again while the device still holds it (it was never returned through the used ring)")
+        : Break(VirtqErrorKind.DescriptorIndex, head, head, Ring.AvailAddress + 4 + 2UL * (ulong)slot, 2, null,
+            $"avail ring entry {slot} names head {head}; descriptor indexes must be below the queue size {Size}");
+
     /// <summary>Walks and translates the chain at <paramref name="head"/>; every descriptor is copied once out of guest memory before use.</summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)] // hot path: full optimisation at once, not after tiering
     bool Walk(VirtqChain c, ushort head)
     {
+        // Refusals are built in WalkFault (out of line): their messages would otherwise give this loop a large frame to zero per call.
         byte* table = ring.Desc;
         int tableLen = Size;
         ulong tableAddr = Ring.DescAddress;
@@ -164,29 +184,18 @@ public sealed unsafe class SplitQueueDevice : SplitQueue
         int i = head, count = 0;
         while (true)
         {
-            if (++count > tableLen)
-                return Break(VirtqErrorKind.ChainTooLong, head, i, tableAddr, 0, null,
-                    $"head {head}: the chain has more than {tableLen} descriptors, the {(inIndirect ? "indirect table's length" : "queue size")} (a loop in the next fields?)");
+            if (++count > tableLen) return WalkFault(WalkProblem.TooLong, head, i, tableAddr, default, tableLen, inIndirect, default);
             var d = Unsafe.ReadUnaligned<Desc>(table + (long)i * VirtqConst.DescSize);
             c.Descriptors++;
             var where = tableAddr + (ulong)i * VirtqConst.DescSize;
             if ((d.Flags & VirtqConst.DescFIndirect) != 0)
             {
-                if (inIndirect)
-                    return Break(VirtqErrorKind.NestedIndirect, head, i, where, VirtqConst.DescSize, null,
-                        $"head {head}: entry {i} of an indirect table is itself INDIRECT; indirect tables may not nest");
-                if ((d.Flags & VirtqConst.DescFNext) != 0)
-                    return Break(VirtqErrorKind.IndirectWithNext, head, i, where, VirtqConst.DescSize, null,
-                        $"head {head}: descriptor {i} has both INDIRECT and NEXT set; an indirect descriptor must end the chain");
+                if (inIndirect) return WalkFault(WalkProblem.Nested, head, i, where, d, tableLen, inIndirect, default);
+                if ((d.Flags & VirtqConst.DescFNext) != 0) return WalkFault(WalkProblem.IndirectWithNext, head, i, where, d, tableLen, inIndirect, default);
                 if (d.Len == 0 || d.Len % VirtqConst.DescSize != 0 || d.Len / VirtqConst.DescSize > VirtqConst.MaxIndirectEntries)
-                    return Break(VirtqErrorKind.IndirectLength, head, i, d.Addr, d.Len, null,
-                        $"head {head}: descriptor {i} points at an indirect table of {d.Len} bytes; the length must be a non-zero multiple of 16, at most {VirtqConst.MaxIndirectEntries} entries");
-                var bytes = (int)d.Len;
-                if (_indirectScratch.Length < bytes) _indirectScratch = GC.AllocateUninitializedArray<byte>(Math.Max(bytes, 4096), pinned: true);
-                if (!Space.TryRead(d.Addr, _indirectScratch.AsSpan(0, bytes), out var tf))
-                    return Break(VirtqErrorKind.BufferFault, head, i, d.Addr, d.Len, tf, $"head {head}: the indirect table of descriptor {i}: {tf}");
-                table = (byte*)Unsafe.AsPointer(ref System.Runtime.InteropServices.MemoryMarshal.GetArrayDataReference(_indirectScratch));
-                tableLen = bytes / VirtqConst.DescSize;
+                    return WalkFault(WalkProblem.IndirectLength, head, i, where, d, tableLen, inIndirect, default);
+                if (!ReadIndirect(d, out table, out var tf)) return WalkFault(WalkProblem.IndirectFault, head, i, where, d, tableLen, inIndirect, tf);
+                tableLen = (int)d.Len / VirtqConst.DescSize;
                 tableAddr = d.Addr;
                 inIndirect = true;
                 c.Indirect = true;
@@ -196,19 +205,45 @@ public sealed unsafe class SplitQueueDevice : SplitQueue
             }
             var writable = (d.Flags & VirtqConst.DescFWrite) != 0;
             if (writable) sawWritable = true;
-            else if (sawWritable)
-                return Break(VirtqErrorKind.ReadableAfterWritable, head, i, where, VirtqConst.DescSize, null,
-                    $"head {head}: descriptor {i} is device-readable but follows a device-writable one; readable buffers must come first");
+            else if (sawWritable) return WalkFault(WalkProblem.ReadableAfterWritable, head, i, where, d, tableLen, inIndirect, default);
             if (d.Len != 0 && !Translate(c, d.Addr, d.Len, writable, out var f))
-                return Break(VirtqErrorKind.BufferFault, head, i, d.Addr, d.Len, f,
-                    $"head {head}: descriptor {i}'s {(writable ? "device-writable" : "device-readable")} buffer [0x{d.Addr:x}, +{d.Len}): {f}");
+                return WalkFault(WalkProblem.BufferFault, head, i, where, d, tableLen, inIndirect, f);
             if ((d.Flags & VirtqConst.DescFNext) == 0) return true;
             i = d.Next;
-            if (i >= tableLen)
-                return Break(VirtqErrorKind.DescriptorIndex, head, i, where, VirtqConst.DescSize, null,
-                    $"head {head}: descriptor {(inIndirect ? "in an indirect table " : "")}links to next {i}, outside the {(inIndirect ? $"table's {tableLen} entries" : $"queue of {Size}")}");
+            if (i >= tableLen) return WalkFault(WalkProblem.NextIndex, head, i, where, d, tableLen, inIndirect, default);
         }
     }
+
+    /// <summary>Copies the indirect table <paramref name="d"/> points at into the pinned scratch buffer (the driver cannot change it under us).</summary>
+    bool ReadIndirect(in Desc d, out byte* table, out MemoryFault fault)
+    {
+        var bytes = (int)d.Len;
+        if (_indirectScratch.Length < bytes) _indirectScratch = GC.AllocateUninitializedArray<byte>(Math.Max(bytes, 4096), pinned: true);
+        table = (byte*)Unsafe.AsPointer(ref System.Runtime.InteropServices.MemoryMarshal.GetArrayDataReference(_indirectScratch));
+        return Space.TryRead(d.Addr, _indirectScratch.AsSpan(0, bytes), out fault);
+    }
+
+    enum WalkProblem : byte { TooLong, Nested, IndirectWithNext, IndirectLength, IndirectFault, ReadableAfterWritable, BufferFault, NextIndex }
+
+    [MethodImpl(MethodImplOptions.NoInlining)]
+    bool WalkFault(WalkProblem p, ushort head, int i, ulong where, Desc d, int tableLen, bool inIndirect, MemoryFault f) => p switch
+    {
+        WalkProblem.TooLong => Break(VirtqErrorKind.ChainTooLong, head, i, where, 0, null,
+            $"head {head}: the chain has more than {tableLen} descriptors, the {(inIndirect ? "indirect table's length" : "queue size")} (a loop in the next fields?)"),
+        WalkProblem.Nested => Break(VirtqErrorKind.NestedIndirect, head, i, where, VirtqConst.DescSize, null,
+            $"head {head}: entry {i} of an indirect table is itself INDIRECT; indirect tables may not nest"),
+        WalkProblem.IndirectWithNext => Break(VirtqErrorKind.IndirectWithNext, head, i, where, VirtqConst.DescSize, null,
+            $"head {head}: descriptor {i} has both INDIRECT and NEXT set; an indirect descriptor must end the chain"),
+        WalkProblem.IndirectLength => Break(VirtqErrorKind.IndirectLength, head, i, d.Addr, d.Len, null,
+            $"head {head}: descriptor {i} points at an indirect table of {d.Len} bytes; the length must be a non-zero multiple of 16, at most {VirtqConst.MaxIndirectEntries} entries"),
+        WalkProblem.IndirectFault => Break(VirtqErrorKind.BufferFault, head, i, d.Addr, d.Len, f, $"head {head}: the indirect table of descriptor {i}: {f}"),
+        WalkProblem.ReadableAfterWritable => Break(VirtqErrorKind.ReadableAfterWritable, head, i, where, VirtqConst.DescSize, null,
+            $"head {head}: descriptor {i} is device-readable but follows a device-writable one; readable buffers must come first"),
+        WalkProblem.BufferFault => Break(VirtqErrorKind.BufferFault, head, i, d.Addr, d.Len, f,
+            $"head {head}: descriptor {i}'s {((d.Flags & VirtqConst.DescFWrite) != 0 ? "device-writable" : "device-readable")} buffer [0x{d.Addr:x}, +{d.Len}): {f}"),
+        _ => Break(VirtqErrorKind.DescriptorIndex, head, i, where, VirtqConst.DescSize, null,
+            $"head {head}: descriptor {(inIndirect ? "in an indirect table " : "")}links to next {i}, outside the {(inIndirect ? $"table's {tableLen} entries" : $"queue of {Size}")}"),
+    };
 
     /// <summary>
     /// Translates a buffer into host-contiguous segments (checking every byte's mapping and permission). The last
@@ -255,6 +290,7 @@ public sealed unsafe class SplitQueueDevice : SplitQueue
         public ushort Next;
     }
 
+    [MethodImpl(MethodImplOptions.NoInlining)]
     bool Break(VirtqErrorKind kind, int head, int descriptor, ulong address, long length, MemoryFault? fault, string message)
     {
         Interlocked.Increment(ref _errorCounts[(int)kind]);
@@ -282,15 +318,20 @@ public sealed unsafe class SplitQueueDevice : SplitQueue
     public void Push(VirtqChain chain, uint written)
     {
         ArgumentNullException.ThrowIfNull(chain);
-        if (chain.Queue != this) throw new ArgumentException($"the chain (head {chain.Head}) belongs to queue {chain.Queue.Name}, not {Name}", nameof(chain));
-        if (!chain.InFlight) throw new InvalidOperationException($"{Name}: head {chain.Head} is not held by the device (pushed twice, or popped before a reset?)");
-        if (written > chain.WritableBytes)
-            throw new ArgumentOutOfRangeException(nameof(written), $"{Name}: head {chain.Head} has {chain.WritableBytes} writable bytes; the device cannot have written {written}");
+        if (chain.Queue != this || !chain.InFlight || written > chain.WritableBytes) BadPush(chain, written);
         chain.InFlight = false;
         _inFlight--;
         if (_error is not null || !EnsureRing()) return; // a broken queue writes nothing more to the ring
         ring.UsedElem(_usedShadow & mask) = chain.Head | (ulong)written << 32; // published by Flush's release store
         _usedShadow++;
+    }
+
+    [System.Diagnostics.CodeAnalysis.DoesNotReturn, MethodImpl(MethodImplOptions.NoInlining)]
+    void BadPush(VirtqChain chain, uint written)
+    {
+        if (chain.Queue != this) throw new ArgumentException($"the chain (head {chain.Head}) belongs to queue {chain.Queue.Name}, not {Name}", nameof(chain));
+        if (!chain.InFlight) throw new InvalidOperationException($"{Name}: head {chain.Head} is not held by the device (pushed twice, or popped before a reset?)");
+        throw new ArgumentOutOfRangeException(nameof(written), $"{Name}: head {chain.Head} has {chain.WritableBytes} writable bytes; the device cannot have written {written}");
     }
 
     /// <summary>

@@ -52,9 +52,7 @@ public sealed unsafe class SplitQueueDriver : SplitQueue
         _autoIndirectMax = IndirectDesc && indirect is { } a ? a.EntriesPerChain : 0;
         var n = layout.Size;
         _next = new ushort[n];
-        _descCount = new ushort[n];
-        _tokens = new ulong[n];
-        _inUse = new bool[n];
+        _heads = new HeadState[n];
         for (int i = 0; i < n; i++) _next[i] = (ushort)(i + 1);
         _numFree = n;
         if (indirect is { } ia)
@@ -71,15 +69,20 @@ public sealed unsafe class SplitQueueDriver : SplitQueue
     }
 
     readonly ushort[] _next;      // the driver's own copy of each free/chained descriptor's next (never read back from the ring)
-    readonly ushort[] _descCount; // ring descriptors used by the chain at each head
-    readonly ulong[] _tokens;
-    readonly bool[] _inUse;
+    readonly HeadState[] _heads;  // per head: what add and get need, in one cache line's part
     readonly int _autoIndirectMax; // chains of 2 … this many buffers go indirect by default (0: never)
     int _freeHead, _numFree, _inFlight;
     ushort _availShadow, _lastKickAvail, _lastUsed, _usedSeen;
     bool _interruptsDisabled, _usedEventStored;
     byte* _indirectHost;
     long _indirectGeneration = long.MinValue, _indirectEpoch = -1;
+
+    struct HeadState
+    {
+        public ulong Token;
+        public ushort DescCount; // ring descriptors used by the chain at this head
+        public bool InUse;
+    }
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     void EnsureRing()
@@ -143,17 +146,8 @@ public sealed unsafe class SplitQueueDriver : SplitQueue
     public bool TryAdd(ReadOnlySpan<VirtqBuffer> readable, ReadOnlySpan<VirtqBuffer> writable, ulong token, out ushort head, bool? indirect = null)
     {
         int total = readable.Length + writable.Length;
-        if (total == 0) throw new ArgumentException($"{Name}: a chain needs at least one buffer");
         bool useIndirect = indirect ?? (total > 1 && total <= _autoIndirectMax);
-        if (useIndirect)
-        {
-            if (!IndirectDesc) throw new InvalidOperationException($"{Name}: VIRTIO_RING_F_INDIRECT_DESC was not negotiated; the driver may not use indirect tables");
-            if (Indirect is not { } ia) throw new InvalidOperationException($"{Name}: no IndirectArea was given to this driver queue");
-            if (total > ia.EntriesPerChain)
-                throw new ArgumentException($"{Name}: a chain of {total} buffers does not fit an indirect table of {ia.EntriesPerChain} entries");
-        }
-        else if (total > Size)
-            throw new ArgumentException($"{Name}: a chain of {total} buffers is longer than the queue size {Size} (use indirect descriptors)");
+        if (total == 0 || useIndirect || total > Size) CheckChain(total, useIndirect); // throws for a chain that may not be added
         int needed = useIndirect ? 1 : total;
         if (_numFree < needed)
         {
@@ -165,23 +159,14 @@ public sealed unsafe class SplitQueueDriver : SplitQueue
         var desc = (SplitQueueDevice.Desc*)ring.Desc;
         if (useIndirect)
         {
-            var ia = Indirect!.Value;
-            var table = (SplitQueueDevice.Desc*)(IndirectTables() + (long)head * ia.EntriesPerChain * VirtqConst.DescSize);
-            for (int k = 0; k < total; k++)
-            {
-                var w = k >= readable.Length;
-                var b = w ? writable[k - readable.Length] : readable[k];
-                table[k] = new SplitQueueDevice.Desc
-                {
-                    Addr = b.Address, Len = b.Length, Next = (ushort)(k + 1),
-                    Flags = (ushort)((k < total - 1 ? VirtqConst.DescFNext : 0) | (w ? VirtqConst.DescFWrite : 0)),
-                };
-            }
-            desc[head] = new SplitQueueDevice.Desc
-            {
-                Addr = ia.Address + (ulong)head * (ulong)ia.EntriesPerChain * VirtqConst.DescSize,
-                Len = (uint)(total * VirtqConst.DescSize), Flags = VirtqConst.DescFIndirect,
-            };
+            WriteIndirect(desc, head, readable, writable, total);
+            _freeHead = _next[head];
+        }
+        else if (total == 1)
+        {
+            var w = readable.Length == 0;
+            var b = w ? writable[0] : readable[0];
+            desc[head] = new SplitQueueDevice.Desc { Addr = b.Address, Len = b.Length, Flags = w ? VirtqConst.DescFWrite : (ushort)0 };
             _freeHead = _next[head];
         }
         else
@@ -201,13 +186,52 @@ public sealed unsafe class SplitQueueDriver : SplitQueue
             _freeHead = i;
         }
         _numFree -= needed;
-        _descCount[head] = (ushort)needed;
-        _tokens[head] = token;
-        _inUse[head] = true;
+        ref var h = ref _heads[head];
+        h.DescCount = (ushort)needed;
+        h.Token = token;
+        h.InUse = true;
         _inFlight++;
         ring.AvailRing(_availShadow & mask) = head;
         _availShadow++;
         return true;
+    }
+
+    /// <summary>Fills head's indirect table with the chain and points the ring descriptor at it.</summary>
+    void WriteIndirect(SplitQueueDevice.Desc* desc, ushort head, ReadOnlySpan<VirtqBuffer> readable, ReadOnlySpan<VirtqBuffer> writable, int total)
+    {
+        var ia = Indirect!.Value;
+        var table = (SplitQueueDevice.Desc*)(IndirectTables() + (long)head * ia.EntriesPerChain * VirtqConst.DescSize);
+        for (int k = 0; k < total; k++)
+        {
+            var w = k >= readable.Length;
+            var b = w ? writable[k - readable.Length] : readable[k];
+            table[k] = new SplitQueueDevice.Desc
+            {
+                Addr = b.Address, Len = b.Length, Next = (ushort)(k + 1),
+                Flags = (ushort)((k < total - 1 ? VirtqConst.DescFNext : 0) | (w ? VirtqConst.DescFWrite : 0)),
+            };
+        }
+        desc[head] = new SplitQueueDevice.Desc
+        {
+            Addr = ia.Address + (ulong)head * (ulong)ia.EntriesPerChain * VirtqConst.DescSize,
+            Len = (uint)(total * VirtqConst.DescSize), Flags = VirtqConst.DescFIndirect,
+        };
+    }
+
+    /// <summary>Throws for a chain that may not be added (no buffers, indirect when not possible, longer than the queue or table).</summary>
+    [MethodImpl(MethodImplOptions.NoInlining)]
+    void CheckChain(int total, bool useIndirect)
+    {
+        if (total == 0) throw new ArgumentException($"{Name}: a chain needs at least one buffer");
+        if (useIndirect)
+        {
+            if (!IndirectDesc) throw new InvalidOperationException($"{Name}: VIRTIO_RING_F_INDIRECT_DESC was not negotiated; the driver may not use indirect tables");
+            if (Indirect is not { } ia) throw new InvalidOperationException($"{Name}: no IndirectArea was given to this driver queue");
+            if (total > ia.EntriesPerChain)
+                throw new ArgumentException($"{Name}: a chain of {total} buffers does not fit an indirect table of {ia.EntriesPerChain} entries");
+        }
+        else if (total > Size)
+            throw new ArgumentException($"{Name}: a chain of {total} buffers is longer than the queue size {Size} (use indirect descriptors)");
     }
 
     /// <summary>As <see cref="TryAdd(ReadOnlySpan{VirtqBuffer}, ReadOnlySpan{VirtqBuffer}, ulong, out ushort, bool?)"/>; throws <see cref="InvalidOperationException"/> when the ring is full.</summary>
@@ -259,22 +283,21 @@ public sealed unsafe class SplitQueueDriver : SplitQueue
                 _usedEventStored = false;
             }
             var idx = Volatile.Read(ref ring.UsedIdx()); // acquire: the elements before the index
-            if ((ushort)(idx - _lastUsed) > _inFlight)
-                throw new InvalidDataException($"{Name}: the device moved used idx from {_lastUsed} to {idx}, more than the {_inFlight} chain(s) in flight");
+            if ((ushort)(idx - _lastUsed) > _inFlight) UsedJump(idx);
             _usedSeen = idx;
             if (_lastUsed == _usedSeen) return false;
         }
         var e = ring.UsedElem(_lastUsed & mask);
         uint id = (uint)e, len = (uint)(e >> 32);
-        if (id >= (uint)Size || !_inUse[id])
-            throw new InvalidDataException($"{Name}: used ring entry {_lastUsed & mask} returns head {id}, which is not in flight");
+        if (id >= (uint)Size || !_heads[id].InUse) NotInFlight(id);
+        ref var h = ref _heads[id];
         // Free the chain's descriptors, following the driver's own next links.
         int last = (int)id;
-        for (int k = 1; k < _descCount[id]; k++) last = _next[last];
+        for (int k = 1; k < h.DescCount; k++) last = _next[last];
         _next[last] = (ushort)_freeHead;
         _freeHead = (int)id;
-        _numFree += _descCount[id];
-        _inUse[id] = false;
+        _numFree += h.DescCount;
+        h.InUse = false;
         _inFlight--;
         _lastUsed++;
         if (EventIdx && !_interruptsDisabled)
@@ -282,9 +305,17 @@ public sealed unsafe class SplitQueueDriver : SplitQueue
             Volatile.Write(ref ring.UsedEvent(), _lastUsed); // interrupt me on the next used buffer
             _usedEventStored = true;
         }
-        used = new UsedBuffer((ushort)id, len, _tokens[id]);
+        used = new UsedBuffer((ushort)id, len, h.Token);
         return true;
     }
+
+    [System.Diagnostics.CodeAnalysis.DoesNotReturn, MethodImpl(MethodImplOptions.NoInlining)]
+    void UsedJump(ushort idx)
+        => throw new InvalidDataException($"{Name}: the device moved used idx from {_lastUsed} to {idx}, more than the {_inFlight} chain(s) in flight");
+
+    [System.Diagnostics.CodeAnalysis.DoesNotReturn, MethodImpl(MethodImplOptions.NoInlining)]
+    void NotInFlight(uint id)
+        => throw new InvalidDataException($"{Name}: used ring entry {_lastUsed & mask} returns head {id}, which is not in flight");
 
     /// <summary>Takes up to <paramref name="into"/>.Length used buffers (reading the used index once); returns how many.</summary>
     public int GetUsed(Span<UsedBuffer> into)
@@ -343,10 +374,10 @@ public sealed unsafe class SplitQueueDriver : SplitQueue
         var t = new Table { Title = new TableTitle(Markup.Escape($"{Name}: chains the driver has in flight")) };
         t.AddColumn("head").AddColumn("descriptors").AddColumn("token");
         for (int h = 0; h < Size; h++)
-            if (_inUse[h])
+            if (_heads[h].InUse)
             {
-                var ind = IndirectDesc && _descCount[h] == 1 && Peek16(Ring.DescAddress + (ulong)h * 16 + 12) is { } f && (f & VirtqConst.DescFIndirect) != 0;
-                t.AddRow(h.ToString(), ind ? "1 (indirect table)" : _descCount[h].ToString(), _tokens[h].ToString());
+                var ind = IndirectDesc && _heads[h].DescCount == 1 && Peek16(Ring.DescAddress + (ulong)h * 16 + 12) is { } f && (f & VirtqConst.DescFIndirect) != 0;
+                t.AddRow(h.ToString(), ind ? "1 (indirect table)" : _heads[h].DescCount.ToString(), _heads[h].Token.ToString());
             }
         return t;
     }
