@@ -15,7 +15,7 @@ internal static class SlotGuard
     const int MaxDepth = 4; // nested uses per thread (a copy between two guest buffers holds two)
 
     [ThreadStatic] static long[]? _held; // this thread's announcements; 0 = free
-    static readonly List<WeakReference<long[]>> All = []; // one table per thread that ever announced; pruned as threads die
+    static readonly List<WeakReference<long[]>> All = []; // one table per thread that ever announced, and the shared tables; pruned as they die
     static long _lastSerial;
 
     /// <summary>A process-unique, non-zero serial for a memslot or VM.</summary>
@@ -48,6 +48,34 @@ internal static class SlotGuard
         return _held = t;
     }
 
+    /// <summary>
+    /// A table of <paramref name="count"/> announcement slots that belong to objects rather than threads (a virtqueue's
+    /// chains, one slot per head): whoever uses one claims it with <see cref="TryEnterShared"/>, which needs no
+    /// thread-local lookup. The writers' wait covers these tables as long as the table is alive.
+    /// </summary>
+    public static long[] NewSharedSlots(int count)
+    {
+        var t = new long[count];
+        lock (All)
+        {
+            All.RemoveAll(w => !w.TryGetTarget(out _));
+            All.Add(new WeakReference<long[]>(t));
+        }
+        return t;
+    }
+
+    /// <summary>
+    /// Announces <paramref name="serial"/> in slot <paramref name="index"/> of a <see cref="NewSharedSlots">shared table</see>
+    /// if it is free (an interlocked claim: a full fence, so the caller's check of the object comes after it); false when
+    /// another use holds the slot (then use <see cref="Enter"/>). The caller must then check that the object is still current.
+    /// </summary>
+    [System.Runtime.CompilerServices.MethodImpl(System.Runtime.CompilerServices.MethodImplOptions.AggressiveInlining)]
+    public static bool TryEnterShared(long[] table, int index, long serial, out Use use)
+    {
+        use = new Use(table, index);
+        return Interlocked.CompareExchange(ref table[index], serial, 0) == 0;
+    }
+
     /// <summary>Waits until no thread announces any of <paramref name="gone"/>; the caller has already marked them gone,
     /// so no new announcement of them gets past its check.</summary>
     public static void WaitUntilUnused(IReadOnlySet<long> gone)
@@ -60,7 +88,7 @@ internal static class SlotGuard
                 if (w.TryGetTarget(out var t)) tables.Add(t);
         var spin = new SpinWait();
         foreach (var t in tables)
-            for (int i = 0; i < MaxDepth; i++)
+            for (int i = 0; i < t.Length; i++)
                 while (Volatile.Read(ref t[i]) is var s and not 0 && gone.Contains(s)) spin.SpinOnce();
     }
 

@@ -40,8 +40,12 @@ public sealed unsafe class SplitQueueDevice : SplitQueue
     {
         Call = call;
         _chains = new VirtqChain?[layout.Size];
+        GuardSlots = SlotGuard.NewSharedSlots(layout.Size);
         _lastAvail = _shadowAvail = lastAvailIdx;
     }
+
+    /// <summary>The teardown-guard slot of each head's chain (see <see cref="VirtqChain"/>'s copies).</summary>
+    internal readonly long[] GuardSlots;
 
     /// <summary>Signalled when the device decides to interrupt the driver (vhost's callfd).</summary>
     public EventNotifier? Call { get; set; }

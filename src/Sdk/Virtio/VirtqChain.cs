@@ -146,7 +146,7 @@ public sealed unsafe class VirtqChain
 
     /// <summary>Copies between one segment (from <paramref name="offset"/> &lt; its length) and <paramref name="data"/> under the teardown guard.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    static int CopyOne(in VirtqSegment s, AddressSpace space, int offset, Span<byte> data, bool toGuest)
+    int CopyOne(in VirtqSegment s, AddressSpace space, int offset, Span<byte> data, bool toGuest)
     {
         var n = Math.Min(s.Length - offset, data.Length);
         var guest = new Span<byte>((void*)(s.Host + offset), n);
@@ -237,7 +237,7 @@ public sealed unsafe class VirtqChain
             int n = Math.Min(s.Length - so, d.Length - dOff);
             // Both slots stay mapped for the copy (two announcements of the teardown guard).
             using (Enter(s, Queue.Space))
-            using (Enter(d, destination.Queue.Space))
+            using (destination.Enter(d, destination.Queue.Space))
                 new ReadOnlySpan<byte>((void*)(s.Host + so), n).CopyTo(new Span<byte>((void*)(d.Host + dOff), n));
             total += n;
             so += n;
@@ -249,7 +249,7 @@ public sealed unsafe class VirtqChain
     }
 
     [MethodImpl(MethodImplOptions.AggressiveOptimization)] // hot path: full optimisation at once, not after tiering
-    static int Copy(ReadOnlySpan<VirtqSegment> segs, AddressSpace space, long offset, Span<byte> data, bool toGuest)
+    int Copy(ReadOnlySpan<VirtqSegment> segs, AddressSpace space, long offset, Span<byte> data, bool toGuest)
     {
         if (offset < 0) NegativeOffset(offset);
         int done = 0;
@@ -282,9 +282,11 @@ public sealed unsafe class VirtqChain
     /// it); throws <see cref="MemoryFaultException"/> (reason Disposed) when the slot went away since the pop.
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    static SlotGuard.Use Enter(in VirtqSegment s, AddressSpace space)
+    SlotGuard.Use Enter(in VirtqSegment s, AddressSpace space)
     {
-        var use = SlotGuard.Enter(s.Slot.Serial);
+        // The chain's own slot in its queue's shared table (no thread-local lookup); a second concurrent use of the
+        // same chain falls back to the thread's table.
+        if (!SlotGuard.TryEnterShared(Queue.GuardSlots, Head, s.Slot.Serial, out var use)) use = SlotGuard.Enter(s.Slot.Serial);
         if (s.Slot.Removed)
         {
             use.Dispose();
