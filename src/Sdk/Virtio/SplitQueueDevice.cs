@@ -84,19 +84,23 @@ public sealed unsafe class SplitQueueDevice : SplitQueue
     [MethodImpl(MethodImplOptions.AggressiveOptimization)] // hot path: full optimisation at once, not after tiering
     public bool TryPop(out VirtqChain chain)
     {
-        chain = null!;
-        if (_error is not null || !EnsureRing()) return false;
-        if (_lastAvail == _shadowAvail)
+        if (_error is null && EnsureRing() && (_lastAvail != _shadowAvail || Refill()) && PopOne() is { } c)
         {
-            if (!ReadAvailIdx()) return false;
-            if (_lastAvail == _shadowAvail)
-            {
-                // Empty: ask for a kick, then look once more — the driver may have added a buffer after our read
-                // without seeing the request (the store→load race the spec's barrier closes).
-                if (!_kicksEnabled || !ArmKick()) return false;
-            }
+            chain = c;
+            return true;
         }
-        return PopOne(out chain);
+        chain = null!;
+        return false;
+    }
+
+    /// <summary>Reads the available index when the entries seen so far are used up; true when there are new ones.</summary>
+    bool Refill()
+    {
+        if (!ReadAvailIdx()) return false;
+        if (_lastAvail != _shadowAvail) return true;
+        // Empty: ask for a kick, then look once more — the driver may have added a buffer after our read
+        // without seeing the request (the store→load race the spec's barrier closes).
+        return _kicksEnabled && ArmKick();
     }
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
@@ -138,10 +142,10 @@ public sealed unsafe class SplitQueueDevice : SplitQueue
         return ReadAvailIdx() && _lastAvail != _shadowAvail;
     }
 
-    [MethodImpl(MethodImplOptions.AggressiveOptimization)] // hot path: full optimisation at once, not after tiering
-    bool PopOne(out VirtqChain chain)
+    /// <summary>Takes the chain at last_avail_idx (there is one), or null when it is malformed (the queue is broken then).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    VirtqChain? PopOne()
     {
-        chain = null!;
         int slot = _lastAvail & mask;
         var head = ring.AvailRing(slot);
         if (head >= (uint)Size) return BadHead(slot, head, duplicate: false);
@@ -157,20 +161,25 @@ public sealed unsafe class SplitQueueDevice : SplitQueue
         else
         {
             c.Reset();
-            if (!Walk(c, head)) return false;
+            if (!Walk(c, head)) return null;
         }
         _lastAvail++;
         c.InFlight = true;
         _inFlight++;
-        chain = c;
-        return true;
+        return c;
     }
 
     [MethodImpl(MethodImplOptions.NoInlining)]
     VirtqChain NewChain(ushort head) => _chains[head] = new VirtqChain(this, head);
 
     [MethodImpl(MethodImplOptions.NoInlining)]
-    bool BadHead(int slot, ushort head, bool duplicate) => duplicate
+    VirtqChain? BadHead(int slot, ushort head, bool duplicate)
+    {
+        BadHeadError(slot, head, duplicate);
+        return null;
+    }
+
+    bool BadHeadError(int slot, ushort head, bool duplicate) => duplicate
         ? Break(VirtqErrorKind.DuplicateHead, head, head, Ring.AvailAddress + 4 + 2UL * (ulong)slot, 2, null,
             $"head {head} was made available again while the device still holds it (it was never returned through the used ring)")
         : Break(VirtqErrorKind.DescriptorIndex, head, head, Ring.AvailAddress + 4 + 2UL * (ulong)slot, 2, null,
