@@ -145,6 +145,39 @@ public sealed unsafe class SplitQueueDriver : SplitQueue
     [MethodImpl(MethodImplOptions.AggressiveOptimization)] // hot path: full optimisation at once, not after tiering
     public bool TryAdd(ReadOnlySpan<VirtqBuffer> readable, ReadOnlySpan<VirtqBuffer> writable, ulong token, out ushort head, bool? indirect = null)
     {
+        // A chain of one buffer in one ring descriptor (the common request) skips the general path and its frame.
+        if (readable.Length + writable.Length == 1 && indirect != true)
+            return TryAddOne(readable.Length == 0 ? writable[0] : readable[0], readable.Length == 0, token, out head);
+        return TryAddChain(readable, writable, token, out head, indirect);
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    bool TryAddOne(VirtqBuffer b, bool deviceWritable, ulong token, out ushort head)
+    {
+        if (_numFree == 0)
+        {
+            head = 0;
+            return false;
+        }
+        EnsureRing();
+        int h = _freeHead;
+        head = (ushort)h;
+        Put(ref ((SplitQueueDevice.Desc*)ring.Desc)[h], b, deviceWritable ? VirtqConst.DescFWrite : 0, 0);
+        _freeHead = _next[h];
+        _numFree--;
+        ref var state = ref _heads[h];
+        state.DescCount = 1;
+        state.Token = token;
+        state.InUse = true;
+        _inFlight++;
+        ring.AvailRing(_availShadow & mask) = (ushort)h;
+        _availShadow++;
+        return true;
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)] // hot path: full optimisation at once, not after tiering
+    bool TryAddChain(ReadOnlySpan<VirtqBuffer> readable, ReadOnlySpan<VirtqBuffer> writable, ulong token, out ushort head, bool? indirect)
+    {
         int total = readable.Length + writable.Length;
         bool useIndirect = indirect ?? (total > 1 && total <= _autoIndirectMax);
         if (total == 0 || useIndirect || total > Size) CheckChain(total, useIndirect); // throws for a chain that may not be added
@@ -241,8 +274,7 @@ public sealed unsafe class SplitQueueDriver : SplitQueue
             : throw new InvalidOperationException($"{Name}: not enough free descriptors ({FreeDescriptors} free of {Size}); collect used buffers first");
 
     /// <summary>Adds a chain of one buffer.</summary>
-    public bool TryAdd(VirtqBuffer buffer, bool deviceWritable, ulong token, out ushort head)
-        => deviceWritable ? TryAdd([], [buffer], token, out head) : TryAdd([buffer], [], token, out head);
+    public bool TryAdd(VirtqBuffer buffer, bool deviceWritable, ulong token, out ushort head) => TryAddOne(buffer, deviceWritable, token, out head);
 
     /// <summary>Makes the chains added so far visible to the device (publishes avail idx) without deciding on a kick.</summary>
     public void Publish()
