@@ -207,7 +207,7 @@ public sealed unsafe class SplitQueueDevice : SplitQueue
                 if ((d.Flags & VirtqConst.DescFNext) != 0) return WalkFault(WalkProblem.IndirectWithNext, head, i, where, d, tableLen, inIndirect, default);
                 if (d.Len == 0 || d.Len % VirtqConst.DescSize != 0 || d.Len / VirtqConst.DescSize > VirtqConst.MaxIndirectEntries)
                     return WalkFault(WalkProblem.IndirectLength, head, i, where, d, tableLen, inIndirect, default);
-                if (!ReadIndirect(d, out table, out var tf)) return WalkFault(WalkProblem.IndirectFault, head, i, where, d, tableLen, inIndirect, tf);
+                if (!ReadIndirect(c, d, out table, out var tf)) return WalkFault(WalkProblem.IndirectFault, head, i, where, d, tableLen, inIndirect, tf);
                 tableLen = (int)d.Len / VirtqConst.DescSize;
                 tableAddr = d.Addr;
                 inIndirect = true;
@@ -228,11 +228,27 @@ public sealed unsafe class SplitQueueDevice : SplitQueue
     }
 
     /// <summary>Copies the indirect table <paramref name="d"/> points at into the pinned scratch buffer (the driver cannot change it under us).</summary>
-    bool ReadIndirect(in Desc d, out byte* table, out MemoryFault fault)
+    bool ReadIndirect(VirtqChain c, in Desc d, out byte* table, out MemoryFault fault)
     {
         var bytes = (int)d.Len;
         if (_indirectScratch.Length < bytes) _indirectScratch = GC.AllocateUninitializedArray<byte>(Math.Max(bytes, 4096), pinned: true);
         table = (byte*)Unsafe.AsPointer(ref System.Runtime.InteropServices.MemoryMarshal.GetArrayDataReference(_indirectScratch));
+        // A table inside the last translation is copied from there under the chain's guard slot, as the chain's own
+        // copies are; anything else (or a slot removed meanwhile) goes through the space, which faults precisely.
+        if (_tlbEpoch == ring.Epoch && _tlb.Covers(d.Addr, d.Len, MemoryAccess.Read))
+        {
+            var slot = _tlb.Slot;
+            if (!SlotGuard.TryEnterShared(GuardSlots, c.Head, slot.Serial, out var use)) use = SlotGuard.Enter(slot.Serial);
+            using (use)
+            {
+                if (!slot.Removed)
+                {
+                    new ReadOnlySpan<byte>((void*)_tlb.HostOf(d.Addr), bytes).CopyTo(_indirectScratch);
+                    fault = default;
+                    return true;
+                }
+            }
+        }
         return Space.TryRead(d.Addr, _indirectScratch.AsSpan(0, bytes), out fault);
     }
 
