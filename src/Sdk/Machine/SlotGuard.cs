@@ -8,7 +8,9 @@ namespace VirtLab.Sdk.Machine;
 /// ResizeSlot, Dispose) first marks it gone, issues a process-wide memory barrier and waits until no thread announces
 /// it (an asymmetric Dekker handshake): a user that found its object current is visible to the writer by then. Only
 /// after that does the writer munmap memory or close fds, so an access completes on live memory or throws, and the
-/// kernel never gets a closed (maybe reused) fd.
+/// kernel never gets a closed (maybe reused) fd. Objects used on hot paths (a virtqueue's chains) may own slots in a
+/// shared table instead, claimed with one interlocked exchange: no thread-local lookup, and still safe when two threads
+/// use the same object (the second falls back to its thread's table).
 /// </summary>
 internal static class SlotGuard
 {
@@ -37,32 +39,32 @@ internal static class SlotGuard
     [System.Diagnostics.CodeAnalysis.DoesNotReturn]
     static void TooDeep() => throw new InvalidOperationException($"more than {MaxDepth} nested guest-memory accesses on one thread; release one first");
 
-    static long[] Register()
-    {
-        var t = new long[MaxDepth];
-        lock (All)
-        {
-            All.RemoveAll(w => !w.TryGetTarget(out _));
-            All.Add(new WeakReference<long[]>(t));
-        }
-        return _held = t;
-    }
+    static long[] Register() => _held = Add(new long[MaxDepth]);
 
     /// <summary>
     /// A table of <paramref name="count"/> announcement slots that belong to objects rather than threads (a virtqueue's
     /// chains, one slot per head): whoever uses one claims it with <see cref="TryEnterShared"/>, which needs no
     /// thread-local lookup. The writers' wait covers these tables as long as the table is alive.
     /// </summary>
-    public static long[] NewSharedSlots(int count)
+    public static long[] NewSharedSlots(int count) => Add(new long[count]);
+
+    static long[] Add(long[] table)
     {
-        var t = new long[count];
         lock (All)
         {
-            All.RemoveAll(w => !w.TryGetTarget(out _));
-            All.Add(new WeakReference<long[]>(t));
+            // Prune dead tables when the list has doubled since the last prune: amortised O(1) per table even when
+            // many queues are made and dropped between collections (the hostile-ring property tests).
+            if (All.Count >= _pruneAt)
+            {
+                All.RemoveAll(w => !w.TryGetTarget(out _));
+                _pruneAt = Math.Max(64, All.Count * 2);
+            }
+            All.Add(new WeakReference<long[]>(table));
         }
-        return t;
+        return table;
     }
+
+    static int _pruneAt = 64; // under All
 
     /// <summary>
     /// Announces <paramref name="serial"/> in slot <paramref name="index"/> of a <see cref="NewSharedSlots">shared table</see>
