@@ -427,4 +427,53 @@ public class SplitQueueTests
         Assert.Contains("kicks sent / suppressed", text);
         Assert.Contains("notifier kick", text);
     }
+
+    [Fact]
+    public void A_chain_whose_buffer_slot_was_removed_after_the_pop_refuses_its_copies_with_a_Disposed_fault()
+    {
+        using var q = new QueuePair(8, V1);
+        var extra = q.Vm.AddSlot(1.MiB());
+        for (int k = 0; k < 2; k++) // a one-segment chain, then a two-segment one (the general copy path)
+        {
+            var bufs = k == 0 ? new VirtqBuffer[] { new(extra.Gpa, 16) } : [new(extra.Gpa, 8), new(extra.Gpa + 64, 8)];
+            q.Driver.Add(bufs, [new(extra.Gpa + 4096, 16)], (ulong)k);
+            q.Driver.KickIfNeeded();
+            Assert.True(q.Device.TryPop(out var c));
+            Assert.Equal(16, c.ReadReadable(0, new byte[16]));
+            if (k == 1)
+            {
+                q.Vm.RemoveSlot(extra.Id);
+                var e = Assert.Throws<MemoryFaultException>(() => c.ReadReadable(0, new byte[16]));
+                Assert.Equal(MemoryFaultReason.Disposed, e.Fault.Reason);
+                e = Assert.Throws<MemoryFaultException>(() => c.WriteWritable(0, new byte[16]));
+                Assert.Equal(MemoryFaultReason.Disposed, e.Fault.Reason);
+            }
+            q.Device.Push(c, 0);
+            q.Device.Flush();
+            Assert.True(q.Driver.TryGetUsed(out _));
+        }
+    }
+
+    [Fact]
+    public void A_removed_slot_fails_the_one_segment_copy_too()
+    {
+        using var q = new QueuePair(8, V1);
+        var extra = q.Vm.AddSlot(1.MiB());
+        q.Driver.Add([new(extra.Gpa, 16)], [], 0);
+        q.Driver.Add([], [new(extra.Gpa + 64, 16)], 1);
+        q.Driver.KickIfNeeded();
+        Assert.True(q.Device.TryPop(out var r));
+        Assert.True(q.Device.TryPop(out var w));
+        q.Vm.RemoveSlot(extra.Id);
+        Assert.Equal(MemoryFaultReason.Disposed, Assert.Throws<MemoryFaultException>(() => r.ReadReadable(0, new byte[16])).Fault.Reason);
+        Assert.Equal(MemoryFaultReason.Disposed, Assert.Throws<MemoryFaultException>(() => w.WriteWritable(0, new byte[16])).Fault.Reason);
+        // The guard slots were released on the way out: a copy through another chain of the queue still works.
+        q.Device.Push(r, 0);
+        q.Device.Push(w, 0);
+        q.Device.Flush();
+        q.Driver.Add([new(q.Buffers, 16)], [], 2);
+        q.Driver.KickIfNeeded();
+        Assert.True(q.Device.TryPop(out var again));
+        Assert.Equal(16, again.ReadReadable(0, new byte[16]));
+    }
 }
