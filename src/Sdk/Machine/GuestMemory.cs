@@ -42,6 +42,9 @@ public sealed unsafe partial class GuestMemory
     }
 
     /// <summary>Reads a <typeparamref name="T"/> at guest-physical <paramref name="gpa"/> (host access: no dirty logging).</summary>
+    /// <remarks>AggressiveOptimization here and on <see cref="Write{T}"/>: a generic instantiation a recipe picks is not in the
+    /// ReadyToRun image, so it would start at Tier 0; the warm-up compiles the common ones (ulong, uint, byte) fully optimized.</remarks>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public T Read<T>(ulong gpa) where T : unmanaged
     {
         using var a = Resolve(gpa, sizeof(T), write: false);
@@ -49,6 +52,7 @@ public sealed unsafe partial class GuestMemory
     }
 
     /// <summary>Writes <paramref name="value"/> at guest-physical <paramref name="gpa"/> (host access: the dirty log does not see it, as with KVM).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public void Write<T>(ulong gpa, T value) where T : unmanaged
     {
         using var a = Resolve(gpa, sizeof(T), write: true);

@@ -100,6 +100,23 @@ internal sealed partial class KvmMachine : IDisposable
     internal KvmVmFd VmFdHandle => _vm;
 
     internal IReadOnlyList<KvmVcpu> Vcpus => EnsureVcpus();
+
+    /// <summary>Whether the vCPUs exist yet (they are created at the first run).</summary>
+    internal bool HasVcpus => _vcpus != null;
+
+    /// <summary>CR3 of the page tables built last (<see cref="PrepareLayout"/>), for a raw run outside <see cref="Run"/>.</summary>
+    internal ulong Cr3 => _cr3;
+
+    /// <summary>Copies a guest program into the code area, as <see cref="Run"/> does (for a raw run outside it).</summary>
+    internal void LoadCode(ReadOnlySpan<byte> code)
+    {
+        ThrowIfDisposed();
+        _ = Layout;
+        if ((ulong)code.Length > SystemLayout.CodeSize)
+            throw new ArgumentException($"guest program is {code.Length} bytes; the code area holds {SystemLayout.CodeSize}");
+        // Safe because the code area [CodeGpa, CodeGpa + CodeSize) lies in the registered system slot and the length is checked above.
+        unsafe { code.CopyTo(new Span<byte>((byte*)_sysHost + SystemLayout.CodeGpa, code.Length)); }
+    }
     internal byte[] Cpuid => _cpuid;
 
     public void ThrowIfDisposed() => ObjectDisposedException.ThrowIf(_disposed, this);

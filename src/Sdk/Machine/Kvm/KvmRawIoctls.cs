@@ -1,8 +1,22 @@
 using System.Diagnostics;
 using VirtLab.Sdk.Machine;
 using VirtLab.Sdk.Machine.Kvm;
+using VirtLab.Sdk.Native;
 
 namespace VirtLab.Sdk.Machine.Kvm.Benchmarks;
+
+/// <summary>
+/// What <see cref="KvmRawIoctls.Populate"/> measured, in seconds. <see cref="PrepareSeconds"/> (untimed in
+/// <see cref="TimedSeconds"/>): the plan, the page tables, the per-vCPU records and the guest code, the same
+/// SDK calls <see cref="Vm.Run"/> makes. Timed: <see cref="VcpuSeconds"/> (KVM_CREATE_VCPU, mmap of kvm_run,
+/// KVM_SET_CPUID2), <see cref="RegsSeconds"/> (KVM_GET_SREGS, KVM_SET_SREGS into long mode, KVM_SET_REGS) and
+/// <see cref="RunSeconds"/> (KVM_RUN until the guest says done, <see cref="Exits"/> exits on the calling thread).
+/// </summary>
+public sealed record RawPopulateTimes(double PrepareSeconds, double VcpuSeconds, double RegsSeconds, double RunSeconds, long Exits)
+{
+    /// <summary>vCPU creation + registers + KVM_RUN: what a C program with prepared guest memory would time.</summary>
+    public double TimedSeconds => VcpuSeconds + RegsSeconds + RunSeconds;
+}
 
 /// <summary>
 /// Bare KVM ioctls in tight loops on a VM's fds, bypassing the Machine layer: the baseline against which the
@@ -70,6 +84,83 @@ public static class KvmRawIoctls
         var fd = Fd(vm, slot);
         // Safe because the buffer is pinned for the loop and holds the slot's whole bitmap (sized by Pinned).
         unsafe { fixed (ulong* p = Pinned(ref _clearMask, slot.Pages, ones: true)) return ClearLoop(fd, slot, p, iterations); }
+    }
+
+    /// <summary>
+    /// Runs <paramref name="workload"/> once with bare vCPU ioctls on the calling thread, as a C program would: the
+    /// baseline for <see cref="Vm.Run"/> of the same workload on a fresh VM (scripts/bench-dirty-log.csx). The guest code,
+    /// records and page tables are the SDK's own (the same bytes Vm.Run would run), prepared before the clock starts;
+    /// then KVM_CREATE_VCPU, mmap, KVM_SET_CPUID2, KVM_GET/SET_SREGS, KVM_SET_REGS and KVM_RUN until the guest's done
+    /// ucall (sync and yield ucalls are resumed at once). Needs a KVM VM with one vCPU that has never run and no dirty
+    /// ring (ring-full exits are not served); the VM cannot run guest code afterwards (its vCPU 0 exists and is closed).
+    /// </summary>
+    public static RawPopulateTimes Populate(Vm vm, Workload workload)
+    {
+        var m = Machine(vm);
+        if (vm.Vcpus != 1) throw new NotSupportedException($"the raw populate runs one vCPU on the calling thread; this VM has {vm.Vcpus}");
+        if (m.DirtyRingBytes != 0) throw new NotSupportedException("the raw populate does not serve dirty-ring-full exits; use a VM without a dirty ring");
+        if (m.HasVcpus || vm.IsRunning) throw new InvalidOperationException("the raw populate needs a fresh VM: this one has already run guest code (its vCPU exists)");
+
+        long t0 = Stopwatch.GetTimestamp();
+        var plan = vm.Plan(workload);
+        m.PrepareLayout();
+        KvmWorkloadCompiler.WriteRecords(plan, m);
+        m.LoadCode(KvmWorkloadCompiler.Compile(plan, yieldForDirtyRing: false));
+        ulong cr3 = m.Cr3;
+        long t1 = Stopwatch.GetTimestamp();
+
+        var fd = m.VmFdHandle.CreateVcpu(0);
+        KvmMapping? run = null;
+        try
+        {
+            run = new KvmMapping(fd, (nuint)m.System.VcpuMmapSize, Libc.PROT_READ | Libc.PROT_WRITE, 0, "kvm_run of the raw vCPU");
+            int vcpu = fd.Fd;
+            // Safe because the buffer is KVM_GET_SUPPORTED_CPUID's own answer (nent entries after the header) and the
+            // register structs are locals the kernel reads or writes for the duration of each call.
+            unsafe
+            {
+                fixed (byte* cpuid = m.Cpuid) Check(Libc.ioctl(vcpu, KvmIoctl.KVM_SET_CPUID2, cpuid), "KVM_SET_CPUID2");
+                long t2 = Stopwatch.GetTimestamp();
+                kvm_sregs s;
+                Check(Libc.ioctl(vcpu, KvmIoctl.KVM_GET_SREGS, &s), "KVM_GET_SREGS");
+                KvmPageTables.SetLongMode(ref s, cr3);
+                Check(Libc.ioctl(vcpu, KvmIoctl.KVM_SET_SREGS, &s), "KVM_SET_SREGS");
+                var regs = new kvm_regs { rip = SystemLayout.CodeGpa, rsp = SystemLayout.StackTop(0), rdi = 0, rflags = 0x2 };
+                Check(Libc.ioctl(vcpu, KvmIoctl.KVM_SET_REGS, &regs), "KVM_SET_REGS");
+                long t3 = Stopwatch.GetTimestamp();
+                var k = (kvm_run*)run.Pointer;
+                long exits = 0;
+                while (true)
+                {
+                    if (Libc.ioctl(vcpu, KvmIoctl.KVM_RUN, 0ul) < 0)
+                    {
+                        if (Libc.Errno is Errno.EINTR or Errno.EAGAIN) continue;
+                        throw KvmException.Last("KVM_RUN", "raw populate");
+                    }
+                    exits++;
+                    uint reason = k->exit_reason;
+                    if (reason == (uint)KvmExitReason.KVM_EXIT_HLT) break;
+                    if (reason != (uint)KvmExitReason.KVM_EXIT_IO || k->io.port != Ucall.Port)
+                        throw new InvalidOperationException($"raw populate: unexpected exit reason {reason} (expected ucalls on port 0x{Ucall.Port:x})");
+                    uint call = *(uint*)((byte*)k + k->io.data_offset);
+                    if (call == Ucall.Done) break;
+                    if (call is not (Ucall.Sync or Ucall.Yield)) throw new InvalidOperationException($"raw populate: ucall {call} ({Ucall.Summary})");
+                }
+                long t4 = Stopwatch.GetTimestamp();
+                double S(long a, long b) => (b - a) / (double)Stopwatch.Frequency;
+                return new RawPopulateTimes(S(t0, t1), S(t1, t2), S(t2, t3), S(t3, t4), exits);
+            }
+        }
+        finally
+        {
+            run?.Dispose();
+            fd.Dispose();
+        }
+    }
+
+    private static void Check(int result, string ioctl)
+    {
+        if (result < 0) throw KvmException.Last(ioctl, "raw populate");
     }
 
     /// <summary>The VM fd, once <paramref name="slot"/> is known to be one of this VM's current slots (the kernel writes
