@@ -69,7 +69,8 @@ public static class WarmUp
     static volatile bool _settled;
 
     /// <summary>
-    /// Called by every <see cref="Vm.Create(VmOptions)"/>: waits for a queued warm-up (<see cref="WaitForPending"/>), then,
+    /// Called by every <see cref="Vm.Create(VmOptions)"/>: registers the calling thread with the teardown guard (its first
+    /// registration costs 50–100 µs), waits for a queued warm-up (<see cref="WaitForPending"/>), then,
     /// once per process and only when a warm-up was started, runs one full blocking compacting collection. The shell's
     /// start (plugin loading, Roslyn, the warm-up's scratch VMs) leaves a heap whose next collection would otherwise land
     /// inside the recipe's first timed calls — measured: a 16 ms gen-2 collection inside a first DirtyRing.Harvest that
@@ -77,6 +78,7 @@ public static class WarmUp
     /// </summary>
     internal static void BeforeVm()
     {
+        SlotGuard.PrepareThread(); // the thread that makes VMs is the one that times their calls
         WaitForPending();
         if (_settled || _onWarmUpThread) return;
         lock (Gate)

@@ -26,6 +26,7 @@ internal sealed partial class KvmMachine
             ThrowIfDisposed();
             _ = Layout;
             var vcpus = EnsureVcpus();
+            HasRun = true;
             bool newCr3 = PreparePageTables();
             // Safe because the code area [CodeGpa, CodeGpa + CodeSize) lies in the registered system slot and the length is checked above.
             unsafe { code.CopyTo(new Span<byte>((byte*)_sysHost + SystemLayout.CodeGpa, code.Length)); }

@@ -101,8 +101,8 @@ internal sealed partial class KvmMachine : IDisposable
 
     internal IReadOnlyList<KvmVcpu> Vcpus => EnsureVcpus();
 
-    /// <summary>Whether the vCPUs exist yet (they are created at the first run).</summary>
-    internal bool HasVcpus => _vcpus != null;
+    /// <summary>Whether guest code has run on this VM (through <see cref="Run"/> or a raw benchmark run).</summary>
+    internal bool HasRun { get; set; }
 
     /// <summary>CR3 of the page tables built last (<see cref="PrepareLayout"/>), for a raw run outside <see cref="Run"/>.</summary>
     internal ulong Cr3 => _cr3;
