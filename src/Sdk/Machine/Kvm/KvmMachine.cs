@@ -374,7 +374,16 @@ internal sealed partial class KvmMachine : IDisposable
             // this returns (the Machine layer unmaps the slots next). A vCPU thread cannot wait for itself: its
             // vCPU is released by the Run frame once that thread has left the loop.
             foreach (var v in _vcpus ?? []) v.RequestStop();
-            foreach (var t in threads) if (t != Thread.CurrentThread) t.Join();
+            foreach (var t in threads)
+            {
+                if (t == Thread.CurrentThread) continue;
+                // A vCPU loop on a caller's thread (RunOnCallerThread): wait for the loop, not for that thread's end.
+                if (t == _callerLoopThread && _callerLoopDone is { } done)
+                {
+                    try { done.Wait(); } catch (ObjectDisposedException) { } // the loop ended and its event is gone
+                }
+                else t.Join();
+            }
             if (_threadVcpu is { } self && Array.IndexOf(_vcpus ?? [], self) >= 0) _deferredVcpu = self;
             DisposeCore();
             return;
