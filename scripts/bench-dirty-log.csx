@@ -57,6 +57,7 @@ var rounds = Arg("first-call-rounds", 7, test: 3);
     double create1 = 0;
     var harvestCounts = new List<int>();
     var raws = new List<RawPopulateTimes>();
+    var harnessCpu = new List<double>(); // ms of this thread's CPU: a single-vCPU Vm.Run runs its vCPU on the calling thread
     bool kvm = false;
     for (int round = 0; round < rounds; round++)
     {
@@ -75,9 +76,11 @@ var rounds = Arg("first-call-rounds", 7, test: 3);
         {
             if ((k == 0) == (round % 2 == 0))
             {
+                double cpu0 = ThreadCpu.Seconds;
                 g = GC.CollectionCount(0); t0 = Stopwatch.GetTimestamp();
                 fvm.Run(populate);
                 t1 = Stopwatch.GetTimestamp(); Rec("Vm.Run (populate, fresh VM)", t0, t1, g, round);
+                harnessCpu.Add((ThreadCpu.Seconds - cpu0) * 1e3);
             }
             else if (rvm is not null)
             {
@@ -162,20 +165,25 @@ var rounds = Arg("first-call-rounds", 7, test: 3);
             Expect(first <= 1.5 * steady, $"first call of {path} ≤ 1.5 × steady ({first:F3} vs {steady:F3} ms)");
     }
 
-    // Populate through the harness vs bare ioctls on fresh VMs of the same run (issue 8: harness ≤ 1.2 × raw).
+    // Populate through the harness vs bare ioctls on fresh VMs of the same run (issue 8: harness ≤ 1.2 × raw). Both run
+    // the vCPU on this thread, so its CPU time compares them without the waits for a CPU a busy host adds to wall time.
     if (raws.Count > 0)
     {
-        double harness = Med(samples["Vm.Run (populate, fresh VM)"]);
-        double rawTimed = Med(raws.Select(r => r.TimedSeconds * 1e3)), rawAll = Med(raws.Select(r => (r.TimedSeconds + r.PrepareSeconds) * 1e3));
-        Console.WriteLine($"populate {firstSlot}, medians of {raws.Count} fresh VMs: harness Vm.Run {harness:F2} ms, raw {rawTimed:F2} ms (× {harness / rawTimed:F3}); " +
-            $"raw: SREGS/REGS {Med(raws.Select(r => r.RegsSeconds * 1e3)):F3} ms + KVM_RUN {Med(raws.Select(r => r.RunSeconds * 1e3)):F2} ms ({raws[0].Exits} exits); " +
-            $"outside both timings: KVM_CREATE_VCPU + mmap + SET_CPUID2 {Med(raws.Select(r => r.VcpuCreateSeconds * 1e3)):F3} ms per vCPU (Vm.Create); " +
-            $"inside Vm.Run, untimed in raw: plan + page tables + records + guest code {Med(raws.Select(r => r.PrepareSeconds * 1e3)):F3} ms; " +
-            $"harness − raw = {harness - rawTimed:F2} ms (× {harness / rawAll:F3} of raw with its preparation)");
+        double harness = Med(samples["Vm.Run (populate, fresh VM)"]), hcpu = Med(harnessCpu);
+        double rawTimed = Med(raws.Select(r => r.TimedSeconds * 1e3)), rcpu = Med(raws.Select(r => r.CpuSeconds * 1e3));
+        double rawAll = Med(raws.Select(r => (r.TimedSeconds + r.PrepareSeconds) * 1e3));
+        Console.WriteLine($"populate {firstSlot}, medians of {raws.Count} fresh VMs: harness Vm.Run {harness:F2} ms wall / {hcpu:F2} ms CPU, " +
+            $"raw {rawTimed:F2} ms wall / {rcpu:F2} ms CPU (× {harness / rawTimed:F3} wall, × {hcpu / rcpu:F3} CPU)");
+        Console.WriteLine($"  raw: SREGS/REGS {Med(raws.Select(r => r.RegsSeconds * 1e3)):F3} ms + KVM_RUN {Med(raws.Select(r => r.RunSeconds * 1e3)):F2} ms ({raws[0].Exits} exits); " +
+            $"in Vm.Run, untimed in raw: plan + page tables + records + guest code {Med(raws.Select(r => r.PrepareSeconds * 1e3)):F3} ms; " +
+            $"in Vm.Create, outside both: KVM_CREATE_VCPU + mmap + SET_CPUID2 {Med(raws.Select(r => r.VcpuCreateSeconds * 1e3)):F3} ms per vCPU; " +
+            $"harness − raw = {harness - rawTimed:F2} ms wall, {hcpu - rcpu:F2} ms CPU (wall × {harness / rawAll:F3} of raw with its preparation)");
         Result("populate_harness_ms", harness);
         Result("populate_raw_ms", rawTimed);
+        Result("populate_harness_cpu_ms", hcpu);
+        Result("populate_raw_cpu_ms", rcpu);
         Result("populate_raw_prepare_ms", Med(raws.Select(r => r.PrepareSeconds * 1e3)));
-        if (!TestMode) Expect(harness <= 1.2 * rawTimed, $"populate through the harness ≤ 1.2 × raw ioctls ({harness:F2} vs {rawTimed:F2} ms)");
+        if (!TestMode) Expect(hcpu <= 1.2 * rcpu, $"populate through the harness ≤ 1.2 × raw ioctls, in CPU time of the thread that runs the vCPU ({hcpu:F2} vs {rcpu:F2} ms)");
     }
 }
 

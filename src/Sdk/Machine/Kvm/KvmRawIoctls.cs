@@ -12,9 +12,9 @@ namespace VirtLab.Sdk.Machine.Kvm.Benchmarks;
 /// exits, on the calling thread). Beside it, for the breakdown: <see cref="PrepareSeconds"/>, the plan, page tables,
 /// per-vCPU records and guest code (the SDK's own calls, which Vm.Run also makes); <see cref="VcpuCreateSeconds"/>, one
 /// more KVM_CREATE_VCPU + mmap of kvm_run + KVM_SET_CPUID2 (what <see cref="Vm.Create(VmOptions)"/> does per vCPU,
-/// outside Vm.Run).
+/// outside Vm.Run). <see cref="CpuSeconds"/>: the calling thread's CPU time over the timed part (<see cref="Measure.ThreadCpu"/>).
 /// </summary>
-public sealed record RawPopulateTimes(double PrepareSeconds, double VcpuCreateSeconds, double RegsSeconds, double RunSeconds, long Exits)
+public sealed record RawPopulateTimes(double PrepareSeconds, double VcpuCreateSeconds, double RegsSeconds, double RunSeconds, long Exits, double CpuSeconds)
 {
     /// <summary>Registers + KVM_RUN: what a C program with its VM, vCPU and guest memory prepared would time.</summary>
     public double TimedSeconds => RegsSeconds + RunSeconds;
@@ -111,6 +111,7 @@ public static class KvmRawIoctls
         KvmWorkloadCompiler.WriteRecords(plan, m);
         m.LoadCode(KvmWorkloadCompiler.Compile(plan, yieldForDirtyRing: false));
         ulong cr3 = m.Cr3;
+        double cpu0 = Measure.ThreadCpu.Seconds;
         long t1 = Stopwatch.GetTimestamp();
 
         int vcpu = v.Fd.Fd;
@@ -144,6 +145,7 @@ public static class KvmRawIoctls
                 if (call is not (Ucall.Sync or Ucall.Yield)) throw new InvalidOperationException($"raw populate: ucall {call} ({Ucall.Summary})");
             }
             long t3 = Stopwatch.GetTimestamp();
+            double cpu = Measure.ThreadCpu.Seconds - cpu0;
 
             // One more vCPU, as Vm.Create makes each: KVM_CREATE_VCPU, mmap of kvm_run, KVM_SET_CPUID2 (it never runs;
             // KVM keeps it until the VM goes).
@@ -153,7 +155,7 @@ public static class KvmRawIoctls
                 fixed (byte* cpuid = m.Cpuid) Check(Libc.ioctl(fd.Fd, KvmIoctl.KVM_SET_CPUID2, cpuid), "KVM_SET_CPUID2");
             long t5 = Stopwatch.GetTimestamp();
             double S(long a, long b) => (b - a) / (double)Stopwatch.Frequency;
-            return new RawPopulateTimes(S(t0, t1), S(t4, t5), S(t1, t2), S(t2, t3), exits);
+            return new RawPopulateTimes(S(t0, t1), S(t4, t5), S(t1, t2), S(t2, t3), exits, cpu);
         }
     }
 
