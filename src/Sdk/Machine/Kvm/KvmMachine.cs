@@ -217,6 +217,14 @@ internal sealed partial class KvmMachine : IDisposable
         return _vcpus[vcpu].Ring!.Harvest(sink);
     }
 
+    /// <summary>Collect one vCPU's published dirty-ring entries into <paramref name="into"/> in one append; returns how many.</summary>
+    public int HarvestDirtyRing(int vcpu, List<DirtyGfn> into)
+    {
+        if (DirtyRingBytes == 0) throw new InvalidOperationException("the dirty ring is not enabled on this VM");
+        if (_vcpus == null) return 0;
+        return _vcpus[vcpu].Ring!.Harvest(into);
+    }
+
     /// <summary>KVM_RESET_DIRTY_RINGS: re-protect harvested pages and recycle their entries; returns the count KVM reset.</summary>
     public int ResetDirtyRings()
     {

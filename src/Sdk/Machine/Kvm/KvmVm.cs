@@ -97,8 +97,7 @@ internal sealed class KvmVm : Vm
         unsafe { fixed (ulong* p = mask) Machine.ClearDirtyLog((uint)slot.Id, (ulong)firstPage, (uint)numPages, p); }
     }
 
-    private protected override void HarvestDirtyRingCore(int vcpu, List<DirtyGfn> into) =>
-        Machine.HarvestDirtyRing(vcpu, (s, o) => into.Add(new DirtyGfn(s, o)));
+    private protected override void HarvestDirtyRingCore(int vcpu, List<DirtyGfn> into) => Machine.HarvestDirtyRing(vcpu, into);
 
     private protected override long ResetDirtyRingsCore() => Machine.ResetDirtyRings();
 
