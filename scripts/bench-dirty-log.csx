@@ -2,7 +2,11 @@
 //
 //   virtlab run scripts/bench-dirty-log.csx -- --memory 1G --iterations 200 --stride 64K --round-trips 20000
 //
-// On a slot of --memory (1 GiB by default, KVM_MEM_LOG_DIRTY_PAGES, manual protect):
+// First (issue 8), on fresh --first-call-memory VMs, --first-call-rounds times: each hot path's first call in this process
+// against the same call on later rounds (same kernel work, same state), the raw ioctls' own first calls, and a populate
+// through Vm.Run against the same populate with bare ioctls (KvmRawIoctls.Populate). Targets: first ≤ 1.5 × steady;
+// harness populate ≤ 1.2 × raw in CPU time of the thread that runs the vCPU.
+// Then, on a slot of --memory (1 GiB by default, KVM_MEM_LOG_DIRTY_PAGES, manual protect):
 //   1. the guest dirties every --stride of the slot (emulated guests are slow: keep the stride coarse);
 //   2. KVM_GET_DIRTY_LOG and KVM_CLEAR_DIRTY_LOG, --iterations times each, through the harness
 //      (MemSlot.GetDirtyLog(into), MemSlot.ClearDirtyLog(mask)) and raw (KvmRawIoctls: the bare ioctl in a loop);
