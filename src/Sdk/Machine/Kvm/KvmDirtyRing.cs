@@ -56,6 +56,7 @@ internal sealed class KvmDirtyRing : IDisposable
     /// no ReadyToRun image holds, so a per-entry Add would run Tier-0 code until the background tiering caught up —
     /// inside a recipe's first timed harvest (measured 0.18 ms against 0.07 ms later).
     /// </summary>
+    [System.Runtime.CompilerServices.MethodImpl(System.Runtime.CompilerServices.MethodImplOptions.AggressiveOptimization)] // fully optimized from the warm-up's call, not ReadyToRun code until tier 1
     public int Harvest(List<DirtyGfn> into)
     {
         lock (_lock) unsafe
