@@ -2,7 +2,11 @@
 //
 //   virtlab run scripts/bench-dirty-log.csx -- --memory 1G --iterations 200 --stride 64K --round-trips 20000
 //
-// On a slot of --memory (1 GiB by default, KVM_MEM_LOG_DIRTY_PAGES, manual protect):
+// First (issue 8), on fresh --first-call-memory VMs, --first-call-rounds times: each hot path's first call in this process
+// against the same call on later rounds (same kernel work, same state), the raw ioctls' own first calls, and a populate
+// through Vm.Run against the same populate with bare ioctls (KvmRawIoctls.Populate). Targets: first ≤ 1.5 × steady;
+// harness populate ≤ 1.2 × raw in CPU time of the thread that runs the vCPU.
+// Then, on a slot of --memory (1 GiB by default, KVM_MEM_LOG_DIRTY_PAGES, manual protect):
 //   1. the guest dirties every --stride of the slot (emulated guests are slow: keep the stride coarse);
 //   2. KVM_GET_DIRTY_LOG and KVM_CLEAR_DIRTY_LOG, --iterations times each, through the harness
 //      (MemSlot.GetDirtyLog(into), MemSlot.ClearDirtyLog(mask)) and raw (KvmRawIoctls: the bare ioctl in a loop);
@@ -24,92 +28,177 @@ var roundTrips = Arg("round-trips", 20000, test: 2000);
 var scans = Arg("scans", 2000, test: 200);
 
 // ── 0. First call vs steady state (issue 8) ─────────────────────────────────────────────────────────────────────
-// Runs before anything else in this recipe touches the SDK, so each "first" row is the process's first call of that
-// path: what a recipe's first timed stage would measure. "Steady" is the median of later calls of the same work, after
-// a warm-up loop. Target: first ≤ 1.5 × steady. The run record's environment.preparation says how the process was
-// prepared (ReadyToRun images, SDK warm-up, script optimisation) so a row that regresses can be explained.
+// Runs before anything else in this recipe touches the SDK, so round 0 is the process's first call of each path: what a
+// recipe's first timed stage would measure. The same round then runs again on fresh objects, so every later sample is
+// the same kernel work on the same kernel state (a fresh VM populated by the guest, a clear that re-protects the pages
+// the populate dirtied, a ring holding the populate's entries) and the same cache state (after a guest run). "Steady" is
+// the median of rounds 1…. Target: first ≤ 1.5 × steady. The raw rows (KvmRawIoctls: the bare ioctl on a fresh VM of
+// its own, same state) show the kernel's own first-call cost, which is not the JIT's. Timestamps are taken inline in
+// top-level code (no delegate or local function whose first JIT would land inside a timed call). The run record's
+// environment.preparation says how the process was prepared (ReadyToRun images, warm-up, script optimisation).
 var firstSlot = Arg("first-call-memory", 16.MiB(), test: 4.MiB());
-var firstRows = new List<(string Path, double First, double Steady)>();
+var rounds = Arg("first-call-rounds", 7, test: 3);
 {
-    double Ms(long t0) => (Stopwatch.GetTimestamp() - t0) * 1e3 / Stopwatch.Frequency;
-    double Med(List<double> xs) { var o = xs.Order().ToArray(); return o[o.Length / 2]; }
-    double Steady(Func<double> sample, int n = 51) { var w = Stopwatch.StartNew(); while (w.ElapsedMilliseconds < 200) sample(); var xs = new List<double>(); for (int i = 0; i < n; i++) xs.Add(sample()); return Med(xs); }
+    var samples = new Dictionary<string, List<double>>();
+    var gcInFirst = new HashSet<string>();
+    var order = new List<string>();
+    double ToMs(long ticks) => ticks * 1e3 / Stopwatch.Frequency;
+    var cpuSamples = new Dictionary<string, List<double>>();
+    void Rec(string path, long t0, long t1, int gcBefore, int round, double cpuSeconds = double.NaN)
+    {
+        if (!samples.TryGetValue(path, out var xs)) { samples[path] = xs = []; order.Add(path); }
+        xs.Add(ToMs(t1 - t0));
+        if (!double.IsNaN(cpuSeconds)) { if (!cpuSamples.TryGetValue(path, out var cs)) cpuSamples[path] = cs = []; cs.Add(cpuSeconds * 1e3); }
+        if (round == 0 && GC.CollectionCount(0) != gcBefore) gcInFirst.Add(path);
+    }
+    double Med(IEnumerable<double> xs) { var o = xs.Order().ToArray(); return o.Length == 0 ? double.NaN : o[o.Length / 2]; }
     VmOptions Opts(int ring = 0) => new VmOptions(firstSlot) { ManualProtect = ring == 0, LogDirtyPages = true, DirtyRingBytes = new Size(ring) };
     var populate = Workload.Write(stride: 4096);
+    Rec("(timing helper)", 0, 0, 0, 1, ThreadCpu.Seconds); samples.Clear(); cpuSamples.Clear(); order.Clear(); // JIT and bind the helpers before round 0
 
-    // Vm.Run of a small workload that populates a fresh slot (one write per 4 KiB page): first VM vs later fresh VMs.
-    long t = Stopwatch.GetTimestamp();
-    using var fvm = Vm.Create(Opts());
-    double create1 = Ms(t);
-    t = Stopwatch.GetTimestamp(); fvm.Run(populate); double run1 = Ms(t);
-    var fslot = fvm.TestSlot;
-    var fb = new DirtyBitmap(fslot.Pages);
-    t = Stopwatch.GetTimestamp(); fslot.GetDirtyLog(fb); double get1 = Ms(t);
-    var fmask = fb.Clone();
-    t = Stopwatch.GetTimestamp(); fslot.ClearDirtyLog(fmask); double clear1 = Ms(t);
-    t = Stopwatch.GetTimestamp(); long fcount = fb.Count; double count1 = Ms(t);
     // The recipe's own top-level loop: enumerating the set pages of a sparse 8 MiB bitmap (256 GiB of guest pages).
     var big = new DirtyBitmap(8L * 1024 * 1024 * 8);
     for (long p = 0; p < big.Pages; p += 997) big.Set(p);
-    long fsum = 0;
-    // The same top-level loop five times: the first pass is what a recipe's first measurement gets (Tier 0 / OSR code
-    // unless script code is compiled optimized from the start), the best later pass is its steady state.
-    var enumPasses = new List<double>();
-    for (int rep = 0; rep < 5; rep++)
+    long fsum = 0, fcount = 0, fpages = 0;
+    double create1 = 0;
+    var harvestCounts = new List<int>();
+    var raws = new List<RawPopulateTimes>();
+    bool kvm = false;
+    for (int round = 0; round < rounds; round++)
     {
-        t = Stopwatch.GetTimestamp();
+        long t0, t1; int g; double c0, c1;
+        // Vm.Run of a small workload that populates a fresh slot (one write per 4 KiB page).
+        t0 = Stopwatch.GetTimestamp();
+        using var fvm = Vm.Create(Opts());
+        t1 = Stopwatch.GetTimestamp();
+        if (round == 0) create1 = ToMs(t1 - t0);
+        kvm = fvm.Backend == Backend.Kvm;
+        var fslot = fvm.TestSlot;
+        // The same populate with bare ioctls on a second fresh VM (guest code and page tables prepared untimed); the two
+        // alternate which goes first, so drift and the order inside a round hit both alike.
+        using var rvm = kvm ? Vm.Create(Opts()) : null;
+        for (int k = 0; k < 2; k++)
+        {
+            if ((k == 0) == (round % 2 == 0))
+            {
+                g = GC.CollectionCount(0); c0 = ThreadCpu.Seconds; t0 = Stopwatch.GetTimestamp();
+                fvm.Run(populate);
+                t1 = Stopwatch.GetTimestamp(); c1 = ThreadCpu.Seconds; Rec("Vm.Run (populate, fresh VM)", t0, t1, g, round, c1 - c0);
+            }
+            else if (rvm is not null)
+            {
+                var raw = KvmRawIoctls.Populate(rvm, populate);
+                raws.Add(raw);
+                Rec("raw populate (SREGS/REGS + KVM_RUN)", 0, (long)(raw.TimedSeconds * Stopwatch.Frequency), 0, 1, raw.CpuSeconds);
+            }
+        }
+
+        // KVM_GET_DIRTY_LOG after the populate: harness, then the raw ioctl on the other VM (same state).
+        var fb = new DirtyBitmap(fslot.Pages);
+        g = GC.CollectionCount(0); c0 = ThreadCpu.Seconds; t0 = Stopwatch.GetTimestamp();
+        fslot.GetDirtyLog(fb);
+        t1 = Stopwatch.GetTimestamp(); c1 = ThreadCpu.Seconds; Rec("slot.GetDirtyLog", t0, t1, g, round, c1 - c0);
+        var rb = fb;
+        if (rvm is not null)
+        {
+            rb = new DirtyBitmap(rvm.TestSlot.Pages);
+            g = GC.CollectionCount(0);
+            double s = KvmRawIoctls.GetDirtyLog(rvm, rvm.TestSlot, rb, 1);
+            Rec("raw KVM_GET_DIRTY_LOG", 0, (long)(s * Stopwatch.Frequency), g, round);
+        }
+        // KVM_CLEAR_DIRTY_LOG of what the populate dirtied: re-protects every page of the slot, each round.
+        var fmask = fb.Clone();
+        g = GC.CollectionCount(0); c0 = ThreadCpu.Seconds; t0 = Stopwatch.GetTimestamp();
+        fslot.ClearDirtyLog(fmask);
+        t1 = Stopwatch.GetTimestamp(); c1 = ThreadCpu.Seconds; Rec("slot.ClearDirtyLog (re-protect)", t0, t1, g, round, c1 - c0);
+        if (rvm is not null)
+        {
+            g = GC.CollectionCount(0);
+            double s = KvmRawIoctls.ClearDirtyLog(rvm, rvm.TestSlot, rb.Clone(), 1);
+            Rec("raw KVM_CLEAR_DIRTY_LOG", 0, (long)(s * Stopwatch.Frequency), g, round);
+        }
+        g = GC.CollectionCount(0); c0 = ThreadCpu.Seconds; t0 = Stopwatch.GetTimestamp();
+        long count = fb.Count;
+        t1 = Stopwatch.GetTimestamp(); c1 = ThreadCpu.Seconds; Rec("DirtyBitmap.Count", t0, t1, g, round, c1 - c0);
+        if (round == 0) { fcount = count; fpages = fslot.Pages; }
+
+        // Guest memory: one 8-byte write and read per page of the slot, through vm.Memory.
+        ulong g0 = fslot.Gpa;
+        g = GC.CollectionCount(0); c0 = ThreadCpu.Seconds; t0 = Stopwatch.GetTimestamp();
+        for (long i = 0; i < fslot.Pages; i++) { fvm.Memory.Write<ulong>(g0 + (ulong)(i << 12), (ulong)i); fsum += (long)fvm.Memory.Read<ulong>(g0 + (ulong)(i << 12)); }
+        t1 = Stopwatch.GetTimestamp(); c1 = ThreadCpu.Seconds; Rec("vm.Memory write+read/page", t0, t1, g, round, c1 - c0);
+
+        // The dirty ring after a populate of a fresh VM: harvest every entry, then reset.
+        using var ringVm = Vm.Create(Opts(ring: 65536));
+        ringVm.Run(populate);
+        g = GC.CollectionCount(0); c0 = ThreadCpu.Seconds; t0 = Stopwatch.GetTimestamp();
+        var h = ringVm.DirtyRing!.Harvest();
+        t1 = Stopwatch.GetTimestamp(); c1 = ThreadCpu.Seconds; Rec("DirtyRing.Harvest", t0, t1, g, round, c1 - c0);
+        g = GC.CollectionCount(0); c0 = ThreadCpu.Seconds; t0 = Stopwatch.GetTimestamp();
+        ringVm.DirtyRing.Reset();
+        t1 = Stopwatch.GetTimestamp(); c1 = ThreadCpu.Seconds; Rec("DirtyRing.Reset", t0, t1, g, round, c1 - c0);
+        harvestCounts.Add(h.Count);
+
+        // The recipe's own top-level loop: round 0 is its first pass (Tier 0 / OSR code unless script code is compiled
+        // optimized from the start), later rounds the same loop again.
+        g = GC.CollectionCount(0); c0 = ThreadCpu.Seconds; t0 = Stopwatch.GetTimestamp();
         foreach (var p in big.SetPages) fsum += p;
-        enumPasses.Add(Ms(t));
+        t1 = Stopwatch.GetTimestamp(); c1 = ThreadCpu.Seconds; Rec("SetPages, top-level foreach", t0, t1, g, round, c1 - c0);
     }
-    double enum1 = enumPasses[0];
-    // Guest memory: one 8-byte write and read per page of the slot, through vm.Memory.
-    ulong g0 = fslot.Gpa;
-    t = Stopwatch.GetTimestamp();
-    for (long i = 0; i < fslot.Pages; i++) { fvm.Memory.Write<ulong>(g0 + (ulong)(i << 12), (ulong)i); fsum += (long)fvm.Memory.Read<ulong>(g0 + (ulong)(i << 12)); }
-    double mem1 = Ms(t);
+    Expect(harvestCounts.All(n => n == harvestCounts[0]), $"the ring harvest sees the same {harvestCounts[0]} pages each round (got {string.Join(", ", harvestCounts)})");
+    Expect(fcount == fpages, $"the populate dirtied every page of the slot ({fcount} of {fpages})");
 
-    using var rvm = Vm.Create(Opts(ring: 65536));
-    rvm.Run(populate);
-    t = Stopwatch.GetTimestamp(); var harvested = rvm.DirtyRing!.Harvest(); double harvest1 = Ms(t);
-    t = Stopwatch.GetTimestamp(); rvm.DirtyRing.Reset(); double reset1 = Ms(t);
-
-    // Steady state of the same work.
-    double runS = Med(Enumerable.Range(0, 3).Select(_ => { using var v = Vm.Create(Opts()); long t0 = Stopwatch.GetTimestamp(); v.Run(populate); return Ms(t0); }).ToList());
-    double getS = Steady(() => { fvm.Run(populate); long t0 = Stopwatch.GetTimestamp(); fslot.GetDirtyLog(fb); return Ms(t0); }, 11);
-    double clearS = Steady(() => { long t0 = Stopwatch.GetTimestamp(); fslot.ClearDirtyLog(fmask); return Ms(t0); });
-    double countS = Steady(() => { long t0 = Stopwatch.GetTimestamp(); fsum += fb.Count; return Ms(t0); });
-    double enumS = enumPasses.Skip(1).Min();
-    double memS = Steady(() => { long t0 = Stopwatch.GetTimestamp(); for (long i = 0; i < fslot.Pages; i++) { fvm.Memory.Write<ulong>(g0 + (ulong)(i << 12), (ulong)i); fsum += (long)fvm.Memory.Read<ulong>(g0 + (ulong)(i << 12)); } return Ms(t0); }, 11);
-    var hs = new List<double>(); var rs2 = new List<double>(); var seen = new List<int>();
-    for (int i = 0; i < (TestMode ? 3 : 7); i++)
+    double enumFirst = samples["SetPages, top-level foreach"][0], enumSteady = Med(samples["SetPages, top-level foreach"].Skip(1));
+    Console.WriteLine($"first call vs steady ({(kvm ? "Kvm" : "Sim")} backend, {firstSlot} slot, {rounds} rounds on fresh VMs; first Vm.Create {create1:F1} ms; " +
+        $"top-level SetPages {big.SizeInBytes / enumFirst / 1e6:F1} GB/s first, {big.SizeInBytes / enumSteady / 1e6:F1} GB/s steady; sink {fsum % 10}):");
+    // Judged on the thread's CPU time where a row takes long enough for it (steady ≥ 0.1 ms): a single wall-clock first
+    // sample of a millisecond is often stretched by a wait for a CPU on a busy host (load 10+ on 2 cores here), which the
+    // steady median is not; warm-up costs (JIT, page faults, a collection) are this thread's CPU time and show in both.
+    foreach (var path in order)
     {
-        rvm.Run(populate);
-        long t0 = Stopwatch.GetTimestamp(); var h = rvm.DirtyRing.Harvest(); hs.Add(Ms(t0));
-        t0 = Stopwatch.GetTimestamp(); rvm.DirtyRing.Reset(); rs2.Add(Ms(t0));
-        seen.Add(h.Count);
-    }
-    Expect(seen.All(n => n == harvested.Count), $"the ring harvest sees the same {harvested.Count} pages each pass (got {string.Join(", ", seen)})");
-    firstRows.Add(("Vm.Run (populate)", run1, runS));
-    firstRows.Add(("slot.GetDirtyLog", get1, getS));
-    firstRows.Add(("slot.ClearDirtyLog", clear1, clearS));
-    firstRows.Add(("DirtyRing.Harvest", harvest1, Med(hs)));
-    firstRows.Add(("DirtyRing.Reset", reset1, Med(rs2)));
-    firstRows.Add(("DirtyBitmap.Count", count1, countS));
-    firstRows.Add(("SetPages, top-level foreach", enum1, enumS));
-    firstRows.Add(("vm.Memory write+read/page", mem1, memS));
-    Console.WriteLine($"first call vs steady ({fvm.Backend} backend, {firstSlot} slot; first Vm.Create {create1:F1} ms; top-level SetPages " +
-        $"{big.SizeInBytes / enum1 / 1e6:F1} GB/s first, {big.SizeInBytes / enumS / 1e6:F1} GB/s steady; sink {fsum % 10}):");
-    foreach (var (path, first, steady) in firstRows)
-    {
-        Console.WriteLine($"  {path,-30} first {first,9:F3} ms   steady {steady,9:F3} ms   × {first / steady,6:F2}");
+        var xs = samples[path];
+        double first = xs[0], steady = Med(xs.Skip(1));
+        bool raw = path.StartsWith("raw ");
+        string gc = gcInFirst.Contains(path) ? "  (a GC ran during the first call)" : "";
+        double cpuFirst = double.NaN, cpuSteady = double.NaN;
+        if (cpuSamples.TryGetValue(path, out var cs) && cs.Count == xs.Count) { cpuFirst = cs[0]; cpuSteady = Med(cs.Skip(1)); }
+        bool byCpu = !double.IsNaN(cpuFirst) && steady >= 0.1;
+        string cpu = double.IsNaN(cpuFirst) || steady < 0.1 ? "" : $"   CPU {cpuFirst,8:F3} / {cpuSteady,8:F3} ms × {cpuFirst / cpuSteady,5:F2}";
+        Console.WriteLine($"  {path,-38} first {first,9:F3} ms   steady {steady,9:F3} ms   × {first / steady,6:F2}{cpu}{gc}");
         var key = new string(path.ToLowerInvariant().Select(c => char.IsLetterOrDigit(c) ? c : '_').ToArray()).Trim('_');
+        while (key.Contains("__")) key = key.Replace("__", "_");
         Result($"first_{key}_ms", first);
         Result($"steady_{key}_ms", steady);
-        // The target (issue 8) is for KVM at full size; the simulator's µs-scale steady states are reported, not judged.
-        if (!TestMode && fvm.Backend == Backend.Kvm)
-            Expect(first <= 1.5 * steady, $"first call of {path} ≤ 1.5 × steady ({first:F3} vs {steady:F3} ms)");
+        if (byCpu) { Result($"first_{key}_cpu_ms", cpuFirst); Result($"steady_{key}_cpu_ms", cpuSteady); }
+        // The target (issue 8) is for the harness on KVM at full size; the raw rows show the kernel's own first-call
+        // cost (not process warm-up); the simulator's µs-scale steady states are reported, not judged.
+        if (!TestMode && kvm && !raw)
+        {
+            if (byCpu) Expect(cpuFirst <= 1.5 * cpuSteady, $"first call of {path} ≤ 1.5 × steady in CPU time ({cpuFirst:F3} vs {cpuSteady:F3} ms; wall {first:F3} vs {steady:F3})");
+            else Expect(first <= 1.5 * steady, $"first call of {path} ≤ 1.5 × steady ({first:F3} vs {steady:F3} ms)");
+        }
     }
-    Expect(fcount == fslot.Pages, $"the populate dirtied every page of the slot ({fcount} of {fslot.Pages})");
+
+    // Populate through the harness vs bare ioctls on fresh VMs of the same run (issue 8: harness ≤ 1.2 × raw). Both run
+    // the vCPU on this thread, so its CPU time compares them without the waits for a CPU a busy host adds to wall time.
+    if (raws.Count > 0)
+    {
+        double harness = Med(samples["Vm.Run (populate, fresh VM)"]), hcpu = Med(cpuSamples["Vm.Run (populate, fresh VM)"]);
+        double rawTimed = Med(raws.Select(r => r.TimedSeconds * 1e3)), rcpu = Med(raws.Select(r => r.CpuSeconds * 1e3));
+        double rawAll = Med(raws.Select(r => (r.TimedSeconds + r.PrepareSeconds) * 1e3));
+        Console.WriteLine($"populate {firstSlot}, medians of {raws.Count} fresh VMs: harness Vm.Run {harness:F2} ms wall / {hcpu:F2} ms CPU, " +
+            $"raw {rawTimed:F2} ms wall / {rcpu:F2} ms CPU (× {harness / rawTimed:F3} wall, × {hcpu / rcpu:F3} CPU)");
+        Console.WriteLine($"  raw: SREGS/REGS {Med(raws.Select(r => r.RegsSeconds * 1e3)):F3} ms + KVM_RUN {Med(raws.Select(r => r.RunSeconds * 1e3)):F2} ms ({raws[0].Exits} exits); " +
+            $"in Vm.Run, untimed in raw: plan + page tables + records + guest code {Med(raws.Select(r => r.PrepareSeconds * 1e3)):F3} ms; " +
+            $"in Vm.Create, outside both: KVM_CREATE_VCPU + mmap + SET_CPUID2 {Med(raws.Select(r => r.VcpuCreateSeconds * 1e3)):F3} ms per vCPU; " +
+            $"harness − raw = {harness - rawTimed:F2} ms wall, {hcpu - rcpu:F2} ms CPU (wall × {harness / rawAll:F3} of raw with its preparation)");
+        Result("populate_harness_ms", harness);
+        Result("populate_raw_ms", rawTimed);
+        Result("populate_harness_cpu_ms", hcpu);
+        Result("populate_raw_cpu_ms", rcpu);
+        Result("populate_raw_prepare_ms", Med(raws.Select(r => r.PrepareSeconds * 1e3)));
+        if (!TestMode) Expect(hcpu <= 1.2 * rcpu, $"populate through the harness ≤ 1.2 × raw ioctls, in CPU time of the thread that runs the vCPU ({hcpu:F2} vs {rcpu:F2} ms)");
+    }
 }
 
 Require(Vm.IsKvmUsable(out var why), "needs /dev/kvm: " + why);

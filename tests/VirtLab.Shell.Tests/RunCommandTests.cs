@@ -342,6 +342,8 @@ public sealed class RunOutputTests
         Assert.Contains("plugin Warm", warmed);
         Assert.Contains(warmed, w => w!.StartsWith("dirty log"));
         Assert.Equal(0, prep.GetProperty("warmUpErrors").GetArrayLength());
+        // The recipe's first Vm.Create collected the start's garbage once, after the warm-up.
+        Assert.True(prep.GetProperty("settleSeconds").GetDouble() > 0);
 
         // VIRTLAB_WARMUP=0: nothing warmed, and the record says so.
         var off = Virtlab.Run(null, tmp.Path, new Dictionary<string, string> { ["VIRTLAB_WARMUP"] = "0" }, "run", "--plugins", plugins, "--json", json, recipe);
@@ -349,5 +351,6 @@ public sealed class RunOutputTests
         using var doc2 = JsonDocument.Parse(File.ReadAllText(json));
         Assert.Equal(0, doc2.RootElement.GetProperty("results").GetProperty("warmUps").GetInt32());
         Assert.Equal(0, doc2.RootElement.GetProperty("environment").GetProperty("preparation").GetProperty("warmedUp").GetArrayLength());
+        Assert.Equal(0, doc2.RootElement.GetProperty("environment").GetProperty("preparation").GetProperty("settleSeconds").GetDouble());
     }
 }

@@ -423,7 +423,11 @@ public sealed class DirtyBitmap : IEquatable<DirtyBitmap>
     // ---- kernels --------------------------------------------------------------------------------
 
     /// <summary>Index of the first word ≥ <paramref name="from"/> that differs from <paramref name="value"/>, or -1.
-    /// 16 words (128 bytes) per step with 256-bit vectors, then 4, then scalar.</summary>
+    /// 16 words (128 bytes) per step with 256-bit vectors, then 4, then scalar. AggressiveOptimization: crossgen2 leaves a
+    /// method that asks Vector256.IsHardwareAccelerated out of the ReadyToRun image, so it would start at Tier 0 and reach
+    /// tier 1 only after the background tiering delay — inside a recipe's first scan; this way the warm-up's first call
+    /// compiles it fully optimized.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     internal static int IndexOfWordNot(ulong[] words, int from, ulong value)
     {
         int n = words.Length, i = from;

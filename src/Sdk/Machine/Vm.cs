@@ -149,6 +149,7 @@ public abstract partial class Vm : IDisposable
         return null;
     }
 
+    [System.Runtime.CompilerServices.MethodImpl(System.Runtime.CompilerServices.MethodImplOptions.AggressiveOptimization)] // see GuestMemory.Resolve
     internal MemSlot? FindSlotAt(ulong gpa)
     {
         var a = SlotsSnapshot;

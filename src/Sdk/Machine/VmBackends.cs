@@ -8,7 +8,7 @@ internal static class VmBackends
 {
     public static Vm Create(VmOptions options)
     {
-        WarmUp.WaitForPending(); // a shell's warm-up still running: let it end before this VM's first timed call
+        WarmUp.BeforeVm(); // a shell's warm-up still running: let it end (and its garbage go) before this VM's first timed call
         ArgumentNullException.ThrowIfNull(options);
         options.Validate();
         switch (options.Backend)

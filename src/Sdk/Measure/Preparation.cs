@@ -23,6 +23,8 @@ public sealed record Preparation
     public double WarmUpSeconds { get; init; }
     /// <summary>How long the recipe waited for it (at its first Vm.Create); 0 when it had ended by then.</summary>
     public double WarmUpWaitSeconds { get; init; }
+    /// <summary>The full collection after the warm-up, at the recipe's first Vm.Create (WarmUp.BeforeVm); 0 when none ran.</summary>
+    public double SettleSeconds { get; init; }
     /// <summary>Warm-up steps that threw (the recipe runs anyway; those paths pay their first call in the recipe).</summary>
     public IReadOnlyList<string> WarmUpErrors { get; init; } = [];
     /// <summary>Methods the JIT compiled before the recipe started, and while it ran (tier-1 recompiles of hot

@@ -41,6 +41,14 @@ internal static unsafe partial class Libc
     // sysconf names
     public const int _SC_PAGESIZE = 30, _SC_NPROCESSORS_ONLN = 84;
 
+    public const int CLOCK_THREAD_CPUTIME_ID = 3;
+
+    [StructLayout(LayoutKind.Sequential)]
+    public struct Timespec { public long tv_sec, tv_nsec; }
+
+    [LibraryImport(LibName, EntryPoint = "clock_gettime", SetLastError = true)]
+    public static partial int clock_gettime(int clock, Timespec* tp);
+
     [LibraryImport(LibName, EntryPoint = "mmap", SetLastError = true)]
     public static partial nint mmap(nint addr, nuint length, int prot, int flags, int fd, long offset);
 

@@ -60,6 +60,7 @@ public sealed class ProcessPreparer
                 WarmUpBackend = sdk?.Backend,
                 WarmUpSeconds = sdk?.Seconds ?? 0,
                 WarmUpWaitSeconds = WarmUp.WaitedSeconds,
+                SettleSeconds = WarmUp.SettleSeconds,
                 WarmUpErrors = [.. sdk?.Errors ?? [], .. _pluginErrors],
                 JitCompiledBeforeRecipe = jitBeforeRecipe,
                 JitCompiledDuringRecipe = System.Runtime.JitInfo.GetCompiledMethodCount() - jitBeforeRecipe,

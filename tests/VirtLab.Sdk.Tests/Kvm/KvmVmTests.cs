@@ -145,6 +145,56 @@ public class KvmVmTests(ITestOutputHelper output)
         vm.Run(Workload.Read()); // still usable
     }
 
+    /// <summary>The OS names of this process's threads (.NET names the native thread after Thread.Name, cut to 15 bytes).</summary>
+    private static List<string> ThreadNames() =>
+        Directory.GetDirectories("/proc/self/task").Select(t => { try { return File.ReadAllText(Path.Combine(t, "comm")).Trim(); } catch (IOException) { return ""; } }).ToList();
+
+    /// <summary>
+    /// One vCPU and no after-pass callback: the vCPU runs on the calling thread (no "vcpu0" thread exists), and it still
+    /// stops on cancellation and on Dispose from another thread, which waits for the loop instead of a thread's end.
+    /// </summary>
+    [KvmFact]
+    public void A_lone_vcpu_runs_on_the_calling_thread_and_still_stops_on_cancel_and_dispose()
+    {
+        var endless = Workload.Write() with { Passes = 1_000_000 };
+        using (var vm = NewVm(memory: 8 << 20))
+        {
+            using var cts = new CancellationTokenSource();
+            var task = Task.Factory.StartNew(() => vm.Run(endless, cancellation: cts.Token), TaskCreationOptions.LongRunning);
+            var guard = Stopwatch.StartNew();
+            while (!vm.IsRunning && guard.Elapsed < KvmMachineTests.HangGuard) Thread.Sleep(1);
+            Thread.Sleep(50);
+            Assert.True(vm.IsRunning);
+            Assert.DoesNotContain("vcpu0", ThreadNames());
+            cts.Cancel();
+            Assert.True(((IAsyncResult)task).AsyncWaitHandle.WaitOne(KvmMachineTests.HangGuard), "the run was never stopped");
+            Assert.ThrowsAny<OperationCanceledException>(() => task.GetAwaiter().GetResult());
+            var again = vm.Run(Workload.Write(stride: 64 * 4096)); // still usable, on this thread
+            Assert.True(Assert.Single(again.PassTimes) > TimeSpan.Zero, "the pass was recorded at its sync point");
+            Assert.Equal(vm.TestSlot.Size.Bytes / (64 * 4096), again.Writes);
+        }
+        var other = NewVm(memory: 8 << 20);
+        var run = Task.Factory.StartNew(() => other.Run(endless), TaskCreationOptions.LongRunning);
+        var wait = Stopwatch.StartNew();
+        while (!other.IsRunning && wait.Elapsed < KvmMachineTests.HangGuard) Thread.Sleep(1);
+        Thread.Sleep(50);
+        var dispose = Task.Run(other.Dispose);
+        Assert.True(dispose.Wait(KvmMachineTests.HangGuard), "Dispose never returned");
+        Assert.True(((IAsyncResult)run).AsyncWaitHandle.WaitOne(KvmMachineTests.HangGuard), "the run was never stopped");
+        var e = Assert.Throws<ObjectDisposedException>(() => run.GetAwaiter().GetResult());
+        Assert.Contains("disposed while a workload was running", e.Message);
+    }
+
+    /// <summary>Several vCPUs (or an after-pass callback) still run on vCPU threads.</summary>
+    [KvmFact]
+    public void Vcpus_with_an_after_pass_callback_run_on_vcpu_threads()
+    {
+        using var vm = NewVm();
+        var names = new List<string>();
+        vm.Run(Workload.Write(stride: 64 * 4096), _ => names = ThreadNames());
+        Assert.Contains("vcpu0", names);
+    }
+
     [KvmFact]
     public void Triple_fault_in_raw_assembly_reports_exit_reason_and_registers()
     {

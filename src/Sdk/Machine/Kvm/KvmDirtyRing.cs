@@ -48,5 +48,36 @@ internal sealed class KvmDirtyRing : IDisposable
         }
     }
 
+    private DirtyGfn[]? _scratch;
+
+    /// <summary>
+    /// Collect every published entry into <paramref name="into"/>, in order; returns how many. The entries go through a
+    /// scratch array and are appended in one AddRange: List&lt;DirtyGfn&gt; is a framework generic over an SDK struct, which
+    /// no ReadyToRun image holds, so a per-entry Add would run Tier-0 code until the background tiering caught up —
+    /// inside a recipe's first timed harvest (measured 0.18 ms against 0.07 ms later).
+    /// </summary>
+    [System.Runtime.CompilerServices.MethodImpl(System.Runtime.CompilerServices.MethodImplOptions.AggressiveOptimization)] // fully optimized from the warm-up's call, not ReadyToRun code until tier 1
+    public int Harvest(List<DirtyGfn> into)
+    {
+        lock (_lock) unsafe
+        {
+            // Safe as in Harvest(Action): every index is masked into the mapping, which Pointer checks is still live.
+            var ring = (kvm_dirty_gfn*)_map.Pointer;
+            var buf = _scratch ??= new DirtyGfn[Entries];
+            int n = 0;
+            while (n < buf.Length)
+            {
+                var e = &ring[_fetchIndex & _mask];
+                uint flags = Volatile.Read(ref e->flags); // acquire: slot/offset below are valid once DIRTY is seen
+                if ((flags & KvmConst.KVM_DIRTY_GFN_F_DIRTY) == 0) break;
+                buf[n++] = new DirtyGfn(e->slot, e->offset);
+                Volatile.Write(ref e->flags, KvmConst.KVM_DIRTY_GFN_F_RESET); // release to KVM
+                _fetchIndex++;
+            }
+            if (n > 0) into.AddRange(new ArraySegment<DirtyGfn>(buf, 0, n));
+            return n;
+        }
+    }
+
     public void Dispose() => _map.Dispose();
 }

@@ -100,6 +100,23 @@ internal sealed partial class KvmMachine : IDisposable
     internal KvmVmFd VmFdHandle => _vm;
 
     internal IReadOnlyList<KvmVcpu> Vcpus => EnsureVcpus();
+
+    /// <summary>Whether guest code has run on this VM (through <see cref="Run"/> or a raw benchmark run).</summary>
+    internal bool HasRun { get; set; }
+
+    /// <summary>CR3 of the page tables built last (<see cref="PrepareLayout"/>), for a raw run outside <see cref="Run"/>.</summary>
+    internal ulong Cr3 => _cr3;
+
+    /// <summary>Copies a guest program into the code area, as <see cref="Run"/> does (for a raw run outside it).</summary>
+    internal void LoadCode(ReadOnlySpan<byte> code)
+    {
+        ThrowIfDisposed();
+        _ = Layout;
+        if ((ulong)code.Length > SystemLayout.CodeSize)
+            throw new ArgumentException($"guest program is {code.Length} bytes; the code area holds {SystemLayout.CodeSize}");
+        // Safe because the code area [CodeGpa, CodeGpa + CodeSize) lies in the registered system slot and the length is checked above.
+        unsafe { code.CopyTo(new Span<byte>((byte*)_sysHost + SystemLayout.CodeGpa, code.Length)); }
+    }
     internal byte[] Cpuid => _cpuid;
 
     public void ThrowIfDisposed() => ObjectDisposedException.ThrowIf(_disposed, this);
@@ -198,6 +215,14 @@ internal sealed partial class KvmMachine : IDisposable
         if (DirtyRingBytes == 0) throw new InvalidOperationException("the dirty ring is not enabled on this VM");
         if (_vcpus == null) return 0;
         return _vcpus[vcpu].Ring!.Harvest(sink);
+    }
+
+    /// <summary>Collect one vCPU's published dirty-ring entries into <paramref name="into"/> in one append; returns how many.</summary>
+    public int HarvestDirtyRing(int vcpu, List<DirtyGfn> into)
+    {
+        if (DirtyRingBytes == 0) throw new InvalidOperationException("the dirty ring is not enabled on this VM");
+        if (_vcpus == null) return 0;
+        return _vcpus[vcpu].Ring!.Harvest(into);
     }
 
     /// <summary>KVM_RESET_DIRTY_RINGS: re-protect harvested pages and recycle their entries; returns the count KVM reset.</summary>
@@ -357,7 +382,16 @@ internal sealed partial class KvmMachine : IDisposable
             // this returns (the Machine layer unmaps the slots next). A vCPU thread cannot wait for itself: its
             // vCPU is released by the Run frame once that thread has left the loop.
             foreach (var v in _vcpus ?? []) v.RequestStop();
-            foreach (var t in threads) if (t != Thread.CurrentThread) t.Join();
+            foreach (var t in threads)
+            {
+                if (t == Thread.CurrentThread) continue;
+                // A vCPU loop on a caller's thread (RunOnCallerThread): wait for the loop, not for that thread's end.
+                if (t == _callerLoopThread && _callerLoopDone is { } done)
+                {
+                    try { done.Wait(); } catch (ObjectDisposedException) { } // the loop ended and its event is gone
+                }
+                else t.Join();
+            }
             if (_threadVcpu is { } self && Array.IndexOf(_vcpus ?? [], self) >= 0) _deferredVcpu = self;
             DisposeCore();
             return;

@@ -39,7 +39,7 @@ internal sealed class KvmVcpu : IDisposable
     }
 
     /// <summary>The shared <c>struct kvm_run</c> (valid while the vCPU lives: <see cref="KvmMapping.Pointer"/> throws after).</summary>
-    private unsafe kvm_run* RunArea => (kvm_run*)_run.Pointer;
+    internal unsafe kvm_run* RunArea => (kvm_run*)_run.Pointer;
 
     /// <summary>
     /// KVM_RUN once: the exit KVM reports, decoded from kvm_run (<see cref="KvmExit.Kicked"/> when KVM_RUN returned

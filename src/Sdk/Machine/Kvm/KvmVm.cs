@@ -97,8 +97,7 @@ internal sealed class KvmVm : Vm
         unsafe { fixed (ulong* p = mask) Machine.ClearDirtyLog((uint)slot.Id, (ulong)firstPage, (uint)numPages, p); }
     }
 
-    private protected override void HarvestDirtyRingCore(int vcpu, List<DirtyGfn> into) =>
-        Machine.HarvestDirtyRing(vcpu, (s, o) => into.Add(new DirtyGfn(s, o)));
+    private protected override void HarvestDirtyRingCore(int vcpu, List<DirtyGfn> into) => Machine.HarvestDirtyRing(vcpu, into);
 
     private protected override long ResetDirtyRingsCore() => Machine.ResetDirtyRings();
 
@@ -127,13 +126,23 @@ internal sealed class KvmVm : Vm
             return ((long)gw, (long)gr);
         }
 
+        // One vCPU and nothing to call between passes: nobody to meet at the sync point, so the vCPU records its pass
+        // and goes on, on this thread (KvmMachine.Run's onCallerThread). Several vCPUs still meet at every pass.
+        bool alone = plan.Vcpus == 1 && afterPass is null;
         var callbacks = new GuestCallbacks
         {
             OnSync = (v, pass, token) =>
             {
                 long now = Stopwatch.GetTimestamp();
                 var (writes, reads) = Counters(v, 1);
-                recorder.VcpuPass(v, (int)pass, Stopwatch.GetElapsedTime(passStart[v], now), reads, writes);
+                var elapsed = Stopwatch.GetElapsedTime(passStart[v], now);
+                recorder.VcpuPass(v, (int)pass, elapsed, reads, writes);
+                if (alone)
+                {
+                    recorder.Pass((int)pass, elapsed);
+                    passStart[v] = Stopwatch.GetTimestamp();
+                    return;
+                }
                 sync.Arrive((int)pass, token);
                 passStart[v] = sync.ReleasedAt((int)pass);
             },
@@ -147,7 +156,7 @@ internal sealed class KvmVm : Vm
         };
 
         Action<CancellationToken>? host = null;
-        if (w.SyncEachPass)
+        if (w.SyncEachPass && !alone)
         {
             host = token =>
             {
@@ -162,7 +171,7 @@ internal sealed class KvmVm : Vm
                 }
             };
         }
-        Machine.Run(code, 0, callbacks, cancellation, host);
+        Machine.Run(code, 0, callbacks, cancellation, host, onCallerThread: alone);
         // Without SyncEachPass there is no sync point and afterPass is not called (as documented on Vm.Run and as the Sim does).
         return recorder.Build(Backend.Kvm, Stopwatch.GetElapsedTime(t0), Machine.DirtyRingFullExits - ringFullBefore);
     }
