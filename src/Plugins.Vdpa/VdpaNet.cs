@@ -152,8 +152,9 @@ public sealed class VdpaNet : VdpaDriver
             if (Queues[Rx].EnableInterrupts()) continue;          // arrived meanwhile
             long left = (deadline - Stopwatch.GetTimestamp()) * 1000 / Stopwatch.Frequency;
             if (left <= 0) return null;
-            Calls[Rx].Wait(TimeSpan.FromMilliseconds(left));
-            Calls[Rx].Read();
+            // Lock-step: nothing else runs the device, so no answer now means none later.
+            if (!WaitForCall(Rx, TimeSpan.FromMilliseconds(left)) && Options.LockStep) return null;
+            Calls[Rx].TryRead(out _);
             Queues[Rx].DisableInterrupts();
         }
     }
@@ -171,11 +172,19 @@ public sealed class VdpaNet : VdpaDriver
         return true;
     }
 
+    /// <summary>Used buffers the receive path takes per poll (NAPI's budget, virtio-net's napi_weight).</summary>
+    public const int NapiBudget = 64;
+
     /// <summary>
-    /// Loops <paramref name="packets"/> frames of <paramref name="frameBytes"/> through the device, <paramref name="batch"/>
-    /// at a time: add a batch to TX and kick once if needed, as long as the receive ring has room for it; collect what
-    /// came back on RX and re-post the buffers; sleep on the RX call eventfd only when the window is full and nothing
-    /// has come back. With <paramref name="verify"/> every frame carries its sequence
+    /// Loops <paramref name="packets"/> frames of <paramref name="frameBytes"/> through the device, as Linux's virtio-net
+    /// does on one CPU. Transmit (start_xmit with xmit_more): <paramref name="batch"/> frames, then one kick decision,
+    /// while the window — the receive buffers — has room for the whole batch (or the last frames); TX completions are
+    /// reaped there, TX interrupts stay off (napi_tx=0). Receive (NAPI): up to <see cref="NapiBudget"/> used buffers per
+    /// poll, re-posted at once with one kick decision; while there is work the driver polls with interrupts off, and
+    /// only when it can neither send nor receive it re-arms the RX interrupt for the next used buffer
+    /// (virtqueue_enable_cb_prepare: used_event = last used with EVENT_IDX, else NO_INTERRUPT cleared) and sleeps on the
+    /// call eventfd; the interrupt handler turns them off again (virtqueue_disable_cb). Both modes run the same code;
+    /// only the ring fields the SDK writes differ. With <paramref name="verify"/> every frame carries its sequence
     /// number and a pattern, checked on receipt (order and content). Counts notifications over the run.
     /// </summary>
     public LoopbackResult Loopback(long packets, int frameBytes = 64, int batch = 32, bool verify = false, CancellationToken cancellation = default)
@@ -189,9 +198,12 @@ public sealed class VdpaNet : VdpaDriver
         // Drain what is pending from earlier use.
         while (TryReceive(out _)) { }
         var (k0, i0, ks0, is0) = Notifications;
-        var mem = TheVm.Memory;
         var rx = Queues[Rx];
         var tx = Queues[Tx];
+        // The driver's own buffers, addressed directly: it owns the memslot for as long as it is attached (no lookup
+        // and teardown guard per frame).
+        var txArea = TheVm.Memory.Span(txBase, QueueSize * bufferBytes);
+        var rxArea = TheVm.Memory.Span(rxBase, QueueSize * bufferBytes);
         rx.DisableInterrupts();
         if (scratch.Length < frameBytes) scratch = new byte[frameBytes];
         var frame = scratch.AsSpan(0, frameBytes);
@@ -200,57 +212,52 @@ public sealed class VdpaNet : VdpaDriver
         Mac.CopyTo(frame[6..]);
         frame[12] = 0x88; frame[13] = 0xb5;
         for (int i = 22; i < frameBytes; i++) frame[i] = (byte)i;
-        Span<UsedBuffer> used = stackalloc UsedBuffer[Math.Min(batch, 256)];
+        int bytes = VirtioNet.HdrV1Size + frameBytes;
+        Span<UsedBuffer> used = stackalloc UsedBuffer[Math.Min(NapiBudget, QueueSize)];
         long nextSend = 0, nextRecv = 0;
         var cpu0 = Environment.CpuUsage.TotalTime;
         var sw = Stopwatch.StartNew();
         while (nextRecv < packets)
         {
             cancellation.ThrowIfCancellationRequested();
-            // Transmit: a batch per kick decision, while the window (receive buffers) has room for a whole batch
-            // (or for the last frames).
             ReapTx();
             long room = Math.Min(Math.Min(QueueSize - (nextSend - nextRecv), freeTx.Count), packets - nextSend);
-            bool canSend = room >= batch || (room > 0 && nextSend + room == packets);
-            if (canSend)
+            bool transmitted = room >= batch || (room > 0 && nextSend + room == packets);
+            if (transmitted)
             {
                 int add = (int)Math.Min(batch, room);
                 for (int i = 0; i < add && freeTx.TryPop(out int slot); i++)
                 {
-                    ulong gpa = txBase + (ulong)(slot * bufferBytes);
-                    var buf = mem.Span(gpa, VirtioNet.HdrV1Size + frameBytes);
+                    var buf = txArea.Slice(slot * bufferBytes, bytes);
                     buf[..VirtioNet.HdrV1Size].Clear();
                     BinaryPrimitives.WriteInt64LittleEndian(frame[14..], nextSend);
                     frame.CopyTo(buf[VirtioNet.HdrV1Size..]);
-                    tx.Add([new VirtqBuffer(gpa, (uint)(VirtioNet.HdrV1Size + frameBytes))], [], (ulong)slot);
+                    tx.Add([new VirtqBuffer(txBase + (ulong)(slot * bufferBytes), (uint)bytes)], [], (ulong)slot);
                     nextSend++;
                 }
                 tx.KickIfNeeded();
             }
-            // Receive what is back; sleep on the RX call eventfd only when nothing more can be sent.
             int n = rx.GetUsed(used[..(int)Math.Min(used.Length, nextSend - nextRecv)]);
-            if (n == 0)
+            if (n > 0)
             {
-                if (canSend) continue;
-                ThrowIfBroken();
-                // Interrupt when 3/4 of the frames in flight are back (EVENT_IDX; virtio-net's enable_cb_delayed): one
-                // wake-up per window instead of one per frame. Without EVENT_IDX the flag cannot delay it.
-                if (rx.EnableInterruptsAfter((int)Math.Max(1, (nextSend - nextRecv) * 3 / 4))) { rx.DisableInterrupts(); continue; }
-                if (!Calls[Rx].Wait(TimeSpan.FromSeconds(5), cancellation))
-                    throw new TimeoutException($"{Name}: packet {nextRecv} did not come back within 5 s (device status {VirtioConfig.StatusName(Device.GetStatus())})");
-                Calls[Rx].Read();
-                rx.DisableInterrupts();
+                for (int i = 0; i < n; i++)
+                {
+                    int slot = (int)used[i].Token;
+                    if (verify) Verify(rxArea.Slice(slot * bufferBytes, (int)Math.Min(used[i].Length, (uint)bufferBytes)), nextRecv, frameBytes);
+                    nextRecv++;
+                    PostRx(slot);
+                }
+                rx.KickIfNeeded();
                 continue;
             }
-            for (int i = 0; i < n; i++)
-            {
-                int slot = (int)used[i].Token;
-                ulong gpa = rxBase + (ulong)(slot * bufferBytes);
-                if (verify) Verify(mem.Span(gpa, (int)used[i].Length), nextRecv, frameBytes);
-                nextRecv++;
-                PostRx(slot);
-            }
-            rx.KickIfNeeded();
+            if (transmitted) continue;
+            // Nothing to send, nothing received: interrupt on the next used buffer, then sleep.
+            ThrowIfBroken();
+            if (rx.EnableInterrupts()) { rx.DisableInterrupts(); continue; }
+            if (!WaitForCall(Rx, TimeSpan.FromSeconds(5), cancellation))
+                throw NoCall(Rx, $"packet {nextRecv} did not come back");
+            Calls[Rx].TryRead(out _);
+            rx.DisableInterrupts();
         }
         sw.Stop();
         var cpu = Environment.CpuUsage.TotalTime - cpu0;
