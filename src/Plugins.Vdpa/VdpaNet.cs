@@ -28,7 +28,7 @@ public sealed record VdpaNetOptions : VdpaOptions
 /// shared host the per-CPU-second rate is the one other load does not dilute), and the notifications it took.
 /// </summary>
 public sealed record LoopbackResult(int FrameBytes, int Batch, bool EventIdx, long Packets, TimeSpan Elapsed,
-    long Kicks, long Interrupts, long KicksSuppressed, long InterruptsSuppressed, TimeSpan Cpu = default) : IDisplayable
+    long Kicks, long Interrupts, long KicksSuppressed, long InterruptsSuppressed, TimeSpan Cpu = default, bool TxInterrupts = false) : IDisplayable
 {
     public double PacketsPerSecond => Packets / Elapsed.TotalSeconds;
     /// <summary>Packets per second of process CPU time (driver + device), or NaN when not measured.</summary>
@@ -40,10 +40,10 @@ public sealed record LoopbackResult(int FrameBytes, int Batch, bool EventIdx, lo
     /// <summary>Several results as one table.</summary>
     public static IRenderable Table(IEnumerable<LoopbackResult> results)
     {
-        var t = new Table().AddColumn("frame").AddColumn("batch").AddColumn("EVENT_IDX").AddColumn("packets").AddColumn("Mpps")
+        var t = new Table().AddColumn("frame").AddColumn("batch").AddColumn("EVENT_IDX").AddColumn("napi_tx").AddColumn("packets").AddColumn("Mpps")
             .AddColumn("Mpps/CPU-s").AddColumn("kicks/pkt").AddColumn("interrupts/pkt").AddColumn("notif./pkt");
         foreach (var r in results)
-            t.AddRow($"{r.FrameBytes} B", r.Batch.ToString(), r.EventIdx ? "on" : "off", r.Packets.ToString("N0"), (r.PacketsPerSecond / 1e6).ToString("F3"),
+            t.AddRow($"{r.FrameBytes} B", r.Batch.ToString(), r.EventIdx ? "on" : "off", r.TxInterrupts ? "on" : "off", r.Packets.ToString("N0"), (r.PacketsPerSecond / 1e6).ToString("F3"),
                 (r.PacketsPerCpuSecond / 1e6).ToString("F3"),
                 ((double)r.Kicks / r.Packets).ToString("F4"), ((double)r.Interrupts / r.Packets).ToString("F4"), r.NotificationsPerPacket.ToString("F4"));
         return t;
@@ -302,7 +302,7 @@ public sealed class VdpaNet : VdpaDriver
         received += packets;
         var (k1, i1, ks1, is1) = Notifications;
         return new LoopbackResult(frameBytes, batch, (NegotiatedFeatures & VirtioConfig.Bit(VirtioConfig.RING_F_EVENT_IDX)) != 0,
-            packets, sw.Elapsed, k1 - k0, i1 - i0, ks1 - ks0, is1 - is0, cpu);
+            packets, sw.Elapsed, k1 - k0, i1 - i0, ks1 - ks0, is1 - is0, cpu, napiTx);
     }
 
     readonly EventNotifier[] bothCalls = new EventNotifier[2];
