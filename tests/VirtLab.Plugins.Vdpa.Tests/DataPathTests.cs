@@ -146,6 +146,21 @@ public class BlockDataPathTests
     }
 
     [Fact]
+    public void Lock_step_runs_each_request_on_the_callers_thread_with_one_kick_and_one_interrupt()
+    {
+        using var vm = Vm.Create(8.MiB(), backend: Backend.Sim);
+        var disk = vm.Attach(new VdpaBlk(new VdpaBlkOptions { CapacityBytes = 1 << 20, MaxRequestBytes = 4096, LockStep = true }));
+        var data = new byte[3 * 4096];
+        new Random(3).NextBytes(data);
+        var (k0, i0, _, _) = disk.Notifications;
+        disk.Write(8, data);                                     // 3 requests, one at a time
+        Assert.Equal(data, disk.Read(8, data.Length));           // 3 more
+        var (k1, i1, _, _) = disk.Notifications;
+        Assert.Equal((6, 6), (k1 - k0, i1 - i0));
+        Assert.Equal(6, disk.Device.Counters.WorkerWakeups);
+    }
+
+    [Fact]
     public void Requests_past_the_end_fail_with_IOERR()
     {
         using var vm = Vm.Create(8.MiB(), backend: Backend.Sim);
