@@ -121,11 +121,13 @@ foreach (var napiTx in napiTxs)
         }
         Console.WriteLine($"{size} B, napi_tx {(napiTx ? "on " : "off")}, notifications/packet with vs without EVENT_IDX: {string.Join("; ", line)}");
         // Threaded counts depend on timing (how many publishes and flushes fall into a wake-up): a claim checked on
-        // full runs only, summed over the batch sizes; the exact counts are the lock-step expectations above.
-        if (!TestMode)
+        // full runs only and only for bursts of ≤ 8, where a device that wakes late costs the flags several kicks per
+        // window (at 32–128 the two modes are within timing noise); the exact counts are the lock-step expectations.
+        var small = rows.Where(r => r.FrameBytes == size && r.TxInterrupts == napiTx && r.Batch <= 8).ToList();
+        if (!TestMode && small.Count > 0)
         {
-            double Sum(bool e) => rows.Where(r => r.FrameBytes == size && r.EventIdx == e && r.TxInterrupts == napiTx).Sum(r => (double)(r.Kicks + r.Interrupts));
-            Expect(Sum(true) < Sum(false), $"EVENT_IDX takes fewer notifications at {size} B, napi_tx {(napiTx ? "on" : "off")}");
+            double Sum(bool e) => small.Where(r => r.EventIdx == e).Sum(r => (double)(r.Kicks + r.Interrupts));
+            Expect(Sum(true) < Sum(false), $"EVENT_IDX takes fewer notifications at {size} B, bursts of ≤ 8, napi_tx {(napiTx ? "on" : "off")}");
         }
     }
 foreach (var size in frameSizes)
