@@ -243,6 +243,7 @@ public abstract class VdpaDriver : VmDevice, Sdk.IDisplayable
         var (k, i, ks, isup) = Notifications;
         head.AddRow("notifications", $"{k:N0} kicks ({ks:N0} suppressed), {i:N0} interrupts ({isup:N0} suppressed)");
         head.AddRow("device", $"{Device.Counters.Requests:N0} requests, {Device.Counters.WorkerWakeups:N0} worker wake-ups, {Device.Counters.RxNoBuffer:N0} waits for buffers");
+        head.AddRow("worker", Device.LockStep ? "none: lock-step, the driver runs the device where it would sleep" : $"thread vhost-{Device.Name}");
         grid.AddRow(head);
         var q = new Table { Title = new TableTitle("queues") };
         foreach (var c in new[] { "vq", "size", "driver avail", "driver used", "in flight", "device last_avail", "kicks", "interrupts", "state" }) q.AddColumn(c);
