@@ -1,12 +1,15 @@
 // vdpa-net-loopback.csx — a virtio-net driver over vhost-vdpa on a vdpa_sim-like loopback device.
 //
-//   ./virtlab run scripts/vdpa-net-loopback.csx -- --packets 2000000 --batches 1,8,32,128 --sizes 64,1500
+//   ./virtlab run scripts/vdpa-net-loopback.csx -- --packets 2000000 --batches 1,8,32,128 --sizes 64,1500 --runs 3
 //
-// The driver (rings and buffers in a memslot of the VM, reached by the device only through its IOTLB) sends
-// --packets frames per configuration, --batch at a time; the device's worker thread (a vhost worker woken by the
-// kick eventfd) copies each TX chain into the next RX chain. For 64 B and 1500 B frames, with and without
-// VIRTIO_RING_F_EVENT_IDX, and several batch sizes: packets per second and notifications (kicks + interrupts)
-// per packet. Then the IOTLB: updates per second through write() of vhost_msg_v2, batched and unbatched.
+// The driver (rings and buffers in a memslot of the VM, reached by the device only through its IOTLB; Linux
+// virtio-net's transmit bursts and NAPI receive, napi_tx off and on) sends --packets frames per configuration, up to
+// --batch per kick; the device's worker thread (a vhost worker woken by the kick eventfd) copies each TX chain into
+// the next RX chain. For 64 B and 1500 B frames, with and without VIRTIO_RING_F_EVENT_IDX, and several batch sizes:
+// packets per second (wall, and per second of process CPU time: the figure other load on a shared host does not
+// dilute; best of --runs) and notifications (kicks + interrupts) per packet. First the same in lock-step (the device
+// runs on the driver's thread where the driver would sleep): exact counts, checked against what the ring rules give.
+// Then the IOTLB: updates per second through write() of vhost_msg_v2, batched and unbatched.
 // Ceiling: the SDK's split virtqueue alone (driver and device side on one thread, no vhost, no worker thread),
 // measured in the same run.
 
@@ -17,49 +20,122 @@ using VirtLab.Plugins.Vdpa.Uapi;
 var packets = Arg("packets", 1_000_000L, test: 5_000L);
 var batches = Arg("batches", "1,8,32,128", test: "1,32");
 var sizes = Arg("sizes", "64,1500");
+var runs = Arg("runs", 3, test: 1);                 // each configuration this many times: best wall, best per CPU-second
+var napiTxModes = Arg("napi-tx", "off,on", test: "off,on");
 var iotlbUpdates = Arg("iotlb-updates", 2000, test: 100);
 var backend = Arg("backend", Backend.Auto);
 
 var vm = Vm.Create(64.MiB(), backend: backend);
 Console.WriteLine($"{vm.Backend} VM; {Environment.ProcessorCount} CPUs (shared machine: figures are indicative)");
+try { Console.WriteLine($"load average {File.ReadAllText("/proc/loadavg").Trim()}"); } catch (IOException) { }
 
 var frameSizes = sizes.Split(',').Select(int.Parse).ToArray();
 var batchSizes = batches.Split(',').Select(int.Parse).ToArray();
-var rows = new List<LoopbackResult>();
-foreach (var eventIdx in new[] { true, false })
-{
-    var nic = vm.Attach(Vdpa.Net(eventIdx: eventIdx));
-    nic.Loopback(Math.Min(packets, 20_000), 64, 32);   // warm up (JIT, page faults)
-    foreach (var size in frameSizes)
-        foreach (var batch in batchSizes)
-            rows.Add(Stage($"loopback {size} B, batch {batch}, EVENT_IDX {(eventIdx ? "on" : "off")}",
-                () => nic.Loopback(packets, size, batch, verify: false)));
-    var check = nic.Loopback(Math.Min(packets, 70_000), 100, 64, verify: true);
-    Expect(check.Packets == Math.Min(packets, 70_000), "a verified run delivers every packet intact and in order");
-    Expect(nic.Device.Counters.ErrorTotal == 0, "the device counted no error");
-    nic.Dispose();
-}
+var napiTxs = napiTxModes.Split(',').Select(m => m.Trim() == "on").ToArray();
+string Mode(bool eventIdx, bool napiTx) => $"EVENT_IDX {(eventIdx ? "on" : "off")}, napi_tx {(napiTx ? "on" : "off")}";
+string Key(int size, int batch, bool eventIdx, bool napiTx) =>
+    $"loopback.{size}B.batch{batch}.eventidx{(eventIdx ? "On" : "Off")}{(napiTx ? ".napiTx" : "")}";
 
+// Lock-step first: the device runs on this thread only where the driver would sleep (a device that wakes once per
+// 256-frame window). Exact, reproducible counts: the regime where EVENT_IDX saves the most.
+const int LockRounds = 10;
+var lockRows = new List<LoopbackResult>();
+foreach (var napiTx in napiTxs)
+    foreach (var eventIdx in new[] { true, false })
+    {
+        foreach (var batch in batchSizes)
+        {
+            var nic = vm.Attach(new VdpaNet(new VdpaNetOptions { EventIdx = eventIdx, LockStep = true, TxInterrupts = napiTx }));
+            var r = nic.Loopback(LockRounds * 256, 64, batch, verify: true);
+            lockRows.Add(r);
+            int publishes = batch <= VdpaNet.NapiBudget ? LockRounds * 256 / batch : 256 / batch + (LockRounds - 1) * 256 / VdpaNet.NapiBudget;
+            int irqQueues = napiTx ? 2 : 1;
+            var want = eventIdx ? (LockRounds, irqQueues * LockRounds + 1) : (publishes, irqQueues * LockRounds * 256 / VdpaNetDevice.UsedBatch);
+            Expect((r.Kicks, r.Interrupts) == want, $"lock-step, batch {batch}, {Mode(eventIdx, napiTx)}: kicks and interrupts {want} (got {(r.Kicks, r.Interrupts)})");
+            Result($"lockstep.batch{batch}.eventidx{(eventIdx ? "On" : "Off")}{(napiTx ? ".napiTx" : "")}.notificationsPerPacket", Math.Round(r.NotificationsPerPacket, 5));
+            nic.Dispose();
+        }
+    }
+Console.WriteLine($"Lock-step (exact: the device wakes once per 256-frame window, {LockRounds} windows, 64 B):");
+foreach (var napiTx in napiTxs)
+    foreach (var batch in batchSizes)
+    {
+        var on = lockRows.Single(r => r.Batch == batch && r.EventIdx && r.TxInterrupts == napiTx);
+        var off = lockRows.Single(r => r.Batch == batch && !r.EventIdx && r.TxInterrupts == napiTx);
+        var fewer = 1 - on.NotificationsPerPacket / off.NotificationsPerPacket;
+        Console.WriteLine($"  batch {batch,3}, napi_tx {(napiTx ? "on " : "off")}: {on.Kicks}+{on.Interrupts} with EVENT_IDX, {off.Kicks}+{off.Interrupts} without (kicks+interrupts): {fewer:P1} fewer");
+        Result($"lockstep.batch{batch}{(napiTx ? ".napiTx" : "")}.fewerNotifications", Math.Round(fewer, 4));
+    }
+
+// Threaded: the device's own worker thread, as vhost's. Every configuration `runs` times.
+var all = new List<LoopbackResult>();
+foreach (var napiTx in napiTxs)
+    foreach (var eventIdx in new[] { true, false })
+    {
+        var nic = vm.Attach(new VdpaNet(new VdpaNetOptions { EventIdx = eventIdx, TxInterrupts = napiTx }));
+        nic.Loopback(Math.Min(packets, 20_000), 64, 32);   // warm up (JIT, page faults)
+        foreach (var size in frameSizes)
+            foreach (var batch in batchSizes)
+                for (int run = 0; run < runs; run++)
+                    all.Add(Stage($"loopback {size} B, batch {batch}, {Mode(eventIdx, napiTx)}, run {run + 1}",
+                        () => nic.Loopback(packets, size, batch, verify: false)));
+        var check = nic.Loopback(Math.Min(packets, 70_000), 100, 64, verify: true);
+        Expect(check.Packets == Math.Min(packets, 70_000), "a verified run delivers every packet intact and in order");
+        Expect(nic.Device.Counters.ErrorTotal == 0, "the device counted no error");
+        nic.Dispose();
+    }
+
+// Per configuration: the best wall rate and the best per-CPU-second rate of its runs; notifications over all runs.
+var rows = all.GroupBy(r => (r.FrameBytes, r.Batch, r.EventIdx, r.TxInterrupts)).Select(g =>
+{
+    var best = g.MaxBy(r => r.PacketsPerSecond)!;
+    return best with
+    {
+        Packets = g.Sum(r => r.Packets), Elapsed = TimeSpan.FromSeconds(g.Sum(r => r.Packets) / best.PacketsPerSecond),
+        Cpu = TimeSpan.FromSeconds(g.Sum(r => r.Packets) / g.Max(r => r.PacketsPerCpuSecond)),
+        Kicks = g.Sum(r => r.Kicks), Interrupts = g.Sum(r => r.Interrupts),
+        KicksSuppressed = g.Sum(r => r.KicksSuppressed), InterruptsSuppressed = g.Sum(r => r.InterruptsSuppressed),
+    };
+}).ToList();
 Show(LoopbackResult.Table(rows));
 foreach (var r in rows)
 {
-    var key = $"loopback.{r.FrameBytes}B.batch{r.Batch}.eventidx{(r.EventIdx ? "On" : "Off")}";
+    var key = Key(r.FrameBytes, r.Batch, r.EventIdx, r.TxInterrupts);
     Result(key + ".mpps", Math.Round(r.PacketsPerSecond / 1e6, 4));
     Result(key + ".mppsPerCpuSecond", Math.Round(r.PacketsPerCpuSecond / 1e6, 4));
     Result(key + ".notificationsPerPacket", Math.Round(r.NotificationsPerPacket, 5));
 }
 
-// EVENT_IDX: notifications per packet, largest batch, per frame size.
+// EVENT_IDX: fewer notifications, per frame size, batch and napi_tx mode (over all runs).
+foreach (var napiTx in napiTxs)
+    foreach (var size in frameSizes)
+    {
+        var line = new List<string>();
+        foreach (var batch in batchSizes)
+        {
+            var on = rows.Single(r => r.FrameBytes == size && r.Batch == batch && r.EventIdx && r.TxInterrupts == napiTx);
+            var off = rows.Single(r => r.FrameBytes == size && r.Batch == batch && !r.EventIdx && r.TxInterrupts == napiTx);
+            var fewer = 1 - on.NotificationsPerPacket / Math.Max(1e-12, off.NotificationsPerPacket);
+            Result($"eventIdx.{size}B.batch{batch}{(napiTx ? ".napiTx" : "")}.fewerNotifications", Math.Round(fewer, 4));
+            line.Add($"batch {batch}: {on.NotificationsPerPacket:F4} vs {off.NotificationsPerPacket:F4} ({fewer:P0} fewer)");
+        }
+        Console.WriteLine($"{size} B, napi_tx {(napiTx ? "on " : "off")}, notifications/packet with vs without EVENT_IDX: {string.Join("; ", line)}");
+        // Threaded counts depend on timing (how many publishes and flushes fall into a wake-up): a claim checked on
+        // full runs only and only for bursts of ≤ 8, where a device that wakes late costs the flags several kicks per
+        // window (at 32–128 the two modes are within timing noise); the exact counts are the lock-step expectations.
+        var small = rows.Where(r => r.FrameBytes == size && r.TxInterrupts == napiTx && r.Batch <= 8).ToList();
+        if (!TestMode && small.Count > 0)
+        {
+            double Sum(bool e) => small.Where(r => r.EventIdx == e).Sum(r => (double)(r.Kicks + r.Interrupts));
+            Expect(Sum(true) < Sum(false), $"EVENT_IDX takes fewer notifications at {size} B, bursts of ≤ 8, napi_tx {(napiTx ? "on" : "off")}");
+        }
+    }
 foreach (var size in frameSizes)
 {
-    var on = rows.Where(r => r.FrameBytes == size && r.EventIdx).MaxBy(r => r.Batch)!;
-    var off = rows.Where(r => r.FrameBytes == size && !r.EventIdx).MaxBy(r => r.Batch)!;
-    var fewer = 1 - on.NotificationsPerPacket / Math.Max(1e-12, off.NotificationsPerPacket);
-    Result($"eventIdx.{size}B.batch{on.Batch}.fewerNotifications", Math.Round(fewer, 4));
-    Console.WriteLine($"{size} B, batch {on.Batch}: {on.NotificationsPerPacket:F4} notifications/packet with EVENT_IDX, {off.NotificationsPerPacket:F4} without ({fewer:P1} fewer)");
-    // A statistical claim about a polling worker: the test-mode run (5,000 packets) is too short for it, and the
-    // deterministic count is the Vdpa tests' EVENT_IDX_reduces_notifications.
-    if (!TestMode) Expect(on.NotificationsPerPacket < off.NotificationsPerPacket, $"EVENT_IDX takes fewer notifications per packet at {size} B");
+    var bestWall = rows.Where(r => r.FrameBytes == size).MaxBy(r => r.PacketsPerSecond)!;
+    var bestCpu = rows.Where(r => r.FrameBytes == size).MaxBy(r => r.PacketsPerCpuSecond)!;
+    Console.WriteLine($"{size} B best: {bestWall.PacketsPerSecond / 1e6:F3} Mpps wall (batch {bestWall.Batch}, {Mode(bestWall.EventIdx, bestWall.TxInterrupts)}), " +
+                      $"{bestCpu.PacketsPerCpuSecond / 1e6:F3} Mpps per CPU-second (batch {bestCpu.Batch}, {Mode(bestCpu.EventIdx, bestCpu.TxInterrupts)})");
 }
 
 // Ceiling: the SDK virtqueue alone, one thread, 64 B buffers, same batch as the best loopback row.
@@ -100,7 +176,7 @@ foreach (var size in frameSizes)
     Result($"ceiling.virtqueue.{size}B.batch{batch}.mpps", Math.Round(pps / 1e6, 4));
     Result($"ceiling.virtqueue.{size}B.batch{batch}.mppsPerCpuSecond", Math.Round(cpu / 1e6, 4));
     var best = rows.Where(r => r.FrameBytes == size).Max(r => r.PacketsPerSecond);
-    var bestCpu = rows.Where(r => r.FrameBytes == size).Max(r => r.PacketsPerCpuSecond);
+    var bestCpu = rows.Where(r => r.FrameBytes == size && !double.IsNaN(r.PacketsPerCpuSecond)).Select(r => r.PacketsPerCpuSecond).DefaultIfEmpty(double.NaN).Max();
     Console.WriteLine($"{size} B: best loopback {best / 1e6:F3} Mpps wall, {bestCpu / 1e6:F3} Mpps per CPU-second; the virtqueue alone " +
                       $"(one pop+push per packet, no copy to RX, no thread hop) {pps / 1e6:F3} Mpps wall, {cpu / 1e6:F3} per CPU-second");
 }

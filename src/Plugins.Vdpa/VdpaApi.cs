@@ -10,10 +10,16 @@ public sealed class VdpaApi
 {
     int nets, blks;
 
-    /// <summary>A virtio-net driver over vhost-vdpa on a loopback net device (TX comes back on RX).</summary>
+    /// <summary>A virtio-net driver over vhost-vdpa on a loopback net device (TX comes back on RX). <paramref name="napiTx"/>:
+    /// TX completions by interrupt (<see cref="VdpaNetOptions.TxInterrupts"/>); <paramref name="lockStep"/>: no device
+    /// thread, exact notification counts (<see cref="VdpaOptions.LockStep"/>).</summary>
     public VdpaNet Net(bool eventIdx = true, bool indirect = false, int queueSize = 256, VdpaMemoryPath memory = VdpaMemoryPath.Iotlb,
-        byte[]? mac = null, ushort mtu = 1500)
-        => new(new VdpaNetOptions { EventIdx = eventIdx, Indirect = indirect, QueueSize = queueSize, Memory = memory, Mac = mac, Mtu = mtu },
+        byte[]? mac = null, ushort mtu = 1500, bool napiTx = false, bool lockStep = false)
+        => new(new VdpaNetOptions
+        {
+            EventIdx = eventIdx, Indirect = indirect, QueueSize = queueSize, Memory = memory, Mac = mac, Mtu = mtu,
+            TxInterrupts = napiTx, LockStep = lockStep,
+        },
             $"vdpa-net{Interlocked.Increment(ref nets) - 1}");
 
     /// <summary>A virtio-blk driver over vhost-vdpa on a RAM-disk block device (128 MiB by default).</summary>

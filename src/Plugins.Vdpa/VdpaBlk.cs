@@ -121,8 +121,8 @@ public sealed class VdpaBlk : VdpaDriver
             }
             ThrowIfBroken();
             if (q.EnableInterrupts()) { q.DisableInterrupts(); continue; }
-            if (!Calls[0].Wait(TimeSpan.FromSeconds(5)))
-                throw new TimeoutException($"{Name}: no completion within 5 s (device status {VirtioConfig.StatusName(Device.GetStatus())})");
+            if (!WaitForCall(0, TimeSpan.FromSeconds(5)))
+                throw NoCall(0, "no completion");
             Calls[0].Read();
             q.DisableInterrupts();
         }

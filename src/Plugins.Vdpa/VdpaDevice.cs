@@ -336,17 +336,11 @@ public abstract class VdpaDevice : IDisposable
         var set = new List<EventNotifier>();
         while (!stopping)
         {
-            set.Clear();
-            set.Add(wake);
-            lock (Sync)
-                foreach (var vq in vqs)
-                    if (vq.Kick is { IsDisposed: false } k && !set.Contains(k)) set.Add(k);
+            CollectNotifiers(set);
             try
             {
                 NotifierPoll.WaitAny(System.Runtime.InteropServices.CollectionsMarshal.AsSpan(set), TimeSpan.FromMilliseconds(200));
-                wake.TryRead(out _);
-                for (int i = 1; i < set.Count; i++)
-                    if (!set[i].IsDisposed && set[i].TryRead(out _)) Interlocked.Increment(ref Counters.Kicks);
+                DrainNotifiers(set);
             }
             catch (ObjectDisposedException) { continue; }
             if (stopping) break;
@@ -355,10 +349,56 @@ public abstract class VdpaDevice : IDisposable
         }
     }
 
-    /// <summary>Tests: no worker thread; they call <see cref="RunOnce"/> to process synchronously.</summary>
+    void CollectNotifiers(List<EventNotifier> set)
+    {
+        set.Clear();
+        set.Add(wake);
+        lock (Sync)
+            foreach (var vq in vqs)
+                if (vq.Kick is { IsDisposed: false } k && !set.Contains(k)) set.Add(k);
+    }
+
+    /// <summary>Reads (resets) every notifier of the set; true when any was signalled. Kicks are counted.</summary>
+    bool DrainNotifiers(List<EventNotifier> set)
+    {
+        bool any = wake.TryRead(out _);
+        for (int i = 1; i < set.Count; i++)
+            if (!set[i].IsDisposed && set[i].TryRead(out _))
+            {
+                Interlocked.Increment(ref Counters.Kicks);
+                any = true;
+            }
+        return any;
+    }
+
+    /// <summary>Lock-step mode (<see cref="VdpaOptions.LockStep"/>, tests): no worker thread; the driver steps the
+    /// device with <see cref="RunPending"/> on its own thread.</summary>
     internal bool ManualWorker { get; set; }
 
-    /// <summary>Tests: one worker pass on the calling thread.</summary>
+    /// <summary>True when the device has no worker thread and is stepped with <see cref="RunPending"/>.</summary>
+    public bool LockStep => ManualWorker;
+
+    List<EventNotifier>? pendingSet;
+
+    /// <summary>
+    /// Lock-step mode: what the worker does when poll(2) returns, on the calling thread — reads the kick eventfds and,
+    /// if one was signalled (or the device was woken by a status change), runs one pass over the queues (until they
+    /// are empty and the kicks re-armed, as the worker does). Returns whether it ran: false means nobody kicked, so
+    /// a worker would still be asleep. The interleaving of driver and device is then the caller's program order, and
+    /// every count (kicks, interrupts, wake-ups) is exact.
+    /// </summary>
+    public bool RunPending()
+    {
+        if (!ManualWorker) throw new InvalidOperationException($"{Name}: the device has its own worker thread; RunPending is for lock-step mode");
+        var set = pendingSet ??= new List<EventNotifier>();
+        CollectNotifiers(set);
+        if (!DrainNotifiers(set)) return false;
+        Interlocked.Increment(ref Counters.WorkerWakeups);
+        RunQueues();
+        return true;
+    }
+
+    /// <summary>Tests: one worker pass on the calling thread, kicked or not.</summary>
     internal void RunOnce() => RunQueues();
 
     /// <summary>One pass over the queues, as long as they have work (the worker calls it after each wake-up).</summary>

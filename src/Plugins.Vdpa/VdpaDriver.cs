@@ -21,6 +21,13 @@ public record VdpaOptions
     /// <summary>Ring size (power of two, at most the device's 256).</summary>
     public int QueueSize { get; init; } = 256;
     public VdpaMemoryPath Memory { get; init; } = VdpaMemoryPath.Iotlb;
+    /// <summary>
+    /// No device worker thread: where the driver would sleep until an interrupt, it runs the device's pending work on
+    /// its own thread instead (<see cref="VdpaDevice.RunPending"/>). Driver and device then interleave in program
+    /// order, so notification counts are exact and reproducible, and a lost kick or interrupt is an error at once
+    /// instead of a stall. For tests and for explaining counts; not for throughput.
+    /// </summary>
+    public bool LockStep { get; init; }
 }
 
 /// <summary>
@@ -40,6 +47,7 @@ public abstract class VdpaDriver : VmDevice, Sdk.IDisplayable
     {
         Options = options;
         Device = device;
+        if (options.LockStep) device.ManualWorker = true;   // before OnAttach binds it (no worker thread)
         if (!SplitRing.IsValidSize(options.QueueSize) || options.QueueSize > VdpaDevice.QueueMax)
             throw new ArgumentOutOfRangeException(nameof(options), options.QueueSize,
                 $"queue size must be a power of two from 1 to {VdpaDevice.QueueMax} (the device's maximum)");
@@ -183,6 +191,23 @@ public abstract class VdpaDriver : VmDevice, Sdk.IDisplayable
     public (long Kicks, long Interrupts, long KicksSuppressed, long InterruptsSuppressed) Notifications =>
         (Kicks.Sum(k => k.Sent), Calls.Sum(c => c.Sent), Kicks.Sum(k => k.Suppressed), Calls.Sum(c => c.Suppressed));
 
+    /// <summary>
+    /// Sleeps until the device signals queue <paramref name="queue"/>'s call eventfd (true) or the timeout passes
+    /// (false). In lock-step mode the device's pending work runs here instead, and the answer is whether it signalled.
+    /// </summary>
+    protected bool WaitForCall(int queue, TimeSpan timeout, CancellationToken cancellation = default)
+    {
+        if (!Options.LockStep) return Calls[queue].Wait(timeout, cancellation);
+        Device.RunPending();
+        return Calls[queue].TryRead(out _);
+    }
+
+    /// <summary>What a driver waiting in vain says: a timeout, or in lock-step mode a lost notification (nothing was
+    /// pending, or the device ran and did not interrupt though the driver asked for it).</summary>
+    protected Exception NoCall(int queue, string what) => Options.LockStep
+        ? new InvalidOperationException($"{Name}: lock-step: {what} — the driver waits on vq{queue}, and the device had no kick pending or did not interrupt (a lost notification; device status {StatusName(Device.GetStatus())})")
+        : new TimeoutException($"{Name}: {what} within 5 s (device status {StatusName(Device.GetStatus())})");
+
     /// <summary>Throws when the device stopped (NEEDS_RESET), naming why.</summary>
     protected void ThrowIfBroken()
     {
@@ -218,6 +243,7 @@ public abstract class VdpaDriver : VmDevice, Sdk.IDisplayable
         var (k, i, ks, isup) = Notifications;
         head.AddRow("notifications", $"{k:N0} kicks ({ks:N0} suppressed), {i:N0} interrupts ({isup:N0} suppressed)");
         head.AddRow("device", $"{Device.Counters.Requests:N0} requests, {Device.Counters.WorkerWakeups:N0} worker wake-ups, {Device.Counters.RxNoBuffer:N0} waits for buffers");
+        head.AddRow("worker", Device.LockStep ? "none: lock-step, the driver runs the device where it would sleep" : $"thread vhost-{Device.Name}");
         grid.AddRow(head);
         var q = new Table { Title = new TableTitle("queues") };
         foreach (var c in new[] { "vq", "size", "driver avail", "driver used", "in flight", "device last_avail", "kicks", "interrupts", "state" }) q.AddColumn(c);

@@ -14,6 +14,13 @@ public sealed record VdpaNetOptions : VdpaOptions
 {
     public byte[]? Mac { get; init; }
     public ushort Mtu { get; init; } = 1500;
+    /// <summary>
+    /// TX completions by interrupt (virtio-net's napi_tx=1, Linux's default): at the end of each burst the driver asks
+    /// for an interrupt once 3/4 of the frames in flight are done (virtqueue_enable_cb_delayed: used_event that far
+    /// ahead with EVENT_IDX; without it NO_INTERRUPT is just cleared), and its TX poll re-arms for the next completion
+    /// (enable_cb_prepare). False (napi_tx=0): TX interrupts stay off and completions are reaped on transmit.
+    /// </summary>
+    public bool TxInterrupts { get; init; }
 }
 
 /// <summary>
@@ -21,7 +28,7 @@ public sealed record VdpaNetOptions : VdpaOptions
 /// shared host the per-CPU-second rate is the one other load does not dilute), and the notifications it took.
 /// </summary>
 public sealed record LoopbackResult(int FrameBytes, int Batch, bool EventIdx, long Packets, TimeSpan Elapsed,
-    long Kicks, long Interrupts, long KicksSuppressed, long InterruptsSuppressed, TimeSpan Cpu = default) : IDisplayable
+    long Kicks, long Interrupts, long KicksSuppressed, long InterruptsSuppressed, TimeSpan Cpu = default, bool TxInterrupts = false) : IDisplayable
 {
     public double PacketsPerSecond => Packets / Elapsed.TotalSeconds;
     /// <summary>Packets per second of process CPU time (driver + device), or NaN when not measured.</summary>
@@ -33,10 +40,10 @@ public sealed record LoopbackResult(int FrameBytes, int Batch, bool EventIdx, lo
     /// <summary>Several results as one table.</summary>
     public static IRenderable Table(IEnumerable<LoopbackResult> results)
     {
-        var t = new Table().AddColumn("frame").AddColumn("batch").AddColumn("EVENT_IDX").AddColumn("packets").AddColumn("Mpps")
+        var t = new Table().AddColumn("frame").AddColumn("batch").AddColumn("EVENT_IDX").AddColumn("napi_tx").AddColumn("packets").AddColumn("Mpps")
             .AddColumn("Mpps/CPU-s").AddColumn("kicks/pkt").AddColumn("interrupts/pkt").AddColumn("notif./pkt");
         foreach (var r in results)
-            t.AddRow($"{r.FrameBytes} B", r.Batch.ToString(), r.EventIdx ? "on" : "off", r.Packets.ToString("N0"), (r.PacketsPerSecond / 1e6).ToString("F3"),
+            t.AddRow($"{r.FrameBytes} B", r.Batch.ToString(), r.EventIdx ? "on" : "off", r.TxInterrupts ? "on" : "off", r.Packets.ToString("N0"), (r.PacketsPerSecond / 1e6).ToString("F3"),
                 (r.PacketsPerCpuSecond / 1e6).ToString("F3"),
                 ((double)r.Kicks / r.Packets).ToString("F4"), ((double)r.Interrupts / r.Packets).ToString("F4"), r.NotificationsPerPacket.ToString("F4"));
         return t;
@@ -52,6 +59,9 @@ public sealed class VdpaNet : VdpaDriver
 {
     const int Rx = VdpaNetDevice.RxQueue, Tx = VdpaNetDevice.TxQueue;
     readonly int bufferBytes;
+    // Buffers lie an odd number of cache lines apart: at a power-of-two stride every frame's first lines would fall
+    // in the same few cache sets (2 of the 64 L1 sets at 2 KiB) and evict each other.
+    readonly int stride;
     ulong rxBase, txBase;
     readonly Stack<int> freeTx = new();
     long sent, received;
@@ -64,6 +74,7 @@ public sealed class VdpaNet : VdpaDriver
     {
         // header + MTU + Ethernet header, rounded to a power of two (2 KiB for a 1500-byte MTU).
         bufferBytes = (int)BitOperations.RoundUpToPowerOf2((uint)(VirtioNet.HdrV1Size + o.Mtu + 14));
+        stride = bufferBytes + 64;
         NetOptions = o;
     }
 
@@ -77,7 +88,7 @@ public sealed class VdpaNet : VdpaDriver
     public long Sent => sent;
     public long Received => received;
 
-    protected override long BufferBytes(int queueSize) => 2L * queueSize * bufferBytes;
+    protected override long BufferBytes(int queueSize) => 2L * queueSize * (bufferBytes + 64) + 2 * 4096;
 
     protected override ulong WantedDeviceFeatures =>
         VirtioConfig.Bit(VirtioNet.F_MAC) | VirtioConfig.Bit(VirtioNet.F_MTU) | VirtioConfig.Bit(VirtioNet.F_STATUS);
@@ -86,17 +97,17 @@ public sealed class VdpaNet : VdpaDriver
     {
         Mac = Vhost.GetConfig(VirtioNet.ConfigMac, 6);
         Mtu = BinaryPrimitives.ReadUInt16LittleEndian(Vhost.GetConfig(VirtioNet.ConfigMtu, 2));
-        rxBase = Allocate((long)QueueSize * bufferBytes);
-        txBase = Allocate((long)QueueSize * bufferBytes);
+        rxBase = Allocate((long)QueueSize * stride);
+        txBase = Allocate((long)QueueSize * stride);
         for (int i = QueueSize - 1; i >= 0; i--) freeTx.Push(i);
-        // Fill the receive ring, as virtio-net does at open; no TX interrupts: completions are reaped on transmit.
+        // Fill the receive ring, as virtio-net does at open; TX interrupts off (napi_tx asks for them per burst).
         for (int i = 0; i < QueueSize; i++) PostRx(i);
         Queues[Rx].KickIfNeeded();
         Queues[Tx].DisableInterrupts();
     }
 
     void PostRx(int slot) =>
-        Queues[Rx].Add([], [new VirtqBuffer(rxBase + (ulong)(slot * bufferBytes), (uint)bufferBytes)], (ulong)slot);
+        Queues[Rx].Add([], [new VirtqBuffer(rxBase + (ulong)(slot * stride), (uint)bufferBytes)], (ulong)slot);
 
     void ReapTx()
     {
@@ -112,7 +123,7 @@ public sealed class VdpaNet : VdpaDriver
             throw new ArgumentException($"a {frame.Length}-byte frame does not fit a {bufferBytes}-byte buffer with its {VirtioNet.HdrV1Size}-byte header (at most {MaxFrame})", nameof(frame));
         ReapTx();
         if (!freeTx.TryPop(out int slot)) return false;
-        ulong gpa = txBase + (ulong)(slot * bufferBytes);
+        ulong gpa = txBase + (ulong)(slot * stride);
         var mem = TheVm.Memory;
         var buf = mem.Span(gpa, VirtioNet.HdrV1Size + frame.Length);
         buf[..VirtioNet.HdrV1Size].Clear();
@@ -152,8 +163,9 @@ public sealed class VdpaNet : VdpaDriver
             if (Queues[Rx].EnableInterrupts()) continue;          // arrived meanwhile
             long left = (deadline - Stopwatch.GetTimestamp()) * 1000 / Stopwatch.Frequency;
             if (left <= 0) return null;
-            Calls[Rx].Wait(TimeSpan.FromMilliseconds(left));
-            Calls[Rx].Read();
+            // Lock-step: nothing else runs the device, so no answer now means none later.
+            if (!WaitForCall(Rx, TimeSpan.FromMilliseconds(left)) && Options.LockStep) return null;
+            Calls[Rx].TryRead(out _);
             Queues[Rx].DisableInterrupts();
         }
     }
@@ -164,18 +176,29 @@ public sealed class VdpaNet : VdpaDriver
         if (!Queues[Rx].TryGetUsed(out var u)) return false;
         int slot = (int)u.Token;
         int len = (int)Math.Max(0, (long)u.Length - VirtioNet.HdrV1Size);
-        frame = TheVm.Memory.Span(rxBase + (ulong)(slot * bufferBytes) + VirtioNet.HdrV1Size, len).ToArray();
+        frame = TheVm.Memory.Span(rxBase + (ulong)(slot * stride) + VirtioNet.HdrV1Size, len).ToArray();
         PostRx(slot);
         Queues[Rx].KickIfNeeded();
         received++;
         return true;
     }
 
+    /// <summary>Used buffers the receive path takes per poll (NAPI's budget, virtio-net's napi_weight).</summary>
+    public const int NapiBudget = 64;
+
+    /// <summary>Free entries at which a stopped transmit queue restarts (virtio-net: 2 + MAX_SKB_FRAGS).</summary>
+    public const int TxWakeThreshold = 2 + 17;
+
     /// <summary>
-    /// Loops <paramref name="packets"/> frames of <paramref name="frameBytes"/> through the device, <paramref name="batch"/>
-    /// at a time: add a batch to TX and kick once if needed, as long as the receive ring has room for it; collect what
-    /// came back on RX and re-post the buffers; sleep on the RX call eventfd only when the window is full and nothing
-    /// has come back. With <paramref name="verify"/> every frame carries its sequence
+    /// Loops <paramref name="packets"/> frames of <paramref name="frameBytes"/> through the device, as Linux's virtio-net
+    /// does on one CPU. Transmit (start_xmit with xmit_more): <paramref name="batch"/> frames, then one kick decision,
+    /// while the window — the receive buffers — has room for the whole batch (or the last frames); TX completions are
+    /// reaped there, TX interrupts stay off (napi_tx=0). Receive (NAPI): up to <see cref="NapiBudget"/> used buffers per
+    /// poll, re-posted at once with one kick decision; while there is work the driver polls with interrupts off, and
+    /// only when it can neither send nor receive it re-arms the RX interrupt for the next used buffer
+    /// (virtqueue_enable_cb_prepare: used_event = last used with EVENT_IDX, else NO_INTERRUPT cleared) and sleeps on the
+    /// call eventfd; the interrupt handler turns them off again (virtqueue_disable_cb). Both modes run the same code;
+    /// only the ring fields the SDK writes differ. With <paramref name="verify"/> every frame carries its sequence
     /// number and a pattern, checked on receipt (order and content). Counts notifications over the run.
     /// </summary>
     public LoopbackResult Loopback(long packets, int frameBytes = 64, int batch = 32, bool verify = false, CancellationToken cancellation = default)
@@ -189,9 +212,12 @@ public sealed class VdpaNet : VdpaDriver
         // Drain what is pending from earlier use.
         while (TryReceive(out _)) { }
         var (k0, i0, ks0, is0) = Notifications;
-        var mem = TheVm.Memory;
         var rx = Queues[Rx];
         var tx = Queues[Tx];
+        // The driver's own buffers, addressed directly: it owns the memslot for as long as it is attached (no lookup
+        // and teardown guard per frame).
+        var txArea = TheVm.Memory.Span(txBase, QueueSize * stride);
+        var rxArea = TheVm.Memory.Span(rxBase, QueueSize * stride);
         rx.DisableInterrupts();
         if (scratch.Length < frameBytes) scratch = new byte[frameBytes];
         var frame = scratch.AsSpan(0, frameBytes);
@@ -200,57 +226,75 @@ public sealed class VdpaNet : VdpaDriver
         Mac.CopyTo(frame[6..]);
         frame[12] = 0x88; frame[13] = 0xb5;
         for (int i = 22; i < frameBytes; i++) frame[i] = (byte)i;
-        Span<UsedBuffer> used = stackalloc UsedBuffer[Math.Min(batch, 256)];
+        int bytes = VirtioNet.HdrV1Size + frameBytes;
+        Span<UsedBuffer> used = stackalloc UsedBuffer[Math.Min(NapiBudget, QueueSize)];
         long nextSend = 0, nextRecv = 0;
+        bool napiTx = NetOptions.TxInterrupts;
         var cpu0 = Environment.CpuUsage.TotalTime;
         var sw = Stopwatch.StartNew();
         while (nextRecv < packets)
         {
             cancellation.ThrowIfCancellationRequested();
-            // Transmit: a batch per kick decision, while the window (receive buffers) has room for a whole batch
-            // (or for the last frames).
             ReapTx();
             long room = Math.Min(Math.Min(QueueSize - (nextSend - nextRecv), freeTx.Count), packets - nextSend);
-            bool canSend = room >= batch || (room > 0 && nextSend + room == packets);
-            if (canSend)
+            // The stack's queue restarts once the ring has room for a burst, at most TxWakeThreshold entries (virtio-net
+            // wakes its stopped queue at 2 + MAX_SKB_FRAGS free), and sends what fits: up to batch frames per kick.
+            bool transmitted = room >= Math.Min(batch, TxWakeThreshold) || (room > 0 && nextSend + room == packets);
+            if (transmitted)
             {
+                if (napiTx) tx.DisableInterrupts();                 // start_xmit: virtqueue_disable_cb, free_old_xmit
                 int add = (int)Math.Min(batch, room);
                 for (int i = 0; i < add && freeTx.TryPop(out int slot); i++)
                 {
-                    ulong gpa = txBase + (ulong)(slot * bufferBytes);
-                    var buf = mem.Span(gpa, VirtioNet.HdrV1Size + frameBytes);
+                    var buf = txArea.Slice(slot * stride, bytes);
                     buf[..VirtioNet.HdrV1Size].Clear();
                     BinaryPrimitives.WriteInt64LittleEndian(frame[14..], nextSend);
                     frame.CopyTo(buf[VirtioNet.HdrV1Size..]);
-                    tx.Add([new VirtqBuffer(gpa, (uint)(VirtioNet.HdrV1Size + frameBytes))], [], (ulong)slot);
+                    tx.Add([new VirtqBuffer(txBase + (ulong)(slot * stride), (uint)bytes)], [], (ulong)slot);
                     nextSend++;
+                }
+                // The burst's last frame: interrupt after 3/4 of what is in flight (retry while that many are done).
+                while (napiTx && tx.InFlight > 0 && tx.EnableInterruptsAfter(tx.InFlight * 3 / 4 + 1))
+                {
+                    tx.DisableInterrupts();
+                    ReapTx();
                 }
                 tx.KickIfNeeded();
             }
-            // Receive what is back; sleep on the RX call eventfd only when nothing more can be sent.
             int n = rx.GetUsed(used[..(int)Math.Min(used.Length, nextSend - nextRecv)]);
-            if (n == 0)
+            if (n > 0)
             {
-                if (canSend) continue;
-                ThrowIfBroken();
-                // Interrupt when 3/4 of the frames in flight are back (EVENT_IDX; virtio-net's enable_cb_delayed): one
-                // wake-up per window instead of one per frame. Without EVENT_IDX the flag cannot delay it.
-                if (rx.EnableInterruptsAfter((int)Math.Max(1, (nextSend - nextRecv) * 3 / 4))) { rx.DisableInterrupts(); continue; }
-                if (!Calls[Rx].Wait(TimeSpan.FromSeconds(5), cancellation))
-                    throw new TimeoutException($"{Name}: packet {nextRecv} did not come back within 5 s (device status {VirtioConfig.StatusName(Device.GetStatus())})");
-                Calls[Rx].Read();
-                rx.DisableInterrupts();
+                for (int i = 0; i < n; i++)
+                {
+                    int slot = (int)used[i].Token;
+                    if (verify) Verify(rxArea.Slice(slot * stride, (int)Math.Min(used[i].Length, (uint)bufferBytes)), nextRecv, frameBytes);
+                    nextRecv++;
+                    PostRx(slot);
+                }
+                rx.KickIfNeeded();
                 continue;
             }
-            for (int i = 0; i < n; i++)
+            if (transmitted) continue;
+            // Nothing to send, nothing received: interrupt on the next used buffer, then sleep.
+            ThrowIfBroken();
+            if (rx.EnableInterrupts()) { rx.DisableInterrupts(); continue; }
+            if (!napiTx)
             {
-                int slot = (int)used[i].Token;
-                ulong gpa = rxBase + (ulong)(slot * bufferBytes);
-                if (verify) Verify(mem.Span(gpa, (int)used[i].Length), nextRecv, frameBytes);
-                nextRecv++;
-                PostRx(slot);
+                if (!WaitForCall(Rx, TimeSpan.FromSeconds(5), cancellation))
+                    throw NoCall(Rx, $"packet {nextRecv} did not come back");
+                Calls[Rx].TryRead(out _);
+                rx.DisableInterrupts();                             // skb_recv_done: virtqueue_disable_cb
+                continue;
             }
-            rx.KickIfNeeded();
+            // napi_tx: a TX interrupt wakes the driver too (virtnet_poll_tx: reap, re-arm for the next completion).
+            if (!WaitForCalls(TimeSpan.FromSeconds(5), cancellation))
+                throw NoCall(Rx, $"packet {nextRecv} did not come back");
+            if (Calls[Rx].TryRead(out _)) rx.DisableInterrupts();
+            if (Calls[Tx].TryRead(out _))
+            {
+                tx.DisableInterrupts();
+                do ReapTx(); while (tx.EnableInterrupts());
+            }
         }
         sw.Stop();
         var cpu = Environment.CpuUsage.TotalTime - cpu0;
@@ -258,7 +302,24 @@ public sealed class VdpaNet : VdpaDriver
         received += packets;
         var (k1, i1, ks1, is1) = Notifications;
         return new LoopbackResult(frameBytes, batch, (NegotiatedFeatures & VirtioConfig.Bit(VirtioConfig.RING_F_EVENT_IDX)) != 0,
-            packets, sw.Elapsed, k1 - k0, i1 - i0, ks1 - ks0, is1 - is0, cpu);
+            packets, sw.Elapsed, k1 - k0, i1 - i0, ks1 - ks0, is1 - is0, cpu, napiTx);
+    }
+
+    readonly EventNotifier[] bothCalls = new EventNotifier[2];
+
+    /// <summary>Sleeps until the RX or the TX call eventfd is signalled; lock-step: runs the device's pending work.</summary>
+    bool WaitForCalls(TimeSpan timeout, CancellationToken cancellation)
+    {
+        if (Options.LockStep) return Device.RunPending();
+        bothCalls[0] = Calls[Rx];
+        bothCalls[1] = Calls[Tx];
+        var end = Stopwatch.GetTimestamp() + (long)(timeout.TotalSeconds * Stopwatch.Frequency);
+        while (true)
+        {
+            cancellation.ThrowIfCancellationRequested();
+            if (NotifierPoll.WaitAny(bothCalls, TimeSpan.FromMilliseconds(100)) >= 0) return true;
+            if (Stopwatch.GetTimestamp() > end) return false;
+        }
     }
 
     void Verify(ReadOnlySpan<byte> got, long seq, int frameBytes)
