@@ -146,6 +146,21 @@ public static class CommandLine
         init.SetAction(p => PluginAuthoring.Init(p.GetValue(initDir)!, p.GetValue(plugins) ?? []));
         root.Add(init);
 
+        // ---- the compile server (Cli/CompileServer) ----
+        var serverStatus = new Command("status", "Whether this build's compile server runs: pid, compiles served, idle timeout, socket. Exit 1 when none runs.");
+        serverStatus.SetAction(_ => CompileServer.Status(Console.Out));
+        var serverStop = new Command("stop", "Stop this build's compile server (the next `virtlab run` that compiles starts a new one).");
+        serverStop.SetAction(_ => CompileServer.Stop(Console.Out));
+        var after = new Option<int?>("--after") { Description = "Warm up once this process has exited.", HelpName = "PID" };
+        var serverRun = new Command("run", "Run the compile server in the foreground (what `virtlab run` starts detached).") { after };
+        serverRun.Hidden = true;
+        serverRun.SetAction(p => CompileServerProcess.Run(p.GetValue(after)));
+        root.Add(new Command("server", "The compile server: a background process that keeps the C# compiler warm for `virtlab run` " +
+            "(started by the first run that compiles; exits after VIRTLAB_SERVER_IDLE seconds idle, default 600; VIRTLAB_SERVER=0 turns it off, off under CI=true).")
+        {
+            serverStatus, serverStop, serverRun,
+        });
+
         // ---- plugins / doctor ----
         var pluginsCmd = new Command("plugins", "List discovered plugins: name, version, SDK built against, global, path, load status or error.");
         pluginsCmd.SetAction(p => InfoCommands.Plugins(p.GetValue(plugins) ?? []));

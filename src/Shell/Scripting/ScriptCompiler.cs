@@ -34,15 +34,20 @@ public sealed class ScriptCompiler
     private static readonly object Gate = new();
 
     public ScriptCompiler(PluginSet plugins, Type globalsType, string baseDirectory)
+        : this(CompileInputs.From(plugins), globalsType, baseDirectory) => Plugins = plugins;
+
+    /// <summary>From plain inputs (plugin paths, imports, preamble): what the compile server gets from a client, which
+    /// has loaded the plugins itself.</summary>
+    public ScriptCompiler(CompileInputs inputs, Type globalsType, string baseDirectory, Func<string, MetadataReference>? reference = null)
     {
-        Plugins = plugins;
+        Plugins = PluginSet.Empty;
+        Inputs = inputs;
         GlobalsType = globalsType;
         BaseDirectory = baseDirectory;
-        References = BaseReferences(globalsType).AddRange(
-            plugins.Loaded.Select(p => Reference(p.Path)));
+        References = BaseReferences(globalsType).AddRange(inputs.PluginPaths.Select(reference ?? Reference));
         Options = new CSharpCompilationOptions(
                 OutputKind.DynamicallyLinkedLibrary,
-                usings: ScriptPreamble.Imports(plugins),
+                usings: inputs.Imports,
                 optimizationLevel: OptimizationLevel.Release,
                 allowUnsafe: true,
                 concurrentBuild: false, // one submission: threads cost more than they save
@@ -53,6 +58,7 @@ public sealed class ScriptCompiler
     }
 
     public PluginSet Plugins { get; }
+    public CompileInputs Inputs { get; }
     public Type GlobalsType { get; }
     public string BaseDirectory { get; }
     public ImmutableArray<MetadataReference> References { get; }
@@ -67,7 +73,7 @@ public sealed class ScriptCompiler
 
     /// <summary>The plugin preamble as the first submission of a chain (null without plugins).</summary>
     public CSharpCompilation? CreatePreamble(string assemblyName) =>
-        ScriptPreamble.Source(Plugins) is { } src ? CreateSubmission(assemblyName, Parse(src), null) : null;
+        Inputs.Preamble is { } src ? CreateSubmission(assemblyName, Parse(src), null) : null;
 
     /// <summary>Emits; on errors returns null image and the error diagnostics.</summary>
     public (EmittedSubmission? Submission, IReadOnlyList<ScriptDiagnostic> Diagnostics) Emit(CSharpCompilation compilation, CancellationToken ct = default)
@@ -131,7 +137,7 @@ public sealed class ScriptCompiler
 
     /// <summary>A reference with its XML docs when there are any (read only when completion or quick info asks): the
     /// .xml beside the assembly (the SDK's, a plugin's), else the framework reference pack's.</summary>
-    private static MetadataReference Reference(string path)
+    public static MetadataReference Reference(string path)
     {
         var xml = Path.ChangeExtension(path, ".xml");
         if (!File.Exists(xml)) xml = FrameworkDocs(path) ?? "";
