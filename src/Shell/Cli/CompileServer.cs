@@ -57,16 +57,16 @@ public static class CompileServer
     public static string BuildId { get; } = Convert.ToHexStringLower(SHA256.HashData(Utf8.GetBytes(
         $"{AppContext.BaseDirectory}\n{typeof(CompileServer).Assembly.ManifestModule.ModuleVersionId}\n{typeof(VirtLab.Sdk.SdkVersion).Assembly.ManifestModule.ModuleVersionId}")))[..16];
 
-    public static string SocketPath
+    public static string SocketPath => SocketPathIn(Folder);
+
+    /// <summary>This build's socket for a server folder.</summary>
+    public static string SocketPathIn(string folder)
     {
-        get
-        {
-            var path = Path.Combine(Folder, BuildId + ".sock");
-            // sun_path holds 108 bytes: a deep HOME gets a name in the temp folder instead (still per user and build).
-            if (Utf8.GetByteCount(path) < 100) return path;
-            var dirHash = Convert.ToHexStringLower(SHA256.HashData(Utf8.GetBytes(Folder)))[..8];
-            return Path.Combine(Path.GetTempPath(), $"virtlab-{dirHash}-{BuildId}.sock");
-        }
+        var path = Path.Combine(folder, BuildId + ".sock");
+        // sun_path holds 108 bytes: a deep HOME gets a name in the temp folder instead (still per user and build).
+        if (Utf8.GetByteCount(path) < 100) return path;
+        var dirHash = Convert.ToHexStringLower(SHA256.HashData(Utf8.GetBytes(folder)))[..8];
+        return Path.Combine(Path.GetTempPath(), $"virtlab-{dirHash}-{BuildId}.sock");
     }
 
     internal static string LockPath => Path.Combine(Folder, BuildId + ".lock");
