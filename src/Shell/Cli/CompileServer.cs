@@ -42,13 +42,17 @@ public static class CompileServer
         double.TryParse(Environment.GetEnvironmentVariable("VIRTLAB_SERVER_IDLE"), System.Globalization.CultureInfo.InvariantCulture, out var s) && s > 0
             ? TimeSpan.FromSeconds(s) : TimeSpan.FromMinutes(10);
 
-    /// <summary>$XDG_CACHE_HOME/virtlab/server, else ~/.cache/virtlab/server (not VIRTLAB_CACHE: one server per build, whatever the cache).</summary>
+    /// <summary>$XDG_CACHE_HOME/virtlab/server, else $HOME/.cache/virtlab/server (not VIRTLAB_CACHE: one server per
+    /// build, whatever the cache). Always absolute: the server runs from / and must find the same folder.</summary>
     public static string Folder
     {
         get
         {
             var xdg = Environment.GetEnvironmentVariable("XDG_CACHE_HOME");
-            var baseDir = xdg is { Length: > 0 } ? xdg : Path.Combine(Environment.GetFolderPath(Environment.SpecialFolder.UserProfile), ".cache");
+            var home = Environment.GetEnvironmentVariable("HOME");
+            var baseDir = xdg is { Length: > 0 } && Path.IsPathRooted(xdg) ? xdg
+                : home is { Length: > 0 } && Path.IsPathRooted(home) ? Path.Combine(home, ".cache")
+                : Path.Combine(Path.GetTempPath(), "virtlab-" + Environment.UserName);
             return Path.Combine(baseDir, "virtlab", "server");
         }
     }
