@@ -8,6 +8,11 @@ using VirtLab.Shell.Scripting;
 
 namespace VirtLab.Shell.Cli;
 
+/// <summary>A REPL submission the compile server emitted (null on errors), whether its last expression is its value, and
+/// the files its <c>#r</c> directives named.</summary>
+public sealed record RemoteSubmission(EmittedSubmission? Submission, IReadOnlyList<ScriptDiagnostic> Diagnostics, bool HasValue,
+    IReadOnlyList<string> References, string How);
+
 /// <summary>What the compile server gave back: a recipe or its compile errors, and how it was compiled.</summary>
 public sealed record ServerCompile(CompiledRecipe? Recipe, IReadOnlyList<string> Errors, string How);
 
@@ -26,7 +31,8 @@ public sealed record ServerCompile(CompiledRecipe? Recipe, IReadOnlyList<string>
 public static class CompileServer
 {
     public const string EnvironmentVariable = "VIRTLAB_SERVER";
-    internal const string CompileRequest = "virtlab-compile 1", StopRequest = "virtlab-stop 1", StatusRequest = "virtlab-status 1";
+    internal const string CompileRequest = "virtlab-compile 1", StopRequest = "virtlab-stop 1", StatusRequest = "virtlab-status 1",
+        SubmissionRequest = "virtlab-submission 1";
     private static readonly UTF8Encoding Utf8 = new(false);
 
     /// <summary>Whether clients use (and start) the server: <c>VIRTLAB_SERVER</c> decides; unset, on except under CI.</summary>
@@ -131,6 +137,62 @@ public static class CompileServer
         }
         finally { socket.Dispose(); }
     }
+
+    /// <summary>One REPL submission compiled by the server (for an evaluation host whose own Roslyn is still cold): the
+    /// chain is the session's preamble and successful submissions (assembly name, code), then the one to emit. Null
+    /// (and <paramref name="why"/>) when the host should compile it itself.</summary>
+    [MethodImpl(MethodImplOptions.NoInlining)]
+    public static RemoteSubmission? TryCompileSubmission(CompileInputs inputs, string baseDirectory, IReadOnlyList<(string Name, string Code)> chain, out string why)
+    {
+        if (!Enabled) { why = "server off"; return null; }
+        if (chain.Any(c => c.Code.Contains("nuget:", StringComparison.OrdinalIgnoreCase))) { why = "#r \"nuget: …\" compiles in-process"; return null; }
+        var socket = Connect();
+        if (socket is null)
+        {
+            why = StartIfAbsent() ? "no server running; started one" : "server still warming up";
+            return null;
+        }
+        try
+        {
+            socket.ReceiveTimeout = 60_000;
+            socket.SendTimeout = 10_000;
+            using var stream = new NetworkStream(socket, ownsSocket: false);
+            using var w = new BinaryWriter(stream, Utf8, leaveOpen: true);
+            w.Write(SubmissionRequest);
+            w.Write(baseDirectory);
+            WriteList(w, inputs.PluginPaths);
+            WriteList(w, inputs.Imports);
+            w.Write(inputs.Preamble ?? "");
+            w.Write(inputs.Preamble is not null);
+            w.Write(chain.Count);
+            foreach (var (name, code) in chain) { w.Write(name); w.Write(code); }
+            w.Flush();
+            using var r = new BinaryReader(stream, Utf8, leaveOpen: true);
+            var status = r.ReadString();
+            var how = r.ReadString();
+            if (status != "ok" && status != "errors") { why = $"server declined: {how}"; return null; }
+            var diags = new List<ScriptDiagnostic>();
+            for (int i = r.ReadInt32(); i > 0; i--)
+                diags.Add(new ScriptDiagnostic(r.ReadString(), r.ReadBoolean(), r.ReadString(), r.ReadString(), r.ReadInt32(), r.ReadInt32(), r.ReadString()));
+            why = "";
+            if (status == "errors") return new RemoteSubmission(null, diags, false, [], $"server ({how})");
+            var assembly = r.ReadString();
+            var type = r.ReadString();
+            var image = r.ReadBytes(r.ReadInt32());
+            var hasValue = r.ReadBoolean();
+            var references = ReadList(r);
+            return new RemoteSubmission(new EmittedSubmission(assembly, type.Length == 0 ? null : type, image), diags, hasValue, references, $"server ({how})");
+        }
+        catch (Exception e) when (e is IOException or SocketException or EndOfStreamException or ObjectDisposedException or FormatException)
+        {
+            why = $"server failed ({e.Message})";
+            return null;
+        }
+        finally { socket.Dispose(); }
+    }
+
+    /// <summary>Whether this build's server looks up (its socket file exists: a killed one's may too).</summary>
+    public static bool IsListening => Enabled && File.Exists(SocketPath);
 
     private static Socket? Connect()
     {
@@ -259,7 +321,8 @@ internal static class CompileServerProcess
     private static string LogPath => CompileServer.LogPath;
     private static string SocketPath => CompileServer.SocketPath;
     private static TimeSpan IdleTimeout => CompileServer.IdleTimeout;
-    private const string CompileRequest = CompileServer.CompileRequest, StopRequest = CompileServer.StopRequest, StatusRequest = CompileServer.StatusRequest;
+    private const string CompileRequest = CompileServer.CompileRequest, StopRequest = CompileServer.StopRequest, StatusRequest = CompileServer.StatusRequest,
+        SubmissionRequest = CompileServer.SubmissionRequest;
     internal static void CreateFolder() => CompileServer.CreateFolder();
     private static void WriteList(BinaryWriter w, IReadOnlyList<string> items) => CompileServer.WriteList(w, items);
     private static List<string> ReadList(BinaryReader r) => CompileServer.ReadList(r);
@@ -353,6 +416,8 @@ internal static class CompileServerProcess
                     return null;
                 case CompileRequest:
                     break;
+                case SubmissionRequest:
+                    return ServeSubmission(r, w, warmed, ref served, references, log);
                 default:
                     return null;
             }
@@ -417,6 +482,68 @@ internal static class CompileServerProcess
         }
     }
 
+    /// <summary>A REPL submission on the session's chain (rebuilt from the code each time: binding the earlier
+    /// submissions is cheap next to a cold Roslyn in the host).</summary>
+    private static string? ServeSubmission(BinaryReader r, BinaryWriter w, bool warmed, ref int served,
+        Dictionary<string, (DateTime, long, Microsoft.CodeAnalysis.MetadataReference)> references, TextWriter log)
+    {
+        var baseDirectory = r.ReadString();
+        var paths = ReadList(r);
+        var imports = ReadList(r);
+        var preamble = r.ReadString();
+        if (!r.ReadBoolean()) preamble = null;
+        var chain = new List<(string Name, string Code)>();
+        for (int i = r.ReadInt32(); i > 0; i--) chain.Add((r.ReadString(), r.ReadString()));
+        if (chain.Count == 0) { w.Write("declined"); w.Write("empty chain"); return null; }
+        var sw = Stopwatch.StartNew();
+        EmittedSubmission? sub;
+        IReadOnlyList<ScriptDiagnostic> diags;
+        bool hasValue;
+        List<string> directiveReferences;
+        try
+        {
+            var compiler = new ScriptCompiler(new CompileInputs(paths, imports, preamble), typeof(VirtLab.Sdk.Measure.RecipeGlobals), baseDirectory, path => Reference(references, path));
+            Microsoft.CodeAnalysis.CSharp.CSharpCompilation? previous = null;
+            foreach (var (name, code) in chain.SkipLast(1)) previous = compiler.CreateSubmission(name, ScriptCompiler.Parse(code), previous);
+            var compilation = compiler.CreateSubmission(chain[^1].Name, ScriptCompiler.Parse(chain[^1].Code), previous);
+            (sub, diags) = compiler.Emit(compilation);
+            hasValue = sub is not null && InteractiveSession.HasTrailingValue(compilation, compilation.SyntaxTrees.First(t => t.FilePath == ""));
+            directiveReferences = sub is null ? [] : [.. compilation.DirectiveReferences.OfType<Microsoft.CodeAnalysis.PortableExecutableReference>().Select(x => x.FilePath).OfType<string>()];
+        }
+        catch (Exception e)
+        {
+            w.Write("declined");
+            w.Write($"the compile threw {e.GetType().Name}: {e.Message}");
+            return null;
+        }
+        if (NuGetMetadataResolver.ClosurePaths.Count > 0)
+        {
+            w.Write("declined");
+            w.Write("#r \"nuget: …\" compiles in-process");
+            return "#r nuget state";
+        }
+        served++;
+        log.WriteLine($"{DateTime.Now:HH:mm:ss} submission {chain[^1].Name}: {(sub is null ? "errors" : "ok")}, {sw.ElapsedMilliseconds} ms");
+        w.Write(sub is null ? "errors" : "ok");
+        w.Write($"{(warmed ? "warm" : "cold")}, {sw.ElapsedMilliseconds} ms, compile #{served} of server {Environment.ProcessId}");
+        w.Write(diags.Count);
+        foreach (var d in diags)
+        {
+            w.Write(d.Id); w.Write(d.IsError); w.Write(d.Message); w.Write(d.File); w.Write(d.Line); w.Write(d.Column); w.Write(d.Formatted);
+        }
+        if (sub is not null)
+        {
+            w.Write(sub.AssemblyName);
+            w.Write(sub.TypeName ?? "");
+            w.Write(sub.Image.Length);
+            w.Write(sub.Image);
+            w.Write(hasValue);
+            WriteList(w, directiveReferences);
+        }
+        w.Flush();
+        return null;
+    }
+
     /// <summary>A plugin's reference, kept while its file is unchanged (Roslyn then reads its metadata once).</summary>
     private static Microsoft.CodeAnalysis.MetadataReference Reference(
         Dictionary<string, (DateTime Written, long Length, Microsoft.CodeAnalysis.MetadataReference Reference)> cache, string path)
@@ -444,7 +571,12 @@ internal static class CompileServerProcess
                 string Describe(Point p) => $"{p.X},{p.Y}";
                 """);
             var (recipe, _) = RecipeBuilder.Compile(file, File.ReadAllText(file), new CompileInputs([], [.. ScriptPreamble.DefaultImports], null), "warm-up");
-            return recipe is not null;
+            // And a REPL chain: a submission on a previous one, its trailing value.
+            var compiler = new ScriptCompiler(new CompileInputs([], [.. ScriptPreamble.DefaultImports], null), typeof(VirtLab.Sdk.Measure.RecipeGlobals), Folder);
+            var first = compiler.CreateSubmission("virtlab-warm-up-1", ScriptCompiler.Parse("var a = 6;"), null);
+            var second = compiler.CreateSubmission("virtlab-warm-up-2", ScriptCompiler.Parse("a * 7"), first);
+            var (sub, _) = compiler.Emit(second);
+            return recipe is not null && sub is not null && InteractiveSession.HasTrailingValue(second, second.SyntaxTrees.First(t => t.FilePath == ""));
         }
         catch (Exception e)
         {

@@ -57,6 +57,10 @@ public sealed class ScriptCompiler
                 new("CS1701", ReportDiagnostic.Suppress), new("CS1702", ReportDiagnostic.Suppress), new("CS1705", ReportDiagnostic.Suppress)]);
     }
 
+    /// <summary>Whether this process has emitted a submission (its Roslyn is warm): until then a REPL host may let the
+    /// compile server emit for it.</summary>
+    public static bool EmittedLocally { get; private set; }
+
     public PluginSet Plugins { get; }
     public CompileInputs Inputs { get; }
     public Type GlobalsType { get; }
@@ -86,6 +90,7 @@ public sealed class ScriptCompiler
         if (!result.Success && !result.Diagnostics.Any(d => d.Severity == DiagnosticSeverity.Error))
             return (new EmittedSubmission(compilation.AssemblyName!, null, []), diags);
         if (!result.Success) return (null, diags);
+        EmittedLocally = true;
         var entry = compilation.GetEntryPoint(ct)!;
         return (new EmittedSubmission(compilation.AssemblyName!, entry.ContainingType.MetadataName, ScriptOptimization.MarkAggressiveOptimization(pe.ToArray())), diags);
     }
