@@ -120,6 +120,36 @@ public sealed class CompileServerTests
         File.Delete(socket);
     }
 
+    [Fact]
+    public void A_cold_repl_host_lets_the_server_compile_then_compiles_on_the_same_chain_itself()
+    {
+        using var tmp = new TempDir();
+        var server = StartServer(tmp);
+        try
+        {
+            var env = Env(tmp, "1");
+            env["VIRTLAB_HOST_TRACE"] = "1";
+            using var repl = new VirtLab.Shell.Tests.Repl.ReplProcess(tmp.Path, [], env);
+            repl.Send("var a = 6;");
+            repl.Send("a * 7");
+            repl.WaitFor("^42$");
+            Assert.Matches(@"submit \d+ ms, server \(warm", repl.Stderr);
+
+            // Left idle, the host warms its own Roslyn; from then on it compiles itself, on the chain the server's
+            // submissions made (rebuilt from their code), and `a` is still the server-compiled submission's variable.
+            for (int i = 1; i <= 20 && repl.Count(@"submit \d+ ms, in-process", stderr: true) == 0; i++)
+            {
+                Thread.Sleep(2000);
+                repl.Send($"a * 2 + {i} - {i}");
+                repl.WaitForCount("^12$", i);
+            }
+            Assert.Matches(@"submit \d+ ms, in-process", repl.Stderr);
+            repl.Send("a + 1");
+            repl.WaitFor("^7$");
+        }
+        finally { Stop(tmp, server); }
+    }
+
     /// <summary>The run that found no server started one (detached): wait until it listens, then stop it.</summary>
     private static void StopTheOneTheRunStarted(TempDir tmp)
     {

@@ -47,17 +47,18 @@ public static class CommandLine
             AllowMultipleArgumentsPerToken = false,
         };
         var host = new Option<string?>("--host") { Hidden = true, Description = "Run as the REPL's evaluation host on this Unix socket." };
+        var standby = new Option<bool>("--standby") { Hidden = true, Description = "With --host: a spare host started ahead." };
 
         var root = new RootCommand(
             "VirtLab: a C# shell for virtualization experiments. Without a command: the REPL.\n\n" + ExitCodes.Help)
         {
-            plugins, host,
+            plugins, host, standby,
         };
         root.SetAction(p =>
         {
             var dirs = p.GetValue(plugins) ?? [];
             return p.GetValue(host) is { } socket
-                ? EvaluationHost.Run(socket, new HostOptions { PluginDirectories = dirs })
+                ? EvaluationHost.Run(socket, new HostOptions { PluginDirectories = dirs, Standby = p.GetValue(standby) })
                 : ReplCommand.Run(new ReplOptions { PluginDirectories = dirs });
         });
 

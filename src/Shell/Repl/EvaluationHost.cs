@@ -123,9 +123,10 @@ public static class EvaluationHost
             // taken, so it warms up in the meantime.
             var warmed = false;
             var compiled = false;
-            // With a compile server up, a host put to use at once lets the server compile its first submissions, so
-            // it must not start a local compile first: on a loaded machine its first request can take longer than 100 ms.
-            var firstWait = TimeSpan.FromMilliseconds(VirtLab.Shell.Cli.CompileServer.IsListening ? 600 : 100);
+            // With a compile server up, a host put to use at once (not --standby) lets the server compile its first
+            // submissions, so it waits for its first request instead of starting a local compile (on a loaded machine
+            // that request can take longer than 100 ms to come).
+            var firstWait = !options.Standby && VirtLab.Shell.Cli.CompileServer.IsListening ? Timeout.InfiniteTimeSpan : TimeSpan.FromMilliseconds(100);
             if (_work.TryTake(out var first, firstWait)) _work.Add(first);
             else { WarmUp(); warmed = true; }
             while (true)

@@ -118,11 +118,12 @@ public sealed class InteractiveSession
     }
 
     /// <summary>How the last submission was compiled ("server (warm, …)" or "in-process"), for tracing.</summary>
-    public string LastCompile { get; private set; } = "in-process";
+    public string LastCompile { get; private set; } = "nothing compiled";
 
     /// <summary>The compile server's emit of <paramref name="code"/> on this session's chain, or null: compile here.</summary>
     private VirtLab.Shell.Cli.RemoteSubmission? Remote(string name, string code)
     {
+        LastCompile = "in-process";
         if (!_useServer || ScriptCompiler.EmittedLocally) return null;
         var remote = VirtLab.Shell.Cli.CompileServer.TryCompileSubmission(_compiler.Inputs, _compiler.BaseDirectory, [.. _chain, (name, code)], out _);
         LastCompile = remote?.How ?? "in-process";
