@@ -14,6 +14,7 @@ public static class StartupTrace
     public static void Mark(string what)
     {
         if (!Enabled) return;
-        Console.Error.WriteLine($"[startup {Environment.ProcessId}] {(DateTime.UtcNow - Started).TotalMilliseconds,7:0.0} ms  {what}");
+        Console.Error.WriteLine($"[startup {Environment.ProcessId}] {(DateTime.UtcNow - Started).TotalMilliseconds,7:0.0} ms  {what}" +
+            $"  (JIT: {System.Runtime.JitInfo.GetCompiledMethodCount()} methods, {System.Runtime.JitInfo.GetCompilationTime().TotalMilliseconds:0} ms)");
     }
 }
