@@ -72,7 +72,8 @@ public sealed class InteractiveSession
 
     /// <param name="useCompileServer">While this process has not compiled anything itself (a cold Roslyn), let the
     /// compile server emit the preamble and submissions (the REPL's first host: its first result is then not a cold
-    /// compile). Local compilations are still built for the chain, lazily, so switching to local later is seamless.</param>
+    /// compile). No local compilation is built meanwhile; the first local compile rebuilds the chain from the same
+    /// names and code (<see cref="LocalPrevious"/>), so switching to local later is seamless.</param>
     public InteractiveSession(PluginSet plugins, RecipeContext context, string? baseDirectory = null, bool useCompileServer = false)
     {
         _useServer = useCompileServer;
