@@ -50,12 +50,18 @@ public static class WarmUp
     {
         Task? p;
         lock (Gate) p = _pending;
-        if (p is null || p.IsCompleted || _onWarmUpThread) return 0;
+        if (p is null || _onWarmUpThread) return 0;
+        WasAwaited = true;
+        if (p.IsCompleted) return 0;
         var sw = Stopwatch.StartNew();
         try { p.Wait(); } catch (AggregateException) { } // each step reports its own errors
         lock (Gate) WaitedSeconds += sw.Elapsed.TotalSeconds;
         return sw.Elapsed.TotalSeconds;
     }
+
+    /// <summary>Whether code other than the warm-up itself asked for it to end (a <see cref="Vm.Create(VmOptions)"/>): a
+    /// process that never did may exit without waiting for it.</summary>
+    public static bool WasAwaited { get; private set; }
 
     /// <summary>How long the process waited for the warm-up in total (the recipe's first Vm.Create, the shell).</summary>
     public static double WaitedSeconds { get; private set; }

@@ -27,6 +27,9 @@ public sealed record Preparation
     public double SettleSeconds { get; init; }
     /// <summary>Warm-up steps that threw (the recipe runs anyway; those paths pay their first call in the recipe).</summary>
     public IReadOnlyList<string> WarmUpErrors { get; init; } = [];
+    /// <summary>How the recipe was compiled: "cached" (a compiled-recipe cache hit), "server (warm, N ms, …)" (by the
+    /// shell's compile server) or "in-process (why)"; null where nothing says (e.g. a REPL).</summary>
+    public string? Compile { get; init; }
     /// <summary>Methods the JIT compiled before the recipe started, and while it ran (tier-1 recompiles of hot
     /// ReadyToRun code included; script code is JIT-compiled by nature).</summary>
     public long JitCompiledBeforeRecipe { get; init; }

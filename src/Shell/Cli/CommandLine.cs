@@ -47,17 +47,18 @@ public static class CommandLine
             AllowMultipleArgumentsPerToken = false,
         };
         var host = new Option<string?>("--host") { Hidden = true, Description = "Run as the REPL's evaluation host on this Unix socket." };
+        var standby = new Option<bool>("--standby") { Hidden = true, Description = "With --host: a spare host started ahead." };
 
         var root = new RootCommand(
             "VirtLab: a C# shell for virtualization experiments. Without a command: the REPL.\n\n" + ExitCodes.Help)
         {
-            plugins, host,
+            plugins, host, standby,
         };
         root.SetAction(p =>
         {
             var dirs = p.GetValue(plugins) ?? [];
             return p.GetValue(host) is { } socket
-                ? EvaluationHost.Run(socket, new HostOptions { PluginDirectories = dirs })
+                ? EvaluationHost.Run(socket, new HostOptions { PluginDirectories = dirs, Standby = p.GetValue(standby) })
                 : ReplCommand.Run(new ReplOptions { PluginDirectories = dirs });
         });
 
@@ -145,6 +146,21 @@ public static class CommandLine
             "shell's imports), as `dotnet script init` does. Run again after adding a plugin.") { initDir };
         init.SetAction(p => PluginAuthoring.Init(p.GetValue(initDir)!, p.GetValue(plugins) ?? []));
         root.Add(init);
+
+        // ---- the compile server (Cli/CompileServer) ----
+        var serverStatus = new Command("status", "Whether this build's compile server runs: pid, compiles served, idle timeout, socket. Exit 1 when none runs.");
+        serverStatus.SetAction(_ => CompileServer.Status(Console.Out));
+        var serverStop = new Command("stop", "Stop this build's compile server (the next `virtlab run` that compiles starts a new one).");
+        serverStop.SetAction(_ => CompileServer.Stop(Console.Out));
+        var after = new Option<int?>("--after") { Description = "Warm up once this process has exited.", HelpName = "PID" };
+        var serverRun = new Command("run", "Run the compile server in the foreground (what `virtlab run` starts detached).") { after };
+        serverRun.Hidden = true;
+        serverRun.SetAction(p => CompileServerProcess.Run(p.GetValue(after)));
+        root.Add(new Command("server", "The compile server: a background process that keeps the C# compiler warm for `virtlab run` " +
+            "(started by the first run that compiles; exits after VIRTLAB_SERVER_IDLE seconds idle, default 600; VIRTLAB_SERVER=0 turns it off, off under CI=true).")
+        {
+            serverStatus, serverStop, serverRun,
+        });
 
         // ---- plugins / doctor ----
         var pluginsCmd = new Command("plugins", "List discovered plugins: name, version, SDK built against, global, path, load status or error.");

@@ -41,11 +41,15 @@ public sealed class ProcessPreparer
             });
     }
 
-    /// <summary>How the process was prepared; waits for the warm-up to end (call it once the recipe has run).</summary>
-    public Preparation Describe(PluginSet plugins, long jitBeforeRecipe)
+    /// <summary>How the process was prepared (call it once the recipe has run). Waits for the warm-up to end only when
+    /// the recipe waited for it (it made a VM): a recipe that never needed it exits at once, and the record says the
+    /// warm-up was still running.</summary>
+    /// <param name="compile">How the recipe was compiled: "cached", "in-process (why)" or "server (warm, …)".</param>
+    public Preparation Describe(PluginSet plugins, long jitBeforeRecipe, string? compile = null)
     {
-        WarmUp.WaitForPending();
-        var sdk = _sdk?.GetAwaiter().GetResult();
+        if (WarmUp.WasAwaited) WarmUp.WaitForPending();
+        var sdk = _sdk is { IsCompleted: true } done ? done.GetAwaiter().GetResult() : null;
+        var unfinished = _sdk is { IsCompleted: false };
         var images = new SortedDictionary<string, string>(StringComparer.Ordinal);
         foreach (var a in new[] { typeof(ProcessPreparer).Assembly, typeof(Vm).Assembly, typeof(Spectre.Console.AnsiConsole).Assembly, typeof(Iced.Intel.Instruction).Assembly })
             images[a.GetName().Name!] = Preparation.ImageKind(a.Location);
@@ -56,8 +60,9 @@ public sealed class ProcessPreparer
                 Images = images,
                 Runtime = Preparation.RuntimeSettings(),
                 ScriptCode = ScriptOptimization.Description,
-                WarmedUp = sdk is null ? [] : [.. sdk.Paths, .. _pluginPaths],
+                WarmedUp = sdk is null ? (unfinished ? ["(still running when the recipe ended: it made no VM, so it did not wait)"] : []) : [.. sdk.Paths, .. _pluginPaths],
                 WarmUpBackend = sdk?.Backend,
+                Compile = compile,
                 WarmUpSeconds = sdk?.Seconds ?? 0,
                 WarmUpWaitSeconds = WarmUp.WaitedSeconds,
                 SettleSeconds = WarmUp.SettleSeconds,

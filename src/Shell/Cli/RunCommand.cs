@@ -26,6 +26,7 @@ public static class RunCommand
             err.WriteLine(Directory.Exists(o.File) ? $"virtlab run: {o.File} is a folder; expected a recipe file (.csx)" : $"virtlab run: recipe not found: {o.File}");
             return ExitCodes.Usage;
         }
+        StartupTrace.Mark("run: parsed");
         var verbose = Environment.GetEnvironmentVariable("VIRTLAB_VERBOSE") is "1" or "true";
         // A live progress bar on a terminal only; installed before Consoles binds to Console.Out (it wraps it).
         using var progress = o.JsonPath == "-" ? null : TerminalProgress.InstallIfTerminal();
@@ -44,6 +45,7 @@ public static class RunCommand
         }
 
         // Warm the SDK's hot paths (then the plugins') on a worker thread while plugins load and the recipe compiles.
+        StartupTrace.Mark("run: consoles");
         var preparer = ProcessPreparer.Start();
         using var cts = new CancellationTokenSource();
         // First Ctrl+C asks the recipe to stop (Cancellation); the second one ends the process.
@@ -56,27 +58,32 @@ public static class RunCommand
             foreach (var p in plugins.All.Where(p => !p.IsLoaded))
                 err.WriteLine($"virtlab: plugin {p.Name} not loaded ({p.Path}): {p.Error}");
             preparer.AddPlugins(plugins);
+            StartupTrace.Mark("run: plugins loaded");
 
             var bytes = File.ReadAllBytes(o.File);
             var key = RecipeCache.Key(o.File, bytes, plugins);
             var cache = new RecipeCache(RecipeCache.DefaultRoot());
             var recipe = o.NoCache ? null : cache.TryGet(key);
+            StartupTrace.Mark(recipe is null ? "run: cache miss" : "run: cache hit");
             if (verbose) err.WriteLine($"virtlab: recipe cache {(recipe is null ? "miss" : "hit")} ({Path.Combine(cache.Root, key)})");
+            var compileHow = recipe is null ? null : "cached";
             if (recipe is null)
             {
                 var compileWatch = System.Diagnostics.Stopwatch.StartNew();
-                var (compiled, errors) = Compile(o.File, bytes, plugins, key);
-                if (verbose) err.WriteLine($"virtlab: compiled in {compileWatch.ElapsedMilliseconds} ms");
+                var (compiled, errors, how) = CompileAnyWay(o.File, bytes, plugins, key);
+                compileHow = $"{how}; {compileWatch.ElapsedMilliseconds} ms in all";
+                if (verbose) err.WriteLine($"virtlab: compiled in {compileWatch.ElapsedMilliseconds} ms: {how}");
                 if (compiled is null)
                 {
                     foreach (var d in errors) err.WriteLine(d);
                     err.WriteLine($"virtlab run: {errors.Count} compile error{(errors.Count == 1 ? "" : "s")}; nothing ran");
-                    WriteRecord(o, context, plugins, null, ExitCodes.CompileError, err);
+                    WriteRecord(o, context, plugins, null, ExitCodes.CompileError, err, preparer.Describe(plugins, System.Runtime.JitInfo.GetCompiledMethodCount(), compileHow));
                     return ExitCodes.CompileError;
                 }
                 recipe = compiled;
                 if (!o.NoCache) cache.Store(key, recipe);
             }
+            StartupTrace.Mark("run: compiled");
             // Warnings never change the exit code; a cached run shows the same ones as the run that compiled it.
             foreach (var w in recipe.Warnings) err.WriteLine(w);
 
@@ -99,19 +106,31 @@ public static class RunCommand
                 }
             }
             catch (Exception e) { error = e; }
+            StartupTrace.Mark("run: recipe ran");
             Console.Out.Flush();
             // A recipe ending in an expression (no semicolon) shows its value, as the REPL would.
             if (error is null && value is not null) ValueRenderer.Write(Consoles.Out, value);
             error ??= end.UnobservedTaskFailure();
             // Only a run record needs the warm-up's outcome: without one a recipe that made no VM exits without waiting for it.
-            var preparation = o.JsonPath is null ? null : preparer.Describe(plugins, jitBeforeRecipe);
+            var preparation = o.JsonPath is null ? null : preparer.Describe(plugins, jitBeforeRecipe, compileHow);
             foreach (var e in preparation?.WarmUpErrors ?? []) err.WriteLine($"virtlab: warning: warm-up of {e}");
             var exit = end.Finish(error, preparation);
+            StartupTrace.Mark("run: finished");
             if (verbose)
                 err.WriteLine($"virtlab: roslyn loaded: {(AppDomain.CurrentDomain.GetAssemblies().Any(a => a.GetName().Name!.StartsWith("Microsoft.CodeAnalysis", StringComparison.Ordinal)) ? "yes" : "no")}");
             return exit;
         }
         finally { Console.CancelKeyPress -= onCancel; }
+    }
+
+    /// <summary>By the compile server when one answers (Cli/CompileServer), else in-process; also says how.</summary>
+    private static (CompiledRecipe?, IReadOnlyList<string>, string How) CompileAnyWay(string file, byte[] bytes, PluginSet plugins, string key)
+    {
+        var text = new StreamReader(new MemoryStream(bytes), detectEncodingFromByteOrderMarks: true).ReadToEnd();
+        if (CompileServer.TryCompile(file, text, CompileInputs.From(plugins), key[..12], out var why) is { } served)
+            return (served.Recipe, served.Errors, served.How);
+        var (recipe, errors) = Compile(file, bytes, plugins, key);
+        return (recipe, errors, $"in-process ({why})");
     }
 
     // Kept out of Execute so that a cache hit never makes the JIT load Roslyn.
@@ -172,7 +191,7 @@ public static class RunCommand
             var env = EnvironmentInfo.Capture(VirtlabVersion, plugins.Loaded.ToDictionary(p => p.Name, p => p.Version ?? "?"), o.File, VirtlabCommit)
                 with { Preparation = preparation };
             // #r "nuget: …": every package of the restored closure, as Name/Version.
-            var packages = (references ?? []).Select(NuGetMetadataResolver.PackageOf).OfType<string>().Distinct().Order(StringComparer.Ordinal).ToList();
+            var packages = references?.Any() == true ? PackagesOf(references) : [];
             (RunRecord.Create(context, RecipeInfo.FromFile(o.File), env, error, exit) with { Plots = plots, Packages = packages.Count > 0 ? packages : null }).Write(o.JsonPath);
             return true;
         }
@@ -182,6 +201,11 @@ public static class RunCommand
             return false;
         }
     }
+
+    // Apart: NuGetMetadataResolver derives from a Roslyn type, so naming it loads Roslyn (not on a cached run's record).
+    [MethodImpl(MethodImplOptions.NoInlining)]
+    private static List<string> PackagesOf(IEnumerable<string> references) =>
+        references.Select(NuGetMetadataResolver.PackageOf).OfType<string>().Distinct().Order(StringComparer.Ordinal).ToList();
 
     /// <summary>Why the run record cannot go to <paramref name="path"/> (checked before the run, by creating its folder
     /// and the temporary file the record is written through), or null.</summary>

@@ -123,7 +123,11 @@ public static class EvaluationHost
             // taken, so it warms up in the meantime.
             var warmed = false;
             var compiled = false;
-            if (_work.TryTake(out var first, TimeSpan.FromMilliseconds(100))) _work.Add(first);
+            // With a compile server up, a host put to use at once (not --standby) lets the server compile its first
+            // submissions, so it waits for its first request instead of starting a local compile (on a loaded machine
+            // that request can take longer than 100 ms to come).
+            var firstWait = !options.Standby && VirtLab.Shell.Cli.CompileServer.IsListening ? Timeout.InfiniteTimeSpan : TimeSpan.FromMilliseconds(100);
+            if (_work.TryTake(out var first, firstWait)) _work.Add(first);
             else { WarmUp(); warmed = true; }
             while (true)
             {
@@ -138,7 +142,7 @@ public static class EvaluationHost
                     WarmSession();
                     continue;
                 }
-                compiled |= request.Kind == RequestKind.Submit;
+                compiled = ScriptCompiler.EmittedLocally; // a submission the compile server emitted left this Roslyn cold
                 Reply reply;
                 var sw = Stopwatch.StartNew();
                 try
@@ -157,7 +161,7 @@ public static class EvaluationHost
                 catch (Exception e) { reply = new Reply { Ok = false, Status = SubmitStatus.RuntimeError, Error = $"host error: {e}" }; }
                 reply.Id = request.Id;
                 reply.Milliseconds = sw.Elapsed.TotalMilliseconds;
-                if (Trace) Console.Error.WriteLine($"[host {Environment.ProcessId}] {request.Kind} {(request.Quiet ? "(quiet) " : "")}{reply.Milliseconds:0} ms");
+                if (Trace) Console.Error.WriteLine($"[host {Environment.ProcessId}] {request.Kind} {(request.Quiet ? "(quiet) " : "")}{reply.Milliseconds:0} ms{(request.Kind is RequestKind.Submit or RequestKind.PluginsInfo ? ", " + _session?.LastCompile : "")}");
                 Console.Out.Flush(); // the script's output reaches the terminal before the front end's next prompt
                 Console.Error.Flush();
                 try { Send(reply).GetAwaiter().GetResult(); }
@@ -194,7 +198,7 @@ public static class EvaluationHost
         {
             if (_session is not null) return _session;
             var plugins = PluginSet.Load(new PluginSearchPaths(options.PluginDirectories), ScriptPreamble.ReservedNames(typeof(RecipeGlobals)));
-            _session = new InteractiveSession(plugins, new RecipeContext());
+            _session = new InteractiveSession(plugins, new RecipeContext(), useCompileServer: true);
             if (VirtLab.Shell.Cli.ProcessPreparer.Enabled)
                 foreach (var p in plugins.Loaded.Where(p => p.Plugin is not null))
                     VirtLab.Sdk.Machine.WarmUp.Then(() =>

@@ -46,7 +46,8 @@ public sealed class HostClient : IDisposable
 
     /// <summary>Starts a host and waits for it to connect (not for it to finish warming up). <paramref name="program"/>:
     /// virtlab.dll or the apphost to start; by default this very program.</summary>
-    public static async Task<HostClient> StartAsync(IReadOnlyList<string> pluginDirectories, string? program = null, CancellationToken ct = default)
+    /// <param name="standby">A spare started ahead (it warms up while nobody asks it anything); else the host is put to use at once.</param>
+    public static async Task<HostClient> StartAsync(IReadOnlyList<string> pluginDirectories, string? program = null, CancellationToken ct = default, bool standby = false)
     {
         var dir = Environment.GetEnvironmentVariable("XDG_RUNTIME_DIR") is { Length: > 0 } run && Directory.Exists(run) ? run : Path.GetTempPath();
         if (Interlocked.Exchange(ref _swept, 1) == 0) SweepStaleSockets(dir);
@@ -59,6 +60,7 @@ public sealed class HostClient : IDisposable
         var psi = program is null ? SelfStartInfo() : StartInfo(program);
         psi.ArgumentList.Add("--host");
         psi.ArgumentList.Add(socketPath);
+        if (standby) psi.ArgumentList.Add("--standby");
         foreach (var p in pluginDirectories) { psi.ArgumentList.Add("--plugins"); psi.ArgumentList.Add(p); }
         // Script output goes straight to our stdout/stderr; the host never reads the terminal.
         psi.RedirectStandardInput = true;

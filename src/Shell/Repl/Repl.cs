@@ -315,7 +315,7 @@ internal sealed partial class Repl : IDisposable
         var s = _standby;
         if (s is not null && (!s.IsCompleted || s.IsCompletedSuccessfully && s.Result.IsAlive)) return;
         if (s is { IsCompletedSuccessfully: true }) s.Result.Dispose();
-        _standby = HostClient.StartAsync(_options.PluginDirectories, ct: _leaving.Token);
+        _standby = HostClient.StartAsync(_options.PluginDirectories, ct: _leaving.Token, standby: true);
     }
 
     private async Task<HostClient> TakeStandby()

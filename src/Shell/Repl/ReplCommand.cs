@@ -21,6 +21,9 @@ public sealed record ReplOptions
 public sealed record HostOptions
 {
     public IReadOnlyList<string> PluginDirectories { get; init; } = [];
+
+    /// <summary>Started ahead as a spare (--standby): it warms up until it is taken. Else the front end puts it to use at once.</summary>
+    public bool Standby { get; init; }
 }
 
 public static class ReplCommand

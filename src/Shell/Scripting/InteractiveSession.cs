@@ -66,8 +66,17 @@ public sealed class InteractiveSession
     private CSharpCompilation? _previous;
     private int _counter;
 
-    public InteractiveSession(PluginSet plugins, RecipeContext context, string? baseDirectory = null)
+    // The compile server (Cli/CompileServer) compiles while this process's Roslyn is cold; the chain it needs.
+    private readonly bool _useServer;
+    private readonly List<(string Name, string Code)> _chain = [];
+
+    /// <param name="useCompileServer">While this process has not compiled anything itself (a cold Roslyn), let the
+    /// compile server emit the preamble and submissions (the REPL's first host: its first result is then not a cold
+    /// compile). No local compilation is built meanwhile; the first local compile rebuilds the chain from the same
+    /// names and code (<see cref="LocalPrevious"/>), so switching to local later is seamless.</param>
+    public InteractiveSession(PluginSet plugins, RecipeContext context, string? baseDirectory = null, bool useCompileServer = false)
     {
+        _useServer = useCompileServer;
         Plugins = plugins;
         context.Show = v => ValueRenderer.Write(Consoles.Out, v);
         var globals = new RecipeGlobals(context, ScriptPreamble.PluginGlobals(plugins));
@@ -76,8 +85,17 @@ public sealed class InteractiveSession
         _executor = new SubmissionExecutor(globals, new ScriptLoadContext(plugins, "virtlab-session-" + _sessionId));
         Assist = new CodeAssist(_compiler, ScriptPreamble.Source(plugins), () => Submissions);
 
-        var preamble = _compiler.CreatePreamble(NextAssemblyName());
-        if (preamble is not null)
+        var preambleName = NextAssemblyName();
+        if (_compiler.Inputs.Preamble is { } preambleSource && Remote(preambleName, preambleSource) is { } remote)
+        {
+            PreambleDiagnostics = remote.Diagnostics.Where(d => d.IsError).ToList();
+            if (remote.Submission is { } sub)
+            {
+                _executor.Run(_executor.Context.AddSubmission(sub.Image), sub.TypeName!);
+                _chain.Add((preambleName, preambleSource));
+            }
+        }
+        else if (_compiler.CreatePreamble(preambleName) is { } preamble)
         {
             var (sub, diags) = _compiler.Emit(preamble);
             PreambleDiagnostics = diags.Where(d => d.IsError).ToList();
@@ -85,8 +103,32 @@ public sealed class InteractiveSession
             {
                 _executor.Run(_executor.Context.AddSubmission(sub.Image), sub.TypeName!);
                 _previous = preamble;
+                _chain.Add((preambleName, _compiler.Inputs.Preamble!));
             }
         }
+    }
+
+    /// <summary>The last successful submission's compilation, rebuilt from the chain's code when the compile server
+    /// emitted it (same names, sources, references and options: the same symbols the loaded images were emitted from).</summary>
+    private CSharpCompilation? LocalPrevious()
+    {
+        if (_previous is not null || _chain.Count == 0) return _previous;
+        CSharpCompilation? previous = null;
+        foreach (var (n, c) in _chain) previous = _compiler.CreateSubmission(n, ScriptCompiler.Parse(c), previous);
+        return _previous = previous;
+    }
+
+    /// <summary>How the last submission was compiled ("server (warm, …)" or "in-process"), for tracing.</summary>
+    public string LastCompile { get; private set; } = "nothing compiled";
+
+    /// <summary>The compile server's emit of <paramref name="code"/> on this session's chain, or null: compile here.</summary>
+    private VirtLab.Shell.Cli.RemoteSubmission? Remote(string name, string code)
+    {
+        LastCompile = "in-process";
+        if (!_useServer || ScriptCompiler.EmittedLocally) return null;
+        var remote = VirtLab.Shell.Cli.CompileServer.TryCompileSubmission(_compiler.Inputs, _compiler.BaseDirectory, [.. _chain, (name, code)], out _);
+        LastCompile = remote?.How ?? "in-process";
+        return remote;
     }
 
     public PluginSet Plugins { get; }
@@ -109,13 +151,24 @@ public sealed class InteractiveSession
 
             EmittedSubmission? sub;
             IReadOnlyList<ScriptDiagnostic> diags;
-            CSharpCompilation compilation;
+            CSharpCompilation? compilation = null;
             bool hasValue;
+            IEnumerable<string>? remoteReferences = null;
+            var name = NextAssemblyName();
             try
             {
-                compilation = _compiler.CreateSubmission(NextAssemblyName(), ScriptCompiler.Parse(code, "", cancellationToken), _previous);
-                (sub, diags) = _compiler.Emit(compilation, cancellationToken);
-                hasValue = sub is not null && HasTrailingValue(compilation, compilation.SyntaxTrees.First(t => t.FilePath == ""));
+                if (Remote(name, code) is { } remote)
+                {
+                    // No local compilation: even parsing here would JIT Roslyn's parser (what the server spares us);
+                    // the local chain is rebuilt from the code when this process compiles itself.
+                    (sub, diags, hasValue, remoteReferences) = (remote.Submission, remote.Diagnostics, remote.HasValue, remote.References);
+                }
+                else
+                {
+                    compilation = _compiler.CreateSubmission(name, ScriptCompiler.Parse(code, "", cancellationToken), LocalPrevious());
+                    (sub, diags) = _compiler.Emit(compilation, cancellationToken);
+                    hasValue = sub is not null && HasTrailingValue(compilation, compilation.SyntaxTrees.First(t => t.FilePath == ""));
+                }
             }
             catch (OperationCanceledException e)
             {
@@ -127,8 +180,9 @@ public sealed class InteractiveSession
             sw.Restart();
             object? value = null;
             // Assemblies named by #r load on first use from where the compiler found them.
-            foreach (var r in compilation.DirectiveReferences.OfType<PortableExecutableReference>())
-                if (r.FilePath is { } path) _executor.Context.AddReferencePath(path);
+            // (Asking the local compilation would bind its references: what a server compile spares a cold host.)
+            foreach (var path in remoteReferences ?? compilation!.DirectiveReferences.OfType<PortableExecutableReference>().Select(r => r.FilePath).OfType<string>())
+                _executor.Context.AddReferencePath(path);
             foreach (var path in NuGetMetadataResolver.ClosurePaths) _executor.Context.AddReferencePath(path); // #r "nuget: …" dependencies
             try
             {
@@ -139,7 +193,8 @@ public sealed class InteractiveSession
             {
                 return new SubmissionResult(true, diags, false, null, e, compileTime, sw.Elapsed);
             }
-            Volatile.Write(ref _previous, compilation);
+            _previous = compilation; // null after a server compile: LocalPrevious rebuilds it
+            _chain.Add((name, code));
             Volatile.Write(ref _submissions, [.. _submissions, code]);
             return new SubmissionResult(true, diags, hasValue, hasValue ? value : null, null, compileTime, sw.Elapsed);
         }
@@ -173,7 +228,7 @@ public sealed class InteractiveSession
     public void WarmUp() => Assist.WarmSoon(TimeSpan.FromSeconds(3));
 
     // Roslyn's rule: a final expression without a semicolon, of a non-void type, is the submission's value.
-    private static bool HasTrailingValue(CSharpCompilation compilation, SyntaxTree tree)
+    internal static bool HasTrailingValue(CSharpCompilation compilation, SyntaxTree tree)
     {
         if (tree.GetRoot() is not Microsoft.CodeAnalysis.CSharp.Syntax.CompilationUnitSyntax root) return false;
         if (root.Members.LastOrDefault() is not Microsoft.CodeAnalysis.CSharp.Syntax.GlobalStatementSyntax

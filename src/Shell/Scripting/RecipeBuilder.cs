@@ -12,10 +12,15 @@ namespace VirtLab.Shell.Scripting;
 public static class RecipeBuilder
 {
     /// <returns>The recipe (null on errors) and the diagnostics: errors first, then warnings (also kept in the recipe).</returns>
-    public static (CompiledRecipe? Recipe, IReadOnlyList<ScriptDiagnostic> Diagnostics) Compile(string recipePath, string source, PluginSet plugins, string keyForNames)
+    public static (CompiledRecipe? Recipe, IReadOnlyList<ScriptDiagnostic> Diagnostics) Compile(string recipePath, string source, PluginSet plugins, string keyForNames) =>
+        Compile(recipePath, source, CompileInputs.From(plugins), keyForNames);
+
+    /// <param name="reference">How a plugin path becomes a reference (the compile server keeps them between requests).</param>
+    public static (CompiledRecipe? Recipe, IReadOnlyList<ScriptDiagnostic> Diagnostics) Compile(string recipePath, string source, CompileInputs inputs, string keyForNames,
+        Func<string, MetadataReference>? reference = null)
     {
         var full = Path.GetFullPath(recipePath);
-        var compiler = new ScriptCompiler(plugins, typeof(RecipeGlobals), Path.GetDirectoryName(full)!);
+        var compiler = new ScriptCompiler(inputs, typeof(RecipeGlobals), Path.GetDirectoryName(full)!, reference);
         var submissions = new List<CompiledRecipe.Submission>();
         var preamble = compiler.CreatePreamble($"virtlab-recipe-{keyForNames}-0");
         if (preamble is not null)

@@ -34,15 +34,21 @@ public sealed class ScriptCompiler
     private static readonly object Gate = new();
 
     public ScriptCompiler(PluginSet plugins, Type globalsType, string baseDirectory)
+        : this(CompileInputs.From(plugins), globalsType, baseDirectory) => Plugins = plugins;
+
+    /// <summary>From plain inputs (plugin paths, imports, preamble): what the compile server gets from a client, which
+    /// has loaded the plugins itself.</summary>
+    public ScriptCompiler(CompileInputs inputs, Type globalsType, string baseDirectory, Func<string, MetadataReference>? reference = null)
     {
-        Plugins = plugins;
+        Plugins = PluginSet.Empty;
+        Inputs = inputs;
         GlobalsType = globalsType;
         BaseDirectory = baseDirectory;
-        References = BaseReferences(globalsType).AddRange(
-            plugins.Loaded.Select(p => Reference(p.Path)));
+        // Made at first use: a REPL host whose compiles go to the compile server never needs them (~0.1 s on 2 cores).
+        _references = new(() => BaseReferences(globalsType).AddRange(inputs.PluginPaths.Select(reference ?? Reference)));
         Options = new CSharpCompilationOptions(
                 OutputKind.DynamicallyLinkedLibrary,
-                usings: ScriptPreamble.Imports(plugins),
+                usings: inputs.Imports,
                 optimizationLevel: OptimizationLevel.Release,
                 allowUnsafe: true,
                 concurrentBuild: false, // one submission: threads cost more than they save
@@ -52,10 +58,16 @@ public sealed class ScriptCompiler
                 new("CS1701", ReportDiagnostic.Suppress), new("CS1702", ReportDiagnostic.Suppress), new("CS1705", ReportDiagnostic.Suppress)]);
     }
 
+    /// <summary>Whether this process has emitted a submission (its Roslyn is warm): until then a REPL host may let the
+    /// compile server emit for it.</summary>
+    public static bool EmittedLocally { get; private set; }
+
     public PluginSet Plugins { get; }
+    public CompileInputs Inputs { get; }
     public Type GlobalsType { get; }
     public string BaseDirectory { get; }
-    public ImmutableArray<MetadataReference> References { get; }
+    private readonly Lazy<ImmutableArray<MetadataReference>> _references;
+    public ImmutableArray<MetadataReference> References => _references.Value;
     public CSharpCompilationOptions Options { get; }
 
     public static SyntaxTree Parse(string code, string path = "", CancellationToken ct = default) =>
@@ -67,7 +79,7 @@ public sealed class ScriptCompiler
 
     /// <summary>The plugin preamble as the first submission of a chain (null without plugins).</summary>
     public CSharpCompilation? CreatePreamble(string assemblyName) =>
-        ScriptPreamble.Source(Plugins) is { } src ? CreateSubmission(assemblyName, Parse(src), null) : null;
+        Inputs.Preamble is { } src ? CreateSubmission(assemblyName, Parse(src), null) : null;
 
     /// <summary>Emits; on errors returns null image and the error diagnostics.</summary>
     public (EmittedSubmission? Submission, IReadOnlyList<ScriptDiagnostic> Diagnostics) Emit(CSharpCompilation compilation, CancellationToken ct = default)
@@ -80,6 +92,7 @@ public sealed class ScriptCompiler
         if (!result.Success && !result.Diagnostics.Any(d => d.Severity == DiagnosticSeverity.Error))
             return (new EmittedSubmission(compilation.AssemblyName!, null, []), diags);
         if (!result.Success) return (null, diags);
+        EmittedLocally = true;
         var entry = compilation.GetEntryPoint(ct)!;
         return (new EmittedSubmission(compilation.AssemblyName!, entry.ContainingType.MetadataName, ScriptOptimization.MarkAggressiveOptimization(pe.ToArray())), diags);
     }
@@ -131,7 +144,7 @@ public sealed class ScriptCompiler
 
     /// <summary>A reference with its XML docs when there are any (read only when completion or quick info asks): the
     /// .xml beside the assembly (the SDK's, a plugin's), else the framework reference pack's.</summary>
-    private static MetadataReference Reference(string path)
+    public static MetadataReference Reference(string path)
     {
         var xml = Path.ChangeExtension(path, ".xml");
         if (!File.Exists(xml)) xml = FrameworkDocs(path) ?? "";

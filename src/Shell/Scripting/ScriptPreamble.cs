@@ -62,3 +62,12 @@ public static class ScriptPreamble
         }
     }
 }
+
+/// <summary>What compiling a script needs from the loaded plugins, as plain data: their assembly paths (references),
+/// the imports (defaults + each global's namespace) and the preamble source. Roslyn-free, so a client can send it to
+/// the compile server.</summary>
+public sealed record CompileInputs(IReadOnlyList<string> PluginPaths, IReadOnlyList<string> Imports, string? Preamble)
+{
+    public static CompileInputs From(PluginSet plugins) =>
+        new([.. plugins.Loaded.Select(p => p.Path)], [.. ScriptPreamble.Imports(plugins)], ScriptPreamble.Source(plugins));
+}

@@ -27,7 +27,10 @@ internal sealed class ReplProcess : IDisposable
     public ReplProcess(params string[] args) : this(null, args) { }
 
     /// <param name="workingDirectory">Where the REPL runs (its #r and nuget.config lookups start there); null: the test's.</param>
-    public ReplProcess(string? workingDirectory, string[] args)
+    public ReplProcess(string? workingDirectory, string[] args) : this(workingDirectory, args, null) { }
+
+    /// <param name="environment">Extra environment variables for the REPL (and so its evaluation hosts).</param>
+    public ReplProcess(string? workingDirectory, string[] args, IDictionary<string, string>? environment)
     {
         Home = Directory.CreateTempSubdirectory("virtlab-repl-home-").FullName;
         var psi = new ProcessStartInfo("dotnet")
@@ -43,6 +46,7 @@ internal sealed class ReplProcess : IDisposable
         psi.Environment["HOME"] = Home;
         psi.Environment["NO_COLOR"] = "1";
         psi.Environment.Remove("VIRTLAB_PLUGINS");
+        foreach (var (k, v) in environment ?? new Dictionary<string, string>()) psi.Environment[k] = v;
         _process = Process.Start(psi)!;
         _process.OutputDataReceived += (_, e) => { if (e.Data is not null) lock (_lock) _out.Append(e.Data).Append('\n'); };
         _process.ErrorDataReceived += (_, e) => { if (e.Data is not null) lock (_lock) _err.Append(e.Data).Append('\n'); };
