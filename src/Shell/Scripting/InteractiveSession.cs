@@ -141,6 +141,7 @@ public sealed class InteractiveSession
             }
             Volatile.Write(ref _previous, compilation);
             Volatile.Write(ref _submissions, [.. _submissions, code]);
+            Assist.PrepareSoon();
             return new SubmissionResult(true, diags, hasValue, hasValue ? value : null, null, compileTime, sw.Elapsed);
         }
     }
