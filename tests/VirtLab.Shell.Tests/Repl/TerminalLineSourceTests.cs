@@ -203,6 +203,7 @@ public sealed class TerminalLineSourceTests
         var asked = assist.Asked;
         ready = true; // the editor asks again while idle, and the single candidate goes in
         while (assist.Asked == asked && DateTime.UtcNow < deadline) await Task.Delay(20);
+        screen.WaitFor("> s.Length");   // the answer comes on the editor's asking thread and is drawn when it does
         keys.Press(ConsoleKey.Enter);
         Assert.Equal((LineStatus.Line, "s.Length"), await read);
     }
