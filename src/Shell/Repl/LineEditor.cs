@@ -707,6 +707,7 @@ internal sealed class LineEditor
         Draw();
         _out.Write("\r\n");
         _out.Flush();
+        _read++; // an answer still on its way belongs to this prompt: it must not draw the input again below it
         _drawn = false;
         _cursorRow = 0;
     }
