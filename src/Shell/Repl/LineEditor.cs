@@ -173,6 +173,7 @@ internal sealed class LineEditor
                         // Idle: ask again what the host could not answer yet (starting, busy), one question at a time;
                         // redraw for a terminal that changed width (the rows wrap differently).
                         if (_completionPending && !Busy(Ask.Completion)) Post(Ask.Completion, explicitly: true);
+                        else if (_menu is not null && (_menuStale || _menuRefresh) && !Busy(Ask.Completion)) Post(Ask.Completion);
                         if (_signaturePending && !Busy(Ask.Signature)) Post(Ask.Signature);
                         if (_infoPending && !Busy(Ask.Info)) Post(Ask.Info);
                         if (_drawn && _width() != _drawnWidth) Draw();
@@ -529,12 +530,8 @@ internal sealed class LineEditor
     /// <summary>The host's completion list for the text as it is (on the editor's lock).</summary>
     private void ShowCompletions(CompletionAnswer? answer, bool explicitly)
     {
+        if (answer is null) return; // the host cannot answer yet (starting, busy): asked again while idle
         _menuStale = _menuRefresh = false;
-        if (answer is null)
-        {
-            if (!explicitly) CloseMenu();
-            return; // explicit: still pending, asked again while idle
-        }
         if (explicitly) _completionPending = false;
         if (answer.Items.Count == 0)
         {
