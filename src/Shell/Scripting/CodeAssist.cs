@@ -47,11 +47,16 @@ internal sealed class CodeAssist
 
     private static readonly Lazy<MefHostServices> Host = new(() => MefHostServices.Create(MefHostServices.DefaultAssemblies));
 
-    public CodeAssist(ScriptCompiler compiler, string? preamble, Func<IReadOnlyList<string>> submissions)
+    private readonly object _submitGate;
+
+    /// <param name="submitGate">Held by the session while it compiles and runs a submission: the binding after a
+    /// submission (<see cref="PrepareSoon"/>) takes it too, so it never compiles beside the next submission.</param>
+    public CodeAssist(ScriptCompiler compiler, string? preamble, Func<IReadOnlyList<string>> submissions, object? submitGate = null)
     {
         _compiler = compiler;
         _preamble = preamble;
         _submissions = submissions;
+        _submitGate = submitGate ?? new object();
     }
 
     // The last list Roslyn made and where: typing more of the same name only filters it again (Roslyn's list for a
@@ -348,8 +353,11 @@ internal sealed class CodeAssist
                 Volatile.Write(ref _preparing, 1);
                 try
                 {
-                    var document = Document("");
-                    Completions(CompletionService.GetService(document)!, document, 0, CancellationToken.None);
+                    lock (_submitGate)
+                    {
+                        var document = Document("");
+                        Completions(CompletionService.GetService(document)!, document, 0, CancellationToken.None);
+                    }
                 }
                 catch (Exception e) { Console.Error.WriteLine($"virtlab host: completion preparation failed: {e.Message}"); }
             } while (Interlocked.CompareExchange(ref _preparing, 0, 1) != 1);

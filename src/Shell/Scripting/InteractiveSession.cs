@@ -74,7 +74,7 @@ public sealed class InteractiveSession
         Globals = globals;
         _compiler = new ScriptCompiler(plugins, typeof(RecipeGlobals), baseDirectory ?? Directory.GetCurrentDirectory());
         _executor = new SubmissionExecutor(globals, new ScriptLoadContext(plugins, "virtlab-session-" + _sessionId));
-        Assist = new CodeAssist(_compiler, ScriptPreamble.Source(plugins), () => Submissions);
+        Assist = new CodeAssist(_compiler, ScriptPreamble.Source(plugins), () => Submissions, _gate);
 
         var preamble = _compiler.CreatePreamble(NextAssemblyName());
         if (preamble is not null)
