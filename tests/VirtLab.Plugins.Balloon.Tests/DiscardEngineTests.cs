@@ -116,12 +116,12 @@ public class DiscardEngineTests
         vm.Memory.Populate(slot.Gpa, slot.Size);
         var e = new DiscardEngine(vm, wholeThpPages: true);
         var t = new DeviceTicks();
-        Assert.False(e.Report([(slot.Gpa + 4096, 2.MiB())], ref t, out var err));
+        Assert.False(e.Report([(slot.Gpa + 4096, 2.MiB().Bytes)], ref t, out var err));
         Assert.Equal(BalloonErrorKind.Misaligned, err.Kind);
-        Assert.False(e.Report([(0, 2.MiB())], ref t, out err));
+        Assert.False(e.Report([(0, 2.MiB().Bytes)], ref t, out err));
         Assert.Equal(BalloonErrorKind.OutsideRam, err.Kind);
         var before = vm.Memory.Resident(slot.Gpa, slot.Size);
-        Assert.True(e.Report([(slot.Gpa + (ulong)2.MiB(), 4.MiB())], ref t, out err), err.ToString());
+        Assert.True(e.Report([(slot.Gpa + (ulong)2.MiB(), 4.MiB().Bytes)], ref t, out err), err.ToString());
         Assert.Equal(before - 4.MiB(), vm.Memory.Resident(slot.Gpa, slot.Size));
     }
 }

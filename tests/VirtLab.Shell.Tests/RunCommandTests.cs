@@ -7,6 +7,16 @@ namespace VirtLab.Shell.Tests;
 public sealed class RunCommandTests
 {
     [Fact]
+    public void A_Size_prints_as_a_size_in_WriteLine_and_interpolation()
+    {
+        using var tmp = new TempDir();
+        var r = Virtlab.Run(null, tmp.Path, "run", tmp.File("size.csx",
+            "Console.WriteLine(1.GiB());\nConsole.WriteLine($\"{512.MiB()}\");\nConsole.WriteLine((long)4.KiB());\n"));
+        Assert.True(r.ExitCode == 0, r.ToString());
+        Assert.Equal(["1 GiB", "512 MiB", "4096"], r.Stdout.Split('\n', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries));
+    }
+
+    [Fact]
     public void Exit_codes()
     {
         using var tmp = new TempDir();

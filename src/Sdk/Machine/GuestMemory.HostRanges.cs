@@ -108,6 +108,9 @@ public sealed unsafe partial class GuestMemory
     }
 
     /// <summary>MADV_WILLNEED over [gpa, gpa+length), which must lie inside one slot.</summary>
+    public void WillNeed(ulong gpa, Size length) => WillNeed(gpa, length.Bytes);
+
+    /// <summary>MADV_WILLNEED over [gpa, gpa+length), which must lie inside one slot.</summary>
     public void WillNeed(ulong gpa, long length)
     {
         MemSlot slot;

@@ -73,6 +73,9 @@ public sealed unsafe partial class GuestMemory
         source.CopyTo(new Span<byte>((void*)a.Address, source.Length));
     }
 
+    /// <summary>Fills [gpa, gpa+length) with <paramref name="value"/> (see <see cref="Fill(ulong, long, byte)"/>).</summary>
+    public void Fill(ulong gpa, Size length, byte value) => Fill(gpa, length.Bytes, value);
+
     /// <summary>Fills [gpa, gpa+length) with <paramref name="value"/>; a long fill observes the run's cancellation
     /// (<see cref="RunCancellation"/>) between 64 MiB chunks.</summary>
     public void Fill(ulong gpa, long length, byte value)
@@ -129,6 +132,9 @@ public sealed unsafe partial class GuestMemory
         return s is not null && length >= 0 && (ulong)length <= s.EndGpa - gpa;
     }
 
+    /// <summary>Drops the pages of [gpa, gpa+length) (see <see cref="Discard(ulong, long)"/>).</summary>
+    public void Discard(ulong gpa, Size length) => Discard(gpa, length.Bytes);
+
     /// <summary>
     /// Drops the pages of [gpa, gpa+length) so the next access reads zeros: MADV_DONTNEED for private memory,
     /// FALLOC_FL_PUNCH_HOLE for shmem/shared hugetlb. Must be aligned to the backing's page size.
@@ -143,6 +149,9 @@ public sealed unsafe partial class GuestMemory
             a.Slot.Mapping.Discard((long)(gpa - a.Slot.Gpa) + off, Math.Min(Chunk, length - off));
         }
     }
+
+    /// <summary>Faults [gpa, gpa+length) in on the host (see <see cref="Populate(ulong, long, bool)"/>).</summary>
+    public void Populate(ulong gpa, Size length, bool write = true) => Populate(gpa, length.Bytes, write);
 
     /// <summary>Faults [gpa, gpa+length) in on the host (MADV_POPULATE_WRITE, or _READ); a long populate observes the
     /// run's cancellation (<see cref="RunCancellation"/>) between 64 MiB chunks.</summary>
@@ -193,6 +202,9 @@ public sealed unsafe partial class GuestMemory
             return new Size(n);
         }
     }
+
+    /// <summary>Resident bytes of [gpa, gpa+length).</summary>
+    public Size Resident(ulong gpa, Size length) => Resident(gpa, length.Bytes);
 
     /// <summary>Resident bytes of [gpa, gpa+length).</summary>
     public Size Resident(ulong gpa, long length)

@@ -4,7 +4,9 @@ using System.Text.Json.Serialization;
 
 namespace VirtLab.Sdk.Measure;
 
-/// <summary>A byte count. <c>1.GiB()</c>, <c>Size.Parse("512M")</c>; converts implicitly to long/ulong.
+/// <summary>A byte count. <c>1.GiB()</c>, <c>Size.Parse("512M")</c>; prints as "1 GiB" (<see cref="ToExactString"/>
+/// for the parseable form, <see cref="Bytes"/> for the number). Converts to long/ulong only explicitly: an implicit
+/// conversion made <c>Console.WriteLine(1.GiB())</c> pick <c>WriteLine(long)</c> and print 1073741824.
 /// In JSON (run records) a Size is its number of bytes.</summary>
 [JsonConverter(typeof(SizeJsonConverter))]
 public readonly record struct Size(long Bytes) : IComparable<Size>
@@ -12,14 +14,22 @@ public readonly record struct Size(long Bytes) : IComparable<Size>
     /// <summary>Bytes in a KiB, MiB, GiB, TiB.</summary>
     public const long KiBBytes = 1L << 10, MiBBytes = 1L << 20, GiBBytes = 1L << 30, TiBBytes = 1L << 40;
 
-    /// <summary>The byte count.</summary>
-    public static implicit operator long(Size s) => s.Bytes;
+    /// <summary>The byte count (explicit, so overloads taking object or string see a Size, not a number).</summary>
+    public static explicit operator long(Size s) => s.Bytes;
     /// <summary>The byte count (checked: a negative size throws).</summary>
-    public static implicit operator ulong(Size s) => checked((ulong)s.Bytes);
+    public static explicit operator ulong(Size s) => checked((ulong)s.Bytes);
     /// <summary>Sum (checked).</summary>
     public static Size operator +(Size a, Size b) => new(checked(a.Bytes + b.Bytes));
     /// <summary>Difference (checked).</summary>
     public static Size operator -(Size a, Size b) => new(checked(a.Bytes - b.Bytes));
+    /// <summary>A size plus a byte count (checked).</summary>
+    public static Size operator +(Size a, long bytes) => new(checked(a.Bytes + bytes));
+    /// <summary>A size less a byte count (checked).</summary>
+    public static Size operator -(Size a, long bytes) => new(checked(a.Bytes - bytes));
+    /// <summary>An address plus a size: <c>slot.Gpa + 1.MiB()</c> (checked).</summary>
+    public static ulong operator +(ulong address, Size s) => checked(address + (ulong)s.Bytes);
+    /// <summary>An address less a size (checked).</summary>
+    public static ulong operator -(ulong address, Size s) => checked(address - (ulong)s.Bytes);
     /// <summary>Product (checked).</summary>
     public static Size operator *(Size a, long n) => new(checked(a.Bytes * n));
     /// <summary>Quotient.</summary>

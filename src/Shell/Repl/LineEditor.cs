@@ -77,9 +77,25 @@ internal sealed class LineEditor
 
     private CompletionAnswer? _menu;
     private int _selected;
-    private bool _completionPending;            // asked while the host was not ready: answer when it is
-    private bool _menuStale, _signatureStale;   // to ask again once no more keys are waiting
-    private bool _signaturePending, _infoPending; // asked while the host could not answer: ask again while idle
+    private bool _completionPending;            // an explicit completion (Tab) wants an answer: asked again while idle if none came
+    private bool _menuStale;                    // the menu's items are not for the text as it is: Enter, "." do not take them
+    private bool _menuRefresh;                  // the menu was narrowed here: the host's answer may replace it
+    private bool _signatureStale;               // to ask once no more keys are waiting
+    private bool _signaturePending, _infoPending; // asked, no answer yet (or the host could not answer: asked again while idle)
+    private int _drawnWidth;
+
+    // The questions to the host go through one thread of their own, so a key never waits for the host (a "." used to
+    // wait for the completion list). An answer is shown only if the text and caret are still what was asked about;
+    // a key that needs it (Tab, Up/Down on a menu being computed) waits for it, keys behind it stay queued in order.
+    private enum Ask { Completion, Signature, Info }
+    private sealed record Question(Ask Kind, int Read, string Text, int Caret, bool Explicitly, long Seq);
+    private readonly Question?[] _queued = new Question?[3];  // the newest question per kind the asker has not taken
+    private readonly Question?[] _asking = new Question?[3];  // the one it is asking now
+    private readonly long[] _answered = new long[3];          // the newest question per kind answered (or given up)
+    private long _seq;
+    private int _read;                          // which Read() this is: answers for an earlier prompt are dropped
+    private CancellationToken _interrupt;
+    private readonly SemaphoreSlim _wake = new(0);
     private Reply? _signature;
     private string? _info;
     private string? _status;
@@ -107,6 +123,7 @@ internal sealed class LineEditor
         _submission = submission;
         _color = color;
         foreach (var entry in history) AddHistory(entry);
+        new Thread(AskLoop) { IsBackground = true, Name = "virtlab-editor-assist" }.Start();
     }
 
     public bool IsReading { get; private set; }
@@ -137,7 +154,10 @@ internal sealed class LineEditor
             _info = null;
             _status = null;
             _search = null;
-            _completionPending = _signaturePending = _infoPending = false;
+            _completionPending = _signaturePending = _infoPending = _menuStale = _menuRefresh = _signatureStale = false;
+            Array.Clear(_queued);
+            _read++;
+            _interrupt = interrupt;
             IsReading = true;
             Draw();
         }
@@ -148,17 +168,17 @@ internal sealed class LineEditor
                 if (interrupt.IsCancellationRequested)
                     lock (_screen) { Finish(); return (Outcome.Interrupted, _text); }
                 if (!_keys.TryRead(Idle, out var key))
-                {
-                    if (_completionPending || _signaturePending || _infoPending)
-                        lock (_screen)
-                        {
-                            if (_completionPending) Complete(explicitly: true);
-                            if (_signaturePending) Signature();
-                            if (_infoPending) QuickInfo();
-                            Draw();
-                        }
-                    continue;
-                }
+                    lock (_screen)
+                    {
+                        // Idle: ask again what the host could not answer yet (starting, busy), one question at a time;
+                        // redraw for a terminal that changed width (the rows wrap differently).
+                        if (_completionPending && !Busy(Ask.Completion)) Post(Ask.Completion, explicitly: true);
+                        else if (_menu is not null && (_menuStale || _menuRefresh) && !Busy(Ask.Completion)) Post(Ask.Completion);
+                        if (_signaturePending && !Busy(Ask.Signature)) Post(Ask.Signature);
+                        if (_infoPending && !Busy(Ask.Info)) Post(Ask.Info);
+                        if (_drawn && _width() != _drawnWidth) Draw();
+                        continue;
+                    }
                 lock (_screen)
                 {
                     var outcome = Handle(key);
@@ -215,7 +235,8 @@ internal sealed class LineEditor
         if (key.Key == ConsoleKey.Enter || ch is '\r' or '\n')
         {
             // With the menu up Enter takes the selected item, unless that is what is typed already: then it submits.
-            if (_menuStale) Complete(explicitly: false);
+            // A menu not answered for this text yet takes nothing (what was never shown is not chosen).
+            if (_menuStale) CloseMenu();
             if (_menu is { Items.Count: > 0 } menu && !IsTyped(menu)) { Accept(); return null; }
             CloseMenu();
             if (alt) { InsertNewLine(); return null; }
@@ -245,12 +266,12 @@ internal sealed class LineEditor
                 case ConsoleKey.R: StartSearch(); return null;
                 case ConsoleKey.D:
                     if (_text.Length == 0) return Outcome.EndOfInput;
-                    Delete(_caret, Math.Min(_text.Length, _caret + 1));
+                    Delete(_caret, TextWidth.Next(_text, _caret));
                     return null;
                 case ConsoleKey.LeftArrow: CloseMenu(); _caret = WordStart(_caret); return null;
                 case ConsoleKey.RightArrow: CloseMenu(); _caret = WordEnd(_caret); return null;
                 case ConsoleKey.H: Backspace(); return null;
-                case ConsoleKey.Spacebar: Complete(explicitly: true); return null;
+                case ConsoleKey.Spacebar: CompleteNow(); return null;
             }
         }
         if (alt && key.Key == ConsoleKey.B) { _caret = WordStart(_caret); return null; }
@@ -260,14 +281,14 @@ internal sealed class LineEditor
         {
             case ConsoleKey.Tab:
                 // With the menu up, Tab takes the selected item (Up/Down choose); else it asks for completions.
-                if (_menuStale || _menu is not { Items.Count: > 0 }) Complete(explicitly: true);
+                if (_menuStale || _menu is not { Items.Count: > 0 }) CompleteNow();
                 else if ((key.Modifiers & ConsoleModifiers.Shift) != 0) Select(-1);
                 else Accept();
                 return null;
             case ConsoleKey.Escape:
                 CloseMenu();
                 _signature = null;
-                _completionPending = _signaturePending = false;
+                _completionPending = _signaturePending = _signatureStale = false;
                 return null;
             case ConsoleKey.F1:
                 QuickInfo();
@@ -284,12 +305,12 @@ internal sealed class LineEditor
                 return null;
             case ConsoleKey.PageUp: if (_menu is not null) Select(-MenuRows); return null;
             case ConsoleKey.PageDown: if (_menu is not null) Select(MenuRows); return null;
-            case ConsoleKey.LeftArrow: CloseMenu(); _caret = Math.Max(0, _caret - 1); return null;
-            case ConsoleKey.RightArrow: CloseMenu(); _caret = Math.Min(_text.Length, _caret + 1); return null;
+            case ConsoleKey.LeftArrow: CloseMenu(); _caret = TextWidth.Previous(_text, _caret); return null;
+            case ConsoleKey.RightArrow: CloseMenu(); _caret = TextWidth.Next(_text, _caret); return null;
             case ConsoleKey.Home: CloseMenu(); _caret = LineStart(_caret); return null;
             case ConsoleKey.End: CloseMenu(); _caret = LineEnd(_caret); return null;
             case ConsoleKey.Backspace: Backspace(); return null;
-            case ConsoleKey.Delete: Delete(_caret, Math.Min(_text.Length, _caret + 1)); return null;
+            case ConsoleKey.Delete: Delete(_caret, TextWidth.Next(_text, _caret)); return null;
         }
 
         if (ch != '\0' && !char.IsControl(ch)) Type(ch);
@@ -299,12 +320,17 @@ internal sealed class LineEditor
     private void Type(char ch)
     {
         var identifier = char.IsLetterOrDigit(ch) || ch == '_';
-        // A character that cannot continue the name commits the selected item first (as "Con" Tab "." gives "Console.").
-        if (_menu is not null && !identifier) Accept();
+        // A character that cannot continue the name commits the selected item first (as "Con" Tab "." gives "Console."),
+        // if the menu is for the text as it is; one still being computed commits nothing.
+        if (_menu is not null && !identifier)
+        {
+            if (_menuStale) CloseMenu();
+            else Accept();
+        }
         Insert(ch.ToString());
         if (identifier)
         {
-            if (_menu is not null) _menuStale = true;
+            if (_menu is not null) Narrow();
         }
         else if (ch == '.') { _menu = new CompletionAnswer(_caret, 0, []); _menuStale = true; }
         if (ch is '(' or ',' or '[' || ch is ')' or ']' && _signature is not null) _signatureStale = true;
@@ -315,7 +341,8 @@ internal sealed class LineEditor
         if (_caret == 0) return;
         // An indentation of spaces goes back four at a time.
         var start = LineStart(_caret);
-        var n = _text[start.._caret].Length > 0 && _text[start.._caret].All(c => c == ' ') ? Math.Min(4, _caret - start) : 1;
+        var n = _text[start.._caret].Length > 0 && _text[start.._caret].All(c => c == ' ') ? Math.Min(4, _caret - start)
+            : _caret - TextWidth.Previous(_text, _caret); // a whole character: a surrogate pair, a letter and its marks
         Delete(_caret - n, _caret);
         if (_menu is not null)
         {
@@ -379,10 +406,14 @@ internal sealed class LineEditor
 
     private int VerticalMove(int direction)
     {
+        // The same column on screen (a wide character takes two), not the same index.
         var start = LineStart(_caret);
-        var column = _caret - start;
+        var column = TextWidth.Of(_text, start, _caret);
         var target = direction < 0 ? LineStart(start - 1) : LineEnd(_caret) + 1;
-        return Math.Min(target + column, LineEnd(target));
+        var end = LineEnd(target);
+        var at = target;
+        while (at < end && TextWidth.Of(_text, target, TextWidth.Next(_text, at)) <= column) at = TextWidth.Next(_text, at);
+        return at;
     }
 
     // ---- history and reverse search --------------------------------------------------------------------
@@ -456,32 +487,59 @@ internal sealed class LineEditor
     /// <summary>Asks what typing made stale (once the keys typed ahead are in: a paste asks once, not per character).</summary>
     private void Refresh()
     {
-        if (_menuStale) Complete(explicitly: false);
+        if ((_menuStale || _menuRefresh) && !Asked(Ask.Completion)) Post(Ask.Completion);
         if (_signatureStale) Signature();
     }
 
-    private void Complete(bool explicitly)
+    /// <summary>Tab, Ctrl+Space: the keys after it wait for the answer (as a shell's Tab), which may put the only
+    /// candidate in. If the host cannot answer yet, say so and answer when it can.</summary>
+    private void CompleteNow()
     {
-        _menuStale = false;
-        _completionPending = false;
-        var answer = _assist.Complete(_text, _caret);
-        if (answer is null)
-        {
-            if (explicitly)
-            {
-                // The host is still starting (or busy): say so, and answer as soon as it can.
-                _completionPending = true;
-                _status = "warming up: completion answers as soon as the evaluation host is ready (Esc: never mind)";
-            }
-            else CloseMenu();
-            return;
-        }
+        _completionPending = true;
+        var seq = Post(Ask.Completion, explicitly: true);
+        if (!Await(Ask.Completion, seq) || _completionPending)
+            _status = "warming up: completion answers as soon as the evaluation host is ready (Esc: never mind)";
+    }
+
+    /// <summary>A menu key (Up/Down) on a menu still being computed: wait for it.</summary>
+    private void FreshMenu()
+    {
+        if (!_menuStale) return;
+        if (!Asked(Ask.Completion)) Post(Ask.Completion);
+        var seq = Math.Max(_queued[(int)Ask.Completion]?.Seq ?? 0, _asking[(int)Ask.Completion]?.Seq ?? 0);
+        Await(Ask.Completion, seq);
+        if (_menuStale) CloseMenu(); // no answer: as if there were no menu
+    }
+
+    /// <summary>Typing on in the name the menu completes: the menu narrows at once, filtered as the host filters (the
+    /// host's list for the position is the same); the host's answer then brings the descriptions of what is left.</summary>
+    private void Narrow()
+    {
+        if (_menuStale || _menu is not { Items.Count: > 0 } menu || _caret < menu.Start) { _menuStale = true; return; }
+        var typed = _text[menu.Start.._caret];
+        var kept = menu.Items
+            .Select((item, i) => (item, i, rank: Scripting.CodeAssist.Rank(item.Text.TrimEnd(':'), typed)))
+            .Where(x => x.rank >= 0).OrderBy(x => x.rank).ThenBy(x => x.i).Select(x => x.item).ToList();
+        var keep = _selected < menu.Items.Count ? menu.Items[_selected].Text : null;
+        _menu = new CompletionAnswer(menu.Start, Math.Max(menu.Length + 1, _caret - menu.Start), kept);
+        _selected = Math.Max(0, kept.FindIndex(i => i.Text == keep));
+        if (kept.Count == 0) _menuStale = true;
+        else _menuRefresh = true;
+    }
+
+    /// <summary>The host's completion list for the text as it is (on the editor's lock).</summary>
+    private void ShowCompletions(CompletionAnswer? answer, bool explicitly)
+    {
+        if (answer is null) return; // the host cannot answer yet (starting, busy): asked again while idle
+        _menuStale = _menuRefresh = false;
+        if (explicitly) _completionPending = false;
         if (answer.Items.Count == 0)
         {
             CloseMenu();
             if (explicitly) _status = "no completions here";
             return;
         }
+        if (explicitly && _status?.StartsWith("warming up", StringComparison.Ordinal) == true) _status = null;
         var keep = _menu is not null && _selected < _menu.Items.Count ? _menu.Items[_selected].Text : null;
         _menu = answer;
         var index = keep is null ? -1 : answer.Items.ToList().FindIndex(i => i.Text == keep);
@@ -492,7 +550,7 @@ internal sealed class LineEditor
 
     private void Select(int delta)
     {
-        if (_menuStale) Complete(explicitly: false);
+        FreshMenu();
         if (_menu is not { Items.Count: > 0 }) return;
         var n = _menu.Items.Count;
         _selected = ((_selected + delta) % n + n) % n;
@@ -500,8 +558,7 @@ internal sealed class LineEditor
 
     private void Accept()
     {
-        if (_menuStale) Complete(explicitly: false);
-        if (_menu is not { Items.Count: > 0 } menu) { _menu = null; return; }
+        if (_menuStale || _menu is not { Items.Count: > 0 } menu) { CloseMenu(); return; }
         var item = menu.Items[_selected];
         var end = Math.Min(_text.Length, menu.Start + menu.Length);
         if (menu.Start <= _text.Length && menu.Start <= end)
@@ -510,13 +567,13 @@ internal sealed class LineEditor
             _caret = menu.Start + item.Text.Length;
             _historyIndex = _history.Count;
         }
-        _menu = null;
+        CloseMenu();
     }
 
     private void CloseMenu()
     {
         _menu = null;
-        _menuStale = false;
+        _menuStale = _menuRefresh = false;
     }
 
     private bool IsTyped(CompletionAnswer menu) =>
@@ -525,18 +582,112 @@ internal sealed class LineEditor
     private void Signature()
     {
         _signatureStale = false;
-        var reply = _assist.Signature(_text, _caret);
-        _signaturePending = reply is null; // the host is busy or starting: ask again while idle
-        if (reply is not null) _signature = reply.Signatures is { Count: > 0 } ? reply : null;
+        _signaturePending = true;
+        Post(Ask.Signature);
     }
 
     private void QuickInfo()
     {
         CloseMenu();
-        var reply = _assist.QuickInfo(_text, _caret);
-        _infoPending = reply is null;
-        _info = reply is null ? "warming up: quick info answers as soon as the evaluation host is ready"
-            : reply.Info ?? "nothing known at the caret";
+        _infoPending = true;
+        Post(Ask.Info);
+    }
+
+    // ---- the questions to the host (a thread of their own) ----------------------------------------------------
+
+    /// <summary>Queues a question about the text as it is now (replacing an older one of its kind); its number.</summary>
+    private long Post(Ask kind, bool explicitly = false)
+    {
+        var k = (int)kind;
+        if (_asking[k] is { } now && now.Read == _read && now.Text == _text && now.Caret == _caret && (now.Explicitly || !explicitly))
+        {
+            _queued[k] = null; // being asked already
+            return now.Seq;
+        }
+        var q = new Question(kind, _read, _text, _caret, explicitly, ++_seq);
+        _queued[k] = q;
+        _wake.Release();
+        return q.Seq;
+    }
+
+    /// <summary>A question of this kind about the text as it is now is queued or being asked.</summary>
+    private bool Asked(Ask kind) =>
+        _queued[(int)kind] is { } q && q.Text == _text && q.Caret == _caret
+        || _asking[(int)kind] is { } a && a.Read == _read && a.Text == _text && a.Caret == _caret;
+
+    private bool Busy(Ask kind) => _queued[(int)kind] is not null || _asking[(int)kind] is not null;
+
+    /// <summary>Waits (on the editor's lock, which the answer takes) until question <paramref name="seq"/> is answered.</summary>
+    private bool Await(Ask kind, long seq)
+    {
+        var deadline = DateTime.UtcNow + TimeSpan.FromSeconds(3);
+        while (_answered[(int)kind] < seq)
+        {
+            if (_interrupt.IsCancellationRequested || DateTime.UtcNow > deadline) return false;
+            Monitor.Wait(_screen, 50);
+        }
+        return true;
+    }
+
+    private void AskLoop()
+    {
+        while (true)
+        {
+            _wake.Wait();
+            while (true)
+            {
+                Question? q = null;
+                lock (_screen)
+                {
+                    for (var k = 0; k < _queued.Length && q is null; k++)
+                        if (_queued[k] is { } next) { q = next; _queued[k] = null; _asking[k] = next; }
+                }
+                if (q is null) break;
+                object? answer;
+                try
+                {
+                    answer = q.Kind switch
+                    {
+                        Ask.Completion => _assist.Complete(q.Text, q.Caret),
+                        Ask.Signature => _assist.Signature(q.Text, q.Caret),
+                        _ => _assist.QuickInfo(q.Text, q.Caret),
+                    };
+                }
+                catch (Exception e) when (e is IOException or ObjectDisposedException or InvalidOperationException) { answer = null; }
+                lock (_screen)
+                {
+                    var k = (int)q.Kind;
+                    _asking[k] = null;
+                    _answered[k] = Math.Max(_answered[k], q.Seq);
+                    if (IsReading && q.Read == _read && q.Text == _text && q.Caret == _caret && Answer(q, answer) && _drawn) Draw();
+                    Monitor.PulseAll(_screen);
+                }
+            }
+        }
+    }
+
+    /// <summary>Shows an answer about the text as it is; false if nothing wants it any more (Esc, a key since).</summary>
+    private bool Answer(Question q, object? answer)
+    {
+        switch (q.Kind)
+        {
+            case Ask.Completion when q.Explicitly ? _completionPending : _menuStale || _menuRefresh:
+                ShowCompletions(answer as CompletionAnswer, q.Explicitly);
+                return true;
+            case Ask.Signature when _signaturePending:
+                if (answer is not Reply reply) return false; // the host is busy or starting: asked again while idle
+                _signaturePending = false;
+                _signature = reply.Signatures is { Count: > 0 } ? reply : null;
+                return true;
+            case Ask.Info when _infoPending:
+                var info = answer as Reply;
+                _infoPending = info is null;
+                _info = info is null ? "warming up: quick info answers as soon as the evaluation host is ready"
+                    : info.Info ?? "nothing known at the caret";
+                return true;
+            default:
+                return false;
+        }
     }
 
     // ---- drawing -------------------------------------------------------------------------------------
@@ -553,6 +704,7 @@ internal sealed class LineEditor
         Draw();
         _out.Write("\r\n");
         _out.Flush();
+        _read++; // an answer still on its way belongs to this prompt: it must not draw the input again below it
         _drawn = false;
         _cursorRow = 0;
     }
@@ -577,22 +729,22 @@ internal sealed class LineEditor
         for (var i = 0; i < lines.Length; i++)
         {
             var line = lines[i];
-            var rows = line.Length / room + 1;
-            for (var r = 0; r < rows; r++)
+            // Rows by display width: a wide (CJK, emoji) character takes two columns, a combining mark none.
+            var starts = TextWidth.Rows(line, room);
+            for (var r = 0; r < starts.Count; r++)
             {
                 if (row > 0) sb.Append("\r\n");
                 var prompt = r > 0 ? "  " : i == 0 ? (_search is null ? "> " : "? ") : ". ";
                 sb.Append(_color ? (i == 0 && r == 0 ? "\u001b[33m" : "\u001b[90m") + prompt + "\u001b[0m" : prompt);
-                var from = r * room;
-                var to = Math.Min(line.Length, from + room);
+                var from = starts[r];
+                var to = r + 1 < starts.Count ? starts[r + 1] : line.Length;
                 AppendColored(sb, line, from, to, kinds, offset);
+                if (_caret >= offset + from && (_caret < offset + to || r == starts.Count - 1 && _caret <= offset + line.Length))
+                {
+                    caretRow = row;
+                    caretCol = 2 + TextWidth.Of(line, from, _caret - offset);
+                }
                 row++;
-            }
-            if (_caret >= offset && _caret <= offset + line.Length)
-            {
-                var col = _caret - offset;
-                caretRow = row - rows + col / room;
-                caretCol = 2 + col % room;
             }
             offset += line.Length + 1;
         }
@@ -610,6 +762,7 @@ internal sealed class LineEditor
         sb.Append("\u001b[?25h");
         _cursorRow = caretRow;
         _drawn = true;
+        _drawnWidth = _width();
         _out.Write(sb.ToString());
         _out.Flush();
     }
@@ -649,8 +802,7 @@ internal sealed class LineEditor
                 var selected = first + k == _selected;
                 var name = (item.Display ?? item.Text).PadRight(nameWidth);
                 var kind = Abbreviation(item.Kind);
-                var line = $"{(selected ? "›" : " ")} {kind} {name}  {item.Detail}";
-                line = line.Length > fit ? line[..(fit - 1)] + "…" : line;
+                var line = TextWidth.Fit($"{(selected ? "›" : " ")} {kind} {name}  {item.Detail}", fit);
                 yield return _color ? (selected ? "\u001b[7m" + line + "\u001b[0m" : line) : line;
             }
             var more = menu.Items.Count - shown.Count;
@@ -675,8 +827,7 @@ internal sealed class LineEditor
 
     private string Fit(string text, int width, bool grey, string? emphasize = null)
     {
-        text = text.ReplaceLineEndings(" ");
-        if (text.Length > width) text = text[..(width - 1)] + "…";
+        text = TextWidth.Fit(text.ReplaceLineEndings(" "), width);
         if (!_color) return text;
         if (emphasize is not null)
         {

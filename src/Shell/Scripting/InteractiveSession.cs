@@ -83,7 +83,7 @@ public sealed class InteractiveSession
         Globals = globals;
         _compiler = new ScriptCompiler(plugins, typeof(RecipeGlobals), baseDirectory ?? Directory.GetCurrentDirectory());
         _executor = new SubmissionExecutor(globals, new ScriptLoadContext(plugins, "virtlab-session-" + _sessionId));
-        Assist = new CodeAssist(_compiler, ScriptPreamble.Source(plugins), () => Submissions);
+        Assist = new CodeAssist(_compiler, ScriptPreamble.Source(plugins), () => Submissions, _gate);
 
         var preambleName = NextAssemblyName();
         if (_compiler.Inputs.Preamble is { } preambleSource && Remote(preambleName, preambleSource) is { } remote)
@@ -196,6 +196,7 @@ public sealed class InteractiveSession
             _previous = compilation; // null after a server compile: LocalPrevious rebuilds it
             _chain.Add((name, code));
             Volatile.Write(ref _submissions, [.. _submissions, code]);
+            Assist.PrepareSoon();
             return new SubmissionResult(true, diags, hasValue, hasValue ? value : null, null, compileTime, sw.Elapsed);
         }
     }

@@ -29,7 +29,7 @@ public class HostRangeTests
         Assert.Equal(0UL, vm.Memory.Read<ulong>(slot.Gpa + 8192));
         vm.Memory.WillNeed(r);
         vm.Memory.WillNeed(slot.Gpa, 4096);
-        Assert.Throws<ArgumentOutOfRangeException>(() => vm.Memory.SlotRange(slot, slot.Size - 4096, 8192));
+        Assert.Throws<ArgumentOutOfRangeException>(() => vm.Memory.SlotRange(slot, slot.Size.Bytes - 4096, 8192));
         Assert.Throws<ArgumentException>(() => vm.Memory.Discard(vm.Memory.SlotRange(slot, 100, 4096))); // not page aligned
         Assert.Throws<ArgumentException>(() => vm.Memory.Discard(default(HostRange)));
     }

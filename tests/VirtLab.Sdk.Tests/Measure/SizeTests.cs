@@ -20,6 +20,20 @@ public class SizeTests
     public void Parses(string text, long bytes) => Assert.Equal(bytes, Size.Parse(text).Bytes);
 
     [Fact]
+    public void WriteLine_and_interpolation_print_it_as_a_size_and_arithmetic_with_numbers_still_compiles()
+    {
+        // WriteLine's overload is chosen at compile time: an implicit conversion to long would pick WriteLine(long).
+        var w = new StringWriter { NewLine = "\n" };
+        w.WriteLine(1.GiB());
+        w.WriteLine($"{2.MiB()}");
+        Assert.Equal("1 GiB\n2 MiB\n", w.ToString());
+        Assert.Equal(1L << 30, (long)1.GiB());
+        Assert.Equal(0x1_0010_0000UL, 0x1_0000_0000UL + 1.MiB());  // an address plus a size
+        Assert.Equal(new Size(4096 + 1), 4.KiB() + 1);
+        Assert.Equal(new Size(4096 - 1), 4.KiB() - 1);
+    }
+
+    [Fact]
     public void Formats()
     {
         Assert.Equal("1 GiB", 1.GiB().ToString());

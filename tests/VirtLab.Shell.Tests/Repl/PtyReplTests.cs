@@ -48,6 +48,38 @@ public sealed class PtyReplTests
     }
 
     [PtyFact]
+    public void Typing_after_a_dot_is_not_held_up_and_the_menu_is_for_the_final_text()
+    {
+        using var repl = Start();
+        repl.Keys("var text = \"hello\";\r");
+        repl.Keys("text.Length\r");
+        repl.WaitFor(@"^5\r?$");            // the host is up
+        repl.Keys("text.");                  // the host is asked about "text." …
+        repl.Keys("Substr");                 // … and the keys typed meanwhile all arrive
+        repl.WaitFor(@"ƒ Substring +string string\.Substring\(int startIndex");
+        repl.Keys("\t(1)\r");                // Tab takes it
+        repl.WaitFor(@"^""ello""\r?$");
+        repl.Keys("\u0004");
+        Assert.Equal(0, repl.WaitForExit());
+    }
+
+    [PtyFact]
+    public void Wide_characters_place_the_caret_by_their_width_and_a_Size_prints_as_a_size()
+    {
+        using var repl = Start();
+        repl.Keys("var s = \"日本語\";");
+        repl.WaitFor(@"> var s = ""日本語"";");
+        Assert.Contains("\r\u001b[19C", repl.Raw);  // the caret after 2 + 9 + 6 + 2 columns, not 2 + 14 characters
+        repl.Keys("\r");
+        repl.Keys("s.Length\r");
+        repl.WaitFor(@"^3\r?$");
+        repl.Keys("Console.WriteLine(1.GiB());\r");
+        repl.WaitFor(@"^1 GiB\r?$");
+        repl.Keys("\u0004");
+        Assert.Equal(0, repl.WaitForExit());
+    }
+
+    [PtyFact]
     public void Signature_help_while_typing_a_call_and_quick_info_on_F1()
     {
         using var repl = Start();

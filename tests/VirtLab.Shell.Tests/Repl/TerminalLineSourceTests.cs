@@ -71,6 +71,12 @@ public sealed class TerminalLineSourceTests
 
     private static Task<(LineStatus, string)> Reading(TerminalLineSource source) => source.ReadLineAsync(false, "", CancellationToken.None);
 
+    private static async Task<(LineStatus, string)> Submitted(Task<(LineStatus, string)> read)
+    {
+        Assert.True(await Task.WhenAny(read, Task.Delay(Timeout)) == read, "the editor did not submit");
+        return await read;
+    }
+
     private static async Task<string> Read(TerminalLineSource source)
     {
         using var cts = new CancellationTokenSource(Timeout);
@@ -203,8 +209,63 @@ public sealed class TerminalLineSourceTests
         var asked = assist.Asked;
         ready = true; // the editor asks again while idle, and the single candidate goes in
         while (assist.Asked == asked && DateTime.UtcNow < deadline) await Task.Delay(20);
+        screen.WaitFor("> s.Length");   // the answer comes on the editor's asking thread and is drawn when it does
         keys.Press(ConsoleKey.Enter);
         Assert.Equal((LineStatus.Line, "s.Length"), await read);
+    }
+
+    [Fact]
+    public async Task A_dot_does_not_hold_up_typing_and_the_menu_shows_for_the_text_as_it_is_when_the_answer_comes()
+    {
+        // A host that answers only when the test lets it: every key typed meanwhile must reach the screen.
+        using var gate = new ManualResetEventSlim(false);
+        var asked = new ConcurrentQueue<string>();
+        var assist = new ScriptedAssist(complete: (text, caret) =>
+        {
+            asked.Enqueue(text);
+            gate.Wait(Timeout);
+            var start = text.LastIndexOf('.') + 1;
+            var typed = text[start..caret];
+            var items = new[] { "Size", "SizeOf", "Slots" }.Where(n => n.StartsWith(typed, StringComparison.OrdinalIgnoreCase))
+                .Select(n => new CompletionEntry { Text = n, Kind = "Property" }).ToList();
+            return new CompletionAnswer(start, typed.Length, items);
+        });
+        var (source, keys, screen) = Create([], assist);
+        var read = Reading(source);
+        keys.Type("vm.");
+        while (asked.IsEmpty) await Task.Delay(10);       // the host is asked about "vm." and does not answer
+        keys.Type("Siz");
+        screen.WaitFor("> vm.Siz");                       // typed on while the question is open
+        gate.Set();
+        screen.WaitFor("› p Size ");                      // the menu for "vm.Siz": the answer about "vm." is not shown
+        Assert.DoesNotContain("Slots", screen.ToString());
+        keys.Type("e;").Press(ConsoleKey.Enter);          // ";" commits the selected "Size" (the text already)
+        Assert.Equal((LineStatus.Line, "vm.Size;"), await Submitted(read));
+        Assert.Contains("vm.Siz", asked);
+    }
+
+    [Fact]
+    public async Task Wide_characters_take_two_columns_for_the_caret_and_for_wrapping_and_combining_marks_none()
+    {
+        var (source, keys, screen) = Create([]);
+        var read = Reading(source);
+        keys.Type("var s = \"日本語\";");
+        // The caret after the line: prompt (2) + 9 + 6 (three wide characters) + 2 columns.
+        screen.WaitFor("\r\u001b[19C\u001b[?25h");
+        keys.Press(ConsoleKey.LeftArrow).Press(ConsoleKey.LeftArrow).Press(ConsoleKey.LeftArrow).Type("人");
+        screen.WaitFor("日本人語");
+        screen.WaitFor("\r\u001b[17C\u001b[?25h");       // after 人: 2 + 9 + 6
+        keys.Ctrl(ConsoleKey.E).Ctrl(ConsoleKey.U).Type("e\u0301x"); // e + combining acute: one column
+        screen.WaitFor("\r\u001b[4C\u001b[?25h");
+        keys.Press(ConsoleKey.LeftArrow).Press(ConsoleKey.LeftArrow).Press(ConsoleKey.Backspace); // Left twice: before "é"; nothing before it
+        keys.Press(ConsoleKey.Delete).Press(ConsoleKey.Enter);                                       // Delete takes é whole
+        Assert.Equal((LineStatus.Line, "x"), await Submitted(read));
+
+        // 60 columns: 58 for text, so 29 wide characters to a row; the 30th starts the next.
+        var wide = new string('字', 40);
+        keys.Type("\"" + wide + "\"").Press(ConsoleKey.Enter);
+        Assert.Equal("\"" + wide + "\"", await Read(source));
+        Assert.Contains("\"" + wide[..28] + "\r\n  " + wide[28..] + "\"", screen.ToString());
     }
 
     [Fact]

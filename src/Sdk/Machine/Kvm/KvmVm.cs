@@ -28,9 +28,9 @@ internal sealed class KvmVm : Vm
         if (o.Vcpus > sys.MaxVcpus)
             throw new ArgumentOutOfRangeException(nameof(o.Vcpus), $"this host's KVM allows at most {sys.MaxVcpus} vCPUs per VM (KVM_CAP_MAX_VCPUS); got {o.Vcpus}");
         // (The system slot has a record for each of VmOptions' 1024 vCPUs: nothing to check again; a test pins it.)
-        if (o.DirtyRingBytes > 0 && sys.DirtyRingMaxBytes == 0)
+        if (o.DirtyRingBytes.Bytes > 0 && sys.DirtyRingMaxBytes == 0)
             throw new BackendUnavailableException(Backend.Kvm, "this host's KVM has no dirty ring (KVM_CAP_DIRTY_LOG_RING is 0); leave DirtyRingBytes at 0 or use Backend.Sim");
-        if (o.DirtyRingBytes > 0 && o.DirtyRingBytes > sys.DirtyRingMaxBytes)
+        if (o.DirtyRingBytes.Bytes > 0 && o.DirtyRingBytes.Bytes > sys.DirtyRingMaxBytes)
             throw new ArgumentOutOfRangeException(nameof(o.DirtyRingBytes),
                 $"this host's KVM allows dirty rings of at most {sys.DirtyRingMaxBytes} bytes (KVM_CAP_DIRTY_LOG_RING); got {o.DirtyRingBytes.Bytes}");
         if (o.ManualProtect)
@@ -56,7 +56,7 @@ internal sealed class KvmVm : Vm
             if (o.GuestPhysBits is { } bits && bits > m.GuestPhysBits)
                 throw new ArgumentOutOfRangeException(nameof(o.GuestPhysBits),
                     $"guest physical address bits {bits} is more than this host's KVM offers its guests ({m.GuestPhysBits}, CPUID 0x80000008 from KVM_GET_SUPPORTED_CPUID); use at most {m.GuestPhysBits}, or leave GuestPhysBits unset");
-            if (o.DirtyRingBytes > 0) m.EnableDirtyRing((int)o.DirtyRingBytes.Bytes);
+            if (o.DirtyRingBytes.Bytes > 0) m.EnableDirtyRing((int)o.DirtyRingBytes.Bytes);
             if (o.ManualProtect) m.EnableManualProtect(o.InitiallySet);
             if (o.Backing == Backing.AnonymousHugetlb1G && KvmCpuid.Has1GPages(m.Cpuid)) m.Use1GPages = true;
             vm = new KvmVm(o, m);
