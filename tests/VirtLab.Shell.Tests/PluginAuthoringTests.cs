@@ -172,11 +172,12 @@ public class PluginAuthoringTests(ScaffoldFixture fx) : IClassFixture<ScaffoldFi
     public void A_plugin_built_against_another_SDK_major_is_refused_with_a_clear_message()
     {
         Assert.True(fx.Build.ExitCode == 0, fx.Build.ToString());
-        // The SDK of this repository packed as 2.0.0 (what a major release would publish), into a feed of its own.
+        // The SDK of this repository packed as the next major (what a major release would publish), into a feed of its own.
+        int major = Version.Parse(PluginAuthoring.SdkPackageVersion).Major, next = major + 1;
         var repo = RepositoryRoot();
         var feed2 = Path.Combine(fx.Root, "feed2");
         var pack = ScaffoldFixture.Exec("dotnet", repo, ScaffoldFixture.BuildTimeout, "build", "src/Sdk/VirtLab.Sdk.csproj", "-c", "Release", "-m:1", "-nologo",
-            "-clp:ErrorsOnly;NoSummary", "-p:VirtLabSdkVersion=2.0.0", "-p:VirtLabReadyToRun=false", $"-p:ArtifactsPath={Path.Combine(fx.Root, "artifacts2")}",
+            "-clp:ErrorsOnly;NoSummary", $"-p:VirtLabSdkVersion={next}.0.0", "-p:VirtLabReadyToRun=false", $"-p:ArtifactsPath={Path.Combine(fx.Root, "artifacts2")}",
             $"-p:PackageOutputPath={feed2}"); // the SDK packs on build
         Assert.True(pack.ExitCode == 0, pack.ToString());
 
@@ -186,13 +187,13 @@ public class PluginAuthoringTests(ScaffoldFixture fx) : IClassFixture<ScaffoldFi
             File.Copy(f, Path.Combine(dir, "src", "Heat", Path.GetFileName(f)));
         File.Copy(Path.Combine(fx.Plugin, "Directory.Build.props"), Path.Combine(dir, "Directory.Build.props"));
         var csproj = Path.Combine(dir, "src", "Heat", "Heat.csproj");
-        File.WriteAllText(csproj, File.ReadAllText(csproj).Replace($"Include=\"VirtLab.Sdk\" Version=\"{PluginAuthoring.SdkPackageVersion}\"", "Include=\"VirtLab.Sdk\" Version=\"2.0.0\""));
+        File.WriteAllText(csproj, File.ReadAllText(csproj).Replace($"Include=\"VirtLab.Sdk\" Version=\"{PluginAuthoring.SdkPackageVersion}\"", $"Include=\"VirtLab.Sdk\" Version=\"{next}.0.0\""));
         var build = ScaffoldFixture.DotnetBuild(Path.Combine(dir, "src", "Heat"), feed2, dir);
         Assert.True(build.ExitCode == 0, build.ToString());
 
         var run = Virtlab.Run(Path.Combine(dir, ".cache"), dir, "run", "--test", "--plugins", "plugins", Path.Combine(fx.Plugin, "recipes", "Heat.csx"));
         Assert.Contains("virtlab: plugin Heat not loaded", run.Stderr);
-        Assert.Contains("SDK major mismatch: built against VirtLab.Sdk 2.x (2.0), this shell provides 1.x (1.0); rebuild the plugin against SDK 1", run.Stderr);
+        Assert.Contains($"SDK major mismatch: built against VirtLab.Sdk {next}.x ({next}.0), this shell provides {major}.x ({major}.0); rebuild the plugin against SDK {major}", run.Stderr);
         Assert.Equal(2, run.ExitCode); // the recipe's global Heat does not exist
     }
 
