@@ -18,7 +18,7 @@ var sessionType = shell.GetType("VirtLab.Shell.Scripting.InteractiveSession", th
 var empty = shell.GetType("VirtLab.Shell.PluginHost.PluginSet", throwOnError: true)!.GetProperty("Empty")!.GetValue(null);
 var session = Stage("session and warm-up", () =>
 {
-    var s = Activator.CreateInstance(sessionType, empty, new RecipeContext(), null)!;
+    var s = Activator.CreateInstance(sessionType, empty, new RecipeContext(), null, false)!;
     foreach (var code in new[] { "var sizes = new List<Size> { 1.MiB(), 2.MiB() };", "var w = Workload.Write(passes: 3);", "var text = \"hello\";" })
     {
         var result = sessionType.GetMethod("Submit")!.Invoke(s, [code, CancellationToken.None])!;

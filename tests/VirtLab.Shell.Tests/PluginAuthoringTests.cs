@@ -93,7 +93,7 @@ public class PluginAuthoringTests(ScaffoldFixture fx) : IClassFixture<ScaffoldFi
         Assert.DoesNotContain("not loaded", run.Stderr);
 
         var list = Virtlab.Run(null, fx.Plugin, "plugins", "--plugins", "plugins");
-        Assert.Matches(@"│ Heat\s+│ 0\.1\.0\s+│ 1\.0\s+│ Heat\s+│ loaded", list.Stdout);
+        Assert.Matches($@"│ Heat\s+│ 0\.1\.0\s+│ {VirtLab.Sdk.SdkVersion.Major}\.{VirtLab.Sdk.SdkVersion.Current.Minor}\s+│ Heat\s+│ loaded", list.Stdout);
     }
 
     [Fact]

@@ -62,11 +62,12 @@ public sealed class PluginHostTests
         PluginCompiler.Build(tmp.Path, "NoPlugin", "namespace X; public class NotAPlugin { public VirtLab.Sdk.Plugins.PluginContext? C; }");
         // an assembly that does not even reference the SDK
         PluginCompiler.Build(tmp.Path, "NoSdk", "namespace Y; public class Nothing {}");
-        // built against SDK 2.x
+        // built against the next SDK major
+        int nextMajor = VirtLab.Sdk.SdkVersion.Major + 1;
         var fakeSdk = Path.Combine(tmp.Path, "fake", "VirtLab.Sdk.dll");
         Directory.CreateDirectory(Path.GetDirectoryName(fakeSdk)!);
-        PluginCompiler.Compile(fakeSdk, "VirtLab.Sdk", """
-            [assembly: System.Reflection.AssemblyVersion("2.0.0.0")]
+        PluginCompiler.Compile(fakeSdk, "VirtLab.Sdk", $$"""
+            [assembly: System.Reflection.AssemblyVersion("{{nextMajor}}.0.0.0")]
             namespace VirtLab.Sdk.Plugins { public abstract class VirtLabPlugin { } }
             """);
         PluginCompiler.Build(tmp.Path, "Future", "public sealed class P : VirtLab.Sdk.Plugins.VirtLabPlugin { }", sdkPath: fakeSdk);
@@ -100,7 +101,7 @@ public sealed class PluginHostTests
         Assert.Contains("not a .NET assembly", Only(set, "Garbage").Error);
         Assert.Contains("no plugin type", Only(set, "NoPlugin").Error);
         Assert.Contains("does not reference VirtLab.Sdk", Only(set, "NoSdk").Error);
-        Assert.Contains("SDK major mismatch: built against VirtLab.Sdk 2.x", Only(set, "Future").Error);
+        Assert.Contains($"SDK major mismatch: built against VirtLab.Sdk {nextMajor}.x", Only(set, "Future").Error);
         Assert.StartsWith($"built against a newer VirtLab.Sdk ({VirtLab.Sdk.SdkVersion.Major}.{VirtLab.Sdk.SdkVersion.Current.Minor + 1}) than this shell provides ({VirtLab.Sdk.SdkVersion.Text})",
             Only(set, "NextMinor").Error);
         Assert.Equal("initialisation threw InvalidOperationException: no device", Only(set, "Throws").Error);

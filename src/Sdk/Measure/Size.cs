@@ -44,6 +44,22 @@ public readonly record struct Size(long Bytes) : IComparable<Size>
     public static bool operator <=(Size a, Size b) => a.Bytes <= b.Bytes;
     /// <summary>Compares byte counts.</summary>
     public static bool operator >=(Size a, Size b) => a.Bytes >= b.Bytes;
+    /// <summary>Compares with a byte count (<c>size &gt; 0</c>), as the implicit conversion to long used to allow.</summary>
+    public static bool operator <(Size a, long bytes) => a.Bytes < bytes;
+    /// <summary>Compares with a byte count.</summary>
+    public static bool operator >(Size a, long bytes) => a.Bytes > bytes;
+    /// <summary>Compares with a byte count.</summary>
+    public static bool operator <=(Size a, long bytes) => a.Bytes <= bytes;
+    /// <summary>Compares with a byte count.</summary>
+    public static bool operator >=(Size a, long bytes) => a.Bytes >= bytes;
+    /// <summary>Compares a byte count with a size.</summary>
+    public static bool operator <(long bytes, Size b) => bytes < b.Bytes;
+    /// <summary>Compares a byte count with a size.</summary>
+    public static bool operator >(long bytes, Size b) => bytes > b.Bytes;
+    /// <summary>Compares a byte count with a size.</summary>
+    public static bool operator <=(long bytes, Size b) => bytes <= b.Bytes;
+    /// <summary>Compares a byte count with a size.</summary>
+    public static bool operator >=(long bytes, Size b) => bytes >= b.Bytes;
 
     /// <summary>Throughput: <c>7.GiB() / elapsed</c> → "3.2 GiB/s".</summary>
     public static Rate operator /(Size a, TimeSpan t) => Rate.Of(a, t);

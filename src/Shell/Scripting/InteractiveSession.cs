@@ -2,7 +2,7 @@
 //
 //   public sealed class InteractiveSession
 //   {
-//       public InteractiveSession(PluginSet plugins, RecipeContext context, string? baseDirectory = null);
+//       public InteractiveSession(PluginSet plugins, RecipeContext context, string? baseDirectory = null, bool useCompileServer = false);
 //           // builds the RecipeGlobals (with the plugin globals) and runs the plugin preamble
 //       public SubmissionResult Submit(string code, CancellationToken cancellationToken = default);
 //       public IReadOnlyList<Completion> Complete(string code, int caret);   // Roslyn's CompletionService (CodeAssist)

@@ -60,6 +60,16 @@ public class SizeTests
             (int n, long unit) => Size.Parse(new Size(n * unit).ToString()).Bytes == n * unit).Check(PropertyRuns.Quick);
 
     [Fact]
+    public void Compares_with_byte_counts_both_ways()
+    {
+        var s = 4.KiB();
+        Assert.True(s > 0 && s >= 4096 && s <= 4096 && s < 4097);
+        Assert.False(s > 4096 || s < 4096);
+        Assert.True(4095 < s && 4096 <= s && 4096 >= s && 5000 > s);
+        Assert.False(4096 < s || 4096 > s);
+    }
+
+    [Fact]
     public void Serializes_as_byte_count()
     {
         Assert.Equal("8589934592", System.Text.Json.JsonSerializer.Serialize(8.GiB()));
