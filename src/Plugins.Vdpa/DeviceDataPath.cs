@@ -25,6 +25,7 @@ public sealed partial class VdpaNetDevice
     /// suppression (EVENT_IDX or NO_INTERRUPT) then applies to batches. With no receive buffer the TX chain is held
     /// until the driver adds one (counted as RxNoBuffer) instead of being dropped.
     /// </summary>
+    [System.Runtime.CompilerServices.MethodImpl(System.Runtime.CompilerServices.MethodImplOptions.AggressiveOptimization)] // the worker's hot loop: no ReadyToRun / Tier-0 passes first
     protected override void Process(SplitQueueDevice?[] queues)
     {
         var rx = queues[RxQueue];
@@ -35,11 +36,13 @@ public sealed partial class VdpaNetDevice
         rx.DisableKicks();
         int n = 0, unflushed = 0;
         long looped = 0, loopedBytes = 0;
+        // The held chain lives in a local during the pass (a reference store to a field per packet is a GC write barrier).
+        var pending = pendingTx;
         try
         {
             while ((++n & 63) != 0 || ShouldRun)
             {
-                if (pendingTx is null)
+                if (pending is null)
                 {
                     if (!tx.TryPop(out var c))
                     {
@@ -53,7 +56,7 @@ public sealed partial class VdpaNetDevice
                         NeedsReset("net tx: device-writable buffer in a transmit chain");
                         return;
                     }
-                    pendingTx = c;
+                    pending = c;
                 }
                 if (!rx.TryPop(out var r))
                 {
@@ -70,10 +73,10 @@ public sealed partial class VdpaNetDevice
                     NeedsReset("net rx: device-readable buffer in a receive chain");
                     return;
                 }
-                var t = pendingTx;
+                var t = pending;
                 long len = t.CopyReadableTo(r);
                 if (len < t.ReadableBytes) Counters.Error("net rx: buffer shorter than the frame (truncated)");
-                pendingTx = null;
+                pending = null;
                 tx.Push(t, 0);
                 rx.Push(r, (uint)len);
                 looped++;
@@ -87,6 +90,7 @@ public sealed partial class VdpaNetDevice
         }
         finally
         {
+            pendingTx = pending;
             Publish();
         }
 

@@ -334,13 +334,16 @@ public abstract class VdpaDevice : IDisposable
     void WorkerLoop()
     {
         var set = new List<EventNotifier>();
+        var ready = new bool[Nvqs + 1];
         while (!stopping)
         {
             CollectNotifiers(set);
             try
             {
-                NotifierPoll.WaitAny(System.Runtime.InteropServices.CollectionsMarshal.AsSpan(set), TimeSpan.FromMilliseconds(200));
-                DrainNotifiers(set);
+                // Only the eventfds poll(2) reported are read: the others' reads would return EAGAIN (one or two
+                // syscalls per wake-up saved). A signal that lands after the poll stays pending for the next one.
+                NotifierPoll.WaitAny(System.Runtime.InteropServices.CollectionsMarshal.AsSpan(set), ready.AsSpan(0, set.Count), TimeSpan.FromMilliseconds(200));
+                DrainNotifiers(set, ready);
             }
             catch (ObjectDisposedException) { continue; }
             if (stopping) break;
@@ -358,12 +361,13 @@ public abstract class VdpaDevice : IDisposable
                 if (vq.Kick is { IsDisposed: false } k && !set.Contains(k)) set.Add(k);
     }
 
-    /// <summary>Reads (resets) every notifier of the set; true when any was signalled. Kicks are counted.</summary>
-    bool DrainNotifiers(List<EventNotifier> set)
+    /// <summary>Reads (resets) every notifier of the set, or those marked <paramref name="ready"/>; true when any was
+    /// signalled. Kicks are counted.</summary>
+    bool DrainNotifiers(List<EventNotifier> set, bool[]? ready = null)
     {
-        bool any = wake.TryRead(out _);
+        bool any = (ready is null || ready[0]) && wake.TryRead(out _);
         for (int i = 1; i < set.Count; i++)
-            if (!set[i].IsDisposed && set[i].TryRead(out _))
+            if ((ready is null || ready[i]) && !set[i].IsDisposed && set[i].TryRead(out _))
             {
                 Interlocked.Increment(ref Counters.Kicks);
                 any = true;

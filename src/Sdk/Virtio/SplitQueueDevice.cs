@@ -405,7 +405,9 @@ public sealed unsafe class SplitQueueDevice : SplitQueue
     public void DisableKicks()
     {
         _kicksEnabled = false;
-        if (!EventIdx && _error is null && EnsureRing())
+        // Only the device writes the flags: when NO_NOTIFY is already set, the store would only take the line (which
+        // holds the used idx the driver polls) away from the driver's core.
+        if (!EventIdx && _error is null && EnsureRing() && (ring.UsedFlags() & VirtqConst.UsedFNoNotify) == 0)
             Volatile.Write(ref ring.UsedFlags(), (ushort)(ring.UsedFlags() | VirtqConst.UsedFNoNotify));
     }
 

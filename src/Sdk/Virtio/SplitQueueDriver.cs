@@ -361,6 +361,9 @@ public sealed unsafe class SplitQueueDriver : SplitQueue
     /// <summary>Asks the device not to interrupt (NO_INTERRUPT; with EVENT_IDX used_event is moved out of reach).</summary>
     public void DisableInterrupts()
     {
+        // Already off (Linux's flags shadow): no store. With EVENT_IDX used_event stays at the value parked then, which
+        // the used idx passes only after a wrap of the index, as it would from here.
+        if (_interruptsDisabled) return;
         EnsureRing();
         _interruptsDisabled = true;
         if (EventIdx) Volatile.Write(ref ring.UsedEvent(), (ushort)(_lastUsed - 1)); // already passed: never crossed while ≤ Size chains are in flight

@@ -75,4 +75,24 @@ public class EventNotifierTests
         using var file = File.OpenRead("/proc/self/status");
         Assert.Contains("EINVAL", Assert.Throws<ArgumentException>(() => EventNotifier.FromFd((int)file.SafeFileHandle.DangerousGetHandle())).Message);
     }
+
+    [Fact]
+    public void WaitAny_reports_every_ready_notifier()
+    {
+        using var a = new EventNotifier("a");
+        using var b = new EventNotifier("b");
+        using var c = new EventNotifier("c");
+        EventNotifier[] set = [a, b, c];
+        var ready = new bool[3];
+        Assert.Equal(-1, NotifierPoll.WaitAny(set, ready, TimeSpan.FromMilliseconds(10)));
+        Assert.Equal([false, false, false], ready);
+        b.Signal();
+        c.Signal();
+        Assert.Equal(1, NotifierPoll.WaitAny(set, ready, TimeSpan.FromSeconds(5)));
+        Assert.Equal([false, true, true], ready);
+        Assert.Equal(1UL, b.Read());                          // poll(2) reads nothing: the counters are still there
+        Assert.Equal(2, NotifierPoll.WaitAny(set, ready, TimeSpan.FromSeconds(5)));
+        Assert.Equal([false, false, true], ready);
+        Assert.Throws<ArgumentException>(() => NotifierPoll.WaitAny(set, new bool[2], TimeSpan.Zero));
+    }
 }

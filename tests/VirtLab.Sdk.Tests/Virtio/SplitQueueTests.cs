@@ -476,4 +476,37 @@ public class SplitQueueTests
         Assert.True(q.Device.TryPop(out var again));
         Assert.Equal(16, again.ReadReadable(0, new byte[16]));
     }
+
+    [Fact]
+    public void DisableInterrupts_when_already_off_stores_nothing()
+    {
+        // Linux's flags shadow: a second virtqueue_disable_cb leaves the ring alone (used_event parked where the first put it).
+        using var q = new QueuePair(8, Ev);
+        var usedEvent = q.Vm.Memory.Span(q.Ring.AvailAddress + 4 + 2 * 8, 2);
+        q.Driver.DisableInterrupts();
+        Assert.Equal(ushort.MaxValue, System.Buffers.Binary.BinaryPrimitives.ReadUInt16LittleEndian(usedEvent)); // last used 0 − 1
+        usedEvent[0] = 0x42; usedEvent[1] = 0;
+        q.Driver.DisableInterrupts();
+        Assert.Equal(0x42, System.Buffers.Binary.BinaryPrimitives.ReadUInt16LittleEndian(usedEvent));
+        Assert.False(q.Driver.EnableInterrupts());
+        Assert.Equal(0, System.Buffers.Binary.BinaryPrimitives.ReadUInt16LittleEndian(usedEvent)); // re-armed for the next used buffer
+        q.Driver.DisableInterrupts();
+        Assert.Equal(ushort.MaxValue, System.Buffers.Binary.BinaryPrimitives.ReadUInt16LittleEndian(usedEvent));
+    }
+
+    [Fact]
+    public void DisableKicks_sets_NO_NOTIFY_only_when_the_ring_has_it_clear()
+    {
+        using var q = new QueuePair(8, V1);
+        var flags = q.Vm.Memory.Span(q.Ring.UsedAddress, 2);
+        q.Device.DisableKicks();
+        Assert.Equal(1, flags[0] & 1);
+        q.Device.DisableKicks();                 // already set: unchanged
+        Assert.Equal(1, flags[0] & 1);
+        flags[0] = 0;                            // the flag is read from the ring, not a shadow: a cleared flag is set again
+        q.Device.DisableKicks();
+        Assert.Equal(1, flags[0] & 1);
+        Assert.False(q.Device.EnableKicks());
+        Assert.Equal(0, flags[0] & 1);
+    }
 }
