@@ -154,8 +154,7 @@ public sealed class RecipeCache(string root)
     /// <summary>Keeps the cache bounded: past <see cref="MaxEntries"/> entries the least recently written go.</summary>
     private void Prune()
     {
-        var hints = new DirectoryInfo(Path.Combine(Root, ".cold"));
-        if (hints.Exists && hints.GetFiles() is { Length: > MaxEntries * 4 } files)
+        if (new DirectoryInfo(Root).GetFiles("*.cold") is { Length: > MaxEntries * 4 } files)
             foreach (var f in files.OrderBy(f => f.LastWriteTimeUtc).Take(files.Length - MaxEntries * 3))
                 try { f.Delete(); } catch (IOException) { }
         var entries = new DirectoryInfo(Root).GetDirectories().Where(d => !d.Name.StartsWith('.')).ToList();
@@ -174,7 +173,7 @@ public sealed class RecipeCache(string root)
     public string ColdHint(string recipePath, byte[] recipeBytes)
     {
         var id = $"{Path.GetFullPath(recipePath)}\n{Convert.ToHexStringLower(SHA256.HashData(recipeBytes))}\n{typeof(RecipeCache).Assembly.ManifestModule.ModuleVersionId}";
-        return Path.Combine(Root, ".cold", Convert.ToHexStringLower(SHA256.HashData(Encoding.UTF8.GetBytes(id)))[..32]);
+        return Path.Combine(Root, Convert.ToHexStringLower(SHA256.HashData(Encoding.UTF8.GetBytes(id)))[..32] + ".cold");
     }
 
     /// <summary>
