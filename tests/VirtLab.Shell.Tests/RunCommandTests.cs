@@ -363,4 +363,54 @@ public sealed class RunOutputTests
         Assert.Equal(0, doc2.RootElement.GetProperty("environment").GetProperty("preparation").GetProperty("warmedUp").GetArrayLength());
         Assert.Equal(0, doc2.RootElement.GetProperty("environment").GetProperty("preparation").GetProperty("settleSeconds").GetDouble());
     }
+
+    [Fact]
+    public void Cached_recipe_without_a_vm_skips_the_warm_up_and_one_with_a_vm_or_a_plugin_still_gets_it()
+    {
+        using var tmp = new TempDir();
+        var plugins = Path.Combine(tmp.Path, "plugins");
+        PluginCompiler.Build(plugins, "Warm", PluginCompiler.Simple("Warm", "Warm").Replace(
+            "protected override Api Create(PluginContext context) => new Api();",
+            "protected override Api Create(PluginContext context) => new Api();\n    public static int WarmUps;\n    public override void WarmUp() => WarmUps++;"));
+        var json = Path.Combine(tmp.Path, "run.json");
+        JsonElement Prep(string recipe, out JsonDocument doc)
+        {
+            var r = Virtlab.Run(null, tmp.Path, "run", "--plugins", plugins, "--json", json, recipe);
+            Assert.True(r.ExitCode == 0, r.ToString());
+            doc = JsonDocument.Parse(File.ReadAllText(json));
+            var env = doc.RootElement.GetProperty("environment");
+            return env.GetProperty("preparation");
+        }
+        List<string?> Warmed(JsonElement prep) => prep.GetProperty("warmedUp").EnumerateArray().Select(e => e.GetString()).ToList();
+
+        // Only computes and reports: the cached run starts no warm-up, and the record says why.
+        var trivial = tmp.File("trivial.csx", "Result(\"answer\", 6 * 7);\n");
+        Prep(trivial, out var d1); d1.Dispose();
+        var cold = Prep(trivial, out var d2);
+        Assert.Equal("cached", cold.GetProperty("compile").GetString());
+        Assert.Contains("uses no VM", cold.GetProperty("warmUpSkipped").GetString());
+        Assert.Empty(Warmed(cold));
+        Assert.Equal(0, cold.GetProperty("warmUpSeconds").GetDouble());
+        d2.Dispose();
+
+        // Creates a VM: the cached run is warmed as before (SDK paths and the plugin's), and waits for it.
+        var withVm = tmp.File("vm.csx", "var vm = Vm.Create(2.MiB(), backend: Backend.Sim);\nvm.Dispose();\n");
+        Prep(withVm, out var d3); d3.Dispose();
+        var warm = Prep(withVm, out var d4);
+        Assert.Equal("cached", warm.GetProperty("compile").GetString());
+        Assert.False(warm.TryGetProperty("warmUpSkipped", out _));
+        Assert.Contains(Warmed(warm), w => w!.StartsWith("dirty log"));
+        Assert.Contains("plugin Warm", Warmed(warm));
+        d4.Dispose();
+
+        // Uses only a plugin (no VM of its own): the warm-up still starts (the recipe waits for it only at a Vm.Create,
+        // so the record may say it was still running).
+        var withPlugin = tmp.File("plugin.csx", "Result(\"warmUps\", WarmNs.ThePlugin.WarmUps);\n");
+        Prep(withPlugin, out var d5); d5.Dispose();
+        var viaPlugin = Prep(withPlugin, out var d6);
+        Assert.Equal("cached", viaPlugin.GetProperty("compile").GetString());
+        Assert.False(viaPlugin.TryGetProperty("warmUpSkipped", out _));
+        Assert.NotEmpty(Warmed(viaPlugin));
+        d6.Dispose();
+    }
 }

@@ -17,6 +17,8 @@ public sealed record Preparation
     public required string ScriptCode { get; init; }
     /// <summary>Hot paths run before the recipe (SDK and plugins); empty when the warm-up was turned off.</summary>
     public required IReadOnlyList<string> WarmedUp { get; init; }
+    /// <summary>Why no warm-up ran although it was on (a cached recipe that uses no VM, device or plugin), or null.</summary>
+    public string? WarmUpSkipped { get; init; }
     /// <summary>The backend the SDK warm-up used (Kvm or Sim), or null when it did not run.</summary>
     public string? WarmUpBackend { get; init; }
     /// <summary>How long the warm-up took on its worker thread (it overlaps plugin loading and compiling).</summary>

@@ -15,20 +15,51 @@ namespace VirtLab.Shell.Cli;
 public sealed class ProcessPreparer
 {
     public const string EnvironmentVariable = "VIRTLAB_WARMUP";
-    private readonly Task<WarmUpReport>? _sdk;
+    private Task<WarmUpReport>? _sdk;
+    private PluginSet? _plugins;
     private readonly List<string> _pluginPaths = [];
     private readonly List<string> _pluginErrors = [];
 
-    private ProcessPreparer(Task<WarmUpReport>? sdk) => _sdk = sdk;
+    private ProcessPreparer() { }
 
     public static bool Enabled => Environment.GetEnvironmentVariable(EnvironmentVariable) is not ("0" or "false" or "off");
 
-    public static ProcessPreparer Start() => new(Enabled ? WarmUp.Start() : null);
+    /// <summary>Why the warm-up never ran although enabled (the recipe needs none), or null.</summary>
+    public string? Skipped { get; private set; }
+
+    /// <param name="begin">False leaves the worker unstarted until <see cref="Begin"/>: a run whose recipe is known
+    /// (<see cref="RecipeCache.ColdHint"/>) to need no warm-up does not pay for a thread it would never wait for.</param>
+    public static ProcessPreparer Start(bool begin = true)
+    {
+        var p = new ProcessPreparer();
+        if (begin) p.Begin();
+        return p;
+    }
+
+    /// <summary>Starts the warm-up (once; nothing when turned off), with the plugins' when they are known already.</summary>
+    public void Begin()
+    {
+        if (_sdk is not null || !Enabled) return;
+        Skipped = null;
+        _sdk = WarmUp.Start();
+        if (_plugins is not null) Queue(_plugins);
+    }
+
+    /// <summary>Records that the warm-up was left out and why (when it had not started; a started one runs on).</summary>
+    public void Skip(string why)
+    {
+        if (_sdk is null && Enabled) Skipped = why;
+    }
 
     /// <summary>Queues the loaded plugins' warm-ups after the SDK's (plugin code runs on SDK paths already warm).</summary>
     public void AddPlugins(PluginSet plugins)
     {
-        if (_sdk is null) return;
+        _plugins = plugins;
+        if (_sdk is not null) Queue(plugins);
+    }
+
+    private void Queue(PluginSet plugins)
+    {
         foreach (var p in plugins.Loaded.Where(p => p.Plugin is not null))
             WarmUp.Then(() =>
             {
@@ -62,6 +93,7 @@ public sealed class ProcessPreparer
                 ScriptCode = ScriptOptimization.Description,
                 WarmedUp = sdk is null ? (unfinished ? ["(still running when the recipe ended: it made no VM, so it did not wait)"] : []) : [.. sdk.Paths, .. _pluginPaths],
                 WarmUpBackend = sdk?.Backend,
+                WarmUpSkipped = Skipped,
                 Compile = compile,
                 WarmUpSeconds = sdk?.Seconds ?? 0,
                 WarmUpWaitSeconds = WarmUp.WaitedSeconds,

@@ -44,9 +44,14 @@ public static class RunCommand
             return ExitCodes.Usage;
         }
 
-        // Warm the SDK's hot paths (then the plugins') on a worker thread while plugins load and the recipe compiles.
+        // Warm the SDK's hot paths (then the plugins') on a worker thread while plugins load and the recipe compiles,
+        // unless the last compile of this very recipe needed none (its cold hint): then only a cache entry that says
+        // otherwise, or a miss, starts it.
         StartupTrace.Mark("run: consoles");
-        var preparer = ProcessPreparer.Start();
+        var bytes = File.ReadAllBytes(o.File);
+        var cache = new RecipeCache(RecipeCache.DefaultRoot());
+        var coldHint = o.NoCache ? null : cache.ColdHint(o.File, bytes);
+        var preparer = ProcessPreparer.Start(begin: coldHint is null || !File.Exists(coldHint));
         using var cts = new CancellationTokenSource();
         // First Ctrl+C asks the recipe to stop (Cancellation); the second one ends the process.
         ConsoleCancelEventHandler onCancel = (_, e) => { if (!cts.IsCancellationRequested) { e.Cancel = true; cts.Cancel(); } };
@@ -60,11 +65,11 @@ public static class RunCommand
             preparer.AddPlugins(plugins);
             StartupTrace.Mark("run: plugins loaded");
 
-            var bytes = File.ReadAllBytes(o.File);
             var key = RecipeCache.Key(o.File, bytes, plugins);
-            var cache = new RecipeCache(RecipeCache.DefaultRoot());
             var recipe = o.NoCache ? null : cache.TryGet(key);
             StartupTrace.Mark(recipe is null ? "run: cache miss" : "run: cache hit");
+            if (recipe is { NeedsWarmUp: false }) preparer.Skip("the cached recipe uses no VM, device or plugin");
+            else preparer.Begin();
             if (verbose) err.WriteLine($"virtlab: recipe cache {(recipe is null ? "miss" : "hit")} ({Path.Combine(cache.Root, key)})");
             var compileHow = recipe is null ? null : "cached";
             if (recipe is null)
@@ -81,7 +86,7 @@ public static class RunCommand
                     return ExitCodes.CompileError;
                 }
                 recipe = compiled;
-                if (!o.NoCache) cache.Store(key, recipe);
+                if (!o.NoCache) cache.Store(key, recipe, coldHint);
             }
             StartupTrace.Mark("run: compiled");
             // Warnings never change the exit code; a cached run shows the same ones as the run that compiled it.

@@ -3,7 +3,8 @@ using System.Reflection;
 using System.Reflection.Metadata;
 using System.Reflection.PortableExecutable;
 using System.Runtime.Loader;
-using McMaster.NETCore.Plugins;
+using System.Text.Json;
+using McMaster.NETCore.Plugins.Loader;
 using VirtLab.Sdk;
 using VirtLab.Sdk.Plugins;
 
@@ -37,7 +38,6 @@ public sealed class PluginInfo
     public Assembly? Assembly { get; internal set; }
     /// <summary>The plugin's load context (McMaster.NETCore.Plugins' ManagedLoadContext).</summary>
     public AssemblyLoadContext? LoadContext { get; internal set; }
-    internal PluginLoader? Loader { get; set; }
     /// <summary>Module version id of the plugin assembly: part of the compiled-recipe cache key.</summary>
     public Guid Mvid { get; internal set; }
     public bool IsLoaded => Status == PluginStatus.Loaded;
@@ -227,21 +227,13 @@ public sealed class PluginSet
 
         try
         {
-            // McMaster.NETCore.Plugins: the plugin's own context resolving its private dependencies and native libraries
-            // from its deps.json and folder; the shared types' assemblies (and what they reference) come from the
-            // shell's default context. Not unloadable: hot swap restarts the evaluation process instead.
-            var loader = PluginLoader.CreateFromAssemblyFile(info.Path, SharedTypes, config =>
-            {
-                config.IsUnloadable = false;
-                config.PreferSharedTypes = false;
-                // A System.*.dll copied next to a plugin must not shadow the runtime's own.
-                foreach (var f in Directory.EnumerateFiles(System.IO.Path.GetDirectoryName(info.Path)!, "*.dll"))
-                    if (IsFrameworkAssembly(System.IO.Path.GetFileNameWithoutExtension(f)))
-                        config.SharedAssemblies.Add(new AssemblyName(System.IO.Path.GetFileNameWithoutExtension(f)));
-            });
-            var asm = loader.LoadDefaultAssembly();
-            info.Loader = loader;
-            info.LoadContext = loader.LoadContext;
+            // McMaster.NETCore.Plugins' ManagedLoadContext, built as its PluginLoader would build it: the plugin's own context
+            // resolving its private dependencies and native libraries from its deps.json and folder, the shared types'
+            // assemblies (and what they reference) from the shell's default context. Not unloadable: hot swap restarts
+            // the evaluation process instead.
+            var context = CreateLoadContext(info.Path);
+            var asm = context.LoadFromAssemblyPath(info.Path);
+            info.LoadContext = context;
             info.Assembly = asm;
             var informational = asm.GetCustomAttribute<AssemblyInformationalVersionAttribute>()?.InformationalVersion;
             info.Version = informational is { Length: > 0 } ? informational.Split('+')[0] : asm.GetName().Version?.ToString();
@@ -293,6 +285,64 @@ public sealed class PluginSet
         catch (Exception e) // whatever else loading or inspecting it throws: an error entry, never the end of the shell
         {
             Fail(info, $"cannot load: {Unwrap(e)}");
+        }
+    }
+
+    /// <summary>
+    /// The plugin's context through McMaster's public <see cref="AssemblyLoadContextBuilder"/>, with what
+    /// <c>PluginLoader.CreateFromAssemblyFile</c> sets up, minus two costs on every run's start (~0.1 s of a cached run):
+    /// shared assemblies are lazy (a shared assembly's references become shared when the plugin first resolves it, instead
+    /// of loading the whole reference closure of Spectre.Console and Iced, ~100 framework facades, up front), and the
+    /// runtimeconfig files' additionalProbingPaths are read with <see cref="JsonDocument"/> (the library deserializes them
+    /// with reflection-based System.Text.Json: ~160 methods JIT-compiled).
+    /// </summary>
+    private static AssemblyLoadContext CreateLoadContext(string path)
+    {
+        var builder = new AssemblyLoadContextBuilder();
+        builder.SetMainAssemblyPath(path);
+        builder.SetDefaultContext(AssemblyLoadContext.Default);
+        builder.IsLazyLoaded(true);
+        foreach (var t in SharedTypes)
+        {
+            builder.PreferDefaultLoadContextAssembly(t.Assembly.GetName());
+            // Their direct references by name (metadata only, nothing loaded): shared from the start, as the library's
+            // eager walk would make them; what those reference in turn follows as they resolve.
+            foreach (var r in t.Assembly.GetReferencedAssemblies()) builder.PreferDefaultLoadContextAssembly(r);
+        }
+        // A System.*.dll copied next to a plugin must not shadow the runtime's own.
+        var dir = System.IO.Path.GetDirectoryName(path)!;
+        foreach (var f in Directory.EnumerateFiles(dir, "*.dll"))
+            if (IsFrameworkAssembly(System.IO.Path.GetFileNameWithoutExtension(f)))
+                builder.PreferDefaultLoadContextAssembly(new AssemblyName(System.IO.Path.GetFileNameWithoutExtension(f)));
+        AddProbingPaths(builder, System.IO.Path.Combine(dir, System.IO.Path.GetFileNameWithoutExtension(path) + ".runtimeconfig.json"));
+        foreach (var hostConfig in Directory.GetFiles(AppContext.BaseDirectory, "*.runtimeconfig.json"))
+            AddProbingPaths(builder, hostConfig);
+        return builder.Build();
+    }
+
+    /// <summary>runtimeOptions.additionalProbingPaths of a runtimeconfig.json and its .dev.json, with |arch| and |tfm|
+    /// expanded, as the library's <c>TryAddAdditionalProbingPathFromRuntimeConfig</c> adds them; a missing or unreadable
+    /// file adds nothing (as there).</summary>
+    private static void AddProbingPaths(AssemblyLoadContextBuilder builder, string runtimeConfig)
+    {
+        foreach (var file in new[] { runtimeConfig, runtimeConfig[..^".json".Length] + ".dev.json" })
+        {
+            if (!File.Exists(file)) continue;
+            try
+            {
+                using var doc = JsonDocument.Parse(File.ReadAllBytes(file), new JsonDocumentOptions { AllowTrailingCommas = true, CommentHandling = JsonCommentHandling.Skip });
+                if (!doc.RootElement.TryGetProperty("runtimeOptions", out var options) || options.ValueKind != JsonValueKind.Object) continue;
+                var tfm = options.TryGetProperty("tfm", out var t) && t.ValueKind == JsonValueKind.String ? t.GetString() : null;
+                if (!options.TryGetProperty("additionalProbingPaths", out var paths) || paths.ValueKind != JsonValueKind.Array) continue;
+                foreach (var p in paths.EnumerateArray())
+                {
+                    if (p.GetString() is not { Length: > 0 } probe) continue;
+                    probe = probe.Replace("|arch|", System.Runtime.InteropServices.RuntimeInformation.OSArchitecture.ToString().ToLowerInvariant());
+                    if (tfm is not null) probe = probe.Replace("|tfm|", tfm);
+                    if (Directory.Exists(probe)) builder.AddProbingPath(probe);
+                }
+            }
+            catch (Exception e) when (e is JsonException or IOException or UnauthorizedAccessException or InvalidOperationException) { }
         }
     }
 

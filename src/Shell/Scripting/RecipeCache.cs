@@ -1,3 +1,5 @@
+using System.Reflection.Metadata;
+using System.Reflection.PortableExecutable;
 using System.Security.Cryptography;
 using System.Text;
 using VirtLab.Shell.PluginHost;
@@ -12,6 +14,10 @@ public sealed record CompiledRecipe(IReadOnlyList<CompiledRecipe.Submission> Sub
     /// <summary>The image of one submission assembly and its script class (null: nothing to run, e.g. only usings).</summary>
     public sealed record Submission(string? TypeName, byte[] Image);
     public sealed record FileHash(string Path, string Sha256);
+
+    /// <summary>Whether a run needs the SDK/plugin warm-up (<see cref="RecipeCache.NeedsWarmUp"/>); an entry that does
+    /// not say (written by an older shell) counts as needing it.</summary>
+    public bool NeedsWarmUp { get; init; } = true;
 }
 
 /// <summary>
@@ -62,6 +68,7 @@ public sealed class RecipeCache(string root)
             var sources = new List<CompiledRecipe.FileHash>();
             var refs = new List<CompiledRecipe.FileHash>();
             var warnings = new List<string>();
+            var needsWarmUp = true;
             var lines = File.ReadAllLines(manifest);
             if (lines.Length == 0 || lines[0] != FormatVersion) return null;
             foreach (var line in lines.Skip(1))
@@ -83,7 +90,10 @@ public sealed class RecipeCache(string root)
                     case "warning" when parts.Length == 2:
                         warnings.Add(parts[1]);
                         break;
-                    case "end": return new CompiledRecipe(subs, sources, refs, warnings);
+                    case "warmup" when parts.Length == 2:
+                        needsWarmUp = parts[1] != "no";
+                        break;
+                    case "end": return new CompiledRecipe(subs, sources, refs, warnings) { NeedsWarmUp = needsWarmUp };
                 }
             }
             return null; // no "end": a torn write
@@ -94,8 +104,17 @@ public sealed class RecipeCache(string root)
 
     /// <summary>Stores an entry atomically (written beside, then renamed). Failing to store (unwritable cache, a
     /// concurrent writer of the same key) is not an error: running the recipe is what matters.</summary>
-    public void Store(string key, CompiledRecipe recipe)
+    /// <param name="coldHint">The recipe's <see cref="ColdHint"/> file: created when it needs no warm-up, else removed.</param>
+    public void Store(string key, CompiledRecipe recipe, string? coldHint = null)
     {
+        var needsWarmUp = NeedsWarmUp(recipe.Submissions);
+        if (coldHint is not null)
+            try
+            {
+                if (needsWarmUp) File.Delete(coldHint);
+                else { Directory.CreateDirectory(Path.GetDirectoryName(coldHint)!); File.WriteAllBytes(coldHint, []); }
+            }
+            catch (Exception e) when (e is IOException or UnauthorizedAccessException) { }
         var final = Path.Combine(Root, key);
         var tmp = Path.Combine(Root, $".{key}.{Environment.ProcessId}.{Guid.NewGuid():N}");
         try
@@ -112,6 +131,7 @@ public sealed class RecipeCache(string root)
                 sb.Append("submission\t").Append(file).Append('\t').Append(recipe.Submissions[i].TypeName)
                   .Append('\t').Append(Convert.ToHexStringLower(SHA256.HashData(image))).Append('\n');
             }
+            sb.Append("warmup\t").Append(needsWarmUp ? "yes" : "no").Append('\n');
             foreach (var w in recipe.Warnings) sb.Append("warning\t").Append(w.ReplaceLineEndings(" ").Replace('\t', ' ')).Append('\n');
             sb.Append("end\n");
             File.WriteAllText(Path.Combine(tmp, Manifest), sb.ToString());
@@ -134,6 +154,9 @@ public sealed class RecipeCache(string root)
     /// <summary>Keeps the cache bounded: past <see cref="MaxEntries"/> entries the least recently written go.</summary>
     private void Prune()
     {
+        if (new DirectoryInfo(Root).GetFiles("*.cold") is { Length: > MaxEntries * 4 } files)
+            foreach (var f in files.OrderBy(f => f.LastWriteTimeUtc).Take(files.Length - MaxEntries * 3))
+                try { f.Delete(); } catch (IOException) { }
         var entries = new DirectoryInfo(Root).GetDirectories().Where(d => !d.Name.StartsWith('.')).ToList();
         if (entries.Count <= MaxEntries) return;
         foreach (var d in entries.OrderBy(d => d.LastWriteTimeUtc).Take(entries.Count - MaxEntries * 3 / 4))
@@ -141,6 +164,55 @@ public sealed class RecipeCache(string root)
     }
 
     public const int MaxEntries = 256;
+
+    /// <summary>
+    /// A marker read before plugins load, so a run can leave the warm-up thread unstarted: it exists when the last
+    /// compile of this recipe (path, bytes, shell build) needed no warm-up. Only a hint: the entry's own
+    /// <see cref="CompiledRecipe.NeedsWarmUp"/> decides, and a run that finds it wrong starts the warm-up late.
+    /// </summary>
+    public string ColdHint(string recipePath, byte[] recipeBytes)
+    {
+        var id = $"{Path.GetFullPath(recipePath)}\n{Convert.ToHexStringLower(SHA256.HashData(recipeBytes))}\n{typeof(RecipeCache).Assembly.ManifestModule.ModuleVersionId}";
+        return Path.Combine(Root, Convert.ToHexStringLower(SHA256.HashData(Encoding.UTF8.GetBytes(id)))[..32] + ".cold");
+    }
+
+    /// <summary>
+    /// Whether running these submissions needs the process warm-up (SDK hot paths, plugin WarmUp): the recipe's own
+    /// submissions (not the plugin preamble, which names every plugin) reference a type of the SDK's machine, device,
+    /// native or plugin namespaces, or of any assembly other than the framework, Spectre.Console and other
+    /// submissions (a plugin, Iced, a #r library). A recipe that only computes and reports (Result, Stage, Expect) does
+    /// not: its run skips the ~0.1 CPU-s warm-up thread. Unreadable metadata counts as needing it.
+    /// </summary>
+    public static bool NeedsWarmUp(IReadOnlyList<CompiledRecipe.Submission> submissions)
+    {
+        foreach (var s in submissions)
+        {
+            try
+            {
+                using var pe = new PEReader(new MemoryStream(s.Image, writable: false));
+                var md = pe.GetMetadataReader();
+                if (md.GetString(md.GetAssemblyDefinition().Name).EndsWith("-0", StringComparison.Ordinal)) continue; // the plugin preamble
+                foreach (var h in md.TypeReferences)
+                {
+                    var t = md.GetTypeReference(h);
+                    var ns = md.GetString(t.Namespace);
+                    while (t.ResolutionScope.Kind == HandleKind.TypeReference) // nested: the outermost type says where it lives
+                    {
+                        t = md.GetTypeReference((TypeReferenceHandle)t.ResolutionScope);
+                        ns = md.GetString(t.Namespace);
+                    }
+                    if (t.ResolutionScope.Kind != HandleKind.AssemblyReference) continue;
+                    var asm = md.GetString(md.GetAssemblyReference((AssemblyReferenceHandle)t.ResolutionScope).Name);
+                    if (asm == "VirtLab.Sdk") { if (ns is not ("VirtLab.Sdk" or "VirtLab.Sdk.Measure" or "VirtLab.Sdk.Rendering")) return true; }
+                    else if (!(asm.StartsWith("System", StringComparison.Ordinal) || asm.StartsWith("Microsoft.", StringComparison.Ordinal)
+                               || asm is "mscorlib" or "netstandard" or "Spectre.Console" || asm.StartsWith("virtlab-recipe-", StringComparison.Ordinal)))
+                        return true;
+                }
+            }
+            catch (Exception e) when (e is BadImageFormatException or InvalidOperationException) { return true; }
+        }
+        return false;
+    }
 
     public static string Hash(string path)
     {
