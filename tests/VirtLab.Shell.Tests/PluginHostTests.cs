@@ -144,7 +144,7 @@ public sealed class PluginHostTests
     }
 
     [Fact]
-    public void Plugins_load_through_McMaster_PluginLoader_with_the_contract_assemblies_shared()
+    public void Plugins_load_in_McMaster_load_contexts_with_the_contract_assemblies_shared()
     {
         using var tmp = new TempDir();
         PluginCompiler.Build(tmp.Path, "Mc", PluginCompiler.Simple("Mc", "Mc"));
