@@ -437,18 +437,11 @@ internal static class CompileServerProcess
             }
             catch (Exception e)
             {
-                w.Write("declined");
-                w.Write($"the compile threw {e.GetType().Name}: {e.Message}");
-                return null;
+                return Decline(w, $"the compile threw {e.GetType().Name}: {e.Message}");
             }
             // #r "nuget: …" (from a #load-ed file) restored here: its closure is process state; the client compiles
             // in-process and this server makes way for a fresh one.
-            if (NuGetMetadataResolver.ClosurePaths.Count > 0)
-            {
-                w.Write("declined");
-                w.Write("#r \"nuget: …\" compiles in-process");
-                return "#r nuget state";
-            }
+            if (DeclinedForNuGet(w) is { } exit) return exit;
             served++;
             var how = $"{(warmed ? "warm" : "cold")}, {sw.ElapsedMilliseconds} ms, compile #{served} of server {Environment.ProcessId}";
             log.WriteLine($"{DateTime.Now:HH:mm:ss} {file}: {(recipe is null ? "errors" : "ok")}, {sw.ElapsedMilliseconds} ms");
@@ -482,6 +475,23 @@ internal static class CompileServerProcess
         }
     }
 
+    /// <summary>Tells the client to compile in-process, and why; the server goes on (null: no reason to exit).</summary>
+    private static string? Decline(BinaryWriter w, string why)
+    {
+        w.Write("declined");
+        w.Write(why);
+        return null;
+    }
+
+    /// <summary>A compile that restored <c>#r "nuget: …"</c> left its closure as process state: the client compiles
+    /// in-process and this server exits to make way for a fresh one. Null when there was none.</summary>
+    private static string? DeclinedForNuGet(BinaryWriter w)
+    {
+        if (NuGetMetadataResolver.ClosurePaths.Count == 0) return null;
+        Decline(w, "#r \"nuget: …\" compiles in-process");
+        return "#r nuget state";
+    }
+
     /// <summary>A REPL submission on the session's chain (rebuilt from the code each time: binding the earlier
     /// submissions is cheap next to a cold Roslyn in the host).</summary>
     private static string? ServeSubmission(BinaryReader r, BinaryWriter w, bool warmed, ref int served,
@@ -494,7 +504,7 @@ internal static class CompileServerProcess
         if (!r.ReadBoolean()) preamble = null;
         var chain = new List<(string Name, string Code)>();
         for (int i = r.ReadInt32(); i > 0; i--) chain.Add((r.ReadString(), r.ReadString()));
-        if (chain.Count == 0) { w.Write("declined"); w.Write("empty chain"); return null; }
+        if (chain.Count == 0) return Decline(w, "empty chain");
         var sw = Stopwatch.StartNew();
         EmittedSubmission? sub;
         IReadOnlyList<ScriptDiagnostic> diags;
@@ -512,16 +522,9 @@ internal static class CompileServerProcess
         }
         catch (Exception e)
         {
-            w.Write("declined");
-            w.Write($"the compile threw {e.GetType().Name}: {e.Message}");
-            return null;
+            return Decline(w, $"the compile threw {e.GetType().Name}: {e.Message}");
         }
-        if (NuGetMetadataResolver.ClosurePaths.Count > 0)
-        {
-            w.Write("declined");
-            w.Write("#r \"nuget: …\" compiles in-process");
-            return "#r nuget state";
-        }
+        if (DeclinedForNuGet(w) is { } exit) return exit;
         served++;
         log.WriteLine($"{DateTime.Now:HH:mm:ss} submission {chain[^1].Name}: {(sub is null ? "errors" : "ok")}, {sw.ElapsedMilliseconds} ms");
         w.Write(sub is null ? "errors" : "ok");
