@@ -95,6 +95,7 @@ var rows = all.GroupBy(r => (r.FrameBytes, r.Batch, r.EventIdx, r.TxInterrupts))
         Cpu = TimeSpan.FromSeconds(g.Sum(r => r.Packets) / g.Max(r => r.PacketsPerCpuSecond)),
         Kicks = g.Sum(r => r.Kicks), Interrupts = g.Sum(r => r.Interrupts),
         KicksSuppressed = g.Sum(r => r.KicksSuppressed), InterruptsSuppressed = g.Sum(r => r.InterruptsSuppressed),
+        DriverSleeps = g.Sum(r => r.DriverSleeps), DeviceWakeups = g.Sum(r => r.DeviceWakeups), RxNoBuffer = g.Sum(r => r.RxNoBuffer), TxStops = g.Sum(r => r.TxStops),
     };
 }).ToList();
 Show(LoopbackResult.Table(rows));

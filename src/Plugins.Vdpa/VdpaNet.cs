@@ -28,7 +28,8 @@ public sealed record VdpaNetOptions : VdpaOptions
 /// shared host the per-CPU-second rate is the one other load does not dilute), and the notifications it took.
 /// </summary>
 public sealed record LoopbackResult(int FrameBytes, int Batch, bool EventIdx, long Packets, TimeSpan Elapsed,
-    long Kicks, long Interrupts, long KicksSuppressed, long InterruptsSuppressed, TimeSpan Cpu = default, bool TxInterrupts = false) : IDisplayable
+    long Kicks, long Interrupts, long KicksSuppressed, long InterruptsSuppressed, TimeSpan Cpu = default, bool TxInterrupts = false,
+    long DriverSleeps = 0, long DeviceWakeups = 0, long RxNoBuffer = 0, long TxStops = 0) : IDisplayable
 {
     public double PacketsPerSecond => Packets / Elapsed.TotalSeconds;
     /// <summary>Packets per second of process CPU time (driver + device), or NaN when not measured.</summary>
@@ -41,11 +42,14 @@ public sealed record LoopbackResult(int FrameBytes, int Batch, bool EventIdx, lo
     public static IRenderable Table(IEnumerable<LoopbackResult> results)
     {
         var t = new Table().AddColumn("frame").AddColumn("batch").AddColumn("EVENT_IDX").AddColumn("napi_tx").AddColumn("packets").AddColumn("Mpps")
-            .AddColumn("Mpps/CPU-s").AddColumn("kicks/pkt").AddColumn("interrupts/pkt").AddColumn("notif./pkt");
+            .AddColumn("Mpps/CPU-s").AddColumn("kicks/pkt").AddColumn("interrupts/pkt").AddColumn("notif./pkt")
+            .AddColumn("drv sleeps/pkt").AddColumn("dev wakes/pkt").AddColumn("rx-nobuf/pkt").AddColumn("tx stops/pkt");
         foreach (var r in results)
             t.AddRow($"{r.FrameBytes} B", r.Batch.ToString(), r.EventIdx ? "on" : "off", r.TxInterrupts ? "on" : "off", r.Packets.ToString("N0"), (r.PacketsPerSecond / 1e6).ToString("F3"),
                 (r.PacketsPerCpuSecond / 1e6).ToString("F3"),
-                ((double)r.Kicks / r.Packets).ToString("F4"), ((double)r.Interrupts / r.Packets).ToString("F4"), r.NotificationsPerPacket.ToString("F4"));
+                ((double)r.Kicks / r.Packets).ToString("F4"), ((double)r.Interrupts / r.Packets).ToString("F4"), r.NotificationsPerPacket.ToString("F4"),
+                ((double)r.DriverSleeps / r.Packets).ToString("F4"), ((double)r.DeviceWakeups / r.Packets).ToString("F4"),
+                ((double)r.RxNoBuffer / r.Packets).ToString("F4"), ((double)r.TxStops / r.Packets).ToString("F4"));
         return t;
     }
 }
@@ -241,7 +245,8 @@ public sealed class VdpaNet : VdpaDriver
         var filled = new bool[QueueSize];
         const int SeqOffset = VirtioNet.HdrV1Size + 14;
         Span<UsedBuffer> used = stackalloc UsedBuffer[Math.Min(NapiBudget, QueueSize)];
-        long nextSend = 0, nextRecv = 0;
+        long nextSend = 0, nextRecv = 0, sleeps = 0, stops = 0;
+        long wake0 = Interlocked.Read(ref Device.Counters.WorkerWakeups), noBuf0 = Interlocked.Read(ref Device.Counters.RxNoBuffer);
         bool napiTx = NetOptions.TxInterrupts;
         var cpu0 = Environment.CpuUsage.TotalTime;
         var sw = Stopwatch.StartNew();
@@ -293,9 +298,11 @@ public sealed class VdpaNet : VdpaDriver
                 continue;
             }
             if (transmitted) continue;
+            if (nextSend < packets) stops++;                          // the ring (window) is too full to send
             // Nothing to send, nothing received: interrupt on the next used buffer, then sleep.
             ThrowIfBroken();
             if (rx.EnableInterrupts()) { rx.DisableInterrupts(); continue; }
+            sleeps++;
             if (!napiTx)
             {
                 if (!WaitForCall(Rx, TimeSpan.FromSeconds(5), cancellation))
@@ -321,7 +328,8 @@ public sealed class VdpaNet : VdpaDriver
         received += packets;
         var (k1, i1, ks1, is1) = Notifications;
         return new LoopbackResult(frameBytes, batch, (NegotiatedFeatures & VirtioConfig.Bit(VirtioConfig.RING_F_EVENT_IDX)) != 0,
-            packets, sw.Elapsed, k1 - k0, i1 - i0, ks1 - ks0, is1 - is0, cpu, napiTx);
+            packets, sw.Elapsed, k1 - k0, i1 - i0, ks1 - ks0, is1 - is0, cpu, napiTx, sleeps,
+            Interlocked.Read(ref Device.Counters.WorkerWakeups) - wake0, Interlocked.Read(ref Device.Counters.RxNoBuffer) - noBuf0, stops);
     }
 
     readonly EventNotifier[] bothCalls = new EventNotifier[2];
