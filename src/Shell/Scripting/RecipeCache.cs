@@ -36,7 +36,8 @@ public sealed record CompiledRecipe(IReadOnlyList<CompiledRecipe.Submission> Sub
 
 /// <summary>
 /// Compiled recipes on disk ($VIRTLAB_CACHE, else $XDG_CACHE_HOME/virtlab/scripts, else ~/.cache/virtlab/scripts).
-/// The entry key covers the recipe's path and bytes, the shell and SDK builds and every loaded plugin build;
+/// The entry key covers the recipe's path and bytes and the shell and SDK builds; the entry records the plugin builds
+/// its recipe uses (a run loads only those and finds the entry stale when one changed);
 /// the entry lists the #load closure and #r files with their hashes, verified on every hit (a changed
 /// included file is a miss). Roslyn-free: a hit runs without loading the compiler.
 /// Concurrency: an entry is written beside and renamed into place; a reader reads every submission image into
