@@ -393,14 +393,15 @@ public sealed class RunOutputTests
         Assert.Equal(0, cold.GetProperty("warmUpSeconds").GetDouble());
         d2.Dispose();
 
-        // Creates a VM: the cached run is warmed as before (SDK paths and the plugin's), and waits for it.
+        // Creates a VM: the cached run is warmed as before (SDK paths), and waits for it; the plugin it does not use is
+        // not loaded on a cached run, so it has no warm-up to run.
         var withVm = tmp.File("vm.csx", "var vm = Vm.Create(2.MiB(), backend: Backend.Sim);\nvm.Dispose();\n");
         Prep(withVm, out var d3); d3.Dispose();
         var warm = Prep(withVm, out var d4);
         Assert.Equal("cached", warm.GetProperty("compile").GetString());
         Assert.False(warm.TryGetProperty("warmUpSkipped", out _));
         Assert.Contains(Warmed(warm), w => w!.StartsWith("dirty log"));
-        Assert.Contains("plugin Warm", Warmed(warm));
+        Assert.DoesNotContain("plugin Warm", Warmed(warm));
         d4.Dispose();
 
         // Uses only a plugin (no VM of its own): the warm-up still starts (the recipe waits for it only at a Vm.Create,
@@ -412,5 +413,48 @@ public sealed class RunOutputTests
         Assert.False(viaPlugin.TryGetProperty("warmUpSkipped", out _));
         Assert.NotEmpty(Warmed(viaPlugin));
         d6.Dispose();
+    }
+
+    [Fact]
+    public void Cached_recipe_loads_only_the_plugins_it_uses()
+    {
+        using var tmp = new TempDir();
+        var plugins = Path.Combine(tmp.Path, "plugins");
+        PluginCompiler.Build(plugins, "Used", PluginCompiler.Simple("Used", "used", answer: 7));
+        PluginCompiler.Build(plugins, "Other", PluginCompiler.Simple("Other", "other"));
+        var json = Path.Combine(tmp.Path, "run.json");
+        List<string> Loaded(string recipe, string compile)
+        {
+            var r = Virtlab.Run(null, tmp.Path, "run", "--plugins", plugins, "--json", json, recipe);
+            Assert.True(r.ExitCode == 0, r.ToString());
+            using var doc = JsonDocument.Parse(File.ReadAllText(json));
+            var env = doc.RootElement.GetProperty("environment");
+            Assert.StartsWith(compile, env.GetProperty("preparation").GetProperty("compile").GetString());
+            return env.GetProperty("plugins").EnumerateObject().Select(p => p.Name).Order(StringComparer.Ordinal).ToList();
+        }
+
+        // Compiled: every plugin is loaded (the compile may bind any global); from the cache: none it does not use.
+        var trivial = tmp.File("trivial.csx", "Result(\"answer\", 6 * 7);\n");
+        Assert.Equal(["Other", "Used"], Loaded(trivial, "in-process"));
+        Assert.Empty(Loaded(trivial, "cached"));
+
+        // Uses one plugin's global: the cached run loads that one, and its global works.
+        var viaGlobal = tmp.File("global.csx", "Result(\"answer\", used.Answer);\n");
+        Assert.Equal(["Other", "Used"], Loaded(viaGlobal, "in-process"));
+        Assert.Equal(["Used"], Loaded(viaGlobal, "cached"));
+        using (var doc = JsonDocument.Parse(File.ReadAllText(json)))
+            Assert.Equal(7, doc.RootElement.GetProperty("results").GetProperty("answer").GetInt32());
+
+        // Uses a plugin's type but not its global: loaded too.
+        var viaType = tmp.File("type.csx", "Result(\"answer\", new OtherNs.Api().Answer);\n");
+        Loaded(viaType, "in-process");
+        Assert.Equal(["Other"], Loaded(viaType, "cached"));
+
+        // The used plugin rebuilt: the entry is stale, so the run loads every plugin and compiles again.
+        PluginCompiler.Build(plugins, "Used", PluginCompiler.Simple("Used", "used", answer: 8));
+        Assert.Equal(["Other", "Used"], Loaded(viaGlobal, "in-process"));
+        Assert.Equal(["Used"], Loaded(viaGlobal, "cached"));
+        using (var doc = JsonDocument.Parse(File.ReadAllText(json)))
+            Assert.Equal(8, doc.RootElement.GetProperty("results").GetProperty("answer").GetInt32());
     }
 }

@@ -59,14 +59,18 @@ public static class RunCommand
         try
         {
             var context = new RecipeContext(args, o.TestMode, cts.Token) { Show = v => ValueRenderer.Write(Consoles.Out, v) };
-            var plugins = PluginSet.Load(new PluginSearchPaths(o.PluginDirectories), ScriptPreamble.ReservedNames(typeof(RecipeGlobals)), err);
-            foreach (var p in plugins.All.Where(p => !p.IsLoaded))
+            // A cache hit loads and initialises only the plugins its recipe uses (the entry says which), so a recipe
+            // that uses none starts none; a stale entry (a used plugin rebuilt or gone) loads the rest and compiles.
+            // An unused plugin is not loaded, so its load errors show on runs that compile, not on cached ones.
+            var key = RecipeCache.Key(o.File, bytes);
+            var recipe = o.NoCache ? null : cache.TryGet(key);
+            var plugins = PluginSet.Load(new PluginSearchPaths(o.PluginDirectories), ScriptPreamble.ReservedNames(typeof(RecipeGlobals)), err,
+                recipe?.Plugins is { } used ? name => used.Any(u => string.Equals(u.AssemblyName, name, StringComparison.OrdinalIgnoreCase)) : null);
+            if (recipe is not null && !recipe.PluginsMatch(plugins)) { plugins.LoadRest(); recipe = null; }
+            foreach (var p in plugins.All.Where(p => p.Status == PluginStatus.Error))
                 err.WriteLine($"virtlab: plugin {p.Name} not loaded ({p.Path}): {p.Error}");
             preparer.AddPlugins(plugins);
             StartupTrace.Mark("run: plugins loaded");
-
-            var key = RecipeCache.Key(o.File, bytes, plugins);
-            var recipe = o.NoCache ? null : cache.TryGet(key);
             StartupTrace.Mark(recipe is null ? "run: cache miss" : "run: cache hit");
             if (recipe is { NeedsWarmUp: false }) preparer.Skip("the cached recipe uses no VM, device or plugin");
             else preparer.Begin();
@@ -86,7 +90,7 @@ public static class RunCommand
                     return ExitCodes.CompileError;
                 }
                 recipe = compiled;
-                if (!o.NoCache) cache.Store(key, recipe, coldHint);
+                if (!o.NoCache) cache.Store(key, recipe, coldHint, plugins);
             }
             StartupTrace.Mark("run: compiled");
             // Warnings never change the exit code; a cached run shows the same ones as the run that compiled it.
@@ -104,10 +108,12 @@ public static class RunCommand
             try
             {
                 using var ambient = RunCancellation.Enter(cts.Token); // Ctrl+C stops SDK calls that were given no token
-                foreach (var s in recipe.Submissions)
+                for (int i = 0; i < recipe.Submissions.Count; i++)
                 {
+                    var s = recipe.Submissions[i];
                     if (s.TypeName is null) continue;
-                    value = executor.Run(scripts.AddSubmission(s.Image), s.TypeName);
+                    if (i == recipe.PreambleIndex && recipe.Plugins is not null) executor.BindPreamble(scripts.AddSubmission(s.Image), s.TypeName, ScriptPreamble.PluginGlobals(plugins));
+                    else value = executor.Run(scripts.AddSubmission(s.Image), s.TypeName);
                 }
             }
             catch (Exception e) { error = e; }

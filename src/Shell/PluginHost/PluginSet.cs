@@ -10,7 +10,8 @@ using VirtLab.Sdk.Plugins;
 
 namespace VirtLab.Shell.PluginHost;
 
-public enum PluginStatus { Loaded, Error }
+/// <summary>Unused: found but left unloaded because the cached recipe being run does not reference it.</summary>
+public enum PluginStatus { Loaded, Error, Unused }
 
 /// <summary>One plugin folder found by discovery, loaded or not (then <see cref="Error"/> says why).</summary>
 public sealed class PluginInfo
@@ -113,11 +114,43 @@ public sealed class PluginSet
     public IEnumerable<PluginInfo> Loaded => All.Where(p => p.IsLoaded);
     public static PluginSet Empty { get; } = new([]);
 
+    private readonly HashSet<string> _reserved = [];
+    private readonly Dictionary<string, PluginInfo> _byGlobal = new(StringComparer.Ordinal);
+    private TextWriter? _log;
+
     private PluginSet(IReadOnlyList<PluginInfo> all) => All = all;
+
+    /// <summary>Whether some plugins were found but left unloaded (<see cref="PluginStatus.Unused"/>).</summary>
+    public bool HasUnused => All.Any(p => p.Status == PluginStatus.Unused);
+
+    /// <summary>Loads the plugins <see cref="Load"/> left <see cref="PluginStatus.Unused"/> (a cached recipe turned
+    /// out stale and must be compiled against every plugin).</summary>
+    public void LoadRest()
+    {
+        foreach (var info in All.Where(p => p.Status == PluginStatus.Unused))
+        {
+            info.Status = PluginStatus.Error;
+            LoadOne(info, _reserved, _log ?? Console.Error);
+            CheckGlobal(info, _byGlobal);
+        }
+    }
+
+    private static void CheckGlobal(PluginInfo info, Dictionary<string, PluginInfo> byGlobal)
+    {
+        if (!info.IsLoaded) return;
+        if (byGlobal.TryGetValue(info.GlobalName!, out var owner))
+        {
+            Fail(info, $"global '{info.GlobalName}' is already provided by plugin '{owner.Name}' ({owner.Path}); each global name must be unique");
+            return;
+        }
+        byGlobal[info.GlobalName!] = info;
+    }
 
     /// <summary>Discovers and loads plugins. <paramref name="reservedNames"/> are names a global may not take
     /// (the members of the script globals type).</summary>
-    public static PluginSet Load(PluginSearchPaths paths, IEnumerable<string>? reservedNames = null, TextWriter? log = null)
+    /// <param name="only">When given, only the plugins whose assembly (folder) name it accepts are loaded and
+    /// initialised; the others are <see cref="PluginStatus.Unused"/> (no error, nothing of them loaded or run).</param>
+    public static PluginSet Load(PluginSearchPaths paths, IEnumerable<string>? reservedNames = null, TextWriter? log = null, Func<string, bool>? only = null)
     {
         var reserved = new HashSet<string>(reservedNames ?? [], StringComparer.Ordinal);
         var list = new List<PluginInfo>();
@@ -141,16 +174,14 @@ public sealed class PluginSet
                 continue;
             }
             byName[name] = info;
+            if (only is not null && !only(name)) { info.Status = PluginStatus.Unused; continue; }
             LoadOne(info, reserved, log ?? Console.Error);
-            if (!info.IsLoaded) continue;
-            if (byGlobal.TryGetValue(info.GlobalName!, out var owner))
-            {
-                Fail(info, $"global '{info.GlobalName}' is already provided by plugin '{owner.Name}' ({owner.Path}); each global name must be unique");
-                continue;
-            }
-            byGlobal[info.GlobalName!] = info;
+            CheckGlobal(info, byGlobal);
         }
-        return new PluginSet(list);
+        var set = new PluginSet(list) { _log = log };
+        set._reserved.UnionWith(reserved);
+        foreach (var (g, p) in byGlobal) set._byGlobal[g] = p;
+        return set;
     }
 
     /// <summary>Plugin folders under the search roots, in priority order (explicit, environment, built-in).</summary>

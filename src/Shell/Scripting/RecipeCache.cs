@@ -18,11 +18,26 @@ public sealed record CompiledRecipe(IReadOnlyList<CompiledRecipe.Submission> Sub
     /// <summary>Whether a run needs the SDK/plugin warm-up (<see cref="RecipeCache.NeedsWarmUp"/>); an entry that does
     /// not say (written by an older shell) counts as needing it.</summary>
     public bool NeedsWarmUp { get; init; } = true;
+
+    /// <summary>The plugins the recipe's own code uses (a cached entry's record; null on a fresh compile): a cached run
+    /// loads and initialises only these.</summary>
+    public IReadOnlyList<UsedPlugin>? Plugins { get; init; }
+
+    /// <summary>Index of the plugin preamble among <see cref="Submissions"/>, or -1.</summary>
+    public int PreambleIndex { get; init; } = -1;
+
+    /// <summary>A plugin build a cached recipe was compiled against and uses: folder (assembly) name, build, global.</summary>
+    public sealed record UsedPlugin(string AssemblyName, Guid Mvid, string GlobalName);
+
+    /// <summary>Whether every plugin this cached recipe uses is loaded in the same build with the same global.</summary>
+    public bool PluginsMatch(PluginSet plugins) =>
+        Plugins is { } used && used.All(u => plugins.Loaded.Any(p => p.AssemblyName == u.AssemblyName && p.Mvid == u.Mvid && p.GlobalName == u.GlobalName));
 }
 
 /// <summary>
 /// Compiled recipes on disk ($VIRTLAB_CACHE, else $XDG_CACHE_HOME/virtlab/scripts, else ~/.cache/virtlab/scripts).
-/// The entry key covers the recipe's path and bytes, the shell and SDK builds and every loaded plugin build;
+/// The entry key covers the recipe's path and bytes and the shell and SDK builds; the entry records the plugin builds
+/// its recipe uses (a run loads only those and finds the entry stale when one changed);
 /// the entry lists the #load closure and #r files with their hashes, verified on every hit (a changed
 /// included file is a miss). Roslyn-free: a hit runs without loading the compiler.
 /// Concurrency: an entry is written beside and renamed into place; a reader reads every submission image into
@@ -32,7 +47,7 @@ public sealed record CompiledRecipe(IReadOnlyList<CompiledRecipe.Submission> Sub
 public sealed class RecipeCache(string root)
 {
     private const string Manifest = "manifest.txt";
-    private const string FormatVersion = "virtlab-recipe-cache 2";
+    private const string FormatVersion = "virtlab-recipe-cache 3";
 
     public string Root { get; } = root;
 
@@ -44,15 +59,15 @@ public sealed class RecipeCache(string root)
         return Path.Combine(baseDir, "virtlab", "scripts");
     }
 
-    public static string Key(string recipePath, byte[] recipeBytes, PluginSet plugins)
+    /// <summary>The entry key: recipe path and bytes, shell and SDK builds. Not the plugins: an entry records the plugin
+    /// builds its recipe uses (<see cref="CompiledRecipe.Plugins"/>), so a run knows which to load before loading any.</summary>
+    public static string Key(string recipePath, byte[] recipeBytes)
     {
         var sb = new StringBuilder(FormatVersion).Append('\n');
         sb.Append(Path.GetFullPath(recipePath)).Append('\n');
         sb.Append(Convert.ToHexStringLower(SHA256.HashData(recipeBytes))).Append('\n');
         sb.Append("shell ").Append(typeof(RecipeCache).Assembly.ManifestModule.ModuleVersionId).Append('\n');
         sb.Append("sdk ").Append(typeof(VirtLab.Sdk.SdkVersion).Assembly.ManifestModule.ModuleVersionId).Append('\n');
-        foreach (var p in plugins.Loaded)
-            sb.Append("plugin ").Append(p.Name).Append(' ').Append(p.Version).Append(' ').Append(p.Mvid).Append(' ').Append(p.GlobalName).Append('\n');
         return Convert.ToHexStringLower(SHA256.HashData(Encoding.UTF8.GetBytes(sb.ToString())))[..32];
     }
 
@@ -69,6 +84,8 @@ public sealed class RecipeCache(string root)
             var refs = new List<CompiledRecipe.FileHash>();
             var warnings = new List<string>();
             var needsWarmUp = true;
+            var used = new List<CompiledRecipe.UsedPlugin>();
+            var preamble = -1;
             var lines = File.ReadAllLines(manifest);
             if (lines.Length == 0 || lines[0] != FormatVersion) return null;
             foreach (var line in lines.Skip(1))
@@ -93,7 +110,13 @@ public sealed class RecipeCache(string root)
                     case "warmup" when parts.Length == 2:
                         needsWarmUp = parts[1] != "no";
                         break;
-                    case "end": return new CompiledRecipe(subs, sources, refs, warnings) { NeedsWarmUp = needsWarmUp };
+                    case "plugin" when parts.Length == 4 && Guid.TryParse(parts[2], out var mvid):
+                        used.Add(new(parts[1], mvid, parts[3]));
+                        break;
+                    case "preamble" when parts.Length == 2 && int.TryParse(parts[1], out var index):
+                        preamble = index;
+                        break;
+                    case "end": return new CompiledRecipe(subs, sources, refs, warnings) { NeedsWarmUp = needsWarmUp, Plugins = used, PreambleIndex = preamble };
                 }
             }
             return null; // no "end": a torn write
@@ -105,9 +128,11 @@ public sealed class RecipeCache(string root)
     /// <summary>Stores an entry atomically (written beside, then renamed). Failing to store (unwritable cache, a
     /// concurrent writer of the same key) is not an error: running the recipe is what matters.</summary>
     /// <param name="coldHint">The recipe's <see cref="ColdHint"/> file: created when it needs no warm-up, else removed.</param>
-    public void Store(string key, CompiledRecipe recipe, string? coldHint = null)
+    /// <param name="plugins">The plugins it was compiled against: the entry records those its own code uses.</param>
+    public void Store(string key, CompiledRecipe recipe, string? coldHint = null, PluginSet? plugins = null)
     {
         var needsWarmUp = NeedsWarmUp(recipe.Submissions);
+        var used = UsedPlugins(recipe.Submissions, plugins ?? PluginSet.Empty, recipe.References.Select(r => r.Path));
         if (coldHint is not null)
             try
             {
@@ -132,12 +157,14 @@ public sealed class RecipeCache(string root)
                   .Append('\t').Append(Convert.ToHexStringLower(SHA256.HashData(image))).Append('\n');
             }
             sb.Append("warmup\t").Append(needsWarmUp ? "yes" : "no").Append('\n');
+            foreach (var p in used) sb.Append("plugin\t").Append(p.AssemblyName).Append('\t').Append(p.Mvid).Append('\t').Append(p.GlobalName).Append('\n');
+            if (PreambleIndex(recipe.Submissions) is var pi and >= 0) sb.Append("preamble\t").Append(pi).Append('\n');
             foreach (var w in recipe.Warnings) sb.Append("warning\t").Append(w.ReplaceLineEndings(" ").Replace('\t', ' ')).Append('\n');
             sb.Append("end\n");
             File.WriteAllText(Path.Combine(tmp, Manifest), sb.ToString());
             if (Directory.Exists(final))
             {
-                if (TryGet(key) is not null) return; // another process stored a valid entry meanwhile
+                if (TryGet(key) is { } other && other.Plugins!.SequenceEqual(used)) return; // another process stored it meanwhile
                 Directory.Delete(final, recursive: true); // stale: a #load-ed file changed
             }
             Directory.Move(tmp, final);
@@ -212,6 +239,64 @@ public sealed class RecipeCache(string root)
             catch (Exception e) when (e is BadImageFormatException or InvalidOperationException) { return true; }
         }
         return false;
+    }
+
+    private static bool IsPreamble(MetadataReader md) => md.GetString(md.GetAssemblyDefinition().Name).EndsWith("-0", StringComparison.Ordinal);
+
+    private static int PreambleIndex(IReadOnlyList<CompiledRecipe.Submission> submissions)
+    {
+        for (int i = 0; i < submissions.Count; i++)
+            try
+            {
+                using var pe = new PEReader(new MemoryStream(submissions[i].Image, writable: false));
+                if (IsPreamble(pe.GetMetadataReader())) return i;
+            }
+            catch (Exception e) when (e is BadImageFormatException or InvalidOperationException) { }
+        return -1;
+    }
+
+    /// <summary>
+    /// The loaded plugins the recipe's own submissions (not the preamble) use: those whose assembly they reference, or
+    /// whose global (a field of the preamble submission) they name. A reference to any other assembly beyond the
+    /// framework, the SDK, Spectre.Console, Iced, #r files and other submissions (a plugin's private dependency, say)
+    /// counts as using every plugin, as does unreadable metadata.
+    /// </summary>
+    public static IReadOnlyList<CompiledRecipe.UsedPlugin> UsedPlugins(IReadOnlyList<CompiledRecipe.Submission> submissions, PluginSet plugins, IEnumerable<string>? referencePaths = null)
+    {
+        var loaded = plugins.Loaded.ToList();
+        var all = loaded.Select(p => new CompiledRecipe.UsedPlugin(p.AssemblyName, p.Mvid, p.GlobalName!)).ToList();
+        var refs = new HashSet<string>((referencePaths ?? []).Select(Path.GetFileNameWithoutExtension).OfType<string>(), StringComparer.OrdinalIgnoreCase);
+        var used = new HashSet<PluginInfo>();
+        foreach (var s in submissions)
+        {
+            try
+            {
+                using var pe = new PEReader(new MemoryStream(s.Image, writable: false));
+                var md = pe.GetMetadataReader();
+                if (IsPreamble(md)) continue;
+                foreach (var h in md.AssemblyReferences)
+                {
+                    var name = md.GetString(md.GetAssemblyReference(h).Name);
+                    if (loaded.FirstOrDefault(p => string.Equals(p.AssemblyName, name, StringComparison.OrdinalIgnoreCase)) is { } plugin) { used.Add(plugin); continue; }
+                    if (name.StartsWith("System", StringComparison.Ordinal) || name.StartsWith("Microsoft.", StringComparison.Ordinal)
+                        || name is "mscorlib" or "netstandard" or "Spectre.Console" or "Iced" or "VirtLab.Sdk"
+                        || name.StartsWith("virtlab-", StringComparison.Ordinal) || refs.Contains(name)) continue;
+                    return all;
+                }
+                foreach (var h in md.MemberReferences)
+                {
+                    var m = md.GetMemberReference(h);
+                    if (m.Parent.Kind != HandleKind.TypeReference) continue;
+                    var t = md.GetTypeReference((TypeReferenceHandle)m.Parent);
+                    if (t.ResolutionScope.Kind != HandleKind.AssemblyReference) continue;
+                    if (!md.GetString(md.GetAssemblyReference((AssemblyReferenceHandle)t.ResolutionScope).Name).EndsWith("-0", StringComparison.Ordinal)) continue;
+                    var member = md.GetString(m.Name);
+                    if (loaded.FirstOrDefault(p => p.GlobalName == member) is { } plugin) used.Add(plugin);
+                }
+            }
+            catch (Exception e) when (e is BadImageFormatException or InvalidOperationException) { return all; }
+        }
+        return all.Where(u => used.Any(p => p.AssemblyName == u.AssemblyName)).ToList();
     }
 
     public static string Hash(string path)

@@ -81,6 +81,22 @@ public sealed class SubmissionExecutor
     public ScriptLoadContext Context { get; }
     public object Globals => _state[0]!;
 
+    /// <summary>
+    /// Takes the plugin preamble's place without running it: its submission object, created uninitialised, with only
+    /// the given globals set. Running it would bind every plugin it declares, loading the unused ones too; an unset
+    /// global's field type (a reference type of a plugin left unloaded) is never resolved.
+    /// </summary>
+    public void BindPreamble(Assembly assembly, string submissionTypeName, IReadOnlyDictionary<string, object> globals)
+    {
+        var type = assembly.GetType(submissionTypeName, throwOnError: true)!;
+        var submission = System.Runtime.CompilerServices.RuntimeHelpers.GetUninitializedObject(type);
+        foreach (var (name, value) in globals)
+            type.GetField(name, BindingFlags.Public | BindingFlags.NonPublic | BindingFlags.Instance)?.SetValue(submission, value);
+        _runs++;
+        if (_state.Length < _runs + 2) Array.Resize(ref _state, Math.Max(_state.Length * 2, _runs + 2));
+        _state[_runs] = submission;
+    }
+
     /// <summary>Runs a submission's factory and waits for it. Exceptions the script throws propagate unwrapped.</summary>
     public object? Run(Assembly assembly, string submissionTypeName)
     {
