@@ -106,10 +106,7 @@ public static class CompileServer
             w.Write(Path.GetFullPath(file));
             w.Write(text);
             w.Write(keyForNames);
-            WriteList(w, inputs.PluginPaths);
-            WriteList(w, inputs.Imports);
-            w.Write(inputs.Preamble ?? "");
-            w.Write(inputs.Preamble is not null);
+            WriteInputs(w, inputs);
             w.Flush();
             using var r = new BinaryReader(stream, Utf8, leaveOpen: true);
             var status = r.ReadString();
@@ -160,10 +157,7 @@ public static class CompileServer
             using var w = new BinaryWriter(stream, Utf8, leaveOpen: true);
             w.Write(SubmissionRequest);
             w.Write(baseDirectory);
-            WriteList(w, inputs.PluginPaths);
-            WriteList(w, inputs.Imports);
-            w.Write(inputs.Preamble ?? "");
-            w.Write(inputs.Preamble is not null);
+            WriteInputs(w, inputs);
             w.Write(chain.Count);
             foreach (var (name, code) in chain) { w.Write(name); w.Write(code); }
             w.Flush();
@@ -287,6 +281,23 @@ public static class CompileServer
         foreach (var s in items) w.Write(s);
     }
 
+    /// <summary>The compile inputs on the wire (both request kinds): plugin paths, imports, the preamble or none.</summary>
+    internal static void WriteInputs(BinaryWriter w, CompileInputs inputs)
+    {
+        WriteList(w, inputs.PluginPaths);
+        WriteList(w, inputs.Imports);
+        w.Write(inputs.Preamble ?? "");
+        w.Write(inputs.Preamble is not null);
+    }
+
+    internal static CompileInputs ReadInputs(BinaryReader r)
+    {
+        var paths = ReadList(r);
+        var imports = ReadList(r);
+        var preamble = r.ReadString();
+        return new CompileInputs(paths, imports, r.ReadBoolean() ? preamble : null);
+    }
+
     internal static List<string> ReadList(BinaryReader r)
     {
         var n = r.ReadInt32();
@@ -326,6 +337,7 @@ internal static class CompileServerProcess
     internal static void CreateFolder() => CompileServer.CreateFolder();
     private static void WriteList(BinaryWriter w, IReadOnlyList<string> items) => CompileServer.WriteList(w, items);
     private static List<string> ReadList(BinaryReader r) => CompileServer.ReadList(r);
+    private static CompileInputs ReadInputs(BinaryReader r) => CompileServer.ReadInputs(r);
     private static void WriteHashes(BinaryWriter w, IReadOnlyList<CompiledRecipe.FileHash> items) => CompileServer.WriteHashes(w, items);
 
     /// <summary>The server process (<c>virtlab server run</c>): one per build (a lock file), compiles one request at a time.</summary>
@@ -424,16 +436,13 @@ internal static class CompileServerProcess
             var file = r.ReadString();
             var text = r.ReadString();
             var key = r.ReadString();
-            var paths = ReadList(r);
-            var imports = ReadList(r);
-            var preamble = r.ReadString();
-            if (!r.ReadBoolean()) preamble = null;
+            var inputs = ReadInputs(r);
             var sw = Stopwatch.StartNew();
             CompiledRecipe? recipe;
             IReadOnlyList<ScriptDiagnostic> diags;
             try
             {
-                (recipe, diags) = RecipeBuilder.Compile(file, text, new CompileInputs(paths, imports, preamble), key, path => Reference(references, path));
+                (recipe, diags) = RecipeBuilder.Compile(file, text, inputs, key, path => Reference(references, path));
             }
             catch (Exception e)
             {
@@ -498,10 +507,7 @@ internal static class CompileServerProcess
         Dictionary<string, (DateTime, long, Microsoft.CodeAnalysis.MetadataReference)> references, TextWriter log)
     {
         var baseDirectory = r.ReadString();
-        var paths = ReadList(r);
-        var imports = ReadList(r);
-        var preamble = r.ReadString();
-        if (!r.ReadBoolean()) preamble = null;
+        var inputs = ReadInputs(r);
         var chain = new List<(string Name, string Code)>();
         for (int i = r.ReadInt32(); i > 0; i--) chain.Add((r.ReadString(), r.ReadString()));
         if (chain.Count == 0) return Decline(w, "empty chain");
@@ -512,7 +518,7 @@ internal static class CompileServerProcess
         List<string> directiveReferences;
         try
         {
-            var compiler = new ScriptCompiler(new CompileInputs(paths, imports, preamble), typeof(VirtLab.Sdk.Measure.RecipeGlobals), baseDirectory, path => Reference(references, path));
+            var compiler = new ScriptCompiler(inputs, typeof(VirtLab.Sdk.Measure.RecipeGlobals), baseDirectory, path => Reference(references, path));
             Microsoft.CodeAnalysis.CSharp.CSharpCompilation? previous = null;
             foreach (var (name, code) in chain.SkipLast(1)) previous = compiler.CreateSubmission(name, ScriptCompiler.Parse(code), previous);
             var compilation = compiler.CreateSubmission(chain[^1].Name, ScriptCompiler.Parse(chain[^1].Code), previous);
