@@ -113,6 +113,25 @@ public class NetDataPathTests
     }
 
     [Fact]
+    public void The_worker_runs_on_the_cpu_asked_for_and_unplaced_with_the_kernels_errno_on_one_it_refuses()
+    {
+        using var vm = NewVm();
+        var cpus = CpuAffinity.OfCurrentThread();
+        var placed = vm.Attach(new VdpaNet(new VdpaNetOptions { DeviceCpu = cpus[^1] }));
+        Assert.Equal([cpus[^1]], placed.Device.WorkerCpus);              // read back on the worker (sched_getaffinity)
+        Assert.Equal($"CPU {cpus[^1]}", placed.Device.WorkerPlacement);
+        Assert.Equal(3_000, placed.Loopback(3_000, 64, 8, verify: true).Packets);
+        // A CPU the machine does not have: the kernel's EINVAL, said; the worker runs where it may and the device works.
+        var refused = vm.Attach(new VdpaNet(new VdpaNetOptions { DeviceCpu = 8191 }));
+        Assert.StartsWith("not placed: sched_setaffinity EINVAL: CPU 8191 is not one this thread may run on", refused.Device.WorkerPlacement);
+        Assert.Equal(cpus, refused.Device.WorkerCpus);
+        Assert.Equal(3_000, refused.Loopback(3_000, 64, 8, verify: true).Packets);
+        var unplaced = vm.Attach(new VdpaNet());
+        Assert.Equal($"any of {CpuAffinity.Format(cpus)} (not placed)", unplaced.Device.WorkerPlacement);
+        Assert.Throws<ArgumentOutOfRangeException>(() => new VdpaNet(new VdpaNetOptions { DeviceCpu = -1 }));
+    }
+
+    [Fact]
     public void Lock_step_reports_a_wait_nobody_will_answer()
     {
         using var vm = NewVm();
