@@ -10,6 +10,10 @@
 // dilute; best of --runs) and notifications (kicks + interrupts) per packet. First the same in lock-step (the device
 // runs on the driver's thread where the driver would sleep): exact counts, checked against what the ring rules give.
 // Then the IOTLB: updates per second through write() of vhost_msg_v2, batched and unbatched.
+// Placement (--pin both, the default): the driver thread and the device's worker on two different CPUs, as vhost
+// benchmarks place a vhost worker apart from the vCPU; with one CPU, or a CPU the kernel refuses, the run is unplaced and
+// says so (table heading, `placement` in the record). On a shared host pinning is a trade: both threads keep a core each
+// while the host is quiet, and each waits for its CPU when another process takes it (--pin none lets them move).
 // Ceiling: the SDK's split virtqueue alone (driver and device side on one thread, no vhost, no worker thread),
 // measured in the same run.
 

@@ -252,6 +252,9 @@ public sealed class VdpaNet : VdpaDriver
         long nextSend = 0, nextRecv = 0, sleeps = 0, stops = 0;
         long wake0 = Interlocked.Read(ref Device.Counters.WorkerWakeups), noBuf0 = Interlocked.Read(ref Device.Counters.RxNoBuffer);
         bool napiTx = NetOptions.TxInterrupts, txStopped = false;
+        // The queue starts awake: a TX signal left from an earlier run (its last stop's interrupt, raised after the last
+        // frame came back) was that run's to take. Left unread, it would make every poll(2) of this run return at once.
+        Calls[Tx].TryRead(out _);
         long txIrqsTaken = Calls[Tx].Sent;
         var cpu0 = Environment.CpuUsage.TotalTime;
         var sw = Stopwatch.StartNew();
@@ -357,7 +360,13 @@ public sealed class VdpaNet : VdpaDriver
                 throw NoCall(Rx, $"packet {nextRecv} did not come back");
             // Threaded: only the eventfds poll(2) reported are read (lock-step: both, nothing polled).
             if ((Options.LockStep || callReady[0]) && Calls[Rx].TryRead(out _)) rx.DisableInterrupts();
-            // napi_tx=0: the TX interrupt is taken at the top of the loop.
+            // napi_tx=0: the TX interrupt is taken at the top of the loop; one poll(2) reported is taken here.
+            if (!napiTx && (Options.LockStep || callReady[1]) && Calls[Tx].TryRead(out _))
+            {
+                txIrqsTaken = Calls[Tx].Sent;
+                tx.DisableInterrupts();
+                txStopped = false;
+            }
             if (napiTx && (Options.LockStep || callReady[1]) && Calls[Tx].TryRead(out _))
             {
                 tx.DisableInterrupts();                             // skb_xmit_done: virtqueue_disable_cb
