@@ -99,9 +99,56 @@ public abstract class VdpaDevice : IDisposable
                 return;
             }
             iommu = new IovaSpace(vm.PhysicalSpace, $"{Name} IOMMU", VhostVdpa.IovaFirst, VhostVdpa.IovaLast);
-            if (ManualWorker) return;
+            if (ManualWorker)
+            {
+                placed.Set();
+                return;
+            }
             worker = new Thread(WorkerLoop) { IsBackground = true, Name = $"vhost-{Name}" };
             worker.Start();
+        }
+        placed.Wait();      // the worker's placement (or why it failed) is known when Bind returns
+    }
+
+    readonly ManualResetEventSlim placed = new();
+
+    /// <summary>The CPU the worker thread is to run on (<see cref="VdpaOptions.DeviceCpu"/>); null: wherever the
+    /// scheduler puts it. Set before <see cref="Bind"/>.</summary>
+    public int? WorkerCpu { get; internal set; }
+
+    /// <summary>The CPUs the worker thread may run on, as the kernel reported them after placement (sched_getaffinity
+    /// on the worker); empty in lock-step mode.</summary>
+    public IReadOnlyList<int> WorkerCpus { get; private set; } = [];
+
+    /// <summary>Where the worker runs, in words: "CPU 1", "any of 0-1 (not placed)", or why placement failed (the
+    /// kernel's errno; the worker then runs unplaced).</summary>
+    public string WorkerPlacement { get; private set; } = "none: lock-step";
+
+    void PlaceWorker()
+    {
+        try
+        {
+            if (WorkerCpu is int cpu)
+            {
+                int errno = CpuAffinity.TrySetCurrentThread(cpu);
+                WorkerCpus = CpuAffinity.OfCurrentThread();
+                WorkerPlacement = errno == 0
+                    ? $"CPU {cpu}"
+                    : $"not placed: sched_setaffinity {Errno.Name(errno)}: {CpuAffinity.Explain(errno, [cpu])}";
+            }
+            else
+            {
+                WorkerCpus = CpuAffinity.OfCurrentThread();
+                WorkerPlacement = $"any of {CpuAffinity.Format(WorkerCpus)} (not placed)";
+            }
+        }
+        catch (Exception e) when (e is LibcException or DllNotFoundException or EntryPointNotFoundException)
+        {
+            WorkerPlacement = $"not placed: {e.Message}";
+        }
+        finally
+        {
+            placed.Set();
         }
     }
 
@@ -333,6 +380,7 @@ public abstract class VdpaDevice : IDisposable
 
     void WorkerLoop()
     {
+        PlaceWorker();
         var set = new List<EventNotifier>();
         var ready = new bool[Nvqs + 1];
         while (!stopping)
@@ -443,6 +491,7 @@ public abstract class VdpaDevice : IDisposable
         wake.Signal();
         worker?.Join();
         wake.Dispose();
+        placed.Dispose();
         GC.SuppressFinalize(this);
     }
 

@@ -28,6 +28,13 @@ public record VdpaOptions
     /// instead of a stall. For tests and for explaining counts; not for throughput.
     /// </summary>
     public bool LockStep { get; init; }
+    /// <summary>
+    /// The CPU the device's worker thread runs on (sched_setaffinity on the worker, as vhost workers are placed in
+    /// benchmarks: apart from the driver's CPU, so that wake-ups do not pull both threads onto one). Null (default):
+    /// wherever the scheduler puts it. A CPU the kernel refuses (EINVAL, EPERM) leaves the worker unplaced and says
+    /// why in <see cref="VdpaDevice.WorkerPlacement"/>; it does not fail the device.
+    /// </summary>
+    public int? DeviceCpu { get; init; }
 }
 
 /// <summary>
@@ -48,6 +55,9 @@ public abstract class VdpaDriver : VmDevice, Sdk.IDisplayable
         Options = options;
         Device = device;
         if (options.LockStep) device.ManualWorker = true;   // before OnAttach binds it (no worker thread)
+        if (options.DeviceCpu is < 0)
+            throw new ArgumentOutOfRangeException(nameof(options), options.DeviceCpu, "DeviceCpu is a CPU number (0 or more), or null for no placement");
+        device.WorkerCpu = options.DeviceCpu;
         if (!SplitRing.IsValidSize(options.QueueSize) || options.QueueSize > VdpaDevice.QueueMax)
             throw new ArgumentOutOfRangeException(nameof(options), options.QueueSize,
                 $"queue size must be a power of two from 1 to {VdpaDevice.QueueMax} (the device's maximum)");
@@ -243,7 +253,7 @@ public abstract class VdpaDriver : VmDevice, Sdk.IDisplayable
         var (k, i, ks, isup) = Notifications;
         head.AddRow("notifications", $"{k:N0} kicks ({ks:N0} suppressed), {i:N0} interrupts ({isup:N0} suppressed)");
         head.AddRow("device", $"{Device.Counters.Requests:N0} requests, {Device.Counters.WorkerWakeups:N0} worker wake-ups, {Device.Counters.RxNoBuffer:N0} waits for buffers");
-        head.AddRow("worker", Device.LockStep ? "none: lock-step, the driver runs the device where it would sleep" : $"thread vhost-{Device.Name}");
+        head.AddRow("worker", Device.LockStep ? "none: lock-step, the driver runs the device where it would sleep" : Markup.Escape($"thread vhost-{Device.Name}, {Device.WorkerPlacement}"));
         grid.AddRow(head);
         var q = new Table { Title = new TableTitle("queues") };
         foreach (var c in new[] { "vq", "size", "driver avail", "driver used", "in flight", "device last_avail", "kicks", "interrupts", "state" }) q.AddColumn(c);

@@ -197,6 +197,10 @@ public sealed class VdpaNet : VdpaDriver
     /// <summary>Free entries at which a stopped transmit queue restarts (virtio-net: 2 + MAX_SKB_FRAGS).</summary>
     public const int TxWakeThreshold = 2 + 17;
 
+    /// <summary>Frames in flight at which the transmit queue stops (check_sq_full_and_disable: fewer than
+    /// <see cref="TxWakeThreshold"/> descriptors free, one descriptor per frame): 238 of a 256-entry ring.</summary>
+    public int TxStopInFlight => QueueSize - TxWakeThreshold + 1;
+
     /// <summary>
     /// Loops <paramref name="packets"/> frames of <paramref name="frameBytes"/> through the device, as Linux's virtio-net
     /// does on one CPU. Transmit (start_xmit with xmit_more): <paramref name="batch"/> frames, then one kick decision,
@@ -247,17 +251,38 @@ public sealed class VdpaNet : VdpaDriver
         Span<UsedBuffer> used = stackalloc UsedBuffer[Math.Min(NapiBudget, QueueSize)];
         long nextSend = 0, nextRecv = 0, sleeps = 0, stops = 0;
         long wake0 = Interlocked.Read(ref Device.Counters.WorkerWakeups), noBuf0 = Interlocked.Read(ref Device.Counters.RxNoBuffer);
-        bool napiTx = NetOptions.TxInterrupts;
+        bool napiTx = NetOptions.TxInterrupts, txStopped = false;
+        // The queue starts awake: a TX signal left from an earlier run (its last stop's interrupt, raised after the last
+        // frame came back) was that run's to take. Left unread, it would make every poll(2) of this run return at once.
+        Calls[Tx].TryRead(out _);
+        long txIrqsTaken = Calls[Tx].Sent;
         var cpu0 = Environment.CpuUsage.TotalTime;
         var sw = Stopwatch.StartNew();
         while (nextRecv < packets)
         {
             cancellation.ThrowIfCancellationRequested();
-            ReapTx();
+            // napi_tx=0: a TX interrupt is taken when it is raised, not when the driver next idles (a hard interrupt
+            // preempts the NAPI work): skb_xmit_done turns TX callbacks off and wakes the queue. Its eventfd is read only
+            // when the device signalled it (a load of the signal count; no read(2) per iteration).
+            if (!napiTx && Calls[Tx].Sent != txIrqsTaken)
+            {
+                txIrqsTaken = Calls[Tx].Sent;
+                Calls[Tx].TryRead(out _);
+                tx.DisableInterrupts();
+                txStopped = false;
+            }
+            // napi_tx=0: a stopped queue gets no start_xmit, so nothing reaps its completions until skb_xmit_done wakes
+            // it. napi_tx=1: the RX poll reaps TX too (virtnet_poll_cleantx) and wakes the queue at 2 + MAX_SKB_FRAGS free.
+            if (napiTx)
+            {
+                ReapTx();
+                if (txStopped && tx.FreeDescriptors >= TxWakeThreshold) txStopped = false;
+            }
+            else if (!txStopped) ReapTx();
             long room = Math.Min(Math.Min(QueueSize - (nextSend - nextRecv), freeTx.Count), packets - nextSend);
             // The stack's queue restarts once the ring has room for a burst, at most TxWakeThreshold entries (virtio-net
             // wakes its stopped queue at 2 + MAX_SKB_FRAGS free), and sends what fits: up to batch frames per kick.
-            bool transmitted = room >= Math.Min(batch, TxWakeThreshold) || (room > 0 && nextSend + room == packets);
+            bool transmitted = !txStopped && (room >= Math.Min(batch, TxWakeThreshold) || (room > 0 && nextSend + room == packets));
             if (transmitted)
             {
                 if (napiTx) tx.DisableInterrupts();                 // start_xmit: virtqueue_disable_cb, free_old_xmit
@@ -275,6 +300,25 @@ public sealed class VdpaNet : VdpaDriver
                     if (!tx.TryAdd(new VirtqBuffer(txBase + (ulong)(slot * stride), (uint)bytes), false, (ulong)slot, out _))
                         throw new InvalidOperationException($"{Name}: no free transmit descriptor with {tx.InFlight} in flight");
                     nextSend++;
+                    // check_sq_full_and_disable: fewer than 2 + MAX_SKB_FRAGS free descriptors stop the queue (the rest
+                    // of the burst waits). napi_tx=0: with TX interrupts on after 3/4 of what is in flight
+                    // (virtqueue_enable_cb_delayed); if that many are already used, reap and restart at once. napi_tx=1:
+                    // the burst's enable_cb_delayed below does the same, and a TX or RX poll wakes the queue.
+                    if (tx.FreeDescriptors < TxWakeThreshold)
+                    {
+                        txStopped = true;
+                        stops++;
+                        if (!napiTx && tx.EnableInterruptsAfter(tx.InFlight * 3 / 4 + 1))
+                        {
+                            ReapTx();
+                            if (tx.FreeDescriptors >= TxWakeThreshold)
+                            {
+                                txStopped = false;
+                                tx.DisableInterrupts();
+                            }
+                        }
+                        break;
+                    }
                 }
                 // The burst's last frame: interrupt after 3/4 of what is in flight (retry while that many are done).
                 while (napiTx && tx.InFlight > 0 && tx.EnableInterruptsAfter(tx.InFlight * 3 / 4 + 1))
@@ -298,12 +342,12 @@ public sealed class VdpaNet : VdpaDriver
                 continue;
             }
             if (transmitted) continue;
-            if (nextSend < packets) stops++;                          // the ring (window) is too full to send
+            if (nextSend < packets && !txStopped) stops++;            // the window (the RX buffers) is too full to send
             // Nothing to send, nothing received: interrupt on the next used buffer, then sleep.
             ThrowIfBroken();
             if (rx.EnableInterrupts()) { rx.DisableInterrupts(); continue; }
             sleeps++;
-            if (!napiTx)
+            if (!napiTx && !txStopped)
             {
                 if (!WaitForCall(Rx, TimeSpan.FromSeconds(5), cancellation))
                     throw NoCall(Rx, $"packet {nextRecv} did not come back");
@@ -311,15 +355,23 @@ public sealed class VdpaNet : VdpaDriver
                 rx.DisableInterrupts();                             // skb_recv_done: virtqueue_disable_cb
                 continue;
             }
-            // napi_tx: a TX interrupt wakes the driver too (virtnet_poll_tx: reap, re-arm for the next completion).
+            // napi_tx, or a stopped napi_tx=0 queue: a TX interrupt wakes the driver too.
             if (!WaitForCalls(TimeSpan.FromSeconds(5), cancellation))
                 throw NoCall(Rx, $"packet {nextRecv} did not come back");
             // Threaded: only the eventfds poll(2) reported are read (lock-step: both, nothing polled).
             if ((Options.LockStep || callReady[0]) && Calls[Rx].TryRead(out _)) rx.DisableInterrupts();
-            if ((Options.LockStep || callReady[1]) && Calls[Tx].TryRead(out _))
+            // napi_tx=0: the TX interrupt is taken at the top of the loop; one poll(2) reported is taken here.
+            if (!napiTx && (Options.LockStep || callReady[1]) && Calls[Tx].TryRead(out _))
             {
+                txIrqsTaken = Calls[Tx].Sent;
                 tx.DisableInterrupts();
-                do ReapTx(); while (tx.EnableInterrupts());
+                txStopped = false;
+            }
+            if (napiTx && (Options.LockStep || callReady[1]) && Calls[Tx].TryRead(out _))
+            {
+                tx.DisableInterrupts();                             // skb_xmit_done: virtqueue_disable_cb
+                do ReapTx(); while (tx.EnableInterrupts());         // virtnet_poll_tx: reap, re-arm for the next
+                if (tx.FreeDescriptors >= TxWakeThreshold) txStopped = false;
             }
         }
         sw.Stop();

@@ -42,38 +42,42 @@ public class NetDataPathTests
     }
 
     // Lock-step: the device runs on the test's thread only where the driver would sleep, so every count is exact.
-    // A round: the driver fills the 256-entry window in publishes of `batch` frames (of at most 64 after the first
-    // window when batch is 128: a NAPI poll frees 64 and the queue restarts with what fits), each followed by a kick
-    // decision, then sleeps with the RX interrupt armed for the next used buffer; the device wakes once, loops all 256
-    // frames, publishes its used rings every 64 (4 flushes) and re-arms its TX kick when TX is empty.
+    // A round: the driver fills the window — 238 frames, where virtio-net stops its transmit queue with fewer than
+    // 2 + MAX_SKB_FRAGS descriptors free (check_sq_full_and_disable), which turns TX interrupts on (enable_cb_delayed:
+    // after 3/4 of what is in flight with EVENT_IDX; without it the flag is just cleared) in both napi_tx modes — in
+    // publishes of `batch` frames (of at most 64 after the first window: a NAPI poll frees 64 and the queue restarts
+    // with what fits), each followed by a kick decision, then sleeps with the RX interrupt armed for the next used
+    // buffer; the device wakes once, loops all 238 frames, publishes its used rings at 64, 128, 192 and 238 (4 flushes)
+    // and re-arms its TX kick when TX is empty.
     //  - without EVENT_IDX the device's NO_NOTIFY is clear from its re-arm until its next pass: every publish kicks;
-    //    the driver's NO_INTERRUPT is clear while it sleeps: every flush interrupts (TX too with napi_tx, which clears
-    //    it at the end of each burst: enable_cb_delayed cannot delay without EVENT_IDX).
+    //    the driver's NO_INTERRUPT is clear on RX and TX while it sleeps: every flush interrupts both.
     //  - with EVENT_IDX avail_event = where the device stopped: only the first publish crosses it; used_event = the
-    //    driver's last used (RX), or 3/4 of the frames in flight ahead (TX, napi_tx): one interrupt each per round.
+    //    driver's last used (RX), 3/4 of the frames in flight ahead (TX): one interrupt each per round.
     //    Plus one: vhost signals a queue's first flush unconditionally (signalled_used_valid), here TX's.
     [Theory]
     [InlineData(1, false)]
     [InlineData(8, false)]
+    [InlineData(16, false)]
     [InlineData(32, false)]
     [InlineData(128, false)]
     [InlineData(8, true)]
     [InlineData(128, true)]
     public void Lock_step_loopback_counts_every_notification_exactly(int batch, bool napiTx)
     {
-        const int rounds = 10, window = 256, flushes = window / UsedBatch;
+        const int rounds = 10, window = 256 - VdpaNet.TxWakeThreshold + 1, flushes = 4;
         using var vm = NewVm();
         var with = vm.Attach(new VdpaNet(new VdpaNetOptions { EventIdx = true, LockStep = true, TxInterrupts = napiTx }));
         var without = vm.Attach(new VdpaNet(new VdpaNetOptions { EventIdx = false, LockStep = true, TxInterrupts = napiTx }));
+        Assert.Equal(238, with.TxStopInFlight);
         var a = with.Loopback(rounds * window, 64, batch, verify: true);
         var b = without.Loopback(rounds * window, 64, batch, verify: true);
         Assert.True(a.EventIdx && !b.EventIdx);
         Assert.Equal(rounds, with.Device.Counters.WorkerWakeups);
         Assert.Equal(rounds, without.Device.Counters.WorkerWakeups);
-        int publishes = batch <= VdpaNet.NapiBudget ? rounds * window / batch : window / batch + (rounds - 1) * window / VdpaNet.NapiBudget;
-        int queuesInterrupting = napiTx ? 2 : 1;
-        Assert.Equal((rounds, queuesInterrupting * rounds + 1), (a.Kicks, a.Interrupts));
-        Assert.Equal((publishes, queuesInterrupting * rounds * flushes), (b.Kicks, b.Interrupts));
+        int later = Math.Min(batch, VdpaNet.NapiBudget);
+        int publishes = (window + batch - 1) / batch + (rounds - 1) * ((window + later - 1) / later);
+        Assert.Equal((rounds, 2 * rounds + 1), (a.Kicks, a.Interrupts));
+        Assert.Equal((publishes, 2 * rounds * flushes), (b.Kicks, b.Interrupts));
         Assert.Equal(rounds * window, with.NetDevice.LoopedPackets);
         Assert.Equal(rounds * window, without.NetDevice.LoopedPackets);
     }
@@ -110,6 +114,25 @@ public class NetDataPathTests
             Assert.Equal(eventIdx ? rounds + 1 : rounds * flushes, i1 - i0);
             nic.Dispose();
         }
+    }
+
+    [Fact]
+    public void The_worker_runs_on_the_cpu_asked_for_and_unplaced_with_the_kernels_errno_on_one_it_refuses()
+    {
+        using var vm = NewVm();
+        var cpus = CpuAffinity.OfCurrentThread();
+        var placed = vm.Attach(new VdpaNet(new VdpaNetOptions { DeviceCpu = cpus[^1] }));
+        Assert.Equal([cpus[^1]], placed.Device.WorkerCpus);              // read back on the worker (sched_getaffinity)
+        Assert.Equal($"CPU {cpus[^1]}", placed.Device.WorkerPlacement);
+        Assert.Equal(3_000, placed.Loopback(3_000, 64, 8, verify: true).Packets);
+        // A CPU the machine does not have: the kernel's EINVAL, said; the worker runs where it may and the device works.
+        var refused = vm.Attach(new VdpaNet(new VdpaNetOptions { DeviceCpu = 8191 }));
+        Assert.StartsWith("not placed: sched_setaffinity EINVAL: CPU 8191 is not one this thread may run on", refused.Device.WorkerPlacement);
+        Assert.Equal(cpus, refused.Device.WorkerCpus);
+        Assert.Equal(3_000, refused.Loopback(3_000, 64, 8, verify: true).Packets);
+        var unplaced = vm.Attach(new VdpaNet());
+        Assert.Equal($"any of {CpuAffinity.Format(cpus)} (not placed)", unplaced.Device.WorkerPlacement);
+        Assert.Throws<ArgumentOutOfRangeException>(() => new VdpaNet(new VdpaNetOptions { DeviceCpu = -1 }));
     }
 
     [Fact]

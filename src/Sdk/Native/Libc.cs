@@ -104,6 +104,17 @@ internal static unsafe partial class Libc
     [LibraryImport(LibName, EntryPoint = "poll", SetLastError = true)]
     internal static partial int poll(PollFd* fds, nuint nfds, int timeout);
 
+    // sched_setaffinity / sched_getaffinity: pid 0 is the calling thread (a tid names one thread, not the process).
+    // The mask is an array of unsigned longs, bit n = CPU n (cpu_set_t); glibc's getaffinity returns 0, not the size.
+    [LibraryImport(LibName, EntryPoint = "sched_setaffinity", SetLastError = true)]
+    public static partial int sched_setaffinity(int pid, nuint cpusetsize, ulong* mask);
+
+    [LibraryImport(LibName, EntryPoint = "sched_getaffinity", SetLastError = true)]
+    public static partial int sched_getaffinity(int pid, nuint cpusetsize, ulong* mask);
+
+    [LibraryImport(LibName, EntryPoint = "sched_getcpu", SetLastError = true)]
+    public static partial int sched_getcpu();
+
     [LibraryImport(LibName, EntryPoint = "sysconf", SetLastError = true)]
     public static partial long sysconf(int name);
 
