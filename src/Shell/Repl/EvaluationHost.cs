@@ -28,6 +28,9 @@ public static class EvaluationHost
         // The terminal sends Ctrl+C to the whole foreground process group; the front end decides what it means.
         using var sigint = PosixSignalRegistration.Create(PosixSignal.SIGINT, c => c.Cancel = true);
 
+        // A host put to use at once, with no compile server to compile for it: the second core JIT-compiles Roslyn's
+        // parse/bind/emit paths while this thread connects, loads plugins and compiles the preamble (its critical path).
+        var parallelWarmUp = !options.Standby && !VirtLab.Shell.Cli.CompileServer.IsListening && ParallelWarmUp.Enabled ? ParallelWarmUp.Start() : null;
         var socket = new Socket(AddressFamily.Unix, SocketType.Stream, ProtocolType.Unspecified);
         try { socket.Connect(new UnixDomainSocketEndPoint(socketPath)); }
         catch (SocketException e)
@@ -41,12 +44,13 @@ public static class EvaluationHost
         using var progress = TerminalProgress.InstallIfTerminal();
         _ = Consoles.Out;
         _ = Consoles.Error;
+        VirtLab.Shell.Cli.StartupTrace.Mark("host: connected, consoles bound");
         using var stream = new NetworkStream(socket, ownsSocket: true);
-        var host = new Host(stream, options);
+        var host = new Host(stream, options, parallelWarmUp);
         return host.Run();
     }
 
-    private sealed class Host(NetworkStream stream, HostOptions options)
+    private sealed class Host(NetworkStream stream, HostOptions options, Thread? parallelWarmUp)
     {
         // VIRTLAB_HOST_TRACE=1: one stderr line per request with its duration (for measuring, not for users).
         private static readonly bool Trace = Environment.GetEnvironmentVariable("VIRTLAB_HOST_TRACE") == "1";
@@ -126,8 +130,14 @@ public static class EvaluationHost
             // With a compile server up, a host put to use at once (not --standby) lets the server compile its first
             // submissions, so it waits for its first request instead of starting a local compile (on a loaded machine
             // that request can take longer than 100 ms to come).
-            var firstWait = !options.Standby && VirtLab.Shell.Cli.CompileServer.IsListening ? Timeout.InfiniteTimeSpan : TimeSpan.FromMilliseconds(100);
-            if (_work.TryTake(out var first, firstWait)) _work.Add(first);
+            if (!options.Standby)
+            {
+                // Put to use at once: its first request (plugins-info) needs the session, so build it now rather than
+                // after the front end's request has come (or after a throwaway warm-up, when that request is late).
+                try { Session(); }
+                catch (Exception e) { Console.Error.WriteLine($"virtlab host: {e.Message}"); } // the first request tries again and answers it
+            }
+            else if (_work.TryTake(out var first, TimeSpan.FromMilliseconds(100))) _work.Add(first);
             else { WarmUp(); warmed = true; }
             while (true)
             {
@@ -197,7 +207,9 @@ public static class EvaluationHost
         private InteractiveSession Session()
         {
             if (_session is not null) return _session;
+            VirtLab.Shell.Cli.StartupTrace.Mark("host: session wanted");
             var plugins = PluginSet.Load(new PluginSearchPaths(options.PluginDirectories), ScriptPreamble.ReservedNames(typeof(RecipeGlobals)));
+            VirtLab.Shell.Cli.StartupTrace.Mark("host: plugins loaded");
             _session = new InteractiveSession(plugins, new RecipeContext(), useCompileServer: true);
             if (VirtLab.Shell.Cli.ProcessPreparer.Enabled)
                 foreach (var p in plugins.Loaded.Where(p => p.Plugin is not null))
@@ -208,12 +220,17 @@ public static class EvaluationHost
                     });
             _session.Globals.Context.Plots.Added = ReplPlots.Write;
             foreach (var d in _session.PreambleDiagnostics) Console.Error.WriteLine($"plugin preamble: {d}");
+            VirtLab.Shell.Cli.StartupTrace.Mark("host: session ready (preamble compiled and run)");
             return _session;
         }
 
         private Reply Submit(Request request)
         {
             var session = Session();
+            // The throwaway compile shares no references with the session, yet a user's code never compiles beside it
+            // (it ends well before the preamble does: this costs nothing).
+            parallelWarmUp?.Join();
+            parallelWarmUp = null;
             using var cts = new CancellationTokenSource();
             _running = cts;
             session.Globals.Context.Cancellation = cts.Token;
@@ -344,6 +361,49 @@ public static class EvaluationHost
             }
             if (e.InnerException is { } inner) sb.Append("\n ---> ").Append(inner.GetType().FullName).Append(": ").Append(inner.Message);
             return sb.ToString();
+        }
+    }
+
+    /// <summary>
+    /// A throwaway script compile on a second thread, started first thing in a host put to use at once: it JIT-compiles
+    /// much of what the session's first compile needs (Roslyn's parse, bind and emit of a script submission: generic
+    /// code no ReadyToRun image holds) on the second core. Its own small reference set and options, so it shares no
+    /// state with the session but Roslyn's. Then the reply's serialization and the value renderer.
+    /// </summary>
+    private static class ParallelWarmUp
+    {
+        /// <summary>Off with <c>VIRTLAB_PARALLEL_WARMUP=0</c> (to measure what it saves) and on one core.</summary>
+        public static bool Enabled => Environment.ProcessorCount > 1
+            && Environment.GetEnvironmentVariable("VIRTLAB_PARALLEL_WARMUP") is not ("0" or "false" or "off");
+
+        public static Thread Start()
+        {
+            var thread = new Thread(Run, 16 << 20) { Name = "virtlab-parallel-warm-up", IsBackground = true };
+            thread.Start();
+            return thread;
+        }
+
+        private static void Run()
+        {
+            try
+            {
+                VirtLab.Shell.Cli.StartupTrace.Mark("host: parallel warm-up starts");
+                var dir = Path.GetDirectoryName(typeof(object).Assembly.Location)!;
+                var references = new[] { typeof(object).Assembly.Location, Path.Combine(dir, "System.Runtime.dll"), Path.Combine(dir, "System.Collections.dll"), Path.Combine(dir, "System.Linq.dll") }
+                    .Where(File.Exists).Select(p => Microsoft.CodeAnalysis.MetadataReference.CreateFromFile(p)).ToArray();
+                var options = new Microsoft.CodeAnalysis.CSharp.CSharpCompilationOptions(Microsoft.CodeAnalysis.OutputKind.DynamicallyLinkedLibrary,
+                    usings: ["System", "System.Linq", "System.Collections.Generic"], optimizationLevel: Microsoft.CodeAnalysis.OptimizationLevel.Release,
+                    allowUnsafe: true, concurrentBuild: false);
+                var tree = ScriptCompiler.Parse("var __xs = new List<int> { 1, 2, 3 };\nvar __s = $\"{__xs.Count}\";\n(object)__xs.Select(x => x * 2).Sum()");
+                var compilation = Microsoft.CodeAnalysis.CSharp.CSharpCompilation.CreateScriptCompilation("virtlab-parallel-warm-up", tree, references, options, returnType: typeof(object));
+                using (var pe = new MemoryStream())
+                    compilation.Emit(pe, options: new Microsoft.CodeAnalysis.Emit.EmitOptions(debugInformationFormat: Microsoft.CodeAnalysis.Emit.DebugInformationFormat.Embedded));
+                VirtLab.Shell.Cli.StartupTrace.Mark("host: parallel warm-up compiled");
+                _ = System.Text.Json.JsonSerializer.SerializeToUtf8Bytes(new Reply { Status = SubmitStatus.Ok, Plugins = [], Globals = [] }, ProtocolJson.Default.Reply);
+                ValueRenderer.Write(Consoles.Create(TextWriter.Null, isTerminal: false), 42);
+                VirtLab.Shell.Cli.StartupTrace.Mark("host: parallel warm-up done");
+            }
+            catch (Exception e) { Console.Error.WriteLine($"virtlab host: parallel warm-up failed: {e.Message}"); }
         }
     }
 }

@@ -62,6 +62,7 @@ internal sealed partial class Repl : IDisposable
     public async Task<int> RunAsync()
     {
         using var sigint = PosixSignalRegistration.Create(PosixSignal.SIGINT, OnSigint);
+        VirtLab.Shell.Cli.StartupTrace.Mark("repl: constructed");
         try
         {
             // The prompt comes up at once; the host starts meanwhile, holding the lock so the first
@@ -72,8 +73,10 @@ internal sealed partial class Repl : IDisposable
                 try
                 {
                     var host = await HostClient.StartAsync(_options.PluginDirectories);
+                    VirtLab.Shell.Cli.StartupTrace.Mark("repl: host connected");
                     _host = host;
                     await Activate(host);
+                    VirtLab.Shell.Cli.StartupTrace.Mark("repl: host active");
                     WatchHost(host);
                 }
                 catch (Exception e) when (e is HostDiedException or IOException or SocketException or Win32Exception)
@@ -185,6 +188,7 @@ internal sealed partial class Repl : IDisposable
             Task<Reply> submit;
             try
             {
+                VirtLab.Shell.Cli.StartupTrace.Mark("repl: submit");
                 submit = host.SendAsync(new Request { Kind = RequestKind.Submit, Code = code, Width = _lines.IsInteractive ? AnsiConsole.Console.Profile.Width : 0 });
                 if (await Task.WhenAny(submit, interrupt.Task) == interrupt.Task)
                 {
@@ -208,6 +212,7 @@ internal sealed partial class Repl : IDisposable
                 await Restart($"evaluation host died ({e.How}) during the evaluation");
                 return;
             }
+            VirtLab.Shell.Cli.StartupTrace.Mark("repl: reply");
             Report(reply, origin);
             if (!ReferenceEquals(_typesFrom, host)) FetchTypeNames(_typesFrom = host);
             if (reply.Status == SubmitStatus.Ok)
