@@ -28,9 +28,9 @@ public static class EvaluationHost
         // The terminal sends Ctrl+C to the whole foreground process group; the front end decides what it means.
         using var sigint = PosixSignalRegistration.Create(PosixSignal.SIGINT, c => c.Cancel = true);
 
-        // A host put to use at once, with no compile server to compile for it: the second core JIT-compiles Roslyn's
-        // parse/bind/emit paths while this thread connects, loads plugins and compiles the preamble (its critical path).
-        var parallelWarmUp = !options.Standby && !VirtLab.Shell.Cli.CompileServer.IsListening && ParallelWarmUp.Enabled ? ParallelWarmUp.Start() : null;
+        // Put to use at once: work off the session's critical path (and off Roslyn's code, which that path JITs) goes to
+        // the second core meanwhile.
+        if (!options.Standby) SideWarmUp.Start();
         var socket = new Socket(AddressFamily.Unix, SocketType.Stream, ProtocolType.Unspecified);
         try { socket.Connect(new UnixDomainSocketEndPoint(socketPath)); }
         catch (SocketException e)
@@ -46,11 +46,11 @@ public static class EvaluationHost
         _ = Consoles.Error;
         VirtLab.Shell.Cli.StartupTrace.Mark("host: connected, consoles bound");
         using var stream = new NetworkStream(socket, ownsSocket: true);
-        var host = new Host(stream, options, parallelWarmUp);
+        var host = new Host(stream, options);
         return host.Run();
     }
 
-    private sealed class Host(NetworkStream stream, HostOptions options, Thread? parallelWarmUp)
+    private sealed class Host(NetworkStream stream, HostOptions options)
     {
         // VIRTLAB_HOST_TRACE=1: one stderr line per request with its duration (for measuring, not for users).
         private static readonly bool Trace = Environment.GetEnvironmentVariable("VIRTLAB_HOST_TRACE") == "1";
@@ -227,10 +227,6 @@ public static class EvaluationHost
         private Reply Submit(Request request)
         {
             var session = Session();
-            // The throwaway compile shares no references with the session, yet a user's code never compiles beside it
-            // (it ends well before the preamble does: this costs nothing).
-            parallelWarmUp?.Join();
-            parallelWarmUp = null;
             using var cts = new CancellationTokenSource();
             _running = cts;
             session.Globals.Context.Cancellation = cts.Token;
@@ -365,45 +361,32 @@ public static class EvaluationHost
     }
 
     /// <summary>
-    /// A throwaway script compile on a second thread, started first thing in a host put to use at once: it JIT-compiles
-    /// much of what the session's first compile needs (Roslyn's parse, bind and emit of a script submission: generic
-    /// code no ReadyToRun image holds) on the second core. Its own small reference set and options, so it shares no
-    /// state with the session but Roslyn's. Then the reply's serialization and the value renderer.
+    /// A first host's side thread: what the first result needs that the session's own start does not do first. The
+    /// compiler's base references (reading some 170 assemblies' metadata, while this thread connects and loads the
+    /// plugins), then the reply's serialization and the value renderer (JIT-compiled while the session compiles its
+    /// preamble). Disjoint from Roslyn's compile paths on purpose: a throwaway compile beside the preamble's made both
+    /// slower (they JIT the same methods and wait on each other).
     /// </summary>
-    private static class ParallelWarmUp
+    private static class SideWarmUp
     {
-        /// <summary>Off with <c>VIRTLAB_PARALLEL_WARMUP=0</c> (to measure what it saves) and on one core.</summary>
-        public static bool Enabled => Environment.ProcessorCount > 1
-            && Environment.GetEnvironmentVariable("VIRTLAB_PARALLEL_WARMUP") is not ("0" or "false" or "off");
-
-        public static Thread Start()
+        public static void Start()
         {
-            var thread = new Thread(Run, 16 << 20) { Name = "virtlab-parallel-warm-up", IsBackground = true };
-            thread.Start();
-            return thread;
+            if (Environment.ProcessorCount < 2) return;
+            new Thread(Run) { Name = "virtlab-side-warm-up", IsBackground = true }.Start();
         }
 
         private static void Run()
         {
             try
             {
-                VirtLab.Shell.Cli.StartupTrace.Mark("host: parallel warm-up starts");
-                var dir = Path.GetDirectoryName(typeof(object).Assembly.Location)!;
-                var references = new[] { typeof(object).Assembly.Location, Path.Combine(dir, "System.Runtime.dll"), Path.Combine(dir, "System.Collections.dll"), Path.Combine(dir, "System.Linq.dll") }
-                    .Where(File.Exists).Select(p => Microsoft.CodeAnalysis.MetadataReference.CreateFromFile(p)).ToArray();
-                var options = new Microsoft.CodeAnalysis.CSharp.CSharpCompilationOptions(Microsoft.CodeAnalysis.OutputKind.DynamicallyLinkedLibrary,
-                    usings: ["System", "System.Linq", "System.Collections.Generic"], optimizationLevel: Microsoft.CodeAnalysis.OptimizationLevel.Release,
-                    allowUnsafe: true, concurrentBuild: false);
-                var tree = ScriptCompiler.Parse("var __xs = new List<int> { 1, 2, 3 };\nvar __s = $\"{__xs.Count}\";\n(object)__xs.Select(x => x * 2).Sum()");
-                var compilation = Microsoft.CodeAnalysis.CSharp.CSharpCompilation.CreateScriptCompilation("virtlab-parallel-warm-up", tree, references, options, returnType: typeof(object));
-                using (var pe = new MemoryStream())
-                    compilation.Emit(pe, options: new Microsoft.CodeAnalysis.Emit.EmitOptions(debugInformationFormat: Microsoft.CodeAnalysis.Emit.DebugInformationFormat.Embedded));
-                VirtLab.Shell.Cli.StartupTrace.Mark("host: parallel warm-up compiled");
-                _ = System.Text.Json.JsonSerializer.SerializeToUtf8Bytes(new Reply { Status = SubmitStatus.Ok, Plugins = [], Globals = [] }, ProtocolJson.Default.Reply);
+                // A compiler without plugins: its references are the base ones every session shares (made once per process).
+                _ = new ScriptCompiler(new CompileInputs([], [], null), typeof(RecipeGlobals), Directory.GetCurrentDirectory()).References;
+                VirtLab.Shell.Cli.StartupTrace.Mark("host: side warm-up: references");
+                _ = System.Text.Json.JsonSerializer.SerializeToUtf8Bytes(new Reply { Status = SubmitStatus.Ok, Plugins = [new PluginEntry()], Globals = [""] }, ProtocolJson.Default.Reply);
                 ValueRenderer.Write(Consoles.Create(TextWriter.Null, isTerminal: false), 42);
-                VirtLab.Shell.Cli.StartupTrace.Mark("host: parallel warm-up done");
+                VirtLab.Shell.Cli.StartupTrace.Mark("host: side warm-up: reply and renderer");
             }
-            catch (Exception e) { Console.Error.WriteLine($"virtlab host: parallel warm-up failed: {e.Message}"); }
+            catch (Exception e) { Console.Error.WriteLine($"virtlab host: warm-up failed: {e.Message}"); }
         }
     }
 }

@@ -41,9 +41,12 @@ internal sealed partial class Repl : IDisposable
     private volatile TaskCompletionSource? _interrupt;
     private volatile CancellationTokenSource? _promptCancel;
 
-    public Repl(ReplOptions options)
+    private readonly Task<HostClient>? _firstHost; // started before this front end's own set-up (ReplCommand)
+
+    public Repl(ReplOptions options, Task<HostClient>? firstHost = null)
     {
         _options = options;
+        _firstHost = firstHost;
         _history = new History(options.HistoryPath ?? History.DefaultPath());
         var interactive = TerminalLineSource.IsSupported();
         _color = interactive && ColorWanted();
@@ -72,12 +75,12 @@ internal sealed partial class Repl : IDisposable
             {
                 try
                 {
-                    var host = await HostClient.StartAsync(_options.PluginDirectories);
+                    var host = await (_firstHost ?? HostClient.StartAsync(_options.PluginDirectories));
                     VirtLab.Shell.Cli.StartupTrace.Mark("repl: host connected");
                     _host = host;
-                    await Activate(host);
-                    VirtLab.Shell.Cli.StartupTrace.Mark("repl: host active");
-                    WatchHost(host);
+                    // Not awaited: plugins-info is on the wire first, so the host answers it before the first submission,
+                    // which need not wait here for the answer (nor for the plugin folders' watch it starts).
+                    _ = ActivateFirst(host);
                 }
                 catch (Exception e) when (e is HostDiedException or IOException or SocketException or Win32Exception)
                 {
@@ -292,6 +295,21 @@ internal sealed partial class Repl : IDisposable
     }
 
     // ---- hosts: standby, restart, replay, hot swap ------------------------------------------------------
+
+    /// <summary>The first host's <see cref="Activate"/>, beside the first evaluation (the host answers in order).</summary>
+    private async Task ActivateFirst(HostClient host)
+    {
+        try
+        {
+            await Activate(host);
+            VirtLab.Shell.Cli.StartupTrace.Mark("repl: host active");
+            WatchHost(host);
+        }
+        catch (Exception e) when (e is HostDiedException or IOException or SocketException or ObjectDisposedException or OperationCanceledException)
+        {
+            if (ReferenceEquals(_host, host)) Error($"cannot start the evaluation host: {e.Message}"); // the first evaluation tries again
+        }
+    }
 
     /// <summary>First request to a host: it loads its plugins (after having warmed up Roslyn) and tells which.</summary>
     private async Task Activate(HostClient host)
