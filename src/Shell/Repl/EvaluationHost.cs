@@ -30,7 +30,15 @@ public static class EvaluationHost
 
         // Put to use at once: work off the session's critical path (and off Roslyn's code, which that path JITs) goes to
         // the second core meanwhile.
-        if (!options.Standby) SideWarmUp.Start();
+        // And the plugin preamble, Roslyn's cold compile, starts now from the last session's inputs, before the plugins are
+        // loaded (with a compile server up, the server compiles it instead).
+        PreparedPreamble? prepared = null;
+        if (!options.Standby)
+        {
+            if (!VirtLab.Shell.Cli.CompileServer.IsListening)
+                prepared = PreparedPreamble.Start(PreambleRecord(options), typeof(RecipeGlobals), Directory.GetCurrentDirectory());
+            SideWarmUp.Start();
+        }
         var socket = new Socket(AddressFamily.Unix, SocketType.Stream, ProtocolType.Unspecified);
         try { socket.Connect(new UnixDomainSocketEndPoint(socketPath)); }
         catch (SocketException e)
@@ -46,11 +54,20 @@ public static class EvaluationHost
         _ = Consoles.Error;
         VirtLab.Shell.Cli.StartupTrace.Mark("host: connected, consoles bound");
         using var stream = new NetworkStream(socket, ownsSocket: true);
-        var host = new Host(stream, options);
+        var host = new Host(stream, options, prepared);
         return host.Run();
     }
 
-    private sealed class Host(NetworkStream stream, HostOptions options)
+    /// <summary>The last session's compile inputs (<see cref="PreparedPreamble"/>), per build of the shell and per place
+    /// the plugins come from (--plugins, VIRTLAB_PLUGINS, the folder it runs in).</summary>
+    private static string PreambleRecord(HostOptions options)
+    {
+        var where = string.Join('\n', options.PluginDirectories.Select(Path.GetFullPath)) + "\n" + Environment.GetEnvironmentVariable("VIRTLAB_PLUGINS") + "\n" + Directory.GetCurrentDirectory();
+        var hash = Convert.ToHexStringLower(System.Security.Cryptography.SHA256.HashData(Encoding.UTF8.GetBytes(where)))[..12];
+        return Path.Combine(RecipeCache.DefaultRoot(), "repl", $"preamble-{VirtLab.Shell.Cli.CompileServer.BuildId}-{hash}.txt");
+    }
+
+    private sealed class Host(NetworkStream stream, HostOptions options, PreparedPreamble? prepared)
     {
         // VIRTLAB_HOST_TRACE=1: one stderr line per request with its duration (for measuring, not for users).
         private static readonly bool Trace = Environment.GetEnvironmentVariable("VIRTLAB_HOST_TRACE") == "1";
@@ -210,7 +227,12 @@ public static class EvaluationHost
             VirtLab.Shell.Cli.StartupTrace.Mark("host: session wanted");
             var plugins = PluginSet.Load(new PluginSearchPaths(options.PluginDirectories), ScriptPreamble.ReservedNames(typeof(RecipeGlobals)));
             VirtLab.Shell.Cli.StartupTrace.Mark("host: plugins loaded");
-            _session = new InteractiveSession(plugins, new RecipeContext(), useCompileServer: true);
+            _session = new InteractiveSession(plugins, new RecipeContext(), useCompileServer: true, prepared: prepared);
+            prepared = null;
+            if (_session.UsedPreparedPreamble)
+                ThreadPool.QueueUserWorkItem(_ => VirtLab.Shell.Cli.CompileServer.StartIfEnabled()); // this session compiles itself; the next start finds it warm
+            else
+                ThreadPool.QueueUserWorkItem(_ => PreparedPreamble.Remember(PreambleRecord(options), CompileInputs.From(plugins)));
             if (VirtLab.Shell.Cli.ProcessPreparer.Enabled)
                 foreach (var p in plugins.Loaded.Where(p => p.Plugin is not null))
                     VirtLab.Sdk.Machine.WarmUp.Then(() =>
@@ -371,7 +393,8 @@ public static class EvaluationHost
     {
         public static void Start()
         {
-            if (Environment.ProcessorCount < 2) return;
+            // VIRTLAB_SIDE_WARMUP=0: off (to measure what it saves).
+            if (Environment.ProcessorCount < 2 || Environment.GetEnvironmentVariable("VIRTLAB_SIDE_WARMUP") is "0") return;
             new Thread(Run) { Name = "virtlab-side-warm-up", IsBackground = true }.Start();
         }
 

@@ -2,7 +2,8 @@
 //
 //   public sealed class InteractiveSession
 //   {
-//       public InteractiveSession(PluginSet plugins, RecipeContext context, string? baseDirectory = null, bool useCompileServer = false);
+//       public InteractiveSession(PluginSet plugins, RecipeContext context, string? baseDirectory = null, bool useCompileServer = false,
+//           PreparedPreamble? prepared = null);
 //           // builds the RecipeGlobals (with the plugin globals) and runs the plugin preamble
 //       public SubmissionResult Submit(string code, CancellationToken cancellationToken = default);
 //       public IReadOnlyList<Completion> Complete(string code, int caret);   // Roslyn's CompletionService (CodeAssist)
@@ -60,7 +61,7 @@ public sealed class InteractiveSession
 {
     private readonly ScriptCompiler _compiler;
     private readonly SubmissionExecutor _executor;
-    private readonly string _sessionId = Guid.NewGuid().ToString("N")[..12];
+    private readonly string _sessionId;
     private string[] _submissions = []; // replaced, never mutated: readers need no lock
     private readonly object _gate = new();
     private CSharpCompilation? _previous;
@@ -74,14 +75,21 @@ public sealed class InteractiveSession
     /// compile server emit the preamble and submissions (the REPL's first host: its first result is then not a cold
     /// compile). No local compilation is built meanwhile; the first local compile rebuilds the chain from the same
     /// names and code (<see cref="LocalPrevious"/>), so switching to local later is seamless.</param>
-    public InteractiveSession(PluginSet plugins, RecipeContext context, string? baseDirectory = null, bool useCompileServer = false)
+    /// <param name="prepared">The preamble compiled ahead (<see cref="PreparedPreamble"/>): taken, with its compiler, when it
+    /// <see cref="PreparedPreamble.Fits"/> these plugins.</param>
+    public InteractiveSession(PluginSet plugins, RecipeContext context, string? baseDirectory = null, bool useCompileServer = false,
+        PreparedPreamble? prepared = null)
     {
         _useServer = useCompileServer;
         Plugins = plugins;
         context.Show = v => ValueRenderer.Write(Consoles.Out, v);
         var globals = new RecipeGlobals(context, ScriptPreamble.PluginGlobals(plugins));
         Globals = globals;
-        _compiler = new ScriptCompiler(plugins, typeof(RecipeGlobals), baseDirectory ?? Directory.GetCurrentDirectory());
+        baseDirectory ??= Directory.GetCurrentDirectory();
+        if (prepared is not null && !prepared.Fits(CompileInputs.From(plugins), baseDirectory)) { prepared.Cancel(); prepared = null; }
+        UsedPreparedPreamble = prepared is not null;
+        _sessionId = prepared?.SessionId ?? Guid.NewGuid().ToString("N")[..12];
+        _compiler = prepared?.Compiler ?? new ScriptCompiler(plugins, typeof(RecipeGlobals), baseDirectory);
         _executor = new SubmissionExecutor(globals, new ScriptLoadContext(plugins, "virtlab-session-" + _sessionId));
         if (VirtLab.Shell.Cli.StartupTrace.Enabled)
         {
@@ -92,7 +100,18 @@ public sealed class InteractiveSession
         Assist = new CodeAssist(_compiler, ScriptPreamble.Source(plugins), () => Submissions, _gate);
 
         var preambleName = NextAssemblyName();
-        if (_compiler.Inputs.Preamble is { } preambleSource && Remote(preambleName, preambleSource) is { } remote)
+        if (prepared is not null)
+        {
+            var (compilation, sub, diags) = prepared.Result();
+            PreambleDiagnostics = diags.Where(d => d.IsError).ToList();
+            if (sub is not null)
+            {
+                _executor.Run(_executor.Context.AddSubmission(sub.Image), sub.TypeName!);
+                _previous = compilation;
+                _chain.Add((preambleName, _compiler.Inputs.Preamble!));
+            }
+        }
+        else if (_compiler.Inputs.Preamble is { } preambleSource && Remote(preambleName, preambleSource) is { } remote)
         {
             PreambleDiagnostics = remote.Diagnostics.Where(d => d.IsError).ToList();
             if (remote.Submission is { } sub)
@@ -252,7 +271,12 @@ public sealed class InteractiveSession
         return type.SpecialType != SpecialType.System_Void;
     }
 
-    private string NextAssemblyName() => $"virtlab-session-{_sessionId}-{Interlocked.Increment(ref _counter)}";
+    private string NextAssemblyName() => AssemblyName(_sessionId, Interlocked.Increment(ref _counter));
+
+    internal static string AssemblyName(string sessionId, int counter) => $"virtlab-session-{sessionId}-{counter}";
+
+    /// <summary>Whether the session took the <see cref="PreparedPreamble"/> it was given.</summary>
+    public bool UsedPreparedPreamble { get; }
 
     /// <summary>Whether a stack frame's code belongs to a submission of this session (for trimming stack traces).</summary>
     public bool IsScriptAssembly(System.Reflection.Assembly assembly) => _executor.Context.Owns(assembly);
