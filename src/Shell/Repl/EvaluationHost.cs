@@ -152,7 +152,7 @@ public static class EvaluationHost
                 // Put to use at once: its first request (plugins-info) needs the session, so build it now rather than
                 // after the front end's request has come (or after a throwaway warm-up, when that request is late).
                 try { Session(); }
-                catch (Exception e) { Console.Error.WriteLine($"virtlab host: {e.Message}"); } // the first request tries again and answers it
+                catch (Exception) { } // the first request tries again and answers with the error
             }
             else if (_work.TryTake(out var first, TimeSpan.FromMilliseconds(100))) _work.Add(first);
             else { WarmUp(); warmed = true; }
@@ -227,8 +227,9 @@ public static class EvaluationHost
             VirtLab.Shell.Cli.StartupTrace.Mark("host: session wanted");
             var plugins = PluginSet.Load(new PluginSearchPaths(options.PluginDirectories), ScriptPreamble.ReservedNames(typeof(RecipeGlobals)));
             VirtLab.Shell.Cli.StartupTrace.Mark("host: plugins loaded");
-            _session = new InteractiveSession(plugins, new RecipeContext(), useCompileServer: true, prepared: prepared);
-            prepared = null;
+            var ahead = prepared;
+            prepared = null; // taken or not, once
+            _session = new InteractiveSession(plugins, new RecipeContext(), useCompileServer: true, prepared: ahead);
             if (_session.UsedPreparedPreamble)
                 ThreadPool.QueueUserWorkItem(_ => VirtLab.Shell.Cli.CompileServer.StartIfEnabled()); // this session compiles itself; the next start finds it warm
             else

@@ -87,7 +87,6 @@ public sealed class InteractiveSession
         Globals = globals;
         baseDirectory ??= Directory.GetCurrentDirectory();
         if (prepared is not null && !prepared.Fits(CompileInputs.From(plugins), baseDirectory)) { prepared.Cancel(); prepared = null; }
-        UsedPreparedPreamble = prepared is not null;
         _sessionId = prepared?.SessionId ?? Guid.NewGuid().ToString("N")[..12];
         _compiler = prepared?.Compiler ?? new ScriptCompiler(plugins, typeof(RecipeGlobals), baseDirectory);
         _executor = new SubmissionExecutor(globals, new ScriptLoadContext(plugins, "virtlab-session-" + _sessionId));
@@ -100,14 +99,17 @@ public sealed class InteractiveSession
         Assist = new CodeAssist(_compiler, ScriptPreamble.Source(plugins), () => Submissions, _gate);
 
         var preambleName = NextAssemblyName();
-        if (prepared is not null)
+        (CSharpCompilation Compilation, EmittedSubmission? Submission, IReadOnlyList<ScriptDiagnostic> Diagnostics)? ahead = null;
+        try { ahead = prepared?.Result(); }
+        catch (Exception) { } // (it never throws but for a bug: compile here instead, with the same compiler)
+        if (ahead is { } done)
         {
-            var (compilation, sub, diags) = prepared.Result();
-            PreambleDiagnostics = diags.Where(d => d.IsError).ToList();
-            if (sub is not null)
+            UsedPreparedPreamble = true;
+            PreambleDiagnostics = done.Diagnostics.Where(d => d.IsError).ToList();
+            if (done.Submission is { } emitted)
             {
-                _executor.Run(_executor.Context.AddSubmission(sub.Image), sub.TypeName!);
-                _previous = compilation;
+                _executor.Run(_executor.Context.AddSubmission(emitted.Image), emitted.TypeName!);
+                _previous = done.Compilation;
                 _chain.Add((preambleName, _compiler.Inputs.Preamble!));
             }
         }
@@ -276,7 +278,7 @@ public sealed class InteractiveSession
     internal static string AssemblyName(string sessionId, int counter) => $"virtlab-session-{sessionId}-{counter}";
 
     /// <summary>Whether the session took the <see cref="PreparedPreamble"/> it was given.</summary>
-    public bool UsedPreparedPreamble { get; }
+    public bool UsedPreparedPreamble { get; private set; }
 
     /// <summary>Whether a stack frame's code belongs to a submission of this session (for trimming stack traces).</summary>
     public bool IsScriptAssembly(System.Reflection.Assembly assembly) => _executor.Context.Owns(assembly);
