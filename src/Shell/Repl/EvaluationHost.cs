@@ -35,9 +35,9 @@ public static class EvaluationHost
         PreparedPreamble? prepared = null;
         if (!options.Standby)
         {
-            if (!VirtLab.Shell.Cli.CompileServer.IsListening)
-                prepared = PreparedPreamble.Start(PreambleRecord(options), typeof(RecipeGlobals), Directory.GetCurrentDirectory());
-            SideWarmUp.Start();
+            var server = VirtLab.Shell.Cli.CompileServer.IsListening;
+            if (!server) prepared = PreparedPreamble.Start(PreambleRecord(options), typeof(RecipeGlobals), Directory.GetCurrentDirectory());
+            SideWarmUp.Start(references: !server);
         }
         var socket = new Socket(AddressFamily.Unix, SocketType.Stream, ProtocolType.Unspecified);
         try { socket.Connect(new UnixDomainSocketEndPoint(socketPath)); }
@@ -392,19 +392,20 @@ public static class EvaluationHost
     /// </summary>
     private static class SideWarmUp
     {
-        public static void Start()
+        /// <param name="references">False when the compile server compiles for this host: it may never need them.</param>
+        public static void Start(bool references)
         {
             // VIRTLAB_SIDE_WARMUP=0: off (to measure what it saves).
             if (Environment.ProcessorCount < 2 || Environment.GetEnvironmentVariable("VIRTLAB_SIDE_WARMUP") is "0") return;
-            new Thread(Run) { Name = "virtlab-side-warm-up", IsBackground = true }.Start();
+            new Thread(() => Run(references)) { Name = "virtlab-side-warm-up", IsBackground = true }.Start();
         }
 
-        private static void Run()
+        private static void Run(bool references)
         {
             try
             {
                 // A compiler without plugins: its references are the base ones every session shares (made once per process).
-                _ = new ScriptCompiler(new CompileInputs([], [], null), typeof(RecipeGlobals), Directory.GetCurrentDirectory()).References;
+                if (references) _ = new ScriptCompiler(new CompileInputs([], [], null), typeof(RecipeGlobals), Directory.GetCurrentDirectory()).References;
                 VirtLab.Shell.Cli.StartupTrace.Mark("host: side warm-up: references");
                 _ = System.Text.Json.JsonSerializer.SerializeToUtf8Bytes(new Reply { Status = SubmitStatus.Ok, Plugins = [new PluginEntry()], Globals = [""] }, ProtocolJson.Default.Reply);
                 ValueRenderer.Write(Consoles.Create(TextWriter.Null, isTerminal: false), 42);
