@@ -87,8 +87,9 @@ public sealed class InteractiveSession
         Globals = globals;
         baseDirectory ??= Directory.GetCurrentDirectory();
         if (prepared is not null && !prepared.Fits(CompileInputs.From(plugins), baseDirectory)) { prepared.Cancel(); prepared = null; }
-        _sessionId = prepared?.SessionId ?? Guid.NewGuid().ToString("N")[..12];
-        _compiler = prepared?.Compiler ?? new ScriptCompiler(plugins, typeof(RecipeGlobals), baseDirectory);
+        var ahead = prepared?.Result();
+        _sessionId = ahead is not null ? prepared!.SessionId : Guid.NewGuid().ToString("N")[..12];
+        _compiler = ahead?.Compiler ?? new ScriptCompiler(plugins, typeof(RecipeGlobals), baseDirectory);
         _executor = new SubmissionExecutor(globals, new ScriptLoadContext(plugins, "virtlab-session-" + _sessionId));
         if (VirtLab.Shell.Cli.StartupTrace.Enabled)
         {
@@ -99,9 +100,6 @@ public sealed class InteractiveSession
         Assist = new CodeAssist(_compiler, ScriptPreamble.Source(plugins), () => Submissions, _gate);
 
         var preambleName = NextAssemblyName();
-        (CSharpCompilation Compilation, EmittedSubmission? Submission, IReadOnlyList<ScriptDiagnostic> Diagnostics)? ahead = null;
-        try { ahead = prepared?.Result(); }
-        catch (Exception) { } // (it never throws but for a bug: compile here instead, with the same compiler)
         if (ahead is { } done)
         {
             UsedPreparedPreamble = true;

@@ -14,26 +14,30 @@ namespace VirtLab.Shell.Scripting;
 public sealed class PreparedPreamble
 {
     private const string Format = "virtlab-repl-preamble 1";
-    private readonly Task<(CSharpCompilation Compilation, EmittedSubmission? Submission, IReadOnlyList<ScriptDiagnostic> Diagnostics)> _compile;
+    private readonly Task<Compiled> _compile;
+
+    /// <summary>The compile ahead: its compiler (the session goes on with it) and the preamble's compilation and image.</summary>
+    internal sealed record Compiled(ScriptCompiler Compiler, CSharpCompilation Compilation, EmittedSubmission? Submission, IReadOnlyList<ScriptDiagnostic> Diagnostics);
 
     private PreparedPreamble(CompileInputs inputs, string baseDirectory, Type globalsType)
     {
         Inputs = inputs;
         BaseDirectory = baseDirectory;
         SessionId = Guid.NewGuid().ToString("N")[..12];
-        Compiler = new ScriptCompiler(inputs, globalsType, baseDirectory);
         var name = InteractiveSession.AssemblyName(SessionId, 1);
-        var thread = new TaskCompletionSource<(CSharpCompilation, EmittedSubmission?, IReadOnlyList<ScriptDiagnostic>)>(TaskCreationOptions.RunContinuationsAsynchronously);
-        _compile = thread.Task;
+        var done = new TaskCompletionSource<Compiled>(TaskCreationOptions.RunContinuationsAsynchronously);
+        _compile = done.Task;
+        // Everything Roslyn on that thread, the compiler's construction included: the starting thread goes on at once.
         new Thread(() =>
         {
             try
             {
-                var compilation = Compiler.CreateSubmission(name, ScriptCompiler.Parse(inputs.Preamble!, ct: _cancel.Token), null);
-                var (sub, diags) = Compiler.Emit(compilation, _cancel.Token);
-                thread.SetResult((compilation, sub, diags));
+                var compiler = new ScriptCompiler(inputs, globalsType, baseDirectory);
+                var compilation = compiler.CreateSubmission(name, ScriptCompiler.Parse(inputs.Preamble!, ct: _cancel.Token), null);
+                var (sub, diags) = compiler.Emit(compilation, _cancel.Token);
+                done.SetResult(new Compiled(compiler, compilation, sub, diags));
             }
-            catch (Exception e) { thread.SetException(e); }
+            catch (Exception e) { done.SetException(e); }
         }, 16 << 20) { Name = "virtlab-preamble", IsBackground = true }.Start();
     }
 
@@ -45,15 +49,17 @@ public sealed class PreparedPreamble
     public CompileInputs Inputs { get; }
     public string BaseDirectory { get; }
     public string SessionId { get; }
-    internal ScriptCompiler Compiler { get; }
-
     /// <summary>Whether a session with these inputs can take it.</summary>
     public bool Fits(CompileInputs inputs, string baseDirectory) =>
         baseDirectory == BaseDirectory && inputs.Preamble == Inputs.Preamble
         && inputs.PluginPaths.SequenceEqual(Inputs.PluginPaths, StringComparer.Ordinal) && inputs.Imports.SequenceEqual(Inputs.Imports, StringComparer.Ordinal);
 
-    /// <summary>Waits for the compile (the session's first step).</summary>
-    internal (CSharpCompilation Compilation, EmittedSubmission? Submission, IReadOnlyList<ScriptDiagnostic> Diagnostics) Result() => _compile.GetAwaiter().GetResult();
+    /// <summary>Waits for the compile (the session's first step); null if it failed.</summary>
+    internal Compiled? Result()
+    {
+        try { return _compile.GetAwaiter().GetResult(); }
+        catch (Exception) { return null; } // (never but for a bug: the session compiles its preamble itself)
+    }
 
     /// <summary>Starts compiling the last remembered preamble in <paramref name="file"/> when its plugin files are unchanged; else null.</summary>
     public static PreparedPreamble? Start(string file, Type globalsType, string baseDirectory)
