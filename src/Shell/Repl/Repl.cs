@@ -80,7 +80,7 @@ internal sealed partial class Repl : IDisposable
                     _host = host;
                     // Not awaited: plugins-info is on the wire first, so the host answers it before the first submission,
                     // which need not wait here for the answer (nor for the plugin folders' watch it starts).
-                    _ = ActivateFirst(host);
+                    _firstActivation = ActivateFirst(host);
                 }
                 catch (Exception e) when (e is HostDiedException or IOException or SocketException or Win32Exception)
                 {
@@ -273,12 +273,14 @@ internal sealed partial class Repl : IDisposable
         && Environment.GetEnvironmentVariable("VIRTLAB_COLOR") != "never";
 
     private Task<Reply>? _asking; // a question the host has not answered in time: no second one is queued behind it
+    private volatile Task? _firstActivation; // until the first host has answered plugins-info, it is still starting
 
     /// <summary>The editor's completion, signature help and quick info; null when the host cannot answer now (starting,
     /// swapping, or still on an earlier question: the editor says "warming up" and asks again).</summary>
     private Reply? Ask(Request request)
     {
-        // Never block the editor for long: no answer while a swap or restart holds the host.
+        // Never block the editor for long: no answer while the first host starts, nor while a swap or restart holds the host.
+        if (_firstActivation is { IsCompleted: false }) return null;
         if (!_hostLock.Wait(TimeSpan.FromMilliseconds(200))) return null;
         try
         {
