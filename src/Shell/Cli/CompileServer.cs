@@ -185,16 +185,6 @@ public static class CompileServer
         finally { socket.Dispose(); }
     }
 
-    /// <summary>Starts this build's server in the background unless it is off or up already (a REPL host that compiled its
-    /// first submissions itself: the next start finds the server warm).</summary>
-    public static void StartIfEnabled()
-    {
-        if (!Enabled || Connect() is { } socket && Disposed(socket)) return;
-        StartIfAbsent();
-
-        static bool Disposed(Socket s) { s.Dispose(); return true; }
-    }
-
     /// <summary>Whether this build's server looks up (its socket file exists: a killed one's may too).</summary>
     public static bool IsListening => Enabled && File.Exists(SocketPath);
 

@@ -30,15 +30,7 @@ public static class EvaluationHost
 
         // Put to use at once: work off the session's critical path (and off Roslyn's code, which that path JITs) goes to
         // the second core meanwhile.
-        // And the plugin preamble, Roslyn's cold compile, starts now from the last session's inputs, before the plugins are
-        // loaded (with a compile server up, the server compiles it instead).
-        PreparedPreamble? prepared = null;
-        if (!options.Standby)
-        {
-            var server = VirtLab.Shell.Cli.CompileServer.IsListening;
-            if (!server) prepared = PreparedPreamble.Start(PreambleRecord(options), typeof(RecipeGlobals), Directory.GetCurrentDirectory());
-            SideWarmUp.Start(references: !server);
-        }
+        if (!options.Standby) SideWarmUp.Start(references: !VirtLab.Shell.Cli.CompileServer.IsListening);
         var socket = new Socket(AddressFamily.Unix, SocketType.Stream, ProtocolType.Unspecified);
         try { socket.Connect(new UnixDomainSocketEndPoint(socketPath)); }
         catch (SocketException e)
@@ -54,20 +46,11 @@ public static class EvaluationHost
         _ = Consoles.Error;
         VirtLab.Shell.Cli.StartupTrace.Mark("host: connected, consoles bound");
         using var stream = new NetworkStream(socket, ownsSocket: true);
-        var host = new Host(stream, options, prepared);
+        var host = new Host(stream, options);
         return host.Run();
     }
 
-    /// <summary>The last session's compile inputs (<see cref="PreparedPreamble"/>), per build of the shell and per place
-    /// the plugins come from (--plugins, VIRTLAB_PLUGINS, the folder it runs in).</summary>
-    private static string PreambleRecord(HostOptions options)
-    {
-        var where = string.Join('\n', options.PluginDirectories.Select(Path.GetFullPath)) + "\n" + Environment.GetEnvironmentVariable("VIRTLAB_PLUGINS") + "\n" + Directory.GetCurrentDirectory();
-        var hash = Convert.ToHexStringLower(System.Security.Cryptography.SHA256.HashData(Encoding.UTF8.GetBytes(where)))[..12];
-        return Path.Combine(RecipeCache.DefaultRoot(), "repl", $"preamble-{VirtLab.Shell.Cli.CompileServer.BuildId}-{hash}.txt");
-    }
-
-    private sealed class Host(NetworkStream stream, HostOptions options, PreparedPreamble? prepared)
+    private sealed class Host(NetworkStream stream, HostOptions options)
     {
         // VIRTLAB_HOST_TRACE=1: one stderr line per request with its duration (for measuring, not for users).
         private static readonly bool Trace = Environment.GetEnvironmentVariable("VIRTLAB_HOST_TRACE") == "1";
@@ -227,13 +210,7 @@ public static class EvaluationHost
             VirtLab.Shell.Cli.StartupTrace.Mark("host: session wanted");
             var plugins = PluginSet.Load(new PluginSearchPaths(options.PluginDirectories), ScriptPreamble.ReservedNames(typeof(RecipeGlobals)));
             VirtLab.Shell.Cli.StartupTrace.Mark("host: plugins loaded");
-            var ahead = prepared;
-            prepared = null; // taken or not, once
-            _session = new InteractiveSession(plugins, new RecipeContext(), useCompileServer: true, prepared: ahead);
-            if (_session.UsedPreparedPreamble)
-                ThreadPool.QueueUserWorkItem(_ => VirtLab.Shell.Cli.CompileServer.StartIfEnabled()); // this session compiles itself; the next start finds it warm
-            else
-                ThreadPool.QueueUserWorkItem(_ => PreparedPreamble.Remember(PreambleRecord(options), CompileInputs.From(plugins)));
+            _session = new InteractiveSession(plugins, new RecipeContext(), useCompileServer: true);
             if (VirtLab.Shell.Cli.ProcessPreparer.Enabled)
                 foreach (var p in plugins.Loaded.Where(p => p.Plugin is not null))
                     VirtLab.Sdk.Machine.WarmUp.Then(() =>

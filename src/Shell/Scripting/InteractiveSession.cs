@@ -2,8 +2,7 @@
 //
 //   public sealed class InteractiveSession
 //   {
-//       public InteractiveSession(PluginSet plugins, RecipeContext context, string? baseDirectory = null, bool useCompileServer = false,
-//           PreparedPreamble? prepared = null);
+//       public InteractiveSession(PluginSet plugins, RecipeContext context, string? baseDirectory = null, bool useCompileServer = false);
 //           // builds the RecipeGlobals (with the plugin globals) and runs the plugin preamble
 //       public SubmissionResult Submit(string code, CancellationToken cancellationToken = default);
 //       public IReadOnlyList<Completion> Complete(string code, int caret);   // Roslyn's CompletionService (CodeAssist)
@@ -61,7 +60,7 @@ public sealed class InteractiveSession
 {
     private readonly ScriptCompiler _compiler;
     private readonly SubmissionExecutor _executor;
-    private readonly string _sessionId;
+    private readonly string _sessionId = Guid.NewGuid().ToString("N")[..12];
     private string[] _submissions = []; // replaced, never mutated: readers need no lock
     private readonly object _gate = new();
     private CSharpCompilation? _previous;
@@ -75,21 +74,14 @@ public sealed class InteractiveSession
     /// compile server emit the preamble and submissions (the REPL's first host: its first result is then not a cold
     /// compile). No local compilation is built meanwhile; the first local compile rebuilds the chain from the same
     /// names and code (<see cref="LocalPrevious"/>), so switching to local later is seamless.</param>
-    /// <param name="prepared">The preamble compiled ahead (<see cref="PreparedPreamble"/>): taken, with its compiler, when it
-    /// <see cref="PreparedPreamble.Fits"/> these plugins.</param>
-    public InteractiveSession(PluginSet plugins, RecipeContext context, string? baseDirectory = null, bool useCompileServer = false,
-        PreparedPreamble? prepared = null)
+    public InteractiveSession(PluginSet plugins, RecipeContext context, string? baseDirectory = null, bool useCompileServer = false)
     {
         _useServer = useCompileServer;
         Plugins = plugins;
         context.Show = v => ValueRenderer.Write(Consoles.Out, v);
         var globals = new RecipeGlobals(context, ScriptPreamble.PluginGlobals(plugins));
         Globals = globals;
-        baseDirectory ??= Directory.GetCurrentDirectory();
-        if (prepared is not null && !prepared.Fits(CompileInputs.From(plugins), baseDirectory)) { prepared.Cancel(); prepared = null; }
-        var ahead = prepared?.Result();
-        _sessionId = ahead is not null ? prepared!.SessionId : Guid.NewGuid().ToString("N")[..12];
-        _compiler = ahead?.Compiler ?? new ScriptCompiler(plugins, typeof(RecipeGlobals), baseDirectory);
+        _compiler = new ScriptCompiler(plugins, typeof(RecipeGlobals), baseDirectory ?? Directory.GetCurrentDirectory());
         _executor = new SubmissionExecutor(globals, new ScriptLoadContext(plugins, "virtlab-session-" + _sessionId));
         if (VirtLab.Shell.Cli.StartupTrace.Enabled)
         {
@@ -100,18 +92,7 @@ public sealed class InteractiveSession
         Assist = new CodeAssist(_compiler, ScriptPreamble.Source(plugins), () => Submissions, _gate);
 
         var preambleName = NextAssemblyName();
-        if (ahead is { } done)
-        {
-            UsedPreparedPreamble = true;
-            PreambleDiagnostics = done.Diagnostics.Where(d => d.IsError).ToList();
-            if (done.Submission is { } emitted)
-            {
-                _executor.Run(_executor.Context.AddSubmission(emitted.Image), emitted.TypeName!);
-                _previous = done.Compilation;
-                _chain.Add((preambleName, _compiler.Inputs.Preamble!));
-            }
-        }
-        else if (_compiler.Inputs.Preamble is { } preambleSource && Remote(preambleName, preambleSource) is { } remote)
+        if (_compiler.Inputs.Preamble is { } preambleSource && Remote(preambleName, preambleSource) is { } remote)
         {
             PreambleDiagnostics = remote.Diagnostics.Where(d => d.IsError).ToList();
             if (remote.Submission is { } sub)
@@ -271,12 +252,7 @@ public sealed class InteractiveSession
         return type.SpecialType != SpecialType.System_Void;
     }
 
-    private string NextAssemblyName() => AssemblyName(_sessionId, Interlocked.Increment(ref _counter));
-
-    internal static string AssemblyName(string sessionId, int counter) => $"virtlab-session-{sessionId}-{counter}";
-
-    /// <summary>Whether the session took the <see cref="PreparedPreamble"/> it was given.</summary>
-    public bool UsedPreparedPreamble { get; private set; }
+    private string NextAssemblyName() => $"virtlab-session-{_sessionId}-{Interlocked.Increment(ref _counter)}";
 
     /// <summary>Whether a stack frame's code belongs to a submission of this session (for trimming stack traces).</summary>
     public bool IsScriptAssembly(System.Reflection.Assembly assembly) => _executor.Context.Owns(assembly);
