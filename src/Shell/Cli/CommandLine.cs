@@ -13,6 +13,8 @@ public static class CommandLine
 {
     public static int Run(string[] argv)
     {
+        if (EvaluationHostArguments(argv) is var (socket, standby, dirs))
+            return EvaluationHost.Run(socket, new HostOptions { PluginDirectories = dirs, Standby = standby });
         var root = Build();
         var parse = root.Parse(argv);
         if (parse.Errors.Count > 0)
@@ -34,6 +36,23 @@ public static class CommandLine
             }
         }
         return parse.Invoke(new InvocationConfiguration { EnableDefaultExceptionHandler = true });
+    }
+
+    /// <summary>The evaluation host's command line, exactly as <see cref="HostClient"/> writes it (<c>--host SOCKET
+    /// [--standby] [--plugins DIR]…</c>), read without building the command tree: the host's start is the REPL's first
+    /// result's critical path. Null for anything else (the parser below handles it).</summary>
+    internal static (string Socket, bool Standby, string[] PluginDirectories)? EvaluationHostArguments(string[] argv)
+    {
+        if (argv.Length < 2 || argv[0] != "--host" || argv[1].StartsWith('-')) return null;
+        var standby = false;
+        var dirs = new List<string>();
+        for (var i = 2; i < argv.Length; i++)
+        {
+            if (argv[i] == "--standby") standby = true;
+            else if (argv[i] == "--plugins" && i + 1 < argv.Length && !argv[i + 1].StartsWith('-')) dirs.Add(argv[++i]);
+            else return null;
+        }
+        return (argv[1], standby, [.. dirs]);
     }
 
     public static RootCommand Build()

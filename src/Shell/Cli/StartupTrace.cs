@@ -15,6 +15,7 @@ public static class StartupTrace
     {
         if (!Enabled) return;
         Console.Error.WriteLine($"[startup {Environment.ProcessId}] {(DateTime.UtcNow - Started).TotalMilliseconds,7:0.0} ms  {what}" +
-            $"  (JIT: {System.Runtime.JitInfo.GetCompiledMethodCount()} methods, {System.Runtime.JitInfo.GetCompilationTime().TotalMilliseconds:0} ms)");
+            $"  (JIT: {System.Runtime.JitInfo.GetCompiledMethodCount()} methods, {System.Runtime.JitInfo.GetCompilationTime().TotalMilliseconds:0} ms, " +
+            $"this thread {System.Runtime.JitInfo.GetCompiledMethodCount(currentThread: true)} methods, {System.Runtime.JitInfo.GetCompilationTime(currentThread: true).TotalMilliseconds:0} ms)");
     }
 }

@@ -28,6 +28,9 @@ public static class EvaluationHost
         // The terminal sends Ctrl+C to the whole foreground process group; the front end decides what it means.
         using var sigint = PosixSignalRegistration.Create(PosixSignal.SIGINT, c => c.Cancel = true);
 
+        // Put to use at once: work off the session's critical path (and off Roslyn's code, which that path JITs) goes to
+        // the second core meanwhile.
+        if (!options.Standby) SideWarmUp.Start(references: !VirtLab.Shell.Cli.CompileServer.IsListening);
         var socket = new Socket(AddressFamily.Unix, SocketType.Stream, ProtocolType.Unspecified);
         try { socket.Connect(new UnixDomainSocketEndPoint(socketPath)); }
         catch (SocketException e)
@@ -41,6 +44,7 @@ public static class EvaluationHost
         using var progress = TerminalProgress.InstallIfTerminal();
         _ = Consoles.Out;
         _ = Consoles.Error;
+        VirtLab.Shell.Cli.StartupTrace.Mark("host: connected, consoles bound");
         using var stream = new NetworkStream(socket, ownsSocket: true);
         var host = new Host(stream, options);
         return host.Run();
@@ -126,8 +130,14 @@ public static class EvaluationHost
             // With a compile server up, a host put to use at once (not --standby) lets the server compile its first
             // submissions, so it waits for its first request instead of starting a local compile (on a loaded machine
             // that request can take longer than 100 ms to come).
-            var firstWait = !options.Standby && VirtLab.Shell.Cli.CompileServer.IsListening ? Timeout.InfiniteTimeSpan : TimeSpan.FromMilliseconds(100);
-            if (_work.TryTake(out var first, firstWait)) _work.Add(first);
+            if (!options.Standby)
+            {
+                // Put to use at once: its first request (plugins-info) needs the session, so build it now rather than
+                // after the front end's request has come (or after a throwaway warm-up, when that request is late).
+                try { Session(); }
+                catch (Exception) { } // the first request tries again and answers with the error
+            }
+            else if (_work.TryTake(out var first, TimeSpan.FromMilliseconds(100))) _work.Add(first);
             else { WarmUp(); warmed = true; }
             while (true)
             {
@@ -197,7 +207,9 @@ public static class EvaluationHost
         private InteractiveSession Session()
         {
             if (_session is not null) return _session;
+            VirtLab.Shell.Cli.StartupTrace.Mark("host: session wanted");
             var plugins = PluginSet.Load(new PluginSearchPaths(options.PluginDirectories), ScriptPreamble.ReservedNames(typeof(RecipeGlobals)));
+            VirtLab.Shell.Cli.StartupTrace.Mark("host: plugins loaded");
             _session = new InteractiveSession(plugins, new RecipeContext(), useCompileServer: true);
             if (VirtLab.Shell.Cli.ProcessPreparer.Enabled)
                 foreach (var p in plugins.Loaded.Where(p => p.Plugin is not null))
@@ -208,6 +220,7 @@ public static class EvaluationHost
                     });
             _session.Globals.Context.Plots.Added = ReplPlots.Write;
             foreach (var d in _session.PreambleDiagnostics) Console.Error.WriteLine($"plugin preamble: {d}");
+            VirtLab.Shell.Cli.StartupTrace.Mark("host: session ready (preamble compiled and run)");
             return _session;
         }
 
@@ -344,6 +357,38 @@ public static class EvaluationHost
             }
             if (e.InnerException is { } inner) sb.Append("\n ---> ").Append(inner.GetType().FullName).Append(": ").Append(inner.Message);
             return sb.ToString();
+        }
+    }
+
+    /// <summary>
+    /// A first host's side thread: what the first result needs that the session's own start does not do first. The
+    /// compiler's base references (reading some 170 assemblies' metadata, while this thread connects and loads the
+    /// plugins), then the reply's serialization and the value renderer (JIT-compiled while the session compiles its
+    /// preamble). Disjoint from Roslyn's compile paths on purpose: a throwaway compile beside the preamble's made both
+    /// slower (they JIT the same methods and wait on each other).
+    /// </summary>
+    private static class SideWarmUp
+    {
+        /// <param name="references">False when the compile server compiles for this host: it may never need them.</param>
+        public static void Start(bool references)
+        {
+            // VIRTLAB_SIDE_WARMUP=0: off (to measure what it saves).
+            if (Environment.ProcessorCount < 2 || Environment.GetEnvironmentVariable("VIRTLAB_SIDE_WARMUP") is "0") return;
+            new Thread(() => Run(references)) { Name = "virtlab-side-warm-up", IsBackground = true }.Start();
+        }
+
+        private static void Run(bool references)
+        {
+            try
+            {
+                // A compiler without plugins: its references are the base ones every session shares (made once per process).
+                if (references) _ = new ScriptCompiler(new CompileInputs([], [], null), typeof(RecipeGlobals), Directory.GetCurrentDirectory()).References;
+                VirtLab.Shell.Cli.StartupTrace.Mark("host: side warm-up: references");
+                _ = System.Text.Json.JsonSerializer.SerializeToUtf8Bytes(new Reply { Status = SubmitStatus.Ok, Plugins = [new PluginEntry()], Globals = [""] }, ProtocolJson.Default.Reply);
+                ValueRenderer.Write(Consoles.Create(TextWriter.Null, isTerminal: false), 42);
+                VirtLab.Shell.Cli.StartupTrace.Mark("host: side warm-up: reply and renderer");
+            }
+            catch (Exception e) { Console.Error.WriteLine($"virtlab host: warm-up failed: {e.Message}"); }
         }
     }
 }

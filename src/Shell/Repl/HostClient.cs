@@ -67,6 +67,7 @@ public sealed class HostClient : IDisposable
         psi.UseShellExecute = false;
 
         var process = Process.Start(psi) ?? throw new InvalidOperationException("cannot start the evaluation host");
+        VirtLab.Shell.Cli.StartupTrace.Mark("repl: host spawned");
         process.StandardInput.Close();
         try
         {

@@ -41,9 +41,12 @@ internal sealed partial class Repl : IDisposable
     private volatile TaskCompletionSource? _interrupt;
     private volatile CancellationTokenSource? _promptCancel;
 
-    public Repl(ReplOptions options)
+    private readonly Task<HostClient>? _firstHost; // started before this front end's own set-up (ReplCommand)
+
+    public Repl(ReplOptions options, Task<HostClient>? firstHost = null)
     {
         _options = options;
+        _firstHost = firstHost;
         _history = new History(options.HistoryPath ?? History.DefaultPath());
         var interactive = TerminalLineSource.IsSupported();
         _color = interactive && ColorWanted();
@@ -62,6 +65,7 @@ internal sealed partial class Repl : IDisposable
     public async Task<int> RunAsync()
     {
         using var sigint = PosixSignalRegistration.Create(PosixSignal.SIGINT, OnSigint);
+        VirtLab.Shell.Cli.StartupTrace.Mark("repl: constructed");
         try
         {
             // The prompt comes up at once; the host starts meanwhile, holding the lock so the first
@@ -71,10 +75,12 @@ internal sealed partial class Repl : IDisposable
             {
                 try
                 {
-                    var host = await HostClient.StartAsync(_options.PluginDirectories);
+                    var host = await (_firstHost ?? HostClient.StartAsync(_options.PluginDirectories));
+                    VirtLab.Shell.Cli.StartupTrace.Mark("repl: host connected");
                     _host = host;
-                    await Activate(host);
-                    WatchHost(host);
+                    // Not awaited: plugins-info is on the wire first, so the host answers it before the first submission,
+                    // which need not wait here for the answer (nor for the plugin folders' watch it starts).
+                    _firstActivation = ActivateFirst(host);
                 }
                 catch (Exception e) when (e is HostDiedException or IOException or SocketException or Win32Exception)
                 {
@@ -185,6 +191,7 @@ internal sealed partial class Repl : IDisposable
             Task<Reply> submit;
             try
             {
+                VirtLab.Shell.Cli.StartupTrace.Mark("repl: submit");
                 submit = host.SendAsync(new Request { Kind = RequestKind.Submit, Code = code, Width = _lines.IsInteractive ? AnsiConsole.Console.Profile.Width : 0 });
                 if (await Task.WhenAny(submit, interrupt.Task) == interrupt.Task)
                 {
@@ -208,6 +215,7 @@ internal sealed partial class Repl : IDisposable
                 await Restart($"evaluation host died ({e.How}) during the evaluation");
                 return;
             }
+            VirtLab.Shell.Cli.StartupTrace.Mark("repl: reply");
             Report(reply, origin);
             if (!ReferenceEquals(_typesFrom, host)) FetchTypeNames(_typesFrom = host);
             if (reply.Status == SubmitStatus.Ok)
@@ -265,12 +273,14 @@ internal sealed partial class Repl : IDisposable
         && Environment.GetEnvironmentVariable("VIRTLAB_COLOR") != "never";
 
     private Task<Reply>? _asking; // a question the host has not answered in time: no second one is queued behind it
+    private volatile Task? _firstActivation; // until the first host has answered plugins-info, it is still starting
 
     /// <summary>The editor's completion, signature help and quick info; null when the host cannot answer now (starting,
     /// swapping, or still on an earlier question: the editor says "warming up" and asks again).</summary>
     private Reply? Ask(Request request)
     {
-        // Never block the editor for long: no answer while a swap or restart holds the host.
+        // Never block the editor for long: no answer while the first host starts, nor while a swap or restart holds the host.
+        if (_firstActivation is { IsCompleted: false }) return null;
         if (!_hostLock.Wait(TimeSpan.FromMilliseconds(200))) return null;
         try
         {
@@ -287,6 +297,21 @@ internal sealed partial class Repl : IDisposable
     }
 
     // ---- hosts: standby, restart, replay, hot swap ------------------------------------------------------
+
+    /// <summary>The first host's <see cref="Activate"/>, beside the first evaluation (the host answers in order).</summary>
+    private async Task ActivateFirst(HostClient host)
+    {
+        try
+        {
+            await Activate(host);
+            VirtLab.Shell.Cli.StartupTrace.Mark("repl: host active");
+            WatchHost(host);
+        }
+        catch (Exception e) when (e is HostDiedException or IOException or SocketException or ObjectDisposedException or OperationCanceledException)
+        {
+            if (ReferenceEquals(_host, host)) Error($"cannot start the evaluation host: {e.Message}"); // the first evaluation tries again
+        }
+    }
 
     /// <summary>First request to a host: it loads its plugins (after having warmed up Roslyn) and tells which.</summary>
     private async Task Activate(HostClient host)

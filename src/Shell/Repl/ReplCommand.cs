@@ -31,7 +31,10 @@ public static class ReplCommand
     /// <summary>The interactive REPL (the line editor on a terminal, plain line mode on piped stdin). Returns the exit code.</summary>
     public static int Run(ReplOptions options)
     {
-        using var repl = new Repl(options);
+        // The evaluation host's start (its runtime, plugins, Roslyn's first compile) is the first result's critical path:
+        // it begins before anything else here, the terminal and line editor set up meanwhile.
+        var host = HostClient.StartAsync(options.PluginDirectories);
+        using var repl = new Repl(options, host);
         return repl.RunAsync().GetAwaiter().GetResult();
     }
 }

@@ -83,6 +83,12 @@ public sealed class InteractiveSession
         Globals = globals;
         _compiler = new ScriptCompiler(plugins, typeof(RecipeGlobals), baseDirectory ?? Directory.GetCurrentDirectory());
         _executor = new SubmissionExecutor(globals, new ScriptLoadContext(plugins, "virtlab-session-" + _sessionId));
+        if (VirtLab.Shell.Cli.StartupTrace.Enabled)
+        {
+            VirtLab.Shell.Cli.StartupTrace.Mark("session: compiler");
+            _ = _compiler.References;
+            VirtLab.Shell.Cli.StartupTrace.Mark("session: references");
+        }
         Assist = new CodeAssist(_compiler, ScriptPreamble.Source(plugins), () => Submissions, _gate);
 
         var preambleName = NextAssemblyName();
@@ -97,7 +103,14 @@ public sealed class InteractiveSession
         }
         else if (_compiler.CreatePreamble(preambleName) is { } preamble)
         {
+            if (VirtLab.Shell.Cli.StartupTrace.Enabled)
+            {
+                VirtLab.Shell.Cli.StartupTrace.Mark("session: preamble compilation created");
+                _ = preamble.GetDiagnostics(); // binds (again in Emit): only to tell binding from emitting
+                VirtLab.Shell.Cli.StartupTrace.Mark("session: preamble bound");
+            }
             var (sub, diags) = _compiler.Emit(preamble);
+            VirtLab.Shell.Cli.StartupTrace.Mark("session: preamble emitted");
             PreambleDiagnostics = diags.Where(d => d.IsError).ToList();
             if (sub is not null)
             {
