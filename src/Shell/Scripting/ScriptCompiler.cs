@@ -165,15 +165,15 @@ public sealed class ScriptCompiler
             .ToList();
     }
 
-    /// <summary>dotnet/packs/Microsoft.NETCore.App.Ref/V/ref/netM.N/ of the dotnet root this runtime came from (else
-    /// DOTNET_ROOT's, else the usual install folders'): V = the runtime's own version when installed, else the
+    /// <summary>dotnet/packs/Microsoft.NETCore.App.Ref/V/ref/netM.N/ of the dotnet root this runtime came from (then
+    /// DOTNET_ROOT's and the usual install folders': a self-contained layout has none): V = the runtime's own version when installed, else the
     /// highest M.N.* (reference assemblies keep their version, M.N.0.0, across patches, so any of them binds).
     /// VIRTLAB_REFERENCE_PACK=0 takes the TPA list instead.</summary>
     private static string? FindReferencePack()
     {
         if (Environment.GetEnvironmentVariable("VIRTLAB_REFERENCE_PACK") == "0") return null; // compare, or work around a broken pack
         var frameworkDir = Path.GetDirectoryName(typeof(object).Assembly.Location)!;
-        var runtimeVersion = Path.GetFileName(frameworkDir);
+        var runtimeVersion = Environment.Version.ToString(); // not the folder's name: a self-contained layout has none
         var tfm = $"net{Environment.Version.Major}.{Environment.Version.Minor}";
         var roots = new List<string?>();
         if (Path.GetFileName(Path.GetDirectoryName(frameworkDir)) == "Microsoft.NETCore.App")
