@@ -37,6 +37,8 @@ if [ ! -f "$cache/.complete" ]; then
     printf '%s\n' "${packages[@]}" >"$tmp/out/.packages"
     echo "$((SECONDS - started)) s, runtime $runtime, ${#packages[@]} packages" >"$tmp/out/.built"
     mv "$tmp/out" "$cache"; rm -rf "$tmp"; touch "$cache/.complete"
+    # Composites of earlier package sets (185 MB each) go: a running shell keeps its hard-linked files alive.
+    for d in "$cache_root"/*/; do [ "${d%/}" = "$cache" ] || rm -rf "$d"; done
   fi
   exec 9>&-
 fi
