@@ -43,6 +43,19 @@ if [ ! -f "$cache/.complete" ]; then
   exec 9>&-
 fi
 
+# Up to date (same composite, no file of the build output newer than its copy): leave it, running shells and all.
+own() { for f in "$out"/* "$out"/runtimes/linux-"$arch"/native/*; do [ -f "$f" ] && echo "$f"; done; }
+if [ "$(cat "$layout/.composite" 2>/dev/null)" = "$key" ] && [ ! "$out/virtlab.runtimeconfig.json" -nt "$layout/virtlab.runtimeconfig.json" ]; then
+  fresh=1
+  while read -r f; do
+    name=$(basename "$f")
+    case "$name" in *.deps.json|*.runtimeconfig.json) continue ;; esac
+    [ -e "$cache/$name" ] && continue   # a package: its component is in the layout
+    { [ -e "$layout/$name" ] && [ ! "$f" -nt "$layout/$name" ]; } || { fresh=0; break; }
+  done < <(own)
+  [ $fresh = 1 ] && exit 0
+fi
+
 # The layout, made beside and swapped in (a running shell keeps the files it has open).
 next="$layout.next"; rm -rf "$next"; mkdir -p "$next"
 cp -al "$cache"/. "$next"/
@@ -63,5 +76,6 @@ for f in "$out"/runtimes/linux-"$arch"/native/*; do [ -f "$f" ] && cp -p "$f" "$
 rel=$(realpath --relative-to="$layout" "$out")
 sed -e '/"framework": {/,/},/d' -e "s|\"configProperties\": {|\"configProperties\": {\n      \"VirtLab.BuildOutput\": \"$rel\",\n      \"VirtLab.Composite\": \"$key\",|" \
   "$out/virtlab.runtimeconfig.json" >"$next/virtlab.runtimeconfig.json"
+echo "$key" >"$next/.composite"
 rm -rf "$layout.old"; [ -e "$layout" ] && mv "$layout" "$layout.old"
 mv "$next" "$layout"; rm -rf "$layout.old"
