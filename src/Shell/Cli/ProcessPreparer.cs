@@ -75,7 +75,7 @@ public sealed class ProcessPreparer
     /// <summary>The launch layout's (artifacts/launch/, its runtimeconfig names the composite) or the build output's.</summary>
     public static string LayoutDescription =>
         AppContext.GetData("VirtLab.Composite") is string key
-            ? $"launch layout: self-contained (runtime {Environment.Version}), framework + NuGet packages in one composite ReadyToRun image ({key}); shell, SDK and plugins per-assembly ReadyToRun"
+            ? $"launch layout: self-contained (runtime {Environment.Version}), framework + NuGet packages in one composite ReadyToRun image ({key}); shell and SDK per-assembly ReadyToRun, plugins as listed"
             : $"build output: framework-dependent (shared runtime {Environment.Version}); images per assembly as listed";
 
     /// <summary>How the process was prepared (call it once the recipe has run). Waits for the warm-up to end only when
