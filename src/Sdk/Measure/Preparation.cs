@@ -13,8 +13,8 @@ public sealed record Preparation
     /// other assemblies), "IL" or "IL (Debug build: JIT optimizations disabled)".</summary>
     public required IReadOnlyDictionary<string, string> Images { get; init; }
     /// <summary>How the process itself is laid out (which runtime, which precompiled images), e.g. "launch layout:
-    /// self-contained, framework + NuGet packages in one composite ReadyToRun image; shell, SDK and plugins per-assembly
-    /// ReadyToRun"; null where the host does not say.</summary>
+    /// self-contained …, framework + NuGet packages in one composite ReadyToRun image …; shell and SDK per-assembly
+    /// ReadyToRun, plugins as listed"; null where the host does not say.</summary>
     public string? Layout { get; init; }
     /// <summary>Runtime knobs in effect (TieredCompilation, TieredPGO, QuickJitForLoops, ReadyToRun).</summary>
     public required IReadOnlyDictionary<string, string> Runtime { get; init; }
