@@ -18,6 +18,10 @@ var swaps = Arg("swaps", 20, test: 2);
 var pause = Arg("pause", TimeSpan.FromSeconds(2), test: TimeSpan.Zero);  // between swaps, as between two rebuilds; 0 = back to back
 
 var virtlab = System.Reflection.Assembly.GetEntryAssembly()!.Location;   // this virtlab.dll
+// Started as this shell was: the launch layout's apphost under ./virtlab (self-contained, composite image), else
+// `dotnet virtlab.dll` (the build output).
+var self = Environment.ProcessPath ?? "dotnet";
+var viaDotnet = Path.GetFileNameWithoutExtension(self) == "dotnet";
 var sdk = typeof(Vm).Assembly.Location;
 var work = Directory.CreateTempSubdirectory("virtlab-bench-shell-").FullName;
 var env = new Dictionary<string, string>
@@ -33,8 +37,8 @@ Directory.CreateDirectory(env["HOME"]);
 
 ProcessStartInfo Virtlab(params string[] args)
 {
-    var psi = new ProcessStartInfo("dotnet") { UseShellExecute = false, RedirectStandardOutput = true, RedirectStandardError = true };
-    psi.ArgumentList.Add(virtlab);
+    var psi = new ProcessStartInfo(viaDotnet ? "dotnet" : self) { UseShellExecute = false, RedirectStandardOutput = true, RedirectStandardError = true };
+    if (viaDotnet) psi.ArgumentList.Add(virtlab);
     foreach (var a in args) psi.ArgumentList.Add(a);
     foreach (var (k, v) in env) psi.Environment[k] = v;
     psi.Environment.Remove("VIRTLAB_PLUGINS");
@@ -99,6 +103,7 @@ Stage("run: first, warm compile server", () => { for (int i = 0; i < runs; i++) 
 Stage("run: cached", () => { for (int i = 0; i < runs; i++) cached.Add(TimeRun(Path.Combine(work, "trivial-0.csx"))); });
 Cli("server", "stop");
 env["VIRTLAB_SERVER"] = "0";
+Result("shellStartedAs", viaDotnet ? $"dotnet {virtlab}" : self);
 Result("runFirstSeconds", Median(first));
 Result("runFirstNoServerYetSeconds", Median(firstCold));
 Result("runFirstWarmServerSeconds", Median(firstWarm));
@@ -156,7 +161,7 @@ List<double> TerminalFirstResults()
     for (int i = 0; i < runs; i++)
     {
         var psi = new ProcessStartInfo("/usr/bin/script") { UseShellExecute = false, RedirectStandardInput = true, RedirectStandardOutput = true, RedirectStandardError = true };
-        foreach (var a in new[] { "-qfc", $"dotnet '{virtlab}'", "/dev/null" }) psi.ArgumentList.Add(a);
+        foreach (var a in new[] { "-qfc", viaDotnet ? $"dotnet '{virtlab}'" : $"'{self}'", "/dev/null" }) psi.ArgumentList.Add(a);
         foreach (var (k, v) in env) psi.Environment[k] = v;
         psi.Environment["TERM"] = "xterm-256color";
         psi.Environment.Remove("NO_COLOR");

@@ -365,6 +365,41 @@ public sealed class RunOutputTests
     }
 
     [Fact]
+    public void Launch_layout_runs_from_the_composite_image_and_finds_the_build_outputs_plugins()
+    {
+        // artifacts/launch/ (src/ReadyToRunComposite.targets), made by this Release build beside artifacts/bin/.
+        var launch = Path.GetFullPath(Path.Combine(AppContext.BaseDirectory, "..", "..", "..", "launch"));
+        var exe = Path.Combine(launch, "virtlab");
+        Assert.True(File.Exists(exe), $"no launch layout at {launch}: the Release build makes it (unless -p:VirtLabComposite=false)");
+        using var tmp = new TempDir();
+        var recipe = tmp.File("layout.csx", "Result(\"answer\", System.Collections.Immutable.ImmutableArray.Create(6, 7).Aggregate((a, b) => a * b));");
+        var json = Path.Combine(tmp.Path, "run.json");
+        var psi = new System.Diagnostics.ProcessStartInfo(exe) { RedirectStandardOutput = true, RedirectStandardError = true, WorkingDirectory = tmp.Path };
+        foreach (var a in new[] { "run", "--json", json, recipe }) psi.ArgumentList.Add(a);
+        psi.Environment["VIRTLAB_CACHE"] = Path.Combine(tmp.Path, ".cache");
+        psi.Environment.Remove("VIRTLAB_PLUGINS");
+        using (var p = System.Diagnostics.Process.Start(psi)!)
+        {
+            var stdout = p.StandardOutput.ReadToEndAsync();
+            var stderr = p.StandardError.ReadToEndAsync();
+            Assert.True(p.WaitForExit(TimeSpan.FromSeconds(180)));
+            Assert.True(p.ExitCode == 0, $"exit {p.ExitCode}\n{stdout.Result}\n{stderr.Result}");
+        }
+        using var doc = JsonDocument.Parse(File.ReadAllText(json));
+        Assert.Equal(42, doc.RootElement.GetProperty("results").GetProperty("answer").GetInt32());
+        var env = doc.RootElement.GetProperty("environment");
+        var prep = env.GetProperty("preparation");
+        Assert.StartsWith("launch layout: self-contained", prep.GetProperty("layout").GetString());
+        var images = prep.GetProperty("images");
+        // Packages are components of the composite; the shell and the SDK keep their own images (outside its bubble).
+        Assert.Equal("ReadyToRun (composite)", images.GetProperty("Spectre.Console").GetString());
+        Assert.Equal("ReadyToRun", images.GetProperty("virtlab").GetString());
+        Assert.Equal("ReadyToRun", images.GetProperty("VirtLab.Sdk").GetString());
+        // The in-tree plugins are found in the build output the layout names.
+        Assert.Contains(images.EnumerateObject(), i => i.Name.StartsWith("plugin ", StringComparison.Ordinal));
+    }
+
+    [Fact]
     public void Cached_recipe_without_a_vm_skips_the_warm_up_and_one_with_a_vm_or_a_plugin_still_gets_it()
     {
         using var tmp = new TempDir();

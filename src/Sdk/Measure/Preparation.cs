@@ -9,8 +9,13 @@ namespace VirtLab.Sdk.Measure;
 /// </summary>
 public sealed record Preparation
 {
-    /// <summary>Assembly name → "ReadyToRun", "IL" or "IL (Debug build: JIT optimizations disabled)".</summary>
+    /// <summary>Assembly name → "ReadyToRun", "ReadyToRun (composite)" (its code is in a composite image shared with
+    /// other assemblies), "IL" or "IL (Debug build: JIT optimizations disabled)".</summary>
     public required IReadOnlyDictionary<string, string> Images { get; init; }
+    /// <summary>How the process itself is laid out (which runtime, which precompiled images), e.g. "launch layout:
+    /// self-contained …, framework + NuGet packages in one composite ReadyToRun image …; shell and SDK per-assembly
+    /// ReadyToRun, plugins as listed"; null where the host does not say.</summary>
+    public string? Layout { get; init; }
     /// <summary>Runtime knobs in effect (TieredCompilation, TieredPGO, QuickJitForLoops, ReadyToRun).</summary>
     public required IReadOnlyDictionary<string, string> Runtime { get; init; }
     /// <summary>How recipe code is emitted and JIT-compiled.</summary>
@@ -38,14 +43,24 @@ public sealed record Preparation
     /// <summary>Methods the JIT compiled while the recipe ran (what precompilation and warm-up did not cover).</summary>
     public long? JitCompiledDuringRecipe { get; init; }
 
-    /// <summary>"ReadyToRun" when the file carries a ReadyToRun header, "IL (Debug build…)" when built without
-    /// optimizations, else "IL".</summary>
+    /// <summary>"ReadyToRun" when the file carries a ReadyToRun header ("ReadyToRun (composite)" when that header only
+    /// points to a composite image), "IL (Debug build…)" when built without optimizations, else "IL".</summary>
     public static string ImageKind(string path)
     {
         try
         {
             using var pe = new PEReader(File.OpenRead(path));
-            if (pe.PEHeaders.CorHeader?.ManagedNativeHeaderDirectory.Size > 0) return "ReadyToRun";
+            if (pe.PEHeaders.CorHeader?.ManagedNativeHeaderDirectory is { Size: >= 12 } native)
+            {
+                // READYTORUN_HEADER: Signature "RTR", MajorVersion, MinorVersion, Flags (READYTORUN_FLAG_COMPONENT = 0x20).
+                var header = pe.GetSectionData(native.RelativeVirtualAddress).GetReader();
+                if (header.Length >= 12 && header.ReadUInt32() == 0x00525452)
+                {
+                    header.Offset = 8;
+                    if ((header.ReadUInt32() & 0x20) != 0) return "ReadyToRun (composite)";
+                }
+                return "ReadyToRun";
+            }
             if (pe.HasMetadata)
             {
                 var md = System.Reflection.Metadata.PEReaderExtensions.GetMetadataReader(pe);

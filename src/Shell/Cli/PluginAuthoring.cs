@@ -21,7 +21,7 @@ public static class PluginAuthoring
         .Split('+')[0];
 
     /// <summary>The package the build put beside the shell (sdk/VirtLab.Sdk.&lt;version&gt;.nupkg).</summary>
-    public static string SdkPackagePath => Path.Combine(AppContext.BaseDirectory, "sdk", $"VirtLab.Sdk.{SdkPackageVersion}.nupkg");
+    public static string SdkPackagePath => Path.Combine(VirtLab.Shell.PluginHost.PluginSearchPaths.BuildOutput, "sdk", $"VirtLab.Sdk.{SdkPackageVersion}.nupkg");
 
     // ---- pack-sdk ----
 

@@ -72,6 +72,12 @@ public sealed class ProcessPreparer
             });
     }
 
+    /// <summary>The launch layout's (artifacts/launch/, its runtimeconfig names the composite) or the build output's.</summary>
+    public static string LayoutDescription =>
+        AppContext.GetData("VirtLab.Composite") is string key
+            ? $"launch layout: self-contained (runtime {Environment.Version}), framework + NuGet packages in one composite ReadyToRun image ({key}); shell and SDK per-assembly ReadyToRun, plugins as listed"
+            : $"build output: framework-dependent (shared runtime {Environment.Version}); images per assembly as listed";
+
     /// <summary>How the process was prepared (call it once the recipe has run). Waits for the warm-up to end only when
     /// the recipe waited for it (it made a VM): a recipe that never needed it exits at once, and the record says the
     /// warm-up was still running.</summary>
@@ -89,6 +95,7 @@ public sealed class ProcessPreparer
             return new Preparation
             {
                 Images = images,
+                Layout = LayoutDescription,
                 Runtime = Preparation.RuntimeSettings(),
                 ScriptCode = ScriptOptimization.Description,
                 WarmedUp = sdk is null ? (unfinished ? ["(still running when the recipe ended: it made no VM, so it did not wait)"] : []) : [.. sdk.Paths, .. _pluginPaths],

@@ -246,6 +246,8 @@ public static class RunCommand
         private readonly Lock _gate = new();
         private bool _ended;
         private AggregateException? _unobserved;
+        // Collections so far: made right before the recipe runs, so its garbage can be no older than what ran since.
+        private readonly int _gen0Before = GC.CollectionCount(0), _gen1Before = GC.CollectionCount(1);
 
         public IDisposable WatchBackgroundFailures()
         {
@@ -279,7 +281,11 @@ public static class RunCommand
         /// <summary>A faulted task nobody awaited (found by collecting the recipe's garbage): the run fails with it.</summary>
         public Exception? UnobservedTaskFailure()
         {
-            GC.Collect();
+            // No collection since the recipe started: all it allocated is still in gen 0, and a gen-0 collection finds
+            // its unreachable faulted tasks (~1 ms instead of a full collection's ~13 ms at the end of every run). After
+            // gen-0 collections only, it is at most in gen 1; else collect everything.
+            var generation = GC.CollectionCount(0) == _gen0Before ? 0 : GC.CollectionCount(1) == _gen1Before ? 1 : GC.MaxGeneration;
+            GC.Collect(generation, GCCollectionMode.Forced, blocking: true);
             GC.WaitForPendingFinalizers();
             lock (_gate)
                 return _unobserved is null ? null

@@ -62,7 +62,15 @@ public sealed class PluginInfo
 public sealed record PluginSearchPaths(IReadOnlyList<string> Explicit, bool IncludeEnvironment = true, bool IncludeBuiltIn = true)
 {
     /// <summary>The shell's folder whose plugins/ (and its sibling configurations') are the built-in roots; the running shell's by default.</summary>
-    public string ShellDirectory { get; init; } = AppContext.BaseDirectory;
+    public string ShellDirectory { get; init; } = BuildOutput;
+
+    /// <summary>The shell's build output: AppContext.BaseDirectory, except in the prepared launch layout (artifacts/launch/,
+    /// src/ReadyToRunComposite.targets), whose runtimeconfig names the build output it was made from
+    /// (<c>VirtLab.BuildOutput</c>, relative to it): plugins are built into that output's plugins/ folders.</summary>
+    public static string BuildOutput { get; } =
+        AppContext.GetData("VirtLab.BuildOutput") is string rel
+            ? System.IO.Path.GetFullPath(System.IO.Path.Combine(AppContext.BaseDirectory, rel)) + System.IO.Path.DirectorySeparatorChar
+            : AppContext.BaseDirectory;
 
     public const string EnvironmentVariable = "VIRTLAB_PLUGINS";
     public static PluginSearchPaths None { get; } = new([], false, false);
@@ -87,7 +95,7 @@ public sealed record PluginSearchPaths(IReadOnlyList<string> Explicit, bool Incl
     /// </summary>
     public static IEnumerable<string> BuiltInRoots(string? shellDirectory = null)
     {
-        var own = System.IO.Path.TrimEndingDirectorySeparator(System.IO.Path.GetFullPath(shellDirectory ?? AppContext.BaseDirectory));
+        var own = System.IO.Path.TrimEndingDirectorySeparator(System.IO.Path.GetFullPath(shellDirectory ?? PluginSearchPaths.BuildOutput));
         yield return System.IO.Path.Combine(own, "plugins");
         var parent = System.IO.Path.GetDirectoryName(own);
         if (parent is null || !string.Equals(System.IO.Path.GetFileName(parent), "VirtLab.Shell", StringComparison.Ordinal)) yield break;
