@@ -193,7 +193,7 @@ public class PluginAuthoringTests(ScaffoldFixture fx) : IClassFixture<ScaffoldFi
 
         var run = Virtlab.Run(Path.Combine(dir, ".cache"), dir, "run", "--test", "--plugins", "plugins", Path.Combine(fx.Plugin, "recipes", "Heat.csx"));
         Assert.Contains("virtlab: plugin Heat not loaded", run.Stderr);
-        Assert.Contains($"SDK major mismatch: built against VirtLab.Sdk {next}.x ({next}.0), this shell provides {major}.x ({major}.0); rebuild the plugin against SDK {major}", run.Stderr);
+        Assert.Contains($"SDK major mismatch: built against VirtLab.Sdk {next}.x ({next}.0), this shell provides {major}.x ({VirtLab.Sdk.SdkVersion.Text}); rebuild the plugin against SDK {major}", run.Stderr);
         Assert.Equal(2, run.ExitCode); // the recipe's global Heat does not exist
     }
 
