@@ -1,5 +1,6 @@
 using System.Reflection;
 using System.Runtime.CompilerServices;
+using System.Text;
 using Spectre.Console;
 using VirtLab.Sdk;
 using VirtLab.Sdk.Measure;
@@ -73,7 +74,10 @@ public static class RunCommand
             StartupTrace.Mark("run: plugins loaded");
             StartupTrace.Mark(recipe is null ? "run: cache miss" : "run: cache hit");
             if (recipe is { NeedsWarmUp: false }) preparer.Skip("the cached recipe uses no VM, device or plugin");
-            else if (recipe is not null) preparer.Begin();
+            // A miss whose source names no VM, device or plugin type (RecipeCache.LooksCold) compiles alone: beside the
+            // compile the warm-up competed for the CPUs (2 here) and slowed every first run of a recipe that never
+            // needed it.
+            else if (recipe is not null || !RecipeCache.LooksCold(Encoding.UTF8.GetString(bytes), plugins)) preparer.Begin();
             if (verbose) err.WriteLine($"virtlab: recipe cache {(recipe is null ? "miss" : "hit")} ({Path.Combine(cache.Root, key)})");
             var compileHow = recipe is null ? null : "cached";
             if (recipe is null)
@@ -91,11 +95,10 @@ public static class RunCommand
                 }
                 recipe = compiled;
                 if (!o.NoCache) cache.Store(key, recipe, coldHint, plugins);
-                // Started only now: beside the compile it competed for the CPUs (2 here) and slowed every first run,
-                // while a recipe that makes no VM never needs it. One that does waits for it in its first Vm.Create
-                // (WarmUp.BeforeVm), so its timed stages still run warm code.
-                if (RecipeCache.NeedsWarmUp(recipe.Submissions)) preparer.Begin();
-                else preparer.Skip("the recipe uses no VM, device or plugin");
+                // Guessed cold but it is not: start the warm-up now and wait for it before the recipe's first statement,
+                // so no timed stage (a Stage around Vm.Create) includes it.
+                if (!preparer.Started && RecipeCache.NeedsWarmUp(recipe.Submissions)) { preparer.Begin(); VirtLab.Sdk.Machine.WarmUp.WaitForPending(); }
+                else if (!preparer.Started) preparer.Skip("the recipe uses no VM, device or plugin");
             }
             StartupTrace.Mark("run: compiled");
             // Warnings never change the exit code; a cached run shows the same ones as the run that compiled it.
