@@ -55,4 +55,13 @@ public sealed class RecipeCacheTests
         Assert.Contains("recipe cache hit", next.Stderr);
         Assert.Equal("v = 42\n", next.Stdout);
     }
+
+    [Theory]
+    [InlineData("Result(\"answer\", 6 * 7);", true)]
+    [InlineData("var s = 8.MiB(); Stage(\"x\", () => s.Bytes * 2);", true)]
+    [InlineData("var vm = Vm.Create(8.MiB(), 1);", false)]
+    [InlineData("var b = new DirtyBitmap(64);", false)]
+    [InlineData("#r \"nuget: Foo, 1.0.0\"\nResult(\"a\", 1);", false)]
+    public void A_recipe_naming_no_machine_type_looks_cold(string source, bool cold) =>
+        Assert.Equal(cold, RecipeCache.LooksCold(source, VirtLab.Shell.PluginHost.PluginSet.Empty));
 }

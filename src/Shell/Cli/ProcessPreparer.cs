@@ -24,6 +24,9 @@ public sealed class ProcessPreparer
 
     public static bool Enabled => Environment.GetEnvironmentVariable(EnvironmentVariable) is not ("0" or "false" or "off");
 
+    /// <summary>Whether <see cref="Begin"/> started the warm-up.</summary>
+    public bool Started => _sdk is not null;
+
     /// <summary>Why the warm-up never ran although enabled (the recipe needs none), or null.</summary>
     public string? Skipped { get; private set; }
 

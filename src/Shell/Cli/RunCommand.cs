@@ -1,5 +1,6 @@
 using System.Reflection;
 using System.Runtime.CompilerServices;
+using System.Text;
 using Spectre.Console;
 using VirtLab.Sdk;
 using VirtLab.Sdk.Measure;
@@ -44,14 +45,13 @@ public static class RunCommand
             return ExitCodes.Usage;
         }
 
-        // Warm the SDK's hot paths (then the plugins') on a worker thread while plugins load and the recipe compiles,
-        // unless the last compile of this very recipe needed none (its cold hint): then only a cache entry that says
-        // otherwise, or a miss, starts it.
+        // Warm the SDK's hot paths (then the plugins') on a worker thread: on a cache hit whose recipe needs it, while
+        // plugins load; on a miss, after the compile and only when the compiled recipe needs it (below).
         StartupTrace.Mark("run: consoles");
         var bytes = File.ReadAllBytes(o.File);
         var cache = new RecipeCache(RecipeCache.DefaultRoot());
         var coldHint = o.NoCache ? null : cache.ColdHint(o.File, bytes);
-        var preparer = ProcessPreparer.Start(begin: coldHint is null || !File.Exists(coldHint));
+        var preparer = ProcessPreparer.Start(begin: false);
         using var cts = new CancellationTokenSource();
         // First Ctrl+C asks the recipe to stop (Cancellation); the second one ends the process.
         ConsoleCancelEventHandler onCancel = (_, e) => { if (!cts.IsCancellationRequested) { e.Cancel = true; cts.Cancel(); } };
@@ -64,6 +64,7 @@ public static class RunCommand
             // An unused plugin is not loaded, so its load errors show on runs that compile, not on cached ones.
             var key = RecipeCache.Key(o.File, bytes);
             var recipe = o.NoCache ? null : cache.TryGet(key);
+            if (recipe is { NeedsWarmUp: true }) preparer.Begin();
             var plugins = PluginSet.Load(new PluginSearchPaths(o.PluginDirectories), ScriptPreamble.ReservedNames(typeof(RecipeGlobals)), err,
                 recipe?.Plugins is { } used ? name => used.Any(u => string.Equals(u.AssemblyName, name, StringComparison.OrdinalIgnoreCase)) : null);
             if (recipe is not null && !recipe.PluginsMatch(plugins)) { plugins.LoadRest(); recipe = null; }
@@ -73,7 +74,10 @@ public static class RunCommand
             StartupTrace.Mark("run: plugins loaded");
             StartupTrace.Mark(recipe is null ? "run: cache miss" : "run: cache hit");
             if (recipe is { NeedsWarmUp: false }) preparer.Skip("the cached recipe uses no VM, device or plugin");
-            else preparer.Begin();
+            // A miss whose source names no VM, device or plugin type (RecipeCache.LooksCold) compiles alone: beside the
+            // compile the warm-up competed for the CPUs (2 here) and slowed every first run of a recipe that never
+            // needed it.
+            else if (recipe is not null || !RecipeCache.LooksCold(Encoding.UTF8.GetString(bytes), plugins)) preparer.Begin();
             if (verbose) err.WriteLine($"virtlab: recipe cache {(recipe is null ? "miss" : "hit")} ({Path.Combine(cache.Root, key)})");
             var compileHow = recipe is null ? null : "cached";
             if (recipe is null)
@@ -91,6 +95,10 @@ public static class RunCommand
                 }
                 recipe = compiled;
                 if (!o.NoCache) cache.Store(key, recipe, coldHint, plugins);
+                // Guessed cold but it is not: start the warm-up now and wait for it before the recipe's first statement,
+                // so no timed stage (a Stage around Vm.Create) includes it.
+                if (!preparer.Started && RecipeCache.NeedsWarmUp(recipe.Submissions)) { preparer.Begin(); VirtLab.Sdk.Machine.WarmUp.WaitForPending(); }
+                else if (!preparer.Started) preparer.Skip("the recipe uses no VM, device or plugin");
             }
             StartupTrace.Mark("run: compiled");
             // Warnings never change the exit code; a cached run shows the same ones as the run that compiled it.
