@@ -65,10 +65,10 @@ public sealed class RecipeCache(string root)
     {
         var sb = new StringBuilder(FormatVersion).Append('\n');
         sb.Append(Path.GetFullPath(recipePath)).Append('\n');
-        sb.Append(Convert.ToHexStringLower(SHA256.HashData(recipeBytes))).Append('\n');
-        sb.Append("shell ").Append(typeof(RecipeCache).Assembly.ManifestModule.ModuleVersionId).Append('\n');
-        sb.Append("sdk ").Append(typeof(VirtLab.Sdk.SdkVersion).Assembly.ManifestModule.ModuleVersionId).Append('\n');
-        return Convert.ToHexStringLower(SHA256.HashData(Encoding.UTF8.GetBytes(sb.ToString())))[..32];
+        sb.Append(Sha256Hex(recipeBytes)).Append('\n');
+        sb.Append("shell ").Append(LowerHex(typeof(RecipeCache).Assembly.ManifestModule.ModuleVersionId.ToByteArray())).Append('\n');
+        sb.Append("sdk ").Append(LowerHex(typeof(VirtLab.Sdk.SdkVersion).Assembly.ManifestModule.ModuleVersionId.ToByteArray())).Append('\n');
+        return Sha256Hex(Encoding.UTF8.GetBytes(sb.ToString()))[..32];
     }
 
     /// <summary>The entry for <paramref name="key"/> when present and every recorded file still has its hash.</summary>
@@ -101,7 +101,7 @@ public sealed class RecipeCache(string root)
                         var path = Path.Combine(dir, parts[1]);
                         if (!File.Exists(path)) return null;
                         var image = File.ReadAllBytes(path);
-                        if (Convert.ToHexStringLower(SHA256.HashData(image)) != parts[3]) return null;
+                        if (Sha256Hex(image) != parts[3]) return null;
                         subs.Add(new(parts[2].Length == 0 ? null : parts[2], image));
                         break;
                     case "warning" when parts.Length == 2:
@@ -154,7 +154,7 @@ public sealed class RecipeCache(string root)
                 var image = recipe.Submissions[i].Image;
                 File.WriteAllBytes(Path.Combine(tmp, file), image);
                 sb.Append("submission\t").Append(file).Append('\t').Append(recipe.Submissions[i].TypeName)
-                  .Append('\t').Append(Convert.ToHexStringLower(SHA256.HashData(image))).Append('\n');
+                  .Append('\t').Append(Sha256Hex(image)).Append('\n');
             }
             sb.Append("warmup\t").Append(needsWarmUp ? "yes" : "no").Append('\n');
             foreach (var p in used) sb.Append("plugin\t").Append(p.AssemblyName).Append('\t').Append(p.Mvid).Append('\t').Append(p.GlobalName).Append('\n');
@@ -199,8 +199,8 @@ public sealed class RecipeCache(string root)
     /// </summary>
     public string ColdHint(string recipePath, byte[] recipeBytes)
     {
-        var id = $"{Path.GetFullPath(recipePath)}\n{Convert.ToHexStringLower(SHA256.HashData(recipeBytes))}\n{typeof(RecipeCache).Assembly.ManifestModule.ModuleVersionId}";
-        return Path.Combine(Root, Convert.ToHexStringLower(SHA256.HashData(Encoding.UTF8.GetBytes(id)))[..32] + ".cold");
+        var id = $"{Path.GetFullPath(recipePath)}\n{Sha256Hex(recipeBytes)}\n{LowerHex(typeof(RecipeCache).Assembly.ManifestModule.ModuleVersionId.ToByteArray())}";
+        return Path.Combine(Root, Sha256Hex(Encoding.UTF8.GetBytes(id))[..32] + ".cold");
     }
 
     /// <summary>
@@ -302,6 +302,27 @@ public sealed class RecipeCache(string root)
     public static string Hash(string path)
     {
         using var f = File.OpenRead(path);
-        return Convert.ToHexStringLower(SHA256.HashData(f));
+        return LowerHex(SHA256.HashData(f));
+    }
+
+    private static string Sha256Hex(ReadOnlySpan<byte> data)
+    {
+        Span<byte> hash = stackalloc byte[SHA256.HashSizeInBytes];
+        SHA256.HashData(data, hash);
+        return LowerHex(hash);
+    }
+
+    /// <summary>Lowercase hex by a plain loop: Convert.ToHexStringLower and Guid formatting take Vector128 paths no
+    /// ReadyToRun image holds, i.e. 8 methods JIT-compiled on every cached run.</summary>
+    internal static string LowerHex(ReadOnlySpan<byte> bytes)
+    {
+        const string digits = "0123456789abcdef";
+        var chars = new char[bytes.Length * 2];
+        for (var i = 0; i < bytes.Length; i++)
+        {
+            chars[2 * i] = digits[bytes[i] >> 4];
+            chars[2 * i + 1] = digits[bytes[i] & 0xF];
+        }
+        return new string(chars);
     }
 }
