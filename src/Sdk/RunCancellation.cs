@@ -11,17 +11,26 @@ namespace VirtLab.Sdk;
 /// </summary>
 public static class RunCancellation
 {
-    static readonly AsyncLocal<CancellationToken> Ambient = new();
+    // The token in a class: AsyncLocal over a reference type runs the framework's shared precompiled code, while
+    // AsyncLocal<CancellationToken> (a struct from outside the SDK) is JIT-compiled in every run that enters one.
+    static readonly AsyncLocal<TokenBox?> Ambient = new();
+
+    sealed class TokenBox(CancellationToken token)
+    {
+        public readonly CancellationToken Token = token;
+    }
+
+    static CancellationToken AmbientToken => Ambient.Value?.Token ?? CancellationToken.None;
 
     /// <summary>The current run's token (None outside a run).</summary>
-    public static CancellationToken Current => Ambient.Value;
+    public static CancellationToken Current => AmbientToken;
 
     /// <summary>Makes <paramref name="token"/> the ambient cancellation of this flow until the returned scope is disposed
     /// (the shell calls this around a run; tests may too).</summary>
     public static Scope Enter(CancellationToken token)
     {
-        var previous = Ambient.Value;
-        Ambient.Value = token;
+        var previous = AmbientToken;
+        Ambient.Value = new TokenBox(token);
         return new Scope(previous);
     }
 
@@ -31,7 +40,7 @@ public static class RunCancellation
     /// thread started from it still waits.</summary>
     public static Linked Link(CancellationToken token)
     {
-        var a = Ambient.Value;
+        var a = AmbientToken;
         if (!a.CanBeCanceled) return new Linked(token, null);
         var cts = token.CanBeCanceled ? CancellationTokenSource.CreateLinkedTokenSource(token, a) : CancellationTokenSource.CreateLinkedTokenSource(a);
         return new Linked(cts.Token, cts);
@@ -41,7 +50,7 @@ public static class RunCancellation
     public static void ThrowIfCancellationRequested(CancellationToken token = default)
     {
         token.ThrowIfCancellationRequested();
-        Ambient.Value.ThrowIfCancellationRequested();
+        AmbientToken.ThrowIfCancellationRequested();
     }
 
     /// <summary>Waits for <paramref name="handle"/> up to <paramref name="timeout"/> (infinite by default); throws
@@ -69,7 +78,7 @@ public static class RunCancellation
     public readonly struct Scope(CancellationToken previous) : IDisposable
     {
         /// <inheritdoc/>
-        public void Dispose() => Ambient.Value = previous;
+        public void Dispose() => Ambient.Value = previous.CanBeCanceled ? new TokenBox(previous) : null;
     }
 
     /// <summary>A token linked with the ambient cancellation, and the source to dispose if one was needed.</summary>

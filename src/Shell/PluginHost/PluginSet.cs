@@ -99,8 +99,16 @@ public sealed record PluginSearchPaths(IReadOnlyList<string> Explicit, bool Incl
         yield return System.IO.Path.Combine(own, "plugins");
         var parent = System.IO.Path.GetDirectoryName(own);
         if (parent is null || !string.Equals(System.IO.Path.GetFileName(parent), "VirtLab.Shell", StringComparison.Ordinal)) yield break;
-        foreach (var config in Directory.GetDirectories(parent).Order(StringComparer.Ordinal))
+        foreach (var config in SortedDirectories(parent))
             if (!string.Equals(config, own, StringComparison.Ordinal)) yield return System.IO.Path.Combine(config, "plugins");
+    }
+
+    /// <summary>Subfolders in ordinal order; Array.Sort, not LINQ's Order, whose sort map is JIT-compiled on every run.</summary>
+    internal static string[] SortedDirectories(string path)
+    {
+        var dirs = Directory.GetDirectories(path);
+        Array.Sort(dirs, StringComparer.Ordinal);
+        return dirs;
     }
 
     /// <summary>Whether <paramref name="root"/> is one of the shell's own (built-in) plugin roots.</summary>
@@ -207,7 +215,7 @@ public sealed class PluginSet
             if (!Directory.Exists(root)) continue;
             IEnumerable<string> dirs = File.Exists(System.IO.Path.Combine(root, System.IO.Path.GetFileName(root) + ".dll"))
                 ? [root]
-                : Directory.GetDirectories(root).Order(StringComparer.Ordinal);
+                : PluginSearchPaths.SortedDirectories(root);
             foreach (var d in dirs)
                 if (seen.Add(d))
                 {
@@ -216,7 +224,16 @@ public sealed class PluginSet
                 }
         }
         DateTime Built(string d) => File.GetLastWriteTimeUtc(System.IO.Path.Combine(d, System.IO.Path.GetFileName(d) + ".dll"));
-        foreach (var d in builtIn.OrderBy(System.IO.Path.GetFileName, StringComparer.Ordinal).ThenByDescending(Built))
+        // By name, then newest first, then root order (a stable sort). Not OrderBy/ThenByDescending: their generic
+        // instantiations over DateTime are in no ReadyToRun image (13 methods JIT-compiled on every run).
+        var sorted = builtIn.ToArray();
+        Array.Sort(sorted, (a, b) =>
+        {
+            var c = string.CompareOrdinal(System.IO.Path.GetFileName(a), System.IO.Path.GetFileName(b));
+            if (c == 0) c = Built(b).CompareTo(Built(a));
+            return c != 0 ? c : builtIn.IndexOf(a).CompareTo(builtIn.IndexOf(b));
+        });
+        foreach (var d in sorted)
         {
             builtInDirs?.Add(d);
             yield return d;
