@@ -310,7 +310,7 @@ public static class CompileServer
     internal static void WriteHashes(BinaryWriter w, IReadOnlyList<CompiledRecipe.FileHash> items)
     {
         w.Write(items.Count);
-        foreach (var h in items) { w.Write(h.Path); w.Write(h.Hash); }
+        foreach (var h in items) { w.Write(h.Path); w.Write(h.Sha256); }
     }
 
     internal static List<CompiledRecipe.FileHash> ReadHashes(BinaryReader r)

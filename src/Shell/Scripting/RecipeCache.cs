@@ -1,5 +1,6 @@
 using System.Reflection.Metadata;
 using System.Reflection.PortableExecutable;
+using System.Security.Cryptography;
 using System.Text;
 using VirtLab.Shell.PluginHost;
 
@@ -12,7 +13,7 @@ public sealed record CompiledRecipe(IReadOnlyList<CompiledRecipe.Submission> Sub
 {
     /// <summary>The image of one submission assembly and its script class (null: nothing to run, e.g. only usings).</summary>
     public sealed record Submission(string? TypeName, byte[] Image);
-    public sealed record FileHash(string Path, string Hash);
+    public sealed record FileHash(string Path, string Sha256);
 
     /// <summary>Whether a run needs the SDK/plugin warm-up (<see cref="RecipeCache.NeedsWarmUp"/>); an entry that does
     /// not say (written by an older shell) counts as needing it.</summary>
@@ -46,7 +47,7 @@ public sealed record CompiledRecipe(IReadOnlyList<CompiledRecipe.Submission> Sub
 public sealed class RecipeCache(string root)
 {
     private const string Manifest = "manifest.txt";
-    private const string FormatVersion = "virtlab-recipe-cache 4";
+    private const string FormatVersion = "virtlab-recipe-cache 3";
 
     public string Root { get; } = root;
 
@@ -64,10 +65,10 @@ public sealed class RecipeCache(string root)
     {
         var sb = new StringBuilder(FormatVersion).Append('\n');
         sb.Append(Path.GetFullPath(recipePath)).Append('\n');
-        sb.Append(KeyHash(recipeBytes)).Append('\n');
+        sb.Append(Sha256Hex(recipeBytes)).Append('\n');
         sb.Append("shell ").Append(LowerHex(typeof(RecipeCache).Assembly.ManifestModule.ModuleVersionId.ToByteArray())).Append('\n');
         sb.Append("sdk ").Append(LowerHex(typeof(VirtLab.Sdk.SdkVersion).Assembly.ManifestModule.ModuleVersionId.ToByteArray())).Append('\n');
-        return KeyHash(Encoding.UTF8.GetBytes(sb.ToString()))[..32];
+        return Sha256Hex(Encoding.UTF8.GetBytes(sb.ToString()))[..32];
     }
 
     /// <summary>The entry for <paramref name="key"/> when present and every recorded file still has its hash.</summary>
@@ -100,7 +101,7 @@ public sealed class RecipeCache(string root)
                         var path = Path.Combine(dir, parts[1]);
                         if (!File.Exists(path)) return null;
                         var image = File.ReadAllBytes(path);
-                        if (KeyHash(image) != parts[3]) return null;
+                        if (Sha256Hex(image) != parts[3]) return null;
                         subs.Add(new(parts[2].Length == 0 ? null : parts[2], image));
                         break;
                     case "warning" when parts.Length == 2:
@@ -145,15 +146,15 @@ public sealed class RecipeCache(string root)
         {
             Directory.CreateDirectory(tmp);
             var sb = new StringBuilder(FormatVersion).Append('\n');
-            foreach (var s in recipe.Sources) sb.Append("source\t").Append(s.Hash).Append('\t').Append(s.Path).Append('\n');
-            foreach (var r in recipe.References) sb.Append("ref\t").Append(r.Hash).Append('\t').Append(r.Path).Append('\n');
+            foreach (var s in recipe.Sources) sb.Append("source\t").Append(s.Sha256).Append('\t').Append(s.Path).Append('\n');
+            foreach (var r in recipe.References) sb.Append("ref\t").Append(r.Sha256).Append('\t').Append(r.Path).Append('\n');
             for (int i = 0; i < recipe.Submissions.Count; i++)
             {
                 var file = $"{i}.dll";
                 var image = recipe.Submissions[i].Image;
                 File.WriteAllBytes(Path.Combine(tmp, file), image);
                 sb.Append("submission\t").Append(file).Append('\t').Append(recipe.Submissions[i].TypeName)
-                  .Append('\t').Append(KeyHash(image)).Append('\n');
+                  .Append('\t').Append(Sha256Hex(image)).Append('\n');
             }
             sb.Append("warmup\t").Append(needsWarmUp ? "yes" : "no").Append('\n');
             foreach (var p in used) sb.Append("plugin\t").Append(p.AssemblyName).Append('\t').Append(p.Mvid).Append('\t').Append(p.GlobalName).Append('\n');
@@ -198,8 +199,8 @@ public sealed class RecipeCache(string root)
     /// </summary>
     public string ColdHint(string recipePath, byte[] recipeBytes)
     {
-        var id = $"{Path.GetFullPath(recipePath)}\n{KeyHash(recipeBytes)}\n{LowerHex(typeof(RecipeCache).Assembly.ManifestModule.ModuleVersionId.ToByteArray())}";
-        return Path.Combine(Root, KeyHash(Encoding.UTF8.GetBytes(id))[..32] + ".cold");
+        var id = $"{Path.GetFullPath(recipePath)}\n{Sha256Hex(recipeBytes)}\n{LowerHex(typeof(RecipeCache).Assembly.ManifestModule.ModuleVersionId.ToByteArray())}";
+        return Path.Combine(Root, Sha256Hex(Encoding.UTF8.GetBytes(id))[..32] + ".cold");
     }
 
     /// <summary>
@@ -344,43 +345,17 @@ public sealed class RecipeCache(string root)
         return all.Where(u => used.Any(p => p.AssemblyName == u.AssemblyName)).ToList();
     }
 
-    /// <summary>A file's <see cref="KeyHash"/>: what an entry records for the recipe, its #load files and #r references.</summary>
-    public static string Hash(string path) => KeyHash(File.ReadAllBytes(path));
-
-    /// <summary>A 128-bit non-cryptographic hash (32 hex digits) for entry keys, cold hints and the check of an entry's
-    /// submission images: the cache is the user's own, so it needs no collision resistance against an attacker, and
-    /// computing it in managed code keeps a cached run from loading OpenSSL (libssl, libcrypto, its configuration:
-    /// ~5 ms of a 0.1 s run) just for SHA-256.</summary>
-    internal static string KeyHash(ReadOnlySpan<byte> data)
+    public static string Hash(string path)
     {
-        const ulong P1 = 0x9E3779B185EBCA87, P2 = 0xC2B2AE3D27D4EB4F, P3 = 0x165667B19E3779F9, P4 = 0x85EBCA77C2B2AE63;
-        ulong h1 = 0x243F6A8885A308D3 ^ (ulong)data.Length, h2 = 0x13198A2E03707344 + (ulong)data.Length;
-        var whole = data.Length & ~7;
-        for (var i = 0; i < whole; i += 8)
-        {
-            var k = System.Buffers.Binary.BinaryPrimitives.ReadUInt64LittleEndian(data[i..]);
-            h1 = ulong.RotateLeft(h1 ^ (k * P1), 31) * P2;
-            h2 = (ulong.RotateLeft(h2 ^ (k * P3), 29) * P4) + h1;
-        }
-        ulong tail = 0;
-        var rest = data[whole..];
-        for (var i = rest.Length - 1; i >= 0; i--) tail = (tail << 8) | rest[i];
-        h1 = ulong.RotateLeft(h1 ^ (tail * P3), 27) * P1;
-        h2 += h1 ^ (tail * P2);
-        h1 += h2; h2 += h1;
-        h1 = Mix(h1); h2 = Mix(h2);
-        h1 += h2; h2 += h1;
-        Span<byte> bytes = stackalloc byte[16];
-        System.Buffers.Binary.BinaryPrimitives.WriteUInt64BigEndian(bytes, h1);
-        System.Buffers.Binary.BinaryPrimitives.WriteUInt64BigEndian(bytes[8..], h2);
-        return LowerHex(bytes);
+        using var f = File.OpenRead(path);
+        return LowerHex(SHA256.HashData(f));
+    }
 
-        static ulong Mix(ulong h) // MurmurHash3's 64-bit finaliser
-        {
-            h ^= h >> 33; h *= 0xFF51AFD7ED558CCD;
-            h ^= h >> 33; h *= 0xC4CEB53FE6F2F44B;
-            return h ^ (h >> 33);
-        }
+    private static string Sha256Hex(ReadOnlySpan<byte> data)
+    {
+        Span<byte> hash = stackalloc byte[SHA256.HashSizeInBytes];
+        SHA256.HashData(data, hash);
+        return LowerHex(hash);
     }
 
     /// <summary>Lowercase hex by a plain loop: Convert.ToHexStringLower and Guid formatting take Vector128 paths no
