@@ -30,8 +30,8 @@ public sealed class ProcessPreparer
     /// <summary>Why the warm-up never ran although enabled (the recipe needs none), or null.</summary>
     public string? Skipped { get; private set; }
 
-    /// <param name="begin">False leaves the worker unstarted until <see cref="Begin"/>: a run whose recipe is known
-    /// (<see cref="RecipeCache.ColdHint"/>) to need no warm-up does not pay for a thread it would never wait for.</param>
+    /// <param name="begin">False leaves the worker unstarted until <see cref="Begin"/>: a run whose recipe needs no
+    /// warm-up (its cache entry, or <see cref="RecipeCache.LooksCold"/> on a miss) does not pay for a thread it would never wait for.</param>
     public static ProcessPreparer Start(bool begin = true)
     {
         var p = new ProcessPreparer();

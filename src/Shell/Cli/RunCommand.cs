@@ -50,7 +50,6 @@ public static class RunCommand
         StartupTrace.Mark("run: consoles");
         var bytes = File.ReadAllBytes(o.File);
         var cache = new RecipeCache(RecipeCache.DefaultRoot());
-        var coldHint = o.NoCache ? null : cache.ColdHint(o.File, bytes);
         var preparer = ProcessPreparer.Start(begin: false);
         using var cts = new CancellationTokenSource();
         // First Ctrl+C asks the recipe to stop (Cancellation); the second one ends the process.
@@ -94,7 +93,7 @@ public static class RunCommand
                     return ExitCodes.CompileError;
                 }
                 recipe = compiled;
-                if (!o.NoCache) cache.Store(key, recipe, coldHint, plugins);
+                if (!o.NoCache) cache.Store(key, recipe, plugins);
                 // Guessed cold but it is not: start the warm-up now and wait for it before the recipe's first statement,
                 // so no timed stage (a Stage around Vm.Create) includes it.
                 if (!preparer.Started && RecipeCache.NeedsWarmUp(recipe.Submissions)) { preparer.Begin(); VirtLab.Sdk.Machine.WarmUp.WaitForPending(); }

@@ -127,19 +127,11 @@ public sealed class RecipeCache(string root)
 
     /// <summary>Stores an entry atomically (written beside, then renamed). Failing to store (unwritable cache, a
     /// concurrent writer of the same key) is not an error: running the recipe is what matters.</summary>
-    /// <param name="coldHint">The recipe's <see cref="ColdHint"/> file: created when it needs no warm-up, else removed.</param>
     /// <param name="plugins">The plugins it was compiled against: the entry records those its own code uses.</param>
-    public void Store(string key, CompiledRecipe recipe, string? coldHint = null, PluginSet? plugins = null)
+    public void Store(string key, CompiledRecipe recipe, PluginSet? plugins = null)
     {
         var needsWarmUp = NeedsWarmUp(recipe.Submissions);
         var used = UsedPlugins(recipe.Submissions, plugins ?? PluginSet.Empty, recipe.References.Select(r => r.Path));
-        if (coldHint is not null)
-            try
-            {
-                if (needsWarmUp) File.Delete(coldHint);
-                else { Directory.CreateDirectory(Path.GetDirectoryName(coldHint)!); File.WriteAllBytes(coldHint, []); }
-            }
-            catch (Exception e) when (e is IOException or UnauthorizedAccessException) { }
         var final = Path.Combine(Root, key);
         var tmp = Path.Combine(Root, $".{key}.{Environment.ProcessId}.{Guid.NewGuid():N}");
         try
@@ -181,9 +173,6 @@ public sealed class RecipeCache(string root)
     /// <summary>Keeps the cache bounded: past <see cref="MaxEntries"/> entries the least recently written go.</summary>
     private void Prune()
     {
-        if (new DirectoryInfo(Root).GetFiles("*.cold") is { Length: > MaxEntries * 4 } files)
-            foreach (var f in files.OrderBy(f => f.LastWriteTimeUtc).Take(files.Length - MaxEntries * 3))
-                try { f.Delete(); } catch (IOException) { }
         var entries = new DirectoryInfo(Root).GetDirectories().Where(d => !d.Name.StartsWith('.')).ToList();
         if (entries.Count <= MaxEntries) return;
         foreach (var d in entries.OrderBy(d => d.LastWriteTimeUtc).Take(entries.Count - MaxEntries * 3 / 4))
@@ -191,17 +180,6 @@ public sealed class RecipeCache(string root)
     }
 
     public const int MaxEntries = 256;
-
-    /// <summary>
-    /// A marker read before plugins load, so a run can leave the warm-up thread unstarted: it exists when the last
-    /// compile of this recipe (path, bytes, shell build) needed no warm-up. Only a hint: the entry's own
-    /// <see cref="CompiledRecipe.NeedsWarmUp"/> decides, and a run that finds it wrong starts the warm-up late.
-    /// </summary>
-    public string ColdHint(string recipePath, byte[] recipeBytes)
-    {
-        var id = $"{Path.GetFullPath(recipePath)}\n{Sha256Hex(recipeBytes)}\n{LowerHex(typeof(RecipeCache).Assembly.ManifestModule.ModuleVersionId.ToByteArray())}";
-        return Path.Combine(Root, Sha256Hex(Encoding.UTF8.GetBytes(id))[..32] + ".cold");
-    }
 
     /// <summary>
     /// Whether running these submissions needs the process warm-up (SDK hot paths, plugin WarmUp): the recipe's own
