@@ -96,7 +96,7 @@ public static class RunCommand
                 if (!o.NoCache) cache.Store(key, recipe, plugins);
                 // Guessed cold but it is not: start the warm-up now and wait for it before the recipe's first statement,
                 // so no timed stage (a Stage around Vm.Create) includes it.
-                if (!preparer.Started && RecipeCache.NeedsWarmUp(recipe.Submissions)) { preparer.Begin(); VirtLab.Sdk.Machine.WarmUp.WaitForPending(); }
+                if (!preparer.Started && recipe.NeedsWarmUp) { preparer.Begin(); VirtLab.Sdk.Machine.WarmUp.WaitForPending(); }
                 else if (!preparer.Started) preparer.Skip("the recipe uses no VM, device or plugin");
             }
             StartupTrace.Mark("run: compiled");

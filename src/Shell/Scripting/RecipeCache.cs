@@ -15,9 +15,10 @@ public sealed record CompiledRecipe(IReadOnlyList<CompiledRecipe.Submission> Sub
     public sealed record Submission(string? TypeName, byte[] Image);
     public sealed record FileHash(string Path, string Sha256);
 
-    /// <summary>Whether a run needs the SDK/plugin warm-up (<see cref="RecipeCache.NeedsWarmUp"/>); an entry that does
-    /// not say (written by an older shell) counts as needing it.</summary>
-    public bool NeedsWarmUp { get; init; } = true;
+    /// <summary>Whether a run needs the SDK/plugin warm-up: a cached entry's record (one that does not say, written by an
+    /// older shell, counts as needing it), else worked out once from the submissions (<see cref="RecipeCache.NeedsWarmUp"/>).</summary>
+    public bool NeedsWarmUp { get => _needsWarmUp ??= RecipeCache.NeedsWarmUp(Submissions); init => _needsWarmUp = value; }
+    private bool? _needsWarmUp;
 
     /// <summary>The plugins the recipe's own code uses (a cached entry's record; null on a fresh compile): a cached run
     /// loads and initialises only these.</summary>
@@ -130,7 +131,7 @@ public sealed class RecipeCache(string root)
     /// <param name="plugins">The plugins it was compiled against: the entry records those its own code uses.</param>
     public void Store(string key, CompiledRecipe recipe, PluginSet? plugins = null)
     {
-        var needsWarmUp = NeedsWarmUp(recipe.Submissions);
+        var needsWarmUp = recipe.NeedsWarmUp;
         var used = UsedPlugins(recipe.Submissions, plugins ?? PluginSet.Empty, recipe.References.Select(r => r.Path));
         var final = Path.Combine(Root, key);
         var tmp = Path.Combine(Root, $".{key}.{Environment.ProcessId}.{Guid.NewGuid():N}");
