@@ -417,12 +417,19 @@ public sealed class RunOutputTests
             return env.GetProperty("preparation");
         }
         List<string?> Warmed(JsonElement prep) => prep.GetProperty("warmedUp").EnumerateArray().Select(e => e.GetString()).ToList();
+        // The second run of a recipe: served from the cache.
+        JsonElement Cached(string recipe, out JsonDocument doc)
+        {
+            Prep(recipe, out var first);
+            first.Dispose();
+            var prep = Prep(recipe, out doc);
+            Assert.Equal("cached", prep.GetProperty("compile").GetString());
+            return prep;
+        }
 
         // Only computes and reports: the cached run starts no warm-up, and the record says why.
         var trivial = tmp.File("trivial.csx", "Result(\"answer\", 6 * 7);\n");
-        Prep(trivial, out var d1); d1.Dispose();
-        var cold = Prep(trivial, out var d2);
-        Assert.Equal("cached", cold.GetProperty("compile").GetString());
+        var cold = Cached(trivial, out var d2);
         Assert.Contains("uses no VM", cold.GetProperty("warmUpSkipped").GetString());
         Assert.Empty(Warmed(cold));
         Assert.Equal(0, cold.GetProperty("warmUpSeconds").GetDouble());
@@ -431,9 +438,7 @@ public sealed class RunOutputTests
         // Creates a VM: the cached run is warmed as before (SDK paths), and waits for it; the plugin it does not use is
         // not loaded on a cached run, so it has no warm-up to run.
         var withVm = tmp.File("vm.csx", "var vm = Vm.Create(2.MiB(), backend: Backend.Sim);\nvm.Dispose();\n");
-        Prep(withVm, out var d3); d3.Dispose();
-        var warm = Prep(withVm, out var d4);
-        Assert.Equal("cached", warm.GetProperty("compile").GetString());
+        var warm = Cached(withVm, out var d4);
         Assert.False(warm.TryGetProperty("warmUpSkipped", out _));
         Assert.Contains(Warmed(warm), w => w!.StartsWith("dirty log"));
         Assert.DoesNotContain("plugin Warm", Warmed(warm));
@@ -442,9 +447,7 @@ public sealed class RunOutputTests
         // Uses only a plugin (no VM of its own): the warm-up still starts (the recipe waits for it only at a Vm.Create,
         // so the record may say it was still running).
         var withPlugin = tmp.File("plugin.csx", "Result(\"warmUps\", WarmNs.ThePlugin.WarmUps);\n");
-        Prep(withPlugin, out var d5); d5.Dispose();
-        var viaPlugin = Prep(withPlugin, out var d6);
-        Assert.Equal("cached", viaPlugin.GetProperty("compile").GetString());
+        var viaPlugin = Cached(withPlugin, out var d6);
         Assert.False(viaPlugin.TryGetProperty("warmUpSkipped", out _));
         Assert.NotEmpty(Warmed(viaPlugin));
         d6.Dispose();
