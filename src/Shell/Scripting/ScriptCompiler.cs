@@ -142,10 +142,12 @@ public sealed class ScriptCompiler
         }
     }
 
-    /// <summary>Where the framework's references came from: the reference pack's folder, or null for the TPA list.</summary>
-    public static string? ReferencePackDirectory => ReferencePack.Value;
+    /// <summary>Where the framework's references came from: the reference pack's folder, or null for the TPA list
+    /// (no pack installed, or VIRTLAB_REFERENCE_PACK=0 to compare or work around a broken pack).</summary>
+    public static string? ReferencePackDirectory =>
+        Environment.GetEnvironmentVariable("VIRTLAB_REFERENCE_PACK") == "0" ? null : InstalledReferencePack.Value;
 
-    private static readonly Lazy<string?> ReferencePack = new(FindReferencePack);
+    private static readonly Lazy<string?> InstalledReferencePack = new(FindReferencePack);
 
     /// <summary>
     /// Reference assemblies hold only the public surface: their metadata is a fraction of the implementation's (Roslyn
@@ -167,11 +169,9 @@ public sealed class ScriptCompiler
 
     /// <summary>dotnet/packs/Microsoft.NETCore.App.Ref/V/ref/netM.N/ of the dotnet root this runtime came from (then
     /// DOTNET_ROOT's and the usual install folders': a self-contained layout has none): V = the runtime's own version when installed, else the
-    /// highest M.N.* (reference assemblies keep their version, M.N.0.0, across patches, so any of them binds).
-    /// VIRTLAB_REFERENCE_PACK=0 takes the TPA list instead.</summary>
+    /// highest M.N.* (reference assemblies keep their version, M.N.0.0, across patches, so any of them binds).</summary>
     private static string? FindReferencePack()
     {
-        if (Environment.GetEnvironmentVariable("VIRTLAB_REFERENCE_PACK") == "0") return null; // compare, or work around a broken pack
         var frameworkDir = Path.GetDirectoryName(typeof(object).Assembly.Location)!;
         var runtimeVersion = Environment.Version.ToString(); // not the folder's name: a self-contained layout has none
         var tfm = $"net{Environment.Version.Major}.{Environment.Version.Minor}";
@@ -206,15 +206,11 @@ public sealed class ScriptCompiler
         return MetadataReference.CreateFromFile(path, documentation: File.Exists(xml) ? XmlDocumentationProvider.CreateFromFile(xml) : null);
     }
 
-    /// <summary>dotnet/shared/Microsoft.NETCore.App/V/X.dll → dotnet/packs/Microsoft.NETCore.App.Ref/V/ref/netN/X.xml (CoreLib's
-    /// types are documented in System.Runtime.xml); null when the SDK's reference pack is not installed.</summary>
+    /// <summary>A runtime assembly X.dll (the TPA-list fallback) → X.xml in the installed reference pack
+    /// (<see cref="FindReferencePack"/>; CoreLib's types are documented in System.Runtime.xml); null when no pack is installed.</summary>
     private static string? FrameworkDocs(string path)
     {
-        var dir = Path.GetDirectoryName(path)!;
-        var version = Path.GetFileName(dir);
-        var root = Path.GetDirectoryName(Path.GetDirectoryName(Path.GetDirectoryName(dir)));
-        if (root is null || Path.GetFileName(Path.GetDirectoryName(dir)) != "Microsoft.NETCore.App") return null;
-        var refDir = Path.Combine(root, "packs", "Microsoft.NETCore.App.Ref", version, "ref", $"net{Environment.Version.Major}.{Environment.Version.Minor}");
+        if (InstalledReferencePack.Value is not { } refDir) return null;
         var name = Path.GetFileNameWithoutExtension(path);
         return Path.Combine(refDir, (name == "System.Private.CoreLib" ? "System.Runtime" : name) + ".xml");
     }
