@@ -15,8 +15,19 @@ set -euo pipefail
 crossgen2=$1 pack=$2 runtime=$3 arch=$4 packages_file=$5 cache_root=$6 out=${7%/} layout=${8%/}
 
 mapfile -t packages < <(grep -v '^$' "$packages_file" | sort -u)
+# Compiled for this machine's CPU, as -march=native would be (the layout is built where it runs): x86-64-v3 (AVX2,
+# BMI1/2, FMA, LZCNT, MOVBE) when the CPU has it all, so the framework's vectorised code (span search, hashing, string
+# compares) is precompiled instead of JIT-compiled on every start (crossgen2's default target leaves those methods
+# out). A CPU without them would make the runtime reject the image and JIT-compile everything: correct, just slower.
+isa=
+has_v3() {
+  local flags f
+  flags=" $(grep -m1 '^flags' /proc/cpuinfo 2>/dev/null) "
+  for f in avx2 bmi1 bmi2 fma movbe abm; do [[ $flags == *" $f "* ]] || return 1; done
+}
+[ "$arch" = x64 ] && has_v3 && isa=x86-64-v3
 # The key: everything the composite is made of (package paths carry id and version) and how it is compiled.
-key=$(printf '%s\n' "layout 1" "$runtime" "$crossgen2" "$pack" "${packages[@]}" | sha256sum | cut -c1-16)
+key=$(printf '%s\n' "layout 2" "$runtime" "$crossgen2" "$pack" "isa $isa" "${packages[@]}" | sha256sum | cut -c1-16)
 cache="$cache_root/$key"
 
 if [ ! -f "$cache/.complete" ]; then
@@ -29,13 +40,13 @@ if [ ! -f "$cache/.complete" ]; then
     echo "virtlab: compiling the framework + packages composite ReadyToRun image (once per package set; a few minutes)..." >&2
     started=$SECONDS
     if ! "$crossgen2" "$tmp"/in/*.dll --composite --inputbubble -O --targetos:linux --targetarch:"$arch" \
-         -o:"$tmp/out/framework.r2r.dll" >"$tmp/crossgen2.log" 2>&1; then
+         ${isa:+--instruction-set:$isa} -o:"$tmp/out/framework.r2r.dll" >"$tmp/crossgen2.log" 2>&1; then
       cat "$tmp/crossgen2.log" >&2; echo "virtlab: composite ReadyToRun compile failed (log above)" >&2; exit 1
     fi
     # The runtime itself (libcoreclr.so, libclrjit.so, hostfxr, hostpolicy, System.Native, …).
     cp -f "$pack"/native/* "$tmp/out/"
     printf '%s\n' "${packages[@]}" >"$tmp/out/.packages"
-    echo "$((SECONDS - started)) s, runtime $runtime, ${#packages[@]} packages" >"$tmp/out/.built"
+    echo "$((SECONDS - started)) s, runtime $runtime, ${#packages[@]} packages, instruction set ${isa:-default}" >"$tmp/out/.built"
     mv "$tmp/out" "$cache"; rm -rf "$tmp"; touch "$cache/.complete"
     # Composites of earlier package sets (185 MB each) go: a running shell keeps its hard-linked files alive.
     for d in "$cache_root"/*/; do [ "${d%/}" = "$cache" ] || rm -rf "$d"; done

@@ -16,6 +16,14 @@ public static class CommandLine
         if (EvaluationHostArguments(argv) is var (socket, standby, dirs))
             return EvaluationHost.Run(socket, new HostOptions { PluginDirectories = dirs, Standby = standby });
         if (SimpleRunArguments(argv) is { } simple) return RunSimple(simple);
+        return Parse(argv);
+    }
+
+    // Apart from Run: a method naming System.CommandLine's types loads that assembly when it is entered, which the
+    // fast paths above never need.
+    [System.Runtime.CompilerServices.MethodImpl(System.Runtime.CompilerServices.MethodImplOptions.NoInlining)]
+    private static int Parse(string[] argv)
+    {
         var root = Build();
         var parse = root.Parse(argv);
         if (parse.Errors.Count > 0)

@@ -2,7 +2,6 @@ using System.Diagnostics;
 using System.Net.Sockets;
 using System.Runtime.CompilerServices;
 using System.Runtime.InteropServices;
-using System.Security.Cryptography;
 using System.Text;
 using VirtLab.Shell.Scripting;
 
@@ -64,8 +63,8 @@ public static class CompileServer
     }
 
     /// <summary>This build of the shell: its folder and the shell's and SDK's module version ids.</summary>
-    public static string BuildId { get; } = Convert.ToHexStringLower(SHA256.HashData(Utf8.GetBytes(
-        $"{AppContext.BaseDirectory}\n{typeof(CompileServer).Assembly.ManifestModule.ModuleVersionId}\n{typeof(VirtLab.Sdk.SdkVersion).Assembly.ManifestModule.ModuleVersionId}")))[..16];
+    public static string BuildId { get; } = RecipeCache.HashHex(Utf8.GetBytes(
+        $"{AppContext.BaseDirectory}\n{typeof(CompileServer).Assembly.ManifestModule.ModuleVersionId}\n{typeof(VirtLab.Sdk.SdkVersion).Assembly.ManifestModule.ModuleVersionId}"))[..16];
 
     public static string SocketPath => SocketPathIn(Folder);
 
@@ -75,7 +74,7 @@ public static class CompileServer
         var path = Path.Combine(folder, BuildId + ".sock");
         // sun_path holds 108 bytes: a deep HOME gets a name in the temp folder instead (still per user and build).
         if (Utf8.GetByteCount(path) < 100) return path;
-        var dirHash = Convert.ToHexStringLower(SHA256.HashData(Utf8.GetBytes(folder)))[..8];
+        var dirHash = RecipeCache.HashHex(Utf8.GetBytes(folder))[..8];
         return Path.Combine(Path.GetTempPath(), $"virtlab-{dirHash}-{BuildId}.sock");
     }
 
@@ -310,7 +309,7 @@ public static class CompileServer
     internal static void WriteHashes(BinaryWriter w, IReadOnlyList<CompiledRecipe.FileHash> items)
     {
         w.Write(items.Count);
-        foreach (var h in items) { w.Write(h.Path); w.Write(h.Sha256); }
+        foreach (var h in items) { w.Write(h.Path); w.Write(h.Hash); }
     }
 
     internal static List<CompiledRecipe.FileHash> ReadHashes(BinaryReader r)

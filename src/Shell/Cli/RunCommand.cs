@@ -34,7 +34,7 @@ public static class RunCommand
         err = Console.Error;
         // Recipes and plugins may write through Spectre's static AnsiConsole, whose own detection emits ANSI into a
         // pipe (it looks at TERM, not at the redirection): give it the console that knows.
-        AnsiConsole.Console = Consoles.Out;
+        Consoles.BindAnsiConsole();
 
         RecipeArgs args;
         try { args = new RecipeArgs(o.Arguments); }
@@ -64,8 +64,11 @@ public static class RunCommand
             var key = RecipeCache.Key(o.File, bytes);
             var recipe = o.NoCache ? null : cache.TryGet(key);
             if (recipe is { NeedsWarmUp: true }) preparer.Begin();
-            var plugins = PluginSet.Load(new PluginSearchPaths(o.PluginDirectories), ScriptPreamble.ReservedNames(typeof(RecipeGlobals)), err,
-                recipe?.Plugins is { } used ? name => used.Any(u => string.Equals(u.AssemblyName, name, StringComparison.OrdinalIgnoreCase)) : null);
+            var paths = new PluginSearchPaths(o.PluginDirectories);
+            // One that uses none, with no plugin folder named (--plugins, VIRTLAB_PLUGINS), does not even look for plugins.
+            var plugins = recipe?.Plugins is { Count: 0 } && !paths.NamedRoots().Any() ? PluginSet.Empty
+                : PluginSet.Load(paths, ScriptPreamble.ReservedNames(typeof(RecipeGlobals)), err,
+                    recipe?.Plugins is { } used ? name => used.Any(u => string.Equals(u.AssemblyName, name, StringComparison.OrdinalIgnoreCase)) : null);
             if (recipe is not null && !recipe.PluginsMatch(plugins)) { plugins.LoadRest(); recipe = null; }
             foreach (var p in plugins.All.Where(p => p.Status == PluginStatus.Error))
                 err.WriteLine($"virtlab: plugin {p.Name} not loaded ({p.Path}): {p.Error}");
@@ -164,13 +167,13 @@ public static class RunCommand
     private static void PrintOutcome(RecipeContext context, Exception? error, int exit, ScriptLoadContext scripts)
     {
         var err = Console.Error;
-        var console = Consoles.Out;
-        if (!context.Stages.IsEmpty) ValueRenderer.Write(console, context.Stages);
+        if (!context.Stages.IsEmpty) ValueRenderer.Write(Consoles.Out, context.Stages);
         foreach (var r in context.Results)
         {
-            var renderable = ValueRenderer.ToRenderable(r.Value);
-            if (renderable is Text) console.WriteLine($"{r.Name} = {ValueRenderer.Inline(r.Value)}");
-            else { console.WriteLine($"{r.Name} ="); console.Write(renderable); }
+            // A one-line result is plain text: written as it is (Spectre would wrap it at the console's width).
+            if (ValueRenderer.IsPlain(r.Value) || ValueRenderer.ToRenderable(r.Value) is not { } renderable || renderable is Text)
+                Console.Out.WriteLine($"{r.Name} = {ValueRenderer.Inline(r.Value)}");
+            else { Console.Out.WriteLine($"{r.Name} ="); Consoles.Out.Write(renderable); }
         }
         switch (RecipeContext.Unwrap(error))
         {

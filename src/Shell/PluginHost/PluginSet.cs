@@ -80,12 +80,18 @@ public sealed record PluginSearchPaths(IReadOnlyList<string> Explicit, bool Incl
     /// <summary>Each root and whether the user named it (then a missing folder is worth an error line).</summary>
     public IEnumerable<(string Path, bool Named)> RootsWithOrigin()
     {
-        foreach (var p in Explicit) yield return (p, true);
-        if (IncludeEnvironment && Environment.GetEnvironmentVariable(EnvironmentVariable) is { Length: > 0 } env)
-            foreach (var p in env.Split(System.IO.Path.PathSeparator, StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries))
-                yield return (p, true);
+        foreach (var p in NamedRoots()) yield return (p, true);
         if (IncludeBuiltIn)
             foreach (var p in BuiltInRoots(ShellDirectory)) yield return (p, false);
+    }
+
+    /// <summary>The roots the user named: --plugins, then VIRTLAB_PLUGINS.</summary>
+    public IEnumerable<string> NamedRoots()
+    {
+        foreach (var p in Explicit) yield return p;
+        if (IncludeEnvironment && Environment.GetEnvironmentVariable(EnvironmentVariable) is { Length: > 0 } env)
+            foreach (var p in env.Split(System.IO.Path.PathSeparator, StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries))
+                yield return p;
     }
 
     /// <summary>
@@ -130,7 +136,7 @@ public sealed class PluginSet
     public IEnumerable<PluginInfo> Loaded => All.Where(p => p.IsLoaded);
     public static PluginSet Empty { get; } = new([]);
 
-    private readonly HashSet<string> _reserved = [];
+    private Lazy<HashSet<string>> _reserved = new(() => []);
     private readonly Dictionary<string, PluginInfo> _byGlobal = new(StringComparer.Ordinal);
     private TextWriter? _log;
 
@@ -146,7 +152,7 @@ public sealed class PluginSet
         foreach (var info in All.Where(p => p.Status == PluginStatus.Unused))
         {
             info.Status = PluginStatus.Error;
-            LoadOne(info, _reserved, _log ?? Console.Error);
+            LoadOne(info, _reserved.Value, _log ?? Console.Error);
             CheckGlobal(info, _byGlobal);
         }
     }
@@ -168,7 +174,8 @@ public sealed class PluginSet
     /// initialised; the others are <see cref="PluginStatus.Unused"/> (no error, nothing of them loaded or run).</param>
     public static PluginSet Load(PluginSearchPaths paths, IEnumerable<string>? reservedNames = null, TextWriter? log = null, Func<string, bool>? only = null)
     {
-        var reserved = new HashSet<string>(reservedNames ?? [], StringComparer.Ordinal);
+        // Made when the first plugin loads (the names come from reflection a run that loads none does without).
+        var reserved = new Lazy<HashSet<string>>(() => new HashSet<string>(reservedNames ?? [], StringComparer.Ordinal));
         var list = new List<PluginInfo>();
         var byName = new Dictionary<string, PluginInfo>(StringComparer.OrdinalIgnoreCase);
         var byGlobal = new Dictionary<string, PluginInfo>(StringComparer.Ordinal);
@@ -191,11 +198,11 @@ public sealed class PluginSet
             }
             byName[name] = info;
             if (only is not null && !only(name)) { info.Status = PluginStatus.Unused; continue; }
-            LoadOne(info, reserved, log ?? Console.Error);
+            LoadOne(info, reserved.Value, log ?? Console.Error);
             CheckGlobal(info, byGlobal);
         }
         var set = new PluginSet(list) { _log = log };
-        set._reserved.UnionWith(reserved);
+        set._reserved = reserved;
         foreach (var (g, p) in byGlobal) set._byGlobal[g] = p;
         return set;
     }

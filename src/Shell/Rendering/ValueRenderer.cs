@@ -45,6 +45,10 @@ public static class ValueRenderer
 
     public static IRenderable ToRenderable(object? value) => Render(value, 0);
 
+    /// <summary>Whether the value shows as one plain line (<see cref="Inline"/>): a number, string, size, enum, time… —
+    /// decided before any renderable or machine view is built.</summary>
+    public static bool IsPlain(object? value) => value is not (null or IDisplayable or IRenderable) && IsScalar(value);
+
     /// <summary>The SDK machine model has no UI dependency: its views come from the SDK's adapter (<see cref="MachineDisplay"/>).</summary>
     private static IRenderable? MachineView(object value)
     {
@@ -61,10 +65,10 @@ public static class ValueRenderer
                 try { return d.ToRenderable(); }
                 catch (Exception e) { return new Markup($"[red]{Markup.Escape($"{d.GetType().Name}.ToRenderable() threw {e.GetType().Name}: {e.Message}")}[/]\n"); }
             case IRenderable r: return r;
+            case var scalar when IsScalar(scalar): return new Text(Inline(scalar) + "\n");
             case var model when MachineView(model) is { } view: return view;
             case Exception e: return new Markup($"[red]{Markup.Escape(e.GetType().FullName + ": " + e.Message)}[/]\n");
         }
-        if (IsScalar(value)) return new Text(Inline(value) + "\n");
         if (value is IDictionary dict && depth < MaxDepth) return DictionaryTable(dict, depth);
         if (value is IEnumerable seq && depth < MaxDepth) return Sequence(seq, depth);
         var props = Properties(value.GetType());
@@ -198,6 +202,9 @@ public static class ValueRenderer
 
 /// <summary>Spectre consoles that behave when output is redirected: no ANSI sequences unless forced
 /// (VIRTLAB_COLOR=always), none with NO_COLOR, a fixed width so tables don't wrap at 80.</summary>
+/// <remarks>Spectre's profile enrichers (CI vendors' environment variables) are off: every setting they would adjust is
+/// decided here, and their scan of the whole environment cost a cached run ~3 ms of JIT. Each console is made on first
+/// use (a run that prints nothing to stderr never builds the stderr one).</remarks>
 public static class Consoles
 {
     public static IAnsiConsole Create(TextWriter writer, bool isTerminal)
@@ -211,11 +218,32 @@ public static class Consoles
             ColorSystem = ansi ? ColorSystemSupport.Detect : ColorSystemSupport.NoColors,
             Interactive = InteractionSupport.No,
             Out = new AnsiConsoleOutput(writer),
+            Enrichment = new ProfileEnrichment { UseDefaultEnrichers = false },
+            EnvironmentVariables = [],
         });
         if (!isTerminal) console.Profile.Width = 120;
         return console;
     }
 
-    public static IAnsiConsole Out { get; } = Create(Console.Out, !Console.IsOutputRedirected);
-    public static IAnsiConsole Error { get; } = Create(Console.Error, !Console.IsErrorRedirected);
+    public static IAnsiConsole Out => OutHolder.Console;
+    public static IAnsiConsole Error => ErrorHolder.Console;
+
+    /// <summary>Binds Spectre's static <c>AnsiConsole</c> to <see cref="Out"/> without building it yet: a recipe that
+    /// never writes through Spectre does not pay for the console (~4 ms of a cached run).</summary>
+    public static void BindAnsiConsole() => AnsiConsole.Console = new Deferred(() => Out);
+
+    private sealed class Deferred(Func<IAnsiConsole> make) : IAnsiConsole
+    {
+        private IAnsiConsole Real => field ??= make();
+        public Profile Profile => Real.Profile;
+        public IAnsiConsoleCursor Cursor => Real.Cursor;
+        public IAnsiConsoleInput Input => Real.Input;
+        public IExclusivityMode ExclusivityMode => Real.ExclusivityMode;
+        public RenderPipeline Pipeline => Real.Pipeline;
+        public void Clear(bool home) => Real.Clear(home);
+        public void Write(IRenderable renderable) => Real.Write(renderable);
+    }
+
+    private static class OutHolder { public static readonly IAnsiConsole Console = Create(System.Console.Out, !System.Console.IsOutputRedirected); }
+    private static class ErrorHolder { public static readonly IAnsiConsole Console = Create(System.Console.Error, !System.Console.IsErrorRedirected); }
 }

@@ -1,6 +1,6 @@
 using System.Reflection.Metadata;
 using System.Reflection.PortableExecutable;
-using System.Security.Cryptography;
+using System.IO.Hashing;
 using System.Text;
 using VirtLab.Shell.PluginHost;
 
@@ -13,7 +13,7 @@ public sealed record CompiledRecipe(IReadOnlyList<CompiledRecipe.Submission> Sub
 {
     /// <summary>The image of one submission assembly and its script class (null: nothing to run, e.g. only usings).</summary>
     public sealed record Submission(string? TypeName, byte[] Image);
-    public sealed record FileHash(string Path, string Sha256);
+    public sealed record FileHash(string Path, string Hash);
 
     /// <summary>Whether a run needs the SDK/plugin warm-up: a cached entry's record (one that does not say, written by an
     /// older shell, counts as needing it), else worked out once from the submissions (<see cref="RecipeCache.NeedsWarmUp"/>).</summary>
@@ -41,14 +41,16 @@ public sealed record CompiledRecipe(IReadOnlyList<CompiledRecipe.Submission> Sub
 /// its recipe uses (a run loads only those and finds the entry stale when one changed);
 /// the entry lists the #load closure and #r files with their hashes, verified on every hit (a changed
 /// included file is a miss). Roslyn-free: a hit runs without loading the compiler.
+/// Hashes are XxHash128 (System.IO.Hashing): a cache key and a check against torn or mixed entries, not a defence
+/// against someone who can write the cache folder; managed, so a cached run never loads OpenSSL.
 /// Concurrency: an entry is written beside and renamed into place; a reader reads every submission image into
-/// memory and checks it against the SHA-256 the manifest records, so an entry another process is replacing or
+/// memory and checks it against the hash the manifest records, so an entry another process is replacing or
 /// pruning at that moment reads as a miss (the run compiles), never as a mix of two entries.
 /// </summary>
 public sealed class RecipeCache(string root)
 {
     private const string Manifest = "manifest.txt";
-    private const string FormatVersion = "virtlab-recipe-cache 3";
+    private const string FormatVersion = "virtlab-recipe-cache 4";
 
     public string Root { get; } = root;
 
@@ -66,10 +68,10 @@ public sealed class RecipeCache(string root)
     {
         var sb = new StringBuilder(FormatVersion).Append('\n');
         sb.Append(Path.GetFullPath(recipePath)).Append('\n');
-        sb.Append(Sha256Hex(recipeBytes)).Append('\n');
+        sb.Append(HashHex(recipeBytes)).Append('\n');
         sb.Append("shell ").Append(LowerHex(typeof(RecipeCache).Assembly.ManifestModule.ModuleVersionId.ToByteArray())).Append('\n');
         sb.Append("sdk ").Append(LowerHex(typeof(VirtLab.Sdk.SdkVersion).Assembly.ManifestModule.ModuleVersionId.ToByteArray())).Append('\n');
-        return Sha256Hex(Encoding.UTF8.GetBytes(sb.ToString()))[..32];
+        return HashHex(Encoding.UTF8.GetBytes(sb.ToString()));
     }
 
     /// <summary>The entry for <paramref name="key"/> when present and every recorded file still has its hash.</summary>
@@ -102,7 +104,7 @@ public sealed class RecipeCache(string root)
                         var path = Path.Combine(dir, parts[1]);
                         if (!File.Exists(path)) return null;
                         var image = File.ReadAllBytes(path);
-                        if (Sha256Hex(image) != parts[3]) return null;
+                        if (HashHex(image) != parts[3]) return null;
                         subs.Add(new(parts[2].Length == 0 ? null : parts[2], image));
                         break;
                     case "warning" when parts.Length == 2:
@@ -139,19 +141,24 @@ public sealed class RecipeCache(string root)
         {
             Directory.CreateDirectory(tmp);
             var sb = new StringBuilder(FormatVersion).Append('\n');
-            foreach (var s in recipe.Sources) sb.Append("source\t").Append(s.Sha256).Append('\t').Append(s.Path).Append('\n');
-            foreach (var r in recipe.References) sb.Append("ref\t").Append(r.Sha256).Append('\t').Append(r.Path).Append('\n');
-            for (int i = 0; i < recipe.Submissions.Count; i++)
+            foreach (var s in recipe.Sources) sb.Append("source\t").Append(s.Hash).Append('\t').Append(s.Path).Append('\n');
+            foreach (var r in recipe.References) sb.Append("ref\t").Append(r.Hash).Append('\t').Append(r.Path).Append('\n');
+            // A preamble no other submission refers to (the recipe names no plugin global) is left out of the entry:
+            // a cached run neither loads nor binds it.
+            var preamble = PreambleIndex(recipe.Submissions);
+            var dropped = preamble >= 0 && !IsReferenced(recipe.Submissions, preamble) ? preamble : -1;
+            for (int i = 0, n = 0; i < recipe.Submissions.Count; i++)
             {
-                var file = $"{i}.dll";
+                if (i == dropped) continue;
+                if (i == preamble) sb.Append("preamble\t").Append(n).Append('\n');
+                var file = $"{n++}.dll";
                 var image = recipe.Submissions[i].Image;
                 File.WriteAllBytes(Path.Combine(tmp, file), image);
                 sb.Append("submission\t").Append(file).Append('\t').Append(recipe.Submissions[i].TypeName)
-                  .Append('\t').Append(Sha256Hex(image)).Append('\n');
+                  .Append('\t').Append(HashHex(image)).Append('\n');
             }
             sb.Append("warmup\t").Append(needsWarmUp ? "yes" : "no").Append('\n');
             foreach (var p in used) sb.Append("plugin\t").Append(p.AssemblyName).Append('\t').Append(p.Mvid).Append('\t').Append(p.GlobalName).Append('\n');
-            if (PreambleIndex(recipe.Submissions) is var pi and >= 0) sb.Append("preamble\t").Append(pi).Append('\n');
             foreach (var w in recipe.Warnings) sb.Append("warning\t").Append(w.ReplaceLineEndings(" ").Replace('\t', ' ')).Append('\n');
             sb.Append("end\n");
             File.WriteAllText(Path.Combine(tmp, Manifest), sb.ToString());
@@ -268,6 +275,30 @@ public sealed class RecipeCache(string root)
 
     private static bool IsPreamble(MetadataReader md) => md.GetString(md.GetAssemblyDefinition().Name).EndsWith("-0", StringComparison.Ordinal);
 
+    /// <summary>Whether a submission other than <paramref name="index"/> refers to its assembly.</summary>
+    private static bool IsReferenced(IReadOnlyList<CompiledRecipe.Submission> submissions, int index)
+    {
+        try
+        {
+            string name;
+            using (var pe = new PEReader(new MemoryStream(submissions[index].Image, writable: false)))
+            {
+                var md = pe.GetMetadataReader();
+                name = md.GetString(md.GetAssemblyDefinition().Name);
+            }
+            for (int i = 0; i < submissions.Count; i++)
+            {
+                if (i == index) continue;
+                using var pe = new PEReader(new MemoryStream(submissions[i].Image, writable: false));
+                var md = pe.GetMetadataReader();
+                foreach (var h in md.AssemblyReferences)
+                    if (md.GetString(md.GetAssemblyReference(h).Name) == name) return true;
+            }
+            return false;
+        }
+        catch (Exception e) when (e is BadImageFormatException or InvalidOperationException) { return true; }
+    }
+
     private static int PreambleIndex(IReadOnlyList<CompiledRecipe.Submission> submissions)
     {
         for (int i = 0; i < submissions.Count; i++)
@@ -327,13 +358,18 @@ public sealed class RecipeCache(string root)
     public static string Hash(string path)
     {
         using var f = File.OpenRead(path);
-        return LowerHex(SHA256.HashData(f));
+        var h = new XxHash128();
+        h.Append(f);
+        Span<byte> hash = stackalloc byte[16];
+        h.GetCurrentHash(hash);
+        return LowerHex(hash);
     }
 
-    private static string Sha256Hex(ReadOnlySpan<byte> data)
+    /// <summary>XxHash128 of <paramref name="data"/> as 32 lowercase hex digits.</summary>
+    internal static string HashHex(ReadOnlySpan<byte> data)
     {
-        Span<byte> hash = stackalloc byte[SHA256.HashSizeInBytes];
-        SHA256.HashData(data, hash);
+        Span<byte> hash = stackalloc byte[16];
+        XxHash128.Hash(data, hash);
         return LowerHex(hash);
     }
 

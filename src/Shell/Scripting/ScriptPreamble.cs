@@ -34,10 +34,14 @@ public static class ScriptPreamble
     public static IReadOnlyDictionary<string, object> PluginGlobals(PluginSet plugins) =>
         plugins.Loaded.ToDictionary(p => p.GlobalName!, p => p.Global!, StringComparer.Ordinal);
 
-    /// <summary>Names a plugin global may not take: the public members of the script globals type.</summary>
-    public static IEnumerable<string> ReservedNames(Type globalsType) =>
-        globalsType.GetMembers(System.Reflection.BindingFlags.Public | System.Reflection.BindingFlags.Instance | System.Reflection.BindingFlags.Static)
-            .Where(m => m is not System.Reflection.ConstructorInfo).Select(m => m.Name).Distinct();
+    /// <summary>Names a plugin global may not take: the public members of the script globals type. Deferred: the
+    /// reflection runs when a plugin is loaded, not on a cached run that loads none (~4 ms).</summary>
+    public static IEnumerable<string> ReservedNames(Type globalsType)
+    {
+        var seen = new HashSet<string>(StringComparer.Ordinal);
+        foreach (var m in globalsType.GetMembers(System.Reflection.BindingFlags.Public | System.Reflection.BindingFlags.Instance | System.Reflection.BindingFlags.Static))
+            if (m is not System.Reflection.ConstructorInfo && seen.Add(m.Name)) yield return m.Name;
+    }
 
     /// <summary>C# spelling of a type: global::Ns.Outer.Inner&lt;global::System.Int32&gt;.</summary>
     public static string CSharpName(Type t)
