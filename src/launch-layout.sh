@@ -25,7 +25,7 @@ has_v3() {
   flags=" $(grep -m1 '^flags' /proc/cpuinfo 2>/dev/null) "
   for f in avx2 bmi1 bmi2 fma movbe abm; do [[ $flags == *" $f "* ]] || return 1; done
 }
-[ "$arch" = x64 ] && has_v3 && isa=x86-64-v3
+[ "$arch" = x64 ] && [ "${VIRTLAB_COMPOSITE_ISA:-}" != default ] && has_v3 && isa=x86-64-v3
 # The key: everything the composite is made of (package paths carry id and version) and how it is compiled.
 key=$(printf '%s\n' "layout 2" "$runtime" "$crossgen2" "$pack" "isa $isa" "${packages[@]}" | sha256sum | cut -c1-16)
 cache="$cache_root/$key"

@@ -99,6 +99,34 @@ public sealed class InteractiveSessionTests
         Assert.DoesNotContain(s.Complete("", 0), c => c.Text.StartsWith("__"));
     }
 
+    [Fact]
+    public void The_plugin_preamble_joins_the_chain_when_a_submission_first_names_a_global()
+    {
+        using var tmp = new TempDir();
+        PluginCompiler.Build(tmp.Path, "Late", PluginCompiler.Simple("Late", "Late"));
+        var plugins = PluginSet.Load(new PluginSearchPaths([tmp.Path], false, false), ScriptPreamble.ReservedNames(typeof(RecipeGlobals)), TextWriter.Null);
+        Assert.True(plugins.All.Single().IsLoaded, plugins.All.Single().Error);
+
+        // Names no global: compiled and run before the preamble, which then joins (as the host does after a reply).
+        var s = new InteractiveSession(plugins, new RecipeContext(), tmp.Path);
+        var first = s.Submit("var x = 6 * 7; x");
+        Assert.True(first.Succeeded, string.Join("\n", first.Diagnostics.Select(d => d.Formatted)) + first.Exception);
+        Assert.Equal(42, first.Value);
+        var second = s.Submit("Late.Answer + x - 42");
+        Assert.True(second.Succeeded, string.Join("\n", second.Diagnostics.Select(d => d.Formatted)) + second.Exception);
+        Assert.Equal(42, second.Value);
+        Assert.Equal(["var x = 6 * 7; x", "Late.Answer + x - 42"], s.Submissions);
+
+        // A first submission that names a global gets the preamble first; a user variable of that name hides the global.
+        var named = new InteractiveSession(plugins, new RecipeContext(), tmp.Path);
+        Assert.Equal("hello you", named.Submit("Late.Hello(\"you\")").Value);
+        Assert.Equal(5, named.Submit("var Late = 5; Late").Value);
+
+        var ensured = new InteractiveSession(plugins, new RecipeContext(), tmp.Path);
+        ensured.EnsurePreamble();
+        Assert.Empty(ensured.PreambleDiagnostics);
+        Assert.Equal(42, ensured.Submit("Late.Answer").Value);
+    }
 }
 
 /// <summary>

@@ -365,6 +365,37 @@ public sealed class RunOutputTests
     }
 
     [Fact]
+    public void A_recipe_that_names_no_plugin_compiles_and_runs_without_loading_them()
+    {
+        using var tmp = new TempDir();
+        var plugins = Path.Combine(tmp.Path, "plugins");
+        var mark = Path.Combine(tmp.Path, "created.txt");
+        // A plugin that leaves a line in a file each time its global is made (i.e. each time it is loaded).
+        PluginCompiler.Build(plugins, "Lazy", PluginCompiler.Simple("Lazy", "Lazy").Replace(
+            "protected override Api Create(PluginContext context) => new Api();",
+            "protected override Api Create(PluginContext context) { System.IO.File.AppendAllText(System.Environment.GetEnvironmentVariable(\"LAZY_MARK\")!, \"created\\n\"); return new Api(); }"));
+        var env = new Dictionary<string, string> { ["LAZY_MARK"] = mark };
+        var json = Path.Combine(tmp.Path, "run.json");
+        bool Listed()
+        {
+            using var doc = JsonDocument.Parse(File.ReadAllText(json));
+            return doc.RootElement.GetProperty("environment").TryGetProperty("plugins", out var p) && p.ValueKind == JsonValueKind.Object && p.TryGetProperty("Lazy", out _);
+        }
+
+        var none = Virtlab.Run(null, tmp.Path, env, "run", "--plugins", plugins, "--json", json, tmp.File("none.csx", "Result(\"answer\", 6 * 7);\n"));
+        Assert.True(none.ExitCode == 0, none.ToString());
+        Assert.Contains("answer = 42", none.Stdout);
+        Assert.False(File.Exists(mark), "a recipe that names no plugin made the plugin's global: " + none);
+        Assert.False(Listed());
+
+        var uses = Virtlab.Run(null, tmp.Path, env, "run", "--plugins", plugins, "--json", json, tmp.File("uses.csx", "Result(\"answer\", Lazy.Answer);\n"));
+        Assert.True(uses.ExitCode == 0, uses.ToString());
+        Assert.Contains("answer = 42", uses.Stdout);
+        Assert.Equal(["created"], File.ReadAllLines(mark));
+        Assert.True(Listed());
+    }
+
+    [Fact]
     public void Launch_layout_runs_from_the_composite_image_and_finds_the_build_outputs_plugins()
     {
         // artifacts/launch/ (src/ReadyToRunComposite.targets), made by this Release build beside artifacts/bin/.
@@ -372,7 +403,8 @@ public sealed class RunOutputTests
         var exe = Path.Combine(launch, "virtlab");
         Assert.True(File.Exists(exe), $"no launch layout at {launch}: the Release build makes it (unless -p:VirtLabComposite=false)");
         using var tmp = new TempDir();
-        var recipe = tmp.File("layout.csx", "Result(\"answer\", System.Collections.Immutable.ImmutableArray.Create(6, 7).Aggregate((a, b) => a * b));");
+        // Names an in-tree plugin (Mmu), so that it is loaded: from the build output the layout names.
+        var recipe = tmp.File("layout.csx", "Result(\"answer\", System.Collections.Immutable.ImmutableArray.Create(6, 7).Aggregate((a, b) => a * b));\nResult(\"mmu\", Mmu is not null);");
         var json = Path.Combine(tmp.Path, "run.json");
         var psi = new System.Diagnostics.ProcessStartInfo(exe) { RedirectStandardOutput = true, RedirectStandardError = true, WorkingDirectory = tmp.Path };
         foreach (var a in new[] { "run", "--json", json, recipe }) psi.ArgumentList.Add(a);
@@ -471,12 +503,13 @@ public sealed class RunOutputTests
             return env.GetProperty("plugins").EnumerateObject().Select(p => p.Name).Order(StringComparer.Ordinal).ToList();
         }
 
-        // Compiled: every plugin is loaded (the compile may bind any global); from the cache: none it does not use.
+        // Names no plugin: compiled and cached, none is loaded (PluginVocabulary reads what each provides from its metadata).
         var trivial = tmp.File("trivial.csx", "Result(\"answer\", 6 * 7);\n");
-        Assert.Equal(["Other", "Used"], Loaded(trivial, "in-process"));
+        Assert.Empty(Loaded(trivial, "in-process"));
         Assert.Empty(Loaded(trivial, "cached"));
 
-        // Uses one plugin's global: the cached run loads that one, and its global works.
+        // Uses one plugin's global: compiled, every plugin is loaded (the compile may bind any of them); the cached run
+        // loads that one, and its global works.
         var viaGlobal = tmp.File("global.csx", "Result(\"answer\", used.Answer);\n");
         Assert.Equal(["Other", "Used"], Loaded(viaGlobal, "in-process"));
         Assert.Equal(["Used"], Loaded(viaGlobal, "cached"));

@@ -16,6 +16,8 @@ public static class CommandLine
         if (EvaluationHostArguments(argv) is var (socket, standby, dirs))
             return EvaluationHost.Run(socket, new HostOptions { PluginDirectories = dirs, Standby = standby });
         if (SimpleRunArguments(argv) is { } simple) return RunSimple(simple);
+        // Plain `virtlab`: the REPL, whose evaluation host starts first thing (the first result's critical path).
+        if (argv.Length == 0) return ReplCommand.Run(new ReplOptions());
         return Parse(argv);
     }
 

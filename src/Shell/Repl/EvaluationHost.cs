@@ -176,6 +176,12 @@ public static class EvaluationHost
                 Console.Error.Flush();
                 try { Send(reply).GetAwaiter().GetResult(); }
                 catch (Exception e) when (e is IOException or SocketException or ObjectDisposedException) { return; } // the reader sees the end too and exits
+                // The plugin preamble, when the first submissions named no global, joins now: while the user reads.
+                if (request.Kind == RequestKind.Submit && _work.Count == 0)
+                {
+                    try { _session?.EnsurePreamble(); }
+                    catch (Exception e) { Console.Error.WriteLine($"virtlab host: plugin preamble failed: {e.Message}"); }
+                }
             }
         }
 
@@ -219,8 +225,7 @@ public static class EvaluationHost
                         catch (Exception e) { Console.Error.WriteLine($"virtlab: warning: warm-up of plugin {p.Name}: {RecipeContext.Unwrap(e)!.Message}"); }
                     });
             _session.Globals.Context.Plots.Added = ReplPlots.Write;
-            foreach (var d in _session.PreambleDiagnostics) Console.Error.WriteLine($"plugin preamble: {d}");
-            VirtLab.Shell.Cli.StartupTrace.Mark("host: session ready (preamble compiled and run)");
+            VirtLab.Shell.Cli.StartupTrace.Mark("host: session ready");
             return _session;
         }
 

@@ -50,7 +50,6 @@ public sealed class HostClient : IDisposable
     public static async Task<HostClient> StartAsync(IReadOnlyList<string> pluginDirectories, string? program = null, CancellationToken ct = default, bool standby = false)
     {
         var dir = Environment.GetEnvironmentVariable("XDG_RUNTIME_DIR") is { Length: > 0 } run && Directory.Exists(run) ? run : Path.GetTempPath();
-        if (Interlocked.Exchange(ref _swept, 1) == 0) SweepStaleSockets(dir);
         var socketPath = Path.Combine(dir, $"virtlab-{Environment.ProcessId}-{Interlocked.Increment(ref _counter)}.sock");
         File.Delete(socketPath);
         using var listener = new Socket(AddressFamily.Unix, SocketType.Stream, ProtocolType.Unspecified);
@@ -69,6 +68,8 @@ public sealed class HostClient : IDisposable
         var process = Process.Start(psi) ?? throw new InvalidOperationException("cannot start the evaluation host");
         VirtLab.Shell.Cli.StartupTrace.Mark("repl: host spawned");
         process.StandardInput.Close();
+        // Housekeeping while the host starts (not before: the spawn is the first result's critical path).
+        if (Interlocked.Exchange(ref _swept, 1) == 0) SweepStaleSockets(dir);
         try
         {
             using var timeout = CancellationTokenSource.CreateLinkedTokenSource(ct);

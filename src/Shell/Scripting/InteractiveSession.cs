@@ -3,8 +3,10 @@
 //   public sealed class InteractiveSession
 //   {
 //       public InteractiveSession(PluginSet plugins, RecipeContext context, string? baseDirectory = null, bool useCompileServer = false);
-//           // builds the RecipeGlobals (with the plugin globals) and runs the plugin preamble
+//           // builds the RecipeGlobals (with the plugin globals); the plugin preamble runs before the first submission
+//           // that names a plugin global, or at EnsurePreamble (the host calls it after the first reply)
 //       public SubmissionResult Submit(string code, CancellationToken cancellationToken = default);
+//       public void EnsurePreamble();
 //       public IReadOnlyList<Completion> Complete(string code, int caret);   // Roslyn's CompletionService (CodeAssist)
 //       public SignatureHelp? Signature(string code, int caret);            // the call the caret is in
 //       public string? QuickInfo(string code, int caret);                   // the symbol at the caret
@@ -91,8 +93,30 @@ public sealed class InteractiveSession
         }
         Assist = new CodeAssist(_compiler, ScriptPreamble.Source(plugins), () => Submissions, _gate);
 
+        _globalNames = [.. plugins.Loaded.Select(p => p.GlobalName!)];
+        _preamblePending = _compiler.Inputs.Preamble is not null;
+    }
+
+    // The plugin preamble (one variable per plugin global) joins the chain when a submission first names a global, or
+    // once the first submission is done (EnsurePreamble, from the host's side thread): the first result does not wait
+    // for its compile. A submission naming no global means the same before or after it — the plugins' references and
+    // namespaces are in every submission's compilation either way — so the order changes nothing a script can see.
+    private readonly string[] _globalNames;
+    private bool _preamblePending;
+
+    /// <summary>Compiles and runs the plugin preamble now if it has not joined the chain yet.</summary>
+    public void EnsurePreamble()
+    {
+        lock (_gate) EnsurePreambleLocked();
+    }
+
+    private void EnsurePreambleLocked()
+    {
+        if (!_preamblePending) return;
+        _preamblePending = false;
         var preambleName = NextAssemblyName();
-        if (_compiler.Inputs.Preamble is { } preambleSource && Remote(preambleName, preambleSource) is { } remote)
+        var preambleSource = _compiler.Inputs.Preamble!;
+        if (Remote(preambleName, preambleSource) is { } remote)
         {
             PreambleDiagnostics = remote.Diagnostics.Where(d => d.IsError).ToList();
             if (remote.Submission is { } sub)
@@ -101,8 +125,9 @@ public sealed class InteractiveSession
                 _chain.Add((preambleName, preambleSource));
             }
         }
-        else if (_compiler.CreatePreamble(preambleName) is { } preamble)
+        else
         {
+            var preamble = _compiler.CreateSubmission(preambleName, ScriptCompiler.Parse(preambleSource), LocalPrevious());
             if (VirtLab.Shell.Cli.StartupTrace.Enabled)
             {
                 VirtLab.Shell.Cli.StartupTrace.Mark("session: preamble compilation created");
@@ -116,10 +141,14 @@ public sealed class InteractiveSession
             {
                 _executor.Run(_executor.Context.AddSubmission(sub.Image), sub.TypeName!);
                 _previous = preamble;
-                _chain.Add((preambleName, _compiler.Inputs.Preamble!));
+                _chain.Add((preambleName, preambleSource));
             }
         }
+        foreach (var d in PreambleDiagnostics) Console.Error.WriteLine($"plugin preamble: {d}");
     }
+
+    private bool NamesGlobal(string code) =>
+        _globalNames.Length > 0 && VirtLab.Shell.PluginHost.PluginVocabulary.Identifiers(code).Any(id => Array.IndexOf(_globalNames, id) >= 0);
 
     /// <summary>The last successful submission's compilation, rebuilt from the chain's code when the compile server
     /// emitted it (same names, sources, references and options: the same symbols the loaded images were emitted from).</summary>
@@ -146,7 +175,8 @@ public sealed class InteractiveSession
 
     public PluginSet Plugins { get; }
     public RecipeGlobals Globals { get; }
-    public IReadOnlyList<ScriptDiagnostic> PreambleDiagnostics { get; } = [];
+    /// <summary>The plugin preamble's errors once it has run (empty before, and when it compiled).</summary>
+    public IReadOnlyList<ScriptDiagnostic> PreambleDiagnostics { get; private set; } = [];
     internal CodeAssist Assist { get; }
 
     /// <summary>The successful submissions in order (the plugin preamble excluded).</summary>
@@ -162,6 +192,7 @@ public sealed class InteractiveSession
             if (string.IsNullOrWhiteSpace(code))
                 return new SubmissionResult(true, [], false, null, null, TimeSpan.Zero, TimeSpan.Zero);
 
+            if (_preamblePending && NamesGlobal(code)) EnsurePreambleLocked();
             EmittedSubmission? sub;
             IReadOnlyList<ScriptDiagnostic> diags;
             CSharpCompilation? compilation = null;

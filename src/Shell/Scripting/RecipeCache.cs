@@ -229,9 +229,9 @@ public sealed class RecipeCache(string root)
 
     /// <summary>
     /// A guess, before compiling, that <paramref name="source"/> needs no warm-up (<see cref="NeedsWarmUp"/> decides after
-    /// the compile): no <c>#r</c> or <c>#load</c>, and no identifier naming a public type of the SDK outside its
-    /// computing and reporting namespaces, a plugin global or a public type of a loaded plugin. Read from metadata (no
-    /// type loads). A wrong "cold" only starts the warm-up after the compile instead of beside it.
+    /// the compile): no <c>#r</c> or <c>#load</c>, no identifier naming a public type of the SDK outside its computing
+    /// and reporting namespaces, and nothing of a plugin (<see cref="PluginVocabulary"/>). Read from metadata (no type
+    /// loads). A wrong "cold" only starts the warm-up after the compile instead of beside it.
     /// </summary>
     public static bool LooksCold(string source, PluginSet plugins)
     {
@@ -239,38 +239,20 @@ public sealed class RecipeCache(string root)
         var warm = new HashSet<string>(StringComparer.Ordinal);
         try
         {
-            AddPublicTypeNames(typeof(VirtLab.Sdk.Measure.Size).Assembly.Location, warm, ns => ns is not ("VirtLab.Sdk" or "VirtLab.Sdk.Measure" or "VirtLab.Sdk.Rendering"));
-            foreach (var p in plugins.Loaded)
+            using var pe = new PEReader(File.OpenRead(typeof(VirtLab.Sdk.Measure.Size).Assembly.Location));
+            var md = pe.GetMetadataReader();
+            foreach (var h in md.TypeDefinitions)
             {
-                if (p.GlobalName is { } g) warm.Add(g);
-                AddPublicTypeNames(p.Path, warm, _ => true);
+                var t = md.GetTypeDefinition(h);
+                if ((t.Attributes & System.Reflection.TypeAttributes.VisibilityMask) != System.Reflection.TypeAttributes.Public) continue;
+                if (md.GetString(t.Namespace) is "VirtLab.Sdk" or "VirtLab.Sdk.Measure" or "VirtLab.Sdk.Rendering") continue;
+                var name = md.GetString(t.Name);
+                var tick = name.IndexOf('`');
+                warm.Add(tick < 0 ? name : name[..tick]);
             }
         }
-        catch (Exception e) when (e is IOException or UnauthorizedAccessException or BadImageFormatException or InvalidOperationException) { return false; }
-        for (int i = 0; i < source.Length;)
-        {
-            if (!(char.IsLetter(source[i]) || source[i] == '_')) { i++; continue; }
-            int start = i;
-            while (i < source.Length && (char.IsLetterOrDigit(source[i]) || source[i] == '_')) i++;
-            if (warm.Contains(source[start..i])) return false;
-        }
-        return true;
-    }
-
-    private static void AddPublicTypeNames(string assemblyPath, HashSet<string> names, Func<string, bool> ns)
-    {
-        if (string.IsNullOrEmpty(assemblyPath)) throw new InvalidOperationException("no assembly file");
-        using var pe = new PEReader(File.OpenRead(assemblyPath));
-        var md = pe.GetMetadataReader();
-        foreach (var h in md.TypeDefinitions)
-        {
-            var t = md.GetTypeDefinition(h);
-            if ((t.Attributes & System.Reflection.TypeAttributes.VisibilityMask) != System.Reflection.TypeAttributes.Public) continue;
-            if (!ns(md.GetString(t.Namespace))) continue;
-            var name = md.GetString(t.Name);
-            var tick = name.IndexOf('`');
-            names.Add(tick < 0 ? name : name[..tick]);
-        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException or BadImageFormatException or InvalidOperationException or ArgumentException) { return false; }
+        return !PluginVocabulary.Identifiers(source).Any(warm.Contains) && !PluginVocabulary.Names(source, plugins);
     }
 
     private static bool IsPreamble(MetadataReader md) => md.GetString(md.GetAssemblyDefinition().Name).EndsWith("-0", StringComparison.Ordinal);

@@ -142,6 +142,16 @@ public sealed class ScriptCompiler
         }
     }
 
+    /// <summary>Makes the base references on a worker thread: a run that missed the cache calls it before it goes
+    /// looking for plugins, so the ~170 reference assemblies are opened while it does (the compile takes the lock and
+    /// finds them made, or waits for the rest).</summary>
+    public static void LoadReferencesInBackground(Type globalsType) =>
+        new Thread(() =>
+        {
+            try { BaseReferences(globalsType); }
+            catch (Exception) { } // the compile makes them itself and reports what is wrong
+        }) { IsBackground = true, Name = "virtlab-references" }.Start();
+
     /// <summary>Where the framework's references came from: the reference pack's folder, or null for the TPA list
     /// (no pack installed, or VIRTLAB_REFERENCE_PACK=0 to compare or work around a broken pack).</summary>
     public static string? ReferencePackDirectory =>
