@@ -368,9 +368,9 @@ public static class EvaluationHost
     /// <summary>
     /// A first host's side thread: what the first result needs that the session's own start does not do first. The
     /// compiler's base references (reading some 170 assemblies' metadata, while this thread connects and loads the
-    /// plugins), then the reply's serialization and the value renderer (JIT-compiled while the session compiles its
-    /// preamble). Disjoint from Roslyn's compile paths on purpose: a throwaway compile beside the preamble's made both
-    /// slower (they JIT the same methods and wait on each other).
+    /// plugins), Roslyn's emitter (an empty assembly's emit while the session binds its first submission), then the
+    /// reply's serialization and the value renderer. Disjoint from Roslyn's binding on purpose: a throwaway compile of
+    /// real code beside the session's made both slower (they JIT the same methods and wait on each other).
     /// </summary>
     private static class SideWarmUp
     {
@@ -387,8 +387,14 @@ public static class EvaluationHost
             try
             {
                 // A compiler without plugins: its references are the base ones every session shares (made once per process).
-                if (references) _ = new ScriptCompiler(new CompileInputs([], [], null), typeof(RecipeGlobals), Directory.GetCurrentDirectory()).References;
-                VirtLab.Shell.Cli.StartupTrace.Mark("host: side warm-up: references");
+                if (references)
+                {
+                    var refs = new ScriptCompiler(new CompileInputs([], [], null), typeof(RecipeGlobals), Directory.GetCurrentDirectory()).References;
+                    VirtLab.Shell.Cli.StartupTrace.Mark("host: side warm-up: references");
+                    // Then Roslyn's emitter, while the session binds its first submission (ScriptCompiler.WarmEmitter).
+                    ScriptCompiler.WarmEmitter(refs);
+                    VirtLab.Shell.Cli.StartupTrace.Mark("host: side warm-up: emitter");
+                }
                 _ = System.Text.Json.JsonSerializer.SerializeToUtf8Bytes(new Reply { Status = SubmitStatus.Ok, Plugins = [new PluginEntry()], Globals = [""] }, ProtocolJson.Default.Reply);
                 ValueRenderer.Write(Consoles.Create(TextWriter.Null, isTerminal: false), 42);
                 VirtLab.Shell.Cli.StartupTrace.Mark("host: side warm-up: reply and renderer");
