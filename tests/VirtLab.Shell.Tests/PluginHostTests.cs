@@ -7,9 +7,10 @@ namespace VirtLab.Shell.Tests;
 
 public sealed class PluginHostTests
 {
-    private static PluginSet Load(string root) =>
+    /// <summary>The plugins under <paramref name="root"/> alone; <paramref name="only"/> as <see cref="PluginSet.Load"/>'s.</summary>
+    internal static PluginSet Load(string root, Func<string, bool>? only = null) =>
         PluginSet.Load(new PluginSearchPaths([root], IncludeEnvironment: false, IncludeBuiltIn: false),
-            ScriptPreamble.ReservedNames(typeof(RecipeGlobals)), TextWriter.Null);
+            ScriptPreamble.ReservedNames(typeof(RecipeGlobals)), TextWriter.Null, only);
 
     private static PluginInfo Only(PluginSet set, string name) => set.All.Single(p => p.Name == name);
 

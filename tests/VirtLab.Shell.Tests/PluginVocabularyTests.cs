@@ -8,9 +8,7 @@ namespace VirtLab.Shell.Tests;
 /// <summary>What a source must name to reach a plugin, read from the plugin's metadata without loading it.</summary>
 public sealed class PluginVocabularyTests
 {
-    private static PluginSet Discover(string root) =>
-        PluginSet.Load(new PluginSearchPaths([root], IncludeEnvironment: false, IncludeBuiltIn: false),
-            ScriptPreamble.ReservedNames(typeof(RecipeGlobals)), TextWriter.Null, only: _ => false);
+    private static PluginSet Discover(string root) => PluginHostTests.Load(root, only: _ => false); // found, none loaded
 
     [Fact]
     public void Reads_the_global_its_public_types_and_extension_methods_without_loading_the_plugin()

@@ -59,8 +59,8 @@ public static class RunCommand
         {
             var context = new RecipeContext(args, o.TestMode, cts.Token) { Show = v => ValueRenderer.Write(Consoles.Out, v) };
             // A cache hit loads and initialises only the plugins its recipe uses (the entry says which), so a recipe
-            // that uses none starts none; a stale entry (a used plugin rebuilt or gone) loads the rest and compiles.
-            // An unused plugin is not loaded, so its load errors show on runs that compile, not on cached ones.
+            // that uses none starts none; a stale entry (a used plugin rebuilt or gone) compiles as a miss.
+            // An unused plugin is not loaded, so its load errors show on runs whose recipe names a plugin.
             var key = RecipeCache.Key(o.File, bytes);
             var recipe = o.NoCache ? null : cache.TryGet(key);
             if (recipe is null) LoadReferencesSoon();

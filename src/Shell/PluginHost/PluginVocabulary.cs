@@ -60,7 +60,7 @@ public static class PluginVocabulary
         var vocabulary = new HashSet<string>(StringComparer.Ordinal);
         foreach (var p in plugins.All)
         {
-            if (p.Status == PluginStatus.Error && !p.IsLoaded && !File.Exists(p.Path)) continue; // a named folder that is not there
+            if (!File.Exists(p.Path)) continue; // a named plugin folder that is not there
             if (Read(p.Path) is not { } names) return true;
             vocabulary.UnionWith(names);
         }
