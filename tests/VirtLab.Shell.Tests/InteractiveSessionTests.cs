@@ -122,6 +122,13 @@ public sealed class InteractiveSessionTests
         Assert.Equal("hello you", named.Submit("Late.Hello(\"you\")").Value);
         Assert.Equal(5, named.Submit("var Late = 5; Late").Value);
 
+        // Named only in a #load-ed file: the preamble comes first too.
+        File.WriteAllText(Path.Combine(tmp.Path, "lib.csx"), "int Answer() => Late.Answer;\n");
+        var loaded = new InteractiveSession(plugins, new RecipeContext(), tmp.Path);
+        var viaLoad = loaded.Submit("#load \"lib.csx\"\nAnswer()");
+        Assert.True(viaLoad.Succeeded, string.Join("\n", viaLoad.Diagnostics.Select(d => d.Formatted)) + viaLoad.Exception);
+        Assert.Equal(42, viaLoad.Value);
+
         var ensured = new InteractiveSession(plugins, new RecipeContext(), tmp.Path);
         ensured.EnsurePreamble();
         Assert.Empty(ensured.PreambleDiagnostics);

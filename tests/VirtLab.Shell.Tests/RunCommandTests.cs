@@ -393,6 +393,12 @@ public sealed class RunOutputTests
         Assert.Contains("answer = 42", uses.Stdout);
         Assert.Equal(["created"], File.ReadAllLines(mark));
         Assert.True(Listed());
+
+        // The global named only in a #load-ed file: what a directive brings is not in the recipe's text, so it counts as named.
+        tmp.File("lib.csx", "int Answer() => Lazy.Answer;\n");
+        var viaLoad = Virtlab.Run(null, tmp.Path, env, "run", "--plugins", plugins, tmp.File("viaload.csx", "#load \"lib.csx\"\nResult(\"answer\", Answer());\n"));
+        Assert.True(viaLoad.ExitCode == 0, viaLoad.ToString());
+        Assert.Contains("answer = 42", viaLoad.Stdout);
     }
 
     [Fact]

@@ -54,9 +54,12 @@ public static class PluginVocabulary
     }
 
     /// <summary>Whether <paramref name="source"/> names anything of the discovered plugins (loaded or not), or one of
-    /// them has names that cannot be known without loading it.</summary>
+    /// them has names that cannot be known without loading it, or the source pulls in code this does not read (a
+    /// <c>#load</c>ed file, a <c>#r</c> assembly).</summary>
     public static bool Names(string source, PluginSet plugins)
     {
+        if (plugins.All.Count == 0) return false;
+        if (PullsInCode(source)) return true;
         var vocabulary = new HashSet<string>(StringComparer.Ordinal);
         foreach (var p in plugins.All)
         {
@@ -66,6 +69,10 @@ public static class PluginVocabulary
         }
         return vocabulary.Count > 0 && Identifiers(source).Any(vocabulary.Contains);
     }
+
+    /// <summary>Whether the source has a <c>#load</c> or <c>#r</c> directive (what those bring is not in its text).</summary>
+    public static bool PullsInCode(string source) =>
+        source.Contains("#load", StringComparison.Ordinal) || source.Contains("#r", StringComparison.Ordinal);
 
     /// <summary>The identifiers of a source, roughly: runs of letters, digits and _ starting with a letter or _
     /// (strings and comments included, which can only make a name count as used).</summary>

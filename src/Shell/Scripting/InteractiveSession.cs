@@ -147,8 +147,10 @@ public sealed class InteractiveSession
         foreach (var d in PreambleDiagnostics) Console.Error.WriteLine($"plugin preamble: {d}");
     }
 
+    // A #load-ed file may name a global the submission's own text does not.
     private bool NamesGlobal(string code) =>
-        _globalNames.Length > 0 && VirtLab.Shell.PluginHost.PluginVocabulary.Identifiers(code).Any(id => Array.IndexOf(_globalNames, id) >= 0);
+        _globalNames.Length > 0 && (VirtLab.Shell.PluginHost.PluginVocabulary.PullsInCode(code)
+                                    || VirtLab.Shell.PluginHost.PluginVocabulary.Identifiers(code).Any(id => Array.IndexOf(_globalNames, id) >= 0));
 
     /// <summary>The last successful submission's compilation, rebuilt from the chain's code when the compile server
     /// emitted it (same names, sources, references and options: the same symbols the loaded images were emitted from).</summary>

@@ -235,7 +235,7 @@ public sealed class RecipeCache(string root)
     /// </summary>
     public static bool LooksCold(string source, PluginSet plugins)
     {
-        if (source.Contains("#r", StringComparison.Ordinal) || source.Contains("#load", StringComparison.Ordinal)) return false;
+        if (PluginVocabulary.PullsInCode(source)) return false;
         var warm = new HashSet<string>(StringComparer.Ordinal);
         try
         {
