@@ -63,7 +63,8 @@ public static class RunCommand
             // An unused plugin is not loaded, so its load errors show on runs whose recipe names a plugin.
             var key = RecipeCache.Key(o.File, bytes);
             var recipe = o.NoCache ? null : cache.TryGet(key);
-            if (recipe is null) LoadReferencesSoon();
+            // A miss compiles here unless a compile server is up: open the compiler's references meanwhile.
+            if (recipe is null && !CompileServer.IsListening) LoadReferencesSoon();
             if (recipe is { NeedsWarmUp: true }) preparer.Begin();
             var paths = new PluginSearchPaths(o.PluginDirectories);
             var source = Encoding.UTF8.GetString(bytes);
