@@ -23,7 +23,7 @@ isa=
 has_v3() {
   local flags f
   flags=" $(grep -m1 '^flags' /proc/cpuinfo 2>/dev/null) "
-  for f in avx2 bmi1 bmi2 fma movbe abm; do [[ $flags == *" $f "* ]] || return 1; done
+  for f in avx avx2 bmi1 bmi2 fma f16c movbe abm; do [[ $flags == *" $f "* ]] || return 1; done
 }
 [ "$arch" = x64 ] && [ "${VIRTLAB_COMPOSITE_ISA:-}" != default ] && has_v3 && isa=x86-64-v3
 # The key: everything the composite is made of (package paths carry id and version) and how it is compiled.

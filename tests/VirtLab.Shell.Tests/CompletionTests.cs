@@ -14,6 +14,7 @@ public sealed class PluginGlobalTests
         PluginCompiler.Build(tmp.Path, "Mmu", PluginCompiler.Simple("Mmu", "Mmu", answer: 7));
         var set = PluginSet.Load(new PluginSearchPaths([tmp.Path], false, false), ScriptPreamble.ReservedNames(typeof(RecipeGlobals)), TextWriter.Null);
         var s = new InteractiveSession(set, new RecipeContext());
+        s.EnsurePreamble();
         Assert.Empty(s.PreambleDiagnostics);
 
         var names = s.Complete("Mm", 2);

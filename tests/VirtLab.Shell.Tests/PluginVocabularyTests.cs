@@ -17,11 +17,12 @@ public sealed class PluginVocabularyTests
         PluginCompiler.Build(tmp.Path, "Voc", PluginCompiler.Simple("Voc", "Voc") + """
 
             public static class VocExtensions { public static int Twice(this int x) => 2 * x; private static int Hidden() => 0; }
+            public sealed class ProbeAttribute : System.Attribute { }
             internal sealed class Internal { }
             """);
         var names = PluginVocabulary.Read(Path.Combine(tmp.Path, "Voc", "Voc.dll"));
         Assert.NotNull(names);
-        foreach (var n in new[] { "Voc", "Api", "ThePlugin", "VocExtensions", "Twice" }) Assert.Contains(n, names);
+        foreach (var n in new[] { "Voc", "Api", "ThePlugin", "VocExtensions", "Twice", "ProbeAttribute", "Probe" }) Assert.Contains(n, names);
         foreach (var n in new[] { "Hidden", "Internal", "Answer", "Hello" }) Assert.DoesNotContain(n, names);
 
         var set = Discover(tmp.Path);

@@ -17,6 +17,16 @@ public sealed class RunCommandTests
     }
 
     [Fact]
+    public void Results_go_to_the_runs_stdout_even_when_the_recipe_redirected_Console_Out()
+    {
+        using var tmp = new TempDir();
+        var r = Virtlab.Run(null, tmp.Path, "run", tmp.File("quiet.csx", "Console.SetOut(TextWriter.Null);\nConsole.WriteLine(\"hidden\");\nResult(\"answer\", 42);\n"));
+        Assert.True(r.ExitCode == 0, r.ToString());
+        Assert.Contains("answer = 42", r.Stdout);
+        Assert.DoesNotContain("hidden", r.Stdout);
+    }
+
+    [Fact]
     public void Exit_codes()
     {
         using var tmp = new TempDir();
@@ -393,6 +403,24 @@ public sealed class RunOutputTests
         Assert.Contains("answer = 42", uses.Stdout);
         Assert.Equal(["created"], File.ReadAllLines(mark));
         Assert.True(Listed());
+
+        // A UTF-16 recipe (with its BOM) is read as the compiler reads it.
+        var utf16 = Path.Combine(tmp.Path, "utf16.csx");
+        File.WriteAllText(utf16, "Result(\"answer\", Lazy.Answer);\n", System.Text.Encoding.Unicode);
+        var wide = Virtlab.Run(null, tmp.Path, env, "run", "--plugins", plugins, utf16);
+        Assert.True(wide.ExitCode == 0, wide.ToString());
+        Assert.Contains("answer = 42", wide.Stdout);
+
+        // Reached only through a call the compiler makes by pattern (an extension Deconstruct on int, named nowhere in
+        // the source): the compile without plugins fails, and the run compiles again with them.
+        var deconstructing = Path.Combine(tmp.Path, "plugins2");
+        PluginCompiler.Build(deconstructing, "Dec", PluginCompiler.Simple("Dec", "Dec") + """
+
+            public static class DecExtensions { public static void Deconstruct(this int x, out int a, out int b) { a = x; b = x; } }
+            """);
+        var viaPattern = Virtlab.Run(null, tmp.Path, "run", "--plugins", deconstructing, tmp.File("pattern.csx", "var (a, b) = 21;\nResult(\"answer\", a + b);\n"));
+        Assert.True(viaPattern.ExitCode == 0, viaPattern.ToString());
+        Assert.Contains("answer = 42", viaPattern.Stdout);
 
         // The global named only in a #load-ed file: what a directive brings is not in the recipe's text, so it counts as named.
         tmp.File("lib.csx", "int Answer() => Lazy.Answer;\n");

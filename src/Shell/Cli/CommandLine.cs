@@ -15,9 +15,9 @@ public static class CommandLine
     {
         if (EvaluationHostArguments(argv) is var (socket, standby, dirs))
             return EvaluationHost.Run(socket, new HostOptions { PluginDirectories = dirs, Standby = standby });
-        if (SimpleRunArguments(argv) is { } simple) return RunSimple(simple);
+        if (SimpleRunArguments(argv) is { } simple) return WithDefaultHandler(() => RunCommand.Execute(simple));
         // Plain `virtlab`: the REPL, whose evaluation host starts first thing (the first result's critical path).
-        if (argv.Length == 0) return ReplCommand.Run(new ReplOptions());
+        if (argv.Length == 0) return WithDefaultHandler(() => ReplCommand.Run(new ReplOptions()));
         return Parse(argv);
     }
 
@@ -108,13 +108,13 @@ public static class CommandLine
         static bool IsValue(string[] a, int i) => i < a.Length && a[i].Length > 0 && a[i][0] is not ('-' or '@');
     }
 
-    /// <summary><c>run</c> as the parsed command's action does it, with System.CommandLine's default exception handler
+    /// <summary>A command as the parsed command's action runs it, with System.CommandLine's default exception handler
     /// (red "Unhandled exception: " and the exception on stderr, exit 1; nothing for a cancellation).</summary>
-    private static int RunSimple(RunOptions options)
+    private static int WithDefaultHandler(Func<int> command)
     {
         try
         {
-            return RunCommand.Execute(options);
+            return command();
         }
         catch (Exception e)
         {

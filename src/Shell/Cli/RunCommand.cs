@@ -67,7 +67,7 @@ public static class RunCommand
             if (recipe is null && !CompileServer.IsListening) LoadReferencesSoon();
             if (recipe is { NeedsWarmUp: true }) preparer.Begin();
             var paths = new PluginSearchPaths(o.PluginDirectories);
-            var source = Encoding.UTF8.GetString(bytes);
+            var source = Text(bytes); // as the compile reads it (a BOM says the encoding)
             PluginSet plugins;
             // One that uses none, with no plugin folder named (--plugins, VIRTLAB_PLUGINS), does not even look for plugins.
             if (recipe?.Plugins is { Count: 0 } && !paths.NamedRoots().Any()) plugins = PluginSet.Empty;
@@ -97,6 +97,16 @@ public static class RunCommand
             {
                 var compileWatch = System.Diagnostics.Stopwatch.StartNew();
                 var (compiled, errors, how) = CompileAnyWay(o.File, bytes, plugins, key);
+                // Compiled without the plugins (its source names none of them) and failed: a name reached a plugin in a
+                // way PluginVocabulary does not read (an attribute's short name, a pattern-based call): with them, again.
+                if (compiled is null && plugins.HasUnused)
+                {
+                    plugins.LoadRest();
+                    foreach (var p in plugins.All.Where(p => p.Status == PluginStatus.Error))
+                        err.WriteLine($"virtlab: plugin {p.Name} not loaded ({p.Path}): {p.Error}");
+                    (compiled, errors, how) = CompileAnyWay(o.File, bytes, plugins, key);
+                    how += "; again with the plugins";
+                }
                 compileHow = $"{how}; {compileWatch.ElapsedMilliseconds} ms in all";
                 if (verbose) err.WriteLine($"virtlab: compiled in {compileWatch.ElapsedMilliseconds} ms: {how}");
                 if (compiled is null)
@@ -156,9 +166,11 @@ public static class RunCommand
     }
 
     /// <summary>By the compile server when one answers (Cli/CompileServer), else in-process; also says how.</summary>
+    private static string Text(byte[] bytes) => new StreamReader(new MemoryStream(bytes), detectEncodingFromByteOrderMarks: true).ReadToEnd();
+
     private static (CompiledRecipe?, IReadOnlyList<string>, string How) CompileAnyWay(string file, byte[] bytes, PluginSet plugins, string key)
     {
-        var text = new StreamReader(new MemoryStream(bytes), detectEncodingFromByteOrderMarks: true).ReadToEnd();
+        var text = Text(bytes);
         if (CompileServer.TryCompile(file, text, CompileInputs.From(plugins), key[..12], out var why) is { } served)
             return (served.Recipe, served.Errors, served.How);
         var (recipe, errors) = Compile(file, bytes, plugins, key);
@@ -174,8 +186,7 @@ public static class RunCommand
     [MethodImpl(MethodImplOptions.NoInlining)]
     private static (CompiledRecipe?, IReadOnlyList<string>) Compile(string file, byte[] bytes, PluginSet plugins, string key)
     {
-        var text = new StreamReader(new MemoryStream(bytes), detectEncodingFromByteOrderMarks: true).ReadToEnd();
-        var (recipe, diags) = RecipeBuilder.Compile(file, text, plugins, key[..12]);
+        var (recipe, diags) = RecipeBuilder.Compile(file, Text(bytes), plugins, key[..12]);
         return (recipe, recipe is null ? diags.Where(d => d.IsError).Select(d => d.Formatted).ToList() : []);
     }
 
@@ -187,8 +198,8 @@ public static class RunCommand
         {
             // A one-line result is plain text: written as it is (Spectre would wrap it at the console's width).
             if (ValueRenderer.IsPlain(r.Value) || ValueRenderer.ToRenderable(r.Value) is not { } renderable || renderable is Text)
-                Console.Out.WriteLine($"{r.Name} = {ValueRenderer.Inline(r.Value)}");
-            else { Console.Out.WriteLine($"{r.Name} ="); Consoles.Out.Write(renderable); }
+                Consoles.OutWriter.WriteLine($"{r.Name} = {ValueRenderer.Inline(r.Value)}");
+            else { Consoles.OutWriter.WriteLine($"{r.Name} ="); Consoles.Out.Write(renderable); }
         }
         switch (RecipeContext.Unwrap(error))
         {

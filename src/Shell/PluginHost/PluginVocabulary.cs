@@ -8,8 +8,10 @@ namespace VirtLab.Shell.PluginHost;
 /// <summary>
 /// The names a script would write to use a plugin, read from the plugin's metadata without loading it: its global
 /// (the constant its <c>GlobalName</c> getter returns), its public types, the methods of its public static classes
-/// (extension methods). A source that names none of them cannot reach the plugin: a recipe compiles and runs
-/// without loading it (RunCommand), and a miss needs no warm-up for it (<see cref="Scripting.RecipeCache.LooksCold"/>).
+/// (extension methods), an attribute's short name. A source that names none of them reaches the plugin only through a
+/// call the compiler makes by pattern (an extension <c>GetAwaiter</c>, <c>Deconstruct</c>, <c>Add</c>…): a recipe compiles
+/// without the plugins (RunCommand), and again with them when that fails; a miss needs no warm-up for them
+/// (<see cref="Scripting.RecipeCache.LooksCold"/>).
 /// </summary>
 public static class PluginVocabulary
 {
@@ -45,6 +47,7 @@ public static class PluginVocabulary
                 var name = md.GetString(t.Name);
                 var tick = name.IndexOf('`');
                 names.Add(tick < 0 ? name : name[..tick]);
+                if (name.EndsWith("Attribute", StringComparison.Ordinal) && name.Length > 9) names.Add(name[..^9]); // [Probe]
             }
             if (global is null) return null;
             names.Add(global);

@@ -228,9 +228,22 @@ public static class Consoles
     public static IAnsiConsole Out => OutHolder.Console;
     public static IAnsiConsole Error => ErrorHolder.Console;
 
-    /// <summary>Binds Spectre's static <c>AnsiConsole</c> to <see cref="Out"/> without building it yet: a recipe that
-    /// never writes through Spectre does not pay for the console (~4 ms of a cached run).</summary>
-    public static void BindAnsiConsole() => AnsiConsole.Console = new Deferred(() => Out);
+    // The writers the consoles are made on, taken when the run binds them (a recipe may point Console.Out elsewhere
+    // before the first table is drawn); else whatever Console.Out is at first use.
+    private static TextWriter? _out, _error;
+
+    /// <summary>The writer <see cref="Out"/> writes to: plain lines go here, in order with the tables.</summary>
+    public static TextWriter OutWriter => _out ?? Console.Out;
+
+    /// <summary>Takes the process's stdout and stderr writers for the consoles now and binds Spectre's static
+    /// <c>AnsiConsole</c> to <see cref="Out"/> without building it yet: a recipe that never writes through Spectre does
+    /// not pay for the console (~4 ms of a cached run).</summary>
+    public static void BindAnsiConsole()
+    {
+        _out ??= Console.Out;
+        _error ??= Console.Error;
+        AnsiConsole.Console = new Deferred(() => Out);
+    }
 
     private sealed class Deferred(Func<IAnsiConsole> make) : IAnsiConsole
     {
@@ -244,6 +257,6 @@ public static class Consoles
         public void Write(IRenderable renderable) => Real.Write(renderable);
     }
 
-    private static class OutHolder { public static readonly IAnsiConsole Console = Create(System.Console.Out, !System.Console.IsOutputRedirected); }
-    private static class ErrorHolder { public static readonly IAnsiConsole Console = Create(System.Console.Error, !System.Console.IsErrorRedirected); }
+    private static class OutHolder { public static readonly IAnsiConsole Console = Create(_out ?? System.Console.Out, !System.Console.IsOutputRedirected); }
+    private static class ErrorHolder { public static readonly IAnsiConsole Console = Create(_error ?? System.Console.Error, !System.Console.IsErrorRedirected); }
 }

@@ -113,7 +113,6 @@ public sealed class InteractiveSession
     private void EnsurePreambleLocked()
     {
         if (!_preamblePending) return;
-        _preamblePending = false;
         var preambleName = NextAssemblyName();
         var preambleSource = _compiler.Inputs.Preamble!;
         if (Remote(preambleName, preambleSource) is { } remote)
@@ -144,6 +143,9 @@ public sealed class InteractiveSession
                 _chain.Add((preambleName, preambleSource));
             }
         }
+        // Done (compiled and run, or reported as errors, as a preamble that fails to compile always was); one that threw
+        // is tried again by the next submission.
+        _preamblePending = false;
         foreach (var d in PreambleDiagnostics) Console.Error.WriteLine($"plugin preamble: {d}");
     }
 

@@ -34,8 +34,13 @@ public sealed class ScriptLoadContext : AssemblyLoadContext
     public static Type SubmissionType(Assembly assembly, string name)
     {
         if (!name.Contains('.') && !name.Contains('+'))
-            foreach (var t in assembly.GetTypes())
-                if (t.Namespace is null && !t.IsNested && t.Name == name) return t;
+        {
+            Type?[] types;
+            try { types = assembly.GetTypes(); }
+            catch (ReflectionTypeLoadException e) { types = e.Types; } // one type that cannot load (a missing #r) must not hide the rest
+            foreach (var t in types)
+                if (t is { Namespace: null, IsNested: false } && t.Name == name) return t;
+        }
         return assembly.GetType(name, throwOnError: true)!;
     }
 
