@@ -1,6 +1,5 @@
 using System.Reflection;
 using System.Runtime.CompilerServices;
-using System.Text;
 using Spectre.Console;
 using VirtLab.Sdk;
 using VirtLab.Sdk.Measure;
@@ -64,10 +63,10 @@ public static class RunCommand
             var key = RecipeCache.Key(o.File, bytes);
             var recipe = o.NoCache ? null : cache.TryGet(key);
             // A miss compiles here unless a compile server is up: open the compiler's references meanwhile.
-            if (recipe is null && !CompileServer.IsListening) LoadReferencesSoon();
+            if (recipe is null && !CompileServer.IsListening) PrepareFirstCompileSoon();
             if (recipe is { NeedsWarmUp: true }) preparer.Begin();
             var paths = new PluginSearchPaths(o.PluginDirectories);
-            var source = Text(bytes); // as the compile reads it (a BOM says the encoding)
+            string? source = null; // decoded as the compile reads it (a BOM says the encoding), only when it compiles
             PluginSet plugins;
             // One that uses none, with no plugin folder named (--plugins, VIRTLAB_PLUGINS), does not even look for plugins.
             if (recipe?.Plugins is { Count: 0 } && !paths.NamedRoots().Any()) plugins = PluginSet.Empty;
@@ -79,10 +78,9 @@ public static class RunCommand
                 // A recipe to compile gets the plugins only when its source names one of them (PluginVocabulary, read
                 // from their metadata): one that names none compiles and runs as it would beside them, without loading
                 // them (~45 ms for the four built-in ones) or compiling their preamble.
-                if (recipe is null && plugins.HasUnused && PluginVocabulary.Names(source, plugins)) plugins.LoadRest();
+                if (recipe is null && plugins.HasUnused && PluginVocabulary.Names(source ??= Decode(bytes), plugins)) plugins.LoadRest();
             }
-            foreach (var p in plugins.All.Where(p => p.Status == PluginStatus.Error))
-                err.WriteLine($"virtlab: plugin {p.Name} not loaded ({p.Path}): {p.Error}");
+            ReportLoadErrors(plugins.All, err);
             preparer.AddPlugins(plugins);
             StartupTrace.Mark("run: plugins loaded");
             StartupTrace.Mark(recipe is null ? "run: cache miss" : "run: cache hit");
@@ -90,21 +88,21 @@ public static class RunCommand
             // A miss whose source names no VM, device or plugin type (RecipeCache.LooksCold) compiles alone: beside the
             // compile the warm-up competed for the CPUs (2 here) and slowed every first run of a recipe that never
             // needed it.
-            else if (recipe is not null || !RecipeCache.LooksCold(source, plugins)) preparer.Begin();
+            else if (recipe is not null || !RecipeCache.LooksCold(source ??= Decode(bytes), plugins)) preparer.Begin();
             if (verbose) err.WriteLine($"virtlab: recipe cache {(recipe is null ? "miss" : "hit")} ({Path.Combine(cache.Root, key)})");
             var compileHow = recipe is null ? null : "cached";
             if (recipe is null)
             {
                 var compileWatch = System.Diagnostics.Stopwatch.StartNew();
-                var (compiled, errors, how) = CompileAnyWay(o.File, bytes, plugins, key);
+                var (compiled, errors, how) = CompileAnyWay(o.File, source ??= Decode(bytes), plugins, key);
                 // Compiled without the plugins (its source names none of them) and failed: a name reached a plugin in a
                 // way PluginVocabulary does not read (an attribute's short name, a pattern-based call): with them, again.
                 if (compiled is null && plugins.HasUnused)
                 {
+                    var unused = plugins.All.Where(p => p.Status == PluginStatus.Unused).ToList();
                     plugins.LoadRest();
-                    foreach (var p in plugins.All.Where(p => p.Status == PluginStatus.Error))
-                        err.WriteLine($"virtlab: plugin {p.Name} not loaded ({p.Path}): {p.Error}");
-                    (compiled, errors, how) = CompileAnyWay(o.File, bytes, plugins, key);
+                    ReportLoadErrors(unused, err); // those found before were reported then
+                    (compiled, errors, how) = CompileAnyWay(o.File, source, plugins, key);
                     how += "; again with the plugins";
                 }
                 compileHow = $"{how}; {compileWatch.ElapsedMilliseconds} ms in all";
@@ -165,28 +163,33 @@ public static class RunCommand
         finally { Console.CancelKeyPress -= onCancel; }
     }
 
-    /// <summary>By the compile server when one answers (Cli/CompileServer), else in-process; also says how.</summary>
-    private static string Text(byte[] bytes) => new StreamReader(new MemoryStream(bytes), detectEncodingFromByteOrderMarks: true).ReadToEnd();
+    private static string Decode(byte[] bytes) => new StreamReader(new MemoryStream(bytes), detectEncodingFromByteOrderMarks: true).ReadToEnd();
 
-    private static (CompiledRecipe?, IReadOnlyList<string>, string How) CompileAnyWay(string file, byte[] bytes, PluginSet plugins, string key)
+    private static void ReportLoadErrors(IEnumerable<PluginInfo> plugins, TextWriter err)
     {
-        var text = Text(bytes);
+        foreach (var p in plugins.Where(p => p.Status == PluginStatus.Error))
+            err.WriteLine($"virtlab: plugin {p.Name} not loaded ({p.Path}): {p.Error}");
+    }
+
+    /// <summary>By the compile server when one answers (Cli/CompileServer), else in-process; also says how.</summary>
+    private static (CompiledRecipe?, IReadOnlyList<string>, string How) CompileAnyWay(string file, string text, PluginSet plugins, string key)
+    {
         if (CompileServer.TryCompile(file, text, CompileInputs.From(plugins), key[..12], out var why) is { } served)
             return (served.Recipe, served.Errors, served.How);
-        var (recipe, errors) = Compile(file, bytes, plugins, key);
+        var (recipe, errors) = Compile(file, text, plugins, key);
         return (recipe, errors, $"in-process ({why})");
     }
 
     // Kept out of Execute, as Compile is: a cache hit never loads Roslyn.
     [MethodImpl(MethodImplOptions.NoInlining)]
-    private static void LoadReferencesSoon() => ScriptCompiler.LoadReferencesInBackground(typeof(RecipeGlobals));
+    private static void PrepareFirstCompileSoon() => ScriptCompiler.PrepareFirstCompileInBackground(typeof(RecipeGlobals));
 
     // Kept out of Execute so that a cache hit never makes the JIT load Roslyn.
     /// <returns>The recipe, or null and its errors (each "file(line,col): error CSxxxx: message").</returns>
     [MethodImpl(MethodImplOptions.NoInlining)]
-    private static (CompiledRecipe?, IReadOnlyList<string>) Compile(string file, byte[] bytes, PluginSet plugins, string key)
+    private static (CompiledRecipe?, IReadOnlyList<string>) Compile(string file, string text, PluginSet plugins, string key)
     {
-        var (recipe, diags) = RecipeBuilder.Compile(file, Text(bytes), plugins, key[..12]);
+        var (recipe, diags) = RecipeBuilder.Compile(file, text, plugins, key[..12]);
         return (recipe, recipe is null ? diags.Where(d => d.IsError).Select(d => d.Formatted).ToList() : []);
     }
 
@@ -197,8 +200,8 @@ public static class RunCommand
         foreach (var r in context.Results)
         {
             // A one-line result is plain text: written as it is (Spectre would wrap it at the console's width).
-            if (ValueRenderer.IsPlain(r.Value) || ValueRenderer.ToRenderable(r.Value) is not { } renderable || renderable is Text)
-                Consoles.OutWriter.WriteLine($"{r.Name} = {ValueRenderer.Inline(r.Value)}");
+            var renderable = ValueRenderer.IsPlain(r.Value) ? null : ValueRenderer.ToRenderable(r.Value);
+            if (renderable is null or Text) Consoles.OutWriter.WriteLine($"{r.Name} = {ValueRenderer.Inline(r.Value)}");
             else { Consoles.OutWriter.WriteLine($"{r.Name} ="); Consoles.Out.Write(renderable); }
         }
         switch (RecipeContext.Unwrap(error))

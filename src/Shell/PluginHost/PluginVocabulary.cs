@@ -10,8 +10,7 @@ namespace VirtLab.Shell.PluginHost;
 /// (the constant its <c>GlobalName</c> getter returns), its public types, the methods of its public static classes
 /// (extension methods), an attribute's short name. A source that names none of them reaches the plugin only through a
 /// call the compiler makes by pattern (an extension <c>GetAwaiter</c>, <c>Deconstruct</c>, <c>Add</c>…): a recipe compiles
-/// without the plugins (RunCommand), and again with them when that fails; a miss needs no warm-up for them
-/// (<see cref="Scripting.RecipeCache.LooksCold"/>).
+/// without the plugins (RunCommand), and again with them when that fails.
 /// </summary>
 public static class PluginVocabulary
 {

@@ -386,15 +386,10 @@ public static class EvaluationHost
         {
             try
             {
-                // A compiler without plugins: its references are the base ones every session shares (made once per process).
-                if (references)
-                {
-                    var refs = new ScriptCompiler(new CompileInputs([], [], null), typeof(RecipeGlobals), Directory.GetCurrentDirectory()).References;
-                    VirtLab.Shell.Cli.StartupTrace.Mark("host: side warm-up: references");
-                    // Then Roslyn's emitter, while the session binds its first submission (ScriptCompiler.WarmEmitter).
-                    ScriptCompiler.WarmEmitter(refs);
-                    VirtLab.Shell.Cli.StartupTrace.Mark("host: side warm-up: emitter");
-                }
+                // The base references every session shares (made once per process), then Roslyn's emitter, while the
+                // session binds its first submission.
+                if (references) ScriptCompiler.PrepareFirstCompile(typeof(RecipeGlobals));
+                VirtLab.Shell.Cli.StartupTrace.Mark("host: side warm-up: references and emitter");
                 _ = System.Text.Json.JsonSerializer.SerializeToUtf8Bytes(new Reply { Status = SubmitStatus.Ok, Plugins = [new PluginEntry()], Globals = [""] }, ProtocolJson.Default.Reply);
                 ValueRenderer.Write(Consoles.Create(TextWriter.Null, isTerminal: false), 42);
                 VirtLab.Shell.Cli.StartupTrace.Mark("host: side warm-up: reply and renderer");

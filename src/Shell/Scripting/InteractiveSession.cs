@@ -98,7 +98,7 @@ public sealed class InteractiveSession
     }
 
     // The plugin preamble (one variable per plugin global) joins the chain when a submission first names a global, or
-    // once the first submission is done (EnsurePreamble, from the host's side thread): the first result does not wait
+    // once the first submission is done (EnsurePreamble, from the host's work loop after the reply): the first result does not wait
     // for its compile. A submission naming no global means the same before or after it — the plugins' references and
     // namespaces are in every submission's compilation either way — so the order changes nothing a script can see.
     private readonly string[] _globalNames;

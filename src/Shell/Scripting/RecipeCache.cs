@@ -145,8 +145,8 @@ public sealed class RecipeCache(string root)
             foreach (var r in recipe.References) sb.Append("ref\t").Append(r.Hash).Append('\t').Append(r.Path).Append('\n');
             // A preamble no other submission refers to (the recipe names no plugin global) is left out of the entry:
             // a cached run neither loads nor binds it.
-            var preamble = PreambleIndex(recipe.Submissions);
-            var dropped = preamble >= 0 && !IsReferenced(recipe.Submissions, preamble) ? preamble : -1;
+            var (preamble, referenced) = Preamble(recipe.Submissions);
+            var dropped = referenced ? -1 : preamble;
             for (int i = 0, n = 0; i < recipe.Submissions.Count; i++)
             {
                 if (i == dropped) continue;
@@ -230,8 +230,9 @@ public sealed class RecipeCache(string root)
     /// <summary>
     /// A guess, before compiling, that <paramref name="source"/> needs no warm-up (<see cref="NeedsWarmUp"/> decides after
     /// the compile): no <c>#r</c> or <c>#load</c>, no identifier naming a public type of the SDK outside its computing
-    /// and reporting namespaces, and nothing of a plugin (<see cref="PluginVocabulary"/>). Read from metadata (no type
-    /// loads). A wrong "cold" only starts the warm-up after the compile instead of beside it.
+    /// and reporting namespaces (read from its metadata: no type loads), and no plugin loaded for it (a run loads them
+    /// only for a source that names one, <see cref="PluginVocabulary"/>). A wrong "cold" only starts the warm-up after
+    /// the compile instead of beside it.
     /// </summary>
     public static bool LooksCold(string source, PluginSet plugins)
     {
@@ -252,45 +253,29 @@ public sealed class RecipeCache(string root)
             }
         }
         catch (Exception e) when (e is IOException or UnauthorizedAccessException or BadImageFormatException or InvalidOperationException or ArgumentException) { return false; }
-        return !PluginVocabulary.Identifiers(source).Any(warm.Contains) && !PluginVocabulary.Names(source, plugins);
+        return !plugins.Loaded.Any() && !PluginVocabulary.Identifiers(source).Any(warm.Contains);
     }
 
     private static bool IsPreamble(MetadataReader md) => md.GetString(md.GetAssemblyDefinition().Name).EndsWith("-0", StringComparison.Ordinal);
 
-    /// <summary>Whether a submission other than <paramref name="index"/> refers to its assembly.</summary>
-    private static bool IsReferenced(IReadOnlyList<CompiledRecipe.Submission> submissions, int index)
+    /// <summary>Index of the plugin preamble among the submissions (-1: none), and whether another submission refers to
+    /// its assembly (an unreadable image counts as referring to it), from one read of each image's metadata.</summary>
+    private static (int Index, bool Referenced) Preamble(IReadOnlyList<CompiledRecipe.Submission> submissions)
     {
-        try
-        {
-            string name;
-            using (var pe = new PEReader(new MemoryStream(submissions[index].Image, writable: false)))
-            {
-                var md = pe.GetMetadataReader();
-                name = md.GetString(md.GetAssemblyDefinition().Name);
-            }
-            for (int i = 0; i < submissions.Count; i++)
-            {
-                if (i == index) continue;
-                using var pe = new PEReader(new MemoryStream(submissions[i].Image, writable: false));
-                var md = pe.GetMetadataReader();
-                foreach (var h in md.AssemblyReferences)
-                    if (md.GetString(md.GetAssemblyReference(h).Name) == name) return true;
-            }
-            return false;
-        }
-        catch (Exception e) when (e is BadImageFormatException or InvalidOperationException) { return true; }
-    }
-
-    private static int PreambleIndex(IReadOnlyList<CompiledRecipe.Submission> submissions)
-    {
+        int index = -1;
+        string? name = null;
+        var referenced = new HashSet<string>(StringComparer.Ordinal);
+        var unreadable = false;
         for (int i = 0; i < submissions.Count; i++)
             try
             {
                 using var pe = new PEReader(new MemoryStream(submissions[i].Image, writable: false));
-                if (IsPreamble(pe.GetMetadataReader())) return i;
+                var md = pe.GetMetadataReader();
+                if (IsPreamble(md)) { index = i; name = md.GetString(md.GetAssemblyDefinition().Name); continue; }
+                foreach (var h in md.AssemblyReferences) referenced.Add(md.GetString(md.GetAssemblyReference(h).Name));
             }
-            catch (Exception e) when (e is BadImageFormatException or InvalidOperationException) { }
-        return -1;
+            catch (Exception e) when (e is BadImageFormatException or InvalidOperationException) { unreadable = true; }
+        return (index, index >= 0 && (unreadable || referenced.Contains(name!)));
     }
 
     /// <summary>

@@ -142,23 +142,26 @@ public sealed class ScriptCompiler
         }
     }
 
-    /// <summary>Makes the base references on a worker thread, then warms the emitter (<see cref="WarmEmitter"/>): a run
-    /// that missed the cache calls it before it goes looking for plugins, so the ~170 reference assemblies are opened
-    /// while it does (the compile takes the lock and finds them made, or waits for the rest), and the emit code is
-    /// warm by the time its compile has bound the recipe.</summary>
-    public static void LoadReferencesInBackground(Type globalsType) =>
+    /// <summary>Starts <see cref="PrepareFirstCompile"/> on a worker thread: a run that missed the cache calls it before
+    /// it goes looking for plugins, so the references are opened while it does (its compile takes the lock and finds
+    /// them made, or waits for the rest).</summary>
+    public static void PrepareFirstCompileInBackground(Type globalsType) =>
         new Thread(() =>
         {
-            try { WarmEmitter(BaseReferences(globalsType)); }
-            catch (Exception) { } // the compile makes them itself and reports what is wrong
+            try { PrepareFirstCompile(globalsType); }
+            catch (Exception) { } // the compile makes the references itself and reports what is wrong
         }) { IsBackground = true, Name = "virtlab-references" }.Start();
 
-    /// <summary>Emits an empty assembly on the calling (side) thread: next to no binding, which the first compile is
-    /// doing on its own thread meanwhile, but the metadata and PE writers that compile's emit needs next — first run
-    /// 0.49 → 0.42 s, REPL first result 0.60 → 0.53 s (medians, 2 cores). A throwaway compile of real code there made
-    /// both slower instead: the two threads JIT-compiled and type-loaded the same binder code and waited on each other.</summary>
-    public static void WarmEmitter(ImmutableArray<MetadataReference> refs)
+    /// <summary>
+    /// For a process's first compile, on a thread beside it: makes the base references (~170 assemblies opened), then
+    /// emits an empty assembly — next to no binding, which the first compile is doing on its own thread meanwhile, but
+    /// the metadata and PE writers that compile's emit needs next: first run 0.49 → 0.42 s, REPL first result 0.60 →
+    /// 0.53 s (medians, 2 cores). A throwaway compile of real code there made both slower instead: the two threads
+    /// JIT-compiled and type-loaded the same binder code and waited on each other.
+    /// </summary>
+    public static void PrepareFirstCompile(Type globalsType)
     {
+        var refs = BaseReferences(globalsType);
         var corlib = refs.FirstOrDefault(r => r.Display is { } d && Path.GetFileNameWithoutExtension(d) is "System.Runtime" or "System.Private.CoreLib");
         var empty = CSharpCompilation.Create("virtlab-warm-emit", references: corlib is null ? [] : [corlib],
             options: new CSharpCompilationOptions(OutputKind.DynamicallyLinkedLibrary, optimizationLevel: OptimizationLevel.Release, concurrentBuild: false));

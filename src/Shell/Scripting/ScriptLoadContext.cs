@@ -28,22 +28,6 @@ public sealed class ScriptLoadContext : AssemblyLoadContext
         return asm;
     }
 
-    /// <summary>A submission's top-level type by name. A script class has no namespace (Roslyn names it
-    /// <c>Script</c>): found among the module's types, which the run loads anyway, without
-    /// <see cref="Assembly.GetType(string)"/>, whose type-name parser JIT-compiles its first search (~4 ms of a cached run).</summary>
-    public static Type SubmissionType(Assembly assembly, string name)
-    {
-        if (!name.Contains('.') && !name.Contains('+'))
-        {
-            Type?[] types;
-            try { types = assembly.GetTypes(); }
-            catch (ReflectionTypeLoadException e) { types = e.Types; } // one type that cannot load (a missing #r) must not hide the rest
-            foreach (var t in types)
-                if (t is { Namespace: null, IsNested: false } && t.Name == name) return t;
-        }
-        return assembly.GetType(name, throwOnError: true)!;
-    }
-
     /// <summary>An assembly a script named with <c>#r "path"</c>; loaded on first use.</summary>
     public void AddReferencePath(string path)
     {
@@ -104,7 +88,7 @@ public sealed class SubmissionExecutor
     /// </summary>
     public void BindPreamble(Assembly assembly, string submissionTypeName, IReadOnlyDictionary<string, object> globals)
     {
-        var type = ScriptLoadContext.SubmissionType(assembly, submissionTypeName);
+        var type = SubmissionType(assembly, submissionTypeName);
         var submission = System.Runtime.CompilerServices.RuntimeHelpers.GetUninitializedObject(type);
         foreach (var (name, value) in globals)
             type.GetField(name, BindingFlags.Public | BindingFlags.NonPublic | BindingFlags.Instance)?.SetValue(submission, value);
@@ -116,7 +100,7 @@ public sealed class SubmissionExecutor
     /// <summary>Runs a submission's factory and waits for it. Exceptions the script throws propagate unwrapped.</summary>
     public object? Run(Assembly assembly, string submissionTypeName)
     {
-        var type = ScriptLoadContext.SubmissionType(assembly, submissionTypeName);
+        var type = SubmissionType(assembly, submissionTypeName);
         var factory = type.GetMethod("<Factory>", BindingFlags.Public | BindingFlags.NonPublic | BindingFlags.Static)
                       ?? throw new InvalidOperationException($"{submissionTypeName} has no <Factory> method");
         // A submission's slot is at most the number of submissions run before it + 1 (failed ones reuse slots).
@@ -126,5 +110,21 @@ public sealed class SubmissionExecutor
         var task = factory.CreateDelegate<Func<object?[], Task>>()(_state);
         task.GetAwaiter().GetResult();
         return task is Task<object?> value ? value.Result : task.GetType().GetProperty("Result")?.GetValue(task);
+    }
+
+    /// <summary>A submission's top-level type by name. A script class has no namespace (Roslyn names it
+    /// <c>Script</c>): found among the module's types, which the run loads anyway, without
+    /// <see cref="Assembly.GetType(string)"/>, whose type-name parser JIT-compiles its first search (~4 ms of a cached run).</summary>
+    private static Type SubmissionType(Assembly assembly, string name)
+    {
+        if (!name.Contains('.') && !name.Contains('+'))
+        {
+            Type?[] types;
+            try { types = assembly.GetTypes(); }
+            catch (ReflectionTypeLoadException e) { types = e.Types; } // one type that cannot load (a missing #r) must not hide the rest
+            foreach (var t in types)
+                if (t is { Namespace: null, IsNested: false } && t.Name == name) return t;
+        }
+        return assembly.GetType(name, throwOnError: true)!;
     }
 }
